@@ -1,0 +1,265 @@
+//! Records that cross the ring buffer between the eBPF programs and the agent, their stable
+//! kind numbers, and the small pure helpers both sides need.
+//!
+//! Nothing here knows a kernel struct layout: those offsets come from BTF at load time.
+#![no_std]
+
+/// What happened. Numbers are stable and never reused: recorded streams and JSON consumers
+/// depend on them.
+pub mod kind {
+    pub const SOCKET: u16 = 1;
+    pub const BIND: u16 = 2;
+    pub const LISTEN: u16 = 3;
+    pub const ACCEPT: u16 = 4;
+    pub const CONNECT: u16 = 5;
+    pub const CLOSE: u16 = 6;
+    pub const SHUTDOWN: u16 = 7;
+    pub const SENDTO: u16 = 8;
+    pub const RECVFROM: u16 = 9;
+    pub const SENDMSG: u16 = 10;
+    pub const RECVMSG: u16 = 11;
+    /// `sock:inet_sock_set_state`: a TCP state transition.
+    pub const STATE: u16 = 12;
+    /// The socket itself was released (last reference to its file gone).
+    pub const RELEASE: u16 = 13;
+    /// One past the highest socket-event kind; used to size per-kind tables.
+    pub const COUNT: u16 = 14;
+}
+
+/// Bits of [`SockEvent::flags`].
+pub mod flag {
+    /// The local port was 0 before the call and non-zero after: the kernel chose it.
+    pub const KERNEL_CHOSE_PORT: u8 = 1 << 0;
+    /// The remote address came from the caller's `sockaddr`, not from the socket.
+    pub const REMOTE_FROM_USER: u8 = 1 << 1;
+    /// The local address is what the caller asked for (the call failed before the kernel set it).
+    pub const LOCAL_FROM_USER: u8 = 1 << 2;
+    /// The caller passed a `sockaddr` tracer could not use (too short, unknown family).
+    pub const BAD_SOCKADDR: u8 = 1 << 3;
+}
+
+/// Index of the counters in the `COUNTERS` per-CPU array.
+pub mod counter {
+    /// `bpf_ringbuf_reserve` failed: an event was lost.
+    pub const LOST: u32 = 0;
+    /// A syscall-exit found no matching enter (the pending map was full).
+    pub const PENDING_FULL: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Maximum number of ports `--port` can select in the kernel.
+pub const MAX_PORT_FILTERS: usize = 8;
+
+/// One socket event. Fixed size, no padding (checked below), addresses in network byte order,
+/// ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockEvent {
+    /// One of [`kind`].
+    pub kind: u16,
+    /// `AF_INET` or `AF_INET6` (0 when the call failed before a socket existed).
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// `SOCK_STREAM` (1) or `SOCK_DGRAM` (2).
+    pub sock_type: u8,
+    /// TCP state before the transition (STATE events only).
+    pub old_state: u8,
+    /// TCP state after the call or transition (the socket's `skc_state`).
+    pub new_state: u8,
+    /// Bits of [`flag`].
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Process id (tgid) of the task in whose context the hook ran. Not meaningful for STATE
+    /// events, which may run in softirq: attribute those through the socket table.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// Inode number of the network namespace the socket lives in.
+    pub netns: u32,
+    /// The file descriptor the call was made on (for accept: the listening fd).
+    pub fd: i32,
+    /// STATE events: the socket's pending error (`sk_err`). Other events: 0.
+    pub sk_err: i32,
+    /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// Kernel socket identity (`struct sock *`). 0 when no socket was found.
+    pub sk: u64,
+    /// For accept: the listening socket.
+    pub parent_sk: u64,
+    /// Syscall return value (negative errno on failure).
+    pub ret: i64,
+    /// listen: backlog; shutdown: how; socket: requested type; send/recv: requested length.
+    pub arg: i64,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+pub const SOCK_EVENT_SIZE: usize = 128;
+const _: () = assert!(core::mem::size_of::<SockEvent>() == SOCK_EVENT_SIZE);
+
+/// Byte offsets the eBPF programs need, resolved by the agent at load time from BTF
+/// (`/sys/kernel/btf/vmlinux`) and from each tracepoint's `format` file, and handed over as a
+/// `.rodata` global so the verifier sees them as constants. Never filled in by hand.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub file_f_inode: u32,
+    pub inode_i_mode: u32,
+    pub socket_sk: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_net: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// Offset of `ns.inum` inside `struct net`.
+    pub net_inum: u32,
+    pub sk_protocol: u32,
+    pub sk_type: u32,
+    pub sk_err: u32,
+    /// Offset of the first argument in a `syscalls:sys_enter_*` record (`fd`, `family` ...).
+    pub tp_syscall_args: u32,
+    /// Offset of `ret` in a `syscalls:sys_exit_*` record.
+    pub tp_syscall_ret: u32,
+    /// Field offsets of `sock:inet_sock_set_state`.
+    pub tp_state_skaddr: u32,
+    pub tp_state_oldstate: u32,
+    pub tp_state_newstate: u32,
+    pub tp_state_sport: u32,
+    pub tp_state_dport: u32,
+    pub tp_state_family: u32,
+    pub tp_state_protocol: u32,
+    pub tp_state_saddr: u32,
+    pub tp_state_daddr: u32,
+    pub tp_state_saddr_v6: u32,
+    pub tp_state_daddr_v6: u32,
+    /// Offset of `child_pid` in `sched:sched_process_fork`.
+    pub tp_fork_child_pid: u32,
+}
+
+/// What the kernel side filters before an event reaches the ring buffer. Zero means "any".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct KernelFilter {
+    /// 1: only processes whose tgid is in the `FILTER_PIDS` map (children are added on fork).
+    pub by_pid: u8,
+    /// 1: only processes whose comm equals `comm`.
+    pub by_comm: u8,
+    /// `IPPROTO_TCP`, `IPPROTO_UDP` or 0.
+    pub protocol: u8,
+    /// 1: report UDP send/recv calls (the hot path); 0 leaves those hooks idle.
+    pub udp_data: u8,
+    /// `AF_INET`, `AF_INET6` or 0.
+    pub family: u16,
+    /// How many of `ports` are in use.
+    pub port_count: u16,
+    /// Network namespace inode, or 0.
+    pub netns: u32,
+    pub ports: [u16; MAX_PORT_FILTERS],
+    pub comm: [u8; 16],
+}
+
+/// The IANA class of a port number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortClass {
+    /// 0-1023, reserved for standard services.
+    WellKnown,
+    /// 1024-49151, registered with IANA for specific applications.
+    Registered,
+    /// 49152-65535, IANA's dynamic/private range.
+    Dynamic,
+}
+
+impl PortClass {
+    pub const fn of(port: u16) -> Self {
+        match port {
+            0..=1023 => PortClass::WellKnown,
+            1024..=49151 => PortClass::Registered,
+            _ => PortClass::Dynamic,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PortClass::WellKnown => "well-known",
+            PortClass::Registered => "registered",
+            PortClass::Dynamic => "dynamic",
+        }
+    }
+}
+
+/// TCP state names as the kernel spells them (`include/net/tcp_states.h`), without `TCP_`.
+pub const fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        13 => "BOUND_INACTIVE",
+        _ => "UNKNOWN",
+    }
+}
+
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_class_boundaries() {
+        assert_eq!(PortClass::of(0), PortClass::WellKnown);
+        assert_eq!(PortClass::of(1023), PortClass::WellKnown);
+        assert_eq!(PortClass::of(1024), PortClass::Registered);
+        assert_eq!(PortClass::of(49151), PortClass::Registered);
+        assert_eq!(PortClass::of(49152), PortClass::Dynamic);
+        assert_eq!(PortClass::of(65535), PortClass::Dynamic);
+    }
+
+    #[test]
+    fn state_names() {
+        assert_eq!(tcp_state_name(tcp_state::TIME_WAIT), "TIME_WAIT");
+        assert_eq!(tcp_state_name(tcp_state::SYN_SENT), "SYN_SENT");
+        assert_eq!(tcp_state_name(99), "UNKNOWN");
+    }
+}

@@ -1,0 +1,194 @@
+//! Command-line definitions (clap) and their validation into plain config structs.
+//! Nothing here touches the kernel; validation failures are one-line errors.
+use clap::{builder::PossibleValuesParser, Args, Parser, Subcommand, ValueEnum};
+use tracer_common::{KernelFilter, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, MAX_PORT_FILTERS};
+
+use crate::error::{Error, Result};
+use crate::kernel::netns;
+use crate::model::event::EVENT_NAMES;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracer",
+    version,
+    about = "Live eBPF tracer of sockets, ports and the TCP state machine"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every socket call and TCP state change as it happens, with its process and the
+    /// ports the kernel chose.
+    Watch(WatchArgs),
+    /// Show which hooks this kernel offers and which of them tracer uses.
+    Doctor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// One JSON object per line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this process and the children it forks (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only processes with this command name (exact, as in /proc/PID/comm).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only sockets with this local or remote port (repeatable, up to 8).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// Only IPv4 sockets.
+    #[arg(long, conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6 sockets.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Only sockets in this network namespace: a name under /run/netns or a path
+    /// (/proc/PID/ns/net).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Only these events (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(EVENT_NAMES))]
+    pub events: Vec<String>,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = 4096)]
+    pub ringbuf_kib: u32,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Never colour the table, even on a terminal.
+    #[arg(long)]
+    pub no_color: bool,
+}
+
+/// A validated `watch` configuration.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub json: bool,
+    pub kernel_filter: KernelFilter,
+    /// The `--pid` processes and their descendants at start.
+    pub pids: Vec<u32>,
+    pub comm: Option<String>,
+    pub events: Vec<String>,
+    pub ringbuf_bytes: u32,
+    pub duration: Option<std::time::Duration>,
+    pub color: bool,
+}
+
+impl WatchArgs {
+    pub fn validate(self) -> Result<WatchConfig> {
+        let bad = Error::Invalid;
+        let mut filter = KernelFilter::default();
+        if self.ports.len() > MAX_PORT_FILTERS {
+            return Err(bad(format!("at most {MAX_PORT_FILTERS} --port values")));
+        }
+        for (slot, port) in filter.ports.iter_mut().zip(&self.ports) {
+            *slot = *port;
+        }
+        filter.port_count = self.ports.len() as u16;
+        filter.protocol = match self.proto {
+            Some(Proto::Tcp) => IPPROTO_TCP,
+            Some(Proto::Udp) => IPPROTO_UDP,
+            None => 0,
+        };
+        filter.family = if self.ipv4 {
+            AF_INET
+        } else if self.ipv6 {
+            AF_INET6
+        } else {
+            0
+        };
+        if let Some(spec) = &self.netns {
+            filter.netns = netns::resolve(spec)?.1;
+        }
+        if let Some(comm) = &self.comm {
+            if comm.is_empty() || comm.len() > 15 {
+                return Err(bad(format!(
+                    "--comm {comm:?}: a command name is 1 to 15 bytes (the kernel truncates longer names)"
+                )));
+            }
+            filter.by_comm = 1;
+            filter.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        }
+        let mut pids = Vec::new();
+        if !self.pids.is_empty() {
+            filter.by_pid = 1;
+            pids = with_descendants(&self.pids)?;
+        }
+        let udp_events = ["sendto", "recvfrom", "sendmsg", "recvmsg"];
+        let wants_udp_data =
+            self.events.is_empty() || self.events.iter().any(|e| udp_events.contains(&e.as_str()));
+        filter.udp_data = u8::from(wants_udp_data && filter.protocol != IPPROTO_TCP);
+        if self.ringbuf_kib < 4 || !self.ringbuf_kib.is_power_of_two() || self.ringbuf_kib > 1 << 20
+        {
+            return Err(bad(format!(
+                "--ringbuf-kib {}: must be a power of two between 4 and 1048576",
+                self.ringbuf_kib
+            )));
+        }
+        let duration = match self.duration {
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                return Err(bad(format!(
+                    "--duration {s}: must be a positive number of seconds"
+                )))
+            }
+            Some(s) => Some(std::time::Duration::from_secs_f64(s)),
+            None => None,
+        };
+        use std::io::IsTerminal;
+        Ok(WatchConfig {
+            json: self.json,
+            kernel_filter: filter,
+            pids,
+            comm: self.comm,
+            events: self.events,
+            ringbuf_bytes: self.ringbuf_kib * 1024,
+            duration,
+            color: !self.no_color && !self.json && std::io::stdout().is_terminal(),
+        })
+    }
+}
+
+/// The given processes and every descendant they have now (later forks are followed in the
+/// kernel).
+fn with_descendants(roots: &[u32]) -> Result<Vec<u32>> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(all) = procfs::process::all_processes() {
+        for proc in all.flatten() {
+            if let Ok(stat) = proc.stat() {
+                children
+                    .entry(stat.ppid as u32)
+                    .or_default()
+                    .push(stat.pid as u32);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for &root in roots {
+        if !std::path::Path::new(&format!("/proc/{root}")).exists() {
+            return Err(Error::NoSuchPid(root));
+        }
+        let mut stack = vec![root];
+        while let Some(pid) = stack.pop() {
+            if out.contains(&pid) {
+                continue;
+            }
+            out.push(pid);
+            stack.extend(children.get(&pid).into_iter().flatten().copied());
+        }
+    }
+    Ok(out)
+}

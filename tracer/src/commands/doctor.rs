@@ -1,0 +1,147 @@
+//! `tracer doctor`: what this kernel offers (hook types, tracepoints, BTF, cgroup v2, tracefs)
+//! and which of those tracer uses. Probes by loading tiny programs, so it needs root.
+use aya::programs::ProgramType;
+
+use crate::{
+    error::Result,
+    kernel::{btf, loader, prereq, tracefs},
+};
+
+struct Check {
+    name: String,
+    available: bool,
+    used: bool,
+    note: String,
+}
+
+pub fn run() -> Result<()> {
+    prereq::require_root("doctor")?;
+    let mounted_now = prereq::ensure_tracefs()?;
+    let mut checks = Vec::new();
+    let mut add = |name: &str, available: bool, used: bool, note: String| {
+        checks.push(Check {
+            name: name.to_string(),
+            available,
+            used,
+            note,
+        })
+    };
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!("kernel {kernel}");
+    if mounted_now {
+        println!("mounted tracefs at {}", tracefs::TRACEFS);
+    }
+
+    let probe = |t: ProgramType| aya::sys::is_program_supported(t).unwrap_or(false);
+    add(
+        "tracepoint programs",
+        probe(ProgramType::TracePoint),
+        true,
+        "socket syscalls, TCP states".into(),
+    );
+    add(
+        "raw tracepoint programs",
+        probe(ProgramType::RawTracePoint),
+        false,
+        String::new(),
+    );
+    add(
+        "kprobe programs",
+        std::path::Path::new(tracefs::TRACEFS)
+            .join("kprobe_events")
+            .exists(),
+        false,
+        "not needed: tracer uses stable tracepoints".into(),
+    );
+    add(
+        "fentry/fexit (tracing) programs",
+        probe(ProgramType::Tracing),
+        false,
+        "optional; not needed".into(),
+    );
+    add(
+        "cgroup sock programs",
+        probe(ProgramType::CgroupSock),
+        true,
+        "sock_release: when a socket is freed".into(),
+    );
+    add(
+        "sock_ops programs",
+        probe(ProgramType::SockOps),
+        false,
+        String::new(),
+    );
+    add(
+        "netfilter programs",
+        probe(ProgramType::Netfilter),
+        false,
+        "for NAT tracing".into(),
+    );
+
+    let btf_ok = btf::KernelBtf::load();
+    let offsets = btf_ok.as_ref().ok().map(loader::resolve_offsets);
+    add(
+        "kernel BTF (/sys/kernel/btf/vmlinux)",
+        btf_ok.is_ok(),
+        true,
+        match &offsets {
+            Some(Ok(_)) => "all socket field offsets resolved".into(),
+            Some(Err(e)) => e.to_string(),
+            None => "missing".into(),
+        },
+    );
+    match prereq::cgroup2_root() {
+        Ok(path) => add("cgroup v2", true, true, path.display().to_string()),
+        Err(e) => add("cgroup v2", false, true, e.to_string()),
+    }
+    for (category, event) in [
+        ("syscalls", "sys_enter_socket"),
+        ("syscalls", "sys_enter_bind"),
+        ("syscalls", "sys_enter_listen"),
+        ("syscalls", "sys_enter_accept4"),
+        ("syscalls", "sys_enter_connect"),
+        ("syscalls", "sys_enter_close"),
+        ("syscalls", "sys_enter_shutdown"),
+        ("syscalls", "sys_enter_sendto"),
+        ("syscalls", "sys_enter_recvfrom"),
+        ("syscalls", "sys_enter_sendmsg"),
+        ("syscalls", "sys_enter_recvmsg"),
+        ("sock", "inet_sock_set_state"),
+        ("sched", "sched_process_fork"),
+        ("sock", "sock_send_length"),
+        ("sock", "sock_recv_length"),
+    ] {
+        let used = !event.ends_with("_length");
+        add(
+            &format!("tracepoint {category}:{event}"),
+            tracefs::exists(category, event),
+            used,
+            String::new(),
+        );
+    }
+
+    println!("{:<44} {:<10} {:<5} NOTE", "HOOK", "AVAILABLE", "USED");
+    let mut missing_needed = 0;
+    for c in &checks {
+        if c.used && !c.available {
+            missing_needed += 1;
+        }
+        println!(
+            "{:<44} {:<10} {:<5} {}",
+            c.name,
+            if c.available { "yes" } else { "no" },
+            if c.used { "yes" } else { "-" },
+            c.note
+        );
+    }
+    if missing_needed == 0 && matches!(offsets, Some(Ok(_))) {
+        println!("\ntracer watch can run on this kernel.");
+        Ok(())
+    } else {
+        Err(crate::error::Error::Invalid(format!(
+            "{missing_needed} hook(s) tracer needs are missing on this kernel (see above)"
+        )))
+    }
+}

@@ -1,0 +1,163 @@
+//! `tracer watch`: attach, then stream every socket event through the socket table to a sink
+//! until Ctrl-C, SIGTERM or `--duration`. Dropping the probes detaches every program and link.
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+    time::{Duration, Instant},
+};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracer_common::SockEvent;
+
+use crate::{
+    cli::WatchConfig,
+    error::{Error, Result},
+    kernel::{
+        loader::{KernelCounters, LoadOptions, SockProbes},
+        netns, prereq,
+    },
+    model::{Clock, Event, Filter, SocketTable},
+    output::{human::HumanSink, json::JsonSink, Sink, Summary},
+    source::{EventSource, RingBufSource},
+};
+
+pub async fn run(config: WatchConfig) -> Result<()> {
+    prereq::require_root("watch")?;
+    let mut probes = SockProbes::load(&LoadOptions {
+        filter: config.kernel_filter,
+        pids: config.pids.clone(),
+        ringbuf_bytes: config.ringbuf_bytes,
+    })?;
+    let source = RingBufSource::new(probes.take_events()?)?;
+    let counters = probes.take_counters()?;
+    let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let mut sink: Box<dyn Sink> = if config.json {
+        Box::new(JsonSink::new(stdout))
+    } else {
+        Box::new(HumanSink::new(stdout, io::stderr(), config.color))
+    };
+    let result = stream(&config, source, &counters, &probes.attached, sink.as_mut()).await;
+    drop(probes); // detach before reporting, so nothing outlives the command
+    match result {
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Per-netns ephemeral port ranges, read once per namespace.
+#[derive(Default)]
+struct PortRanges {
+    own_netns: Option<u32>,
+    known: HashMap<u32, Option<(u16, u16)>>,
+}
+
+impl PortRanges {
+    fn get(&mut self, netns_inode: u32, pid: Option<u32>) -> Option<(u16, u16)> {
+        if netns_inode == 0 {
+            return None;
+        }
+        if let Some(range) = self.known.get(&netns_inode) {
+            return *range;
+        }
+        let own = *self
+            .own_netns
+            .get_or_insert_with(|| netns::own_inode().unwrap_or(0));
+        let range = if netns_inode == own {
+            netns::read_port_range().ok()
+        } else {
+            // Enter the namespace through the process that owns the socket.
+            let pid = pid?;
+            let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+            match std::fs::metadata(&path) {
+                Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) as u32 == netns_inode => {
+                    netns::port_range_in(&path).ok()
+                }
+                _ => return None, // try again with a later event
+            }
+        };
+        self.known.insert(netns_inode, range);
+        range
+    }
+}
+
+async fn stream(
+    config: &WatchConfig,
+    mut source: impl EventSource,
+    counters: &KernelCounters,
+    hooks: &[String],
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    let io_err = |e: io::Error| Error::io("writing output", e);
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let clock = Clock::now();
+    let filter = Filter {
+        events: config.events.clone(),
+        needs_owner: config.kernel_filter.by_pid != 0 || config.comm.is_some(),
+        comm: config.comm.clone(),
+    };
+    let mut table = SocketTable::default();
+    let mut ranges = PortRanges::default();
+    let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
+    let mut summary = Summary::default();
+    let mut lost_seen = 0u64;
+    let started = Instant::now();
+    let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut sweeps = 0u32;
+
+    sink.ready(hooks).map_err(io_err)?;
+    loop {
+        tokio::select! {
+            more = source.next_batch(&mut batch) => {
+                if !more? {
+                    break;
+                }
+                summary.events += batch.len() as u64;
+                for raw in batch.drain(..) {
+                    let attribution = table.observe(&raw);
+                    let pid = attribution.owner.map(|o| o.pid);
+                    let range = ranges.get(raw.netns, pid);
+                    let event = Event::new(&raw, &attribution, range, &clock);
+                    if filter.allows(&event) {
+                        sink.event(&event).map_err(io_err)?;
+                    }
+                }
+                sink.flush().map_err(io_err)?;
+            }
+            _ = tick.tick() => {
+                let lost = counters.lost() + counters.pending_full();
+                if lost != lost_seen {
+                    sink.lost(lost - lost_seen, lost).map_err(io_err)?;
+                    lost_seen = lost;
+                }
+                sweeps += 1;
+                if sweeps.is_multiple_of(100) {
+                    table.sweep(monotonic_ns());
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    break;
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    summary.lost = counters.lost() + counters.pending_full();
+    if summary.lost != lost_seen {
+        sink.lost(summary.lost - lost_seen, summary.lost)
+            .map_err(io_err)?;
+    }
+    summary.undecodable = source.undecodable();
+    summary.seconds = started.elapsed().as_secs_f64();
+    sink.summary(&summary).map_err(io_err)?;
+    io::stderr().flush().ok();
+    Ok(())
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,273 @@
+//! Loads the socket eBPF object with offsets and filters as `.rodata`, attaches every program,
+//! and owns the result: dropping [`SockProbes`] detaches everything (all links are fd-owned, so
+//! even `kill -9` leaves nothing behind).
+use std::os::fd::AsFd;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSock, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{counter, KernelFilter, KernelOffsets};
+
+use crate::error::{Error, Result};
+use crate::kernel::{btf::KernelBtf, prereq, tracefs};
+
+static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-sock"));
+
+/// A `.rodata` global handed to aya: a transparent wrapper so our Pod records satisfy aya's
+/// own `Pod` bound.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct Global<T>(T);
+// SAFETY: T is bytemuck::Pod (plain bytes, no padding), which is what aya::Pod requires.
+unsafe impl<T: bytemuck::Pod> aya::Pod for Global<T> {}
+
+/// Syscall tracepoints: (program name, tracepoint). The program names match `tracer-ebpf`.
+const SYSCALLS: &[&str] = &[
+    "socket", "bind", "listen", "accept", "accept4", "connect", "close", "shutdown",
+];
+/// The UDP data-path syscalls, attached only when UDP send/recv events are wanted.
+const UDP_SYSCALLS: &[&str] = &["sendto", "recvfrom", "sendmsg", "recvmsg"];
+
+/// What the agent asks the kernel side to do.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub filter: KernelFilter,
+    /// Seed of the `--pid` set (the process and its descendants at start).
+    pub pids: Vec<u32>,
+    pub ringbuf_bytes: u32,
+}
+
+pub struct SockProbes {
+    ebpf: Ebpf,
+    /// Names of the hooks attached, for `doctor` and logs.
+    pub attached: Vec<String>,
+}
+
+impl SockProbes {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        if SOCK_OBJECT.is_empty() {
+            return Err(Error::StubObject);
+        }
+        prereq::raise_memlock();
+        prereq::ensure_tracefs()?;
+        let offsets = resolve_offsets(&KernelBtf::load()?)?;
+        let offsets = Global(offsets);
+        let filter = Global(opts.filter);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("FILTER", &filter, true)
+            .map_max_entries("EVENTS", opts.ringbuf_bytes)
+            .load(SOCK_OBJECT)?;
+
+        if opts.filter.by_pid != 0 {
+            let mut pids: BpfHashMap<_, u32, u8> = map(&mut ebpf, "FILTER_PIDS")?;
+            for pid in &opts.pids {
+                pids.insert(pid, 1, 0).map_err(|source| Error::Map {
+                    name: "FILTER_PIDS".into(),
+                    source,
+                })?;
+            }
+        }
+
+        let mut attached = Vec::new();
+        let udp: &[&str] = if opts.filter.udp_data != 0 {
+            UDP_SYSCALLS
+        } else {
+            &[]
+        };
+        for syscall in SYSCALLS.iter().chain(udp) {
+            for phase in ["enter", "exit"] {
+                let event = format!("sys_{phase}_{syscall}");
+                if !tracefs::exists("syscalls", &event) {
+                    // accept(2) is absent on some architectures (accept4 covers them).
+                    if *syscall == "accept" {
+                        continue;
+                    }
+                    return Err(Error::MissingTracepoint(
+                        format!("syscalls:{event}"),
+                        "CONFIG_FTRACE_SYSCALLS is off".into(),
+                    ));
+                }
+                attach_tracepoint(&mut ebpf, &event, "syscalls", &event)?;
+                attached.push(format!("tracepoint/syscalls/{event}"));
+            }
+        }
+        attach_tracepoint(
+            &mut ebpf,
+            "inet_sock_set_state",
+            "sock",
+            "inet_sock_set_state",
+        )?;
+        attached.push("tracepoint/sock/inet_sock_set_state".into());
+        if opts.filter.by_pid != 0 {
+            attach_tracepoint(
+                &mut ebpf,
+                "sched_process_fork",
+                "sched",
+                "sched_process_fork",
+            )?;
+            attached.push("tracepoint/sched/sched_process_fork".into());
+        }
+
+        let cgroup = prereq::cgroup2_root()?;
+        let cgroup_file = std::fs::File::open(&cgroup)
+            .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
+        let program: &mut CgroupSock = program(&mut ebpf, "sock_release")?;
+        program.load().map_err(prog_err("sock_release"))?;
+        // Through a bpf_link: multi-attach semantics, so other cgroup programs are unaffected.
+        program
+            .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
+            .map_err(prog_err("sock_release"))?;
+        attached.push(format!("cgroup/sock_release on {}", cgroup.display()));
+        Ok(SockProbes { ebpf, attached })
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| Error::Map {
+            name: "EVENTS".into(),
+            source: aya::maps::MapError::InvalidName {
+                name: "EVENTS".into(),
+            },
+        })?;
+        RingBuf::try_from(map).map_err(|source| Error::Map {
+            name: "EVENTS".into(),
+            source,
+        })
+    }
+
+    pub fn take_counters(&mut self) -> Result<KernelCounters> {
+        let map = self.ebpf.take_map("COUNTERS").ok_or_else(|| Error::Map {
+            name: "COUNTERS".into(),
+            source: aya::maps::MapError::InvalidName {
+                name: "COUNTERS".into(),
+            },
+        })?;
+        let array = PerCpuArray::try_from(map).map_err(|source| Error::Map {
+            name: "COUNTERS".into(),
+            source,
+        })?;
+        Ok(KernelCounters { array })
+    }
+}
+
+/// The kernel side's failure counters, summed over CPUs.
+pub struct KernelCounters {
+    array: PerCpuArray<MapData, u64>,
+}
+
+impl KernelCounters {
+    pub fn read(&self, index: u32) -> u64 {
+        self.array
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.read(counter::LOST)
+    }
+
+    pub fn pending_full(&self) -> u64 {
+        self.read(counter::PENDING_FULL)
+    }
+}
+
+fn prog_err(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error + '_ {
+    move |source| Error::Program {
+        name: name.to_string(),
+        source,
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or_else(|| Error::Program {
+        name: name.to_string(),
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    program.try_into().map_err(prog_err(name))
+}
+
+fn map<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<BpfHashMap<&'a mut MapData, K, V>> {
+    let map = ebpf.map_mut(name).ok_or_else(|| Error::Map {
+        name: name.into(),
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    BpfHashMap::try_from(map).map_err(|source| Error::Map {
+        name: name.into(),
+        source,
+    })
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
+    let tp: &mut TracePoint = program(ebpf, name)?;
+    tp.load().map_err(prog_err(name))?;
+    tp.attach(category, event).map_err(prog_err(name))?;
+    Ok(())
+}
+
+/// Every offset the programs use: struct members from BTF, record fields from tracefs.
+pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
+    let tp = |category: &str, event: &str, field: &str, size: u32| -> Result<u32> {
+        tracefs::Format::read(category, event)?
+            .offset(field, size)
+            .map_err(|reason| Error::TracepointFormat {
+                path: format!("{}/events/{category}/{event}/format", tracefs::TRACEFS).into(),
+                reason,
+            })
+    };
+    for (strukt, member, size) in [("sock", "sk_protocol", 2), ("sock", "sk_type", 2)] {
+        if btf.member_size(strukt, member)? != size {
+            return Err(Error::BtfMissing(format!(
+                "{size}-byte struct {strukt}.{member}"
+            )));
+        }
+    }
+    let net_ns = btf.offset("net", "ns")?;
+    let ns_inum = btf.offset("ns_common", "inum")?;
+    let state = |field: &str, size: u32| tp("sock", "inet_sock_set_state", field, size);
+    Ok(KernelOffsets {
+        task_files: btf.offset("task_struct", "files")?,
+        files_fdt: btf.offset("files_struct", "fdt")?,
+        fdtable_max_fds: btf.offset("fdtable", "max_fds")?,
+        fdtable_fd: btf.offset("fdtable", "fd")?,
+        file_private_data: btf.offset("file", "private_data")?,
+        file_f_inode: btf.offset("file", "f_inode")?,
+        inode_i_mode: btf.offset("inode", "i_mode")?,
+        socket_sk: btf.offset("socket", "sk")?,
+        skc_daddr: btf.offset("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: btf.offset("sock_common", "skc_rcv_saddr")?,
+        skc_dport: btf.offset("sock_common", "skc_dport")?,
+        skc_num: btf.offset("sock_common", "skc_num")?,
+        skc_family: btf.offset("sock_common", "skc_family")?,
+        skc_state: btf.offset("sock_common", "skc_state")?,
+        skc_net: btf.offset("sock_common", "skc_net")?,
+        skc_v6_daddr: btf.offset("sock_common", "skc_v6_daddr")?,
+        skc_v6_rcv_saddr: btf.offset("sock_common", "skc_v6_rcv_saddr")?,
+        net_inum: net_ns + ns_inum,
+        sk_protocol: btf.offset("sock", "sk_protocol")?,
+        sk_type: btf.offset("sock", "sk_type")?,
+        sk_err: btf.offset("sock", "sk_err")?,
+        tp_syscall_args: tp("syscalls", "sys_enter_bind", "fd", 8)?,
+        tp_syscall_ret: tp("syscalls", "sys_exit_bind", "ret", 8)?,
+        tp_state_skaddr: state("skaddr", 8)?,
+        tp_state_oldstate: state("oldstate", 4)?,
+        tp_state_newstate: state("newstate", 4)?,
+        tp_state_sport: state("sport", 2)?,
+        tp_state_dport: state("dport", 2)?,
+        tp_state_family: state("family", 2)?,
+        tp_state_protocol: state("protocol", 2)?,
+        tp_state_saddr: state("saddr", 4)?,
+        tp_state_daddr: state("daddr", 4)?,
+        tp_state_saddr_v6: state("saddr_v6", 16)?,
+        tp_state_daddr_v6: state("daddr_v6", 16)?,
+        tp_fork_child_pid: tp("sched", "sched_process_fork", "child_pid", 4)?,
+    })
+}

@@ -1,0 +1,7 @@
+//! Everything that touches the kernel: prerequisite checks and mounts, BTF offsets, tracepoint
+//! formats, loading and attaching, network namespaces.
+pub mod btf;
+pub mod loader;
+pub mod netns;
+pub mod prereq;
+pub mod tracefs;

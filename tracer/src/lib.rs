@@ -1,0 +1,11 @@
+//! tracer: a live eBPF tracer of sockets, ports and the TCP state machine.
+//!
+//! The data path is one-way: kernel hooks (`tracer-ebpf`) → ring buffer → [`source`] (decode)
+//! → [`model`] (socket table, attribution, enrichment) → [`output`] (table, JSON lines).
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod kernel;
+pub mod model;
+pub mod output;
+pub mod source;

@@ -1,0 +1,34 @@
+//! The `tracer` binary: parse the command line, run the subcommand, report errors in one line.
+use clap::Parser;
+use tracer::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result: anyhow::Result<()> = (|| {
+        match cli.command {
+            Command::Watch(args) => {
+                let config = args.validate()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(tracer::commands::watch::run(config))?;
+            }
+            Command::Doctor => tracer::commands::doctor::run()?,
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracer: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The enriched event the sinks print: the raw record plus what the agent knows (owner from the
+//! socket table, port classes, the netns's ephemeral range, errno names, wall-clock time).
+//!
+//! JSON field names are stable; they are documented in the README.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Serialize;
+use tracer_common::{
+    flag, kind, tcp_state, tcp_state_name, PortClass, SockEvent, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use super::table::{Attribution, Owner};
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// realtime − monotonic, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+            .unwrap_or(0);
+        let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+            .unwrap_or(0);
+        Clock {
+            offset_ns: real - mono,
+        }
+    }
+
+    /// A clock whose wall time equals the monotonic time (tests, replays).
+    pub fn identity() -> Self {
+        Clock { offset_ns: 0 }
+    }
+
+    pub fn wall_ns(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+pub fn event_name(k: u16) -> &'static str {
+    match k {
+        kind::SOCKET => "socket",
+        kind::BIND => "bind",
+        kind::LISTEN => "listen",
+        kind::ACCEPT => "accept",
+        kind::CONNECT => "connect",
+        kind::CLOSE => "close",
+        kind::SHUTDOWN => "shutdown",
+        kind::SENDTO => "sendto",
+        kind::RECVFROM => "recvfrom",
+        kind::SENDMSG => "sendmsg",
+        kind::RECVMSG => "recvmsg",
+        kind::STATE => "state",
+        kind::RELEASE => "release",
+        _ => "unknown",
+    }
+}
+
+/// Every event name `--events` accepts, in kind order.
+pub const EVENT_NAMES: &[&str] = &[
+    "socket", "bind", "listen", "accept", "connect", "close", "shutdown", "sendto", "recvfrom",
+    "sendmsg", "recvmsg", "state", "release",
+];
+
+pub fn errno_name(ret: i64) -> Option<String> {
+    (ret < 0).then(|| {
+        let errno = nix::errno::Errno::from_raw((-ret) as i32);
+        match errno {
+            nix::errno::Errno::UnknownErrno => format!("E{}", -ret),
+            e => format!("{e:?}"),
+        }
+    })
+}
+
+fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Facts about one port number, as the documents teach them.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct PortFacts {
+    /// IANA class: well-known (0-1023), registered (1024-49151), dynamic (49152-65535).
+    pub class: &'static str,
+    /// Inside this netns's `net.ipv4.ip_local_port_range` (None: range unknown).
+    pub in_ephemeral_range: Option<bool>,
+}
+
+impl PortFacts {
+    fn of(port: u16, range: Option<(u16, u16)>) -> Self {
+        PortFacts {
+            class: PortClass::of(port).as_str(),
+            in_ephemeral_range: range.map(|(lo, hi)| (lo..=hi).contains(&port)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    pub event: &'static str,
+    /// The owning process (None for a TCP transition on a socket tracer has not seen).
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub netns: u32,
+    pub fd: Option<i32>,
+    pub proto: &'static str,
+    pub family: &'static str,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub ret: i64,
+    pub errno: Option<String>,
+    /// listen(2) backlog.
+    pub backlog: Option<i64>,
+    /// shutdown(2) how: SHUT_RD, SHUT_WR, SHUT_RDWR.
+    pub how: Option<&'static str>,
+    /// Bytes sent or received (UDP send/recv events).
+    pub bytes: Option<i64>,
+    /// TCP state before a transition (state events).
+    pub old_state: Option<&'static str>,
+    /// TCP state after the call or transition.
+    pub state: Option<&'static str>,
+    pub lport_class: &'static str,
+    pub lport_in_ephemeral_range: Option<bool>,
+    /// The kernel picked the local port (bind to port 0, connect or sendto on an unbound socket).
+    pub lport_kernel_chosen: bool,
+    pub rport_class: Option<&'static str>,
+    pub rport_in_ephemeral_range: Option<bool>,
+    /// The netns's ephemeral port range `[low, high]`, when known.
+    pub ephemeral_range: Option<(u16, u16)>,
+    /// Kernel socket identity (`struct sock *`), the key that ties events together.
+    pub sock: String,
+    /// accept: the listening socket the connection came from.
+    pub listener: Option<String>,
+    /// The caller passed a sockaddr tracer could not read (wrong length or family).
+    pub bad_sockaddr: bool,
+}
+
+impl Event {
+    pub fn new(
+        ev: &SockEvent,
+        attribution: &Attribution,
+        port_range: Option<(u16, u16)>,
+        clock: &Clock,
+    ) -> Self {
+        let owner: Option<Owner> = attribution.owner;
+        let is_state = ev.kind == kind::STATE;
+        let lport = if ev.lport == 0 {
+            attribution.lport
+        } else {
+            ev.lport
+        };
+        let (old_state, state) = if is_state {
+            (Some(tcp_state_name(ev.old_state)), Some(state_after(ev)))
+        } else if ev.protocol == IPPROTO_TCP && ev.new_state != 0 {
+            (None, Some(tcp_state_name(ev.new_state)))
+        } else {
+            (None, None)
+        };
+        let has_remote = ev.rport != 0 || ev.raddr != [0; 16];
+        Event {
+            record: "event",
+            ts_ns: clock.wall_ns(ev.ts_ns),
+            event: event_name(ev.kind),
+            pid: owner.map(|o| o.pid),
+            tid: owner.map(|o| o.tid),
+            comm: owner.map(|o| comm_str(&o.comm)),
+            uid: owner.map(|o| o.uid),
+            netns: ev.netns,
+            fd: match ev.kind {
+                kind::STATE | kind::RELEASE => None,
+                kind::ACCEPT if ev.ret >= 0 => Some(ev.ret as i32),
+                _ => Some(ev.fd),
+            },
+            proto: match ev.protocol {
+                IPPROTO_TCP => "tcp",
+                IPPROTO_UDP => "udp",
+                _ => match ev.sock_type {
+                    1 => "tcp",
+                    2 => "udp",
+                    _ => "-",
+                },
+            },
+            family: if ev.family == AF_INET6 {
+                "ipv6"
+            } else {
+                "ipv4"
+            },
+            laddr: ip(ev.family, &ev.laddr),
+            lport,
+            raddr: ip(ev.family, &ev.raddr),
+            rport: ev.rport,
+            ret: ev.ret,
+            errno: errno_name(ev.ret),
+            backlog: (ev.kind == kind::LISTEN).then_some(ev.arg),
+            how: (ev.kind == kind::SHUTDOWN).then_some(match ev.arg {
+                0 => "SHUT_RD",
+                1 => "SHUT_WR",
+                _ => "SHUT_RDWR",
+            }),
+            bytes: matches!(
+                ev.kind,
+                kind::SENDTO | kind::RECVFROM | kind::SENDMSG | kind::RECVMSG
+            )
+            .then(|| ev.ret.max(0)),
+            old_state,
+            state,
+            lport_class: PortClass::of(lport).as_str(),
+            lport_in_ephemeral_range: PortFacts::of(lport, port_range).in_ephemeral_range,
+            lport_kernel_chosen: attribution.kernel_chose_port
+                || ev.flags & flag::KERNEL_CHOSE_PORT != 0,
+            rport_class: has_remote.then(|| PortClass::of(ev.rport).as_str()),
+            rport_in_ephemeral_range: if has_remote {
+                PortFacts::of(ev.rport, port_range).in_ephemeral_range
+            } else {
+                None
+            },
+            ephemeral_range: port_range,
+            sock: format!("{:#x}", ev.sk),
+            listener: (ev.kind == kind::ACCEPT && ev.parent_sk != 0)
+                .then(|| format!("{:#x}", ev.parent_sk)),
+            bad_sockaddr: ev.flags & flag::BAD_SOCKADDR != 0,
+        }
+    }
+
+    pub fn comm_or_dash(&self) -> &str {
+        self.comm.as_deref().unwrap_or("-")
+    }
+}
+
+/// The state a transition leads to, as a user means it. The kernel hands a closing connection
+/// to a timewait socket and moves the full socket from FIN_WAIT2 (or CLOSING) straight to
+/// CLOSE; with no error pending (a reset would have set `sk_err`), that is TIME_WAIT.
+pub fn state_after(ev: &SockEvent) -> &'static str {
+    let into_time_wait = ev.new_state == tcp_state::CLOSE
+        && matches!(ev.old_state, tcp_state::FIN_WAIT2 | tcp_state::CLOSING)
+        && ev.sk_err == 0;
+    if into_time_wait {
+        tcp_state_name(tcp_state::TIME_WAIT)
+    } else {
+        tcp_state_name(ev.new_state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Attribution {
+        Attribution {
+            owner: Some(Owner {
+                pid: 10,
+                tid: 11,
+                uid: 0,
+                comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            }),
+            kernel_chose_port: false,
+            lport: 0,
+        }
+    }
+
+    #[test]
+    fn connect_with_kernel_chosen_port() {
+        let ev = SockEvent {
+            kind: kind::CONNECT,
+            family: tracer_common::AF_INET,
+            protocol: IPPROTO_TCP,
+            lport: 40001,
+            rport: 443,
+            laddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            raddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ret: -115,
+            new_state: tcp_state::SYN_SENT,
+            flags: flag::KERNEL_CHOSE_PORT,
+            fd: 3,
+            ..Default::default()
+        };
+        let e = Event::new(&ev, &owner(), Some((32768, 60999)), &Clock::identity());
+        assert_eq!(e.errno.as_deref(), Some("EINPROGRESS"));
+        assert!(e.lport_kernel_chosen);
+        assert_eq!(e.lport_class, "registered");
+        assert_eq!(e.lport_in_ephemeral_range, Some(true));
+        assert_eq!(e.rport_class, Some("well-known"));
+        assert_eq!(e.rport_in_ephemeral_range, Some(false));
+        assert_eq!(e.state, Some("SYN_SENT"));
+        assert_eq!(e.comm.as_deref(), Some("curl"));
+        assert_eq!(e.laddr.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn time_wait_is_named() {
+        let mut ev = SockEvent {
+            kind: kind::STATE,
+            old_state: tcp_state::FIN_WAIT2,
+            new_state: tcp_state::CLOSE,
+            ..Default::default()
+        };
+        assert_eq!(state_after(&ev), "TIME_WAIT");
+        ev.sk_err = 104; // ECONNRESET: a reset, not a timewait hand-off
+        assert_eq!(state_after(&ev), "CLOSE");
+    }
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(-111).as_deref(), Some("ECONNREFUSED"));
+        assert_eq!(errno_name(-98).as_deref(), Some("EADDRINUSE"));
+        assert_eq!(errno_name(0), None);
+    }
+
+    #[test]
+    fn json_field_names_are_stable() {
+        let e = Event::new(&SockEvent::default(), &owner(), None, &Clock::identity());
+        let v = serde_json::to_value(&e).unwrap();
+        for key in [
+            "type",
+            "ts_ns",
+            "event",
+            "pid",
+            "tid",
+            "comm",
+            "uid",
+            "netns",
+            "fd",
+            "proto",
+            "family",
+            "laddr",
+            "lport",
+            "raddr",
+            "rport",
+            "ret",
+            "errno",
+            "backlog",
+            "state",
+            "old_state",
+            "lport_class",
+            "lport_in_ephemeral_range",
+            "lport_kernel_chosen",
+            "rport_class",
+            "sock",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The socket table: every socket tracer has seen, keyed by its kernel identity (`struct sock *`),
+//! with the process that owns it. TCP state transitions often run in softirq, where the current
+//! pid belongs to whoever was on the CPU; they are attributed through this table instead.
+//!
+//! Entries are removed when the socket is released (UDP, or TCP already in CLOSE) or, for TCP
+//! sockets released while still connected, when their final transition to CLOSE arrives, so the
+//! table stays bounded however long tracer runs. A sweep drops released entries whose CLOSE was
+//! never seen (lost events), and a hard cap evicts the oldest entries if all else fails.
+use std::collections::HashMap;
+
+use tracer_common::{kind, tcp_state, SockEvent, IPPROTO_TCP};
+
+/// The process a socket belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: [u8; 16],
+}
+
+impl Owner {
+    fn of(ev: &SockEvent) -> Self {
+        Owner {
+            pid: ev.pid,
+            tid: ev.tid,
+            uid: ev.uid,
+            comm: ev.comm,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    owner: Owner,
+    netns: u32,
+    protocol: u8,
+    lport: u16,
+    state: u8,
+    kernel_chose_port: bool,
+    /// Monotonic time of release, while a released TCP socket finishes its close.
+    released_at: Option<u64>,
+    last_seen: u64,
+}
+
+/// How long a released TCP socket may wait for its CLOSE transition before it is dropped.
+const RELEASED_GRACE_NS: u64 = 300 * 1_000_000_000;
+
+pub struct SocketTable {
+    sockets: HashMap<u64, Entry>,
+    /// (netns, port) → listening socket, to attribute connections the kernel creates from a
+    /// listener (SYN_RECV → ESTABLISHED) before `accept()` names them.
+    listeners: HashMap<(u32, u16), u64>,
+    capacity: usize,
+    evicted: u64,
+}
+
+/// What the table knows about the socket an event concerns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attribution {
+    pub owner: Option<Owner>,
+    /// The kernel chose this socket's local port (now or in an earlier event).
+    pub kernel_chose_port: bool,
+    /// The socket's local port as last known (a refused connect's port is gone by its exit).
+    pub lport: u16,
+}
+
+impl Default for SocketTable {
+    fn default() -> Self {
+        Self::with_capacity(1 << 20)
+    }
+}
+
+impl SocketTable {
+    pub fn with_capacity(capacity: usize) -> Self {
+        SocketTable {
+            sockets: HashMap::new(),
+            listeners: HashMap::new(),
+            capacity,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Entries dropped by the hard cap (never by normal operation).
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Folds one event into the table and says who owns its socket.
+    pub fn observe(&mut self, ev: &SockEvent) -> Attribution {
+        match ev.kind {
+            kind::STATE => self.observe_state(ev),
+            kind::RELEASE => self.observe_release(ev),
+            _ => self.observe_syscall(ev),
+        }
+    }
+
+    fn observe_syscall(&mut self, ev: &SockEvent) -> Attribution {
+        let chose = ev.flags & tracer_common::flag::KERNEL_CHOSE_PORT != 0;
+        if ev.sk == 0 || (ev.ret < 0 && ev.kind == kind::ACCEPT) {
+            return Attribution {
+                owner: Some(Owner::of(ev)),
+                kernel_chose_port: chose,
+                lport: ev.lport,
+            };
+        }
+        self.make_room();
+        let entry = self.sockets.entry(ev.sk).or_insert_with(|| Entry {
+            owner: Owner::of(ev),
+            netns: ev.netns,
+            protocol: ev.protocol,
+            lport: 0,
+            state: 0,
+            kernel_chose_port: false,
+            released_at: None,
+            last_seen: ev.ts_ns,
+        });
+        entry.owner = Owner::of(ev);
+        entry.netns = ev.netns;
+        entry.protocol = ev.protocol;
+        entry.kernel_chose_port |= chose;
+        entry.last_seen = ev.ts_ns;
+        if ev.lport != 0 {
+            entry.lport = ev.lport;
+        }
+        if ev.protocol == IPPROTO_TCP && ev.new_state != 0 {
+            entry.state = ev.new_state;
+        }
+        let attribution = Attribution {
+            owner: Some(entry.owner),
+            kernel_chose_port: entry.kernel_chose_port,
+            lport: entry.lport,
+        };
+        if ev.kind == kind::LISTEN && ev.ret == 0 {
+            self.listeners.insert((ev.netns, ev.lport), ev.sk);
+        }
+        attribution
+    }
+
+    fn observe_state(&mut self, ev: &SockEvent) -> Attribution {
+        if !self.sockets.contains_key(&ev.sk) {
+            // A connection the kernel built from a listener before accept() returned it:
+            // it belongs to whoever owns the listener.
+            let listener = self
+                .listeners
+                .get(&(ev.netns, ev.lport))
+                .and_then(|sk| self.sockets.get(sk))
+                .map(|l| l.owner);
+            let Some(owner) = listener else {
+                return Attribution {
+                    lport: ev.lport,
+                    ..Default::default()
+                };
+            };
+            self.make_room();
+            self.sockets.insert(
+                ev.sk,
+                Entry {
+                    owner,
+                    netns: ev.netns,
+                    protocol: IPPROTO_TCP,
+                    lport: ev.lport,
+                    state: ev.new_state,
+                    kernel_chose_port: false,
+                    released_at: None,
+                    last_seen: ev.ts_ns,
+                },
+            );
+        }
+        let entry = self.sockets.get_mut(&ev.sk).expect("inserted above");
+        entry.state = ev.new_state;
+        entry.last_seen = ev.ts_ns;
+        if ev.lport != 0 {
+            entry.lport = ev.lport;
+        }
+        let attribution = Attribution {
+            owner: Some(entry.owner),
+            kernel_chose_port: entry.kernel_chose_port,
+            lport: entry.lport,
+        };
+        if ev.new_state == tcp_state::LISTEN {
+            self.listeners.insert((ev.netns, ev.lport), ev.sk);
+        }
+        let released = entry.released_at.is_some();
+        if ev.new_state == tcp_state::CLOSE {
+            if ev.old_state == tcp_state::LISTEN {
+                self.forget_listener(ev.sk);
+            }
+            if released {
+                self.remove(ev.sk);
+            }
+        }
+        attribution
+    }
+
+    fn observe_release(&mut self, ev: &SockEvent) -> Attribution {
+        let Some(entry) = self.sockets.get_mut(&ev.sk) else {
+            return Attribution::default();
+        };
+        let attribution = Attribution {
+            owner: Some(entry.owner),
+            kernel_chose_port: entry.kernel_chose_port,
+            lport: entry.lport,
+        };
+        // A TCP socket released while connected keeps going (FIN_WAIT1 …): keep it until CLOSE.
+        let closing =
+            entry.protocol == IPPROTO_TCP && entry.state != 0 && entry.state != tcp_state::CLOSE;
+        if closing {
+            entry.released_at = Some(ev.ts_ns);
+        } else {
+            self.remove(ev.sk);
+        }
+        attribution
+    }
+
+    fn remove(&mut self, sk: u64) {
+        if let Some(entry) = self.sockets.remove(&sk) {
+            let key = (entry.netns, entry.lport);
+            if self.listeners.get(&key) == Some(&sk) {
+                self.listeners.remove(&key);
+            }
+        }
+    }
+
+    fn forget_listener(&mut self, sk: u64) {
+        self.listeners.retain(|_, v| *v != sk);
+    }
+
+    /// Drops released sockets whose final CLOSE never arrived (lost events). Call periodically.
+    pub fn sweep(&mut self, now_ns: u64) {
+        let stale: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, e)| {
+                e.released_at
+                    .is_some_and(|t| now_ns.saturating_sub(t) > RELEASED_GRACE_NS)
+            })
+            .map(|(sk, _)| *sk)
+            .collect();
+        for sk in stale {
+            self.remove(sk);
+        }
+    }
+
+    fn make_room(&mut self) {
+        if self.sockets.len() < self.capacity {
+            return;
+        }
+        // Last resort: evict the least recently seen tenth.
+        let mut by_age: Vec<(u64, u64)> = self
+            .sockets
+            .iter()
+            .map(|(sk, e)| (e.last_seen, *sk))
+            .collect();
+        by_age.sort_unstable();
+        let n = (self.capacity / 10).max(1);
+        for (_, sk) in by_age.into_iter().take(n) {
+            self.remove(sk);
+            self.evicted += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{flag, IPPROTO_UDP};
+
+    fn ev(kind: u16, sk: u64, pid: u32) -> SockEvent {
+        SockEvent {
+            kind,
+            sk,
+            pid,
+            tid: pid,
+            protocol: IPPROTO_TCP,
+            netns: 1,
+            ..Default::default()
+        }
+    }
+
+    fn state(sk: u64, old: u8, new: u8, lport: u16) -> SockEvent {
+        SockEvent {
+            old_state: old,
+            new_state: new,
+            lport,
+            pid: 0, // softirq: whoever was on the CPU
+            ..ev(kind::STATE, sk, 0)
+        }
+    }
+
+    #[test]
+    fn state_events_are_attributed_through_the_table() {
+        let mut t = SocketTable::default();
+        t.observe(&ev(kind::SOCKET, 0xa, 100));
+        let a = t.observe(&state(0xa, tcp_state::CLOSE, tcp_state::SYN_SENT, 0));
+        assert_eq!(a.owner.unwrap().pid, 100);
+        let unknown = t.observe(&state(0xb, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 9));
+        assert_eq!(unknown.owner, None);
+    }
+
+    #[test]
+    fn connections_from_a_listener_belong_to_its_owner() {
+        let mut t = SocketTable::default();
+        let mut listen = ev(kind::LISTEN, 0x1, 7);
+        listen.lport = 8080;
+        listen.new_state = tcp_state::LISTEN;
+        t.observe(&listen);
+        let child = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
+        assert_eq!(child.owner.unwrap().pid, 7);
+    }
+
+    #[test]
+    fn kernel_chosen_port_is_remembered() {
+        let mut t = SocketTable::default();
+        let mut c = ev(kind::CONNECT, 0x3, 5);
+        c.flags = flag::KERNEL_CHOSE_PORT;
+        c.lport = 40000;
+        t.observe(&c);
+        let a = t.observe(&state(
+            0x3,
+            tcp_state::SYN_SENT,
+            tcp_state::ESTABLISHED,
+            40000,
+        ));
+        assert!(a.kernel_chose_port);
+        assert_eq!(a.lport, 40000);
+    }
+
+    #[test]
+    fn released_tcp_socket_waits_for_close_then_goes() {
+        let mut t = SocketTable::default();
+        let mut s = ev(kind::CONNECT, 0x4, 5);
+        s.new_state = tcp_state::ESTABLISHED;
+        t.observe(&s);
+        t.observe(&ev(kind::RELEASE, 0x4, 5));
+        assert_eq!(t.len(), 1, "still closing");
+        let a = t.observe(&state(0x4, tcp_state::FIN_WAIT2, tcp_state::CLOSE, 1));
+        assert_eq!(a.owner.unwrap().pid, 5);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn udp_and_closed_sockets_go_at_release() {
+        let mut t = SocketTable::default();
+        let mut u = ev(kind::SOCKET, 0x5, 5);
+        u.protocol = IPPROTO_UDP;
+        t.observe(&u);
+        t.observe(&ev(kind::SOCKET, 0x6, 5));
+        t.observe(&ev(kind::RELEASE, 0x5, 5));
+        t.observe(&ev(kind::RELEASE, 0x6, 5));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn sweep_and_cap_bound_memory() {
+        let mut t = SocketTable::with_capacity(100);
+        for sk in 1..=1000u64 {
+            t.observe(&ev(kind::SOCKET, sk, 1));
+        }
+        assert!(t.len() <= 100);
+        assert!(t.evicted() > 0);
+
+        let mut t = SocketTable::default();
+        let mut s = ev(kind::CONNECT, 0x7, 5);
+        s.new_state = tcp_state::ESTABLISHED;
+        t.observe(&s);
+        let mut r = ev(kind::RELEASE, 0x7, 5);
+        r.ts_ns = 1;
+        t.observe(&r);
+        t.sweep(RELEASED_GRACE_NS + 2);
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,183 @@
+//! The human table: one line per event under a header, in BCC's column conventions
+//! (`PID COMM … LADDR LPORT RADDR RPORT`), with a DETAIL column that says what the kernel did.
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use super::{Sink, Summary};
+use crate::model::Event;
+
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const CYAN: &str = "\x1b[36m";
+const RESET: &str = "\x1b[0m";
+
+pub struct HumanSink<W: Write, E: Write> {
+    out: W,
+    /// Where status lines (lost events, summary) go: stderr, so stdout stays a clean table.
+    status: E,
+    color: bool,
+    line: String,
+}
+
+impl<W: Write, E: Write> HumanSink<W, E> {
+    pub fn new(out: W, status: E, color: bool) -> Self {
+        HumanSink {
+            out,
+            status,
+            color,
+            line: String::with_capacity(256),
+        }
+    }
+
+    fn paint(&self, color: &'static str) -> (&'static str, &'static str) {
+        if self.color {
+            (color, RESET)
+        } else {
+            ("", "")
+        }
+    }
+}
+
+pub const HEADER: &str = "TIME            PID     COMM            EVENT     PROTO LADDR           LPORT RADDR           RPORT DETAIL";
+
+/// Local time of day with microseconds.
+fn time_of_day(ts_ns: u64) -> String {
+    let secs = (ts_ns / 1_000_000_000) as libc::time_t;
+    let micros = (ts_ns % 1_000_000_000) / 1000;
+    // SAFETY: localtime_r writes into the tm we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        tm.tm_hour, tm.tm_min, tm.tm_sec, micros
+    )
+}
+
+/// What the DETAIL column says about an event.
+pub fn detail(e: &Event) -> String {
+    let mut d = String::new();
+    if let Some(fd) = e.fd {
+        if fd >= 0 {
+            let _ = write!(d, "fd={fd} ");
+        }
+    }
+    match e.event {
+        "listen" => {
+            let _ = write!(d, "backlog={} ", e.backlog.unwrap_or(0));
+        }
+        "shutdown" => {
+            let _ = write!(d, "{} ", e.how.unwrap_or("?"));
+        }
+        "state" => {
+            let _ = write!(
+                d,
+                "{} -> {} ",
+                e.old_state.unwrap_or("?"),
+                e.state.unwrap_or("?")
+            );
+        }
+        "sendto" | "recvfrom" | "sendmsg" | "recvmsg" if e.errno.is_none() => {
+            let _ = write!(d, "{} B ", e.bytes.unwrap_or(0));
+        }
+        _ => {}
+    }
+    if e.lport_kernel_chosen
+        && e.lport != 0
+        && matches!(e.event, "bind" | "connect" | "sendto" | "sendmsg")
+    {
+        d.push_str("port chosen by kernel");
+        if let Some((lo, hi)) = e.ephemeral_range {
+            let _ = write!(d, " (ephemeral {lo}-{hi}, IANA {})", e.lport_class);
+        }
+        d.push(' ');
+    }
+    // The state a call left the socket in, where the call moves it (a fresh or bound socket
+    // is always CLOSE, which says nothing).
+    if matches!(e.event, "listen" | "accept" | "connect" | "shutdown") {
+        if let Some(state) = e.state {
+            let _ = write!(d, "{state} ");
+        }
+    }
+    if e.event == "release" {
+        d.push_str("socket freed (last reference gone) ");
+    }
+    if let Some(errno) = &e.errno {
+        d.push_str(errno);
+        d.push(' ');
+    }
+    if e.bad_sockaddr {
+        d.push_str("bad sockaddr ");
+    }
+    d.truncate(d.trim_end().len());
+    d
+}
+
+impl<W: Write, E: Write> Sink for HumanSink<W, E> {
+    fn ready(&mut self, hooks: &[String]) -> io::Result<()> {
+        writeln!(
+            self.status,
+            "tracer: attached {} hooks; watching sockets (Ctrl-C to stop)",
+            hooks.len()
+        )?;
+        writeln!(self.out, "{HEADER}")?;
+        self.out.flush()
+    }
+
+    fn event(&mut self, e: &Event) -> io::Result<()> {
+        let (c0, c1) = if e.errno.is_some() {
+            self.paint(RED)
+        } else if e.event == "state" {
+            self.paint(if e.state == Some("ESTABLISHED") {
+                GREEN
+            } else {
+                YELLOW
+            })
+        } else if e.lport_kernel_chosen {
+            self.paint(CYAN)
+        } else {
+            ("", "")
+        };
+        let pid = e.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let mut comm = e.comm_or_dash().to_string();
+        comm.truncate(15);
+        self.line.clear();
+        let _ = write!(
+            self.line,
+            "{:<15} {:<7} {:<15} {:<9} {:<5} {:<15} {:<5} {:<15} {:<5} {c0}{}{c1}",
+            time_of_day(e.ts_ns),
+            pid,
+            comm,
+            e.event,
+            e.proto,
+            e.laddr,
+            e.lport,
+            e.raddr,
+            e.rport,
+            detail(e),
+        );
+        self.out.write_all(self.line.as_bytes())?;
+        self.out.write_all(b"\n")
+    }
+
+    fn lost(&mut self, new: u64, total: u64) -> io::Result<()> {
+        let (c0, c1) = self.paint(RED);
+        writeln!(
+            self.status,
+            "{c0}tracer: {new} events lost (ring buffer full; {total} so far){c1}"
+        )
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        self.out.flush()?;
+        writeln!(
+            self.status,
+            "tracer: {} events in {:.1}s, {} lost",
+            s.events, s.seconds, s.lost
+        )
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}

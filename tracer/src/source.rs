@@ -1,0 +1,149 @@
+//! Turns the ring buffer into a stream of decoded events.
+//!
+//! The correlator and the sinks only see [`EventSource`], so they are tested with recorded or
+//! synthetic events, without root.
+use std::future::Future;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{unix::AsyncFd, Interest};
+use tracer_common::{kind, SockEvent, SOCK_EVENT_SIZE};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than a socket event")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    UnknownKind(u16),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<SockEvent, DecodeError> {
+    if bytes.len() < SOCK_EVENT_SIZE {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    let event: SockEvent = bytemuck::pod_read_unaligned(&bytes[..SOCK_EVENT_SIZE]);
+    if event.kind == 0 || event.kind >= kind::COUNT {
+        return Err(DecodeError::UnknownKind(event.kind));
+    }
+    Ok(event)
+}
+
+pub trait EventSource {
+    /// Waits for events and appends every one available to `out` (at least one, unless the
+    /// source is exhausted, in which case it returns Ok(false)).
+    fn next_batch(&mut self, out: &mut Vec<SockEvent>) -> impl Future<Output = Result<bool>>;
+    /// Records that could not be decoded so far.
+    fn undecodable(&self) -> u64 {
+        0
+    }
+}
+
+/// The live source: the kernel's ring buffer, woken by epoll through tokio.
+pub struct RingBufSource {
+    ring: AsyncFd<RingBuf<MapData>>,
+    undecodable: u64,
+}
+
+impl RingBufSource {
+    pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
+        // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the fd stays open
+        // and is not reused for as long as it is registered.
+        let ring =
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+                Error::io(
+                    "polling the ring buffer",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+        Ok(RingBufSource {
+            ring,
+            undecodable: 0,
+        })
+    }
+}
+
+impl EventSource for RingBufSource {
+    async fn next_batch(&mut self, out: &mut Vec<SockEvent>) -> Result<bool> {
+        loop {
+            let mut guard = self
+                .ring
+                .readable_mut()
+                .await
+                .map_err(|e| Error::io("polling the ring buffer", e))?;
+            let ring = guard.get_inner_mut();
+            let before = out.len();
+            while let Some(item) = ring.next() {
+                match decode(&item) {
+                    Ok(event) => out.push(event),
+                    Err(_) => self.undecodable += 1,
+                }
+            }
+            guard.clear_ready();
+            if out.len() > before {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+}
+
+/// A fixed list of events, for tests and replays.
+pub struct VecSource {
+    events: std::vec::IntoIter<SockEvent>,
+}
+
+impl VecSource {
+    pub fn new(events: Vec<SockEvent>) -> Self {
+        VecSource {
+            events: events.into_iter(),
+        }
+    }
+}
+
+impl EventSource for VecSource {
+    async fn next_batch(&mut self, out: &mut Vec<SockEvent>) -> Result<bool> {
+        let before = out.len();
+        out.extend(self.events.by_ref());
+        Ok(out.len() > before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_record() {
+        let ev = SockEvent {
+            kind: kind::BIND,
+            lport: 8080,
+            pid: 42,
+            ..Default::default()
+        };
+        let bytes = bytemuck::bytes_of(&ev);
+        assert_eq!(decode(bytes), Ok(ev));
+        // Ring-buffer records are 8-byte aligned and may be longer than the struct.
+        let mut longer = bytes.to_vec();
+        longer.extend_from_slice(&[0; 8]);
+        assert_eq!(decode(&longer), Ok(ev));
+        assert_eq!(decode(&bytes[..100]), Err(DecodeError::Short(100)));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown() {
+        assert_eq!(decode(&[0; 10]), Err(DecodeError::Short(10)));
+        let ev = SockEvent {
+            kind: 999,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(bytemuck::bytes_of(&ev)),
+            Err(DecodeError::UnknownKind(999))
+        );
+    }
+}
