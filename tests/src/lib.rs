@@ -1,1 +1,271 @@
+//! Harness for the end-to-end tests: runs the real `tracer` binary and the `sockdriver` helper,
+//! collects tracer's JSON lines, and decides what a missing prerequisite means (a failure in CI,
+//! a loud skip elsewhere).
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Root and a built tracer are required. In CI their absence fails the test with a clear
+/// message; elsewhere the test is skipped, loudly.
+pub fn prerequisites(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (run `cargo xtask test`, which uses sudo)".to_string());
+    }
+    if !tracer_bin().is_file() {
+        missing.push(format!("the tracer binary at {}", tracer_bin().display()));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = missing.join(" and ");
+    if in_ci() {
+        panic!("{test}: cannot run without {reason}");
+    }
+    eprintln!("\n!!!! SKIPPED {test}: needs {reason} !!!!\n");
+    false
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The tracer under test: `TRACER_BIN`, else the release build.
+pub fn tracer_bin() -> PathBuf {
+    std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release/tracer"))
+}
+
+/// Built next to the test binaries: `target/<profile>/sockdriver` (tests live in `deps/`).
+pub fn sockdriver_bin() -> PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    profile_dir.join("sockdriver")
+}
+
+/// A running `tracer watch --json`.
+pub struct Tracer {
+    child: Child,
+    lines: Receiver<Value>,
+    pub events: Vec<Value>,
+}
+
+impl Tracer {
+    /// Starts `tracer watch --json ARGS` and waits until its programs are attached.
+    pub fn watch(args: &[&str]) -> Tracer {
+        let mut child = Command::new(tracer_bin())
+            .args(["watch", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tracer");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("tracer printed non-JSON {line:?}: {e}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Tracer {
+            child,
+            lines,
+            events: Vec::new(),
+        };
+        let ready = tracer.next_line(Duration::from_secs(30));
+        match ready {
+            Some(v) if v["type"] == "ready" => tracer,
+            other => {
+                let status = tracer.child.try_wait();
+                panic!("tracer did not become ready: {other:?}, status {status:?}")
+            }
+        }
+    }
+
+    fn next_line(&mut self, timeout: Duration) -> Option<Value> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Collects events until `done(all events so far)` holds; panics after `timeout`.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, done: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.events) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Some(v) if v["type"] == "event" => self.events.push(v),
+                Some(_) => {}
+                None => panic!(
+                    "timed out waiting for {what}; events so far:\n{}",
+                    self.events
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends `signal`, waits for exit, and returns every record: the events collected so far,
+    /// then whatever followed (summary included).
+    pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, Vec<Value>) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = self.child.wait().expect("wait tracer");
+        let mut rest = std::mem::take(&mut self.events);
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            rest.push(v);
+        }
+        (status, rest)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A `sockdriver` child: started, then told to go once tracer is attached.
+pub struct Driver {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<Value>,
+    pub pid: u32,
+}
+
+impl Driver {
+    pub fn spawn(args: &[&str]) -> Driver {
+        let mut child = Command::new(sockdriver_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sockdriver");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(serde_json::from_str::<Value>(&line).expect("driver JSON"));
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("driver pid");
+        let pid = first["pid"].as_u64().unwrap() as u32;
+        Driver {
+            child,
+            stdin,
+            lines,
+            pid,
+        }
+    }
+
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go once");
+        stdin.write_all(b"go\n").unwrap();
+    }
+
+    /// The driver's next report line.
+    pub fn report(&mut self) -> Value {
+        self.lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("driver report")
+    }
+
+    pub fn wait(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "sockdriver failed: {status}");
+    }
+}
+
+/// The events of one process, in order.
+pub fn of_pid(events: &[Value], pid: u32) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(pid as u64))
+        .collect()
+}
+
+pub fn named<'a>(events: &[&'a Value], name: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .copied()
+        .filter(|e| e["event"] == name)
+        .collect()
+}
+
+/// `net.ipv4.ip_local_port_range` of this namespace.
+pub fn ephemeral_range() -> (u16, u16) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let mut it = text.split_whitespace().map(|s| s.parse::<u16>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// The ids of the BPF programs a process holds, from the `prog_id` lines of its fds' fdinfo
+/// (program and link fds both name one). bpftool's own pid column needs a BPF iterator, which
+/// locked-down kernels refuse.
+pub fn bpf_programs_of(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for fd in fds.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            if let Some(id) = line.strip_prefix("prog_id:") {
+                if let Ok(id) = id.trim().parse::<u64>() {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// All BPF program ids loaded now.
+pub fn bpf_program_ids() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
+}

@@ -36,6 +36,12 @@ pub mod flag {
     pub const LOCAL_FROM_USER: u8 = 1 << 2;
     /// The caller passed a `sockaddr` tracer could not use (too short, unknown family).
     pub const BAD_SOCKADDR: u8 = 1 << 3;
+    /// A STATE event that ran inside a syscall of the socket's owner on that very socket
+    /// (connect, listen, close …): its pid/comm/uid are the owner's and can be trusted.
+    pub const OWNER_IN_CONTEXT: u8 = 1 << 4;
+    /// An accept whose enter was missed (the caller was already blocked in accept when tracing
+    /// started): the listening fd is unknown.
+    pub const ENTER_MISSED: u8 = 1 << 5;
 }
 
 /// Index of the counters in the `COUNTERS` per-CPU array.

@@ -545,22 +545,39 @@ fn enter_accept(ctx: &TracePointContext) {
 
 #[inline(always)]
 fn exit_accept(ctx: &TracePointContext) {
+    let ret = ret_of(ctx);
+    let Some((id, p)) = finish(kind::ACCEPT) else {
+        // The enter was missed: the caller was already blocked in accept() when tracing
+        // started. The new fd alone still says which connection was accepted.
+        accept_without_enter(ret);
+        return;
+    };
+    if ret == -11 {
+        // EAGAIN: a non-blocking server polling an empty queue, not an event.
+        let _ = PENDING.remove(id);
+        return;
+    }
+    p.ev.parent_sk = p.ev.sk;
+    let sk = sock_of_fd(ret).unwrap_or(0);
+    if sk == 0 {
+        // Failed accept: describe the listener.
+        let listener = p.ev.parent_sk;
+        complete(id, p, ret, listener);
+    } else {
+        complete(id, p, ret, sk);
+    }
+}
+
+#[inline(always)]
+fn accept_without_enter(ret: i64) {
+    let Some(sk) = sock_of_fd(ret) else { return };
+    if !begin(kind::ACCEPT, -1, 0, 0, 0, 0) {
+        return;
+    }
     if let Some((id, p)) = finish(kind::ACCEPT) {
-        let ret = ret_of(ctx);
-        if ret == -11 {
-            // EAGAIN: a non-blocking server polling an empty queue, not an event.
-            let _ = PENDING.remove(id);
-            return;
-        }
-        p.ev.parent_sk = p.ev.sk;
-        let sk = sock_of_fd(ret).unwrap_or(0);
-        if sk == 0 {
-            // Failed accept: describe the listener.
-            let listener = p.ev.parent_sk;
-            complete(id, p, ret, listener);
-        } else {
-            complete(id, p, ret, sk);
-        }
+        p.ev.flags |= flag::ENTER_MISSED;
+        p.port_before = 1; // the accepted socket's port is the listener's, never chosen here
+        complete(id, p, ret, sk);
     }
 }
 
@@ -787,10 +804,18 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
         ev.laddr[..4].copy_from_slice(&l);
         ev.raddr[..4].copy_from_slice(&r);
     }
-    // Whoever is on the CPU (often softirq): recorded for completeness, never trusted.
+    // Whoever is on the CPU (often softirq) is only the owner when this thread is inside a
+    // syscall on this very socket (connect, listen, close …).
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.pid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
+    if let Some(pending) = unsafe { PENDING.get(pid_tgid) } {
+        if pending.ev.sk == sk {
+            ev.flags |= flag::OWNER_IN_CONTEXT;
+            ev.uid = pending.ev.uid;
+            ev.comm = pending.ev.comm;
+        }
+    }
     if socket_selected(&ev) {
         emit(&ev);
     }
@@ -803,23 +828,27 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
 pub fn sock_release(ctx: SockContext) -> i32 {
     let sock = ctx.sock;
     let (family, protocol) = unsafe { ((*sock).family as u16, (*sock).protocol as u8) };
+    let pid_tgid = bpf_get_current_pid_tgid();
     if (family == AF_INET || family == AF_INET6)
         && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
+        && process_selected((pid_tgid >> 32) as u32)
     {
-        let pid_tgid = bpf_get_current_pid_tgid();
-        let ev = SockEvent {
+        let mut ev = SockEvent {
             kind: kind::RELEASE,
-            family,
-            protocol,
-            sk: sock as u64,
             pid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
+            uid: bpf_get_current_uid_gid() as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
             ts_ns: unsafe { bpf_ktime_get_ns() },
             ..SockEvent::default()
         };
-        emit(&ev);
+        // The context is the `struct sock` itself: read its endpoints like any other socket.
+        fill_from_sock(&mut ev, sock as u64);
+        if socket_selected(&ev) {
+            emit(&ev);
+        }
     }
-    1 // always allow
+    1 // always allow (the kernel ignores this verdict for sock_release anyway)
 }
 
 // ---- following --pid into children -------------------------------------------------------

@@ -147,14 +147,18 @@ impl SocketTable {
 
     fn observe_state(&mut self, ev: &SockEvent) -> Attribution {
         if !self.sockets.contains_key(&ev.sk) {
-            // A connection the kernel built from a listener before accept() returned it:
-            // it belongs to whoever owns the listener.
-            let listener = self
-                .listeners
-                .get(&(ev.netns, ev.lport))
-                .and_then(|sk| self.sockets.get(sk))
-                .map(|l| l.owner);
-            let Some(owner) = listener else {
+            // Either the transition ran inside the owner's own syscall on this socket, or it is
+            // a connection the kernel built from a listener before accept() returned it, which
+            // belongs to whoever owns the listener.
+            let in_context =
+                (ev.flags & tracer_common::flag::OWNER_IN_CONTEXT != 0).then(|| Owner::of(ev));
+            let listener = || {
+                self.listeners
+                    .get(&(ev.netns, ev.lport))
+                    .and_then(|sk| self.sockets.get(sk))
+                    .map(|l| l.owner)
+            };
+            let Some(owner) = in_context.or_else(listener) else {
                 return Attribution {
                     lport: ev.lport,
                     ..Default::default()
@@ -203,7 +207,12 @@ impl SocketTable {
 
     fn observe_release(&mut self, ev: &SockEvent) -> Attribution {
         let Some(entry) = self.sockets.get_mut(&ev.sk) else {
-            return Attribution::default();
+            // Release runs in the context of the process dropping the last reference.
+            return Attribution {
+                owner: Some(Owner::of(ev)),
+                kernel_chose_port: false,
+                lport: ev.lport,
+            };
         };
         let attribution = Attribution {
             owner: Some(entry.owner),
@@ -304,6 +313,16 @@ mod tests {
         assert_eq!(a.owner.unwrap().pid, 100);
         let unknown = t.observe(&state(0xb, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 9));
         assert_eq!(unknown.owner, None);
+        let mut in_connect = state(0xc, tcp_state::CLOSE, tcp_state::SYN_SENT, 0);
+        in_connect.pid = 300;
+        in_connect.flags = flag::OWNER_IN_CONTEXT;
+        assert_eq!(t.observe(&in_connect).owner.unwrap().pid, 300);
+        let later = t.observe(&state(0xc, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 5));
+        assert_eq!(
+            later.owner.unwrap().pid,
+            300,
+            "remembered for softirq transitions"
+        );
     }
 
     #[test]

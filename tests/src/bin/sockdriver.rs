@@ -1,0 +1,133 @@
+//! A scripted socket user for the end-to-end tests. It prints `{"pid":N}` and waits for a line
+//! on stdin (so tracer can attach first), runs one scenario, and prints one JSON object per
+//! step with what the kernel reported (fds from the syscalls, ports from getsockname).
+use std::io::{BufRead, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+fn port_of(sock: &Socket) -> u16 {
+    sock.local_addr().unwrap().as_socket().unwrap().port()
+}
+
+fn domain(ip: IpAddr) -> Domain {
+    if ip.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    }
+}
+
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    say(format!("{{\"pid\":{}}}", std::process::id()));
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go).unwrap();
+    let ip: IpAddr = args[1].parse().expect("address");
+    match args[0].as_str() {
+        // socket → bind ip:0 → listen(backlog) → accept → read to EOF → close both.
+        "tcp-server" => {
+            let backlog: i32 = args[2].parse().unwrap();
+            let s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+            s.bind(&SockAddr::from(SocketAddr::new(ip, 0))).unwrap();
+            s.listen(backlog).unwrap();
+            say(format!(
+                "{{\"listen_fd\":{},\"port\":{}}}",
+                s.as_raw_fd(),
+                port_of(&s)
+            ));
+            let (mut conn, peer) = s.accept().unwrap();
+            let peer = peer.as_socket().unwrap();
+            say(format!(
+                "{{\"accepted_fd\":{},\"peer_ip\":\"{}\",\"peer_port\":{}}}",
+                conn.as_raw_fd(),
+                peer.ip(),
+                peer.port()
+            ));
+            let mut buf = Vec::new();
+            conn.read_to_end(&mut buf).unwrap();
+            drop(conn);
+            drop(s);
+            say(format!("{{\"done\":true,\"read\":{}}}", buf.len()));
+        }
+        // socket → connect ip:port → write → close.
+        "tcp-client" => {
+            let port: u16 = args[2].parse().unwrap();
+            let mut s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+            s.connect(&SockAddr::from(SocketAddr::new(ip, port)))
+                .unwrap();
+            say(format!(
+                "{{\"fd\":{},\"local_port\":{}}}",
+                s.as_raw_fd(),
+                port_of(&s)
+            ));
+            s.write_all(b"hello").unwrap();
+            drop(s);
+            say("{\"done\":true}".into());
+        }
+        // connect to a port nobody listens on.
+        "tcp-refused" => {
+            let port: u16 = args[2].parse().unwrap();
+            let s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+            let err = s
+                .connect(&SockAddr::from(SocketAddr::new(ip, port)))
+                .unwrap_err();
+            say(format!(
+                "{{\"fd\":{},\"errno\":{}}}",
+                s.as_raw_fd(),
+                errno(&err)
+            ));
+        }
+        // bind a port, then try to bind a second socket to it.
+        "bind-twice" => {
+            let a = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+            a.bind(&SockAddr::from(SocketAddr::new(ip, 0))).unwrap();
+            let port = port_of(&a);
+            let b = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+            let err = b
+                .bind(&SockAddr::from(SocketAddr::new(ip, port)))
+                .unwrap_err();
+            say(format!(
+                "{{\"port\":{port},\"second_fd\":{},\"errno\":{}}}",
+                b.as_raw_fd(),
+                errno(&err)
+            ));
+        }
+        // A bound UDP server, an unbound client: sendto autobinds, recvfrom names the peer.
+        "udp" => {
+            let server = Socket::new(domain(ip), Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            server
+                .bind(&SockAddr::from(SocketAddr::new(ip, 0)))
+                .unwrap();
+            let server_port = port_of(&server);
+            let client = Socket::new(domain(ip), Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            client
+                .send_to(b"ping", &SockAddr::from(SocketAddr::new(ip, server_port)))
+                .unwrap();
+            let client_port = port_of(&client);
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+            let (n, from) = server.recv_from(&mut buf).unwrap();
+            let from = from.as_socket().unwrap();
+            server.send_to(b"pong", &SockAddr::from(from)).unwrap();
+            let (m, _) = client.recv_from(&mut buf).unwrap();
+            say(format!(
+                "{{\"server_fd\":{},\"server_port\":{server_port},\"client_fd\":{},\"client_port\":{client_port},\"from_port\":{},\"received\":{n},\"reply\":{m}}}",
+                server.as_raw_fd(),
+                client.as_raw_fd(),
+                from.port()
+            ));
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}

@@ -1,0 +1,516 @@
+//! `tracer watch` against the real kernel: real sockets from `sockdriver`, exact values.
+use std::time::Duration;
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn has(events: &[Value], pid: u32, name: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["pid"].as_u64() == Some(pid as u64) && e["event"] == name)
+}
+
+fn count(events: &[Value], pid: u32, name: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(pid as u64) && e["event"] == name)
+        .count()
+}
+
+/// State transitions of the socket with local port `lport` and remote port `rport`.
+fn transitions(events: &[Value], lport: u64, rport: u64) -> Vec<(String, String, Option<u64>)> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "state" && e["lport"] == lport && e["rport"] == rport)
+        .map(|e| {
+            (
+                e["old_state"].as_str().unwrap().to_string(),
+                e["state"].as_str().unwrap().to_string(),
+                e["pid"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+fn position(events: &[&Value], name: &str) -> usize {
+    events
+        .iter()
+        .position(|e| e["event"] == name)
+        .unwrap_or_else(|| panic!("no {name} event"))
+}
+
+/// Items 1, 2 and 4: a TCP server and client on `ip`, every value checked.
+fn server_and_client(ip: &str) {
+    let mut tracer = Tracer::watch(&[]);
+    let mut server = Driver::spawn(&["tcp-server", ip, "17"]);
+    server.go();
+    let listening = server.report();
+    let port = listening["port"].as_u64().unwrap();
+    let mut client = Driver::spawn(&["tcp-client", ip, &port.to_string()]);
+    client.go();
+    let connected = client.report();
+    let accepted = server.report();
+    client.report();
+    server.report();
+    let (spid, cpid) = (server.pid, client.pid);
+    server.wait();
+    client.wait();
+    let client_port = connected["local_port"].as_u64().unwrap();
+    tracer.wait_for("both sides closed", T, |ev| {
+        count(ev, spid, "close") >= 2
+            && has(ev, cpid, "close")
+            && transitions(ev, client_port, port)
+                .iter()
+                .any(|t| t.1 == "TIME_WAIT")
+    });
+    let events = tracer.events.clone();
+    let family = if ip.contains(':') { "ipv6" } else { "ipv4" };
+
+    // 1. The server: socket → bind → listen → accept → close, in order, exact values.
+    let srv = of_pid(&events, spid);
+    let order: Vec<usize> = ["socket", "bind", "listen", "accept", "close"]
+        .iter()
+        .map(|n| position(&srv, n))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "order {order:?}");
+    let listen_fd = listening["listen_fd"].as_i64().unwrap();
+    let socket = named(&srv, "socket")[0];
+    assert_eq!(socket["fd"], listen_fd);
+    assert_eq!(socket["proto"], "tcp");
+    assert_eq!(socket["family"], family);
+    let bind = named(&srv, "bind")[0];
+    assert_eq!(bind["fd"], listen_fd);
+    assert_eq!(
+        bind["lport"], port,
+        "bind reports the port getsockname() saw"
+    );
+    assert_eq!(bind["laddr"], ip);
+    assert_eq!(bind["lport_kernel_chosen"], true, "bind to port 0");
+    assert_eq!(bind["ret"], 0);
+    let listen = named(&srv, "listen")[0];
+    assert_eq!(listen["backlog"], 17);
+    assert_eq!(listen["fd"], listen_fd);
+    assert_eq!(listen["state"], "LISTEN");
+    let accept = named(&srv, "accept")[0];
+    assert_eq!(accept["fd"], accepted["accepted_fd"]);
+    assert_eq!(accept["raddr"], accepted["peer_ip"]);
+    assert_eq!(accept["rport"], accepted["peer_port"]);
+    assert_eq!(accept["rport"], client_port);
+    assert_eq!(accept["lport"], port);
+    assert_eq!(accept["lport_kernel_chosen"], false);
+    assert_eq!(
+        accept["listener"], bind["sock"],
+        "accept names its listening socket"
+    );
+    let closes: Vec<i64> = named(&srv, "close")
+        .iter()
+        .map(|c| c["fd"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        closes,
+        vec![accepted["accepted_fd"].as_i64().unwrap(), listen_fd]
+    );
+    for e in &srv {
+        assert_eq!(e["comm"], "sockdriver");
+        assert!(e["netns"].as_u64().unwrap() > 0);
+        assert_eq!(e["uid"], 0);
+    }
+
+    // 2. The client: its ephemeral port equals getsockname(), lies in the range, kernel chose it.
+    let cli = of_pid(&events, cpid);
+    let connect = named(&cli, "connect")[0];
+    assert_eq!(connect["fd"], connected["fd"]);
+    assert_eq!(connect["lport"], client_port);
+    assert_eq!(connect["rport"], port);
+    assert_eq!(connect["raddr"], ip);
+    assert_eq!(connect["ret"], 0);
+    assert_eq!(connect["lport_kernel_chosen"], true);
+    let (lo, hi) = ephemeral_range();
+    assert!((lo as u64..=hi as u64).contains(&client_port));
+    assert_eq!(connect["lport_in_ephemeral_range"], true);
+    assert_eq!(connect["ephemeral_range"], serde_json::json!([lo, hi]));
+    let iana = if client_port >= 49152 {
+        "dynamic"
+    } else {
+        "registered"
+    };
+    assert_eq!(connect["lport_class"], iana);
+
+    // The handshake on both sockets, each attributed to its owner although it ran in softirq.
+    let client_side = transitions(&events, client_port, port);
+    let server_side = transitions(&events, port, client_port);
+    let c = |from: &str, to: &str| (from.to_string(), to.to_string(), Some(cpid as u64));
+    let s = |from: &str, to: &str| (from.to_string(), to.to_string(), Some(spid as u64));
+    assert!(
+        client_side.contains(&c("SYN_SENT", "ESTABLISHED")),
+        "{client_side:?}"
+    );
+    assert!(
+        server_side.contains(&s("LISTEN", "SYN_RECV")),
+        "{server_side:?}"
+    );
+    assert!(
+        server_side.contains(&s("SYN_RECV", "ESTABLISHED")),
+        "{server_side:?}"
+    );
+    // The 4-way close: the client closed first, so it holds TIME_WAIT.
+    assert!(
+        client_side.contains(&c("ESTABLISHED", "FIN_WAIT1")),
+        "{client_side:?}"
+    );
+    assert!(
+        client_side.contains(&c("FIN_WAIT2", "TIME_WAIT")),
+        "{client_side:?}"
+    );
+    assert!(
+        server_side.contains(&s("ESTABLISHED", "CLOSE_WAIT")),
+        "{server_side:?}"
+    );
+    assert!(
+        server_side.contains(&s("LAST_ACK", "CLOSE")),
+        "{server_side:?}"
+    );
+    // CLOSE → SYN_SENT fires inside connect(), before the port is visible in the record.
+    assert!(events.iter().any(|e| e["event"] == "state"
+        && e["pid"] == cpid
+        && e["old_state"] == "CLOSE"
+        && e["state"] == "SYN_SENT"));
+}
+
+#[test]
+fn tcp_server_and_client_ipv4() {
+    if !prerequisites("tcp_server_and_client_ipv4") {
+        return;
+    }
+    server_and_client("127.0.0.1");
+}
+
+#[test]
+fn tcp_server_and_client_ipv6() {
+    if !prerequisites("tcp_server_and_client_ipv6") {
+        return;
+    }
+    server_and_client("::1");
+}
+
+/// Item 2: a refused connect shows ECONNREFUSED; a second bind to a used port EADDRINUSE.
+fn errors(ip: &str) {
+    let mut tracer = Tracer::watch(&[]);
+    // A port nobody listens on: bind one, note it, close it.
+    let free = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let closed_port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut refused = Driver::spawn(&["tcp-refused", ip, &closed_port.to_string()]);
+    let mut twice = Driver::spawn(&["bind-twice", ip]);
+    refused.go();
+    twice.go();
+    let r = refused.report();
+    let b = twice.report();
+    assert_eq!(r["errno"], libc::ECONNREFUSED);
+    assert_eq!(b["errno"], libc::EADDRINUSE);
+    let (rpid, bpid) = (refused.pid, twice.pid);
+    refused.wait();
+    twice.wait();
+    tracer.wait_for("the failed connect and bind", T, |ev| {
+        has(ev, rpid, "connect") && count(ev, bpid, "bind") >= 2
+    });
+    let events = tracer.events.clone();
+    let connect = named(&of_pid(&events, rpid), "connect")[0].clone();
+    assert_eq!(connect["errno"], "ECONNREFUSED");
+    assert_eq!(connect["ret"], -libc::ECONNREFUSED as i64);
+    assert_eq!(connect["rport"], closed_port);
+    assert_eq!(connect["fd"], r["fd"]);
+    // The kernel did pick a source port for the SYN; the table remembers it after the reset.
+    assert!(connect["lport"].as_u64().unwrap() > 0);
+    let binds = named(&of_pid(&events, bpid), "bind")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(binds[0]["ret"], 0);
+    assert_eq!(binds[1]["errno"], "EADDRINUSE");
+    assert_eq!(
+        binds[1]["lport"], b["port"],
+        "the port the caller asked for"
+    );
+    assert_eq!(binds[1]["fd"], b["second_fd"]);
+    assert_eq!(binds[1]["lport_kernel_chosen"], false);
+}
+
+#[test]
+fn connect_refused_and_bind_in_use_ipv4() {
+    if !prerequisites("connect_refused_and_bind_in_use_ipv4") {
+        return;
+    }
+    errors("127.0.0.1");
+}
+
+#[test]
+fn connect_refused_and_bind_in_use_ipv6() {
+    if !prerequisites("connect_refused_and_bind_in_use_ipv6") {
+        return;
+    }
+    errors("::1");
+}
+
+/// Item 3: UDP has no connection: sendto autobinds, recvfrom names the peer, no states.
+#[test]
+fn udp_autobind_and_peers() {
+    if !prerequisites("udp_autobind_and_peers") {
+        return;
+    }
+    for ip in ["127.0.0.1", "::1"] {
+        let mut tracer = Tracer::watch(&[]);
+        let mut d = Driver::spawn(&["udp", ip]);
+        d.go();
+        let r = d.report();
+        let pid = d.pid;
+        d.wait();
+        let (server_port, client_port) = (r["server_port"].clone(), r["client_port"].clone());
+        tracer.wait_for("UDP exchange", T, |ev| {
+            count(ev, pid, "sendto") >= 2 && count(ev, pid, "recvfrom") >= 2
+        });
+        let events = tracer.events.clone();
+        let mine = of_pid(&events, pid);
+        let bind = named(&mine, "bind")[0];
+        assert_eq!(bind["proto"], "udp");
+        assert_eq!(bind["lport"], server_port);
+        let sends = named(&mine, "sendto");
+        let autobind = sends
+            .iter()
+            .find(|e| e["fd"] == r["client_fd"])
+            .expect("client's sendto");
+        assert_eq!(autobind["lport"], client_port, "the autobind port");
+        assert_eq!(autobind["lport_kernel_chosen"], true);
+        assert_eq!(autobind["rport"], server_port);
+        assert_eq!(autobind["bytes"], 4);
+        let recv = named(&mine, "recvfrom")
+            .into_iter()
+            .find(|e| e["fd"] == r["server_fd"])
+            .expect("server's recvfrom");
+        assert_eq!(recv["raddr"], ip);
+        assert_eq!(recv["rport"], client_port, "recvfrom names the peer");
+        assert_eq!(recv["bytes"], 4);
+        let reply = sends
+            .iter()
+            .find(|e| e["fd"] == r["server_fd"])
+            .expect("server's reply");
+        assert_eq!(reply["rport"], client_port);
+        assert_eq!(reply["lport"], server_port);
+        // The server bound port 0, so its port too was the kernel's choice.
+        assert_eq!(bind["lport_kernel_chosen"], true);
+        assert!(mine
+            .iter()
+            .all(|e| e["event"] != "connect" && e["event"] != "accept"));
+        assert!(
+            !events.iter().any(|e| e["event"] == "state"
+                && (e["lport"] == client_port || e["lport"] == server_port)),
+            "UDP has no connection states"
+        );
+        for e in &mine {
+            assert_eq!(e["proto"], "udp");
+            assert!(e["state"].is_null());
+        }
+    }
+}
+
+/// Item 5: --pid and --port select exactly what they name (in the kernel).
+#[test]
+fn pid_and_port_filters() {
+    if !prerequisites("pid_and_port_filters") {
+        return;
+    }
+    // --pid: two identical processes run at once; only the selected one is shown.
+    let mut a = Driver::spawn(&["udp", "127.0.0.1"]);
+    let mut b = Driver::spawn(&["udp", "127.0.0.1"]);
+    let mut tracer = Tracer::watch(&["--pid", &a.pid.to_string()]);
+    a.go();
+    b.go();
+    a.report();
+    b.report();
+    let (apid, bpid) = (a.pid, b.pid);
+    a.wait();
+    b.wait();
+    tracer.wait_for("a's events", T, |ev| count(ev, apid, "recvfrom") >= 2);
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let events = tracer_events(records);
+    assert!(!has(&events, bpid, "sendto"));
+    let pids: Vec<u64> = events.iter().filter_map(|e| e["pid"].as_u64()).collect();
+    assert!(pids.iter().all(|&p| p == apid as u64), "pids {pids:?}");
+
+    // --port: only the sockets on that port, while unrelated UDP traffic runs.
+    let mut server = Driver::spawn(&["tcp-server", "127.0.0.1", "5"]);
+    server.go();
+    let port = server.report()["port"].as_u64().unwrap();
+    let mut tracer = Tracer::watch(&["--port", &port.to_string()]);
+    let mut other = Driver::spawn(&["udp", "127.0.0.1"]);
+    other.go();
+    other.report();
+    let opid = other.pid;
+    other.wait();
+    let mut client = Driver::spawn(&["tcp-client", "127.0.0.1", &port.to_string()]);
+    client.go();
+    client.report();
+    client.report();
+    server.report();
+    server.report();
+    let (spid, cpid) = (server.pid, client.pid);
+    server.wait();
+    client.wait();
+    tracer.wait_for("the connection on the port", T, |ev| {
+        has(ev, spid, "accept") && has(ev, cpid, "connect") && count(ev, spid, "close") >= 2
+    });
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let events = tracer_events(records);
+    assert!(
+        !events.iter().any(|e| e["pid"] == opid),
+        "the UDP driver is filtered out"
+    );
+    for e in &events {
+        assert!(
+            e["lport"] == port || e["rport"] == port,
+            "event not on port {port}: {e}"
+        );
+    }
+}
+
+fn tracer_events(records: Vec<Value>) -> Vec<Value> {
+    records
+        .into_iter()
+        .filter(|r| r["type"] == "event")
+        .collect()
+}
+
+/// Item 6: two processes doing the above at once are never confused.
+#[test]
+fn concurrent_processes_are_not_confused() {
+    if !prerequisites("concurrent_processes_are_not_confused") {
+        return;
+    }
+    let mut tracer = Tracer::watch(&["--proto", "tcp"]);
+    let mut servers: Vec<Driver> = (0..2)
+        .map(|_| Driver::spawn(&["tcp-server", "127.0.0.1", "8"]))
+        .collect();
+    servers.iter_mut().for_each(Driver::go);
+    let ports: Vec<u64> = servers
+        .iter_mut()
+        .map(|s| s.report()["port"].as_u64().unwrap())
+        .collect();
+    let mut clients: Vec<Driver> = ports
+        .iter()
+        .map(|p| Driver::spawn(&["tcp-client", "127.0.0.1", &p.to_string()]))
+        .collect();
+    clients.iter_mut().for_each(Driver::go);
+    let cports: Vec<u64> = clients
+        .iter_mut()
+        .map(|c| c.report()["local_port"].as_u64().unwrap())
+        .collect();
+    let spids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+    let cpids: Vec<u32> = clients.iter().map(|c| c.pid).collect();
+    for mut d in servers.into_iter().chain(clients) {
+        while d.report()["done"].is_null() {}
+        d.wait();
+    }
+    tracer.wait_for("all four processes closed", T, |ev| {
+        spids.iter().chain(&cpids).all(|&p| has(ev, p, "close"))
+    });
+    let events = tracer.events.clone();
+    for i in 0..2 {
+        for e in events
+            .iter()
+            .filter(|e| e["lport"] == ports[i] || e["rport"] == ports[i])
+        {
+            // Server side: lport is the server's port; client side: rport is.
+            let expected = if e["lport"] == ports[i] {
+                spids[i]
+            } else {
+                cpids[i]
+            };
+            assert_eq!(e["pid"], expected, "{e}");
+        }
+        let connect = named(&of_pid(&events, cpids[i]), "connect")[0].clone();
+        assert_eq!(connect["lport"], cports[i]);
+        assert_eq!(connect["rport"], ports[i]);
+    }
+}
+
+/// Item 7: after SIGINT and after SIGTERM, none of tracer's programs remain loaded.
+#[test]
+fn clean_detach_on_sigint_and_sigterm() {
+    if !prerequisites("clean_detach_on_sigint_and_sigterm") {
+        return;
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let tracer = Tracer::watch(&[]);
+        let programs = bpf_programs_of(tracer.pid());
+        assert!(
+            programs.len() >= 20,
+            "tracer holds its programs: {programs:?}"
+        );
+        let (status, rest) = tracer.stop_with(signal);
+        assert!(status.success(), "exit after signal {signal}: {status}");
+        assert!(
+            rest.iter().any(|r| r["type"] == "summary"),
+            "summary printed"
+        );
+        let loaded = bpf_program_ids();
+        let left: Vec<_> = programs.iter().filter(|p| loaded.contains(p)).collect();
+        assert!(
+            left.is_empty(),
+            "programs left after signal {signal}: {left:?}"
+        );
+    }
+}
+
+fn run_tracer(args: &[&str], uid: Option<u32>) -> (i32, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(tracer_bin());
+    cmd.args(args);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().expect("run tracer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Item 8: bad input exits non-zero with a one-line reason, never a panic.
+#[test]
+fn bad_input_is_a_clear_error() {
+    if !prerequisites("bad_input_is_a_clear_error") {
+        return;
+    }
+    let cases: &[(&[&str], Option<u32>, &str)] = &[
+        (&["watch", "--bogus"], None, "unexpected argument '--bogus'"),
+        (&["watch", "--port", "http"], None, "invalid value 'http'"),
+        (&["watch", "--port", "70000"], None, "invalid value '70000'"),
+        (&["watch", "--port", "0"], None, "invalid value '0'"),
+        (&["watch", "--events", "bnd"], None, "invalid value 'bnd'"),
+        (
+            &["watch", "--netns", "tracer-no-such-ns"],
+            None,
+            "network namespace \"tracer-no-such-ns\" not found",
+        ),
+        (
+            &["watch", "--pid", "999999999"],
+            None,
+            "process 999999999 does not exist",
+        ),
+        (&["watch", "--ringbuf-kib", "1000"], None, "power of two"),
+        (&["watch"], Some(65534), "must run as root"),
+        (&["doctor"], Some(65534), "must run as root"),
+    ];
+    for (args, uid, reason) in cases {
+        let (code, stderr) = run_tracer(args, *uid);
+        assert_ne!(code, 0, "{args:?} should fail");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(reason),
+            "{args:?}: first line {first:?} should say {reason:?}; stderr:\n{stderr}"
+        );
+    }
+}
