@@ -13,7 +13,20 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo:rerun-if-env-changed=PATH");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let have_linker = which_bpf_linker();
+    let linker = which_bpf_linker();
+    // Rebuild when bpf-linker appears or changes. While it is missing, point at where
+    // `cargo xtask setup` installs it: a path that does not exist makes cargo rerun us, so a
+    // stub build never outlives the linker's installation.
+    let watched = linker.clone().unwrap_or_else(|| {
+        let cargo_home = env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo")
+            });
+        cargo_home.join("bin/bpf-linker")
+    });
+    println!("cargo:rerun-if-changed={}", watched.display());
+    let have_linker = linker.is_some();
     if skip || !have_linker {
         println!(
             "cargo:warning=building tracer without eBPF objects ({}); run `cargo xtask setup` for a working binary",
@@ -38,7 +51,9 @@ fn main() -> anyhow::Result<()> {
     )
 }
 
-fn which_bpf_linker() -> bool {
-    env::var_os("PATH")
-        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join("bpf-linker").is_file()))
+fn which_bpf_linker() -> Option<PathBuf> {
+    let paths = env::var_os("PATH")?;
+    env::split_paths(&paths)
+        .map(|dir| dir.join("bpf-linker"))
+        .find(|p| p.is_file())
 }

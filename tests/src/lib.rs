@@ -40,10 +40,12 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// The tracer under test: `TRACER_BIN`, else the release build.
+/// The tracer under test: `TRACER_BIN` (relative paths from the workspace root), else the
+/// release build.
 pub fn tracer_bin() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::var_os("TRACER_BIN")
-        .map(PathBuf::from)
+        .map(|p| workspace.join(p))
         .unwrap_or_else(|| target_dir().join("release/tracer"))
 }
 
@@ -161,7 +163,18 @@ pub struct Driver {
 
 impl Driver {
     pub fn spawn(args: &[&str]) -> Driver {
-        let mut child = Command::new(sockdriver_bin())
+        Self::start(Command::new(sockdriver_bin()), args)
+    }
+
+    /// Runs the driver inside the named network namespace (`ip netns exec`).
+    pub fn spawn_in_netns(netns: &str, args: &[&str]) -> Driver {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(sockdriver_bin());
+        Self::start(cmd, args)
+    }
+
+    fn start(mut cmd: Command, args: &[&str]) -> Driver {
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

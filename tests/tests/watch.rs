@@ -375,6 +375,113 @@ fn pid_and_port_filters() {
     }
 }
 
+/// --pid follows the children the process forks after tracer started (in the kernel).
+#[test]
+fn pid_filter_follows_children() {
+    if !prerequisites("pid_filter_follows_children") {
+        return;
+    }
+    let mut parent = Driver::spawn(&["parent-of-udp", "127.0.0.1"]);
+    let mut tracer = Tracer::watch(&["--pid", &parent.pid.to_string()]);
+    parent.go();
+    let r = parent.report();
+    parent.wait();
+    let child = r["child"]["pid"].as_u64().unwrap() as u32;
+    tracer.wait_for("the child's UDP exchange", T, |ev| {
+        count(ev, child, "recvfrom") >= 2
+    });
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let events = tracer_events(records);
+    let autobind = named(&of_pid(&events, child), "sendto")
+        .into_iter()
+        .find(|e| e["fd"] == r["report"]["client_fd"])
+        .cloned()
+        .expect("child's sendto");
+    assert_eq!(autobind["lport"], r["report"]["client_port"]);
+    let pids: Vec<u64> = events.iter().filter_map(|e| e["pid"].as_u64()).collect();
+    assert!(
+        pids.iter().all(|&p| p == child as u64),
+        "only the child made sockets: {pids:?}"
+    );
+}
+
+/// --netns selects one namespace, and ports are judged against that namespace's own range.
+#[test]
+fn netns_filter_and_its_port_range() {
+    if !prerequisites("netns_filter_and_its_port_range") {
+        return;
+    }
+    let ns = format!("tracer-test-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2)");
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns]);
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    ip(&[
+        "netns",
+        "exec",
+        &ns,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_local_port_range=40000 40099",
+    ]);
+    let mut inside = Driver::spawn_in_netns(&ns, &["udp", "127.0.0.1"]);
+    let mut outside = Driver::spawn(&["udp", "127.0.0.1"]);
+    let mut tracer = Tracer::watch(&["--netns", &ns]);
+    inside.go();
+    outside.go();
+    let r = inside.report();
+    outside.report();
+    let (ipid, opid) = (inside.pid, outside.pid);
+    inside.wait();
+    outside.wait();
+    tracer.wait_for("the namespaced UDP exchange", T, |ev| {
+        count(ev, ipid, "recvfrom") >= 2
+    });
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let events = tracer_events(records);
+    assert!(
+        !events.iter().any(|e| e["pid"] == opid),
+        "host-netns traffic filtered out"
+    );
+    let inode = std::fs::metadata(format!("/run/netns/{ns}"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let autobind = named(&of_pid(&events, ipid), "sendto")
+        .into_iter()
+        .find(|e| e["fd"] == r["client_fd"])
+        .cloned()
+        .expect("sendto inside the namespace");
+    assert_eq!(autobind["netns"], inode);
+    let port = r["client_port"].as_u64().unwrap();
+    assert!(
+        (40000..=40099).contains(&port),
+        "the kernel used the namespace's range"
+    );
+    assert_eq!(autobind["lport"], port);
+    assert_eq!(
+        autobind["ephemeral_range"],
+        serde_json::json!([40000, 40099]),
+        "{events:#?}"
+    );
+    assert_eq!(autobind["lport_in_ephemeral_range"], true);
+    assert_eq!(autobind["lport_kernel_chosen"], true);
+}
+
 fn tracer_events(records: Vec<Value>) -> Vec<Value> {
     records
         .into_iter()

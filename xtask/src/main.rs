@@ -1,1 +1,307 @@
-fn main() {}
+//! `cargo xtask`: set up a fresh machine, build, run as root, lint, and test.
+//!
+//! Every step is idempotent: a second `setup` finds everything in place and does nothing.
+use std::{
+    env,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Development tasks for tracer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks: rust-src for nightly, bpf-linker, Debian packages.
+    Setup,
+    /// Set up, then build the release binary (target/release/tracer).
+    Build,
+    /// Set up, build, and run tracer as root: `cargo xtask run -- watch`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt and clippy (-D warnings) on user space, and clippy on the eBPF crate on its own.
+    Lint,
+    /// Everything CI runs: setup, build, lint, unit tests, and the end-to-end tests as root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the tests use.
+const PACKAGES: &[&str] = &["iproute2", "bpftool", "procps"];
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build()
+        }
+        Task::Run { args } => {
+            setup()?;
+            build()?;
+            let bin = root().join("target/release/tracer");
+            as_root(&bin, &args)
+        }
+        Task::Lint => {
+            setup()?;
+            lint()
+        }
+        Task::Test { args } => {
+            setup()?;
+            build()?;
+            lint()?;
+            test(&args)
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cmd(program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new(program);
+    c.current_dir(root());
+    c
+}
+
+fn status(mut c: Command) -> Result<()> {
+    let shown = format!("{c:?}");
+    let st = c.status().with_context(|| format!("running {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed: {st}");
+    }
+    Ok(())
+}
+
+fn output(mut c: Command) -> Result<String> {
+    let shown = format!("{c:?}");
+    let out = c.output().with_context(|| format!("running {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command run as root: directly when we are root, else through sudo.
+fn root_cmd(program: impl AsRef<OsStr>) -> Command {
+    if is_root() {
+        cmd(program)
+    } else {
+        let mut c = cmd("sudo");
+        c.arg("--preserve-env=CI,PATH,CARGO_HOME,RUSTUP_HOME,TRACER_BIN");
+        c.arg(program);
+        c
+    }
+}
+
+fn as_root(bin: &Path, args: &[String]) -> Result<()> {
+    let mut c = root_cmd(bin);
+    c.args(args);
+    status(c)
+}
+
+fn setup() -> Result<()> {
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let mut c = cmd("dpkg-query");
+            c.args(["-W", "-f=${Status}", p]);
+            !output(c).is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    let mut update = root_cmd("apt-get");
+    update.args(["update", "-qq"]);
+    status(update)?;
+    let mut install = root_cmd("apt-get");
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing);
+    status(install)
+}
+
+fn rust_src() -> Result<()> {
+    let mut list = cmd("rustup");
+    list.args(["component", "list", "--toolchain", "nightly", "--installed"]);
+    let installed = output(list)
+        .context("the nightly toolchain is needed for the eBPF programs; install it with rustup")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain");
+    let mut add = cmd("rustup");
+    add.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    status(add)
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+/// bpf-linker, built against the nightly toolchain's own libLLVM (prebuilt downloads are not
+/// reachable here). The prefix folder stays under CARGO_HOME: the binary's rpath points at it.
+fn bpf_linker() -> Result<()> {
+    let mut version = cmd("bpf-linker");
+    version.arg("--version");
+    if output(version).is_ok() {
+        return Ok(());
+    }
+    let mut sysroot = cmd("rustc");
+    sysroot.args(["+nightly", "--print", "sysroot"]);
+    let sysroot = PathBuf::from(output(sysroot)?.trim());
+    let lib_dir = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    // libLLVM.so.22.1-rust-1.97.0-nightly → 22
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .filter(|m| m.chars().all(|c| c.is_ascii_digit()))
+        .with_context(|| format!("cannot read the LLVM version from {llvm}"))?
+        .to_string();
+    let prefix = cargo_home().join(format!("bpf-linker-llvm-{major}"));
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib_dir.join(&llvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker against the nightly toolchain's LLVM {major}");
+    let mut install = cmd("cargo");
+    install
+        .env("LLVM_PREFIX", &prefix)
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--locked"])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{major}"));
+    status(install)
+}
+
+fn build() -> Result<()> {
+    let mut c = cmd("cargo");
+    c.args(["build", "--release", "-p", "tracer", "-p", "tracer-tests"]);
+    status(c)
+}
+
+fn lint() -> Result<()> {
+    let mut fmt = cmd("cargo");
+    fmt.args(["fmt", "--all", "--check"]);
+    status(fmt)?;
+    let mut clippy = cmd("cargo");
+    clippy.args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    status(clippy)?;
+    // The eBPF crate on its own, for its real target.
+    let mut ebpf = cmd("cargo");
+    ebpf.current_dir(root().join("tracer-ebpf")).args([
+        "+nightly",
+        "clippy",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--bins",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    status(ebpf)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // Unit tests need no root.
+    let mut unit = cmd("cargo");
+    unit.args(["test", "--release", "-p", "tracer", "-p", "tracer-common"]);
+    status(unit)?;
+    // End-to-end tests load eBPF programs: run the already built test binary as root.
+    let mut list = cmd("cargo");
+    list.args([
+        "test",
+        "--release",
+        "-p",
+        "tracer-tests",
+        "--no-run",
+        "--message-format=json",
+    ]);
+    let messages = output(list)?;
+    let executables: Vec<String> = messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
+        .filter_map(|m| m["executable"].as_str().map(str::to_string))
+        .collect();
+    if executables.is_empty() {
+        bail!("no end-to-end test binaries were built");
+    }
+    let tracer = root().join("target/release/tracer");
+    for exe in executables {
+        let mut c = root_cmd(&exe);
+        c.env("TRACER_BIN", &tracer).args(args);
+        status(c)?;
+    }
+    Ok(())
+}

@@ -128,6 +128,43 @@ fn main() {
                 from.port()
             ));
         }
+        // Loopback connect/accept/close for SECONDS, in lockstep on one thread so the listen
+        // queue never overflows (a dropped SYN would stall a connect for a second).
+        // Reports connections per second.
+        "tcp-storm" => {
+            let seconds: f64 = args[2].parse().unwrap();
+            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let start = std::time::Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < seconds {
+                let client = std::net::TcpStream::connect(addr).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                drop(client);
+                drop(server);
+                n += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            say(format!(
+                "{{\"connections\":{n},\"seconds\":{secs},\"per_second\":{}}}",
+                n as f64 / secs
+            ));
+        }
+        // Starts a child sockdriver running `udp` and relays its report: for --pid children.
+        "parent-of-udp" => {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["udp", &args[1]])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let child_pid = lines.next().unwrap().unwrap();
+            child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+            let report = lines.next().unwrap().unwrap();
+            assert!(child.wait().unwrap().success());
+            say(format!("{{\"child\":{child_pid},\"report\":{report}}}"));
+        }
         other => panic!("unknown scenario {other}"),
     }
 }

@@ -1,7 +1,6 @@
 //! `tracer watch`: attach, then stream every socket event through the socket table to a sink
 //! until Ctrl-C, SIGTERM or `--duration`. Dropping the probes detaches every program and link.
 use std::{
-    collections::HashMap,
     io::{self, Write},
     time::{Duration, Instant},
 };
@@ -44,42 +43,6 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     }
 }
 
-/// Per-netns ephemeral port ranges, read once per namespace.
-#[derive(Default)]
-struct PortRanges {
-    own_netns: Option<u32>,
-    known: HashMap<u32, Option<(u16, u16)>>,
-}
-
-impl PortRanges {
-    fn get(&mut self, netns_inode: u32, pid: Option<u32>) -> Option<(u16, u16)> {
-        if netns_inode == 0 {
-            return None;
-        }
-        if let Some(range) = self.known.get(&netns_inode) {
-            return *range;
-        }
-        let own = *self
-            .own_netns
-            .get_or_insert_with(|| netns::own_inode().unwrap_or(0));
-        let range = if netns_inode == own {
-            netns::read_port_range().ok()
-        } else {
-            // Enter the namespace through the process that owns the socket.
-            let pid = pid?;
-            let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
-            match std::fs::metadata(&path) {
-                Ok(m) if std::os::unix::fs::MetadataExt::ino(&m) as u32 == netns_inode => {
-                    netns::port_range_in(&path).ok()
-                }
-                _ => return None, // try again with a later event
-            }
-        };
-        self.known.insert(netns_inode, range);
-        range
-    }
-}
-
 async fn stream(
     config: &WatchConfig,
     mut source: impl EventSource,
@@ -98,7 +61,7 @@ async fn stream(
         comm: config.comm.clone(),
     };
     let mut table = SocketTable::default();
-    let mut ranges = PortRanges::default();
+    let mut ranges = netns::PortRangeCache::default();
     let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
     let mut summary = Summary::default();
     let mut lost_seen = 0u64;

@@ -1,9 +1,11 @@
 //! Network namespaces: resolving `--netns NAME|PATH` to the namespace's inode, and reading a
 //! namespace's `ip_local_port_range` from inside it.
 use std::{
+    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::error::{Error, Result};
@@ -28,19 +30,13 @@ pub fn own_inode() -> Result<u32> {
         .map_err(|e| Error::io("reading /proc/self/ns/net", e))
 }
 
-/// Reads `net.ipv4.ip_local_port_range` as seen inside the namespace `ns_file` names. Net
-/// sysctls answer for the reading thread's namespace, so a short-lived thread enters it.
-pub fn port_range_in(ns_file: &Path) -> Result<(u16, u16)> {
-    let ns_file = ns_file.to_path_buf();
+/// Reads `net.ipv4.ip_local_port_range` as seen inside the namespace `ns` (an open handle to
+/// it). Net sysctls answer for the reading thread's namespace, so a short-lived thread enters
+/// it.
+pub fn port_range_in(ns: fs::File) -> Result<(u16, u16)> {
     let handle = std::thread::spawn(move || -> Result<(u16, u16)> {
-        let file = fs::File::open(&ns_file)
-            .map_err(|e| Error::io(format!("opening {}", ns_file.display()), e))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-            Error::io(
-                format!("entering {}", ns_file.display()),
-                std::io::Error::from(e),
-            )
-        })?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("entering a network namespace", std::io::Error::from(e)))?;
         read_port_range()
     });
     handle.join().unwrap_or_else(|_| {
@@ -49,6 +45,81 @@ pub fn port_range_in(ns_file: &Path) -> Result<(u16, u16)> {
             std::io::Error::other("panicked"),
         ))
     })
+}
+
+/// Per-namespace `ip_local_port_range`, read once per namespace and refreshed after a few
+/// seconds so a `sysctl -w` shows up.
+pub struct PortRangeCache {
+    own: u32,
+    known: HashMap<u32, (Option<(u16, u16)>, Instant)>,
+}
+
+const PORT_RANGE_TTL: Duration = Duration::from_secs(5);
+
+impl Default for PortRangeCache {
+    fn default() -> Self {
+        PortRangeCache {
+            own: own_inode().unwrap_or(0),
+            known: HashMap::new(),
+        }
+    }
+}
+
+impl PortRangeCache {
+    /// The range of namespace `inode`; `pid` (the socket's owner) is the first place to look
+    /// for a way into it.
+    pub fn get(&mut self, inode: u32, pid: Option<u32>) -> Option<(u16, u16)> {
+        if inode == 0 {
+            return None;
+        }
+        if let Some((range, at)) = self.known.get(&inode) {
+            if at.elapsed() < PORT_RANGE_TTL {
+                return *range;
+            }
+        }
+        let range = if inode == self.own {
+            read_port_range()
+        } else {
+            match open_handle(inode, pid) {
+                Some(ns) => port_range_in(ns),
+                None => Err(Error::NoSuchNetns(format!("inode {inode}"))),
+            }
+        };
+        let range = range
+            .inspect_err(|e| tracing::warn!("ip_local_port_range of netns {inode}: {e}"))
+            .ok();
+        self.known.insert(inode, (range, Instant::now()));
+        range
+    }
+}
+
+/// An open handle to namespace `inode`, from the owner's `/proc/PID/ns/net`, a name under
+/// /run/netns (it may have no process left), or any process still in it. Opened, not just
+/// looked at: a process may exit between the two, and the open fd keeps the namespace.
+fn open_handle(inode: u32, pid: Option<u32>) -> Option<fs::File> {
+    let owner = pid.map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")));
+    let named = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let processes = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    owner
+        .into_iter()
+        .chain(named)
+        .chain(processes)
+        .filter_map(|path| fs::File::open(path).ok())
+        .find(|f| f.metadata().is_ok_and(|m| m.ino() as u32 == inode))
 }
 
 pub fn read_port_range() -> Result<(u16, u16)> {
