@@ -166,6 +166,11 @@ impl Driver {
         Self::start(Command::new(sockdriver_bin()), args)
     }
 
+    /// A copy of sockdriver at another path (so another command name).
+    pub fn spawn_program(program: &std::path::Path, args: &[&str]) -> Driver {
+        Self::start(Command::new(program), args)
+    }
+
     /// Runs the driver inside the named network namespace (`ip netns exec`).
     pub fn spawn_in_netns(netns: &str, args: &[&str]) -> Driver {
         let mut cmd = Command::new("ip");

@@ -482,6 +482,118 @@ fn netns_filter_and_its_port_range() {
     assert_eq!(autobind["lport_kernel_chosen"], true);
 }
 
+/// --comm, --events and --ipv6 select exactly what they name.
+#[test]
+fn comm_events_and_family_filters() {
+    if !prerequisites("comm_events_and_family_filters") {
+        return;
+    }
+    // sockdriver traffic on IPv4 and IPv6, plus the same program under another name: only
+    // sockdriver's IPv6 binds and connects may show.
+    let renamed = std::env::temp_dir().join(format!("otherdriver-{}", std::process::id()));
+    std::fs::copy(sockdriver_bin(), &renamed).unwrap();
+    let mut tracer = Tracer::watch(&["--comm", "sockdriver", "--events", "bind,connect", "--ipv6"]);
+    let mut v4 = Driver::spawn(&["udp", "127.0.0.1"]);
+    let mut v6 = Driver::spawn(&["udp", "::1"]);
+    let mut other = Driver::spawn_program(&renamed, &["udp", "::1"]);
+    let mut server = Driver::spawn(&["tcp-server", "::1", "4"]);
+    server.go();
+    let port = server.report()["port"].as_u64().unwrap();
+    let mut client = Driver::spawn(&["tcp-client", "::1", &port.to_string()]);
+    for d in [&mut client, &mut v4, &mut v6, &mut other] {
+        d.go();
+    }
+    for d in [&mut v4, &mut v6, &mut other] {
+        d.report(); // one line: the exchange
+    }
+    for _ in 0..2 {
+        client.report(); // connected, done
+        server.report(); // accepted, done
+    }
+    let (v6pid, cpid, opid) = (v6.pid, client.pid, other.pid);
+    for d in [v4, v6, other, client, server] {
+        d.wait();
+    }
+    let _ = std::fs::remove_file(&renamed);
+    tracer.wait_for("IPv6 bind and connect", T, |ev| {
+        has(ev, v6pid, "bind") && has(ev, cpid, "connect")
+    });
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let events = tracer_events(records);
+    assert!(
+        !events.iter().any(|e| e["pid"] == opid),
+        "another comm is filtered out"
+    );
+    for e in &events {
+        assert_eq!(e["comm"], "sockdriver", "{e}");
+        assert_eq!(e["family"], "ipv6", "{e}");
+        assert!(e["event"] == "bind" || e["event"] == "connect", "{e}");
+    }
+}
+
+/// Lost events are counted in the kernel and reported, never silent: a stopped agent with a
+/// tiny ring buffer must lose events, and say how many.
+#[test]
+fn lost_events_are_reported() {
+    if !prerequisites("lost_events_are_reported") {
+        return;
+    }
+    let tracer = Tracer::watch(&["--ringbuf-kib", "4", "--proto", "tcp"]);
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    let mut storm = Driver::spawn(&["tcp-storm", "127.0.0.1", "0.5"]);
+    storm.go();
+    let connections = storm.report()["connections"].as_u64().unwrap();
+    storm.wait();
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, records) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success());
+    let reported: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "lost")
+        .map(|r| r["lost"].as_u64().unwrap())
+        .sum();
+    let summary = records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .expect("summary");
+    let seen = summary["events"].as_u64().unwrap();
+    // Each connection is at least 10 events; a 4 KiB ring holds about 30.
+    assert!(connections > 100, "the storm ran: {connections}");
+    assert!(reported > 0, "lost events must be reported");
+    assert_eq!(
+        summary["lost"].as_u64().unwrap(),
+        reported,
+        "lost records add up to the total"
+    );
+    assert!(
+        seen + reported >= connections * 10,
+        "seen {seen} + lost {reported} cover the storm"
+    );
+}
+
+/// `tracer doctor` lists the hooks and says tracer can run here.
+#[test]
+fn doctor_reports_hooks() {
+    if !prerequisites("doctor_reports_hooks") {
+        return;
+    }
+    let out = std::process::Command::new(tracer_bin())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "doctor failed: {text}");
+    for line in [
+        "tracepoint sock:inet_sock_set_state",
+        "cgroup sock programs",
+        "kernel BTF (/sys/kernel/btf/vmlinux)",
+        "tracer watch can run on this kernel.",
+    ] {
+        assert!(text.contains(line), "doctor output lacks {line:?}:\n{text}");
+    }
+}
+
 fn tracer_events(records: Vec<Value>) -> Vec<Value> {
     records
         .into_iter()
