@@ -172,11 +172,16 @@ fn server_and_client(ip: &str) {
         server_side.contains(&s("LAST_ACK", "CLOSE")),
         "{server_side:?}"
     );
-    // CLOSE → SYN_SENT fires inside connect(), before the port is visible in the record.
-    assert!(events.iter().any(|e| e["event"] == "state"
-        && e["pid"] == cpid
-        && e["old_state"] == "CLOSE"
-        && e["state"] == "SYN_SENT"));
+    // CLOSE → SYN_SENT fires inside connect(), before the kernel assigns the port: an unbound
+    // client has none yet (never a stale one left in the socket's memory).
+    let syn_sent: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "state" && e["pid"] == cpid && e["state"] == "SYN_SENT")
+        .collect();
+    assert_eq!(syn_sent.len(), 1, "{syn_sent:?}");
+    assert_eq!(syn_sent[0]["old_state"], "CLOSE");
+    assert_eq!(syn_sent[0]["lport"], 0);
+    assert_eq!(syn_sent[0]["rport"], port);
 }
 
 #[test]

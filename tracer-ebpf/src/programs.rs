@@ -770,6 +770,19 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The local port of a socket changing state. The socket's own `skc_num` while it holds one:
+/// the record's `sport` (inet_sport) can be stale on a new socket, left by the previous user of
+/// its memory until connect sets it. On the way into CLOSE the kernel has already released the
+/// port (`skc_num` = 0) when the tracepoint fires, and `sport` still names the port it had.
+#[inline(always)]
+fn state_local_port(ctx: &TracePointContext, sk: u64, new_state: u8) -> u16 {
+    let port = local_port(sk);
+    if port != 0 || new_state != tracer_common::tcp_state::CLOSE {
+        return port;
+    }
+    unsafe { ctx.read_at::<u16>(off!(tp_state_sport) as usize) }.unwrap_or(0)
+}
+
 #[inline(always)]
 fn try_state(ctx: &TracePointContext) -> Option<()> {
     let protocol: u16 = unsafe { ctx.read_at(off!(tp_state_protocol) as usize) }.ok()?;
@@ -789,7 +802,7 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
         new_state: new as u8,
         sk,
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        lport: unsafe { ctx.read_at(off!(tp_state_sport) as usize) }.ok()?,
+        lport: state_local_port(ctx, sk, new as u8),
         rport: unsafe { ctx.read_at(off!(tp_state_dport) as usize) }.ok()?,
         netns: netns_of(sk),
         sk_err: read::<i32>(sk, off!(sk_err)).unwrap_or(0),

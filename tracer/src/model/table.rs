@@ -105,6 +105,16 @@ impl SocketTable {
 
     fn observe_syscall(&mut self, ev: &SockEvent) -> Attribution {
         let chose = ev.flags & tracer_common::flag::KERNEL_CHOSE_PORT != 0;
+        // close/shutdown are reported at syscall exit, possibly after the socket was released:
+        // they describe a socket but never bring one (back) into the table.
+        let ends_use = matches!(ev.kind, kind::CLOSE | kind::SHUTDOWN);
+        if ends_use && !self.sockets.contains_key(&ev.sk) {
+            return Attribution {
+                owner: Some(Owner::of(ev)),
+                kernel_chose_port: chose,
+                lport: ev.lport,
+            };
+        }
         if ev.sk == 0 || (ev.ret < 0 && ev.kind == kind::ACCEPT) {
             return Attribution {
                 owner: Some(Owner::of(ev)),
@@ -376,6 +386,26 @@ mod tests {
         t.observe(&ev(kind::RELEASE, 0x5, 5));
         t.observe(&ev(kind::RELEASE, 0x6, 5));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_close_reported_after_release_does_not_resurrect_the_socket() {
+        // close() is reported at syscall exit, after the socket was released and closed.
+        let mut t = SocketTable::default();
+        let mut listen = ev(kind::LISTEN, 0x8, 5);
+        listen.lport = 39309;
+        listen.new_state = tcp_state::LISTEN;
+        t.observe(&listen);
+        t.observe(&ev(kind::RELEASE, 0x8, 5));
+        t.observe(&state(0x8, tcp_state::LISTEN, tcp_state::CLOSE, 39309));
+        let mut close = ev(kind::CLOSE, 0x8, 5);
+        close.lport = 39309;
+        assert_eq!(t.observe(&close).owner.unwrap().pid, 5);
+        assert!(t.is_empty(), "no entry outlives its socket");
+        // The same struct sock * reused for a new socket starts clean.
+        let fresh = t.observe(&ev(kind::SOCKET, 0x8, 6));
+        assert_eq!(fresh.lport, 0);
+        assert!(!fresh.kernel_chose_port);
     }
 
     #[test]
