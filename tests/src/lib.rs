@@ -107,22 +107,37 @@ impl Tracer {
         self.lines.recv_timeout(timeout).ok()
     }
 
-    /// Collects events until `done(all events so far)` holds; panics after `timeout`.
+    /// Collects events until `done(all events so far)` holds; panics after `timeout`. The
+    /// predicate runs at most every 50 ms, so long event lists stay cheap.
     pub fn wait_for(&mut self, what: &str, timeout: Duration, done: impl Fn(&[Value]) -> bool) {
         let deadline = Instant::now() + timeout;
-        while !done(&self.events) {
+        let mut next_check = Instant::now();
+        loop {
+            if Instant::now() >= next_check {
+                if done(&self.events) {
+                    return;
+                }
+                next_check = Instant::now() + Duration::from_millis(50);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_line(left) {
-                Some(v) if v["type"] == "event" => self.events.push(v),
-                Some(_) => {}
-                None => panic!(
-                    "timed out waiting for {what}; events so far:\n{}",
-                    self.events
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                ),
+            let wait = left.min(next_check.saturating_duration_since(Instant::now()));
+            match self.lines.recv_timeout(wait) {
+                Ok(v) if v["type"] == "event" => self.events.push(v),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(_) => {
+                    if done(&self.events) {
+                        return;
+                    }
+                    panic!(
+                        "timed out waiting for {what}; events so far:\n{}",
+                        self.events
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                }
             }
         }
     }

@@ -577,6 +577,50 @@ fn lost_events_are_reported() {
     );
 }
 
+/// The socket table forgets every socket once it is gone: after a connection storm whose
+/// sockets are all closed, nothing is left in it. Also: events already in the ring buffer when
+/// tracer is stopped are drained, not dropped.
+#[test]
+fn socket_table_stays_bounded() {
+    if !prerequisites("socket_table_stays_bounded") {
+        return;
+    }
+    // A ring large enough that nothing is lost however slow the agent; print only releases.
+    let tracer = Tracer::watch(&[
+        "--comm",
+        "sockdriver",
+        "--proto",
+        "tcp",
+        "--ringbuf-kib",
+        "65536",
+        "--events",
+        "release",
+    ]);
+    let mut storm = Driver::spawn(&["tcp-storm", "127.0.0.1", "0.5"]);
+    storm.go();
+    let connections = storm.report()["connections"].as_u64().unwrap();
+    storm.wait();
+    std::thread::sleep(Duration::from_millis(300)); // the last FIN/ACKs
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let summary = records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .expect("summary");
+    let releases = records.iter().filter(|r| r["event"] == "release").count() as u64;
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert!(connections > 500, "the storm ran: {connections}");
+    // Two sockets per connection, plus the listener.
+    assert_eq!(releases, 2 * connections + 1, "{summary}");
+    assert!(
+        summary["events"].as_u64().unwrap() >= connections * 10,
+        "{summary}"
+    );
+    assert_eq!(
+        summary["sockets_tracked"], 0,
+        "every socket left the table: {summary}"
+    );
+}
+
 /// `tracer doctor` lists the hooks and says tracer can run here.
 #[test]
 fn doctor_reports_hooks() {

@@ -34,6 +34,9 @@ pub trait EventSource {
     /// Waits for events and appends every one available to `out` (at least one, unless the
     /// source is exhausted, in which case it returns Ok(false)).
     fn next_batch(&mut self, out: &mut Vec<SockEvent>) -> impl Future<Output = Result<bool>>;
+    /// Appends whatever is available right now without waiting (used when stopping, so
+    /// events already in the ring are not dropped). Returns how many were added.
+    fn drain_now(&mut self, out: &mut Vec<SockEvent>) -> usize;
     /// Records that could not be decoded so far.
     fn undecodable(&self) -> u64 {
         0
@@ -64,6 +67,23 @@ impl RingBufSource {
     }
 }
 
+impl RingBufSource {
+    fn read_available(
+        ring: &mut RingBuf<MapData>,
+        undecodable: &mut u64,
+        out: &mut Vec<SockEvent>,
+    ) -> usize {
+        let before = out.len();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(event) => out.push(event),
+                Err(_) => *undecodable += 1,
+            }
+        }
+        out.len() - before
+    }
+}
+
 impl EventSource for RingBufSource {
     async fn next_batch(&mut self, out: &mut Vec<SockEvent>) -> Result<bool> {
         loop {
@@ -72,19 +92,16 @@ impl EventSource for RingBufSource {
                 .readable_mut()
                 .await
                 .map_err(|e| Error::io("polling the ring buffer", e))?;
-            let ring = guard.get_inner_mut();
-            let before = out.len();
-            while let Some(item) = ring.next() {
-                match decode(&item) {
-                    Ok(event) => out.push(event),
-                    Err(_) => self.undecodable += 1,
-                }
-            }
+            let added = Self::read_available(guard.get_inner_mut(), &mut self.undecodable, out);
             guard.clear_ready();
-            if out.len() > before {
+            if added > 0 {
                 return Ok(true);
             }
         }
+    }
+
+    fn drain_now(&mut self, out: &mut Vec<SockEvent>) -> usize {
+        Self::read_available(self.ring.get_mut(), &mut self.undecodable, out)
     }
 
     fn undecodable(&self) -> u64 {
@@ -107,9 +124,13 @@ impl VecSource {
 
 impl EventSource for VecSource {
     async fn next_batch(&mut self, out: &mut Vec<SockEvent>) -> Result<bool> {
+        Ok(self.drain_now(out) > 0)
+    }
+
+    fn drain_now(&mut self, out: &mut Vec<SockEvent>) -> usize {
         let before = out.len();
         out.extend(self.events.by_ref());
-        Ok(out.len() > before)
+        out.len() - before
     }
 }
 

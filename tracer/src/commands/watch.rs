@@ -43,6 +43,31 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     }
 }
 
+/// Decoded events → socket table → enrichment → filter → sink.
+struct Pipeline {
+    table: SocketTable,
+    ranges: netns::PortRangeCache,
+    filter: Filter,
+    clock: Clock,
+    summary: Summary,
+}
+
+impl Pipeline {
+    fn process(&mut self, batch: &mut Vec<SockEvent>, sink: &mut dyn Sink) -> io::Result<()> {
+        self.summary.events += batch.len() as u64;
+        for raw in batch.drain(..) {
+            let attribution = self.table.observe(&raw);
+            let pid = attribution.owner.map(|o| o.pid);
+            let range = self.ranges.get(raw.netns, pid);
+            let event = Event::new(&raw, &attribution, range, &self.clock);
+            if self.filter.allows(&event) {
+                sink.event(&event)?;
+            }
+        }
+        sink.flush()
+    }
+}
+
 async fn stream(
     config: &WatchConfig,
     mut source: impl EventSource,
@@ -54,16 +79,18 @@ async fn stream(
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let clock = Clock::now();
-    let filter = Filter {
-        events: config.events.clone(),
-        needs_owner: config.kernel_filter.by_pid != 0 || config.comm.is_some(),
-        comm: config.comm.clone(),
+    let mut pipeline = Pipeline {
+        table: SocketTable::default(),
+        ranges: netns::PortRangeCache::default(),
+        filter: Filter {
+            events: config.events.clone(),
+            needs_owner: config.kernel_filter.by_pid != 0 || config.comm.is_some(),
+            comm: config.comm.clone(),
+        },
+        clock: Clock::now(),
+        summary: Summary::default(),
     };
-    let mut table = SocketTable::default();
-    let mut ranges = netns::PortRangeCache::default();
     let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
-    let mut summary = Summary::default();
     let mut lost_seen = 0u64;
     let started = Instant::now();
     let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
@@ -77,17 +104,7 @@ async fn stream(
                 if !more? {
                     break;
                 }
-                summary.events += batch.len() as u64;
-                for raw in batch.drain(..) {
-                    let attribution = table.observe(&raw);
-                    let pid = attribution.owner.map(|o| o.pid);
-                    let range = ranges.get(raw.netns, pid);
-                    let event = Event::new(&raw, &attribution, range, &clock);
-                    if filter.allows(&event) {
-                        sink.event(&event).map_err(io_err)?;
-                    }
-                }
-                sink.flush().map_err(io_err)?;
+                pipeline.process(&mut batch, sink).map_err(io_err)?;
             }
             _ = tick.tick() => {
                 let lost = counters.lost() + counters.pending_full();
@@ -97,7 +114,7 @@ async fn stream(
                 }
                 sweeps += 1;
                 if sweeps.is_multiple_of(100) {
-                    table.sweep(monotonic_ns());
+                    pipeline.table.sweep(monotonic_ns());
                 }
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     break;
@@ -107,6 +124,10 @@ async fn stream(
             _ = sigterm.recv() => break,
         }
     }
+    // What is already in the ring was seen by the kernel before we stopped: report it.
+    source.drain_now(&mut batch);
+    pipeline.process(&mut batch, sink).map_err(io_err)?;
+    let mut summary = pipeline.summary;
     summary.lost = counters.lost() + counters.pending_full();
     if summary.lost != lost_seen {
         sink.lost(summary.lost - lost_seen, summary.lost)
@@ -114,6 +135,7 @@ async fn stream(
     }
     summary.undecodable = source.undecodable();
     summary.seconds = started.elapsed().as_secs_f64();
+    summary.sockets_tracked = pipeline.table.len();
     sink.summary(&summary).map_err(io_err)?;
     io::stderr().flush().ok();
     Ok(())

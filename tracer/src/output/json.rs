@@ -37,10 +37,9 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn summary(&mut self, s: &Summary) -> io::Result<()> {
-        self.line(
-            &json!({"type": "summary", "events": s.events, "lost": s.lost,
-            "undecodable": s.undecodable, "seconds": s.seconds}),
-        )?;
+        let mut record = serde_json::to_value(s)?;
+        record["type"] = "summary".into();
+        self.line(&record)?;
         self.out.flush()
     }
 

@@ -14,6 +14,8 @@ pub struct Summary {
     pub lost: u64,
     pub undecodable: u64,
     pub seconds: f64,
+    /// Sockets still in the socket table at exit (open sockets, or closes still in flight).
+    pub sockets_tracked: usize,
 }
 
 pub trait Sink {
