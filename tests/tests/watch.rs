@@ -585,10 +585,12 @@ fn socket_table_stays_bounded() {
     if !prerequisites("socket_table_stays_bounded") {
         return;
     }
-    // A ring large enough that nothing is lost however slow the agent; print only releases.
+    // Only the storm process (other tests run drivers too), a ring large enough that nothing is
+    // lost however slow the agent, and only releases printed.
+    let mut storm = Driver::spawn(&["tcp-storm", "127.0.0.1", "0.5"]);
     let tracer = Tracer::watch(&[
-        "--comm",
-        "sockdriver",
+        "--pid",
+        &storm.pid.to_string(),
         "--proto",
         "tcp",
         "--ringbuf-kib",
@@ -596,7 +598,6 @@ fn socket_table_stays_bounded() {
         "--events",
         "release",
     ]);
-    let mut storm = Driver::spawn(&["tcp-storm", "127.0.0.1", "0.5"]);
     storm.go();
     let connections = storm.report()["connections"].as_u64().unwrap();
     storm.wait();

@@ -5,7 +5,10 @@ use std::os::fd::AsFd;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, TracePoint},
+    programs::{
+        cgroup_sock::CgroupSockLink, trace_point::TracePointLink, CgroupAttachMode, CgroupSock,
+        TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use tracer_common::{counter, KernelFilter, KernelOffsets};
@@ -40,9 +43,35 @@ pub struct LoadOptions {
 }
 
 pub struct SockProbes {
+    /// Declared first so it is dropped first, before `ebpf` unloads the programs.
+    _links: Links,
     ebpf: Ebpf,
     /// Names of the hooks attached, for `doctor` and logs.
     pub attached: Vec<String>,
+}
+
+/// The attachments, owned here rather than by aya's programs so they can be torn down
+/// concurrently: closing a tracepoint's perf event waits out an RCU grace period (~70 ms
+/// here). The kernel still serializes part of it, but this took Ctrl-C from 1.9 s to 1.3 s.
+#[derive(Default)]
+struct Links {
+    tracepoints: Vec<TracePointLink>,
+    cgroup: Vec<CgroupSockLink>,
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        let tracepoints = std::mem::take(&mut self.tracepoints);
+        let cgroup = std::mem::take(&mut self.cgroup);
+        std::thread::scope(|scope| {
+            for link in tracepoints {
+                scope.spawn(move || drop(link));
+            }
+            for link in cgroup {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
 }
 
 impl SockProbes {
@@ -72,6 +101,7 @@ impl SockProbes {
         }
 
         let mut attached = Vec::new();
+        let mut links = Links::default();
         let udp: &[&str] = if opts.filter.udp_data != 0 {
             UDP_SYSCALLS
         } else {
@@ -90,12 +120,13 @@ impl SockProbes {
                         "CONFIG_FTRACE_SYSCALLS is off".into(),
                     ));
                 }
-                attach_tracepoint(&mut ebpf, &event, "syscalls", &event)?;
+                attach_tracepoint(&mut ebpf, &mut links, &event, "syscalls", &event)?;
                 attached.push(format!("tracepoint/syscalls/{event}"));
             }
         }
         attach_tracepoint(
             &mut ebpf,
+            &mut links,
             "inet_sock_set_state",
             "sock",
             "inet_sock_set_state",
@@ -104,6 +135,7 @@ impl SockProbes {
         if opts.filter.by_pid != 0 {
             attach_tracepoint(
                 &mut ebpf,
+                &mut links,
                 "sched_process_fork",
                 "sched",
                 "sched_process_fork",
@@ -117,11 +149,18 @@ impl SockProbes {
         let program: &mut CgroupSock = program(&mut ebpf, "sock_release")?;
         program.load().map_err(prog_err("sock_release"))?;
         // Through a bpf_link: multi-attach semantics, so other cgroup programs are unaffected.
-        program
+        let link = program
             .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
             .map_err(prog_err("sock_release"))?;
+        links
+            .cgroup
+            .push(program.take_link(link).map_err(prog_err("sock_release"))?);
         attached.push(format!("cgroup/sock_release on {}", cgroup.display()));
-        Ok(SockProbes { ebpf, attached })
+        Ok(SockProbes {
+            _links: links,
+            ebpf,
+            attached,
+        })
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
@@ -206,10 +245,21 @@ fn map<'a, K: aya::Pod, V: aya::Pod>(
     })
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
+/// Loads and attaches one tracepoint program; the link goes straight into `links`, so no
+/// caller can drop it (dropping a link detaches the program).
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    name: &str,
+    category: &str,
+    event: &str,
+) -> Result<()> {
     let tp: &mut TracePoint = program(ebpf, name)?;
     tp.load().map_err(prog_err(name))?;
-    tp.attach(category, event).map_err(prog_err(name))?;
+    let link = tp.attach(category, event).map_err(prog_err(name))?;
+    links
+        .tracepoints
+        .push(tp.take_link(link).map_err(prog_err(name))?);
     Ok(())
 }
 
