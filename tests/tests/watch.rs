@@ -704,6 +704,55 @@ fn concurrent_processes_are_not_confused() {
     }
 }
 
+/// Two servers on one port number, 127.0.0.1 and ::1: each connection the kernel builds from a
+/// listener (before accept) belongs to the server on the address it came to.
+#[test]
+fn listeners_sharing_a_port_number() {
+    if !prerequisites("listeners_sharing_a_port_number") {
+        return;
+    }
+    let mut tracer = Tracer::watch(&["--proto", "tcp"]);
+    let mut v4 = Driver::spawn(&["tcp-server", "127.0.0.1", "4"]);
+    v4.go();
+    let port = v4.report()["port"].as_u64().unwrap();
+    let mut v6 = Driver::spawn(&["tcp-server", "::1", "4", &port.to_string()]);
+    v6.go();
+    assert_eq!(v6.report()["port"], port);
+    let mut c4 = Driver::spawn(&["tcp-client", "127.0.0.1", &port.to_string()]);
+    let mut c6 = Driver::spawn(&["tcp-client", "::1", &port.to_string()]);
+    c4.go();
+    c6.go();
+    let p4 = c4.report()["local_port"].as_u64().unwrap();
+    let p6 = c6.report()["local_port"].as_u64().unwrap();
+    let (s4, s6) = (v4.pid, v6.pid);
+    for d in [&mut c4, &mut c6, &mut v4, &mut v6] {
+        while d.report()["done"].is_null() {}
+    }
+    for d in [c4, c6, v4, v6] {
+        d.wait();
+    }
+    tracer.wait_for("both handshakes", T, |ev| {
+        !transitions(ev, port, p4).is_empty() && !transitions(ev, port, p6).is_empty()
+    });
+    let events = tracer.events.clone();
+    let recv = |client_port| {
+        transitions(&events, port, client_port)
+            .into_iter()
+            .find(|t| t.0 == "LISTEN" && t.1 == "SYN_RECV")
+            .map(|t| t.2)
+    };
+    assert_eq!(
+        recv(p4),
+        Some(Some(s4 as u64)),
+        "IPv4 connection → IPv4 server"
+    );
+    assert_eq!(
+        recv(p6),
+        Some(Some(s6 as u64)),
+        "IPv6 connection → IPv6 server"
+    );
+}
+
 /// Item 7: after SIGINT and after SIGTERM, none of tracer's programs remain loaded.
 #[test]
 fn clean_detach_on_sigint_and_sigterm() {

@@ -36,11 +36,12 @@ fn main() {
     std::io::stdin().lock().read_line(&mut go).unwrap();
     let ip: IpAddr = args[1].parse().expect("address");
     match args[0].as_str() {
-        // socket → bind ip:0 → listen(backlog) → accept → read to EOF → close both.
+        // socket → bind ip:PORT (default 0) → listen(backlog) → accept → read to EOF → close.
         "tcp-server" => {
             let backlog: i32 = args[2].parse().unwrap();
+            let port: u16 = args.get(3).map_or(0, |p| p.parse().unwrap());
             let s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
-            s.bind(&SockAddr::from(SocketAddr::new(ip, 0))).unwrap();
+            s.bind(&SockAddr::from(SocketAddr::new(ip, port))).unwrap();
             s.listen(backlog).unwrap();
             say(format!(
                 "{{\"listen_fd\":{},\"port\":{}}}",

@@ -36,7 +36,7 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         Box::new(HumanSink::new(stdout, io::stderr(), config.color))
     };
     let result = stream(&config, source, &counters, &probes.attached, sink.as_mut()).await;
-    drop(probes); // detach before reporting, so nothing outlives the command
+    drop(probes); // detach now, before any error is reported, so nothing outlives the command
     match result {
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
@@ -56,13 +56,15 @@ impl Pipeline {
     fn process(&mut self, batch: &mut Vec<SockEvent>, sink: &mut dyn Sink) -> io::Result<()> {
         self.summary.events += batch.len() as u64;
         for raw in batch.drain(..) {
+            // Every event goes through the table (correlation needs them all); only the ones
+            // shown are enriched.
             let attribution = self.table.observe(&raw);
+            if !self.filter.allows(&raw, &attribution) {
+                continue;
+            }
             let pid = attribution.owner.map(|o| o.pid);
             let range = self.ranges.get(raw.netns, pid);
-            let event = Event::new(&raw, &attribution, range, &self.clock);
-            if self.filter.allows(&event) {
-                sink.event(&event)?;
-            }
+            sink.event(&Event::new(&raw, &attribution, range, &self.clock))?;
         }
         sink.flush()
     }
@@ -82,11 +84,11 @@ async fn stream(
     let mut pipeline = Pipeline {
         table: SocketTable::default(),
         ranges: netns::PortRangeCache::default(),
-        filter: Filter {
-            events: config.events.clone(),
-            needs_owner: config.kernel_filter.by_pid != 0 || config.comm.is_some(),
-            comm: config.comm.clone(),
-        },
+        filter: Filter::new(
+            &config.events,
+            config.kernel_filter.by_pid != 0,
+            config.comm.as_deref(),
+        ),
         clock: Clock::now(),
         summary: Summary::default(),
     };

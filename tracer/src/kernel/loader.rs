@@ -164,30 +164,30 @@ impl SockProbes {
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| Error::Map {
-            name: "EVENTS".into(),
-            source: aya::maps::MapError::InvalidName {
-                name: "EVENTS".into(),
-            },
-        })?;
-        RingBuf::try_from(map).map_err(|source| Error::Map {
-            name: "EVENTS".into(),
-            source,
-        })
+        self.take_map("EVENTS")
     }
 
     pub fn take_counters(&mut self) -> Result<KernelCounters> {
-        let map = self.ebpf.take_map("COUNTERS").ok_or_else(|| Error::Map {
-            name: "COUNTERS".into(),
-            source: aya::maps::MapError::InvalidName {
-                name: "COUNTERS".into(),
-            },
-        })?;
-        let array = PerCpuArray::try_from(map).map_err(|source| Error::Map {
-            name: "COUNTERS".into(),
+        Ok(KernelCounters {
+            array: self.take_map("COUNTERS")?,
+        })
+    }
+
+    /// Moves map `name` out of the object as its typed wrapper.
+    fn take_map<T>(&mut self, name: &str) -> Result<T>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map_err = |source| Error::Map {
+            name: name.to_string(),
             source,
+        };
+        let map = self.ebpf.take_map(name).ok_or_else(|| {
+            map_err(aya::maps::MapError::InvalidName {
+                name: name.to_string(),
+            })
         })?;
-        Ok(KernelCounters { array })
+        T::try_from(map).map_err(map_err)
     }
 }
 

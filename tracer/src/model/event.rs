@@ -60,6 +60,11 @@ pub fn event_name(k: u16) -> &'static str {
     }
 }
 
+/// The kind an event name stands for (the inverse of [`event_name`]).
+pub fn event_kind(name: &str) -> Option<u16> {
+    (1..kind::COUNT).find(|&k| event_name(k) == name)
+}
+
 /// Every event name `--events` accepts, in kind order.
 pub const EVENT_NAMES: &[&str] = &[
     "socket", "bind", "listen", "accept", "connect", "close", "shutdown", "sendto", "recvfrom",
@@ -89,22 +94,9 @@ fn comm_str(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// Facts about one port number, as the documents teach them.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub struct PortFacts {
-    /// IANA class: well-known (0-1023), registered (1024-49151), dynamic (49152-65535).
-    pub class: &'static str,
-    /// Inside this netns's `net.ipv4.ip_local_port_range` (None: range unknown).
-    pub in_ephemeral_range: Option<bool>,
-}
-
-impl PortFacts {
-    fn of(port: u16, range: Option<(u16, u16)>) -> Self {
-        PortFacts {
-            class: PortClass::of(port).as_str(),
-            in_ephemeral_range: range.map(|(lo, hi)| (lo..=hi).contains(&port)),
-        }
-    }
+/// Whether `port` lies in the namespace's ephemeral range (None: range unknown).
+fn in_range(port: u16, range: Option<(u16, u16)>) -> Option<bool> {
+    range.map(|(lo, hi)| (lo..=hi).contains(&port))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -225,15 +217,11 @@ impl Event {
             old_state,
             state,
             lport_class: PortClass::of(lport).as_str(),
-            lport_in_ephemeral_range: PortFacts::of(lport, port_range).in_ephemeral_range,
+            lport_in_ephemeral_range: in_range(lport, port_range),
             lport_kernel_chosen: attribution.kernel_chose_port
                 || ev.flags & flag::KERNEL_CHOSE_PORT != 0,
             rport_class: has_remote.then(|| PortClass::of(ev.rport).as_str()),
-            rport_in_ephemeral_range: if has_remote {
-                PortFacts::of(ev.rport, port_range).in_ephemeral_range
-            } else {
-                None
-            },
+            rport_in_ephemeral_range: in_range(ev.rport, port_range).filter(|_| has_remote),
             ephemeral_range: port_range,
             sock: format!("{:#x}", ev.sk),
             listener: (ev.kind == kind::ACCEPT && ev.parent_sk != 0)

@@ -1,29 +1,99 @@
 //! Filters applied in user space: the ones the kernel cannot apply (event names, and owner
 //! filters for TCP transitions that ran in softirq), on top of what the kernel already dropped.
-use super::event::Event;
+//! They look only at the raw record and its attribution, so a dropped event costs no enrichment.
+use tracer_common::SockEvent;
+
+use super::event::{event_kind, EVENT_NAMES};
+use super::table::Attribution;
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    /// Event names to show; empty: all.
-    pub events: Vec<String>,
+    /// Bit `kind` set: show events of that kind. 0: all.
+    kinds: u32,
     /// A process filter (--pid, --comm) is active: events with no known owner are dropped.
-    pub needs_owner: bool,
-    pub comm: Option<String>,
+    needs_owner: bool,
+    /// Only owners with this command name (NUL-padded as the kernel keeps it).
+    comm: Option<[u8; 16]>,
 }
 
 impl Filter {
-    pub fn allows(&self, event: &Event) -> bool {
-        if !self.events.is_empty() && !self.events.iter().any(|e| e == event.event) {
+    /// `events`: names from [`EVENT_NAMES`] (empty: all). `comm`: at most 15 bytes.
+    pub fn new(events: &[String], process_filter: bool, comm: Option<&str>) -> Self {
+        let kinds = events
+            .iter()
+            .filter_map(|name| event_kind(name))
+            .fold(0u32, |bits, kind| bits | 1 << kind);
+        debug_assert!(events.iter().all(|e| EVENT_NAMES.contains(&e.as_str())));
+        let comm = comm.map(|c| {
+            let mut bytes = [0u8; 16];
+            let n = c.len().min(15);
+            bytes[..n].copy_from_slice(&c.as_bytes()[..n]);
+            bytes
+        });
+        Filter {
+            kinds,
+            needs_owner: process_filter || comm.is_some(),
+            comm,
+        }
+    }
+
+    pub fn allows(&self, raw: &SockEvent, attribution: &Attribution) -> bool {
+        if self.kinds != 0 && self.kinds & (1 << raw.kind) == 0 {
             return false;
         }
-        if self.needs_owner && event.pid.is_none() {
-            return false;
+        match (&attribution.owner, &self.comm) {
+            (None, _) if self.needs_owner => false,
+            (Some(owner), Some(comm)) => owner.comm == *comm,
+            _ => true,
         }
-        if let Some(comm) = &self.comm {
-            if event.comm.as_deref() != Some(comm.as_str()) {
-                return false;
-            }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Owner;
+    use tracer_common::kind;
+
+    fn owned_by(comm: &[u8]) -> Attribution {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm);
+        Attribution {
+            owner: Some(Owner {
+                pid: 1,
+                tid: 1,
+                uid: 0,
+                comm: c,
+            }),
+            ..Default::default()
         }
-        true
+    }
+
+    fn of_kind(k: u16) -> SockEvent {
+        SockEvent {
+            kind: k,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn event_names_select_kinds() {
+        let f = Filter::new(&["bind".into(), "state".into()], false, None);
+        let anyone = owned_by(b"x");
+        assert!(f.allows(&of_kind(kind::BIND), &anyone));
+        assert!(f.allows(&of_kind(kind::STATE), &anyone));
+        assert!(!f.allows(&of_kind(kind::CONNECT), &anyone));
+        assert!(Filter::default().allows(&of_kind(kind::CONNECT), &anyone));
+    }
+
+    #[test]
+    fn process_filters_need_a_known_owner() {
+        let unknown = Attribution::default();
+        assert!(Filter::default().allows(&of_kind(kind::STATE), &unknown));
+        assert!(!Filter::new(&[], true, None).allows(&of_kind(kind::STATE), &unknown));
+        let f = Filter::new(&[], false, Some("curl"));
+        assert!(!f.allows(&of_kind(kind::STATE), &unknown));
+        assert!(f.allows(&of_kind(kind::STATE), &owned_by(b"curl")));
+        assert!(!f.allows(&of_kind(kind::STATE), &owned_by(b"curly")));
     }
 }

@@ -8,7 +8,7 @@
 //! never seen (lost events), and a hard cap evicts the oldest entries if all else fails.
 use std::collections::HashMap;
 
-use tracer_common::{kind, tcp_state, SockEvent, IPPROTO_TCP};
+use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP};
 
 /// The process a socket belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,9 +38,20 @@ struct Entry {
     lport: u16,
     state: u8,
     kernel_chose_port: bool,
+    /// Where this socket listens, while it does.
+    listening_on: Option<ListenKey>,
     /// Monotonic time of release, while a released TCP socket finishes its close.
     released_at: Option<u64>,
     last_seen: u64,
+}
+
+/// A listening endpoint: (netns, family, local address, port). The address matters: the kernel
+/// may give an IPv4 and an IPv6 server the same port, and one port can have listeners on
+/// several addresses.
+type ListenKey = (u32, u16, [u8; 16], u16);
+
+fn listen_key(ev: &SockEvent) -> ListenKey {
+    (ev.netns, ev.family, ev.laddr, ev.lport)
 }
 
 /// How long a released TCP socket may wait for its CLOSE transition before it is dropped.
@@ -48,9 +59,9 @@ const RELEASED_GRACE_NS: u64 = 300 * 1_000_000_000;
 
 pub struct SocketTable {
     sockets: HashMap<u64, Entry>,
-    /// (netns, port) → listening socket, to attribute connections the kernel creates from a
-    /// listener (SYN_RECV → ESTABLISHED) before `accept()` names them.
-    listeners: HashMap<(u32, u16), u64>,
+    /// Listening endpoint → listening socket, to attribute connections the kernel creates from
+    /// a listener (SYN_RECV → ESTABLISHED) before `accept()` names them.
+    listeners: HashMap<ListenKey, u64>,
     capacity: usize,
     evicted: u64,
 }
@@ -130,6 +141,7 @@ impl SocketTable {
             lport: 0,
             state: 0,
             kernel_chose_port: false,
+            listening_on: None,
             released_at: None,
             last_seen: ev.ts_ns,
         });
@@ -150,7 +162,7 @@ impl SocketTable {
             lport: entry.lport,
         };
         if ev.kind == kind::LISTEN && ev.ret == 0 {
-            self.listeners.insert((ev.netns, ev.lport), ev.sk);
+            self.start_listening(ev);
         }
         attribution
     }
@@ -162,12 +174,7 @@ impl SocketTable {
             // belongs to whoever owns the listener.
             let in_context =
                 (ev.flags & tracer_common::flag::OWNER_IN_CONTEXT != 0).then(|| Owner::of(ev));
-            let listener = || {
-                self.listeners
-                    .get(&(ev.netns, ev.lport))
-                    .and_then(|sk| self.sockets.get(sk))
-                    .map(|l| l.owner)
-            };
+            let listener = || self.listener_for(ev).map(|l| l.owner);
             let Some(owner) = in_context.or_else(listener) else {
                 return Attribution {
                     lport: ev.lport,
@@ -184,6 +191,7 @@ impl SocketTable {
                     lport: ev.lport,
                     state: ev.new_state,
                     kernel_chose_port: false,
+                    listening_on: None,
                     released_at: None,
                     last_seen: ev.ts_ns,
                 },
@@ -200,14 +208,12 @@ impl SocketTable {
             kernel_chose_port: entry.kernel_chose_port,
             lport: entry.lport,
         };
-        if ev.new_state == tcp_state::LISTEN {
-            self.listeners.insert((ev.netns, ev.lport), ev.sk);
-        }
         let released = entry.released_at.is_some();
+        if ev.new_state == tcp_state::LISTEN {
+            self.start_listening(ev);
+        }
         if ev.new_state == tcp_state::CLOSE {
-            if ev.old_state == tcp_state::LISTEN {
-                self.forget_listener(ev.sk);
-            }
+            self.stop_listening(ev.sk);
             if released {
                 self.remove(ev.sk);
             }
@@ -240,17 +246,44 @@ impl SocketTable {
         attribution
     }
 
-    fn remove(&mut self, sk: u64) {
-        if let Some(entry) = self.sockets.remove(&sk) {
-            let key = (entry.netns, entry.lport);
+    fn start_listening(&mut self, ev: &SockEvent) {
+        let key = listen_key(ev);
+        if let Some(entry) = self.sockets.get_mut(&ev.sk) {
+            entry.listening_on = Some(key);
+            self.listeners.insert(key, ev.sk);
+        }
+    }
+
+    fn stop_listening(&mut self, sk: u64) {
+        let key = self
+            .sockets
+            .get_mut(&sk)
+            .and_then(|e| e.listening_on.take());
+        if let Some(key) = key {
             if self.listeners.get(&key) == Some(&sk) {
                 self.listeners.remove(&key);
             }
         }
     }
 
-    fn forget_listener(&mut self, sk: u64) {
-        self.listeners.retain(|_, v| *v != sk);
+    /// The listener a new connection came from: one on its exact local address, else a
+    /// wildcard listener on its port (IPv4 `0.0.0.0`, or IPv6 `::`, which also takes IPv4).
+    fn listener_for(&self, ev: &SockEvent) -> Option<&Entry> {
+        let (netns, family, addr, port) = listen_key(ev);
+        let other = if family == AF_INET { AF_INET6 } else { AF_INET };
+        [
+            (netns, family, addr, port),
+            (netns, family, [0; 16], port),
+            (netns, other, [0; 16], port),
+        ]
+        .iter()
+        .find_map(|key| self.listeners.get(key))
+        .and_then(|sk| self.sockets.get(sk))
+    }
+
+    fn remove(&mut self, sk: u64) {
+        self.stop_listening(sk);
+        self.sockets.remove(&sk);
     }
 
     /// Drops released sockets whose final CLOSE never arrived (lost events). Call periodically.
@@ -291,7 +324,7 @@ impl SocketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{flag, IPPROTO_UDP};
+    use tracer_common::{flag, AF_INET, AF_INET6, IPPROTO_UDP};
 
     fn ev(kind: u16, sk: u64, pid: u32) -> SockEvent {
         SockEvent {
@@ -344,6 +377,40 @@ mod tests {
         t.observe(&listen);
         let child = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
         assert_eq!(child.owner.unwrap().pid, 7);
+    }
+
+    #[test]
+    fn listeners_on_one_port_are_told_apart_by_address() {
+        // The kernel may give an IPv4 and an IPv6 server the same port number.
+        let mut t = SocketTable::default();
+        let listener = |sk, pid, family, addr: [u8; 16]| SockEvent {
+            lport: 40000,
+            new_state: tcp_state::LISTEN,
+            family,
+            laddr: addr,
+            ..ev(kind::LISTEN, sk, pid)
+        };
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        t.observe(&listener(0x10, 4, AF_INET, v4));
+        t.observe(&listener(0x20, 6, AF_INET6, v6));
+        t.observe(&listener(0x30, 9, AF_INET6, [0; 16])); // a wildcard [::]:40000
+        let child = |sk, family, addr| SockEvent {
+            family,
+            laddr: addr,
+            ..state(sk, tcp_state::LISTEN, tcp_state::SYN_RECV, 40000)
+        };
+        assert_eq!(t.observe(&child(0x11, AF_INET, v4)).owner.unwrap().pid, 4);
+        assert_eq!(t.observe(&child(0x21, AF_INET6, v6)).owner.unwrap().pid, 6);
+        // Another local address on that port: the wildcard listener takes it.
+        let mut other = [0u8; 16];
+        other[15] = 2;
+        assert_eq!(
+            t.observe(&child(0x31, AF_INET6, other)).owner.unwrap().pid,
+            9
+        );
     }
 
     #[test]
