@@ -116,17 +116,14 @@ impl SocketTable {
 
     fn observe_syscall(&mut self, ev: &SockEvent) -> Attribution {
         let chose = ev.flags & tracer_common::flag::KERNEL_CHOSE_PORT != 0;
-        // close/shutdown are reported at syscall exit, possibly after the socket was released:
-        // they describe a socket but never bring one (back) into the table.
+        // Not tracked: no socket (the call failed before one existed), a failed accept, or a
+        // close/shutdown, which is reported at syscall exit, possibly after the socket was
+        // released: those describe a socket but never bring one (back) into the table.
         let ends_use = matches!(ev.kind, kind::CLOSE | kind::SHUTDOWN);
-        if ends_use && !self.sockets.contains_key(&ev.sk) {
-            return Attribution {
-                owner: Some(Owner::of(ev)),
-                kernel_chose_port: chose,
-                lport: ev.lport,
-            };
-        }
-        if ev.sk == 0 || (ev.ret < 0 && ev.kind == kind::ACCEPT) {
+        if ev.sk == 0
+            || (ev.ret < 0 && ev.kind == kind::ACCEPT)
+            || (ends_use && !self.sockets.contains_key(&ev.sk))
+        {
             return Attribution {
                 owner: Some(Owner::of(ev)),
                 kernel_chose_port: chose,
