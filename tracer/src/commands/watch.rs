@@ -109,7 +109,7 @@ async fn stream(
                 pipeline.process(&mut batch, sink).map_err(io_err)?;
             }
             _ = tick.tick() => {
-                let lost = counters.lost() + counters.pending_full();
+                let lost = counters.lost();
                 if lost != lost_seen {
                     sink.lost(lost - lost_seen, lost).map_err(io_err)?;
                     lost_seen = lost;
@@ -130,7 +130,7 @@ async fn stream(
     source.drain_now(&mut batch);
     pipeline.process(&mut batch, sink).map_err(io_err)?;
     let mut summary = pipeline.summary;
-    summary.lost = counters.lost() + counters.pending_full();
+    summary.lost = counters.lost();
     if summary.lost != lost_seen {
         sink.lost(summary.lost - lost_seen, summary.lost)
             .map_err(io_err)?;

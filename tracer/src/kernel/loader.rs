@@ -197,19 +197,17 @@ pub struct KernelCounters {
 }
 
 impl KernelCounters {
-    pub fn read(&self, index: u32) -> u64 {
+    fn read(&self, index: u32) -> u64 {
         self.array
             .get(&index, 0)
             .map(|values| values.iter().sum())
             .unwrap_or(0)
     }
 
+    /// Events the kernel saw but could not deliver: ring buffer full, or no room to record a
+    /// syscall's enter.
     pub fn lost(&self) -> u64 {
-        self.read(counter::LOST)
-    }
-
-    pub fn pending_full(&self) -> u64 {
-        self.read(counter::PENDING_FULL)
+        self.read(counter::LOST) + self.read(counter::PENDING_FULL)
     }
 }
 
