@@ -107,7 +107,7 @@ impl Tracer {
         self.lines.recv_timeout(timeout).ok()
     }
 
-    /// Collects events until `done(all events so far)` holds; panics after `timeout`. The
+    /// Collects records (events, warnings, …) until `done(all records so far)` holds; panics after `timeout`. The
     /// predicate runs at most every 50 ms, so long event lists stay cheap.
     pub fn wait_for(&mut self, what: &str, timeout: Duration, done: impl Fn(&[Value]) -> bool) {
         let deadline = Instant::now() + timeout;
@@ -122,8 +122,7 @@ impl Tracer {
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = left.min(next_check.saturating_duration_since(Instant::now()));
             match self.lines.recv_timeout(wait) {
-                Ok(v) if v["type"] == "event" => self.events.push(v),
-                Ok(_) => {}
+                Ok(v) => self.events.push(v),
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                 Err(_) => {
                     if done(&self.events) {
@@ -222,9 +221,22 @@ impl Driver {
         }
     }
 
+    /// Starts the scenario. Stdin stays open: some scenarios then wait for [`Driver::finish`].
     pub fn go(&mut self) {
-        let mut stdin = self.stdin.take().expect("go once");
+        let stdin = self.stdin.as_mut().expect("stdin");
         stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Tells a scenario that holds its sockets open to let them go (closes its stdin).
+    pub fn finish(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Stops a scenario that runs until killed.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The driver's next report line.
@@ -235,6 +247,7 @@ impl Driver {
     }
 
     pub fn wait(mut self) {
+        self.finish();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "sockdriver failed: {status}");
     }
@@ -301,4 +314,82 @@ pub fn bpf_program_ids() -> Vec<u64> {
         .iter()
         .map(|p| p["id"].as_u64().unwrap())
         .collect()
+}
+
+/// Runs `tracer ARGS` to completion and returns its JSON lines; panics unless it succeeds.
+pub fn tracer_json(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(tracer_bin())
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tracer");
+    assert!(out.status.success(), "tracer {args:?}: {}", out.status);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("non-JSON {l:?}: {e}")))
+        .collect()
+}
+
+/// A tool the test needs: present, or a failure in CI and a loud skip elsewhere.
+pub fn tool(test: &str, name: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    let reason = format!("`{name}` (Debian package {package}; `cargo xtask setup` installs it)");
+    if in_ci() {
+        panic!("{test}: cannot run without {reason}");
+    }
+    eprintln!("\n!!!! SKIPPED {test}: needs {reason} !!!!\n");
+    false
+}
+
+/// A network namespace made for one test (`ip netns add`), loopback up, deleted on drop even
+/// when the test fails.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn new(tag: &str) -> TestNetns {
+        let ns = TestNetns {
+            name: format!("tracer-{tag}-{}", std::process::id()),
+        };
+        ns.ip(&["netns", "add", &ns.name]);
+        ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let st = Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2)");
+        assert!(st.success(), "ip {args:?}");
+    }
+
+    /// `sysctl -w KEY=VALUE` inside the namespace.
+    pub fn sysctl(&self, setting: &str) {
+        self.ip(&["netns", "exec", &self.name, "sysctl", "-q", "-w", setting]);
+    }
+
+    /// The namespace's inode, as tracer reports it in `netns` fields.
+    pub fn inode(&self) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(format!("/run/netns/{}", self.name)).unwrap(),
+        )
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }

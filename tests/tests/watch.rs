@@ -417,34 +417,9 @@ fn netns_filter_and_its_port_range() {
     if !prerequisites("netns_filter_and_its_port_range") {
         return;
     }
-    let ns = format!("tracer-test-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        let st = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .expect("ip (iproute2)");
-        assert!(st.success(), "ip {args:?}");
-    };
-    ip(&["netns", "add", &ns]);
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-        }
-    }
-    let _cleanup = Cleanup(ns.clone());
-    ip(&["-n", &ns, "link", "set", "lo", "up"]);
-    ip(&[
-        "netns",
-        "exec",
-        &ns,
-        "sysctl",
-        "-q",
-        "-w",
-        "net.ipv4.ip_local_port_range=40000 40099",
-    ]);
+    let netns = TestNetns::new("filter");
+    netns.sysctl("net.ipv4.ip_local_port_range=40000 40099");
+    let ns = netns.name.clone();
     let mut inside = Driver::spawn_in_netns(&ns, &["udp", "127.0.0.1"]);
     let mut outside = Driver::spawn(&["udp", "127.0.0.1"]);
     let mut tracer = Tracer::watch(&["--netns", &ns]);
@@ -464,9 +439,7 @@ fn netns_filter_and_its_port_range() {
         !events.iter().any(|e| e["pid"] == opid),
         "host-netns traffic filtered out"
     );
-    let inode = std::fs::metadata(format!("/run/netns/{ns}"))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap();
+    let inode = netns.inode();
     let autobind = named(&of_pid(&events, ipid), "sendto")
         .into_iter()
         .find(|e| e["fd"] == r["client_fd"])

@@ -4,8 +4,9 @@ use clap::{builder::PossibleValuesParser, Args, Parser, Subcommand, ValueEnum};
 use tracer_common::{KernelFilter, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, MAX_PORT_FILTERS};
 
 use crate::error::{Error, Result};
-use crate::kernel::netns;
+use crate::kernel::{netns, snapshot::Scope};
 use crate::model::event::EVENT_NAMES;
+use crate::model::ports::{RowFilter, SortKey};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +24,9 @@ pub enum Command {
     /// Show every socket call and TCP state change as it happens, with its process and the
     /// ports the kernel chose.
     Watch(WatchArgs),
+    /// List the sockets open now with the process holding each, the class of each port, and
+    /// how much of the ephemeral port range is in use (`--live` for a view that updates).
+    Ports(PortsArgs),
     /// Show which hooks this kernel offers and which of them tracer uses.
     Doctor,
 }
@@ -72,6 +76,111 @@ pub struct WatchArgs {
     /// Never colour the table, even on a terminal.
     #[arg(long)]
     pub no_color: bool,
+    /// Instead of one line per event, summarise connections grouped by remote endpoint (many
+    /// connections to one server, each from its own local port), every few seconds and at exit.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub group_by: Option<GroupBy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupBy {
+    /// Connections to one remote address and port.
+    Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct PortsArgs {
+    /// Keep a full-screen view open that updates as sockets open and close (q quits).
+    #[arg(long)]
+    pub live: bool,
+    /// One JSON object per line instead of the table.
+    #[arg(long, conflicts_with = "live")]
+    pub json: bool,
+    /// Only sockets held by this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only sockets with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// Only listening sockets (TCP LISTEN, unconnected UDP).
+    #[arg(long)]
+    pub listening: bool,
+    /// Also list TIME_WAIT sockets (closed connections that keep their port for a minute; the
+    /// ephemeral usage always counts them).
+    #[arg(long)]
+    pub time_wait: bool,
+    /// Look in this network namespace (a name under /run/netns or a path such as
+    /// /proc/PID/ns/net) instead of tracer's own.
+    #[arg(long, value_name = "NAME|PATH", conflicts_with = "all_netns")]
+    pub netns: Option<String>,
+    /// Look in every network namespace.
+    #[arg(long)]
+    pub all_netns: bool,
+    /// Sort by this column.
+    #[arg(long, value_enum, default_value = "proto")]
+    pub sort: SortKey,
+    /// Sort in descending order.
+    #[arg(long)]
+    pub reverse: bool,
+    /// Print connections grouped by remote endpoint instead of one row per socket.
+    #[arg(long, value_enum, value_name = "WHAT", conflicts_with = "live")]
+    pub group_by: Option<GroupBy>,
+}
+
+/// A validated `ports` configuration.
+#[derive(Debug, Clone)]
+pub struct PortsConfig {
+    pub live: bool,
+    pub json: bool,
+    pub filter: RowFilter,
+    pub scope: Scope,
+    pub sort: SortKey,
+    pub reverse: bool,
+    pub group_by: Option<GroupBy>,
+}
+
+impl PortsArgs {
+    pub fn validate(self) -> Result<PortsConfig> {
+        let (scope, netns) = match (&self.netns, self.all_netns) {
+            (Some(spec), _) => {
+                let (path, inode) = netns::resolve(spec)?;
+                (Scope::One(path), Some(inode))
+            }
+            (None, true) => (Scope::All, None),
+            (None, false) => (
+                Scope::One("/proc/self/ns/net".into()),
+                Some(netns::own_inode()?),
+            ),
+        };
+        for &pid in &self.pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(Error::NoSuchPid(pid));
+            }
+        }
+        Ok(PortsConfig {
+            live: self.live,
+            json: self.json,
+            filter: RowFilter {
+                pids: self.pids,
+                ports: self.ports,
+                proto: self.proto.map(|p| match p {
+                    Proto::Tcp => "tcp",
+                    Proto::Udp => "udp",
+                }),
+                listening: self.listening,
+                time_wait: self.time_wait,
+                netns,
+                text: String::new(),
+            },
+            scope,
+            sort: self.sort,
+            reverse: self.reverse,
+            group_by: self.group_by,
+        })
+    }
 }
 
 /// A validated `watch` configuration.
@@ -86,6 +195,9 @@ pub struct WatchConfig {
     pub ringbuf_bytes: u32,
     pub duration: Option<std::time::Duration>,
     pub color: bool,
+    pub group_by: Option<GroupBy>,
+    /// Where the start-up snapshot looks: the `--netns` namespace, or all of them.
+    pub snapshot_scope: Scope,
 }
 
 impl WatchArgs {
@@ -111,8 +223,11 @@ impl WatchArgs {
         } else {
             0
         };
+        let mut snapshot_scope = Scope::All;
         if let Some(spec) = &self.netns {
-            filter.netns = netns::resolve(spec)?.1;
+            let (path, inode) = netns::resolve(spec)?;
+            filter.netns = inode;
+            snapshot_scope = Scope::One(path);
         }
         if let Some(comm) = &self.comm {
             if comm.is_empty() || comm.len() > 15 {
@@ -158,6 +273,8 @@ impl WatchArgs {
             ringbuf_bytes: self.ringbuf_kib * 1024,
             duration,
             color: !self.no_color && !self.json && std::io::stdout().is_terminal(),
+            group_by: self.group_by,
+            snapshot_scope,
         })
     }
 }

@@ -20,6 +20,7 @@ fn main() -> std::process::ExitCode {
                     .build()?;
                 runtime.block_on(tracer::commands::watch::run(config))?;
             }
+            Command::Ports(args) => tracer::commands::ports::run(args.validate()?)?,
             Command::Doctor => tracer::commands::doctor::run()?,
         }
         Ok(())

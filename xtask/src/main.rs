@@ -40,7 +40,7 @@ enum Task {
 }
 
 /// Debian packages the tests use.
-const PACKAGES: &[&str] = &["iproute2", "bpftool", "procps"];
+const PACKAGES: &[&str] = &["iproute2", "bpftool", "procps", "curl", "tmux", "chromium"];
 
 fn main() -> ExitCode {
     match run(Cli::parse().task) {

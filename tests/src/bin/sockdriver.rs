@@ -166,6 +166,107 @@ fn main() {
             assert!(child.wait().unwrap().success());
             say(format!("{{\"child\":{child_pid},\"report\":{report}}}"));
         }
+        // A server that predates tracer: listen, fork a child that shares the listening socket,
+        // report, then accept connections until killed, reporting each.
+        "serve-forever" => {
+            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+            // SAFETY: single-threaded here; the child only sleeps until its parent dies.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+            say(format!(
+                "{{\"port\":{},\"child\":{child}}}",
+                listener.local_addr().unwrap().port()
+            ));
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let peer = conn.peer_addr().unwrap();
+                say(format!(
+                    "{{\"accepted_fd\":{},\"peer_port\":{}}}",
+                    conn.as_raw_fd(),
+                    peer.port()
+                ));
+                let mut buf = Vec::new();
+                let _ = conn.read_to_end(&mut buf);
+            }
+        }
+        // Connects to a listener of its own (on PORT, outside the ephemeral range) until the
+        // kernel runs out of local ports, keeping every connection open; reports the ports used
+        // and the errno of the connect that failed.
+        "exhaust" => {
+            let port: u16 = args[2].parse().unwrap();
+            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
+            let mut held = Vec::new();
+            let mut ports = Vec::new();
+            let errno = loop {
+                let s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+                match s.connect(&SockAddr::from(SocketAddr::new(ip, port))) {
+                    Ok(()) => {
+                        ports.push(port_of(&s));
+                        held.push(listener.accept().unwrap().0);
+                        held.push(s.into());
+                    }
+                    Err(e) => break errno(&e),
+                }
+                assert!(ports.len() < 1000, "the range never ran out");
+            };
+            say(format!("{{\"ports\":{ports:?},\"errno\":{errno}}}"));
+            // Keep them open until told to finish, so tracer sees the range full.
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            drop(held);
+        }
+        // An HTTP/1.1 server on each of N ports (0 = kernel's choice) that answers every GET with
+        // a small page and keeps connections open (keep-alive), as browsers expect.
+        "http-servers" => {
+            let n: usize = args[2].parse().unwrap();
+            let mut ports = Vec::new();
+            for _ in 0..n {
+                let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+                ports.push(listener.local_addr().unwrap().port());
+                std::thread::spawn(move || {
+                    for conn in listener.incoming().flatten() {
+                        std::thread::spawn(move || serve_http(conn));
+                    }
+                });
+            }
+            say(format!("{{\"ports\":{ports:?}}}"));
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+        }
         other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// Answers requests on one keep-alive connection until the client closes it.
+fn serve_http(mut conn: std::net::TcpStream) {
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        // Skip the headers.
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" || header == "\n" {
+                break;
+            }
+        }
+        let body = "<html><head><title>tracer test tab</title></head><body>tab</body></html>";
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: keep-alive\r\nKeep-Alive: timeout=300\r\n\r\n{body}",
+            body.len()
+        );
+        if conn.write_all(response.as_bytes()).is_err() {
+            return;
+        }
     }
 }

@@ -1,3 +1,4 @@
 //! One module per subcommand.
 pub mod doctor;
+pub mod ports;
 pub mod watch;

@@ -9,14 +9,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::SockEvent;
 
 use crate::{
-    cli::WatchConfig,
+    cli::{GroupBy, WatchConfig},
     error::{Error, Result},
     kernel::{
         loader::{KernelCounters, LoadOptions, SockProbes},
         netns, prereq,
+        snapshot::{self, SnapSocket, Snapshot},
     },
-    model::{Clock, Event, Filter, SocketTable},
-    output::{human::HumanSink, json::JsonSink, Sink, Summary},
+    model::{event::monotonic_ns, ports::RemoteLog, Clock, Event, Filter, Owner, SocketTable},
+    output::{human::HumanSink, json::JsonSink, Sink, SnapshotInfo, Summary},
     source::{EventSource, RingBufSource},
 };
 
@@ -29,18 +30,55 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     })?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = probes.take_counters()?;
+    // Attached first, snapshot second: a socket opened in between is in both, and the table
+    // keeps the live one. Without a snapshot tracer still works, it just cannot name the
+    // owners of older sockets.
+    let snapshot = snapshot::take(&config.snapshot_scope)
+        .inspect_err(|e| {
+            eprintln!("tracer: no snapshot of existing sockets ({e}); their owners stay unknown")
+        })
+        .ok()
+        .map(|mut s| {
+            s.retain(|socket, owners| watched(&config, socket, owners));
+            s
+        });
     let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let mut sink: Box<dyn Sink> = if config.json {
         Box::new(JsonSink::new(stdout))
     } else {
-        Box::new(HumanSink::new(stdout, io::stderr(), config.color))
+        let sink = HumanSink::new(stdout, io::stderr(), config.color);
+        Box::new(if config.group_by.is_some() {
+            sink.without_header()
+        } else {
+            sink
+        })
     };
-    let result = stream(&config, source, &counters, &probes.attached, sink.as_mut()).await;
+    let result = stream(
+        &config,
+        source,
+        snapshot.as_ref(),
+        &counters,
+        &probes.attached,
+        sink.as_mut(),
+    )
+    .await;
     drop(probes); // detach now, before any error is reported, so nothing outlives the command
     match result {
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
+}
+
+/// Whether a socket from the snapshot is in what this watch looks at (the kernel filters'
+/// counterpart for sockets that predate tracer).
+fn watched(config: &WatchConfig, s: &SnapSocket, owners: &[Owner]) -> bool {
+    let f = &config.kernel_filter;
+    let ports = &f.ports[..usize::from(f.port_count)];
+    (ports.is_empty() || ports.contains(&s.lport) || ports.contains(&s.rport))
+        && (f.protocol == 0 || f.protocol == s.protocol)
+        && (f.family == 0 || f.family == s.family)
+        && (f.by_pid == 0 || owners.iter().any(|o| config.pids.contains(&o.pid)))
+        && (f.by_comm == 0 || owners.iter().any(|o| o.comm == f.comm))
 }
 
 /// Decoded events → socket table → enrichment → filter → sink.
@@ -50,6 +88,8 @@ struct Pipeline {
     filter: Filter,
     clock: Clock,
     summary: Summary,
+    /// `--group-by remote`: connections are collected here instead of printed one by one.
+    groups: Option<RemoteLog>,
 }
 
 impl Pipeline {
@@ -64,15 +104,35 @@ impl Pipeline {
             }
             let pid = attribution.owner.map(|o| o.pid);
             let range = self.ranges.get(raw.netns, pid);
-            sink.event(&Event::new(&raw, &attribution, range, &self.clock))?;
+            if let Some(range) = range {
+                self.table.usage_mut().set_range(raw.netns, range);
+            }
+            let event = Event::new(&raw, &attribution, range, &self.clock);
+            match self.groups.as_mut() {
+                Some(groups) => groups.observe(raw.sk, &event),
+                None => sink.event(&event)?,
+            }
+        }
+        for usage in self.table.usage_mut().take_warnings() {
+            sink.ephemeral_warning(&usage)?;
         }
         sink.flush()
+    }
+
+    /// Learns the range of namespaces that have sockets but no shown events yet.
+    fn refresh_ranges(&mut self) {
+        for ns in self.table.usage().namespaces() {
+            if let Some(range) = self.ranges.get(ns, None) {
+                self.table.usage_mut().set_range(ns, range);
+            }
+        }
     }
 }
 
 async fn stream(
     config: &WatchConfig,
     mut source: impl EventSource,
+    snapshot: Option<&Snapshot>,
     counters: &KernelCounters,
     hooks: &[String],
     sink: &mut dyn Sink,
@@ -91,6 +151,7 @@ async fn stream(
         ),
         clock: Clock::now(),
         summary: Summary::default(),
+        groups: (config.group_by == Some(GroupBy::Remote)).then(RemoteLog::default),
     };
     let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
     let mut lost_seen = 0u64;
@@ -100,6 +161,19 @@ async fn stream(
     let mut sweeps = 0u32;
 
     sink.ready(hooks).map_err(io_err)?;
+    if let Some(snapshot) = snapshot {
+        pipeline.table.merge_snapshot(snapshot, monotonic_ns());
+        let processes: std::collections::HashSet<u32> =
+            snapshot.owners.values().flatten().map(|o| o.pid).collect();
+        sink.snapshot(&SnapshotInfo {
+            sockets: snapshot.sockets.len(),
+            namespaces: snapshot.namespaces.len(),
+            processes: processes.len(),
+            took_ms: snapshot.took.as_secs_f64() * 1000.0,
+        })
+        .map_err(io_err)?;
+    }
+    let mut groups_printed = 0usize;
     loop {
         tokio::select! {
             more = source.next_batch(&mut batch) => {
@@ -115,8 +189,24 @@ async fn stream(
                     lost_seen = lost;
                 }
                 sweeps += 1;
+                if sweeps.is_multiple_of(10) {
+                    pipeline.refresh_ranges();
+                    for usage in pipeline.table.usage_mut().take_warnings() {
+                        sink.ephemeral_warning(&usage).map_err(io_err)?;
+                    }
+                }
                 if sweeps.is_multiple_of(100) {
                     pipeline.table.sweep(monotonic_ns());
+                }
+                if sweeps.is_multiple_of(50) {
+                    if let Some(groups) = &pipeline.groups {
+                        let groups = groups.groups();
+                        let count = groups.iter().map(|g| g.connections).sum::<usize>();
+                        if count != groups_printed {
+                            sink.remote_groups(&groups, false).map_err(io_err)?;
+                            groups_printed = count;
+                        }
+                    }
                 }
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     break;
@@ -138,13 +228,13 @@ async fn stream(
     summary.undecodable = source.undecodable();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.sockets_tracked = pipeline.table.len();
+    if let Some(groups) = &pipeline.groups {
+        sink.remote_groups(&groups.groups(), true).map_err(io_err)?;
+    }
+    pipeline.refresh_ranges();
+    sink.ephemeral_report(&pipeline.table.usage().report())
+        .map_err(io_err)?;
     sink.summary(&summary).map_err(io_err)?;
     io::stderr().flush().ok();
     Ok(())
-}
-
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
 }

@@ -4,4 +4,5 @@ pub mod btf;
 pub mod loader;
 pub mod netns;
 pub mod prereq;
+pub mod snapshot;
 pub mod tracefs;

@@ -34,17 +34,49 @@ pub fn own_inode() -> Result<u32> {
 /// it). Net sysctls answer for the reading thread's namespace, so a short-lived thread enters
 /// it.
 pub fn port_range_in(ns: fs::File) -> Result<(u16, u16)> {
-    let handle = std::thread::spawn(move || -> Result<(u16, u16)> {
+    run_in(ns, read_port_range)
+}
+
+/// Runs `f` on a short-lived thread inside namespace `ns` (netlink sockets and net sysctls
+/// answer for the namespace of the thread that opens them; the caller's own thread stays put).
+pub fn run_in<T: Send + 'static>(
+    ns: fs::File,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| Error::io("entering a network namespace", std::io::Error::from(e)))?;
-        read_port_range()
-    });
-    handle.join().unwrap_or_else(|_| {
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| {
         Err(Error::io(
-            "port range reader",
+            "network namespace worker",
             std::io::Error::other("panicked"),
         ))
     })
+}
+
+/// Paths that name network namespaces: the names under /run/netns (a namespace there may have
+/// no process left), then every process's `/proc/PID/ns/net`. Many name the same namespace.
+pub fn candidate_paths() -> impl Iterator<Item = PathBuf> {
+    let named = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let processes = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    named.chain(processes)
 }
 
 /// Per-namespace `ip_local_port_range`, read once per namespace and refreshed after a few
@@ -86,7 +118,11 @@ impl PortRangeCache {
             }
         };
         let range = range
-            .inspect_err(|e| tracing::warn!("ip_local_port_range of netns {inode}: {e}"))
+            .inspect_err(|e| match e {
+                // Namespaces come and go; one that is gone has no range to show.
+                Error::NoSuchNetns(_) => tracing::debug!("netns {inode} is gone"),
+                e => tracing::warn!("ip_local_port_range of netns {inode}: {e}"),
+            })
             .ok();
         self.known.insert(inode, (range, Instant::now()));
         range
@@ -98,26 +134,9 @@ impl PortRangeCache {
 /// looked at: a process may exit between the two, and the open fd keeps the namespace.
 fn open_handle(inode: u32, pid: Option<u32>) -> Option<fs::File> {
     let owner = pid.map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")));
-    let named = fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path());
-    let processes = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .map(|e| e.path().join("ns/net"));
     owner
         .into_iter()
-        .chain(named)
-        .chain(processes)
+        .chain(candidate_paths())
         .filter_map(|path| fs::File::open(path).ok())
         .find(|f| f.metadata().is_ok_and(|m| m.ino() as u32 == inode))
 }

@@ -41,6 +41,13 @@ impl Clock {
     }
 }
 
+/// The kernel's monotonic clock (what `bpf_ktime_get_ns` and event timestamps count), in ns.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 pub fn event_name(k: u16) -> &'static str {
     match k {
         kind::SOCKET => "socket",
@@ -81,11 +88,19 @@ pub fn errno_name(ret: i64) -> Option<String> {
     })
 }
 
-fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+pub fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     if family == AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(*bytes))
     } else {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+pub fn proto_name(protocol: u8) -> &'static str {
+    match protocol {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        _ => "-",
     }
 }
 
@@ -184,8 +199,7 @@ impl Event {
                 _ => Some(ev.fd),
             },
             proto: match ev.protocol {
-                IPPROTO_TCP => "tcp",
-                IPPROTO_UDP => "udp",
+                IPPROTO_TCP | IPPROTO_UDP => proto_name(ev.protocol),
                 _ => match ev.sock_type {
                     1 => "tcp",
                     2 => "udp",

@@ -1,7 +1,9 @@
 //! The correlator: the socket table (sockets keyed by kernel identity, with their owners),
 //! port classification, filters, and the enriched events the sinks print. Pure: no I/O.
+pub mod ephemeral;
 pub mod event;
 pub mod filter;
+pub mod ports;
 pub mod table;
 
 pub use event::{Clock, Event};

@@ -1,16 +1,27 @@
-//! The socket table: every socket tracer has seen, keyed by its kernel identity (`struct sock *`),
-//! with the process that owns it. TCP state transitions often run in softirq, where the current
-//! pid belongs to whoever was on the CPU; they are attributed through this table instead.
+//! The socket table: every socket tracer knows of, keyed by its kernel identity (`struct sock
+//! *`), with the processes that hold it. TCP state transitions often run in softirq, where the
+//! current pid belongs to whoever was on the CPU; they are attributed through this table.
+//!
+//! Sockets that predate tracer come from a start-up snapshot (sock_diag + /proc): they have no
+//! kernel address yet, so they sit under a placeholder key and are indexed by their tuple
+//! (netns, protocol, addresses, ports) until the first live event on that tuple names their
+//! `struct sock *`. A listener from the snapshot attributes the connections the kernel builds
+//! from it, like a listener seen live.
 //!
 //! Entries are removed when the socket is released (UDP, or TCP already in CLOSE) or, for TCP
 //! sockets released while still connected, when their final transition to CLOSE arrives, so the
-//! table stays bounded however long tracer runs. A sweep drops released entries whose CLOSE was
-//! never seen (lost events), and a hard cap evicts the oldest entries if all else fails.
+//! table stays bounded however long tracer runs. A sweep drops entries that outlived their
+//! expiry (a released socket whose CLOSE was lost, a snapshot TIME_WAIT socket), and a hard cap
+//! evicts the oldest entries if all else fails. As entries gain and lose local ports the table
+//! keeps the ephemeral-port usage up to date.
 use std::collections::HashMap;
 
-use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP};
+use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
-/// The process a socket belongs to.
+use super::ephemeral::{EphemeralUsage, UsageKey};
+use crate::kernel::snapshot::Snapshot;
+
+/// A process holding a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
@@ -28,21 +39,73 @@ impl Owner {
             comm: ev.comm,
         }
     }
+
+    pub fn comm(&self) -> String {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
 }
 
+/// At most this many holders are remembered per socket.
+const MAX_OWNERS: usize = 8;
+
+/// What the table knows about one socket.
 #[derive(Clone, Debug)]
-struct Entry {
-    owner: Owner,
-    netns: u32,
-    protocol: u8,
-    lport: u16,
-    state: u8,
-    kernel_chose_port: bool,
+pub struct TrackedSocket {
+    /// The processes holding it, the one that used it last first (empty: nobody we know of,
+    /// e.g. a TIME_WAIT socket from the snapshot).
+    pub owners: Vec<Owner>,
+    pub netns: u32,
+    pub protocol: u8,
+    pub family: u16,
+    pub laddr: [u8; 16],
+    pub lport: u16,
+    pub raddr: [u8; 16],
+    pub rport: u16,
+    /// TCP state (kernel numbering); UDP: ESTABLISHED when connected.
+    pub state: u8,
+    pub kernel_chose_port: bool,
+    /// A connection the kernel built from a listener (it shares the listener's port).
+    pub accepted: bool,
+    /// Known from the start-up snapshot, not yet seen by a live event.
+    pub from_snapshot: bool,
     /// Where this socket listens, while it does.
     listening_on: Option<ListenKey>,
-    /// Monotonic time of release, while a released TCP socket finishes its close.
-    released_at: Option<u64>,
+    /// Released by its last holder; a TCP socket stays until its CLOSE transition.
+    released: bool,
+    /// Monotonic time after which the sweep drops it.
+    expires_at: Option<u64>,
     last_seen: u64,
+    /// The (key, port) this socket is counted under in the ephemeral usage.
+    counted: Option<(UsageKey, u16)>,
+}
+
+impl TrackedSocket {
+    pub fn owner(&self) -> Option<&Owner> {
+        self.owners.first()
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening_on.is_some()
+    }
+
+    fn hold(&mut self, owner: Owner) {
+        self.owners.retain(|o| o.pid != owner.pid);
+        self.owners.insert(0, owner);
+        self.owners.truncate(MAX_OWNERS);
+    }
+
+    fn tuple(&self) -> Tuple {
+        (
+            self.netns,
+            self.protocol,
+            self.family,
+            self.laddr,
+            self.lport,
+            self.raddr,
+            self.rport,
+        )
+    }
 }
 
 /// A listening endpoint: (netns, family, local address, port). The address matters: the kernel
@@ -50,18 +113,45 @@ struct Entry {
 /// several addresses.
 type ListenKey = (u32, u16, [u8; 16], u16);
 
+/// A socket's full identity as user space sees it: (netns, protocol, family, local address,
+/// local port, remote address, remote port).
+type Tuple = (u32, u8, u16, [u8; 16], u16, [u8; 16], u16);
+
 fn listen_key(ev: &SockEvent) -> ListenKey {
     (ev.netns, ev.family, ev.laddr, ev.lport)
 }
 
+fn event_tuple(ev: &SockEvent) -> Tuple {
+    (
+        ev.netns,
+        ev.protocol,
+        ev.family,
+        ev.laddr,
+        ev.lport,
+        ev.raddr,
+        ev.rport,
+    )
+}
+
+/// Snapshot entries are keyed below this until a live event names their `struct sock *`
+/// (kernel addresses are never this small).
+const PLACEHOLDER_LIMIT: u64 = 1 << 32;
+
 /// How long a released TCP socket may wait for its CLOSE transition before it is dropped.
 const RELEASED_GRACE_NS: u64 = 300 * 1_000_000_000;
+/// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN), the most a snapshot TIME_WAIT socket has
+/// left.
+const TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
 
 pub struct SocketTable {
-    sockets: HashMap<u64, Entry>,
+    sockets: HashMap<u64, TrackedSocket>,
     /// Listening endpoint → listening socket, to attribute connections the kernel creates from
     /// a listener (SYN_RECV → ESTABLISHED) before `accept()` names them.
     listeners: HashMap<ListenKey, u64>,
+    /// Snapshot sockets not yet seen live, by tuple.
+    unnamed: HashMap<Tuple, u64>,
+    next_placeholder: u64,
+    usage: EphemeralUsage,
     capacity: usize,
     evicted: u64,
 }
@@ -76,6 +166,16 @@ pub struct Attribution {
     pub lport: u16,
 }
 
+impl Attribution {
+    fn of(entry: &TrackedSocket) -> Self {
+        Attribution {
+            owner: entry.owner().copied(),
+            kernel_chose_port: entry.kernel_chose_port,
+            lport: entry.lport,
+        }
+    }
+}
+
 impl Default for SocketTable {
     fn default() -> Self {
         Self::with_capacity(1 << 20)
@@ -87,6 +187,9 @@ impl SocketTable {
         SocketTable {
             sockets: HashMap::new(),
             listeners: HashMap::new(),
+            unnamed: HashMap::new(),
+            next_placeholder: 1,
+            usage: EphemeralUsage::default(),
             capacity,
             evicted: 0,
         }
@@ -105,13 +208,145 @@ impl SocketTable {
         self.evicted
     }
 
+    /// Every socket the table holds.
+    pub fn sockets(&self) -> impl Iterator<Item = &TrackedSocket> {
+        self.sockets.values()
+    }
+
+    pub fn usage(&self) -> &EphemeralUsage {
+        &self.usage
+    }
+
+    pub fn usage_mut(&mut self) -> &mut EphemeralUsage {
+        &mut self.usage
+    }
+
+    /// Adds the sockets of a start-up snapshot. Sockets the table already tracks (seen live
+    /// while the snapshot was taken) are left as they are.
+    pub fn merge_snapshot(&mut self, snapshot: &Snapshot, now_ns: u64) {
+        for ns in &snapshot.namespaces {
+            if let Some(range) = ns.port_range {
+                self.usage.set_range(ns.inode, range);
+            }
+        }
+        let live: std::collections::HashSet<Tuple> =
+            self.sockets.values().map(TrackedSocket::tuple).collect();
+        let mut added = Vec::new();
+        for s in &snapshot.sockets {
+            let tuple = (
+                s.netns, s.protocol, s.family, s.laddr, s.lport, s.raddr, s.rport,
+            );
+            if live.contains(&tuple) || self.unnamed.contains_key(&tuple) {
+                continue;
+            }
+            self.make_room();
+            let key = self.next_placeholder;
+            self.next_placeholder += 1;
+            let time_wait = s.state == tcp_state::TIME_WAIT;
+            let entry = TrackedSocket {
+                owners: snapshot.owners.get(&s.inode).cloned().unwrap_or_default(),
+                netns: s.netns,
+                protocol: s.protocol,
+                family: s.family,
+                laddr: s.laddr,
+                lport: s.lport,
+                raddr: s.raddr,
+                rport: s.rport,
+                state: s.state,
+                kernel_chose_port: false,
+                accepted: false,
+                from_snapshot: true,
+                listening_on: None,
+                released: time_wait,
+                expires_at: time_wait.then_some(now_ns + TIME_WAIT_NS),
+                last_seen: now_ns,
+                counted: None,
+            };
+            self.sockets.insert(key, entry);
+            self.unnamed.insert(tuple, key);
+            if s.protocol == IPPROTO_TCP && s.state == tcp_state::LISTEN {
+                let listen = (s.netns, s.family, s.laddr, s.lport);
+                self.sockets.get_mut(&key).expect("inserted").listening_on = Some(listen);
+                self.listeners.insert(listen, key);
+            }
+            added.push(key);
+        }
+        // With every listener known, tell accepted connections from the ones that asked the
+        // kernel for a port: a connected socket on a port nobody listens on, inside the
+        // namespace's ephemeral range, had its port chosen by the kernel (the snapshot cannot
+        // tell an explicit bind to such a port apart; live events can).
+        for key in added {
+            let entry = &self.sockets[&key];
+            let accepted = entry.protocol == IPPROTO_TCP
+                && !entry.is_listening()
+                && self
+                    .listener_on(entry.netns, entry.family, entry.laddr, entry.lport)
+                    .is_some();
+            let in_range = self
+                .usage
+                .range(entry.netns)
+                .is_some_and(|(lo, hi)| (lo..=hi).contains(&entry.lport));
+            let chose = in_range && !accepted && !entry.is_listening();
+            let entry = self.sockets.get_mut(&key).expect("added");
+            entry.accepted = accepted;
+            entry.kernel_chose_port = chose;
+            self.recount(key);
+        }
+    }
+
     /// Folds one event into the table and says who owns its socket.
     pub fn observe(&mut self, ev: &SockEvent) -> Attribution {
-        match ev.kind {
+        if !self.unnamed.is_empty() {
+            self.name_snapshot_socket(ev);
+        }
+        let attribution = match ev.kind {
             kind::STATE => self.observe_state(ev),
             kind::RELEASE => self.observe_release(ev),
             _ => self.observe_syscall(ev),
+        };
+        if self.sockets.contains_key(&ev.sk) {
+            self.recount(ev.sk);
         }
+        attribution
+    }
+
+    /// A live event on a snapshot socket's tuple gives it its kernel address; an accept
+    /// names the snapshot listener it came from.
+    fn name_snapshot_socket(&mut self, ev: &SockEvent) {
+        if ev.sk != 0 {
+            if let Some(key) = self.unnamed.remove(&event_tuple(ev)) {
+                if self.sockets.contains_key(&ev.sk) {
+                    // Seen live already: the live entry knows more.
+                    self.remove(key);
+                } else {
+                    self.rekey(key, ev.sk);
+                }
+            }
+        }
+        if ev.kind == kind::ACCEPT && ev.parent_sk != 0 && !self.sockets.contains_key(&ev.parent_sk)
+        {
+            let listener = self
+                .listener_key_for(ev)
+                .filter(|key| *key < PLACEHOLDER_LIMIT);
+            if let Some(key) = listener {
+                let tuple = self.sockets[&key].tuple();
+                self.unnamed.remove(&tuple);
+                self.rekey(key, ev.parent_sk);
+            }
+        }
+    }
+
+    fn rekey(&mut self, from: u64, to: u64) {
+        let Some(mut entry) = self.sockets.remove(&from) else {
+            return;
+        };
+        entry.from_snapshot = false;
+        if let Some(listen) = entry.listening_on {
+            if self.listeners.get(&listen) == Some(&from) {
+                self.listeners.insert(listen, to);
+            }
+        }
+        self.sockets.insert(to, entry);
     }
 
     fn observe_syscall(&mut self, ev: &SockEvent) -> Attribution {
@@ -131,33 +366,54 @@ impl SocketTable {
             };
         }
         self.make_room();
-        let entry = self.sockets.entry(ev.sk).or_insert_with(|| Entry {
-            owner: Owner::of(ev),
+        let entry = self.sockets.entry(ev.sk).or_insert_with(|| TrackedSocket {
+            owners: Vec::new(),
             netns: ev.netns,
             protocol: ev.protocol,
+            family: ev.family,
+            laddr: [0; 16],
             lport: 0,
+            raddr: [0; 16],
+            rport: 0,
             state: 0,
             kernel_chose_port: false,
+            accepted: ev.kind == kind::ACCEPT,
+            from_snapshot: false,
             listening_on: None,
-            released_at: None,
+            released: false,
+            expires_at: None,
             last_seen: ev.ts_ns,
+            counted: None,
         });
-        entry.owner = Owner::of(ev);
+        entry.hold(Owner::of(ev));
         entry.netns = ev.netns;
-        entry.protocol = ev.protocol;
+        if ev.protocol != 0 {
+            entry.protocol = ev.protocol;
+        }
+        if ev.family != 0 {
+            entry.family = ev.family;
+        }
         entry.kernel_chose_port |= chose;
         entry.last_seen = ev.ts_ns;
         if ev.lport != 0 {
             entry.lport = ev.lport;
+            entry.laddr = ev.laddr;
+        }
+        if ev.rport != 0 {
+            entry.rport = ev.rport;
+            entry.raddr = ev.raddr;
         }
         if ev.protocol == IPPROTO_TCP && ev.new_state != 0 {
             entry.state = ev.new_state;
         }
-        let attribution = Attribution {
-            owner: Some(entry.owner),
-            kernel_chose_port: entry.kernel_chose_port,
-            lport: entry.lport,
-        };
+        if entry.protocol == IPPROTO_UDP {
+            entry.state = if entry.rport != 0 {
+                tcp_state::ESTABLISHED
+            } else {
+                tcp_state::CLOSE
+            };
+        }
+        let attribution = Attribution::of(entry);
         if ev.kind == kind::LISTEN && ev.ret == 0 {
             self.start_listening(ev);
         }
@@ -171,26 +427,40 @@ impl SocketTable {
             // belongs to whoever owns the listener.
             let in_context =
                 (ev.flags & tracer_common::flag::OWNER_IN_CONTEXT != 0).then(|| Owner::of(ev));
-            let listener = || self.listener_for(ev).map(|l| l.owner);
-            let Some(owner) = in_context.or_else(listener) else {
-                return Attribution {
-                    lport: ev.lport,
-                    ..Default::default()
-                };
+            let from_listener = self
+                .listener_key_for(ev)
+                .map(|key| self.sockets[&key].owners.clone());
+            let owners = match (in_context, from_listener) {
+                (Some(owner), _) => vec![owner],
+                (None, Some(owners)) => owners,
+                (None, None) => {
+                    return Attribution {
+                        lport: ev.lport,
+                        ..Default::default()
+                    }
+                }
             };
             self.make_room();
             self.sockets.insert(
                 ev.sk,
-                Entry {
-                    owner,
+                TrackedSocket {
+                    owners,
                     netns: ev.netns,
                     protocol: IPPROTO_TCP,
+                    family: ev.family,
+                    laddr: ev.laddr,
                     lport: ev.lport,
+                    raddr: ev.raddr,
+                    rport: ev.rport,
                     state: ev.new_state,
                     kernel_chose_port: false,
+                    accepted: in_context.is_none(),
+                    from_snapshot: false,
                     listening_on: None,
-                    released_at: None,
+                    released: false,
+                    expires_at: None,
                     last_seen: ev.ts_ns,
+                    counted: None,
                 },
             );
         }
@@ -199,13 +469,14 @@ impl SocketTable {
         entry.last_seen = ev.ts_ns;
         if ev.lport != 0 {
             entry.lport = ev.lport;
+            entry.laddr = ev.laddr;
         }
-        let attribution = Attribution {
-            owner: Some(entry.owner),
-            kernel_chose_port: entry.kernel_chose_port,
-            lport: entry.lport,
-        };
-        let released = entry.released_at.is_some();
+        if ev.rport != 0 {
+            entry.rport = ev.rport;
+            entry.raddr = ev.raddr;
+        }
+        let attribution = Attribution::of(entry);
+        let released = entry.released;
         if ev.new_state == tcp_state::LISTEN {
             self.start_listening(ev);
         }
@@ -227,16 +498,13 @@ impl SocketTable {
                 lport: ev.lport,
             };
         };
-        let attribution = Attribution {
-            owner: Some(entry.owner),
-            kernel_chose_port: entry.kernel_chose_port,
-            lport: entry.lport,
-        };
+        let attribution = Attribution::of(entry);
         // A TCP socket released while connected keeps going (FIN_WAIT1 …): keep it until CLOSE.
         let closing =
             entry.protocol == IPPROTO_TCP && entry.state != 0 && entry.state != tcp_state::CLOSE;
         if closing {
-            entry.released_at = Some(ev.ts_ns);
+            entry.released = true;
+            entry.expires_at = Some(ev.ts_ns + RELEASED_GRACE_NS);
         } else {
             self.remove(ev.sk);
         }
@@ -265,8 +533,12 @@ impl SocketTable {
 
     /// The listener a new connection came from: one on its exact local address, else a
     /// wildcard listener on its port (IPv4 `0.0.0.0`, or IPv6 `::`, which also takes IPv4).
-    fn listener_for(&self, ev: &SockEvent) -> Option<&Entry> {
+    fn listener_key_for(&self, ev: &SockEvent) -> Option<u64> {
         let (netns, family, addr, port) = listen_key(ev);
+        self.listener_on(netns, family, addr, port)
+    }
+
+    fn listener_on(&self, netns: u32, family: u16, addr: [u8; 16], port: u16) -> Option<u64> {
         let other = if family == AF_INET { AF_INET6 } else { AF_INET };
         [
             (netns, family, addr, port),
@@ -275,23 +547,50 @@ impl SocketTable {
         ]
         .iter()
         .find_map(|key| self.listeners.get(key))
-        .and_then(|sk| self.sockets.get(sk))
+        .copied()
+        .filter(|sk| self.sockets.contains_key(sk))
+    }
+
+    /// Keeps the ephemeral usage in step with the socket's local port.
+    fn recount(&mut self, sk: u64) {
+        let Some(entry) = self.sockets.get_mut(&sk) else {
+            return;
+        };
+        let wanted = (entry.lport != 0 && entry.protocol != 0).then_some((
+            (entry.netns, entry.protocol, entry.family, entry.laddr),
+            entry.lport,
+        ));
+        if entry.counted == wanted {
+            return;
+        }
+        let previous = std::mem::replace(&mut entry.counted, wanted);
+        if let Some((key, port)) = previous {
+            self.usage.remove(key, port);
+        }
+        if let Some((key, port)) = wanted {
+            self.usage.add(key, port);
+        }
     }
 
     fn remove(&mut self, sk: u64) {
         self.stop_listening(sk);
-        self.sockets.remove(&sk);
+        if let Some(entry) = self.sockets.remove(&sk) {
+            if let Some((key, port)) = entry.counted {
+                self.usage.remove(key, port);
+            }
+            if entry.from_snapshot {
+                self.unnamed.remove(&entry.tuple());
+            }
+        }
     }
 
-    /// Drops released sockets whose final CLOSE never arrived (lost events). Call periodically.
+    /// Drops entries past their expiry: released sockets whose final CLOSE never arrived (lost
+    /// events), snapshot TIME_WAIT sockets. Call periodically.
     pub fn sweep(&mut self, now_ns: u64) {
         let stale: Vec<u64> = self
             .sockets
             .iter()
-            .filter(|(_, e)| {
-                e.released_at
-                    .is_some_and(|t| now_ns.saturating_sub(t) > RELEASED_GRACE_NS)
-            })
+            .filter(|(_, e)| e.expires_at.is_some_and(|t| now_ns > t))
             .map(|(sk, _)| *sk)
             .collect();
         for sk in stale {

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::{Sink, Summary};
-use crate::model::Event;
+use super::{ports as text, Sink, SnapshotInfo, Summary};
+use crate::model::{ephemeral::Usage, ports::RemoteGroup, Event};
 
 const RED: &str = "\x1b[31m";
 const GREEN: &str = "\x1b[32m";
@@ -18,6 +18,8 @@ pub struct HumanSink<W: Write, E: Write> {
     status: E,
     color: bool,
     line: String,
+    /// Events are printed (not only summaries): print the column header.
+    header: bool,
 }
 
 impl<W: Write, E: Write> HumanSink<W, E> {
@@ -27,7 +29,14 @@ impl<W: Write, E: Write> HumanSink<W, E> {
             status,
             color,
             line: String::with_capacity(256),
+            header: true,
         }
+    }
+
+    /// For summaries only (`--group-by`): no event header.
+    pub fn without_header(mut self) -> Self {
+        self.header = false;
+        self
     }
 
     fn paint(&self, color: &'static str) -> (&'static str, &'static str) {
@@ -120,7 +129,9 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             "tracer: attached {} hooks; watching sockets (Ctrl-C to stop)",
             hooks.len()
         )?;
-        writeln!(self.out, "{HEADER}")?;
+        if self.header {
+            writeln!(self.out, "{HEADER}")?;
+        }
         self.out.flush()
     }
 
@@ -175,6 +186,55 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             "tracer: {} events in {:.1}s, {} lost",
             s.events, s.seconds, s.lost
         )
+    }
+
+    fn snapshot(&mut self, s: &SnapshotInfo) -> io::Result<()> {
+        writeln!(
+            self.status,
+            "tracer: {} sockets already open in {} network namespace{} ({} processes), snapshot took {:.1} ms",
+            s.sockets,
+            s.namespaces,
+            if s.namespaces == 1 { "" } else { "s" },
+            s.processes,
+            s.took_ms
+        )
+    }
+
+    fn ephemeral_warning(&mut self, u: &Usage) -> io::Result<()> {
+        let (c0, c1) = self.paint(RED);
+        self.out.flush()?;
+        writeln!(
+            self.status,
+            "{c0}tracer: ephemeral ports near exhaustion in netns {}: {} (range {}-{}){c1}",
+            u.netns,
+            text::usage_line(u),
+            u.range.0,
+            u.range.1
+        )
+    }
+
+    fn ephemeral_report(&mut self, usage: &[Usage]) -> io::Result<()> {
+        for u in usage {
+            writeln!(
+                self.status,
+                "tracer: ephemeral ports, netns {} range {}-{}: {}",
+                u.netns,
+                u.range.0,
+                u.range.1,
+                text::usage_line(u)
+            )?;
+        }
+        Ok(())
+    }
+
+    fn remote_groups(&mut self, groups: &[RemoteGroup], last: bool) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "--- connections by remote endpoint ({}) ---",
+            if last { "final" } else { "so far" }
+        )?;
+        text::write_groups(&mut self.out, groups)?;
+        self.out.flush()
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -3,8 +3,8 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::{Sink, Summary};
-use crate::model::Event;
+use super::{ports::write_usage_json, Sink, SnapshotInfo, Summary};
+use crate::model::{ephemeral::Usage, ports::RemoteGroup, Event};
 
 pub struct JsonSink<W: Write> {
     out: W,
@@ -41,6 +41,35 @@ impl<W: Write> Sink for JsonSink<W> {
         record["type"] = "summary".into();
         self.line(&record)?;
         self.out.flush()
+    }
+
+    fn snapshot(&mut self, info: &SnapshotInfo) -> io::Result<()> {
+        let mut record = serde_json::to_value(info)?;
+        record["type"] = "snapshot".into();
+        self.line(&record)?;
+        self.out.flush()
+    }
+
+    fn ephemeral_warning(&mut self, usage: &Usage) -> io::Result<()> {
+        write_usage_json(&mut self.out, "ephemeral_warning", usage)?;
+        self.out.flush()
+    }
+
+    fn ephemeral_report(&mut self, usage: &[Usage]) -> io::Result<()> {
+        for u in usage {
+            write_usage_json(&mut self.out, "ephemeral", u)?;
+        }
+        Ok(())
+    }
+
+    fn remote_groups(&mut self, groups: &[RemoteGroup], last: bool) -> io::Result<()> {
+        // JSON consumers get the whole picture once, at exit.
+        if last {
+            for g in groups {
+                self.line(g)?;
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -2,10 +2,23 @@
 //! on a terminal) or JSON lines (one object per line, stable field names).
 pub mod human;
 pub mod json;
+pub mod ports;
+pub mod tui;
 
 use std::io;
 
-use crate::model::Event;
+use crate::model::{ephemeral::Usage, ports::RemoteGroup, Event};
+
+/// What the start-up snapshot found.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct SnapshotInfo {
+    /// Sockets that existed before tracer attached.
+    pub sockets: usize,
+    pub namespaces: usize,
+    /// Processes holding at least one socket.
+    pub processes: usize,
+    pub took_ms: f64,
+}
 
 /// Totals printed when tracer stops.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -25,5 +38,13 @@ pub trait Sink {
     /// The kernel's lost-event counter moved by `new` (to `total`).
     fn lost(&mut self, new: u64, total: u64) -> io::Result<()>;
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
+    /// The sockets that predate tracer are known (merged into the socket table).
+    fn snapshot(&mut self, info: &SnapshotInfo) -> io::Result<()>;
+    /// Ephemeral-port usage of a (netns, protocol, local address) crossed the warning level.
+    fn ephemeral_warning(&mut self, usage: &Usage) -> io::Result<()>;
+    /// Ephemeral-port usage at exit, for every address that used the range.
+    fn ephemeral_report(&mut self, usage: &[Usage]) -> io::Result<()>;
+    /// Connections grouped by remote endpoint (`--group-by remote`); `last` at exit.
+    fn remote_groups(&mut self, groups: &[RemoteGroup], last: bool) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }

@@ -1,0 +1,500 @@
+//! `tracer ports`, the start-up snapshot and the ephemeral-port story against the real kernel.
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn of_type<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == kind).collect()
+}
+
+fn owner_pids(row: &Value) -> Vec<u64> {
+    row["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["pid"].as_u64().unwrap())
+        .collect()
+}
+
+/// A server started before tracer: `ports` names its process (and the forked child that
+/// shares its socket); `watch` attributes connections the kernel builds from it to it.
+#[test]
+fn server_started_before_tracer() {
+    if !prerequisites("server_started_before_tracer") {
+        return;
+    }
+    let mut server = Driver::spawn(&["serve-forever", "127.0.0.1"]);
+    server.go();
+    let r = server.report();
+    let port = r["port"].as_u64().unwrap();
+    let child = r["child"].as_u64().unwrap();
+    let port_arg = port.to_string();
+
+    let rows = tracer_json(&["ports", "--json", "--port", &port_arg]);
+    let listener = of_type(&rows, "socket")
+        .into_iter()
+        .find(|r| r["lport"] == port && r["state"] == "LISTEN")
+        .unwrap_or_else(|| panic!("no listener on {port}: {rows:#?}"));
+    assert_eq!(listener["comm"], "sockdriver");
+    assert_eq!(listener["laddr"], "127.0.0.1");
+    assert_eq!(listener["listening"], true);
+    let mut owners = owner_pids(listener);
+    owners.sort();
+    let mut expected = vec![server.pid as u64, child];
+    expected.sort();
+    assert_eq!(owners, expected, "both processes holding the socket");
+    let class = if port >= 49152 {
+        "dynamic"
+    } else {
+        "registered"
+    };
+    assert_eq!(listener["lport_class"], class);
+
+    // The human table names it too.
+    let table = Command::new(tracer_bin())
+        .args(["ports", "--listening", "--port", &port_arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.starts_with("PROTO LADDR"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!(" {port} ")) && l.contains("sockdriver")),
+        "{text}"
+    );
+
+    let mut tracer = Tracer::watch(&["--port", &port_arg]);
+    let mut client = Driver::spawn(&["tcp-client", "127.0.0.1", &port_arg]);
+    client.go();
+    let c = client.report();
+    client.wait();
+    let client_port = c["local_port"].as_u64().unwrap();
+    let spid = server.pid as u64;
+    tracer.wait_for("the accepted connection", T, |ev| {
+        ev.iter()
+            .any(|e| e["event"] == "accept" && e["pid"] == spid && e["rport"] == client_port)
+    });
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    server.kill();
+    let snapshot = of_type(&records, "snapshot");
+    assert_eq!(snapshot.len(), 1, "one snapshot record");
+    assert!(snapshot[0]["sockets"].as_u64().unwrap() >= 1);
+    // The handshake runs in softirq: only the snapshot can say whose listener this is.
+    let syn_recv = records
+        .iter()
+        .find(|e| {
+            e["event"] == "state"
+                && e["old_state"] == "LISTEN"
+                && e["state"] == "SYN_RECV"
+                && e["rport"] == client_port
+        })
+        .unwrap_or_else(|| panic!("no LISTEN -> SYN_RECV: {records:#?}"));
+    assert_eq!(syn_recv["pid"], spid, "attributed to the server");
+    assert_eq!(syn_recv["comm"], "sockdriver");
+    assert_eq!(syn_recv["lport"], port);
+}
+
+/// The ephemeral range of a namespace narrowed to 8 ports: connections until connect fails
+/// with EADDRNOTAVAIL; usage reaches 100 %, the warning fires past 80 %, the errno is shown.
+#[test]
+fn ephemeral_port_exhaustion() {
+    if !prerequisites("ephemeral_port_exhaustion") {
+        return;
+    }
+    let netns = TestNetns::new("exhaust");
+    netns.sysctl("net.ipv4.ip_local_port_range=40000 40007");
+    let mut tracer = Tracer::watch(&["--netns", &netns.name]);
+    let mut driver = Driver::spawn_in_netns(&netns.name, &["exhaust", "127.0.0.1", "5000"]);
+    driver.go();
+    let r = driver.report();
+    let dpid = driver.pid as u64;
+    assert_eq!(r["errno"], 99, "EADDRNOTAVAIL: {r}");
+    let ports: Vec<u64> = r["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 8);
+    tracer.wait_for("the warning and the failed connect", T, |ev| {
+        ev.iter().any(|e| e["type"] == "ephemeral_warning")
+            && ev
+                .iter()
+                .any(|e| e["event"] == "connect" && e["errno"] == "EADDRNOTAVAIL")
+    });
+    driver.wait();
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let inode = netns.inode();
+
+    let warnings = of_type(&records, "ephemeral_warning");
+    assert_eq!(warnings.len(), 1, "one warning per crossing: {warnings:#?}");
+    let w = warnings[0];
+    assert_eq!(w["netns"], inode);
+    assert_eq!(
+        (w["proto"].as_str(), w["laddr"].as_str()),
+        (Some("tcp"), Some("127.0.0.1"))
+    );
+    assert_eq!(w["range"], serde_json::json!([40000, 40007]));
+    assert_eq!(w["range_size"], 8);
+    assert_eq!(w["in_use"], 7, "7 of 8 = 87.5 %, the first count past 80 %");
+    assert_eq!(w["percent"], 87.5);
+
+    let report = of_type(&records, "ephemeral")
+        .into_iter()
+        .find(|u| u["netns"] == inode && u["laddr"] == "127.0.0.1")
+        .unwrap_or_else(|| panic!("no usage report: {records:#?}"));
+    assert_eq!(report["peak"], 8, "usage reached 100 %");
+    assert_eq!(
+        report["below_iana_dynamic"], 8,
+        "all of 40000-40007 lies below 49152"
+    );
+
+    let connects: Vec<&Value> = records
+        .iter()
+        .filter(|e| e["event"] == "connect" && e["pid"] == dpid)
+        .collect();
+    let mut used: Vec<u64> = connects
+        .iter()
+        .filter(|e| e["ret"] == 0)
+        .map(|e| e["lport"].as_u64().unwrap())
+        .collect();
+    used.sort();
+    let mut expected = ports.clone();
+    expected.sort();
+    assert_eq!(used, expected, "every connection's kernel-chosen port");
+    assert!(connects
+        .iter()
+        .filter(|e| e["ret"] == 0)
+        .all(|e| e["lport_kernel_chosen"] == true && e["lport_in_ephemeral_range"] == true));
+    let failed = connects
+        .iter()
+        .find(|e| e["errno"] == "EADDRNOTAVAIL")
+        .expect("the failed connect");
+    assert_eq!(failed["ret"], -99);
+}
+
+/// `ss -tnp` lines of established connections: (local port, remote port, pid, comm).
+fn ss_connections() -> Vec<(u64, u64, u64, String)> {
+    let out = Command::new("ss")
+        .args(["-Htnp", "state", "established"])
+        .output()
+        .expect("ss (iproute2)");
+    let mut rows = Vec::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // Recv-Q Send-Q Local:Port Peer:Port users:(("comm",pid=N,fd=M))
+        if cols.len() < 5 {
+            continue;
+        }
+        let port = |s: &str| s.rsplit(':').next().unwrap().parse::<u64>().unwrap();
+        let users = cols[4];
+        let comm = users.split('"').nth(1).unwrap_or("").to_string();
+        let pid = users
+            .split("pid=")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        rows.push((port(cols[2]), port(cols[3]), pid, comm));
+    }
+    rows
+}
+
+/// Headless Chromium opens tabs to three local HTTP servers: every connection appears with
+/// the chromium process that made it and its own ephemeral port, as `ss -tnp` sees them.
+#[test]
+fn browser_tabs_get_their_own_ephemeral_ports() {
+    if !prerequisites("browser_tabs_get_their_own_ephemeral_ports")
+        || !tool(
+            "browser_tabs_get_their_own_ephemeral_ports",
+            "chromium",
+            "chromium",
+        )
+        || !tool("browser_tabs_get_their_own_ephemeral_ports", "curl", "curl")
+    {
+        return;
+    }
+    let mut servers = Driver::spawn(&["http-servers", "127.0.0.1", "3"]);
+    servers.go();
+    let ports: Vec<u64> = servers.report()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    let port_args: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    let mut watch_args = Vec::new();
+    for p in &port_args {
+        watch_args.extend(["--port", p.as_str()]);
+    }
+    let mut tracer = Tracer::watch(&watch_args);
+
+    let profile = std::env::temp_dir().join(format!("tracer-chromium-{}", std::process::id()));
+    let debug_port = 19000 + (std::process::id() % 1000) as u16;
+    let mut chromium = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--remote-debugging-port={debug_port}"),
+            "about:blank",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start chromium");
+    struct Browser(u32, std::path::PathBuf);
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            unsafe { libc::kill(-(self.0 as i32), libc::SIGKILL) };
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _browser = Browser(chromium.id(), profile);
+
+    // One tab per server, opened through the DevTools HTTP endpoint (headless Chromium takes
+    // one URL on its command line).
+    for port in &ports {
+        let url = format!("http://127.0.0.1:{debug_port}/json/new?http://127.0.0.1:{port}/");
+        let deadline = Instant::now() + T;
+        loop {
+            let st = Command::new("curl")
+                .args(["-sf", "-X", "PUT", &url, "-o", "/dev/null"])
+                .status()
+                .unwrap();
+            if st.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromium's DevTools endpoint never answered"
+            );
+            assert!(chromium.try_wait().unwrap().is_none(), "chromium exited");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Every tab connected (its connect reached ESTABLISHED).
+    let wanted = ports.clone();
+    tracer.wait_for("a connection to every server", T, |ev| {
+        wanted.iter().all(|p| {
+            ev.iter()
+                .any(|e| e["event"] == "state" && e["rport"] == *p && e["state"] == "ESTABLISHED")
+        })
+    });
+    // Let the pages finish (favicon requests may add connections), then look at both at once.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut ports_args = vec!["ports", "--json"];
+    for p in &port_args {
+        ports_args.extend(["--port", p.as_str()]);
+    }
+    let rows = tracer_json(&ports_args);
+    let ss = ss_connections();
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+
+    let client_side = |rport: u64| ports.contains(&rport);
+    let mut from_ss: Vec<(u64, u64, u64, String)> = ss
+        .into_iter()
+        .filter(|(_, rport, _, _)| client_side(*rport))
+        .collect();
+    from_ss.sort();
+    let mut from_tracer: Vec<(u64, u64, u64, String)> = of_type(&rows, "socket")
+        .into_iter()
+        .filter(|r| r["state"] == "ESTABLISHED" && client_side(r["rport"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["lport"].as_u64().unwrap(),
+                r["rport"].as_u64().unwrap(),
+                r["pid"].as_u64().unwrap_or(0),
+                r["comm"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    from_tracer.sort();
+    assert!(from_ss.len() >= 3, "a connection per tab: {from_ss:?}");
+    assert_eq!(from_tracer, from_ss, "tracer ports and ss -tnp agree");
+    let mut local_ports: Vec<u64> = from_ss.iter().map(|c| c.0).collect();
+    local_ports.dedup();
+    assert_eq!(
+        local_ports.len(),
+        from_ss.len(),
+        "each connection its own local port"
+    );
+    let (lo, hi) = ephemeral_range();
+    for (lport, rport, pid, comm) in &from_ss {
+        assert!(comm.starts_with("chrom"), "{comm}");
+        assert!((lo as u64..=hi as u64).contains(lport));
+        // watch saw the same connection made by the same process, the port chosen by the
+        // kernel.
+        let connect = records
+            .iter()
+            .find(|e| e["event"] == "connect" && e["lport"] == *lport && e["rport"] == *rport)
+            .unwrap_or_else(|| panic!("watch missed the connect from port {lport}"));
+        assert_eq!(connect["pid"], *pid, "the chromium process that made it");
+        assert_eq!(connect["lport_kernel_chosen"], true);
+    }
+    servers.finish();
+    servers.kill();
+}
+
+/// `ports --live` in a real terminal (tmux at 80x24): a new socket shows within a second, `q`
+/// exits and gives the terminal back.
+#[test]
+fn live_view_in_a_terminal() {
+    if !prerequisites("live_view_in_a_terminal") || !tool("live_view_in_a_terminal", "tmux", "tmux")
+    {
+        return;
+    }
+    let session = format!("tracer-live-{}", std::process::id());
+    let tmux = |args: &[&str]| -> String {
+        let out = Command::new("tmux").args(args).output().expect("tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    struct Session(String);
+    impl Drop for Session {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .status();
+        }
+    }
+    let command = format!(
+        "{} ports --live; echo TRACER-EXITED-$?; sleep 60",
+        tracer_bin().display()
+    );
+    let st = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &command,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _session = Session(session.clone());
+    let screen = || tmux(&["capture-pane", "-p", "-t", &session]);
+    let wait_screen = |what: &str, timeout: Duration, done: &dyn Fn(&str) -> bool| -> Duration {
+        let start = Instant::now();
+        loop {
+            let s = screen();
+            if done(&s) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "screen never showed {what}:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_screen("the live view", T, &|s| s.contains("tracer ports --live"));
+    tmux(&["send-keys", "-t", &session, "2"]); // the Sockets tab
+    wait_screen("the sockets tab", T, &|s| s.contains("PROTO LOCAL"));
+
+    // Only sockdriver's listeners (the host may have thousands of sockets).
+    tmux(&["send-keys", "-t", &session, "/listen sockdriver", "Enter"]);
+    wait_screen("the filter", T, &|s| {
+        s.contains("filter: listen sockdriver")
+    });
+
+    let mut server = Driver::spawn(&["serve-forever", "127.0.0.1"]);
+    server.go();
+    let port = server.report()["port"].as_u64().unwrap();
+    let needle = format!("127.0.0.1:{port} ");
+    let took = wait_screen("the new listener", T, &|s| s.contains(&needle));
+    assert!(
+        took < Duration::from_secs(1),
+        "the socket took {took:?} to show"
+    );
+    let s = screen();
+    assert!(s.lines().count() <= 24 && s.lines().all(|l| l.chars().count() <= 80));
+    let row = s.lines().find(|l| l.contains(&needle)).unwrap().to_string();
+    assert!(
+        row.contains("LISTEN") && row.contains("sockdriver"),
+        "{row}"
+    );
+
+    server.kill();
+    tmux(&["send-keys", "-t", &session, "q"]);
+    wait_screen("tracer exiting", T, &|s| s.contains("TRACER-EXITED-"));
+    let s = screen();
+    assert!(s.contains("TRACER-EXITED-0"), "exit status: {s}");
+    assert!(
+        !s.contains("tracer ports --live"),
+        "the alternate screen is gone: {s}"
+    );
+    assert_eq!(
+        tmux(&["display", "-p", "-t", &session, "#{alternate_on}"]).trim(),
+        "0"
+    );
+    assert_eq!(
+        tmux(&["display", "-p", "-t", &session, "#{cursor_flag}"]).trim(),
+        "1"
+    );
+}
+
+/// `watch --group-by remote`: three clients to one server, one group with three connections,
+/// each from its own kernel-chosen port, each with its process.
+#[test]
+fn watch_groups_connections_by_remote_endpoint() {
+    if !prerequisites("watch_groups_connections_by_remote_endpoint") {
+        return;
+    }
+    let mut server = Driver::spawn(&["serve-forever", "127.0.0.1"]);
+    server.go();
+    let port = server.report()["port"].as_u64().unwrap();
+    let port_arg = port.to_string();
+    let mut tracer = Tracer::watch(&["--group-by", "remote", "--port", &port_arg]);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Driver::spawn(&["tcp-client", "127.0.0.1", &port_arg]);
+        client.go();
+        let r = client.report();
+        clients.push((client.pid as u64, r["local_port"].as_u64().unwrap()));
+        client.wait();
+        server.report(); // accepted
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    tracer.wait_for("nothing (events are grouped, not printed)", T, |_| true);
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    server.kill();
+    assert!(of_type(&records, "event").is_empty(), "no per-event lines");
+    let groups = of_type(&records, "remote");
+    assert_eq!(groups.len(), 1, "{groups:#?}");
+    let g = groups[0];
+    assert_eq!(
+        (g["raddr"].as_str(), g["rport"].as_u64()),
+        (Some("127.0.0.1"), Some(port))
+    );
+    assert_eq!(g["connections"], 3);
+    assert_eq!(g["local_ports"], 3);
+    let mut seen: Vec<(u64, u64)> = g["locals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(l["ephemeral"], true);
+            assert_eq!(l["comm"], "sockdriver");
+            (l["pid"].as_u64().unwrap(), l["lport"].as_u64().unwrap())
+        })
+        .collect();
+    seen.sort();
+    clients.sort();
+    assert_eq!(seen, clients);
+}

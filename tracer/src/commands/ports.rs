@@ -1,0 +1,260 @@
+//! `tracer ports`: the sockets open now, their owners and port classes, and the ephemeral-range
+//! usage — from a sock_diag + /proc snapshot (no eBPF needed). `--live` loads the socket
+//! probes too and keeps a full-screen view current as sockets open and close.
+use std::{
+    io::{self, IsTerminal, Write},
+    time::Duration,
+};
+
+use crossterm::{
+    event::{self as term_event, Event as TermEvent, KeyEventKind},
+    execute,
+    terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
+};
+use ratatui::{backend::CrosstermBackend, Terminal};
+use tokio::signal::unix::{signal, SignalKind};
+use tracer_common::SockEvent;
+
+use crate::{
+    cli::{GroupBy, PortsConfig},
+    error::{Error, Result},
+    kernel::{
+        loader::{LoadOptions, SockProbes},
+        netns, prereq,
+        snapshot::{self, Snapshot},
+    },
+    model::{
+        event::monotonic_ns,
+        ports::{self, PortRow},
+        SocketTable,
+    },
+    output::{
+        ports as text,
+        tui::{self, Action, Screen, ViewState},
+    },
+    source::{EventSource, RingBufSource},
+};
+
+pub fn run(config: PortsConfig) -> Result<()> {
+    if config.live {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the runtime", e))?;
+        return runtime.block_on(live(config));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "tracer: not running as root: sockets of other users' processes show no owner, \
+             and other network namespaces cannot be entered"
+        );
+    }
+    let snapshot = snapshot::take(&config.scope)?;
+    let table = table_from(&snapshot);
+    let rows = selected_rows(&table, &config);
+    let ranges = ranges_of(&snapshot, &config);
+    let usage = usage_of(&table, &config);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let written = if config.json {
+        text::write_json(&mut out, &rows, &ranges, &usage)
+    } else if config.group_by == Some(GroupBy::Remote) {
+        text::write_groups(&mut out, &ports::by_remote(&rows))
+    } else {
+        text::write_table(&mut out, &rows)
+            .and_then(|_| text::write_usage(&mut out, &ranges, &usage))
+    };
+    match written.and_then(|_| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other.map_err(|e| Error::io("writing output", e))?,
+    }
+    if !config.json && io::stderr().is_terminal() {
+        eprintln!(
+            "{} sockets in {} network namespace{}; snapshot took {:.1} ms",
+            rows.len(),
+            snapshot.namespaces.len(),
+            if snapshot.namespaces.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            snapshot.took.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
+
+fn table_from(snapshot: &Snapshot) -> SocketTable {
+    let mut table = SocketTable::default();
+    table.merge_snapshot(snapshot, monotonic_ns());
+    table
+}
+
+fn selected_rows(table: &SocketTable, config: &PortsConfig) -> Vec<PortRow> {
+    let mut rows: Vec<PortRow> = ports::rows(table)
+        .into_iter()
+        .filter(|r| config.filter.allows(r))
+        .collect();
+    ports::sort(&mut rows, config.sort, config.reverse);
+    rows
+}
+
+fn ranges_of(snapshot: &Snapshot, config: &PortsConfig) -> Vec<(u32, (u16, u16))> {
+    snapshot
+        .namespaces
+        .iter()
+        .filter(|ns| config.filter.netns.is_none_or(|n| n == ns.inode))
+        .filter_map(|ns| ns.port_range.map(|r| (ns.inode, r)))
+        .collect()
+}
+
+fn usage_of(table: &SocketTable, config: &PortsConfig) -> Vec<crate::model::ephemeral::Usage> {
+    table
+        .usage()
+        .report()
+        .into_iter()
+        .filter(|u| config.filter.netns.is_none_or(|n| n == u.netns))
+        .filter(|u| config.filter.proto.is_none_or(|p| p == u.proto))
+        .collect()
+}
+
+/// Restores the terminal however the live view ends (return, error, panic unwinding).
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> Result<Self> {
+        let fail = |e| Error::io("setting up the terminal", e);
+        terminal::enable_raw_mode().map_err(fail)?;
+        let guard = TerminalGuard;
+        execute!(io::stdout(), EnterAlternateScreen).map_err(fail)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+async fn live(config: PortsConfig) -> Result<()> {
+    prereq::require_root("ports --live")?;
+    if !io::stdout().is_terminal() {
+        return Err(Error::Invalid(
+            "ports --live draws a full-screen view and needs a terminal; use `tracer ports` or `tracer watch --json` when piping".into(),
+        ));
+    }
+    let mut filter = tracer_common::KernelFilter {
+        udp_data: 1,
+        ..Default::default()
+    };
+    filter.netns = config.filter.netns.unwrap_or(0);
+    let mut probes = SockProbes::load(&LoadOptions {
+        filter,
+        pids: Vec::new(),
+        ringbuf_bytes: 4 << 20,
+    })?;
+    let mut source = RingBufSource::new(probes.take_events()?)?;
+    let counters = probes.take_counters()?;
+    // Attached first, snapshot second: a socket opened in between is in both, and the table
+    // keeps the live one.
+    let snapshot = snapshot::take(&config.scope)?;
+    let mut table = table_from(&snapshot);
+    let mut ranges = netns::PortRangeCache::default();
+
+    let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))
+        .map_err(|e| Error::io("setting up the terminal", e))?;
+    // Keys are read on their own thread: crossterm's reader blocks.
+    std::thread::spawn(move || loop {
+        match term_event::poll(Duration::from_millis(200)) {
+            Ok(true) => match term_event::read() {
+                Ok(TermEvent::Key(k)) if k.kind != KeyEventKind::Release => {
+                    if keys_tx.send(Some(k)).is_err() {
+                        return;
+                    }
+                }
+                Ok(TermEvent::Resize(..)) => {
+                    if keys_tx.send(None).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            Ok(false) if keys_tx.is_closed() => return,
+            Ok(false) => {}
+            Err(_) => return,
+        }
+    });
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut state = ViewState::new(config.filter.clone(), config.sort, config.reverse);
+    let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
+    let mut events = 0u64;
+    let mut dirty = true;
+    // Redraws (only when something changed) at most ten times a second.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut sweeps = 0u32;
+    loop {
+        tokio::select! {
+            more = source.next_batch(&mut batch) => {
+                if !more? {
+                    break;
+                }
+                events += batch.len() as u64;
+                for ev in batch.drain(..) {
+                    table.observe(&ev);
+                }
+                dirty = true;
+            }
+            key = keys.recv() => match key {
+                Some(Some(k)) => match tui::handle_key(&mut state, k) {
+                    Action::Quit => break,
+                    Action::Redraw => dirty = true,
+                    Action::Nothing => {}
+                },
+                Some(None) => dirty = true,
+                None => break,
+            },
+            _ = tick.tick() => {
+                sweeps += 1;
+                if sweeps.is_multiple_of(100) {
+                    table.sweep(monotonic_ns());
+                }
+                for ns in table.usage().namespaces() {
+                    if let Some(range) = ranges.get(ns, None) {
+                        table.usage_mut().set_range(ns, range);
+                    }
+                }
+                table.usage_mut().take_warnings();
+                if dirty {
+                    let screen = Screen {
+                        rows: ports::rows(&table),
+                        ranges: table
+                            .usage()
+                            .namespaces()
+                            .into_iter()
+                            .filter(|ns| config.filter.netns.is_none_or(|n| n == *ns))
+                            .filter_map(|ns| table.usage().range(ns).map(|r| (ns, r)))
+                            .collect(),
+                        usage: usage_of(&table, &config),
+                        events,
+                        lost: counters.lost(),
+                    };
+                    terminal
+                        .draw(|f| tui::draw(f, &state, &screen))
+                        .map_err(|e| Error::io("drawing", e))?;
+                    dirty = false;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    drop(terminal);
+    drop(probes);
+    Ok(())
+}

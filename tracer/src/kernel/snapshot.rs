@@ -1,0 +1,297 @@
+//! The sockets that exist right now, and who holds them: a sock_diag netlink dump (TCP and UDP,
+//! IPv4 and IPv6) inside each network namespace, joined to the `socket:[inode]` links under
+//! `/proc/PID/fd`. `tracer ports` prints it; `watch` and `ports --live` merge it into the live
+//! socket table so sockets that predate tracer have owners.
+use std::{
+    collections::HashMap,
+    fs,
+    net::IpAddr,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use tracer_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::error::{Error, Result};
+use crate::kernel::netns;
+use crate::model::table::Owner;
+
+/// One socket as sock_diag reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapSocket {
+    pub netns: u32,
+    pub protocol: u8,
+    pub family: u16,
+    pub laddr: [u8; 16],
+    pub lport: u16,
+    pub raddr: [u8; 16],
+    pub rport: u16,
+    /// The kernel's TCP state number (UDP: ESTABLISHED when connected, else CLOSE).
+    pub state: u8,
+    pub uid: u32,
+    /// The socket's inode (0 for TIME_WAIT sockets, which no process holds).
+    pub inode: u32,
+}
+
+/// A network namespace the snapshot looked into.
+#[derive(Clone, Debug)]
+pub struct SnapNetns {
+    pub inode: u32,
+    /// Where it was found (a /run/netns name or a /proc/PID/ns/net path).
+    pub path: PathBuf,
+    pub port_range: Option<(u16, u16)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub sockets: Vec<SnapSocket>,
+    /// Socket inode → every process holding it (fork and fd passing give several).
+    pub owners: HashMap<u32, Vec<Owner>>,
+    pub namespaces: Vec<SnapNetns>,
+    /// How long the dump and the /proc walk took.
+    pub took: Duration,
+}
+
+impl Snapshot {
+    /// Keeps the sockets `keep` accepts (given each socket's holders), and only their owners.
+    pub fn retain(&mut self, keep: impl Fn(&SnapSocket, &[Owner]) -> bool) {
+        let owners = &self.owners;
+        self.sockets.retain(|s| {
+            let holders = owners.get(&s.inode).map_or(&[][..], Vec::as_slice);
+            keep(s, holders)
+        });
+        let inodes: std::collections::HashSet<u32> = self.sockets.iter().map(|s| s.inode).collect();
+        self.owners.retain(|inode, _| inodes.contains(inode));
+    }
+}
+
+/// Which namespaces to look into.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// Every namespace a process or a /run/netns name holds.
+    All,
+    /// One namespace (`--netns`).
+    One(PathBuf),
+}
+
+/// Takes the snapshot.
+pub fn take(scope: &Scope) -> Result<Snapshot> {
+    let started = Instant::now();
+    let mut snapshot = Snapshot::default();
+    let own = netns::own_inode()?;
+    let targets = match scope {
+        Scope::All => every_netns(),
+        Scope::One(path) => {
+            let meta =
+                fs::metadata(path).map_err(|_| Error::NoSuchNetns(path.display().to_string()))?;
+            vec![(meta.ino() as u32, path.clone())]
+        }
+    };
+    for (inode, path) in targets {
+        let result = if inode == own {
+            dump_here(inode).map(|s| (s, netns::read_port_range().ok()))
+        } else {
+            fs::File::open(&path)
+                .map_err(|_| Error::NoSuchNetns(path.display().to_string()))
+                .and_then(|ns| {
+                    netns::run_in(ns, move || {
+                        Ok((dump_here(inode)?, netns::read_port_range().ok()))
+                    })
+                })
+        };
+        match result {
+            Ok((sockets, port_range)) => {
+                snapshot.sockets.extend(sockets);
+                snapshot.namespaces.push(SnapNetns {
+                    inode,
+                    path,
+                    port_range,
+                });
+            }
+            // A namespace can vanish between listing and entering it; only the one asked
+            // for by name must exist.
+            Err(e) if matches!(scope, Scope::One(_)) => return Err(e),
+            Err(e) => tracing::debug!("netns {}: {e}", path.display()),
+        }
+    }
+    snapshot.owners = socket_owners();
+    snapshot.took = started.elapsed();
+    Ok(snapshot)
+}
+
+/// Every distinct network namespace, tracer's own first.
+fn every_netns() -> Vec<(u32, PathBuf)> {
+    let mut seen = std::collections::HashSet::new();
+    std::iter::once(PathBuf::from("/proc/self/ns/net"))
+        .chain(netns::candidate_paths())
+        .filter_map(|path| {
+            let ino = fs::metadata(&path).ok()?.ino() as u32;
+            seen.insert(ino).then_some((ino, path))
+        })
+        .collect()
+}
+
+/// Dumps TCP and UDP sockets of both families in the calling thread's namespace.
+fn dump_here(netns: u32) -> Result<Vec<SnapSocket>> {
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).map_err(|e| Error::io("sock_diag socket", e))?;
+    socket
+        .bind_auto()
+        .map_err(|e| Error::io("binding the sock_diag socket", e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| Error::io("connecting the sock_diag socket", e))?;
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
+            dump_one(&mut socket, netns, family, protocol, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn dump_one(
+    socket: &mut Socket,
+    netns: u32,
+    family: u16,
+    protocol: u8,
+    out: &mut Vec<SnapSocket>,
+) -> Result<()> {
+    let io = |what: &str, e| Error::io(format!("sock_diag {what}"), e);
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family: family as u8,
+            protocol,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(|e| io("request", e))?;
+    let mut recv = vec![0u8; 64 * 1024];
+    loop {
+        let size = socket
+            .recv(&mut &mut recv[..], 0)
+            .map_err(|e| io("receive", e))?;
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&recv[offset..size])
+                .map_err(|e| io("decode", std::io::Error::other(e.to_string())))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    if let Some(s) = convert(netns, protocol, &response) {
+                        out.push(s);
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => {
+                    return Err(io(
+                        "dump",
+                        e.code
+                            .map(|c| std::io::Error::from_raw_os_error(-c.get()))
+                            .unwrap_or_else(|| std::io::Error::other("error")),
+                    ))
+                }
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+}
+
+/// The kernel's request sockets (TCP_NEW_SYN_RECV) are half-open handshakes, not sockets
+/// anybody holds.
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+fn convert(netns: u32, protocol: u8, r: &InetResponse) -> Option<SnapSocket> {
+    let h = &r.header;
+    if protocol == IPPROTO_TCP && h.state == TCP_NEW_SYN_RECV {
+        return None;
+    }
+    let id = &h.socket_id;
+    Some(SnapSocket {
+        netns,
+        protocol,
+        family: u16::from(h.family),
+        laddr: addr_bytes(id.source_address),
+        lport: id.source_port,
+        raddr: addr_bytes(id.destination_address),
+        rport: id.destination_port,
+        state: h.state,
+        uid: h.uid,
+        inode: h.inode,
+    })
+}
+
+/// The event records' address layout: IPv4 in the first four bytes.
+pub fn addr_bytes(addr: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => out = a.octets(),
+    }
+    out
+}
+
+/// Socket inode → the processes whose fd tables hold it, from `/proc/PID/fd`. Processes that
+/// exit mid-walk, or whose fds we may not read, are skipped.
+pub fn socket_owners() -> HashMap<u32, Vec<Owner>> {
+    let mut owners: HashMap<u32, Vec<Owner>> = HashMap::new();
+    let Ok(all) = procfs::process::all_processes() else {
+        return owners;
+    };
+    for process in all.flatten() {
+        let Ok(fds) = process.fd() else { continue };
+        let mut owner = None;
+        for fd in fds.flatten() {
+            let procfs::process::FDTarget::Socket(inode) = fd.target else {
+                continue;
+            };
+            let owner = *owner.get_or_insert_with(|| owner_of(&process));
+            let holders = owners.entry(inode as u32).or_default();
+            if !holders.iter().any(|o| o.pid == owner.pid) {
+                holders.push(owner);
+            }
+        }
+    }
+    owners
+}
+
+fn owner_of(process: &procfs::process::Process) -> Owner {
+    let mut comm = [0u8; 16];
+    if let Ok(name) = fs::read_to_string(format!("/proc/{}/comm", process.pid)) {
+        let name = name.trim_end_matches('\n').as_bytes();
+        let n = name.len().min(15);
+        comm[..n].copy_from_slice(&name[..n]);
+    }
+    Owner {
+        pid: process.pid as u32,
+        tid: process.pid as u32,
+        uid: process.uid().unwrap_or(u32::MAX),
+        comm,
+    }
+}

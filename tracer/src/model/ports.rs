@@ -1,0 +1,615 @@
+//! Views of the socket table for `tracer ports` and the live view: one row per socket (with its
+//! port's IANA class, or `ephemeral` when the kernel chose it), a line per process, and
+//! connections grouped by remote endpoint (multiplexing: one server, many local ports).
+use std::{cmp::Ordering, collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+use tracer_common::{tcp_state, tcp_state_name, PortClass, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::{
+    event::{ip, proto_name},
+    table::{SocketTable, TrackedSocket},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// One socket, as `tracer ports` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PortRow {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub netns: u32,
+    pub proto: &'static str,
+    pub family: &'static str,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub state: &'static str,
+    /// The process that used it last (the first of `owners`).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Every process holding it (fork and fd passing share sockets).
+    pub owners: Vec<Holder>,
+    /// `ephemeral (IANA class)` when the kernel chose the port, else the IANA class.
+    pub class: String,
+    pub lport_class: &'static str,
+    pub ephemeral: bool,
+    pub lport_in_ephemeral_range: Option<bool>,
+    pub lport_in_iana_dynamic_range: bool,
+    pub listening: bool,
+    /// A connection accepted from a listener (it shares the listener's port).
+    pub accepted: bool,
+    /// Known from the start-up snapshot (it predates tracer) and not seen live since.
+    pub from_snapshot: bool,
+}
+
+impl PortRow {
+    pub fn new(s: &TrackedSocket, range: Option<(u16, u16)>) -> Self {
+        let state = match s.protocol {
+            IPPROTO_UDP if s.rport == 0 => "UNCONN",
+            IPPROTO_UDP => "ESTABLISHED",
+            _ if s.state == 0 => "-",
+            _ => tcp_state_name(s.state),
+        };
+        let iana = PortClass::of(s.lport).as_str();
+        let owners: Vec<Holder> = s
+            .owners
+            .iter()
+            .map(|o| Holder {
+                pid: o.pid,
+                comm: o.comm(),
+            })
+            .collect();
+        PortRow {
+            record: "socket",
+            netns: s.netns,
+            proto: proto_name(s.protocol),
+            family: if s.family == tracer_common::AF_INET6 {
+                "ipv6"
+            } else {
+                "ipv4"
+            },
+            laddr: ip(s.family, &s.laddr),
+            lport: s.lport,
+            raddr: ip(s.family, &s.raddr),
+            rport: s.rport,
+            state,
+            pid: owners.first().map(|o| o.pid),
+            comm: owners.first().map(|o| o.comm.clone()),
+            owners,
+            class: if s.kernel_chose_port {
+                format!("ephemeral ({iana})")
+            } else {
+                iana.to_string()
+            },
+            lport_class: iana,
+            ephemeral: s.kernel_chose_port,
+            lport_in_ephemeral_range: range.map(|(lo, hi)| (lo..=hi).contains(&s.lport)),
+            lport_in_iana_dynamic_range: PortClass::of(s.lport) == PortClass::Dynamic,
+            listening: s.is_listening() || (s.protocol == IPPROTO_UDP && s.rport == 0),
+            accepted: s.accepted,
+            from_snapshot: s.from_snapshot,
+        }
+    }
+
+    /// Every owner as `pid/comm`, comma-separated.
+    pub fn owners_text(&self) -> String {
+        if self.owners.is_empty() {
+            return "-".into();
+        }
+        let all: Vec<String> = self
+            .owners
+            .iter()
+            .map(|o| format!("{}/{}", o.pid, o.comm))
+            .collect();
+        all.join(",")
+    }
+}
+
+/// The rows of every socket with a local port, sorted by [`SortKey::Proto`].
+pub fn rows(table: &SocketTable) -> Vec<PortRow> {
+    let mut out: Vec<PortRow> = table
+        .sockets()
+        .filter(|s| s.lport != 0 && matches!(s.protocol, IPPROTO_TCP | IPPROTO_UDP))
+        // A TCP socket that was bound but closed again holds nothing.
+        .filter(|s| !(s.protocol == IPPROTO_TCP && s.state == tcp_state::CLOSE && s.rport != 0))
+        .map(|s| PortRow::new(s, table.usage().range(s.netns)))
+        .collect();
+    sort(&mut out, SortKey::Proto, false);
+    out
+}
+
+/// Columns the views sort by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortKey {
+    Proto,
+    Laddr,
+    Lport,
+    Raddr,
+    Rport,
+    State,
+    Pid,
+    Comm,
+    Class,
+}
+
+impl SortKey {
+    pub const ALL: [SortKey; 9] = [
+        SortKey::Proto,
+        SortKey::Laddr,
+        SortKey::Lport,
+        SortKey::Raddr,
+        SortKey::Rport,
+        SortKey::State,
+        SortKey::Pid,
+        SortKey::Comm,
+        SortKey::Class,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SortKey::Proto => "proto",
+            SortKey::Laddr => "laddr",
+            SortKey::Lport => "lport",
+            SortKey::Raddr => "raddr",
+            SortKey::Rport => "rport",
+            SortKey::State => "state",
+            SortKey::Pid => "pid",
+            SortKey::Comm => "comm",
+            SortKey::Class => "class",
+        }
+    }
+
+    pub fn next(self) -> SortKey {
+        let i = SortKey::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        SortKey::ALL[(i + 1) % SortKey::ALL.len()]
+    }
+}
+
+/// Sorts by `key`, ties broken by protocol, local port, remote endpoint, pid: the same input
+/// always prints the same way.
+pub fn sort(rows: &mut [PortRow], key: SortKey, reverse: bool) {
+    let tiebreak = |a: &PortRow, b: &PortRow| {
+        (a.netns, a.proto, a.lport, a.laddr, a.raddr, a.rport, a.pid)
+            .cmp(&(b.netns, b.proto, b.lport, b.laddr, b.raddr, b.rport, b.pid))
+    };
+    rows.sort_by(|a, b| {
+        let primary = match key {
+            SortKey::Proto => Ordering::Equal,
+            SortKey::Laddr => a.laddr.cmp(&b.laddr),
+            SortKey::Lport => a.lport.cmp(&b.lport),
+            SortKey::Raddr => (a.raddr, a.rport).cmp(&(b.raddr, b.rport)),
+            SortKey::Rport => a.rport.cmp(&b.rport),
+            SortKey::State => a.state.cmp(b.state),
+            SortKey::Pid => a.pid.cmp(&b.pid),
+            SortKey::Comm => a.comm.cmp(&b.comm),
+            SortKey::Class => a.class.cmp(&b.class),
+        };
+        let ordering = primary.then_with(|| tiebreak(a, b));
+        if reverse {
+            ordering.reverse()
+        } else {
+            ordering
+        }
+    });
+}
+
+/// What `ports` keeps (all of it must match).
+#[derive(Clone, Debug, Default)]
+pub struct RowFilter {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub proto: Option<&'static str>,
+    pub listening: bool,
+    pub netns: Option<u32>,
+    /// Also TIME_WAIT sockets (no process holds them, but they keep their port for a minute).
+    pub time_wait: bool,
+    /// Free text (the live view's `/`): every word must appear in the row's text.
+    pub text: String,
+}
+
+impl RowFilter {
+    pub fn allows(&self, row: &PortRow) -> bool {
+        (self.pids.is_empty() || row.owners.iter().any(|o| self.pids.contains(&o.pid)))
+            && (self.ports.is_empty()
+                || self.ports.contains(&row.lport)
+                || self.ports.contains(&row.rport))
+            && self.proto.is_none_or(|p| p == row.proto)
+            && (!self.listening || row.listening)
+            && (self.time_wait || row.state != "TIME_WAIT")
+            && self.netns.is_none_or(|n| n == row.netns)
+            && (self.text.is_empty() || {
+                let haystack = format!(
+                    "{} {}:{} {}:{} {} {} {}",
+                    row.proto,
+                    row.laddr,
+                    row.lport,
+                    row.raddr,
+                    row.rport,
+                    row.state,
+                    row.owners_text(),
+                    row.class
+                )
+                .to_lowercase();
+                self.text
+                    .to_lowercase()
+                    .split_whitespace()
+                    .all(|word| haystack.contains(word))
+            })
+    }
+}
+
+/// One process: what it listens on and what it is connected to.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessLine {
+    pub pid: u32,
+    pub comm: String,
+    /// `tcp/8080`, `udp/53`, …
+    pub listening: Vec<String>,
+    /// Connected sockets (TCP not listening, connected UDP).
+    pub connections: usize,
+    /// Connected sockets whose local port the kernel chose.
+    pub ephemeral: usize,
+    /// Distinct remote endpoints.
+    pub remotes: usize,
+}
+
+/// A line per process (by every owner), busiest first.
+pub fn by_process(rows: &[PortRow]) -> Vec<ProcessLine> {
+    let mut lines: BTreeMap<u32, (ProcessLine, Vec<(IpAddr, u16)>)> = BTreeMap::new();
+    for row in rows {
+        for owner in &row.owners {
+            let (line, remotes) = lines.entry(owner.pid).or_insert_with(|| {
+                (
+                    ProcessLine {
+                        pid: owner.pid,
+                        comm: owner.comm.clone(),
+                        listening: Vec::new(),
+                        connections: 0,
+                        ephemeral: 0,
+                        remotes: 0,
+                    },
+                    Vec::new(),
+                )
+            });
+            if row.listening {
+                let port = format!("{}/{}", row.proto, row.lport);
+                if !line.listening.contains(&port) {
+                    line.listening.push(port);
+                }
+            } else if row.rport != 0 {
+                line.connections += 1;
+                line.ephemeral += usize::from(row.ephemeral);
+                if !remotes.contains(&(row.raddr, row.rport)) {
+                    remotes.push((row.raddr, row.rport));
+                }
+            }
+        }
+    }
+    let mut out: Vec<ProcessLine> = lines
+        .into_values()
+        .map(|(mut line, remotes)| {
+            line.remotes = remotes.len();
+            line
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (b.connections + b.listening.len())
+            .cmp(&(a.connections + a.listening.len()))
+            .then(a.pid.cmp(&b.pid))
+    });
+    out
+}
+
+/// One local end of a connection to a remote endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LocalEnd {
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub ephemeral: bool,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub state: &'static str,
+}
+
+/// Connections to one remote endpoint: each has its own local port (demultiplexing at the
+/// client is by local port).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RemoteGroup {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub netns: u32,
+    pub proto: &'static str,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub rport_class: &'static str,
+    pub connections: usize,
+    /// Distinct local ports among them.
+    pub local_ports: usize,
+    pub locals: Vec<LocalEnd>,
+}
+
+/// Groups outgoing connections (not accepted ones, not listeners) by remote endpoint, most
+/// connections first.
+pub fn by_remote(rows: &[PortRow]) -> Vec<RemoteGroup> {
+    let mut groups: BTreeMap<GroupKey, Vec<LocalEnd>> = BTreeMap::new();
+    for row in rows {
+        if row.rport == 0 || row.accepted || row.listening {
+            continue;
+        }
+        groups
+            .entry((row.netns, row.proto, row.raddr, row.rport))
+            .or_default()
+            .push(LocalEnd {
+                laddr: row.laddr,
+                lport: row.lport,
+                ephemeral: row.ephemeral,
+                pid: row.pid,
+                comm: row.comm.clone(),
+                state: row.state,
+            });
+    }
+    remote_groups(groups)
+}
+
+fn remote_groups(groups: BTreeMap<GroupKey, Vec<LocalEnd>>) -> Vec<RemoteGroup> {
+    let mut out: Vec<RemoteGroup> = groups
+        .into_iter()
+        .map(|((netns, proto, raddr, rport), mut locals)| {
+            locals.sort_by_key(|l| (l.lport, l.laddr));
+            let mut ports: Vec<(IpAddr, u16)> = locals.iter().map(|l| (l.laddr, l.lport)).collect();
+            ports.dedup();
+            RemoteGroup {
+                record: "remote",
+                netns,
+                proto,
+                raddr,
+                rport,
+                rport_class: PortClass::of(rport).as_str(),
+                connections: locals.len(),
+                local_ports: ports.len(),
+                locals,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.connections
+            .cmp(&a.connections)
+            .then((a.raddr, a.rport).cmp(&(b.raddr, b.rport)))
+    });
+    out
+}
+
+/// The connections a `watch --group-by remote` session saw, open or since closed, for the
+/// remote-endpoint summary. Bounded: at [`RemoteLog::CAPACITY`] connections the closed ones
+/// make room, and if none is closed new ones are only counted.
+#[derive(Debug, Default)]
+pub struct RemoteLog {
+    /// Every connection seen, in order.
+    conns: Vec<(GroupKey, LocalEnd)>,
+    /// Socket → its connection in `conns`, while open (the kernel reuses socket addresses).
+    open: std::collections::HashMap<u64, usize>,
+    /// Connections not kept because the log was full of open ones.
+    pub untracked: u64,
+}
+
+type GroupKey = (u32, &'static str, IpAddr, u16);
+
+fn is_closed(state: &str) -> bool {
+    matches!(state, "CLOSE" | "CLOSED" | "TIME_WAIT")
+}
+
+impl RemoteLog {
+    pub const CAPACITY: usize = 65536;
+
+    /// Takes a connect that reached the network (success or EINPROGRESS) and later state
+    /// changes of the same socket.
+    pub fn observe(&mut self, sk: u64, e: &super::Event) {
+        let reached = e.ret == 0 || e.errno.as_deref() == Some("EINPROGRESS");
+        if e.event == "connect" && reached && e.rport != 0 {
+            if self.conns.len() >= Self::CAPACITY && !self.make_room() {
+                self.untracked += 1;
+                return;
+            }
+            let end = LocalEnd {
+                laddr: e.laddr,
+                lport: e.lport,
+                ephemeral: e.lport_kernel_chosen,
+                pid: e.pid,
+                comm: e.comm.clone(),
+                state: e
+                    .state
+                    .unwrap_or(if e.proto == "udp" { "ESTABLISHED" } else { "-" }),
+            };
+            self.open.insert(sk, self.conns.len());
+            self.conns.push(((e.netns, e.proto, e.raddr, e.rport), end));
+            return;
+        }
+        let Some(&index) = self.open.get(&sk) else {
+            return;
+        };
+        let end = &mut self.conns[index].1;
+        match (e.event, e.state) {
+            ("state", Some(state)) => {
+                end.state = state;
+                if end.lport == 0 {
+                    end.lport = e.lport;
+                }
+            }
+            // UDP has no states: its release ends it. A TCP socket closes through its states.
+            ("release", _) if e.proto == "udp" => end.state = "CLOSED",
+            _ => {}
+        }
+        if is_closed(end.state) {
+            // A new connect on this socket address is a new connection.
+            self.open.remove(&sk);
+        }
+    }
+
+    /// Forgets every closed connection at once (amortised: a full log of closed connections
+    /// is emptied in one pass, not scanned per new one).
+    fn make_room(&mut self) -> bool {
+        let open: std::collections::HashMap<usize, u64> =
+            self.open.iter().map(|(sk, i)| (*i, *sk)).collect();
+        let mut kept = Vec::with_capacity(self.conns.len());
+        self.open.clear();
+        for (i, conn) in self.conns.drain(..).enumerate() {
+            if let Some(sk) = open.get(&i) {
+                self.open.insert(*sk, kept.len());
+                kept.push(conn);
+            }
+        }
+        self.conns = kept;
+        self.conns.len() < Self::CAPACITY
+    }
+
+    pub fn groups(&self) -> Vec<RemoteGroup> {
+        let mut groups: BTreeMap<GroupKey, Vec<LocalEnd>> = BTreeMap::new();
+        for (key, end) in &self.conns {
+            groups.entry(*key).or_default().push(end.clone());
+        }
+        remote_groups(groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{table::Attribution, Clock, Event};
+    use tracer_common::{flag, kind, SockEvent};
+
+    fn event(kind: u16, sk: u64, lport: u16, old: u8, new: u8) -> Event {
+        let raw = SockEvent {
+            kind,
+            sk,
+            family: tracer_common::AF_INET,
+            protocol: IPPROTO_TCP,
+            lport,
+            rport: 443,
+            raddr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            old_state: old,
+            new_state: new,
+            ret: if kind == kind::CONNECT { -115 } else { 0 },
+            flags: flag::KERNEL_CHOSE_PORT,
+            pid: 7,
+            ..Default::default()
+        };
+        Event::new(&raw, &Attribution::default(), None, &Clock::identity())
+    }
+
+    #[test]
+    fn remote_log_keeps_connections_on_a_reused_socket_address() {
+        let mut log = RemoteLog::default();
+        for (i, lport) in [40001u16, 40002, 40003].into_iter().enumerate() {
+            // The kernel hands the same struct sock address to each new socket.
+            log.observe(
+                0xa,
+                &event(kind::CONNECT, 0xa, lport, 0, tcp_state::SYN_SENT),
+            );
+            log.observe(
+                0xa,
+                &event(kind::STATE, 0xa, lport, 2, tcp_state::ESTABLISHED),
+            );
+            if i < 2 {
+                log.observe(0xa, &event(kind::STATE, 0xa, lport, 1, tcp_state::CLOSE));
+            }
+        }
+        let groups = log.groups();
+        assert_eq!(groups.len(), 1);
+        let g = &groups[0];
+        assert_eq!((g.connections, g.local_ports, g.rport), (3, 3, 443));
+        let states: Vec<&str> = g.locals.iter().map(|l| l.state).collect();
+        assert_eq!(states, ["CLOSE", "CLOSE", "ESTABLISHED"]);
+        assert!(g.locals.iter().all(|l| l.ephemeral));
+    }
+
+    #[test]
+    fn remote_log_makes_room_from_closed_connections() {
+        let mut log = RemoteLog::default();
+        for sk in 0..RemoteLog::CAPACITY as u64 {
+            log.observe(sk, &event(kind::CONNECT, sk, 1, 0, tcp_state::SYN_SENT));
+            log.observe(sk, &event(kind::STATE, sk, 1, 2, tcp_state::CLOSE));
+        }
+        log.observe(
+            1 << 40,
+            &event(kind::CONNECT, 1 << 40, 2, 0, tcp_state::SYN_SENT),
+        );
+        assert_eq!(log.untracked, 0);
+        assert_eq!(log.groups()[0].connections, 1);
+    }
+}
+
+/// A sample table for the views' snapshot tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::kernel::snapshot::{addr_bytes, SnapNetns, SnapSocket, Snapshot};
+    use crate::model::{table::Owner, SocketTable};
+
+    fn owner(pid: u32, comm: &str) -> Owner {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        Owner {
+            pid,
+            tid: pid,
+            uid: 0,
+            comm: c,
+        }
+    }
+
+    /// A server on 8080 with three browser-tab connections, one DNS-like UDP socket, and a
+    /// listener held by two processes.
+    pub(crate) fn sample_table() -> SocketTable {
+        let lo = addr_bytes("127.0.0.1".parse().unwrap());
+        let any = [0u8; 16];
+        let sock = |protocol, laddr, lport, raddr, rport, state, inode| SnapSocket {
+            netns: 1,
+            protocol,
+            family: tracer_common::AF_INET,
+            laddr,
+            lport,
+            raddr,
+            rport,
+            state,
+            uid: 0,
+            inode,
+        };
+        let mut snapshot = Snapshot {
+            namespaces: vec![SnapNetns {
+                inode: 1,
+                path: "/proc/self/ns/net".into(),
+                port_range: Some((32768, 60999)),
+            }],
+            ..Default::default()
+        };
+        snapshot.sockets = vec![
+            sock(6, any, 8080, any, 0, 10, 100),
+            sock(6, lo, 8080, lo, 41000, 1, 101),
+            sock(6, lo, 8080, lo, 41002, 1, 102),
+            sock(6, lo, 8080, lo, 41004, 1, 103),
+            sock(6, lo, 41000, lo, 8080, 1, 201),
+            sock(6, lo, 41002, lo, 8080, 1, 202),
+            sock(6, lo, 41004, lo, 8080, 1, 203),
+            sock(17, any, 5353, any, 0, 7, 300),
+            sock(6, any, 22, any, 0, 10, 400),
+        ];
+        snapshot.owners.insert(100, vec![owner(10, "server")]);
+        for inode in 101..=103 {
+            snapshot.owners.insert(inode, vec![owner(10, "server")]);
+        }
+        for inode in 201..=203 {
+            snapshot.owners.insert(inode, vec![owner(20, "chromium")]);
+        }
+        snapshot.owners.insert(300, vec![owner(30, "avahi")]);
+        snapshot
+            .owners
+            .insert(400, vec![owner(40, "sshd"), owner(41, "sshd")]);
+        let mut table = SocketTable::default();
+        table.merge_snapshot(&snapshot, 0);
+        table
+    }
+}

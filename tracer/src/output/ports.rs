@@ -1,0 +1,243 @@
+//! Text and JSON renderings of the ports views: the socket table (`ss`-like, with owners and
+//! port classes), the ephemeral-range usage, and connections grouped by remote endpoint.
+use std::io::{self, Write};
+
+use crate::model::{
+    ephemeral::{below_iana_dynamic, Usage},
+    ports::{PortRow, RemoteGroup},
+};
+
+pub const HEADER: &str =
+    "PROTO LADDR           LPORT RADDR           RPORT STATE       PID     COMM            CLASS";
+
+fn addr(a: &std::net::IpAddr) -> String {
+    let text = a.to_string();
+    if text.len() > 15 {
+        // Keep the columns: the tail of a long IPv6 address says most.
+        format!("…{}", &text[text.len() - 14..])
+    } else {
+        text
+    }
+}
+
+/// One row in the table's columns. Several holders show as `pid,pid`.
+pub fn row_line(r: &PortRow) -> String {
+    let pids = if r.owners.is_empty() {
+        "-".to_string()
+    } else {
+        r.owners
+            .iter()
+            .map(|o| o.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (raddr, rport) = if r.rport == 0 {
+        ("*".to_string(), "*".to_string())
+    } else {
+        (addr(&r.raddr), r.rport.to_string())
+    };
+    format!(
+        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:<7} {:<15} {}",
+        r.proto,
+        addr(&r.laddr),
+        r.lport,
+        raddr,
+        rport,
+        r.state,
+        pids,
+        r.comm.as_deref().unwrap_or("-"),
+        r.class
+    )
+}
+
+pub fn write_table(out: &mut impl Write, rows: &[PortRow]) -> io::Result<()> {
+    writeln!(out, "{HEADER}")?;
+    for r in rows {
+        writeln!(out, "{}", row_line(r))?;
+    }
+    Ok(())
+}
+
+/// One line about a namespace's range: its size and how much of it lies below IANA's.
+pub fn range_line(netns: u32, range: (u16, u16)) -> String {
+    let size = u32::from(range.1 - range.0) + 1;
+    let below = below_iana_dynamic(range);
+    let iana = if below == 0 {
+        "all inside IANA's dynamic range 49152-65535".to_string()
+    } else if below == size {
+        "none inside IANA's dynamic range 49152-65535".to_string()
+    } else {
+        format!("{below} of them below IANA's dynamic range 49152-65535")
+    };
+    format!(
+        "netns {netns}: ip_local_port_range {}-{} ({size} ports, {iana})",
+        range.0, range.1
+    )
+}
+
+/// `tcp 127.0.0.1: 3 of 28232 in use (0.0%), peak 3`.
+pub fn usage_line(u: &Usage) -> String {
+    format!(
+        "{} {}: {} of {} in use ({:.1}%), peak {}{}",
+        u.proto,
+        u.laddr,
+        u.in_use,
+        u.range_size,
+        u.percent,
+        u.peak,
+        if u.percent >= crate::model::ephemeral::WARN_PERCENT {
+            "  ⚠ near exhaustion"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The footer: each namespace's range, then usage per (protocol, local address).
+pub fn write_usage(
+    out: &mut impl Write,
+    ranges: &[(u32, (u16, u16))],
+    usage: &[Usage],
+) -> io::Result<()> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Ephemeral ports (the kernel picks a client's local port from ip_local_port_range):"
+    )?;
+    for (netns, range) in ranges {
+        writeln!(out, "  {}", range_line(*netns, *range))?;
+        for u in usage.iter().filter(|u| u.netns == *netns) {
+            writeln!(out, "    {}", usage_line(u))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn write_groups(out: &mut impl Write, groups: &[RemoteGroup]) -> io::Result<()> {
+    if groups.is_empty() {
+        writeln!(out, "No outgoing connections.")?;
+    }
+    for g in groups {
+        writeln!(
+            out,
+            "{} {}:{} ({}) — {} connection{} from {} local port{}",
+            g.proto,
+            g.raddr,
+            g.rport,
+            g.rport_class,
+            g.connections,
+            if g.connections == 1 { "" } else { "s" },
+            g.local_ports,
+            if g.local_ports == 1 { "" } else { "s" },
+        )?;
+        for l in &g.locals {
+            writeln!(
+                out,
+                "    {}:{:<5} {:<11} {:>7} {:<15} {}",
+                l.laddr,
+                l.lport,
+                l.state,
+                l.pid.map_or("-".to_string(), |p| p.to_string()),
+                l.comm.as_deref().unwrap_or("-"),
+                if l.ephemeral {
+                    "ephemeral (kernel-chosen)"
+                } else {
+                    ""
+                }
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// JSON lines: a `socket` record per row, then `ephemeral_range` and `ephemeral` usage records.
+pub fn write_json(
+    out: &mut impl Write,
+    rows: &[PortRow],
+    ranges: &[(u32, (u16, u16))],
+    usage: &[Usage],
+) -> io::Result<()> {
+    for r in rows {
+        serde_json::to_writer(&mut *out, r)?;
+        out.write_all(b"\n")?;
+    }
+    for (netns, range) in ranges {
+        let record = serde_json::json!({
+            "type": "ephemeral_range",
+            "netns": netns,
+            "range": range,
+            "range_size": u32::from(range.1 - range.0) + 1,
+            "below_iana_dynamic": below_iana_dynamic(*range),
+            "iana_dynamic_range": [49152, 65535],
+        });
+        serde_json::to_writer(&mut *out, &record)?;
+        out.write_all(b"\n")?;
+    }
+    for u in usage {
+        write_usage_json(out, "ephemeral", u)?;
+    }
+    Ok(())
+}
+
+/// A usage record: `ephemeral` (a report) or `ephemeral_warning` (usage crossed 80 %).
+pub fn write_usage_json(out: &mut impl Write, record: &str, u: &Usage) -> io::Result<()> {
+    let mut value = serde_json::to_value(u)?;
+    value["type"] = record.into();
+    serde_json::to_writer(&mut *out, &value)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ports::{by_remote, fixtures::sample_table, rows};
+
+    fn text(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut out = Vec::new();
+        f(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn table_usage_and_groups_render() {
+        let table = sample_table();
+        let rows = rows(&table);
+        let usage = table.usage().report();
+        let ranges = [(1, (32768, 60999))];
+        insta::assert_snapshot!(
+            "ports_table",
+            text(|o| write_table(o, &rows).and_then(|_| write_usage(o, &ranges, &usage)))
+        );
+        insta::assert_snapshot!("ports_groups", text(|o| write_groups(o, &by_remote(&rows))));
+        let json = text(|o| write_json(o, &rows, &ranges, &usage));
+        let records: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), rows.len() + 2);
+        let sshd = records.iter().find(|r| r["lport"] == 22).unwrap();
+        assert_eq!(
+            sshd["owners"].as_array().unwrap().len(),
+            2,
+            "both holders listed"
+        );
+        let client = records.iter().find(|r| r["lport"] == 41000).unwrap();
+        assert_eq!(client["class"], "ephemeral (registered)");
+        assert_eq!(client["lport_in_ephemeral_range"], true);
+        assert_eq!(client["lport_in_iana_dynamic_range"], false);
+        assert_eq!(records.last().unwrap()["type"], "ephemeral");
+    }
+
+    #[test]
+    fn range_lines_compare_with_iana() {
+        assert_eq!(
+            range_line(1, (32768, 60999)),
+            "netns 1: ip_local_port_range 32768-60999 (28232 ports, 16384 of them below IANA's dynamic range 49152-65535)"
+        );
+        assert!(range_line(1, (49152, 65535)).contains("all inside"));
+        assert!(range_line(1, (40000, 40007)).contains("none inside"));
+    }
+}
