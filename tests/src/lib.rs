@@ -234,9 +234,8 @@ impl Driver {
     }
 
     /// Stops a scenario that runs until killed.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill(self) {
+        drop(self);
     }
 
     /// The driver's next report line.
@@ -250,6 +249,16 @@ impl Driver {
         self.finish();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "sockdriver failed: {status}");
+    }
+}
+
+/// A failed test must not leave its scenario running (a server would linger forever).
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
