@@ -314,7 +314,16 @@ impl SocketTable {
     /// names the snapshot listener it came from.
     fn name_snapshot_socket(&mut self, ev: &SockEvent) {
         if ev.sk != 0 {
-            if let Some(key) = self.unnamed.remove(&event_tuple(ev)) {
+            let tuple = event_tuple(ev);
+            // A UDP send or receive names the peer of that one datagram; the socket itself
+            // may be unconnected.
+            let unconnected = (tuple.0, tuple.1, tuple.2, tuple.3, tuple.4, [0; 16], 0);
+            let found = self.unnamed.remove(&tuple).or_else(|| {
+                (ev.protocol == IPPROTO_UDP)
+                    .then(|| self.unnamed.remove(&unconnected))
+                    .flatten()
+            });
+            if let Some(key) = found {
                 if self.sockets.contains_key(&ev.sk) {
                     // Seen live already: the live entry knows more.
                     self.remove(key);
@@ -769,6 +778,100 @@ mod tests {
         let fresh = t.observe(&ev(kind::SOCKET, 0x8, 6));
         assert_eq!(fresh.lport, 0);
         assert!(!fresh.kernel_chose_port);
+    }
+
+    #[test]
+    fn snapshot_sockets_are_named_by_their_first_live_event() {
+        use crate::kernel::snapshot::{SnapNetns, SnapSocket, Snapshot};
+        let lo = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let server = Owner {
+            pid: 42,
+            tid: 42,
+            uid: 0,
+            comm: *b"server\0\0\0\0\0\0\0\0\0\0",
+        };
+        let sock = |protocol, lport, state, inode| SnapSocket {
+            netns: 1,
+            protocol,
+            family: AF_INET,
+            laddr: lo,
+            lport,
+            raddr: [0; 16],
+            rport: 0,
+            state,
+            uid: 0,
+            inode,
+        };
+        let mut snapshot = Snapshot {
+            sockets: vec![
+                sock(IPPROTO_TCP, 8080, tcp_state::LISTEN, 10),
+                sock(IPPROTO_UDP, 40000, tcp_state::CLOSE, 11),
+            ],
+            namespaces: vec![SnapNetns {
+                inode: 1,
+                path: "/proc/self/ns/net".into(),
+                port_range: Some((32768, 60999)),
+            }],
+            ..Default::default()
+        };
+        snapshot.owners.insert(10, vec![server]);
+        snapshot.owners.insert(11, vec![server]);
+        let mut t = SocketTable::default();
+        t.merge_snapshot(&snapshot, 0);
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t.usage().report()[0].in_use,
+            1,
+            "the UDP port is in the range"
+        );
+        // The handshake of a connection to the old listener belongs to its owner.
+        let child = SockEvent {
+            family: AF_INET,
+            laddr: lo,
+            netns: 1,
+            ..state(0xc1, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080)
+        };
+        assert_eq!(t.observe(&child).owner.unwrap().pid, 42);
+        // accept() names the listener's struct sock.
+        let accept = SockEvent {
+            parent_sk: 0xa1,
+            lport: 8080,
+            family: AF_INET,
+            laddr: lo,
+            ..ev(kind::ACCEPT, 0xc1, 42)
+        };
+        t.observe(&accept);
+        let listener = SockEvent {
+            lport: 8080,
+            family: AF_INET,
+            laddr: lo,
+            ..state(0xa1, tcp_state::LISTEN, tcp_state::CLOSE, 8080)
+        };
+        assert_eq!(t.observe(&listener).owner.unwrap().pid, 42);
+        // A datagram to a peer names the unconnected UDP socket it left from.
+        let send = SockEvent {
+            protocol: IPPROTO_UDP,
+            family: AF_INET,
+            laddr: lo,
+            lport: 40000,
+            raddr: lo,
+            rport: 53,
+            ..ev(kind::SENDTO, 0xb1, 42)
+        };
+        t.observe(&send);
+        let release = SockEvent {
+            protocol: IPPROTO_UDP,
+            family: AF_INET,
+            laddr: lo,
+            lport: 40000,
+            ..ev(kind::RELEASE, 0xb1, 42)
+        };
+        t.observe(&release);
+        assert!(
+            t.sockets().all(|s| !s.from_snapshot),
+            "no placeholder outlives its socket"
+        );
+        assert_eq!(t.usage().report()[0].in_use, 0);
     }
 
     #[test]
