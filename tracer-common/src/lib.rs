@@ -22,8 +22,11 @@ pub mod kind {
     pub const STATE: u16 = 12;
     /// The socket itself was released (last reference to its file gone).
     pub const RELEASE: u16 = 13;
+    /// Just before RELEASE, when data totals were kept for the socket (`tracer trace`): how
+    /// much it sent and received. See [`super::DataTotals`].
+    pub const DATA: u16 = 14;
     /// One past the highest socket-event kind; used to size per-kind tables.
-    pub const COUNT: u16 = 14;
+    pub const COUNT: u16 = 15;
 }
 
 /// Bits of [`SockEvent::flags`].
@@ -113,6 +116,38 @@ pub struct SockEvent {
 pub const SOCK_EVENT_SIZE: usize = 128;
 const _: () = assert!(core::mem::size_of::<SockEvent>() == SOCK_EVENT_SIZE);
 
+/// Data totals of one socket, summed in the kernel from `sock:sock_send_length` and
+/// `sock:sock_recv_length` (calls that moved at least one byte; `MSG_PEEK` reads excluded).
+/// The map value, and the payload of a [`kind::DATA`] event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct DataTotals {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub sends: u32,
+    pub receives: u32,
+}
+
+impl DataTotals {
+    /// A DATA event carries the totals in fields that kind does not otherwise use: `arg` =
+    /// bytes sent, `ret` = bytes received, `parent_sk` = sends << 32 | receives.
+    pub fn store(&self, ev: &mut SockEvent) {
+        ev.arg = self.sent_bytes as i64;
+        ev.ret = self.received_bytes as i64;
+        ev.parent_sk = ((self.sends as u64) << 32) | self.receives as u64;
+    }
+
+    pub fn of(ev: &SockEvent) -> Self {
+        DataTotals {
+            sent_bytes: ev.arg as u64,
+            received_bytes: ev.ret as u64,
+            sends: (ev.parent_sk >> 32) as u32,
+            receives: ev.parent_sk as u32,
+        }
+    }
+}
+
 /// Byte offsets the eBPF programs need, resolved by the agent at load time from BTF
 /// (`/sys/kernel/btf/vmlinux`) and from each tracepoint's `format` file, and handed over as a
 /// `.rodata` global so the verifier sees them as constants. Never filled in by hand.
@@ -160,6 +195,12 @@ pub struct KernelOffsets {
     pub tp_state_daddr_v6: u32,
     /// Offset of `child_pid` in `sched:sched_process_fork`.
     pub tp_fork_child_pid: u32,
+    /// `sock:sock_send_length` / `sock:sock_recv_length` (same layout); 0 when the kernel
+    /// lacks them.
+    pub tp_data_sk: u32,
+    pub tp_data_family: u32,
+    pub tp_data_ret: u32,
+    pub tp_data_flags: u32,
 }
 
 /// What the kernel side filters before an event reaches the ring buffer. Zero means "any".
@@ -260,6 +301,19 @@ mod tests {
         assert_eq!(PortClass::of(49151), PortClass::Registered);
         assert_eq!(PortClass::of(49152), PortClass::Dynamic);
         assert_eq!(PortClass::of(65535), PortClass::Dynamic);
+    }
+
+    #[test]
+    fn data_totals_round_trip_through_an_event() {
+        let totals = DataTotals {
+            sent_bytes: 78,
+            received_bytes: 1234,
+            sends: 1,
+            receives: 2,
+        };
+        let mut ev = SockEvent::default();
+        totals.store(&mut ev);
+        assert_eq!(DataTotals::of(&ev), totals);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::{SockContext, TracePointContext},
 };
 use tracer_common::{
-    counter, flag, kind, KernelFilter, KernelOffsets, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    counter, flag, kind, DataTotals, KernelFilter, KernelOffsets, SockEvent, AF_INET, AF_INET6,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 #[no_mangle]
@@ -49,6 +49,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     tp_state_saddr_v6: 0,
     tp_state_daddr_v6: 0,
     tp_fork_child_pid: 0,
+    tp_data_sk: 0,
+    tp_data_family: 0,
+    tp_data_ret: 0,
+    tp_data_flags: 0,
 };
 
 #[no_mangle]
@@ -77,6 +81,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 static FILTER_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
 
 /// A syscall between its enter and exit, keyed by pid_tgid (one in flight per thread).
+/// Per-socket data totals, kept only while the data tracepoints are attached (`tracer trace`).
+/// Removed at release, when they travel to user space as a DATA event.
+#[map]
+static DATA: LruHashMap<u64, DataTotals> = LruHashMap::with_max_entries(65536, 0);
+
 #[repr(C)]
 struct Pending {
     ev: SockEvent,
@@ -858,10 +867,74 @@ pub fn sock_release(ctx: SockContext) -> i32 {
         // The context is the `struct sock` itself: read its endpoints like any other socket.
         fill_from_sock(&mut ev, sock as u64);
         if socket_selected(&ev) {
+            let sk = sock as u64;
+            if let Some(totals) = unsafe { DATA.get(sk) } {
+                let mut data = SockEvent {
+                    kind: kind::DATA,
+                    ..ev
+                };
+                totals.store(&mut data);
+                emit(&data);
+                let _ = DATA.remove(sk);
+            }
             emit(&ev);
         }
     }
     1 // always allow (the kernel ignores this verdict for sock_release anyway)
+}
+
+// ---- data totals (attached by `tracer trace` only) -----------------------------------------
+
+/// `sock:sock_send_length` / `sock:sock_recv_length` fire in `sock_sendmsg`/`sock_recvmsg`,
+/// so every write/send/read/recv on a socket, in the calling process.
+#[inline(always)]
+fn count_data(ctx: &TracePointContext, sending: bool) -> Option<()> {
+    let family: u16 = unsafe { ctx.read_at(off!(tp_data_family) as usize) }.ok()?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let ret: i32 = unsafe { ctx.read_at(off!(tp_data_ret) as usize) }.ok()?;
+    if ret <= 0 {
+        return None;
+    }
+    const MSG_PEEK: i32 = 2;
+    let flags: i32 = unsafe { ctx.read_at(off!(tp_data_flags) as usize) }.ok()?;
+    if !sending && flags & MSG_PEEK != 0 {
+        return None;
+    }
+    if !process_selected((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return None;
+    }
+    let sk: u64 = unsafe { ctx.read_at(off!(tp_data_sk) as usize) }.ok()?;
+    if unsafe { DATA.get(sk) }.is_none() {
+        DATA.insert(sk, DataTotals::default(), 0).ok()?;
+    }
+    let totals = DATA.get_ptr_mut(sk)?;
+    // Threads of one process may use one socket at once: add atomically (BPF_ATOMIC add;
+    // the bpf target has no AtomicU64 type, so through the intrinsic).
+    use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
+    unsafe {
+        if sending {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*totals).sent_bytes, ret as u64);
+            atomic_xadd::<u32, u32, { Relaxed }>(&raw mut (*totals).sends, 1);
+        } else {
+            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*totals).received_bytes, ret as u64);
+            atomic_xadd::<u32, u32, { Relaxed }>(&raw mut (*totals).receives, 1);
+        }
+    }
+    Some(())
+}
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let _ = count_data(&ctx, true);
+    0
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    let _ = count_data(&ctx, false);
+    0
 }
 
 // ---- following --pid into children -------------------------------------------------------

@@ -27,6 +27,17 @@ pub enum Command {
     /// List the sockets open now with the process holding each, the class of each port, and
     /// how much of the ephemeral port range is in use (`--live` for a view that updates).
     Ports(PortsArgs),
+    /// Tell the story of one program's sockets, step by step: start CMD (or follow --pid /
+    /// --comm) and every child it forks, until it exits.
+    Trace(TraceArgs),
+    /// Internal: the launcher `trace` starts, which waits until the probes are attached and
+    /// then becomes the command.
+    #[command(hide = true, name = "__exec-when-ready")]
+    ExecWhenReady {
+        gate_fd: i32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
     /// Show which hooks this kernel offers and which of them tracer uses.
     Doctor,
 }
@@ -80,6 +91,101 @@ pub struct WatchArgs {
     /// connections to one server, each from its own local port), every few seconds and at exit.
     #[arg(long, value_enum, value_name = "WHAT")]
     pub group_by: Option<GroupBy>,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The story as JSON records instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Add a sentence per step connecting it to the concept it shows.
+    #[arg(long)]
+    pub explain: bool,
+    /// Follow these running processes and their children instead of starting a command.
+    #[arg(long = "pid", value_name = "PID", conflicts_with_all = ["comm", "command"])]
+    pub pids: Vec<u32>,
+    /// Follow processes with this command name (until Ctrl-C).
+    #[arg(long, value_name = "NAME", conflicts_with = "command")]
+    pub comm: Option<String>,
+    /// Run the command as this user (default: the user who ran sudo, else the current one).
+    #[arg(long, value_name = "USER", requires = "command")]
+    pub user: Option<String>,
+    /// The command to start and trace, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// What `trace` follows.
+#[derive(Debug, Clone)]
+pub enum TraceTarget {
+    /// Start this command as `uid`/`gid`.
+    Command {
+        argv: Vec<String>,
+        uid: u32,
+        gid: u32,
+    },
+    /// These processes and their descendants (now and later).
+    Pids(Vec<u32>),
+    Comm(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceConfig {
+    pub json: bool,
+    pub explain: bool,
+    pub target: TraceTarget,
+}
+
+impl TraceArgs {
+    pub fn validate(self) -> Result<TraceConfig> {
+        let target = if !self.command.is_empty() {
+            let (uid, gid) = match &self.user {
+                Some(name) => {
+                    let user = nix::unistd::User::from_name(name)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| Error::Invalid(format!("--user {name}: no such user")))?;
+                    (user.uid.as_raw(), user.gid.as_raw())
+                }
+                None => invoking_user(),
+            };
+            TraceTarget::Command {
+                argv: self.command,
+                uid,
+                gid,
+            }
+        } else if !self.pids.is_empty() {
+            TraceTarget::Pids(with_descendants(&self.pids)?)
+        } else if let Some(comm) = self.comm {
+            if comm.is_empty() || comm.len() > 15 {
+                return Err(Error::Invalid(format!(
+                    "--comm {comm:?}: a command name is 1 to 15 bytes"
+                )));
+            }
+            TraceTarget::Comm(comm)
+        } else {
+            return Err(Error::Invalid(
+                "trace what? give a command after `--` (tracer trace -- curl http://…), --pid PID or --comm NAME".into(),
+            ));
+        };
+        Ok(TraceConfig {
+            json: self.json,
+            explain: self.explain,
+            target,
+        })
+    }
+}
+
+/// The user behind sudo (SUDO_UID/SUDO_GID), else whoever runs tracer.
+fn invoking_user() -> (u32, u32) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    match (var("SUDO_UID"), var("SUDO_GID")) {
+        (Some(uid), Some(gid)) => (uid, gid),
+        _ => (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,11 @@ use tracer::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::ExecWhenReady { gate_fd, argv } = &cli.command {
+        let code = tracer::commands::trace::exec_when_ready(*gate_fd, argv);
+        return std::process::ExitCode::from(code as u8);
+    }
+    let mut exit_code = 0u8;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
@@ -21,12 +26,21 @@ fn main() -> std::process::ExitCode {
                 runtime.block_on(tracer::commands::watch::run(config))?;
             }
             Command::Ports(args) => tracer::commands::ports::run(args.validate()?)?,
+            Command::Trace(args) => {
+                let config = args.validate()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let code = runtime.block_on(tracer::commands::trace::run(config))?;
+                exit_code = code.clamp(0, 255) as u8;
+            }
+            Command::ExecWhenReady { .. } => unreachable!("handled above"),
             Command::Doctor => tracer::commands::doctor::run()?,
         }
         Ok(())
     })();
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => std::process::ExitCode::from(exit_code),
         Err(e) => {
             eprintln!("tracer: {e:#}");
             std::process::ExitCode::FAILURE

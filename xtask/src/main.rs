@@ -40,7 +40,9 @@ enum Task {
 }
 
 /// Debian packages the tests use.
-const PACKAGES: &[&str] = &["iproute2", "bpftool", "procps", "curl", "tmux", "chromium"];
+const PACKAGES: &[&str] = &[
+    "iproute2", "bpftool", "procps", "curl", "tmux", "chromium", "python3",
+];
 
 fn main() -> ExitCode {
     match run(Cli::parse().task) {

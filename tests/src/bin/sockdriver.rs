@@ -230,6 +230,9 @@ fn main() {
                 ports.push(listener.local_addr().unwrap().port());
                 std::thread::spawn(move || {
                     for conn in listener.incoming().flatten() {
+                        if let Ok(peer) = conn.peer_addr() {
+                            say(format!("{{\"accepted_peer_port\":{}}}", peer.port()));
+                        }
                         std::thread::spawn(move || serve_http(conn));
                     }
                 });

@@ -153,6 +153,7 @@ async fn live(config: PortsConfig) -> Result<()> {
         filter,
         pids: Vec::new(),
         ringbuf_bytes: 4 << 20,
+        data: false,
     })?;
     let mut source = RingBufSource::new(probes.take_events()?)?;
     let counters = probes.take_counters()?;

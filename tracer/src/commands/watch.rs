@@ -27,6 +27,7 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         filter: config.kernel_filter,
         pids: config.pids.clone(),
         ringbuf_bytes: config.ringbuf_bytes,
+        data: false,
     })?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = probes.take_counters()?;

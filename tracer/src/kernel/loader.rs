@@ -11,7 +11,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{counter, KernelFilter, KernelOffsets};
+use tracer_common::{counter, DataTotals, KernelFilter, KernelOffsets};
 
 use crate::error::{Error, Result};
 use crate::kernel::{btf::KernelBtf, prereq, tracefs};
@@ -22,7 +22,7 @@ static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// own `Pod` bound.
 #[repr(transparent)]
 #[derive(Clone, Copy)]
-struct Global<T>(T);
+pub struct Global<T>(pub T);
 // SAFETY: T is bytemuck::Pod (plain bytes, no padding), which is what aya::Pod requires.
 unsafe impl<T: bytemuck::Pod> aya::Pod for Global<T> {}
 
@@ -40,6 +40,9 @@ pub struct LoadOptions {
     /// Seed of the `--pid` set (the process and its descendants at start).
     pub pids: Vec<u32>,
     pub ringbuf_bytes: u32,
+    /// Also sum each socket's sent and received bytes (`sock:sock_send_length` /
+    /// `sock_recv_length`), delivered as DATA events at release. For `tracer trace`.
+    pub data: bool,
 }
 
 pub struct SockProbes {
@@ -132,6 +135,18 @@ impl SockProbes {
             "inet_sock_set_state",
         )?;
         attached.push("tracepoint/sock/inet_sock_set_state".into());
+        if opts.data {
+            if offsets.0.tp_data_sk == 0 {
+                return Err(Error::MissingTracepoint(
+                    "sock:sock_send_length".into(),
+                    "data sizes need Linux 6.3 or later".into(),
+                ));
+            }
+            for event in ["sock_send_length", "sock_recv_length"] {
+                attach_tracepoint(&mut ebpf, &mut links, event, "sock", event)?;
+                attached.push(format!("tracepoint/sock/{event}"));
+            }
+        }
         if opts.filter.by_pid != 0 {
             attach_tracepoint(
                 &mut ebpf,
@@ -165,6 +180,11 @@ impl SockProbes {
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         self.take_map("EVENTS")
+    }
+
+    /// The per-socket data totals still in the kernel (sockets not yet released).
+    pub fn take_data(&mut self) -> Result<BpfHashMap<MapData, u64, Global<DataTotals>>> {
+        self.take_map("DATA")
     }
 
     pub fn take_counters(&mut self) -> Result<KernelCounters> {
@@ -278,6 +298,21 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
             )));
         }
     }
+    // The data tracepoints (Linux 6.3+) are optional: without them `trace` says so.
+    let data = |field: &str, size: u32| -> Result<u32> {
+        if !tracefs::exists("sock", "sock_send_length") {
+            return Ok(0);
+        }
+        let send = tp("sock", "sock_send_length", field, size)?;
+        let recv = tp("sock", "sock_recv_length", field, size)?;
+        if send != recv {
+            return Err(Error::TracepointFormat {
+                path: format!("{}/events/sock/sock_recv_length/format", tracefs::TRACEFS).into(),
+                reason: format!("field {field} is not where sock_send_length has it"),
+            });
+        }
+        Ok(send)
+    };
     let net_ns = btf.offset("net", "ns")?;
     let ns_inum = btf.offset("ns_common", "inum")?;
     let state = |field: &str, size: u32| tp("sock", "inet_sock_set_state", field, size);
@@ -317,5 +352,9 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         tp_state_saddr_v6: state("saddr_v6", 16)?,
         tp_state_daddr_v6: state("daddr_v6", 16)?,
         tp_fork_child_pid: tp("sched", "sched_process_fork", "child_pid", 4)?,
+        tp_data_sk: data("sk", 8)?,
+        tp_data_family: data("family", 2)?,
+        tp_data_ret: data("ret", 4)?,
+        tp_data_flags: data("flags", 4)?,
     })
 }

@@ -63,6 +63,7 @@ pub fn event_name(k: u16) -> &'static str {
         kind::RECVMSG => "recvmsg",
         kind::STATE => "state",
         kind::RELEASE => "release",
+        kind::DATA => "data",
         _ => "unknown",
     }
 }

@@ -4,6 +4,7 @@ pub mod ephemeral;
 pub mod event;
 pub mod filter;
 pub mod ports;
+pub mod story;
 pub mod table;
 
 pub use event::{Clock, Event};

@@ -3,6 +3,7 @@
 pub mod human;
 pub mod json;
 pub mod ports;
+pub mod story;
 pub mod tui;
 
 use std::io;

@@ -1,0 +1,986 @@
+//! The story of one program's sockets (`tracer trace`): per socket, the numbered steps the
+//! study notes teach — socket, bind, listen, accept, connect, the handshake states, data,
+//! close and the 4-way close — in time order, then what each socket was (role, endpoints,
+//! lifetime, bytes each way, who closed first) and what each process did. Pure: fed enriched
+//! events, no I/O.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use serde::Serialize;
+use tracer_common::{kind, DataTotals, SockEvent};
+
+use super::event::Event;
+
+/// What a socket turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Listener,
+    Accepted,
+    Client,
+    Udp,
+    /// Created but never bound, connected or listening.
+    Unused,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Listener => "TCP listener",
+            Role::Accepted => "accepted connection",
+            Role::Client => "TCP client",
+            Role::Udp => "UDP socket",
+            Role::Unused => "socket",
+        }
+    }
+}
+
+/// One numbered step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Step {
+    pub ts_ns: u64,
+    /// Nanoseconds since the socket's previous step (0 for the first).
+    pub since_previous_ns: u64,
+    /// A short tag: socket, bind, listen, accept, connect, state, data, close, …
+    pub what: &'static str,
+    pub text: String,
+    /// One sentence tying the step to the concept (`--explain`).
+    pub explain: &'static str,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Data {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub sends: u32,
+    pub receives: u32,
+}
+
+/// One socket's story.
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketStory {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    /// Story number, in order of appearance.
+    pub id: usize,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub proto: &'static str,
+    pub role: Role,
+    pub laddr: Option<IpAddr>,
+    pub lport: u16,
+    pub raddr: Option<IpAddr>,
+    pub rport: u16,
+    /// The kernel picked the local port.
+    pub ephemeral: bool,
+    /// It existed before tracing began.
+    pub predates_trace: bool,
+    pub steps: Vec<Step>,
+    pub data: Data,
+    /// UDP: the peers it exchanged datagrams with.
+    pub peers: Vec<String>,
+    pub opened_ns: u64,
+    pub closed_ns: Option<u64>,
+    /// "this side" or "peer": who sent the first FIN.
+    pub closed_first_by: Option<&'static str>,
+    /// Which side keeps TIME_WAIT: "this side" or "peer".
+    pub time_wait: Option<&'static str>,
+    pub last_state: Option<&'static str>,
+    pub errors: Vec<String>,
+    /// accept: the listener's story; listener: the stories of the connections it accepted.
+    pub listener: Option<usize>,
+    pub accepted: Vec<usize>,
+    /// "short-lived" (opened and closed within the trace, at most one exchange each way),
+    /// "persistent" (still open at the end, or several exchanges), for connections.
+    pub lifetime: Option<&'static str>,
+    #[serde(skip)]
+    released: bool,
+}
+
+impl SocketStory {
+    fn new(
+        id: usize,
+        pid: Option<u32>,
+        comm: Option<String>,
+        proto: &'static str,
+        role: Role,
+        opened_ns: u64,
+    ) -> Self {
+        SocketStory {
+            record: "socket_story",
+            id,
+            pid,
+            comm,
+            proto,
+            role,
+            laddr: None,
+            lport: 0,
+            raddr: None,
+            rport: 0,
+            ephemeral: false,
+            predates_trace: false,
+            steps: Vec::new(),
+            data: Data::default(),
+            peers: Vec::new(),
+            opened_ns,
+            closed_ns: None,
+            closed_first_by: None,
+            time_wait: None,
+            last_state: None,
+            errors: Vec::new(),
+            listener: None,
+            accepted: Vec::new(),
+            lifetime: None,
+            released: false,
+        }
+    }
+
+    fn step(&mut self, ts_ns: u64, what: &'static str, text: String) {
+        let since = self
+            .steps
+            .last()
+            .map_or(0, |s| ts_ns.saturating_sub(s.ts_ns));
+        self.steps.push(Step {
+            ts_ns,
+            since_previous_ns: since,
+            what,
+            text,
+            explain: explain(what, &self.role),
+        });
+    }
+
+    fn done(&self) -> bool {
+        self.released
+            && (self.proto == "udp"
+                || matches!(self.last_state, None | Some("CLOSE") | Some("TIME_WAIT")))
+    }
+}
+
+/// Syscalls are reported at their exit, after what the kernel did inside them. Put them back
+/// where a reader expects them: `connect` before the SYN it sent, `close` before the release
+/// and FIN it caused. Then recompute the time since each previous step.
+fn tell_in_call_order(steps: &mut Vec<Step>) {
+    let mut i = 1;
+    while i < steps.len() {
+        let inside = |s: &Step, call: &str| match call {
+            "connect" => matches!(s.what, "syn_sent" | "handshake"),
+            "listen" => s.text.starts_with("CLOSE → LISTEN"),
+            "close" | "shutdown" => {
+                // Not CLOSE_WAIT: the peer's FIN arrives on its own, before our close.
+                matches!(s.what, "release" | "close_first" | "time_wait" | "last_ack")
+                    || ["FIN_WAIT", "CLOSING", "LAST_ACK"]
+                        .iter()
+                        .any(|state| s.text.starts_with(state))
+            }
+            _ => false,
+        };
+        let call = steps[i].what;
+        if matches!(call, "connect" | "listen" | "close" | "shutdown") {
+            let mut at = i;
+            while at > 0 && inside(&steps[at - 1], call) && steps[at - 1].what != "data" {
+                at -= 1;
+            }
+            if at < i {
+                let step = steps.remove(i);
+                steps.insert(at, step);
+            }
+        }
+        i += 1;
+    }
+    let mut previous: Option<u64> = None;
+    for step in steps.iter_mut() {
+        step.since_previous_ns = previous.map_or(0, |p| step.ts_ns.saturating_sub(p));
+        previous = Some(previous.map_or(step.ts_ns, |p| p.max(step.ts_ns)));
+    }
+}
+
+/// The per-process summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProgramSummary {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub pid: u32,
+    pub comm: String,
+    /// `tcp 0.0.0.0:8080 (registered)`, …
+    pub listening: Vec<String>,
+    pub connections_made: usize,
+    pub connections_accepted: usize,
+    pub udp_sockets: usize,
+    pub ephemeral_ports: Vec<u16>,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+}
+
+fn port_label(port: u16) -> &'static str {
+    tracer_common::PortClass::of(port).as_str()
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+        IpAddr::V4(a) => format!("{a}:{port}"),
+    }
+}
+
+/// Human-sized bytes: 78 B, 1.2 KiB, 3.4 MiB.
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+/// The sentence `--explain` adds to a step.
+fn explain(what: &'static str, role: &Role) -> &'static str {
+    match what {
+        "socket" => "socket() asks the kernel for a communication endpoint: protocol and family are fixed now, the address and port come later.",
+        "bind" => "bind() attaches a local address and port, so others know where to reach this socket; a server binds a fixed port, a client usually never calls bind().",
+        "listen" => "listen() makes the socket passive: the kernel now answers handshakes on this port and queues finished connections, up to the backlog.",
+        "accept" => "accept() takes one finished connection off the queue as a new socket with its own descriptor; the listener keeps listening.",
+        "accepted" => "This socket was made by the kernel for one client; it shares the server's port and is told apart from others by the client's address and port.",
+        "connect" => "connect() starts the 3-way handshake; since the client did not bind, the kernel picked an ephemeral source port from ip_local_port_range.",
+        "handshake" => "SYN, SYN-ACK, ACK: the 3-way handshake is done and both sides are ESTABLISHED.",
+        "close_first" => "This side sent the first FIN (active close): it goes FIN_WAIT1 → FIN_WAIT2 and then waits in TIME_WAIT.",
+        "close_peer" => "The peer sent the first FIN (passive close): this side answers and goes CLOSE_WAIT → LAST_ACK → CLOSE.",
+        "time_wait" => "TIME_WAIT holds the connection's addresses and ports for a while (2×MSL) so stray packets cannot be mistaken for a new connection.",
+        "syn_sent" => "The client's SYN is on its way: the first of the handshake's three packets.",
+        "syn_recv" => "A client's SYN reached the listening port: the kernel answered SYN-ACK and made a socket for this connection, before any accept().",
+        "fin_wait2" => "The peer acknowledged our FIN; its own FIN is still to come.",
+        "last_ack" => "This side closed as well and sent its FIN; one ACK from the peer ends the connection.",
+        "closed" => "The 4-way close is complete: FIN, ACK, FIN, ACK.",
+        "state" => "A TCP state change the kernel made.",
+        "data" if *role == Role::Udp => "UDP sends independent datagrams: no connection, each sendto() names its destination and each recvfrom() says who sent it.",
+        "data" => "read()/write() move bytes over the connection; TCP is a byte stream, so where one message ends is up to the application.",
+        "autobind" => "UDP has no connect step: the first sendto() on an unbound socket makes the kernel bind it to an ephemeral port (autobind).",
+        "shutdown" => "shutdown() closes one direction of the connection (SHUT_WR sends a FIN) while the socket stays open.",
+        "close" => "close() drops this descriptor; the socket itself goes when the last descriptor pointing at it is closed.",
+        "release" => "The kernel freed the socket: no descriptor refers to it any more.",
+        "error" => "The kernel refused the call; the errno says why.",
+        "snapshot" => "This socket was already open when tracing began (found in the kernel's socket table).",
+        _ => "",
+    }
+}
+
+/// All stories of one trace.
+#[derive(Debug, Default)]
+pub struct StoryBook {
+    pub stories: Vec<SocketStory>,
+    /// Live socket → its story (the kernel reuses socket addresses: a new socket() on one
+    /// starts a new story).
+    open: HashMap<u64, usize>,
+    /// Processes that made traced calls (state changes in softirq are kept only for them).
+    pids: BTreeSet<u32>,
+    /// Stories ended by the reuse of their socket address, to hand out at once.
+    evicted: Vec<usize>,
+    /// Finished stories (closed and released) waiting out [`SETTLE_NS`] for a late `close`
+    /// report; their socket address may already belong to a new socket.
+    settling: Vec<(u64, usize)>,
+}
+
+/// A finished story waits this long before it is handed out: `close()` is reported at its
+/// exit, after the release and the FIN it caused.
+const SETTLE_NS: u64 = 100_000_000;
+
+impl StoryBook {
+    /// Starts a story for a socket that existed before tracing (`--pid`).
+    pub fn predating(&mut self, row: &super::ports::PortRow, now_ns: u64) {
+        let id = self.stories.len();
+        let role = if row.proto == "udp" {
+            Role::Udp
+        } else if row.listening {
+            Role::Listener
+        } else if row.accepted {
+            Role::Accepted
+        } else {
+            Role::Client
+        };
+        let mut story = SocketStory {
+            laddr: Some(row.laddr),
+            lport: row.lport,
+            raddr: (row.rport != 0).then_some(row.raddr),
+            rport: row.rport,
+            ephemeral: row.ephemeral,
+            predates_trace: true,
+            last_state: (row.proto == "tcp").then_some(row.state),
+            ..SocketStory::new(id, row.pid, row.comm.clone(), row.proto, role, now_ns)
+        };
+        let text = format!(
+            "already open when tracing began: {} {} {}{}",
+            row.proto,
+            endpoint(row.laddr, row.lport),
+            row.state,
+            if row.rport != 0 {
+                format!(" to {}", endpoint(row.raddr, row.rport))
+            } else {
+                String::new()
+            }
+        );
+        story.step(now_ns, "snapshot", text);
+        self.stories.push(story);
+        if let Some(pid) = row.pid {
+            self.pids.insert(pid);
+        }
+    }
+
+    /// Links a predating story to its kernel socket once a live event names it.
+    pub fn name_predating(&mut self, sk: u64, e: &Event) {
+        if self.open.contains_key(&sk) {
+            return;
+        }
+        let found = self.stories.iter().position(|s| {
+            s.predates_trace
+                && !s.released
+                && s.lport == e.lport
+                && s.laddr == Some(e.laddr)
+                && (s.rport == e.rport || e.event == "accept")
+                && !self.open.values().any(|&i| i == s.id)
+        });
+        if let Some(id) = found {
+            self.open.insert(sk, id);
+        }
+    }
+
+    fn new_story(&mut self, sk: u64, e: &Event, role: Role) -> usize {
+        if let Some(old) = self.open.remove(&sk) {
+            self.stories[old].released = true;
+            self.finish(old);
+            self.evicted.push(old);
+        }
+        let id = self.stories.len();
+        self.stories.push(SocketStory::new(
+            id,
+            e.pid,
+            e.comm.clone(),
+            e.proto,
+            role,
+            e.ts_ns,
+        ));
+        self.open.insert(sk, id);
+        id
+    }
+
+    /// Folds one event in.
+    pub fn observe(&mut self, raw: &SockEvent, e: &Event) {
+        let sk = raw.sk;
+        if raw.kind != kind::STATE {
+            if let Some(pid) = e.pid {
+                self.pids.insert(pid);
+            }
+        }
+        if e.event == "accept" && raw.parent_sk != 0 {
+            // The listener may predate tracing: name it through the connection's local end.
+            let listener_event = Event {
+                rport: 0,
+                ..e.clone()
+            };
+            self.name_predating(raw.parent_sk, &listener_event);
+        } else if sk != 0 && raw.kind != kind::SOCKET {
+            self.name_predating(sk, e);
+        }
+        let ts = e.ts_ns;
+        match raw.kind {
+            kind::SOCKET => {
+                if e.ret < 0 || sk == 0 {
+                    return;
+                }
+                let role = if e.proto == "udp" {
+                    Role::Udp
+                } else {
+                    Role::Unused
+                };
+                let id = self.new_story(sk, e, role);
+                let family = if e.family == "ipv6" { "IPv6" } else { "IPv4" };
+                let text = format!(
+                    "socket() → fd {} ({}, {family})",
+                    e.ret,
+                    e.proto.to_uppercase()
+                );
+                self.stories[id].step(ts, "socket", text);
+            }
+            kind::STATE => {
+                let id = match self.open.get(&sk) {
+                    Some(&id) => id,
+                    // A connection the kernel builds from one of our listeners.
+                    None if e.pid.is_some_and(|p| self.pids.contains(&p))
+                        && e.old_state == Some("LISTEN") =>
+                    {
+                        let id = self.new_story(sk, e, Role::Accepted);
+                        let story = &mut self.stories[id];
+                        story.laddr = Some(e.laddr);
+                        story.lport = e.lport;
+                        story.raddr = Some(e.raddr);
+                        story.rport = e.rport;
+                        id
+                    }
+                    None => return,
+                };
+                self.state(id, e);
+            }
+            kind::DATA => {
+                if let Some(&id) = self.open.get(&sk) {
+                    let t = DataTotals::of(raw);
+                    self.stories[id].data = Data {
+                        sent_bytes: t.sent_bytes,
+                        received_bytes: t.received_bytes,
+                        sends: t.sends,
+                        receives: t.receives,
+                    };
+                }
+            }
+            kind::ACCEPT => self.accept(raw, e),
+            _ => {
+                let late = || {
+                    matches!(raw.kind, kind::CLOSE | kind::SHUTDOWN)
+                        .then(|| self.settling.iter().rev().find(|(s, _)| *s == sk))
+                        .flatten()
+                        .map(|(_, id)| *id)
+                };
+                let Some(id) = self.open.get(&sk).copied().or_else(late) else {
+                    return;
+                };
+                self.call(id, raw, e);
+            }
+        }
+        // A finished story leaves the live map at once: the kernel may hand its socket
+        // address to the next socket right away.
+        if let Some(&id) = self.open.get(&sk) {
+            if self.stories[id].done() {
+                self.open.remove(&sk);
+                self.settling.push((sk, id));
+            }
+        }
+    }
+
+    fn accept(&mut self, raw: &SockEvent, e: &Event) {
+        // -512…-516: the kernel's internal restart codes (a signal interrupted the wait).
+        if (-516..=-512).contains(&e.ret) {
+            return;
+        }
+        if e.ret < 0 {
+            if let Some(&l) = self.open.get(&raw.parent_sk) {
+                let err = e.errno.clone().unwrap_or_default();
+                self.stories[l].step(e.ts_ns, "error", format!("accept failed: {err}"));
+                self.stories[l].errors.push(format!("accept: {err}"));
+            }
+            return;
+        }
+        let child = match self.open.get(&raw.sk) {
+            Some(&id) => id,
+            None => self.new_story(raw.sk, e, Role::Accepted),
+        };
+        // An accept already waiting when tracing began has no listening fd on record: find
+        // the listener by the connection's local end.
+        let listener = self.open.get(&raw.parent_sk).copied().or_else(|| {
+            self.stories
+                .iter()
+                .find(|s| {
+                    s.role == Role::Listener
+                        && !s.released
+                        && s.lport == e.lport
+                        && s.pid == e.pid
+                        && s.laddr.is_some_and(|a| a == e.laddr || a.is_unspecified())
+                })
+                .map(|s| s.id)
+        });
+        let peer = endpoint(e.raddr, e.rport);
+        {
+            let story = &mut self.stories[child];
+            story.role = Role::Accepted;
+            story.pid = e.pid;
+            story.comm = e.comm.clone();
+            story.laddr = Some(e.laddr);
+            story.lport = e.lport;
+            story.raddr = Some(e.raddr);
+            story.rport = e.rport;
+            story.listener = listener;
+            let text = format!(
+                "accepted as fd {} from {peer} (the client's port{})",
+                e.ret,
+                if listener.is_some() {
+                    String::new()
+                } else {
+                    " — listener not traced".into()
+                }
+            );
+            story.step(e.ts_ns, "accepted", text);
+        }
+        if let Some(l) = listener {
+            let text = format!(
+                "accept → fd {} from {peer} (client's {} port {}) → socket {}",
+                e.ret,
+                if e.rport_in_ephemeral_range == Some(true) {
+                    "ephemeral"
+                } else {
+                    "source"
+                },
+                e.rport,
+                child + 1
+            );
+            self.stories[l].step(e.ts_ns, "accept", text);
+            self.stories[l].accepted.push(child);
+        }
+    }
+
+    fn state(&mut self, id: usize, e: &Event) {
+        let story = &mut self.stories[id];
+        let (Some(old), Some(new)) = (e.old_state, e.state) else {
+            return;
+        };
+        if old == new {
+            return; // the kernel re-sets a state on some paths (a second FIN_WAIT1)
+        }
+        story.last_state = Some(new);
+        if e.lport != 0 && story.lport == 0 {
+            story.lport = e.lport;
+            story.laddr = Some(e.laddr);
+        }
+        let (what, note) = match (old, new) {
+            ("SYN_SENT", "ESTABLISHED") | ("SYN_RECV", "ESTABLISHED") => {
+                ("handshake", " — handshake done")
+            }
+            ("LISTEN", "SYN_RECV") => ("syn_recv", " — SYN received, SYN-ACK sent"),
+            ("CLOSE", "SYN_SENT") => ("syn_sent", " — SYN sent"),
+            ("CLOSE", "LISTEN") => ("state", ""),
+            ("FIN_WAIT1", "FIN_WAIT2") => ("fin_wait2", " — our FIN acknowledged"),
+            ("CLOSE_WAIT", "LAST_ACK") => ("last_ack", " — this side's FIN sent too"),
+            ("LAST_ACK", "CLOSE") => ("closed", " — last ACK received, connection gone"),
+            ("ESTABLISHED", "FIN_WAIT1") => {
+                story.closed_first_by.get_or_insert("this side");
+                ("close_first", " — this side closes first (FIN sent)")
+            }
+            ("ESTABLISHED", "CLOSE_WAIT") => {
+                story.closed_first_by.get_or_insert("peer");
+                ("close_peer", " — the peer closed first (FIN received)")
+            }
+            (_, "TIME_WAIT") => {
+                story.time_wait = Some("this side");
+                ("time_wait", " — TIME_WAIT on this side")
+            }
+            ("SYN_SENT", "CLOSE") => ("state", " — refused or timed out"),
+            _ => ("state", ""),
+        };
+        story.step(e.ts_ns, what, format!("{old} → {new}{note}"));
+        if matches!(new, "CLOSE" | "TIME_WAIT") {
+            story.closed_ns = Some(e.ts_ns);
+            if story.closed_first_by == Some("peer") {
+                story.time_wait = Some("peer");
+            }
+        }
+    }
+
+    fn call(&mut self, id: usize, raw: &SockEvent, e: &Event) {
+        let story = &mut self.stories[id];
+        let ts = e.ts_ns;
+        if let Some(errno) = &e.errno {
+            if e.event == "connect" && errno == "EINPROGRESS" {
+                // A non-blocking connect: the handshake goes on.
+            } else {
+                let text = format!(
+                    "{} {} failed: {errno}",
+                    e.event,
+                    endpoint(
+                        if e.event == "bind" { e.laddr } else { e.raddr },
+                        if e.event == "bind" { e.lport } else { e.rport }
+                    )
+                );
+                story.errors.push(format!("{}: {errno}", e.event));
+                story.step(ts, "error", text);
+                return;
+            }
+        }
+        match raw.kind {
+            kind::BIND => {
+                story.laddr = Some(e.laddr);
+                story.lport = e.lport;
+                story.ephemeral |= e.lport_kernel_chosen;
+                let text = if e.lport_kernel_chosen {
+                    format!(
+                        "bind {} → the kernel chose port {} (ephemeral, IANA {})",
+                        endpoint(e.laddr, 0),
+                        e.lport,
+                        port_label(e.lport)
+                    )
+                } else {
+                    format!(
+                        "bind {} ({} port)",
+                        endpoint(e.laddr, e.lport),
+                        port_label(e.lport)
+                    )
+                };
+                story.step(ts, "bind", text);
+            }
+            kind::LISTEN => {
+                story.role = Role::Listener;
+                story.last_state = Some("LISTEN");
+                story.step(
+                    ts,
+                    "listen",
+                    format!("listen backlog {} → LISTEN", e.backlog.unwrap_or(0)),
+                );
+            }
+            kind::CONNECT => {
+                if story.role != Role::Udp {
+                    story.role = Role::Client;
+                }
+                story.laddr = Some(e.laddr);
+                story.lport = e.lport;
+                story.raddr = Some(e.raddr);
+                story.rport = e.rport;
+                story.ephemeral |= e.lport_kernel_chosen;
+                let chosen = if e.lport_kernel_chosen {
+                    format!(
+                        " → ephemeral {} chosen by the kernel",
+                        endpoint(e.laddr, e.lport)
+                    )
+                } else {
+                    format!(" from {}", endpoint(e.laddr, e.lport))
+                };
+                story.step(
+                    ts,
+                    "connect",
+                    format!(
+                        "connect {} ({} port){chosen}",
+                        endpoint(e.raddr, e.rport),
+                        port_label(e.rport)
+                    ),
+                );
+            }
+            kind::SENDTO | kind::SENDMSG | kind::RECVFROM | kind::RECVMSG => {
+                if e.rport != 0 {
+                    let peer = endpoint(e.raddr, e.rport);
+                    if !story.peers.contains(&peer) {
+                        story.peers.push(peer);
+                    }
+                }
+                let sending = matches!(raw.kind, kind::SENDTO | kind::SENDMSG);
+                if sending && e.lport_kernel_chosen && story.lport == 0 {
+                    story.ephemeral = true;
+                    story.laddr = Some(e.laddr);
+                    story.lport = e.lport;
+                    story.step(
+                        ts,
+                        "autobind",
+                        format!(
+                            "{} to {}: the kernel bound the socket to ephemeral port {}",
+                            e.event,
+                            endpoint(e.raddr, e.rport),
+                            e.lport
+                        ),
+                    );
+                } else if story.lport == 0 && e.lport != 0 {
+                    story.laddr = Some(e.laddr);
+                    story.lport = e.lport;
+                }
+            }
+            kind::SHUTDOWN => {
+                story.step(ts, "shutdown", format!("shutdown {}", e.how.unwrap_or("?")));
+            }
+            kind::CLOSE => {
+                story.step(ts, "close", format!("close fd {}", e.fd.unwrap_or(-1)));
+            }
+            kind::RELEASE => {
+                story.released = true;
+                if story.closed_ns.is_none() && story.proto == "udp" {
+                    story.closed_ns = Some(ts);
+                }
+                story.step(ts, "release", "socket freed".into());
+            }
+            _ => {}
+        }
+    }
+
+    /// Stories finished (closed and released, settled for a moment) by `now_ns` (wall clock),
+    /// in order, to print now.
+    pub fn take_finished(&mut self, now_ns: u64) -> Vec<usize> {
+        let mut done = std::mem::take(&mut self.evicted);
+        let stories = &self.stories;
+        let settled = |id: usize| {
+            stories[id]
+                .steps
+                .last()
+                .is_some_and(|l| l.ts_ns + SETTLE_NS <= now_ns)
+        };
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.settling.drain(..).partition(|(_, id)| settled(*id));
+        self.settling = waiting;
+        for (_, id) in ready {
+            self.finish(id);
+            done.push(id);
+        }
+        done.sort_unstable();
+        done
+    }
+
+    fn finish(&mut self, id: usize) {
+        let story = &mut self.stories[id];
+        tell_in_call_order(&mut story.steps);
+        // The data summary goes where the documents put read/write: before the close.
+        let d = &story.data;
+        if d.sends + d.receives > 0 {
+            let mut text = format!(
+                "{} {} in {} call{}, {} {} in {} call{}",
+                if story.proto == "udp" {
+                    "sent"
+                } else {
+                    "wrote"
+                },
+                bytes(d.sent_bytes),
+                d.sends,
+                if d.sends == 1 { "" } else { "s" },
+                if story.proto == "udp" {
+                    "received"
+                } else {
+                    "read"
+                },
+                bytes(d.received_bytes),
+                d.receives,
+                if d.receives == 1 { "" } else { "s" },
+            );
+            if !story.peers.is_empty() {
+                text.push_str(&format!(" (peers: {})", story.peers.join(", ")));
+            }
+            let at = story
+                .steps
+                .iter()
+                .position(|s| {
+                    matches!(
+                        s.what,
+                        "close" | "shutdown" | "close_first" | "close_peer" | "release"
+                    )
+                })
+                .unwrap_or(story.steps.len());
+            let ts = story.steps.get(at).map_or(story.opened_ns, |s| s.ts_ns);
+            let step = Step {
+                ts_ns: ts,
+                since_previous_ns: 0,
+                what: "data",
+                text,
+                explain: explain("data", &story.role),
+            };
+            story.steps.insert(at, step);
+            tell_in_call_order(&mut story.steps);
+        }
+        if matches!(story.role, Role::Accepted | Role::Client) {
+            let exchanges = d.sends.max(d.receives);
+            story.lifetime = Some(if story.closed_ns.is_some() && exchanges <= 2 {
+                "short-lived"
+            } else {
+                "persistent"
+            });
+        }
+        if story.role == Role::Unused && story.proto == "udp" {
+            story.role = Role::Udp;
+        }
+    }
+
+    /// At the end of the trace: every story not printed yet (still open, or still closing),
+    /// with the data totals of sockets the kernel still holds.
+    pub fn finish_all(&mut self, still_open: &HashMap<u64, DataTotals>) -> Vec<usize> {
+        let mut open: Vec<(u64, usize)> = self.open.drain().collect();
+        open.append(&mut self.settling);
+        let mut ids = Vec::new();
+        for (sk, id) in open {
+            if let Some(t) = still_open.get(&sk) {
+                self.stories[id].data = Data {
+                    sent_bytes: t.sent_bytes,
+                    received_bytes: t.received_bytes,
+                    sends: t.sends,
+                    receives: t.receives,
+                };
+            }
+            self.finish(id);
+            ids.push(id);
+        }
+        for story in &self.stories {
+            if story.predates_trace && !ids.contains(&story.id) && story.closed_ns.is_none() {
+                ids.push(story.id);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    pub fn sockets_seen(&self) -> usize {
+        self.stories.len()
+    }
+
+    /// One line per process.
+    pub fn programs(&self) -> Vec<ProgramSummary> {
+        let mut by_pid: BTreeMap<u32, ProgramSummary> = BTreeMap::new();
+        for s in &self.stories {
+            let Some(pid) = s.pid else { continue };
+            let p = by_pid.entry(pid).or_insert_with(|| ProgramSummary {
+                record: "program",
+                pid,
+                comm: s.comm.clone().unwrap_or_default(),
+                ..Default::default()
+            });
+            match s.role {
+                Role::Listener => p.listening.push(format!(
+                    "{} {} ({})",
+                    s.proto,
+                    s.laddr.map_or("*".into(), |a| endpoint(a, s.lport)),
+                    port_label(s.lport)
+                )),
+                Role::Accepted => p.connections_accepted += 1,
+                Role::Client => p.connections_made += 1,
+                Role::Udp => p.udp_sockets += 1,
+                Role::Unused => {}
+            }
+            if s.ephemeral && s.lport != 0 && !p.ephemeral_ports.contains(&s.lport) {
+                p.ephemeral_ports.push(s.lport);
+            }
+            p.sent_bytes += s.data.sent_bytes;
+            p.received_bytes += s.data.received_bytes;
+        }
+        by_pid.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Clock, SocketTable};
+    use tracer_common::{flag, tcp_state as st, AF_INET, IPPROTO_TCP};
+
+    const LO: [u8; 16] = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// A client's life as the kernel reports it: syscalls at their exit, after what ran
+    /// inside them.
+    pub(crate) fn client_events() -> Vec<SockEvent> {
+        let base = SockEvent {
+            family: AF_INET,
+            protocol: IPPROTO_TCP,
+            sock_type: 1,
+            pid: 7,
+            tid: 7,
+            netns: 1,
+            sk: 0xc0,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
+        };
+        let at = |ms: u64, ev: SockEvent| SockEvent {
+            ts_ns: ms * 1_000_000,
+            ..ev
+        };
+        let conn = SockEvent {
+            laddr: LO,
+            raddr: LO,
+            lport: 40000,
+            rport: 8080,
+            ..base
+        };
+        let state = |old, new| SockEvent {
+            kind: kind::STATE,
+            old_state: old,
+            new_state: new,
+            ..conn
+        };
+        let mut data = SockEvent {
+            kind: kind::DATA,
+            ..conn
+        };
+        DataTotals {
+            sent_bytes: 78,
+            received_bytes: 1234,
+            sends: 1,
+            receives: 2,
+        }
+        .store(&mut data);
+        vec![
+            at(
+                1,
+                SockEvent {
+                    kind: kind::SOCKET,
+                    ret: 5,
+                    fd: -1,
+                    ..base
+                },
+            ),
+            at(2, state(st::CLOSE, st::SYN_SENT)),
+            at(3, state(st::SYN_SENT, st::ESTABLISHED)),
+            at(
+                4,
+                SockEvent {
+                    kind: kind::CONNECT,
+                    fd: 5,
+                    flags: flag::KERNEL_CHOSE_PORT,
+                    new_state: st::ESTABLISHED,
+                    ..conn
+                },
+            ),
+            at(10, state(st::ESTABLISHED, st::FIN_WAIT1)),
+            at(10, data),
+            at(
+                10,
+                SockEvent {
+                    kind: kind::RELEASE,
+                    ..conn
+                },
+            ),
+            at(
+                11,
+                SockEvent {
+                    kind: kind::CLOSE,
+                    fd: 5,
+                    ..conn
+                },
+            ),
+            at(12, state(st::FIN_WAIT1, st::FIN_WAIT2)),
+            at(13, state(st::FIN_WAIT2, st::CLOSE)),
+        ]
+    }
+
+    fn book_of(events: &[SockEvent]) -> StoryBook {
+        let mut table = SocketTable::default();
+        let mut book = StoryBook::default();
+        for raw in events {
+            let attribution = table.observe(raw);
+            let e = Event::new(raw, &attribution, Some((32768, 60999)), &Clock::identity());
+            book.observe(raw, &e);
+        }
+        book
+    }
+
+    #[test]
+    fn a_client_story_in_the_order_the_documents_teach() {
+        let mut book = book_of(&client_events());
+        assert!(book.take_finished(13_000_000).is_empty(), "settling");
+        assert_eq!(book.take_finished(200_000_000), vec![0]);
+        let s = &book.stories[0];
+        let order: Vec<&str> = s.steps.iter().map(|s| s.what).collect();
+        assert_eq!(
+            order,
+            [
+                "socket",
+                "connect",
+                "syn_sent",
+                "handshake",
+                "data",
+                "close",
+                "close_first",
+                "release",
+                "fin_wait2",
+                "time_wait"
+            ]
+        );
+        assert_eq!(s.role, Role::Client);
+        assert!(s.ephemeral);
+        assert_eq!((s.lport, s.rport), (40000, 8080));
+        assert_eq!(s.closed_first_by, Some("this side"));
+        assert_eq!(s.time_wait, Some("this side"));
+        assert_eq!(s.lifetime, Some("short-lived"));
+        assert_eq!(s.data.received_bytes, 1234);
+        let text = {
+            let mut out = Vec::new();
+            crate::output::story::write_story(&mut out, s, true).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        insta::assert_snapshot!("client_story_explained", text);
+        let programs = book.programs();
+        assert_eq!(programs[0].ephemeral_ports, vec![40000]);
+        assert_eq!(programs[0].connections_made, 1);
+    }
+}
