@@ -56,6 +56,59 @@ pub mod counter {
     pub const COUNT: u32 = 2;
 }
 
+/// Layout of the kernel's per-CPU statistics array (`STATS`): counters summed in the kernel at
+/// every event the filters let through (whether or not the ring buffer had room), so metrics
+/// stay exact under load and `tracer serve` does not need every event to count them.
+pub mod stats {
+    /// Protocol slots: 0 other, 1 TCP, 2 UDP.
+    pub const PROTOS: u32 = 3;
+    /// Family slots: 0 other, 1 IPv4, 2 IPv6.
+    pub const FAMILIES: u32 = 3;
+    /// Event kinds counted (below `kind::DATA`).
+    pub const KINDS: u32 = 16;
+    /// `kind * PROTOS * FAMILIES + proto * FAMILIES + family`.
+    pub const EVENTS: u32 = 0;
+    /// TCP transitions: `TRANSITIONS + old * 16 + new`.
+    pub const TRANSITIONS: u32 = EVENTS + KINDS * PROTOS * FAMILIES;
+    /// Failed connect/bind by errno (errnos ≥ `ERRNOS - 1` share the last slot).
+    pub const CONNECT_ERRNOS: u32 = TRANSITIONS + 16 * 16;
+    pub const BIND_ERRNOS: u32 = CONNECT_ERRNOS + ERRNOS;
+    pub const ERRNOS: u32 = 256;
+    pub const COUNT: u32 = BIND_ERRNOS + ERRNOS;
+
+    pub const fn proto_slot(protocol: u8) -> u32 {
+        match protocol {
+            super::IPPROTO_TCP => 1,
+            super::IPPROTO_UDP => 2,
+            _ => 0,
+        }
+    }
+
+    pub const fn family_slot(family: u16) -> u32 {
+        match family {
+            super::AF_INET => 1,
+            super::AF_INET6 => 2,
+            _ => 0,
+        }
+    }
+
+    pub const fn event_index(kind: u16, protocol: u8, family: u16) -> u32 {
+        EVENTS
+            + (kind as u32 % KINDS) * PROTOS * FAMILIES
+            + proto_slot(protocol) * FAMILIES
+            + family_slot(family)
+    }
+
+    pub const fn errno_slot(ret: i64) -> u32 {
+        let errno = if ret < 0 { -ret } else { 0 };
+        if errno >= ERRNOS as i64 {
+            ERRNOS - 1
+        } else {
+            errno as u32
+        }
+    }
+}
+
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u8 = 6;

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::{SockContext, TracePointContext},
 };
 use tracer_common::{
-    counter, flag, kind, DataTotals, KernelFilter, KernelOffsets, SockEvent, AF_INET, AF_INET6,
-    IPPROTO_TCP, IPPROTO_UDP,
+    counter, flag, kind, tcp_state, DataTotals, KernelFilter, KernelOffsets, SockEvent, AF_INET,
+    AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 #[no_mangle]
@@ -77,6 +77,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// Processes selected by `--pid`, and their descendants as they fork.
+/// Counters summed in the kernel for metrics (layout in `tracer_common::stats`).
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tracer_common::stats::COUNT, 0);
+
 #[map]
 static FILTER_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
 
@@ -290,7 +294,52 @@ fn socket_selected(ev: &SockEvent) -> bool {
 }
 
 #[inline(always)]
+fn stat(index: u32) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// Connect errnos a TCP handshake produces: the SYN_SENT → CLOSE transition counts them
+/// (with EINPROGRESS, which is no failure at all).
+#[inline(always)]
+fn handshake_errno(ev: &SockEvent) -> bool {
+    const EINPROGRESS: i64 = 115;
+    const ECONNREFUSED: i64 = 111;
+    const ETIMEDOUT: i64 = 110;
+    const ECONNRESET: i64 = 104;
+    let errno = -ev.ret;
+    errno == EINPROGRESS
+        || (ev.protocol == IPPROTO_TCP
+            && (errno == ECONNREFUSED || errno == ETIMEDOUT || errno == ECONNRESET))
+}
+
+/// Counts an event for metrics: per-CPU, before the ring buffer, so a full ring loses no count.
+#[inline(always)]
+fn count(ev: &SockEvent) {
+    use tracer_common::stats;
+    if ev.kind >= kind::DATA {
+        return;
+    }
+    stat(stats::event_index(ev.kind, ev.protocol, ev.family));
+    if ev.kind == kind::STATE {
+        stat(stats::TRANSITIONS + (ev.old_state as u32 & 15) * 16 + (ev.new_state as u32 & 15));
+        // A handshake that failed (refused, timed out, unreachable): counted here, where both
+        // blocking and non-blocking connects end up, not at the syscall.
+        if ev.old_state == tcp_state::SYN_SENT && ev.new_state == tcp_state::CLOSE && ev.sk_err > 0
+        {
+            stat(stats::CONNECT_ERRNOS + stats::errno_slot(-(ev.sk_err as i64)));
+        }
+    } else if ev.ret < 0 && ev.kind == kind::CONNECT && !handshake_errno(ev) {
+        stat(stats::CONNECT_ERRNOS + stats::errno_slot(ev.ret));
+    } else if ev.ret < 0 && ev.kind == kind::BIND {
+        stat(stats::BIND_ERRNOS + stats::errno_slot(ev.ret));
+    }
+}
+
+#[inline(always)]
 fn emit(ev: &SockEvent) {
+    count(ev);
     match EVENTS.reserve::<SockEvent>(0) {
         Some(mut entry) => {
             entry.write(*ev);

@@ -27,6 +27,8 @@ pub enum Command {
     /// List the sockets open now with the process holding each, the class of each port, and
     /// how much of the ephemeral port range is in use (`--live` for a view that updates).
     Ports(PortsArgs),
+    /// Run headless as a daemon: serve Prometheus metrics (no per-event output).
+    Serve(ServeArgs),
     /// Tell the story of one program's sockets, step by step: start CMD (or follow --pid /
     /// --comm) and every child it forks, until it exits.
     Trace(TraceArgs),
@@ -53,6 +55,41 @@ pub struct WatchArgs {
     /// One JSON object per line instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Only these events (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(EVENT_NAMES))]
+    pub events: Vec<String>,
+    /// Never colour the table, even on a terminal.
+    #[arg(long)]
+    pub no_color: bool,
+    /// Instead of one line per event, summarise connections grouped by remote endpoint (many
+    /// connections to one server, each from its own local port), every few seconds and at exit.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub group_by: Option<GroupBy>,
+    /// Also serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+/// `tracer serve`: metrics only, no per-event output.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to serve /metrics and /healthz. Loopback by default; any other address is
+    /// reachable by others, so it must be given explicitly.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// At most this many listening ports get their own tracer_listen_port_info series; the
+    /// rest share port="other".
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_listen_ports: usize,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+/// What to watch: filters applied in the kernel, and how long.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
     /// Only this process and the children it forks (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -75,22 +112,12 @@ pub struct WatchArgs {
     /// (/proc/PID/ns/net).
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
-    /// Only these events (comma-separated).
-    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(EVENT_NAMES))]
-    pub events: Vec<String>,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 4096)]
     pub ringbuf_kib: u32,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
-    /// Never colour the table, even on a terminal.
-    #[arg(long)]
-    pub no_color: bool,
-    /// Instead of one line per event, summarise connections grouped by remote endpoint (many
-    /// connections to one server, each from its own local port), every few seconds and at exit.
-    #[arg(long, value_enum, value_name = "WHAT")]
-    pub group_by: Option<GroupBy>,
 }
 
 #[derive(Debug, Args)]
@@ -304,10 +331,42 @@ pub struct WatchConfig {
     pub group_by: Option<GroupBy>,
     /// Where the start-up snapshot looks: the `--netns` namespace, or all of them.
     pub snapshot_scope: Scope,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// No per-event output (`serve`).
+    pub quiet: bool,
+    pub max_listen_ports: usize,
 }
 
 impl WatchArgs {
     pub fn validate(self) -> Result<WatchConfig> {
+        let color = !self.no_color && !self.json && {
+            use std::io::IsTerminal;
+            std::io::stdout().is_terminal()
+        };
+        let mut config = self.filters.validate(&self.events)?;
+        config.json = self.json;
+        config.events = self.events;
+        config.color = color;
+        config.group_by = self.group_by;
+        config.metrics = self.metrics;
+        Ok(config)
+    }
+}
+
+impl ServeArgs {
+    pub fn validate(self) -> Result<WatchConfig> {
+        let mut config = self.filters.validate(&[])?;
+        config.metrics = Some(self.listen);
+        config.quiet = true;
+        config.max_listen_ports = self.max_listen_ports;
+        Ok(config)
+    }
+}
+
+impl FilterArgs {
+    /// The kernel filter and the rest of a watch configuration (output options at defaults).
+    fn validate(self, events: &[String]) -> Result<WatchConfig> {
         let bad = Error::Invalid;
         let mut filter = KernelFilter::default();
         if self.ports.len() > MAX_PORT_FILTERS {
@@ -351,7 +410,7 @@ impl WatchArgs {
         }
         let udp_events = ["sendto", "recvfrom", "sendmsg", "recvmsg"];
         let wants_udp_data =
-            self.events.is_empty() || self.events.iter().any(|e| udp_events.contains(&e.as_str()));
+            events.is_empty() || events.iter().any(|e| udp_events.contains(&e.as_str()));
         filter.udp_data = u8::from(wants_udp_data && filter.protocol != IPPROTO_TCP);
         if self.ringbuf_kib < 4 || !self.ringbuf_kib.is_power_of_two() || self.ringbuf_kib > 1 << 20
         {
@@ -369,18 +428,20 @@ impl WatchArgs {
             Some(s) => Some(std::time::Duration::from_secs_f64(s)),
             None => None,
         };
-        use std::io::IsTerminal;
         Ok(WatchConfig {
-            json: self.json,
+            json: false,
             kernel_filter: filter,
             pids,
             comm: self.comm,
-            events: self.events,
+            events: Vec::new(),
             ringbuf_bytes: self.ringbuf_kib * 1024,
             duration,
-            color: !self.no_color && !self.json && std::io::stdout().is_terminal(),
-            group_by: self.group_by,
+            color: false,
+            group_by: None,
             snapshot_scope,
+            metrics: None,
+            quiet: false,
+            max_listen_ports: 64,
         })
     }
 }

@@ -42,6 +42,12 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("cannot serve metrics on {addr}: {source} (another tracer or exporter may be using it; pick another with --listen / --metrics)")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod source;

@@ -9,16 +9,30 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(code as u8);
     }
     let mut exit_code = 0u8;
+    // `serve` is a daemon: its log lines are its output.
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result: anyhow::Result<()> = (|| {
         match cli.command {
             Command::Watch(args) => {
+                let config = args.validate()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(tracer::commands::watch::run(config))?;
+            }
+            Command::Serve(args) => {
                 let config = args.validate()?;
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -42,7 +56,8 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::from(exit_code),
         Err(e) => {
-            eprintln!("tracer: {e:#}");
+            // Each error message already names its cause.
+            eprintln!("tracer: {e}");
             std::process::ExitCode::FAILURE
         }
     }

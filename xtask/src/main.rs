@@ -41,7 +41,14 @@ enum Task {
 
 /// Debian packages the tests use.
 const PACKAGES: &[&str] = &[
-    "iproute2", "bpftool", "procps", "curl", "tmux", "chromium", "python3",
+    "iproute2",
+    "bpftool",
+    "procps",
+    "curl",
+    "tmux",
+    "chromium",
+    "python3",
+    "prometheus",
 ];
 
 fn main() -> ExitCode {

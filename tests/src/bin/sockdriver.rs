@@ -241,6 +241,54 @@ fn main() {
             let mut line = String::new();
             let _ = std::io::stdin().lock().read_line(&mut line);
         }
+        // Known traffic for the metrics tests: N connections to a listener of its own (accepted),
+        // M connects to a port nobody listens on (refused), K extra binds to port 0.
+        "metrics-traffic" => {
+            let n: usize = args[2].parse().unwrap();
+            let m: usize = args[3].parse().unwrap();
+            let k: usize = args[4].parse().unwrap();
+            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+            let addr = listener.local_addr().unwrap();
+            for _ in 0..n {
+                let client = std::net::TcpStream::connect(addr).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                drop(client);
+                drop(server);
+            }
+            // A port that was free a moment ago: bind, note, close.
+            let closed = {
+                let s = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+                s.local_addr().unwrap()
+            };
+            let mut refused = 0;
+            for _ in 0..m {
+                let e = std::net::TcpStream::connect(closed).unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+                refused += 1;
+            }
+            let mut held = Vec::new();
+            for _ in 0..k {
+                held.push(std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap());
+            }
+            // Binds: the listener, the probe for a closed port, and the K sockets.
+            say(format!(
+                "{{\"connections\":{n},\"refused\":{refused},\"binds\":{}}}",
+                k + 2
+            ));
+        }
+        // Exactly N loopback connect/accept/close cycles, in lockstep.
+        "tcp-count" => {
+            let n: u64 = args[2].parse().unwrap();
+            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+            let addr = listener.local_addr().unwrap();
+            for _ in 0..n {
+                let client = std::net::TcpStream::connect(addr).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                drop(client);
+                drop(server);
+            }
+            say(format!("{{\"connections\":{n}}}"));
+        }
         other => panic!("unknown scenario {other}"),
     }
 }

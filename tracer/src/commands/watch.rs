@@ -8,6 +8,8 @@ use std::{
 use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::SockEvent;
 
+use std::sync::Arc;
+
 use crate::{
     cli::{GroupBy, WatchConfig},
     error::{Error, Result},
@@ -16,13 +18,19 @@ use crate::{
         netns, prereq,
         snapshot::{self, SnapSocket, Snapshot},
     },
+    metrics::{self, server::Scrape, Metrics},
     model::{event::monotonic_ns, ports::RemoteLog, Clock, Event, Filter, Owner, SocketTable},
-    output::{human::HumanSink, json::JsonSink, Sink, SnapshotInfo, Summary},
+    output::{human::HumanSink, json::JsonSink, log::LogSink, Sink, SnapshotInfo, Summary},
     source::{EventSource, RingBufSource},
 };
 
 pub async fn run(config: WatchConfig) -> Result<()> {
-    prereq::require_root("watch")?;
+    prereq::require_root(if config.quiet { "serve" } else { "watch" })?;
+    // Bound before anything is attached: a busy port fails at once, with nothing to undo.
+    let listener = match config.metrics {
+        Some(addr) => Some(metrics::server::bind(addr).await?),
+        None => None,
+    };
     let mut probes = SockProbes::load(&LoadOptions {
         filter: config.kernel_filter,
         pids: config.pids.clone(),
@@ -30,7 +38,23 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         data: false,
     })?;
     let source = RingBufSource::new(probes.take_events()?)?;
-    let counters = probes.take_counters()?;
+    let counters = Arc::new(probes.take_counters()?);
+    let scrape = match listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let scrape = Arc::new(Scrape {
+                metrics: Metrics::new(config.max_listen_ports, &kernel_release()),
+                stats: probes.take_stats()?,
+                counters: counters.clone(),
+            });
+            metrics::server::spawn(listener, scrape.clone());
+            if let Some(addr) = addr {
+                tracing::info!("serving metrics on http://{addr}/metrics");
+            }
+            Some(scrape)
+        }
+        None => None,
+    };
     // Attached first, snapshot second: a socket opened in between is in both, and the table
     // keeps the live one. Without a snapshot tracer still works, it just cannot name the
     // owners of older sockets.
@@ -44,7 +68,9 @@ pub async fn run(config: WatchConfig) -> Result<()> {
             s
         });
     let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let mut sink: Box<dyn Sink> = if config.json {
+    let mut sink: Box<dyn Sink> = if config.quiet {
+        Box::new(LogSink)
+    } else if config.json {
         Box::new(JsonSink::new(stdout))
     } else {
         let sink = HumanSink::new(stdout, io::stderr(), config.color);
@@ -58,6 +84,7 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         &config,
         source,
         snapshot.as_ref(),
+        scrape.as_deref(),
         &counters,
         &probes.attached,
         sink.as_mut(),
@@ -134,6 +161,7 @@ async fn stream(
     config: &WatchConfig,
     mut source: impl EventSource,
     snapshot: Option<&Snapshot>,
+    scrape: Option<&Scrape>,
     counters: &KernelCounters,
     hooks: &[String],
     sink: &mut dyn Sink,
@@ -181,6 +209,9 @@ async fn stream(
                 if !more? {
                     break;
                 }
+                if let Some(scrape) = scrape {
+                    scrape.metrics.processed("ringbuf", batch.len() as u64);
+                }
                 pipeline.process(&mut batch, sink).map_err(io_err)?;
             }
             _ = tick.tick() => {
@@ -192,6 +223,9 @@ async fn stream(
                 sweeps += 1;
                 if sweeps.is_multiple_of(10) {
                     pipeline.refresh_ranges();
+                    if let Some(scrape) = scrape {
+                        scrape.metrics.update_table(&pipeline.table);
+                    }
                     for usage in pipeline.table.usage_mut().take_warnings() {
                         sink.ephemeral_warning(&usage).map_err(io_err)?;
                     }
@@ -238,4 +272,11 @@ async fn stream(
     sink.summary(&summary).map_err(io_err)?;
     io::stderr().flush().ok();
     Ok(())
+}
+
+/// `uname -r`, for tracer_build_info.
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -187,6 +187,13 @@ impl SockProbes {
         self.take_map("DATA")
     }
 
+    /// The kernel's metric counters (layout in `tracer_common::stats`).
+    pub fn take_stats(&mut self) -> Result<KernelStats> {
+        Ok(KernelStats {
+            array: self.take_map("STATS")?,
+        })
+    }
+
     pub fn take_counters(&mut self) -> Result<KernelCounters> {
         Ok(KernelCounters {
             array: self.take_map("COUNTERS")?,
@@ -228,6 +235,25 @@ impl KernelCounters {
     /// syscall's enter.
     pub fn lost(&self) -> u64 {
         self.read(counter::LOST) + self.read(counter::PENDING_FULL)
+    }
+}
+
+/// The kernel's per-CPU metric counters.
+pub struct KernelStats {
+    array: PerCpuArray<MapData, u64>,
+}
+
+impl KernelStats {
+    /// Every counter summed over CPUs, indexed as `tracer_common::stats` lays them out.
+    pub fn read(&self) -> Vec<u64> {
+        (0..tracer_common::stats::COUNT)
+            .map(|i| {
+                self.array
+                    .get(&i, 0)
+                    .map(|values| values.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect()
     }
 }
 

@@ -2,6 +2,7 @@
 //! on a terminal) or JSON lines (one object per line, stable field names).
 pub mod human;
 pub mod json;
+pub mod log;
 pub mod ports;
 pub mod story;
 pub mod tui;

@@ -1,0 +1,476 @@
+//! Prometheus: `tracer serve` scraped by a real Prometheus server; exact counter increases for
+//! known traffic, the exposition format checked by promtool, a busy port, concurrent scrapes
+//! under load, and the deploy/ files validated.
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A plain HTTP/1.0 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running `tracer serve`, killed on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(tracer_bin())
+            .args(["serve", "--listen", &addr])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tracer serve");
+        let serve = Serve { child, addr };
+        // The endpoint is served once every probe is attached: from then on all is counted.
+        wait_until("tracer serve", || {
+            http_get(&serve.addr, "/healthz").is_some_and(|(s, _)| s == 200)
+        });
+        serve
+    }
+
+    fn metrics(&self) -> String {
+        http_get(&self.addr, "/metrics").expect("scrape").1
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One sample's value from the text format (`name{labels} value`), 0 when absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// A copy of sockdriver under a name no other test uses, so `--comm` selects only it.
+fn unique_driver(tag: &str) -> (PathBuf, String) {
+    let name = format!("m{tag}{}", std::process::id() % 100_000);
+    let path = std::env::temp_dir().join(&name);
+    std::fs::copy(sockdriver_bin(), &path).unwrap();
+    (path, name)
+}
+
+/// Prometheus on loopback with a 1 s scrape interval, a temporary data dir, killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("tracer-prom-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus { child, addr, dir };
+        wait_until("prometheus ready", || {
+            http_get(&p.addr, "/-/ready").is_some_and(|(s, _)| s == 200)
+        });
+        p
+    }
+
+    /// An instant query's single value (None: no series).
+    fn value(&self, query: &str) -> Option<f64> {
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (_, body) = http_get(&self.addr, &format!("/api/v1/query?query={encoded}"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        assert_eq!(v["status"], "success", "{query}: {body}");
+        let result = v["data"]["result"].as_array()?;
+        let first = result.first()?;
+        first["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// N connects, M refused connects and K binds: Prometheus, scraping `tracer serve` every
+/// second, sees the counters rise by exactly N+M, M and K.
+#[test]
+fn prometheus_scrapes_exact_counters() {
+    if !prerequisites("prometheus_scrapes_exact_counters")
+        || !tool(
+            "prometheus_scrapes_exact_counters",
+            "prometheus",
+            "prometheus",
+        )
+        || !tool(
+            "prometheus_scrapes_exact_counters",
+            "promtool",
+            "prometheus",
+        )
+    {
+        return;
+    }
+    let (driver, comm) = unique_driver("p");
+    let serve = Serve::start(&["--comm", &comm]);
+    let prom = Prometheus::start(&serve.addr);
+    let up = "up{job=\"tracer\"}";
+    wait_until("the first scrape", || prom.value(up) == Some(1.0));
+    let connects = "sum(tracer_socket_events_total{event=\"connect\"}) or vector(0)";
+    let refused = "sum(tracer_connect_errors_total{errno=\"ECONNREFUSED\"}) or vector(0)";
+    let binds = "sum(tracer_socket_events_total{event=\"bind\"}) or vector(0)";
+    let before = [connects, refused, binds].map(|q| prom.value(q).unwrap_or(0.0));
+
+    let (n, m, k) = (25u64, 7u64, 5u64);
+    let mut traffic = Driver::spawn_program(
+        &driver,
+        &[
+            "metrics-traffic",
+            "127.0.0.1",
+            &n.to_string(),
+            &m.to_string(),
+            &k.to_string(),
+        ],
+    );
+    traffic.go();
+    let report = traffic.report();
+    traffic.wait();
+    let binds_made = report["binds"].as_u64().unwrap();
+    assert_eq!(binds_made, k + 2);
+    let expected = [(n + m) as f64, m as f64, binds_made as f64];
+    wait_until("Prometheus to see the traffic", || {
+        [connects, refused, binds]
+            .iter()
+            .zip(before)
+            .zip(expected)
+            .all(|((q, b), e)| prom.value(q).unwrap_or(0.0) - b == e)
+    });
+    // And a few scrapes later nothing more has been counted.
+    std::thread::sleep(Duration::from_secs(3));
+    for ((q, b), e) in [connects, refused, binds].iter().zip(before).zip(expected) {
+        assert_eq!(prom.value(q).unwrap_or(0.0) - b, e, "{q}");
+    }
+    let text = serve.metrics();
+    assert_eq!(
+        sample(
+            &text,
+            "tracer_socket_events_total{event=\"accept\",family=\"ipv4\",proto=\"tcp\"}"
+        ),
+        n
+    );
+    assert_eq!(sample(&text, "tracer_events_lost_total"), 0);
+    let _ = std::fs::remove_file(driver);
+}
+
+/// `promtool check metrics` finds nothing wrong with what tracer serves.
+#[test]
+fn exposition_passes_promtool() {
+    if !prerequisites("exposition_passes_promtool")
+        || !tool("exposition_passes_promtool", "promtool", "prometheus")
+    {
+        return;
+    }
+    let serve = Serve::start(&[]);
+    // Some traffic so that every family has samples.
+    let mut d = Driver::spawn(&["metrics-traffic", "127.0.0.1", "3", "2", "1"]);
+    d.go();
+    d.report();
+    d.wait();
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = serve.metrics();
+    for family in [
+        "tracer_socket_events_total",
+        "tracer_connect_errors_total",
+        "tracer_tcp_state_transitions_total",
+        "tracer_listening_sockets",
+        "tracer_listen_port_info",
+        "tracer_ephemeral_ports_in_use",
+        "tracer_ephemeral_port_range_size",
+        "tracer_events_lost_total",
+        "tracer_events_processed_total",
+        "tracer_build_info",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{text}"
+        );
+    }
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let problems = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && problems.trim().is_empty(),
+        "{problems}"
+    );
+    // Other paths.
+    assert_eq!(
+        http_get(&serve.addr, "/healthz").unwrap(),
+        (200, "ok\n".into())
+    );
+    assert_eq!(http_get(&serve.addr, "/nope").unwrap().0, 404);
+}
+
+/// A port that is taken: a clear message and a non-zero exit, before anything is loaded.
+#[test]
+fn busy_port_is_a_clear_error() {
+    if !prerequisites("busy_port_is_a_clear_error") {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(tracer_bin())
+        .args(["serve", "--listen", &addr])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+    let out = Command::new(tracer_bin())
+        .args(["watch", "--metrics", &addr, "--duration", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// Four scrapers hammer /metrics while 10,000 connections run: every scrape is whole, the
+/// counters never go down, and they end exactly at 10,000.
+#[test]
+fn concurrent_scrapes_under_load() {
+    if !prerequisites("concurrent_scrapes_under_load") {
+        return;
+    }
+    let (driver, comm) = unique_driver("c");
+    let serve = Serve::start(&["--comm", &comm, "--ringbuf-kib", "65536"]);
+    let series = "tracer_socket_events_total{event=\"connect\",family=\"ipv4\",proto=\"tcp\"}";
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scrapers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = serve.addr.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                let mut scrapes = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, body) = http_get(&addr, "/metrics").expect("scrape");
+                    assert_eq!(status, 200);
+                    assert!(
+                        body.contains("# TYPE tracer_build_info gauge"),
+                        "whole body"
+                    );
+                    let now = sample(&body, series);
+                    assert!(now >= last, "counter went down: {last} -> {now}");
+                    last = now;
+                    scrapes += 1;
+                }
+                scrapes
+            })
+        })
+        .collect();
+    let mut load = Driver::spawn_program(&driver, &["tcp-count", "127.0.0.1", "10000"]);
+    load.go();
+    load.report();
+    load.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes: usize = scrapers.into_iter().map(|s| s.join().unwrap()).sum();
+    assert!(scrapes > 20, "the scrapers ran ({scrapes})");
+    let text = serve.metrics();
+    assert_eq!(sample(&text, series), 10_000);
+    assert_eq!(
+        sample(
+            &text,
+            "tracer_socket_events_total{event=\"accept\",family=\"ipv4\",proto=\"tcp\"}"
+        ),
+        10_000
+    );
+    let _ = std::fs::remove_file(driver);
+}
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
+
+/// The alert rules and scrape config pass promtool; the DaemonSet and the systemd unit say what
+/// tracer needs; the dashboard only uses metrics tracer serves.
+#[test]
+fn deploy_files_are_valid() {
+    if !tool("deploy_files_are_valid", "promtool", "prometheus") {
+        return;
+    }
+    for args in [
+        vec![
+            "check",
+            "rules",
+            deploy("prometheus/alerts.yml").to_str().unwrap(),
+        ],
+        vec![
+            "check",
+            "config",
+            deploy("prometheus/prometheus.yml").to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("promtool").args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The DaemonSet (kubectl is not available offline: parse and check what matters).
+    let text = std::fs::read_to_string(deploy("kubernetes/daemonset.yaml")).unwrap();
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("valid YAML");
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+        .expect("a DaemonSet");
+    assert_eq!(ds["apiVersion"].as_str(), Some("apps/v1"));
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
+    assert_eq!(spec["hostPID"].as_bool(), Some(true));
+    let container = &spec["containers"][0];
+    let caps: Vec<&str> = container["securityContext"]["capabilities"]["add"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    for cap in ["BPF", "PERFMON", "SYS_ADMIN"] {
+        assert!(caps.contains(&cap), "capability {cap}");
+    }
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
+        assert!(mounts.contains(&path), "mount {path}");
+    }
+    assert_eq!(container["args"][0].as_str(), Some("serve"));
+    let unit = std::fs::read_to_string(deploy("systemd/tracer.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/tracer serve --listen 127.0.0.1:9464"));
+    // The dashboard's queries name only metrics tracer exposes.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/tracer-dashboard.json")).unwrap(),
+    )
+    .expect("dashboard JSON");
+    let known = [
+        "tracer_socket_events_total",
+        "tracer_connect_errors_total",
+        "tracer_bind_errors_total",
+        "tracer_tcp_state_transitions_total",
+        "tracer_listening_sockets",
+        "tracer_listen_port_info",
+        "tracer_ephemeral_ports_in_use",
+        "tracer_ephemeral_port_range_size",
+        "tracer_events_lost_total",
+        "tracer_events_processed_total",
+        "tracer_build_info",
+    ];
+    let mut queries = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("tracer_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                assert!(known.contains(&name), "unknown metric {name} in {expr}");
+            }
+            queries += 1;
+        }
+    }
+    assert!(queries >= 8);
+}

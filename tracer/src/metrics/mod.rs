@@ -1,0 +1,318 @@
+//! Prometheus metrics: the registry and how it is filled. Counters come from the kernel's
+//! per-CPU statistics (summed where events happen, exact even when the ring buffer overflows);
+//! gauges come from the socket table (listening sockets, ephemeral-port usage). Cardinality is
+//! bounded: no label takes a per-connection value, and listening ports beyond a cap share the
+//! `other` bucket.
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracer_common::{stats, tcp_state_name, PortClass};
+
+use crate::model::{
+    event::{errno_name, event_name},
+    SocketTable,
+};
+
+/// Everything `/metrics` shows.
+pub struct Metrics {
+    registry: Registry,
+    socket_events: IntCounterVec,
+    connect_errors: IntCounterVec,
+    bind_errors: IntCounterVec,
+    transitions: IntCounterVec,
+    listening: IntGaugeVec,
+    listen_port_info: IntGaugeVec,
+    ephemeral_in_use: IntGaugeVec,
+    ephemeral_range_size: IntGaugeVec,
+    lost: IntCounter,
+    processed: IntCounterVec,
+    sockets_tracked: IntGauge,
+    /// At most this many listening (port, proto, comm) series; the rest count under `other`.
+    listen_port_cap: usize,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+const PROTO_NAMES: [&str; 3] = ["other", "tcp", "udp"];
+const FAMILY_NAMES: [&str; 3] = ["other", "ipv4", "ipv6"];
+
+/// Raises `counter` to the kernel's running total (counters only go up).
+fn catch_up(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+impl Metrics {
+    pub fn new(listen_port_cap: usize, kernel_release: &str) -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let m = Metrics {
+            socket_events: counter_vec(
+                r,
+                "tracer_socket_events_total",
+                "Socket calls and TCP state changes seen, by event (bind, listen, accept, connect, close, state, release, ...).",
+                &["event", "proto", "family"],
+            ),
+            connect_errors: counter_vec(
+                r,
+                "tracer_connect_errors_total",
+                "connect() calls that failed, by errno (EINPROGRESS is not a failure).",
+                &["errno"],
+            ),
+            bind_errors: counter_vec(
+                r,
+                "tracer_bind_errors_total",
+                "bind() calls that failed, by errno.",
+                &["errno"],
+            ),
+            transitions: counter_vec(
+                r,
+                "tracer_tcp_state_transitions_total",
+                "TCP state transitions, by old and new state.",
+                &["from", "to"],
+            ),
+            listening: gauge_vec(
+                r,
+                "tracer_listening_sockets",
+                "Listening sockets now, by protocol and the IANA class of their port.",
+                &["proto", "port_class"],
+            ),
+            listen_port_info: gauge_vec(
+                r,
+                "tracer_listen_port_info",
+                "Listening sockets now, by port and owning command (ports beyond the cap count under port=\"other\").",
+                &["port", "proto", "comm"],
+            ),
+            ephemeral_in_use: gauge_vec(
+                r,
+                "tracer_ephemeral_ports_in_use",
+                "Ports of the namespace's ip_local_port_range in use now, on the busiest local address.",
+                &["netns", "proto"],
+            ),
+            ephemeral_range_size: gauge_vec(
+                r,
+                "tracer_ephemeral_port_range_size",
+                "Number of ports in the namespace's ip_local_port_range.",
+                &["netns"],
+            ),
+            lost: {
+                let c = IntCounter::new(
+                    "tracer_events_lost_total",
+                    "Events the kernel could not deliver (ring buffer full, no room to record a syscall).",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            processed: counter_vec(
+                r,
+                "tracer_events_processed_total",
+                "Events the agent read and correlated, by source.",
+                &["source"],
+            ),
+            sockets_tracked: {
+                let g = IntGauge::new(
+                    "tracer_sockets_tracked",
+                    "Sockets in the agent's socket table.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            listen_port_cap,
+            registry,
+        };
+        let build = gauge_vec(
+            &m.registry,
+            "tracer_build_info",
+            "tracer's version and the kernel it runs on (always 1).",
+            &["version", "kernel"],
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release])
+            .set(1);
+        m
+    }
+
+    /// Brings the counters up to the kernel's totals (`stats` laid out as
+    /// `tracer_common::stats`) and the lost-event count.
+    pub fn update_kernel(&self, totals: &[u64], lost: u64) {
+        catch_up(&self.lost, lost);
+        let get = |i: u32| totals.get(i as usize).copied().unwrap_or(0);
+        for kind in 1..stats::KINDS as u16 {
+            let name = event_name(kind);
+            if name == "unknown" || name == "data" {
+                continue;
+            }
+            for (p, proto) in PROTO_NAMES.iter().enumerate() {
+                for (f, family) in FAMILY_NAMES.iter().enumerate() {
+                    let index = stats::EVENTS
+                        + u32::from(kind) * stats::PROTOS * stats::FAMILIES
+                        + p as u32 * stats::FAMILIES
+                        + f as u32;
+                    let total = get(index);
+                    if total > 0 {
+                        catch_up(
+                            &self.socket_events.with_label_values(&[name, proto, family]),
+                            total,
+                        );
+                    }
+                }
+            }
+        }
+        for old in 1..16u8 {
+            for new in 1..16u8 {
+                let total = get(stats::TRANSITIONS + u32::from(old) * 16 + u32::from(new));
+                if total > 0 {
+                    catch_up(
+                        &self
+                            .transitions
+                            .with_label_values(&[tcp_state_name(old), tcp_state_name(new)]),
+                        total,
+                    );
+                }
+            }
+        }
+        for errno in 1..stats::ERRNOS {
+            let label = if errno == stats::ERRNOS - 1 {
+                "other".to_string()
+            } else {
+                errno_name(-i64::from(errno)).unwrap_or_default()
+            };
+            for (base, vec) in [
+                (stats::CONNECT_ERRNOS, &self.connect_errors),
+                (stats::BIND_ERRNOS, &self.bind_errors),
+            ] {
+                let total = get(base + errno);
+                if total > 0 {
+                    catch_up(&vec.with_label_values(&[&label]), total);
+                }
+            }
+        }
+    }
+
+    pub fn processed(&self, source: &str, n: u64) {
+        self.processed.with_label_values(&[source]).inc_by(n);
+    }
+
+    /// Sets the gauges from the socket table.
+    pub fn update_table(&self, table: &SocketTable) {
+        self.sockets_tracked.set(table.len() as i64);
+        self.listening.reset();
+        self.listen_port_info.reset();
+        let mut ports: BTreeMap<(u16, &'static str, String), i64> = BTreeMap::new();
+        for s in table.sockets().filter(|s| s.is_listening()) {
+            let proto = crate::model::event::proto_name(s.protocol);
+            self.listening
+                .with_label_values(&[proto, PortClass::of(s.lport).as_str()])
+                .inc();
+            let comm = s.owner().map(|o| o.comm()).unwrap_or_else(|| "-".into());
+            *ports.entry((s.lport, proto, comm)).or_default() += 1;
+        }
+        for (i, ((port, proto, comm), n)) in ports.into_iter().enumerate() {
+            if i < self.listen_port_cap {
+                self.listen_port_info
+                    .with_label_values(&[&port.to_string(), proto, &comm])
+                    .set(n);
+            } else {
+                self.listen_port_info
+                    .with_label_values(&["other", proto, "other"])
+                    .add(n);
+            }
+        }
+        self.ephemeral_in_use.reset();
+        self.ephemeral_range_size.reset();
+        let usage = table.usage();
+        for ns in usage.namespaces() {
+            if let Some((lo, hi)) = usage.range(ns) {
+                self.ephemeral_range_size
+                    .with_label_values(&[&ns.to_string()])
+                    .set(i64::from(hi - lo) + 1);
+            }
+        }
+        let mut busiest: BTreeMap<(u32, &'static str), usize> = BTreeMap::new();
+        for u in usage.report() {
+            let entry = busiest.entry((u.netns, u.proto)).or_default();
+            *entry = (*entry).max(u.in_use);
+        }
+        for ((ns, proto), in_use) in busiest {
+            self.ephemeral_in_use
+                .with_label_values(&[&ns.to_string(), proto])
+                .set(in_use as i64);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_totals_become_counters() {
+        let m = Metrics::new(2, "6.18");
+        let mut totals = vec![0u64; stats::COUNT as usize];
+        totals[stats::event_index(tracer_common::kind::CONNECT, 6, 2) as usize] = 5;
+        totals[(stats::CONNECT_ERRNOS + 111) as usize] = 2;
+        totals[(stats::TRANSITIONS + 2 * 16 + 1) as usize] = 3;
+        m.update_kernel(&totals, 0);
+        totals[stats::event_index(tracer_common::kind::CONNECT, 6, 2) as usize] = 7;
+        m.update_kernel(&totals, 4);
+        let text = m.render();
+        assert!(text.contains(
+            "tracer_socket_events_total{event=\"connect\",family=\"ipv4\",proto=\"tcp\"} 7"
+        ));
+        assert!(text.contains("tracer_connect_errors_total{errno=\"ECONNREFUSED\"} 2"));
+        assert!(text.contains(
+            "tracer_tcp_state_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"} 3"
+        ));
+        assert!(text.contains("tracer_events_lost_total 4"));
+        assert!(text.contains("tracer_build_info{kernel=\"6.18\",version="));
+    }
+
+    #[test]
+    fn listening_ports_are_capped() {
+        let m = Metrics::new(1, "6.18");
+        let table = crate::model::ports::fixtures::sample_table();
+        m.update_table(&table);
+        let text = m.render();
+        // Two TCP listeners (22 and 8080): one fits under the cap, the other is `other`.
+        assert!(text.contains("tracer_listen_port_info{comm=\"sshd\",port=\"22\",proto=\"tcp\"} 1"));
+        assert!(
+            text.contains("tracer_listen_port_info{comm=\"other\",port=\"other\",proto=\"tcp\"} 1")
+        );
+        assert!(
+            text.contains("tracer_listening_sockets{port_class=\"registered\",proto=\"tcp\"} 1")
+        );
+        assert!(text.contains("tracer_ephemeral_ports_in_use{netns=\"1\",proto=\"tcp\"} 3"));
+        assert!(text.contains("tracer_ephemeral_port_range_size{netns=\"1\"} 28232"));
+    }
+}

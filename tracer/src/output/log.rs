@@ -1,0 +1,71 @@
+//! The sink of `tracer serve`: no per-event output, only structured log lines (tracing) for
+//! what an operator needs to know — attached, snapshot, lost events, ephemeral-port warnings,
+//! the summary at exit.
+use std::io;
+
+use super::{Sink, SnapshotInfo, Summary};
+use crate::model::{ephemeral::Usage, ports::RemoteGroup, Event};
+
+#[derive(Default)]
+pub struct LogSink;
+
+impl Sink for LogSink {
+    fn ready(&mut self, hooks: &[String]) -> io::Result<()> {
+        tracing::info!(hooks = hooks.len(), "attached");
+        Ok(())
+    }
+
+    fn event(&mut self, _: &Event) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn lost(&mut self, new: u64, total: u64) -> io::Result<()> {
+        tracing::warn!(new, total, "events lost (ring buffer full)");
+        Ok(())
+    }
+
+    fn summary(&mut self, s: &Summary) -> io::Result<()> {
+        tracing::info!(
+            events = s.events,
+            lost = s.lost,
+            seconds = s.seconds,
+            sockets_tracked = s.sockets_tracked,
+            "stopped"
+        );
+        Ok(())
+    }
+
+    fn snapshot(&mut self, s: &SnapshotInfo) -> io::Result<()> {
+        tracing::info!(
+            sockets = s.sockets,
+            namespaces = s.namespaces,
+            took_ms = s.took_ms,
+            "snapshot of existing sockets"
+        );
+        Ok(())
+    }
+
+    fn ephemeral_warning(&mut self, u: &Usage) -> io::Result<()> {
+        tracing::warn!(
+            netns = u.netns,
+            proto = u.proto,
+            laddr = %u.laddr,
+            in_use = u.in_use,
+            range_size = u.range_size,
+            "ephemeral ports near exhaustion"
+        );
+        Ok(())
+    }
+
+    fn ephemeral_report(&mut self, _: &[Usage]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn remote_groups(&mut self, _: &[RemoteGroup], _: bool) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
