@@ -11,6 +11,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "Development tasks for tracer")]
 struct Cli {
@@ -31,6 +33,9 @@ enum Task {
     },
     /// rustfmt and clippy (-D warnings) on user space, and clippy on the eBPF crate on its own.
     Lint,
+    /// Benchmark: the loopback load untraced and with tracer attached, interleaved; prints
+    /// ratios and writes bench/results/ (run as root).
+    Bench(bench::BenchArgs),
     /// Everything CI runs: setup, build, lint, unit tests, and the end-to-end tests as root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -64,6 +69,21 @@ fn main() -> ExitCode {
 fn run(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup(),
+        Task::Bench(args) => {
+            setup()?;
+            build()?;
+            let mut loadgen = cmd("cargo");
+            loadgen.args([
+                "build",
+                "--release",
+                "-p",
+                "tracer-tests",
+                "--bin",
+                "loadgen",
+            ]);
+            status(loadgen)?;
+            bench::bench(&root(), &args)
+        }
         Task::Build => {
             setup()?;
             build()

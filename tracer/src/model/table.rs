@@ -152,6 +152,11 @@ pub struct SocketTable {
     unnamed: HashMap<Tuple, u64>,
     next_placeholder: u64,
     usage: EphemeralUsage,
+    /// Keep snapshot TIME_WAIT sockets as rows (`ports`), or only count their ports until they
+    /// expire (`watch`, `serve`: a busy host has tens of thousands of them).
+    time_wait_rows: bool,
+    /// (expiry, usage key, port) of TIME_WAIT sockets counted without a row.
+    time_wait_ports: Vec<(u64, UsageKey, u16)>,
     capacity: usize,
     evicted: u64,
 }
@@ -190,9 +195,16 @@ impl SocketTable {
             unnamed: HashMap::new(),
             next_placeholder: 1,
             usage: EphemeralUsage::default(),
+            time_wait_rows: true,
+            time_wait_ports: Vec::new(),
             capacity,
             evicted: 0,
         }
+    }
+
+    /// Snapshot TIME_WAIT sockets only count toward the ephemeral usage (no rows).
+    pub fn count_time_wait_only(&mut self) {
+        self.time_wait_rows = false;
     }
 
     pub fn len(&self) -> usize {
@@ -239,10 +251,17 @@ impl SocketTable {
             if live.contains(&tuple) || self.unnamed.contains_key(&tuple) {
                 continue;
             }
+            let time_wait = s.state == tcp_state::TIME_WAIT;
+            if time_wait && !self.time_wait_rows {
+                let key = (s.netns, s.protocol, s.family, s.laddr);
+                self.usage.add(key, s.lport);
+                self.time_wait_ports
+                    .push((now_ns + TIME_WAIT_NS, key, s.lport));
+                continue;
+            }
             self.make_room();
             let key = self.next_placeholder;
             self.next_placeholder += 1;
-            let time_wait = s.state == tcp_state::TIME_WAIT;
             let entry = TrackedSocket {
                 owners: snapshot.owners.get(&s.inode).cloned().unwrap_or_default(),
                 netns: s.netns,
@@ -596,6 +615,14 @@ impl SocketTable {
     /// Drops entries past their expiry: released sockets whose final CLOSE never arrived (lost
     /// events), snapshot TIME_WAIT sockets. Call periodically.
     pub fn sweep(&mut self, now_ns: u64) {
+        let usage = &mut self.usage;
+        self.time_wait_ports.retain(|(expires, key, port)| {
+            let keep = *expires >= now_ns;
+            if !keep {
+                usage.remove(*key, *port);
+            }
+            keep
+        });
         let stale: Vec<u64> = self
             .sockets
             .iter()
