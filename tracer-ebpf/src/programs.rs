@@ -222,7 +222,9 @@ fn fill_from_sock(ev: &mut SockEvent, sk: u64) {
 /// Returns the family, or None when the buffer is unusable.
 #[inline(always)]
 fn read_user_sockaddr(uaddr: u64, len: i64, port: &mut u16, addr: &mut [u8; 16]) -> Option<u16> {
-    if uaddr == 0 || len < 2 {
+    // Longer than a sockaddr_storage (128 bytes): the kernel refuses it before reading it.
+    const SOCKADDR_STORAGE: i64 = 128;
+    if uaddr == 0 || !(2..=SOCKADDR_STORAGE).contains(&len) {
         return None;
     }
     let family: u16 = read_user(uaddr)?;

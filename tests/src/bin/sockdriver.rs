@@ -289,6 +289,8 @@ fn main() {
             }
             say(format!("{{\"connections\":{n}}}"));
         }
+        // Odd but legal uses, and bad arguments the kernel rejects (see `hostile()`).
+        "hostile" => hostile(ip),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -319,5 +321,131 @@ fn serve_http(mut conn: std::net::TcpStream) {
         if conn.write_all(response.as_bytes()).is_err() {
             return;
         }
+    }
+}
+
+fn sockaddr_of(ip: IpAddr, port: u16) -> SockAddr {
+    SockAddr::from(SocketAddr::new(ip, port))
+}
+
+/// dup2'd fds, a socket passed to a child with SCM_RIGHTS, one socket used by two threads,
+/// `close` on a non-socket fd, a process exiting with a socket open, and sockaddrs the kernel
+/// rejects (too long, too short, unreadable). Reports the fds, pids and errnos involved.
+fn hostile(ip: IpAddr) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // 1. dup2: bind through a duplicate fd number.
+    let s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+    let dup_fd = 100;
+    assert_eq!(unsafe { libc::dup2(s.as_raw_fd(), dup_fd) }, dup_fd);
+    let dup = unsafe { Socket::from_raw_fd(dup_fd) };
+    dup.bind(&sockaddr_of(ip, 0)).unwrap();
+    let dup_port = port_of(&dup);
+    drop(dup);
+    drop(s);
+
+    // 2. Threads: one thread binds, another listens on the same socket.
+    let shared =
+        std::sync::Arc::new(Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap());
+    let a = shared.clone();
+    let bind_tid = std::thread::spawn(move || {
+        a.bind(&sockaddr_of(ip, 0)).unwrap();
+        unsafe { libc::gettid() }
+    })
+    .join()
+    .unwrap();
+    let b = shared.clone();
+    let listen_tid = std::thread::spawn(move || {
+        b.listen(4).unwrap();
+        unsafe { libc::gettid() }
+    })
+    .join()
+    .unwrap();
+    let threads_port = port_of(&shared);
+    drop(shared);
+
+    // 3. close() on something that is not a socket.
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let file_fd = file.into_raw_fd();
+    unsafe { libc::close(file_fd) };
+
+    // 4. SCM_RIGHTS: a bound socket passed to a child, which listens on it and exits with it
+    //    open; the parent closes its own copy first.
+    let passed = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+    passed.bind(&sockaddr_of(ip, 0)).unwrap();
+    let passed_port = port_of(&passed);
+    let mut pair = [0i32; 2];
+    assert_eq!(
+        unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) },
+        0
+    );
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let fd = recv_fd(pair[1]);
+        unsafe {
+            libc::listen(fd, 8);
+            // Exit with the socket still open: the kernel releases it at exit.
+            libc::_exit(0);
+        }
+    }
+    send_fd(pair[0], passed.as_raw_fd());
+    drop(passed);
+    let mut status = 0;
+    unsafe { libc::waitpid(child, &mut status, 0) };
+
+    // 5. sockaddrs the kernel rejects.
+    let s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+    let fd = s.as_raw_fd();
+    let good = sockaddr_of(ip, 0);
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let huge = unsafe { libc::bind(fd, good.as_ptr().cast(), 4096) };
+    let huge_errno = errno();
+    let short = unsafe { libc::connect(fd, good.as_ptr().cast(), 1) };
+    let short_errno = errno();
+    let unreadable = unsafe { libc::bind(fd, 8 as *const libc::sockaddr, 16) };
+    let unreadable_errno = errno();
+    assert!(huge < 0 && short < 0 && unreadable < 0);
+    say(format!(
+        "{{\"dup_fd\":{dup_fd},\"dup_port\":{dup_port},\"bind_tid\":{bind_tid},\"listen_tid\":{listen_tid},\"threads_port\":{threads_port},\"file_fd\":{file_fd},\"passed_port\":{passed_port},\"child\":{child},\"bad_fd\":{fd},\"huge_errno\":{huge_errno},\"short_errno\":{short_errno},\"unreadable_errno\":{unreadable_errno}}}"
+    ));
+}
+
+fn send_fd(over: i32, fd: i32) {
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut space = [0u8; 64];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        assert_eq!(libc::sendmsg(over, &msg, 0), 1);
+    }
+}
+
+fn recv_fd(over: i32) -> i32 {
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut space = [0u8; 64];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = space.len();
+        assert_eq!(libc::recvmsg(over, &mut msg, 0), 1);
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>())
     }
 }
