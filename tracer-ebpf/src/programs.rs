@@ -323,6 +323,11 @@ fn count(ev: &SockEvent) {
     if ev.kind >= kind::DATA {
         return;
     }
+    // A transition in softirq cannot be told to belong to a --pid/--comm process here; with
+    // such a filter the agent counts transitions after attributing them through its table.
+    if ev.kind == kind::STATE && (filt!(by_pid) != 0 || filt!(by_comm) != 0) {
+        return;
+    }
     stat(stats::event_index(ev.kind, ev.protocol, ev.family));
     if ev.kind == kind::STATE {
         stat(stats::TRANSITIONS + (ev.old_state as u32 & 15) * 16 + (ev.new_state as u32 & 15));

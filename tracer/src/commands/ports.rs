@@ -161,6 +161,7 @@ async fn live(config: PortsConfig) -> Result<()> {
     // keeps the live one.
     let snapshot = snapshot::take(&config.scope)?;
     let mut table = table_from(&snapshot);
+    prereq::drop_privileges();
     let mut ranges = netns::PortRangeCache::default();
 
     let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel();

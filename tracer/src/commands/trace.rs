@@ -150,6 +150,7 @@ pub async fn run(config: TraceConfig) -> Result<i32> {
         }
     }
 
+    prereq::drop_privileges();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let io_err = |e: io::Error| Error::io("writing output", e);

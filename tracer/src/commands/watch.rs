@@ -42,11 +42,11 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     let scrape = match listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            let scrape = Arc::new(Scrape {
-                metrics: Metrics::new(config.max_listen_ports, &kernel_release()),
-                stats: probes.take_stats()?,
-                counters: counters.clone(),
-            });
+            let scrape = Arc::new(Scrape::new(
+                Metrics::new(config.max_listen_ports, &kernel_release()),
+                probes.take_stats()?,
+                counters.clone(),
+            ));
             metrics::server::spawn(listener, scrape.clone());
             if let Some(addr) = addr {
                 tracing::info!("serving metrics on http://{addr}/metrics");
@@ -120,16 +120,29 @@ struct Pipeline {
     groups: Option<RemoteLog>,
     /// `serve`: nothing is printed, so nothing is enriched; the table is all that is kept.
     quiet: bool,
+    /// --pid/--comm: TCP transitions are counted for metrics here, once attributed.
+    process_filter: bool,
 }
 
 impl Pipeline {
-    fn process(&mut self, batch: &mut Vec<SockEvent>, sink: &mut dyn Sink) -> io::Result<()> {
+    fn process(
+        &mut self,
+        batch: &mut Vec<SockEvent>,
+        sink: &mut dyn Sink,
+        scrape: Option<&Scrape>,
+    ) -> io::Result<()> {
         self.summary.events += batch.len() as u64;
         for raw in batch.drain(..) {
             // Every event goes through the table (correlation needs them all); only the ones
             // shown are enriched.
             let attribution = self.table.observe(&raw);
-            if self.quiet || !self.filter.allows(&raw, &attribution) {
+            let allowed = self.filter.allows(&raw, &attribution);
+            if allowed && self.process_filter && raw.kind == tracer_common::kind::STATE {
+                if let Some(scrape) = scrape {
+                    scrape.count_state(&raw);
+                }
+            }
+            if self.quiet || !allowed {
                 continue;
             }
             let pid = attribution.owner.map(|o| o.pid);
@@ -184,6 +197,7 @@ async fn stream(
         summary: Summary::default(),
         groups: (config.group_by == Some(GroupBy::Remote)).then(RemoteLog::default),
         quiet: config.quiet,
+        process_filter: config.kernel_filter.by_pid != 0 || config.kernel_filter.by_comm != 0,
     };
     // `serve` drains the ring on a short timer instead of being woken for every few events:
     // far fewer context switches, and the ring (4 MiB, ~32,000 events) holds 25 ms easily.
@@ -210,6 +224,7 @@ async fn stream(
         })
         .map_err(io_err)?;
     }
+    prereq::drop_privileges();
     // Loading parsed the kernel's BTF twice (aya and our offsets) and the snapshot may have
     // been large: hand that memory back instead of carrying it for the whole run.
     #[cfg(target_env = "gnu")]
@@ -225,7 +240,7 @@ async fn stream(
                     if let Some(scrape) = scrape {
                         scrape.metrics.processed("ringbuf", batch.len() as u64);
                     }
-                    pipeline.process(&mut batch, sink).map_err(io_err)?;
+                    pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
                 }
             }
             more = source.next_batch(&mut batch), if !polled => {
@@ -235,7 +250,7 @@ async fn stream(
                 if let Some(scrape) = scrape {
                     scrape.metrics.processed("ringbuf", batch.len() as u64);
                 }
-                pipeline.process(&mut batch, sink).map_err(io_err)?;
+                pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
             }
             _ = tick.tick() => {
                 let lost = counters.lost();
@@ -276,7 +291,7 @@ async fn stream(
     }
     // What is already in the ring was seen by the kernel before we stopped: report it.
     source.drain_now(&mut batch);
-    pipeline.process(&mut batch, sink).map_err(io_err)?;
+    pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
     let mut summary = pipeline.summary;
     summary.lost = counters.lost();
     if summary.lost != lost_seen {

@@ -195,8 +195,17 @@ impl SockProbes {
     }
 
     pub fn take_counters(&mut self) -> Result<KernelCounters> {
+        // Copies of the program fds: the kernel counts, per program, the runs it skipped
+        // because another program was already running on that CPU (a transition in softirq
+        // interrupting a syscall program). Those events are lost too.
+        let programs = self
+            .ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok()?.try_clone().ok())
+            .collect();
         Ok(KernelCounters {
             array: self.take_map("COUNTERS")?,
+            programs,
         })
     }
 
@@ -218,9 +227,37 @@ impl SockProbes {
     }
 }
 
-/// The kernel side's failure counters, summed over CPUs.
+/// The kernel side's failure counters, summed over CPUs, and the programs' skipped runs.
 pub struct KernelCounters {
     array: PerCpuArray<MapData, u64>,
+    programs: Vec<aya::programs::ProgramFd>,
+}
+
+/// How many times the kernel skipped program `fd` because another BPF program was running on
+/// that CPU (`bpf_prog_info.recursion_misses`, Linux 5.12+; 0 where unknown).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    use aya_obj::generated::{bpf_attr, bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, bpf_prog_info};
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed plain-data kernel structs; the kernel writes at most info_len bytes of
+    // `info`, which lives across the call.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = &mut info as *mut bpf_prog_info as u64;
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if ret == 0 {
+        info.recursion_misses
+    } else {
+        0
+    }
 }
 
 impl KernelCounters {
@@ -234,7 +271,15 @@ impl KernelCounters {
     /// Events the kernel saw but could not deliver: ring buffer full, or no room to record a
     /// syscall's enter.
     pub fn lost(&self) -> u64 {
-        self.read(counter::LOST) + self.read(counter::PENDING_FULL)
+        self.read(counter::LOST) + self.read(counter::PENDING_FULL) + self.skipped_runs()
+    }
+
+    /// Program runs the kernel skipped (recursion protection): their events never existed.
+    pub fn skipped_runs(&self) -> u64 {
+        self.programs
+            .iter()
+            .map(|p| recursion_misses(std::os::fd::AsFd::as_fd(p)))
+            .sum()
     }
 }
 

@@ -56,3 +56,37 @@ pub fn raise_memlock() {
         nix::sys::resource::RLIM_INFINITY,
     );
 }
+
+/// Once every program is loaded and attached, the agent keeps only the capabilities it still
+/// uses: SYS_ADMIN (entering other network namespaces to read their port range), SYS_PTRACE and
+/// DAC_READ_SEARCH (reading other processes' /proc entries), DAC_OVERRIDE, and KILL (passing a
+/// signal on to a traced command running as another user). Loading programs (BPF, PERFMON),
+/// network administration, module loading, changing uids and the rest are gone for the rest of
+/// the run, and no-new-privs stops anything it might exec from gaining them back. Where the
+/// kernel refuses (no capabilities to drop, an old kernel), it carries on.
+pub fn drop_privileges() {
+    use caps::{CapSet, Capability};
+    let keep = [
+        Capability::CAP_SYS_ADMIN,
+        Capability::CAP_SYS_PTRACE,
+        Capability::CAP_DAC_READ_SEARCH,
+        Capability::CAP_DAC_OVERRIDE,
+        Capability::CAP_KILL,
+    ];
+    let Ok(permitted) = caps::read(None, CapSet::Permitted) else {
+        return;
+    };
+    let kept: caps::CapsHashSet = permitted
+        .iter()
+        .copied()
+        .filter(|c| keep.contains(c))
+        .collect();
+    for cap in permitted.difference(&kept) {
+        let _ = caps::drop(None, CapSet::Bounding, *cap);
+    }
+    let _ = caps::set(None, CapSet::Inheritable, &caps::CapsHashSet::new());
+    let _ = caps::set(None, CapSet::Effective, &kept);
+    let _ = caps::set(None, CapSet::Permitted, &kept);
+    let _ = nix::sys::prctl::set_no_new_privs();
+    tracing::debug!("capabilities kept: {kept:?}");
+}

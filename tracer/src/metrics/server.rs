@@ -1,11 +1,19 @@
 //! The metrics endpoint: `/metrics` (Prometheus text format, counters read from the kernel at
 //! each scrape), `/healthz`, and 404 for anything else. hyper on the agent's tokio runtime.
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tracer_common::SockEvent;
 
 use super::Metrics;
 use crate::{
@@ -13,17 +21,50 @@ use crate::{
     kernel::loader::{KernelCounters, KernelStats},
 };
 
-/// What a scrape reads: the registry and the kernel's counters.
+/// What a scrape reads: the registry, the kernel's counters, and the counts the agent keeps
+/// itself (same layout as the kernel's).
 pub struct Scrape {
     pub metrics: Metrics,
     pub stats: KernelStats,
     pub counters: Arc<KernelCounters>,
+    pub agent_stats: Vec<AtomicU64>,
 }
 
 impl Scrape {
+    pub fn new(metrics: Metrics, stats: KernelStats, counters: Arc<KernelCounters>) -> Self {
+        Scrape {
+            metrics,
+            stats,
+            counters,
+            agent_stats: (0..tracer_common::stats::COUNT)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// Counts a TCP transition the agent attributed to a followed process (the kernel counts
+    /// transitions itself only when no process filter is active).
+    pub fn count_state(&self, ev: &SockEvent) {
+        use tracer_common::{stats, tcp_state};
+        let bump = |i: u32| {
+            if let Some(c) = self.agent_stats.get(i as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        bump(stats::event_index(ev.kind, ev.protocol, ev.family));
+        bump(stats::TRANSITIONS + u32::from(ev.old_state & 15) * 16 + u32::from(ev.new_state & 15));
+        if ev.old_state == tcp_state::SYN_SENT && ev.new_state == tcp_state::CLOSE && ev.sk_err > 0
+        {
+            bump(stats::CONNECT_ERRNOS + stats::errno_slot(-i64::from(ev.sk_err)));
+        }
+    }
+
     pub fn render(&self) -> String {
-        self.metrics
-            .update_kernel(&self.stats.read(), self.counters.lost());
+        let mut totals = self.stats.read();
+        for (total, agent) in totals.iter_mut().zip(&self.agent_stats) {
+            *total += agent.load(Ordering::Relaxed);
+        }
+        self.metrics.update_kernel(&totals, self.counters.lost());
         self.metrics.render()
     }
 }
