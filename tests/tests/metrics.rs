@@ -474,3 +474,44 @@ fn deploy_files_are_valid() {
     }
     assert!(queries >= 8);
 }
+
+/// A burst larger than the ring buffer while `serve` is stopped: the lost events show in
+/// tracer_events_lost_total, the kernel-side counters stay exact anyway, and once resumed the
+/// agent carries on.
+#[test]
+fn overflow_is_counted_and_counters_stay_exact() {
+    if !prerequisites("overflow_is_counted_and_counters_stay_exact") {
+        return;
+    }
+    let (driver, comm) = unique_driver("o");
+    let serve = Serve::start(&["--comm", &comm, "--ringbuf-kib", "4"]);
+    unsafe { libc::kill(serve.child.id() as i32, libc::SIGSTOP) };
+    let mut burst =
+        Driver::spawn_program(&driver, &["metrics-traffic", "127.0.0.1", "300", "0", "0"]);
+    burst.go();
+    burst.report();
+    burst.wait();
+    unsafe { libc::kill(serve.child.id() as i32, libc::SIGCONT) };
+    let series = "tracer_socket_events_total{event=\"connect\",family=\"ipv4\",proto=\"tcp\"}";
+    let text = serve.metrics();
+    assert!(sample(&text, "tracer_events_lost_total") > 0, "{text}");
+    assert_eq!(
+        sample(&text, series),
+        300,
+        "counted in the kernel, lost or not"
+    );
+    // It recovers: a later burst is processed.
+    let before = sample(&text, "tracer_events_processed_total{source=\"ringbuf\"}");
+    let mut more = Driver::spawn_program(&driver, &["metrics-traffic", "127.0.0.1", "5", "0", "0"]);
+    more.go();
+    more.report();
+    more.wait();
+    wait_until("the agent to process new events", || {
+        sample(
+            &serve.metrics(),
+            "tracer_events_processed_total{source=\"ringbuf\"}",
+        ) > before
+    });
+    assert_eq!(sample(&serve.metrics(), series), 305);
+    let _ = std::fs::remove_file(driver);
+}
