@@ -8,6 +8,14 @@ fn main() -> std::process::ExitCode {
         let code = tracer::commands::trace::exec_when_ready(*gate_fd, argv);
         return std::process::ExitCode::from(code as u8);
     }
+    // Short-lived helper threads (entering a network namespace to read its port range or dump
+    // its sockets) would each get a glibc malloc arena that keeps its memory after the thread
+    // is gone; one arena keeps a long-running agent's memory flat.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator, before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let mut exit_code = 0u8;
     // `serve` is a daemon: its log lines are its output.
     let default_level = if matches!(cli.command, Command::Serve(_)) {

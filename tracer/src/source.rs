@@ -34,14 +34,18 @@ pub trait EventSource {
     /// Waits for events and appends every one available to `out` (at least one, unless the
     /// source is exhausted, in which case it returns Ok(false)).
     fn next_batch(&mut self, out: &mut Vec<SockEvent>) -> impl Future<Output = Result<bool>>;
-    /// Appends whatever is available right now without waiting (used when stopping, so
-    /// events already in the ring are not dropped). Returns how many were added.
+    /// Appends what is available right now without waiting, up to [`MAX_BATCH`] events (call
+    /// until it returns 0 to empty the source; used when stopping, so events already in the
+    /// ring are not dropped). Returns how many were added.
     fn drain_now(&mut self, out: &mut Vec<SockEvent>) -> usize;
     /// Records that could not be decoded so far.
     fn undecodable(&self) -> u64 {
         0
     }
 }
+
+/// Events handed over per call, at most.
+pub const MAX_BATCH: usize = 4096;
 
 /// The live source: the kernel's ring buffer, woken by epoll through tokio.
 pub struct RingBufSource {
@@ -74,7 +78,10 @@ impl RingBufSource {
         out: &mut Vec<SockEvent>,
     ) -> usize {
         let before = out.len();
-        while let Some(item) = ring.next() {
+        // At most a batch at a time: the rest stays in the ring for the next call, so the
+        // batch buffer never grows to the ring's size.
+        while out.len() - before < MAX_BATCH {
+            let Some(item) = ring.next() else { break };
             match decode(&item) {
                 Ok(event) => out.push(event),
                 Err(_) => *undecodable += 1,
@@ -93,7 +100,11 @@ impl EventSource for RingBufSource {
                 .await
                 .map_err(|e| Error::io("polling the ring buffer", e))?;
             let added = Self::read_available(guard.get_inner_mut(), &mut self.undecodable, out);
-            guard.clear_ready();
+            // Readiness is edge-triggered: clear it only once the ring is empty, or what is
+            // left would wait for the next wake-up.
+            if added < MAX_BATCH {
+                guard.clear_ready();
+            }
             if added > 0 {
                 return Ok(true);
             }

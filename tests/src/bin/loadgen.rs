@@ -1,16 +1,29 @@
 //! The benchmark's load generator: loopback storms with a chosen number of client threads,
 //! measured in operations per second. No allocation or printing in the hot loops.
 //!
-//! loadgen tcp  THREADS SECONDS    connect → accept → close, in lockstep per thread
-//! loadgen udp  THREADS SECONDS    a 64-byte request and its reply over unconnected sockets
-//! loadgen long THREADS SECONDS N  N connections held open, messages round-robin over them
+//! loadgen tcp  THREADS SECONDS [RATE]  connect → accept → close, in lockstep per thread
+//! loadgen udp  THREADS SECONDS [RATE]  a 64-byte request and its reply, unconnected sockets
+//! loadgen long THREADS SECONDS N       N connections held open, messages round-robin
+//!
+//! RATE (operations per second per thread, 0 or absent: as fast as possible) paces the load.
 //!
 //! Prints one JSON line: {"mode":…,"threads":…,"seconds":…,"ops":…,"ops_per_sec":…}.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-fn tcp(deadline: Instant) -> u64 {
+/// Sleeps as needed so that `done` operations take at least `done / rate` seconds.
+fn pace(started: Instant, done: u64, rate: u64) {
+    if rate > 0 && done.is_multiple_of(64) {
+        let due = Duration::from_secs_f64(done as f64 / rate as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
+
+fn tcp(deadline: Instant, rate: u64) -> u64 {
+    let started = Instant::now();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut n = 0;
@@ -24,11 +37,13 @@ fn tcp(deadline: Instant) -> u64 {
         drop(server);
         drop(client);
         n += 1;
+        pace(started, n, rate);
     }
     n
 }
 
-fn udp(deadline: Instant) -> u64 {
+fn udp(deadline: Instant, rate: u64) -> u64 {
+    let started = Instant::now();
     let server = UdpSocket::bind("127.0.0.1:0").unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap();
@@ -41,6 +56,7 @@ fn udp(deadline: Instant) -> u64 {
         server.send_to(&buf, from).unwrap();
         client.recv_from(&mut buf).unwrap();
         n += 1;
+        pace(started, n, rate);
     }
     n
 }
@@ -75,11 +91,13 @@ fn long(deadline: Instant, connections: usize) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: loadgen tcp|udp|long THREADS SECONDS [CONNECTIONS]";
+    let usage = "usage: loadgen tcp|udp THREADS SECONDS [RATE] | loadgen long THREADS SECONDS [N]";
     let mode = args.first().expect(usage).clone();
     let threads: usize = args.get(1).and_then(|a| a.parse().ok()).expect(usage);
     let seconds: f64 = args.get(2).and_then(|a| a.parse().ok()).expect(usage);
-    let connections: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let fourth: Option<u64> = args.get(3).and_then(|a| a.parse().ok());
+    let connections = fourth.unwrap_or(1000) as usize;
+    let rate = fourth.unwrap_or(0);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
     let workers: Vec<_> = (0..threads)
@@ -87,8 +105,8 @@ fn main() {
             let mode = mode.clone();
             let per_thread = connections.div_ceil(threads);
             std::thread::spawn(move || match mode.as_str() {
-                "tcp" => tcp(deadline),
-                "udp" => udp(deadline),
+                "tcp" => tcp(deadline, rate),
+                "udp" => udp(deadline, rate),
                 "long" => long(deadline, per_thread),
                 other => panic!("unknown mode {other}; {usage}"),
             })

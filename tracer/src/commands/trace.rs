@@ -350,8 +350,9 @@ async fn follow(
             },
         }
     }
-    source.drain_now(&mut batch);
-    ctx.process(&mut batch, out).map_err(io_err)?;
+    while source.drain_now(&mut batch) > 0 {
+        ctx.process(&mut batch, out).map_err(io_err)?;
+    }
     Ok(status)
 }
 

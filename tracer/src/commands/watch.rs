@@ -24,6 +24,9 @@ use crate::{
     source::{EventSource, RingBufSource},
 };
 
+/// How often, at most, the socket table is checked against the kernel after lost events.
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+
 pub async fn run(config: WatchConfig) -> Result<()> {
     prereq::require_root(if config.quiet { "serve" } else { "watch" })?;
     // Bound before anything is attached: a busy port fails at once, with nothing to undo.
@@ -233,10 +236,12 @@ async fn stream(
         libc::malloc_trim(0);
     }
     let mut groups_printed = 0usize;
+    let mut lost_reconciled = 0u64;
+    let mut last_reconcile = Instant::now();
     loop {
         tokio::select! {
             _ = poll.tick(), if polled => {
-                if source.drain_now(&mut batch) > 0 {
+                while source.drain_now(&mut batch) > 0 {
                     if let Some(scrape) = scrape {
                         scrape.metrics.processed("ringbuf", batch.len() as u64);
                     }
@@ -258,6 +263,17 @@ async fn stream(
                     sink.lost(lost - lost_seen, lost).map_err(io_err)?;
                     lost_seen = lost;
                 }
+                // Lost events may have been releases and closes: at most every 10 s, drop the
+                // entries whose sockets the kernel no longer has.
+                if lost > lost_reconciled && last_reconcile.elapsed() >= RECONCILE_EVERY {
+                    let taken = monotonic_ns();
+                    if let Ok(snapshot) = snapshot::take_sockets(&config.snapshot_scope) {
+                        let dropped = pipeline.table.reconcile(&snapshot, taken);
+                        tracing::debug!("reconciled after lost events: {dropped} entries dropped");
+                    }
+                    lost_reconciled = lost;
+                    last_reconcile = Instant::now();
+                }
                 sweeps += 1;
                 if sweeps.is_multiple_of(10) {
                     pipeline.refresh_ranges();
@@ -270,6 +286,12 @@ async fn stream(
                 }
                 if sweeps.is_multiple_of(100) {
                     pipeline.table.sweep(monotonic_ns());
+                    // Hand freed heap back (a burst may have grown the table for a while).
+                    #[cfg(target_env = "gnu")]
+                    // SAFETY: malloc_trim only releases free heap memory.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
                 }
                 if sweeps.is_multiple_of(50) {
                     if let Some(groups) = &pipeline.groups {
@@ -290,8 +312,9 @@ async fn stream(
         }
     }
     // What is already in the ring was seen by the kernel before we stopped: report it.
-    source.drain_now(&mut batch);
-    pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
+    while source.drain_now(&mut batch) > 0 {
+        pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
+    }
     let mut summary = pipeline.summary;
     summary.lost = counters.lost();
     if summary.lost != lost_seen {

@@ -85,6 +85,16 @@ pub enum Scope {
 
 /// Takes the snapshot.
 pub fn take(scope: &Scope) -> Result<Snapshot> {
+    take_with(scope, true)
+}
+
+/// The sockets only, without walking /proc for their owners (checking the table against the
+/// kernel after lost events).
+pub fn take_sockets(scope: &Scope) -> Result<Snapshot> {
+    take_with(scope, false)
+}
+
+fn take_with(scope: &Scope, with_owners: bool) -> Result<Snapshot> {
     let started = Instant::now();
     let mut snapshot = Snapshot::default();
     let own = netns::own_inode()?;
@@ -123,7 +133,9 @@ pub fn take(scope: &Scope) -> Result<Snapshot> {
             Err(e) => tracing::debug!("netns {}: {e}", path.display()),
         }
     }
-    snapshot.owners = socket_owners();
+    if with_owners {
+        snapshot.owners = socket_owners();
+    }
     snapshot.took = started.elapsed();
     Ok(snapshot)
 }

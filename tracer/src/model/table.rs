@@ -139,6 +139,8 @@ const PLACEHOLDER_LIMIT: u64 = 1 << 32;
 
 /// How long a released TCP socket may wait for its CLOSE transition before it is dropped.
 const RELEASED_GRACE_NS: u64 = 300 * 1_000_000_000;
+/// How long a TCP socket that reached CLOSE may wait for its release.
+const CLOSED_GRACE_NS: u64 = 60 * 1_000_000_000;
 /// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN), the most a snapshot TIME_WAIT socket has
 /// left.
 const TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
@@ -512,9 +514,44 @@ impl SocketTable {
             self.stop_listening(ev.sk);
             if released {
                 self.remove(ev.sk);
+            } else if let Some(entry) = self.sockets.get_mut(&ev.sk) {
+                // Closed but not yet released: the release normally follows; if it was lost,
+                // the sweep drops the entry after a grace.
+                entry.expires_at = Some(ev.ts_ns + CLOSED_GRACE_NS);
             }
         }
         attribution
+    }
+
+    /// After lost events: drops entries (seen live before `taken_ns`) whose socket the kernel
+    /// no longer has, judged by a fresh snapshot. Returns how many went.
+    pub fn reconcile(&mut self, snapshot: &Snapshot, taken_ns: u64) -> usize {
+        let alive: std::collections::HashSet<Tuple> = snapshot
+            .sockets
+            .iter()
+            .map(|s| {
+                (
+                    s.netns, s.protocol, s.family, s.laddr, s.lport, s.raddr, s.rport,
+                )
+            })
+            .collect();
+        let gone: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, e)| e.last_seen < taken_ns && e.lport != 0 && !e.from_snapshot)
+            .filter(|(_, e)| {
+                let t = e.tuple();
+                // A UDP socket's events name the peers of single datagrams; the socket itself
+                // may be unconnected.
+                let unconnected = (t.0, t.1, t.2, t.3, t.4, [0; 16], 0);
+                !alive.contains(&t) && !alive.contains(&unconnected)
+            })
+            .map(|(sk, _)| *sk)
+            .collect();
+        for sk in &gone {
+            self.remove(*sk);
+        }
+        gone.len()
     }
 
     fn observe_release(&mut self, ev: &SockEvent) -> Attribution {
