@@ -174,15 +174,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 fn gauge(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
@@ -208,12 +199,7 @@ fn soak_memory_stays_bounded() {
     // Its own namespace: the load, and only the load, is in what serve watches.
     let netns = TestNetns::new("soak");
     let load = sockdriver_bin().with_file_name("loadgen");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", free_port());
     let mut serve = std::process::Command::new(tracer_bin())
         .args(["serve", "--listen", &addr, "--netns", &netns.name])
         .args(["--ringbuf-kib", "8192"])
@@ -254,7 +240,7 @@ fn soak_memory_stays_bounded() {
     std::thread::sleep(Duration::from_secs(2)); // the last closes, one gauge refresh
     let rss_end = status_kib(serve.id(), "RssAnon:");
     let resident = status_kib(serve.id(), "VmRSS:");
-    let text = scrape(&addr);
+    let text = http_get(&addr, "/metrics").expect("metrics endpoint").1;
     let processed = gauge(&text, "tracer_events_processed_total");
     let tracked = gauge(&text, "tracer_sockets_tracked");
     let lost = gauge(&text, "tracer_events_lost_total");

@@ -119,14 +119,6 @@ fn steps<'a>(story: &'a Value, what: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `curl -w`: (local port, request bytes, header bytes, body bytes).
 fn curl(url: &str) -> (u64, u64, u64, u64) {
     let out = Command::new("curl")

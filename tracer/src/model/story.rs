@@ -276,6 +276,8 @@ pub struct StoryBook {
     /// Finished stories (closed and released) waiting out [`SETTLE_NS`] for a late `close`
     /// report; their socket address may already belong to a new socket.
     settling: Vec<(u64, usize)>,
+    /// Stories of sockets that predate the trace and no live event has named yet.
+    unnamed: Vec<usize>,
 }
 
 /// A finished story waits this long before it is handed out: `close()` is reported at its
@@ -318,25 +320,25 @@ impl StoryBook {
         );
         story.step(now_ns, "snapshot", text);
         self.stories.push(story);
+        self.unnamed.push(id);
         if let Some(pid) = row.pid {
             self.pids.insert(pid);
         }
     }
 
     /// Links a predating story to its kernel socket once a live event names it.
-    pub fn name_predating(&mut self, sk: u64, e: &Event) {
-        if self.open.contains_key(&sk) {
+    /// `remote`: the remote port to match, or None for a listener (any).
+    fn name_predating(&mut self, sk: u64, laddr: IpAddr, lport: u16, remote: Option<u16>) {
+        if self.unnamed.is_empty() || self.open.contains_key(&sk) {
             return;
         }
-        let found = self.stories.iter().position(|s| {
-            s.predates_trace
-                && !s.released
-                && s.lport == e.lport
-                && s.laddr == Some(e.laddr)
-                && (s.rport == e.rport || e.event == "accept")
-                && !self.open.values().any(|&i| i == s.id)
+        let stories = &self.stories;
+        let found = self.unnamed.iter().position(|&id| {
+            let s = &stories[id];
+            s.lport == lport && s.laddr == Some(laddr) && remote.is_none_or(|r| r == s.rport)
         });
-        if let Some(id) = found {
+        if let Some(i) = found {
+            let id = self.unnamed.swap_remove(i);
             self.open.insert(sk, id);
         }
     }
@@ -370,13 +372,9 @@ impl StoryBook {
         }
         if e.event == "accept" && raw.parent_sk != 0 {
             // The listener may predate tracing: name it through the connection's local end.
-            let listener_event = Event {
-                rport: 0,
-                ..e.clone()
-            };
-            self.name_predating(raw.parent_sk, &listener_event);
+            self.name_predating(raw.parent_sk, e.laddr, e.lport, None);
         } else if sk != 0 && raw.kind != kind::SOCKET {
-            self.name_predating(sk, e);
+            self.name_predating(sk, e.laddr, e.lport, Some(e.rport));
         }
         let ts = e.ts_ns;
         match raw.kind {
