@@ -5,7 +5,7 @@
 //! toolchain; such a binary refuses to run `watch` and says why.
 use std::{env, fs, path::PathBuf};
 
-const OBJECTS: &[&str] = &["tracer-sock"];
+const OBJECTS: &[&str] = &["tracer-sock", "tracer-nat"];
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));

@@ -376,3 +376,148 @@ mod tests {
         assert_eq!(tcp_state_name(99), "UNKNOWN");
     }
 }
+
+/// Network address translation as the netfilter programs see it (`tracer-nat`).
+pub mod nat {
+    /// Kind number of a [`super::NatEvent`] record in the ring buffer: outside the socket
+    /// kinds, stable.
+    pub const KIND_BINDING: u16 = 32;
+
+    /// `enum ip_conntrack_status` bits (UAPI, `linux/netfilter/nf_conntrack_common.h`).
+    pub const IPS_SRC_NAT: u64 = 1 << 4;
+    pub const IPS_DST_NAT: u64 = 1 << 5;
+    pub const IPS_SRC_NAT_DONE: u64 = 1 << 7;
+    pub const IPS_DST_NAT_DONE: u64 = 1 << 8;
+
+    /// `enum nf_inet_hooks` (UAPI).
+    pub const NF_INET_PRE_ROUTING: u8 = 0;
+    pub const NF_INET_LOCAL_IN: u8 = 1;
+    pub const NF_INET_FORWARD: u8 = 2;
+    pub const NF_INET_LOCAL_OUT: u8 = 3;
+    pub const NF_INET_POST_ROUTING: u8 = 4;
+
+    /// Bits of [`super::NatEvent::manips`].
+    pub const MANIP_SRC: u8 = 1 << 0;
+    pub const MANIP_DST: u8 = 1 << 1;
+
+    /// `enum ip_conntrack_info`: values at or above this are packets of the reply direction.
+    pub const IP_CT_IS_REPLY: u64 = 3;
+    /// The low bits of `sk_buff._nfct` hold the `ip_conntrack_info`; the rest is the pointer.
+    pub const NFCT_INFOMASK: u64 = 7;
+
+    /// Slots of the per-CPU `NAT_STATS` array.
+    pub mod stats {
+        /// A binding record found the ring buffer full.
+        pub const LOST: u32 = 0;
+        /// A binding's LRU entry could not be created (the map is full of live ones).
+        pub const UNTRACKED: u32 = 1;
+        /// Packets / bytes through NATed connections, by [`kind_slot`].
+        pub const PACKETS: u32 = 2;
+        pub const BYTES: u32 = 5;
+        pub const COUNT: u32 = 8;
+
+        /// 0 source NAT only, 1 destination NAT only, 2 both.
+        pub const fn kind_slot(manips: u8) -> u32 {
+            match manips & (super::MANIP_SRC | super::MANIP_DST) {
+                super::MANIP_DST => 1,
+                m if m == super::MANIP_SRC | super::MANIP_DST => 2,
+                _ => 0,
+            }
+        }
+    }
+}
+
+/// One NAT binding: the first time a conntrack entry shows a finished source or destination
+/// translation. Addresses in network byte order (IPv4 in the first 4 bytes), ports in host
+/// byte order (for ICMP, the source "port" is the echo id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatEvent {
+    /// [`nat::KIND_BINDING`].
+    pub kind: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub protocol: u8,
+    /// The netfilter hook (`NF_INET_*`) whose program saw it first.
+    pub hook: u8,
+    /// Bits of `nat::MANIP_*`: which translations the conntrack entry carries.
+    pub manips: u8,
+    pub _pad: u8,
+    /// Inode of the network namespace whose conntrack table holds the entry (the router).
+    pub netns: u32,
+    pub orig_sport: u16,
+    pub orig_dport: u16,
+    pub reply_sport: u16,
+    pub reply_dport: u16,
+    /// The conntrack entry's `status` bits.
+    pub status: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub ts_ns: u64,
+    /// The conntrack entry (`struct nf_conn *`): with the original tuple, the key of the
+    /// binding's counters in `NAT_SEEN`.
+    pub ct: u64,
+    pub orig_src: [u8; 16],
+    pub orig_dst: [u8; 16],
+    pub reply_src: [u8; 16],
+    pub reply_dst: [u8; 16],
+}
+
+pub const NAT_EVENT_SIZE: usize = 104;
+const _: () = assert!(core::mem::size_of::<NatEvent>() == NAT_EVENT_SIZE);
+
+/// Key of a binding in `NAT_SEEN`: the conntrack entry and its original tuple (an address
+/// the allocator reuses for another connection is a new key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatKey {
+    pub ct: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<NatKey>() == 48);
+
+/// Packets and bytes of one binding, by direction, as counted after translation on the
+/// way out of the router's last NAT hook (POSTROUTING or INPUT), so each packet counts once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatCounters {
+    pub orig_packets: u64,
+    pub orig_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// Kernel offsets the netfilter programs need, from BTF at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatOffsets {
+    pub skb_nfct: u32,
+    pub skb_len: u32,
+    pub ct_status: u32,
+    /// `nf_conn.tuplehash[0].tuple`.
+    pub ct_tuple_orig: u32,
+    /// `nf_conn.tuplehash[1].tuple`.
+    pub ct_tuple_reply: u32,
+    /// Inside `struct nf_conntrack_tuple`.
+    pub tuple_src_u3: u32,
+    pub tuple_src_port: u32,
+    pub tuple_src_l3num: u32,
+    pub tuple_dst_u3: u32,
+    pub tuple_dst_port: u32,
+    pub tuple_dst_protonum: u32,
+    pub state_hook: u32,
+    pub state_net: u32,
+    /// `struct net`'s `ns.inum`.
+    pub net_inum: u32,
+}

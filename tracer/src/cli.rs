@@ -32,6 +32,10 @@ pub enum Command {
     /// Tell the story of one program's sockets, step by step: start CMD (or follow --pid /
     /// --comm) and every child it forks, until it exits.
     Trace(TraceArgs),
+    /// Watch NAT live: every binding a router makes (SNAT, DNAT, masquerade, port
+    /// translation) with its original and translated tuples, when it ends with its packet
+    /// counts, and the flow it belongs to (client process → rewrite → server process).
+    Nat(NatArgs),
     /// Internal: the launcher `trace` starts, which waits until the probes are attached and
     /// then becomes the command.
     #[command(hide = true, name = "__exec-when-ready")]
@@ -69,7 +73,154 @@ pub struct WatchArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
+    pub nat: WatchNatArgs,
+    #[command(flatten)]
     pub filters: FilterArgs,
+}
+
+/// NAT options of `watch` and `serve`.
+#[derive(Debug, Args)]
+pub struct WatchNatArgs {
+    /// Also show NAT bindings made in tracer's own network namespace, and flows through them.
+    #[arg(long)]
+    pub nat: bool,
+    /// Also show NAT bindings made in this namespace (a name under /run/netns or a path;
+    /// repeatable), e.g. a test router.
+    #[arg(long, value_name = "NAME|PATH", conflicts_with = "nat_all_netns")]
+    pub nat_netns: Vec<String>,
+    /// Also show NAT bindings made in every network namespace.
+    #[arg(long)]
+    pub nat_all_netns: bool,
+    /// Where bindings come from: the netfilter eBPF programs (Linux 6.4+, with packet
+    /// counters), conntrack netlink events, or auto (eBPF when the kernel has it).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub nat_source: NatSourceChoice,
+}
+
+impl WatchNatArgs {
+    fn validate(self) -> Result<Option<(NatTargets, NatSourceChoice)>> {
+        let targets = if self.nat_all_netns {
+            NatTargets::All
+        } else if !self.nat_netns.is_empty() {
+            named_targets(&self.nat_netns)?
+        } else if self.nat {
+            NatTargets::Host
+        } else {
+            return Ok(None);
+        };
+        Ok(Some((targets, self.nat_source)))
+    }
+}
+
+fn ringbuf_bytes(kib: u32) -> Result<u32> {
+    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
+        return Err(Error::Invalid(format!(
+            "--ringbuf-kib {kib}: must be a power of two between 4 and 1048576"
+        )));
+    }
+    Ok(kib * 1024)
+}
+
+fn duration(seconds: Option<f64>) -> Result<Option<std::time::Duration>> {
+    match seconds {
+        Some(s) if !(s.is_finite() && s > 0.0) => Err(Error::Invalid(format!(
+            "--duration {s}: must be a positive number of seconds"
+        ))),
+        Some(s) => Ok(Some(std::time::Duration::from_secs_f64(s))),
+        None => Ok(None),
+    }
+}
+
+fn named_targets(specs: &[String]) -> Result<NatTargets> {
+    let mut list = Vec::new();
+    for spec in specs {
+        let (path, _) = netns::resolve(spec)?;
+        list.push((spec.clone(), path));
+    }
+    Ok(NatTargets::Named(list))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NatSourceChoice {
+    Auto,
+    Ebpf,
+    Conntrack,
+}
+
+/// Which network namespaces NAT is watched in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatTargets {
+    /// tracer's own.
+    Host,
+    /// (name as given, path).
+    Named(Vec<(String, std::path::PathBuf)>),
+    /// Every namespace, including ones that appear later.
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct NatArgs {
+    /// One JSON object per line (nat_binding, nat_end, flow) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Watch NAT in this network namespace (a name under /run/netns or a path such as
+    /// /proc/PID/ns/net; repeatable). Default: tracer's own.
+    #[arg(long, value_name = "NAME|PATH", conflicts_with = "all_netns")]
+    pub netns: Vec<String>,
+    /// Watch NAT in every network namespace, including ones created later.
+    #[arg(long)]
+    pub all_netns: bool,
+    /// Where bindings come from (see `watch --nat-source`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub source: NatSourceChoice,
+    /// Only bindings: do not load the socket probes that stitch flows.
+    #[arg(long)]
+    pub no_flows: bool,
+    /// Never colour the table, even on a terminal.
+    #[arg(long)]
+    pub no_color: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = 4096)]
+    pub ringbuf_kib: u32,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatConfig {
+    pub json: bool,
+    pub color: bool,
+    pub targets: NatTargets,
+    pub source: NatSourceChoice,
+    pub flows: bool,
+    pub ringbuf_bytes: u32,
+    pub duration: Option<std::time::Duration>,
+}
+
+impl NatArgs {
+    pub fn validate(self) -> Result<NatConfig> {
+        let targets = if self.all_netns {
+            NatTargets::All
+        } else if !self.netns.is_empty() {
+            named_targets(&self.netns)?
+        } else {
+            NatTargets::Host
+        };
+        let color = !self.no_color && !self.json && {
+            use std::io::IsTerminal;
+            std::io::stdout().is_terminal()
+        };
+        Ok(NatConfig {
+            json: self.json,
+            color,
+            targets,
+            source: self.source,
+            flows: !self.no_flows,
+            ringbuf_bytes: ringbuf_bytes(self.ringbuf_kib)?,
+            duration: duration(self.duration)?,
+        })
+    }
 }
 
 /// `tracer serve`: metrics only, no per-event output.
@@ -83,6 +234,8 @@ pub struct ServeArgs {
     /// rest share port="other".
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_listen_ports: usize,
+    #[command(flatten)]
+    pub nat: WatchNatArgs,
     #[command(flatten)]
     pub filters: FilterArgs,
 }
@@ -336,6 +489,8 @@ pub struct WatchConfig {
     /// No per-event output (`serve`).
     pub quiet: bool,
     pub max_listen_ports: usize,
+    /// Also watch NAT: where, and from which source.
+    pub nat: Option<(NatTargets, NatSourceChoice)>,
 }
 
 impl WatchArgs {
@@ -350,6 +505,7 @@ impl WatchArgs {
         config.color = color;
         config.group_by = self.group_by;
         config.metrics = self.metrics;
+        config.nat = self.nat.validate()?;
         Ok(config)
     }
 }
@@ -360,6 +516,7 @@ impl ServeArgs {
         config.metrics = Some(self.listen);
         config.quiet = true;
         config.max_listen_ports = self.max_listen_ports;
+        config.nat = self.nat.validate()?;
         Ok(config)
     }
 }
@@ -412,29 +569,15 @@ impl FilterArgs {
         let wants_udp_data =
             events.is_empty() || events.iter().any(|e| udp_events.contains(&e.as_str()));
         filter.udp_data = u8::from(wants_udp_data && filter.protocol != IPPROTO_TCP);
-        if self.ringbuf_kib < 4 || !self.ringbuf_kib.is_power_of_two() || self.ringbuf_kib > 1 << 20
-        {
-            return Err(bad(format!(
-                "--ringbuf-kib {}: must be a power of two between 4 and 1048576",
-                self.ringbuf_kib
-            )));
-        }
-        let duration = match self.duration {
-            Some(s) if !(s.is_finite() && s > 0.0) => {
-                return Err(bad(format!(
-                    "--duration {s}: must be a positive number of seconds"
-                )))
-            }
-            Some(s) => Some(std::time::Duration::from_secs_f64(s)),
-            None => None,
-        };
+        let ringbuf_bytes = ringbuf_bytes(self.ringbuf_kib)?;
+        let duration = duration(self.duration)?;
         Ok(WatchConfig {
             json: false,
             kernel_filter: filter,
             pids,
             comm: self.comm,
             events: Vec::new(),
-            ringbuf_bytes: self.ringbuf_kib * 1024,
+            ringbuf_bytes,
             duration,
             color: false,
             group_by: None,
@@ -442,6 +585,7 @@ impl FilterArgs {
             metrics: None,
             quiet: false,
             max_listen_ports: 64,
+            nat: None,
         })
     }
 }

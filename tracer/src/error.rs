@@ -24,6 +24,10 @@ pub enum Error {
     NoSuchNetns(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("NAT tracing is not available: {0}")]
+    NatUnsupported(String),
+    #[error("loading the NAT programs: {0}")]
+    NatLoad(String),
     #[error("process {0} does not exist")]
     NoSuchPid(u32),
     #[error("this tracer binary was built without its eBPF objects (bpf-linker was missing at build time); run `cargo xtask setup` and rebuild")]

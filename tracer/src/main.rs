@@ -57,6 +57,13 @@ fn main() -> std::process::ExitCode {
                 exit_code = code.clamp(0, 255) as u8;
             }
             Command::ExecWhenReady { .. } => unreachable!("handled above"),
+            Command::Nat(args) => {
+                let config = args.validate()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(tracer::commands::nat::run(config))?;
+            }
             Command::Doctor => tracer::commands::doctor::run()?,
         }
         Ok(())

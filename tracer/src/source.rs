@@ -6,7 +6,7 @@ use std::future::Future;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
-use tracer_common::{kind, SockEvent, SOCK_EVENT_SIZE};
+use tracer_common::{kind, nat, NatEvent, SockEvent, NAT_EVENT_SIZE, SOCK_EVENT_SIZE};
 
 use crate::error::{Error, Result};
 
@@ -18,7 +18,27 @@ pub enum DecodeError {
     UnknownKind(u16),
 }
 
-/// Decodes one ring-buffer record.
+/// One ring-buffer record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    Sock(SockEvent),
+    Nat(NatEvent),
+}
+
+/// Decodes one ring-buffer record of either kind (socket event or NAT binding).
+pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() >= 2 && u16::from_ne_bytes([bytes[0], bytes[1]]) == nat::KIND_BINDING {
+        if bytes.len() < NAT_EVENT_SIZE {
+            return Err(DecodeError::Short(bytes.len()));
+        }
+        return Ok(Record::Nat(bytemuck::pod_read_unaligned(
+            &bytes[..NAT_EVENT_SIZE],
+        )));
+    }
+    decode(bytes).map(Record::Sock)
+}
+
+/// Decodes one socket-event record.
 pub fn decode(bytes: &[u8]) -> Result<SockEvent, DecodeError> {
     if bytes.len() < SOCK_EVENT_SIZE {
         return Err(DecodeError::Short(bytes.len()));
@@ -42,6 +62,8 @@ pub trait EventSource {
     fn undecodable(&self) -> u64 {
         0
     }
+    /// Moves the NAT binding records read so far (they share the ring) to `out`.
+    fn take_nat(&mut self, _out: &mut Vec<NatEvent>) {}
 }
 
 /// Events handed over per call, at most.
@@ -51,6 +73,7 @@ pub const MAX_BATCH: usize = 4096;
 pub struct RingBufSource {
     ring: AsyncFd<RingBuf<MapData>>,
     undecodable: u64,
+    nat: Vec<NatEvent>,
 }
 
 impl RingBufSource {
@@ -67,6 +90,7 @@ impl RingBufSource {
         Ok(RingBufSource {
             ring,
             undecodable: 0,
+            nat: Vec::new(),
         })
     }
 }
@@ -76,18 +100,20 @@ impl RingBufSource {
         ring: &mut RingBuf<MapData>,
         undecodable: &mut u64,
         out: &mut Vec<SockEvent>,
+        nat: &mut Vec<NatEvent>,
     ) -> usize {
-        let before = out.len();
+        let before = out.len() + nat.len();
         // At most a batch at a time: the rest stays in the ring for the next call, so the
         // batch buffer never grows to the ring's size.
-        while out.len() - before < MAX_BATCH {
+        while out.len() + nat.len() - before < MAX_BATCH {
             let Some(item) = ring.next() else { break };
-            match decode(&item) {
-                Ok(event) => out.push(event),
+            match decode_record(&item) {
+                Ok(Record::Sock(event)) => out.push(event),
+                Ok(Record::Nat(binding)) => nat.push(binding),
                 Err(_) => *undecodable += 1,
             }
         }
-        out.len() - before
+        out.len() + nat.len() - before
     }
 }
 
@@ -99,7 +125,12 @@ impl EventSource for RingBufSource {
                 .readable_mut()
                 .await
                 .map_err(|e| Error::io("polling the ring buffer", e))?;
-            let added = Self::read_available(guard.get_inner_mut(), &mut self.undecodable, out);
+            let added = Self::read_available(
+                guard.get_inner_mut(),
+                &mut self.undecodable,
+                out,
+                &mut self.nat,
+            );
             // Readiness is edge-triggered: clear it only once the ring is empty, or what is
             // left would wait for the next wake-up.
             if added < MAX_BATCH {
@@ -112,11 +143,20 @@ impl EventSource for RingBufSource {
     }
 
     fn drain_now(&mut self, out: &mut Vec<SockEvent>) -> usize {
-        Self::read_available(self.ring.get_mut(), &mut self.undecodable, out)
+        Self::read_available(
+            self.ring.get_mut(),
+            &mut self.undecodable,
+            out,
+            &mut self.nat,
+        )
     }
 
     fn undecodable(&self) -> u64 {
         self.undecodable
+    }
+
+    fn take_nat(&mut self, out: &mut Vec<NatEvent>) {
+        out.append(&mut self.nat);
     }
 }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod doctor;
+pub mod nat;
 pub mod ports;
 pub mod trace;
 pub mod watch;

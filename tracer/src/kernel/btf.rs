@@ -57,6 +57,14 @@ impl KernelBtf {
         })
     }
 
+    /// Size in bytes of `struct name`.
+    pub fn struct_size(&self, name: &str) -> Result<u32> {
+        match self.struct_named(name) {
+            Some(Type::Struct(s)) => Ok(s.size() as u32),
+            _ => Err(Error::BtfMissing(format!("struct {name}"))),
+        }
+    }
+
     fn struct_named(&self, name: &str) -> Option<Type> {
         self.btf
             .resolve_types_by_name(name)

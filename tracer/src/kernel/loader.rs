@@ -178,6 +178,24 @@ impl SockProbes {
         })
     }
 
+    /// A copy of the ring buffer's fd, to hand to the NAT object (one stream, in order).
+    pub fn events_fd(&self) -> Result<std::os::fd::OwnedFd> {
+        let missing = || Error::Map {
+            name: "EVENTS".into(),
+            source: aya::maps::MapError::InvalidName {
+                name: "EVENTS".into(),
+            },
+        };
+        match self.ebpf.map("EVENTS").ok_or_else(missing)? {
+            aya::maps::Map::RingBuf(data) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::io("duplicating the ring buffer fd", e)),
+            _ => Err(missing()),
+        }
+    }
+
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         self.take_map("EVENTS")
     }

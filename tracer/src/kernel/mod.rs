@@ -1,7 +1,9 @@
 //! Everything that touches the kernel: prerequisite checks and mounts, BTF offsets, tracepoint
 //! formats, loading and attaching, network namespaces.
 pub mod btf;
+pub mod conntrack;
 pub mod loader;
+pub mod nat;
 pub mod netns;
 pub mod prereq;
 pub mod snapshot;

@@ -101,6 +101,9 @@ pub fn proto_name(protocol: u8) -> &'static str {
     match protocol {
         IPPROTO_TCP => "tcp",
         IPPROTO_UDP => "udp",
+        1 => "icmp",
+        58 => "icmpv6",
+        132 => "sctp",
         _ => "-",
     }
 }

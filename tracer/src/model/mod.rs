@@ -3,6 +3,7 @@
 pub mod ephemeral;
 pub mod event;
 pub mod filter;
+pub mod nat;
 pub mod ports;
 pub mod story;
 pub mod table;

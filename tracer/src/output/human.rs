@@ -237,6 +237,23 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
         self.out.flush()
     }
 
+    fn nat(&mut self, item: &crate::model::nat::NatOutput) -> io::Result<()> {
+        let (on, off) = self.paint(match item {
+            crate::model::nat::NatOutput::Flow(_) => GREEN,
+            _ => CYAN,
+        });
+        let text = super::nat::line(item, time_of_day);
+        writeln!(self.out, "{on}{text}{off}")
+    }
+
+    fn netns_gone(&mut self, name: &str, inode: u32) -> io::Result<()> {
+        let (on, off) = self.paint(YELLOW);
+        writeln!(
+            self.status,
+            "{on}tracer: network namespace {name} (inode {inode}) is gone: its NAT hooks were dropped; still watching the others{off}"
+        )
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }

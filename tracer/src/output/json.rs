@@ -72,6 +72,20 @@ impl<W: Write> Sink for JsonSink<W> {
         Ok(())
     }
 
+    fn nat(&mut self, item: &crate::model::nat::NatOutput) -> io::Result<()> {
+        use crate::model::nat::NatOutput;
+        match item {
+            NatOutput::Binding(b) => self.line(b),
+            NatOutput::End(e) => self.line(e),
+            NatOutput::Flow(f) => self.line(f),
+        }
+    }
+
+    fn netns_gone(&mut self, name: &str, inode: u32) -> io::Result<()> {
+        self.line(&json!({"type": "netns_gone", "netns": inode, "netns_name": name}))?;
+        self.out.flush()
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }

@@ -65,6 +65,27 @@ impl Sink for LogSink {
         Ok(())
     }
 
+    fn nat(&mut self, item: &crate::model::nat::NatOutput) -> io::Result<()> {
+        if let crate::model::nat::NatOutput::Binding(b) = item {
+            tracing::debug!(
+                "nat {} {} in {}: {} -> {}",
+                b.kind.as_str(),
+                b.proto,
+                b.netns_name,
+                b.original,
+                b.translated
+            );
+        }
+        Ok(())
+    }
+
+    fn netns_gone(&mut self, name: &str, inode: u32) -> io::Result<()> {
+        tracing::warn!(
+            "network namespace {name} (inode {inode}) is gone: its NAT hooks were dropped"
+        );
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

@@ -3,13 +3,14 @@
 pub mod human;
 pub mod json;
 pub mod log;
+pub mod nat;
 pub mod ports;
 pub mod story;
 pub mod tui;
 
 use std::io;
 
-use crate::model::{ephemeral::Usage, ports::RemoteGroup, Event};
+use crate::model::{ephemeral::Usage, nat::NatOutput, ports::RemoteGroup, Event};
 
 /// What the start-up snapshot found.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -48,5 +49,9 @@ pub trait Sink {
     fn ephemeral_report(&mut self, usage: &[Usage]) -> io::Result<()>;
     /// Connections grouped by remote endpoint (`--group-by remote`); `last` at exit.
     fn remote_groups(&mut self, groups: &[RemoteGroup], last: bool) -> io::Result<()>;
+    /// A NAT binding, its end, or a stitched flow.
+    fn nat(&mut self, item: &NatOutput) -> io::Result<()>;
+    /// A watched network namespace went away: its NAT hooks were dropped.
+    fn netns_gone(&mut self, name: &str, inode: u32) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }

@@ -1,0 +1,219 @@
+//! Conntrack events over netlink (`NETLINK_NETFILTER`, ctnetlink), per network namespace:
+//! when a binding ends (destroy events), and on kernels without netfilter eBPF programs, when
+//! it starts (new events) — the fallback that has no per-packet counters.
+//!
+//! Messages are decoded with `netlink-packet-netfilter`; one blocking reader thread per
+//! namespace forwards them on a channel.
+use std::{
+    fs,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::{
+    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple},
+    NetfilterMessage, NetfilterMessageInner,
+};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+use crate::error::{Error, Result};
+use crate::kernel::netns;
+pub use crate::model::nat::{CtEvent, CtTuple};
+
+/// `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY`.
+const GROUP_NEW: u32 = 1;
+const GROUP_DESTROY: u32 = 3;
+
+/// Messages the kernel could not queue for us (ENOBUFS), over every namespace.
+#[derive(Default)]
+pub struct CtStats {
+    pub overruns: AtomicU64,
+}
+
+/// Subscribes in namespace `path` (`None`: tracer's own) and forwards its events to `tx`
+/// until `stop` is set or the channel closes.
+pub fn listen(
+    path: Option<PathBuf>,
+    inode: u32,
+    new: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<CtEvent>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<CtStats>,
+) -> Result<()> {
+    let open = move || -> Result<Socket> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)
+            .map_err(|e| Error::io("opening a conntrack netlink socket", e))?;
+        socket
+            .bind(&SocketAddr::new(0, 0))
+            .map_err(|e| Error::io("binding the conntrack netlink socket", e))?;
+        for group in new.then_some(GROUP_NEW).into_iter().chain([GROUP_DESTROY]) {
+            socket.add_membership(group).map_err(|e| {
+                Error::io(
+                    "subscribing to conntrack events (is nf_conntrack_netlink available?)",
+                    e,
+                )
+            })?;
+        }
+        let _ = socket.set_rx_buf_sz(4 << 20);
+        Ok(socket)
+    };
+    let socket = match path {
+        Some(path) => {
+            let ns = fs::File::open(&path)
+                .map_err(|_| Error::NoSuchNetns(path.display().to_string()))?;
+            netns::run_in(ns, open)?
+        }
+        None => open()?,
+    };
+    set_timeout(&socket, Duration::from_millis(200));
+    std::thread::Builder::new()
+        .name(format!("conntrack-{inode}"))
+        .spawn(move || read_loop(socket, inode, tx, stop, stats))
+        .map_err(|e| Error::io("starting the conntrack reader", e))?;
+    Ok(())
+}
+
+fn set_timeout(socket: &Socket, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid fd and a timeval that lives across the call.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+}
+
+fn read_loop(
+    socket: Socket,
+    inode: u32,
+    tx: tokio::sync::mpsc::UnboundedSender<CtEvent>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<CtStats>,
+) {
+    let mut buf = vec![0u8; 1 << 16];
+    while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
+        let n = match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                stats.overruns.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                tracing::warn!("conntrack events of netns {inode} stopped: {e}");
+                return;
+            }
+        };
+        let mut offset = 0;
+        while offset < n {
+            let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..n]) else {
+                break;
+            };
+            let len = msg.header.length as usize;
+            if let Some(event) = decode(inode, msg) {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+            if len == 0 {
+                break;
+            }
+            offset += (len + 3) & !3;
+        }
+    }
+}
+
+/// One netlink message → a conntrack event, if it is one.
+pub fn decode(netns: u32, msg: NetlinkMessage<NetfilterMessage>) -> Option<CtEvent> {
+    let NetlinkPayload::InnerMessage(NetfilterMessage { inner, .. }) = msg.payload else {
+        return None;
+    };
+    let NetfilterMessageInner::Conntrack(ct) = inner else {
+        return None;
+    };
+    let (destroyed, attrs) = match ct {
+        ConntrackMessage::New(a) => (false, a),
+        ConntrackMessage::Delete(a) => (true, a),
+        _ => return None,
+    };
+    let mut orig = None;
+    let mut reply = None;
+    let mut status = None;
+    let mut protocol = 0;
+    for attr in attrs {
+        match attr {
+            ConntrackAttribute::CtaTupleOrig(t) => orig = tuple(&t, &mut protocol),
+            ConntrackAttribute::CtaTupleReply(t) => reply = tuple(&t, &mut protocol),
+            ConntrackAttribute::CtaStatus(s) => status = Some(s.bits()),
+            _ => {}
+        }
+    }
+    Some(CtEvent {
+        netns,
+        destroyed,
+        protocol,
+        orig: orig?,
+        reply: reply?,
+        status,
+    })
+}
+
+fn tuple(parts: &[Tuple], protocol: &mut u8) -> Option<CtTuple> {
+    let (mut src, mut dst, mut sport, mut dport) = (None, None, 0, 0);
+    for part in parts {
+        match part {
+            Tuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(a) => src = Some(*a),
+                        IPTuple::DestinationAddress(a) => dst = Some(*a),
+                        _ => {}
+                    }
+                }
+            }
+            Tuple::Proto(ps) => {
+                for p in ps {
+                    match p {
+                        ProtoTuple::Protocol(proto) => *protocol = protocol_number(proto),
+                        ProtoTuple::SourcePort(port) => sport = *port,
+                        ProtoTuple::DestinationPort(port) => dport = *port,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(CtTuple {
+        src: src?,
+        dst: dst?,
+        sport,
+        dport,
+    })
+}
+
+fn protocol_number(p: &Protocol) -> u8 {
+    u8::from(*p)
+}

@@ -1,0 +1,463 @@
+//! Loads the netfilter object (`tracer-nat`) with a small loader of its own — aya 0.14 cannot
+//! load `BPF_PROG_TYPE_NETFILTER` — and links it into network namespaces.
+//!
+//! aya-obj parses and relocates the ELF; the maps are created with aya's `MapData` (or, for
+//! the ring buffer, the one the socket object already has is shared, so both streams arrive
+//! in one ring in order); then `BPF_PROG_LOAD` (type 32) and, per namespace and per hook,
+//! `BPF_LINK_CREATE` (attach type `BPF_NETFILTER`) from a thread that entered the namespace.
+//! Every link is an fd owned here: dropping [`NatProbes`] (or `kill -9`) detaches all of them.
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    fs,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya_obj::{
+    generated::{bpf_attr, bpf_cmd},
+    EbpfSectionKind, Object,
+};
+use tracer_common::{
+    nat::{self, stats},
+    NatCounters, NatKey, NatOffsets,
+};
+
+use crate::error::{Error, Result};
+use crate::kernel::{btf::KernelBtf, loader::Global, netns, prereq};
+
+static NAT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-nat"));
+
+const BPF_PROG_TYPE_NETFILTER: u32 = 32;
+const BPF_NETFILTER: u32 = 45;
+const NFPROTO_IPV4: u32 = 2;
+const NFPROTO_IPV6: u32 = 10;
+/// `NF_IP_PRI_NAT_DST` is -100, `NF_IP_PRI_NAT_SRC` 100: run just after each.
+const AFTER_DNAT: i32 = -99;
+const AFTER_SNAT: i32 = 101;
+/// Where the program goes: right after NAT on each path a packet can take.
+const HOOKS: [(u8, i32, &str); 4] = [
+    (nat::NF_INET_PRE_ROUTING, AFTER_DNAT, "prerouting"),
+    (nat::NF_INET_LOCAL_OUT, AFTER_DNAT, "output"),
+    (nat::NF_INET_POST_ROUTING, AFTER_SNAT, "postrouting"),
+    (nat::NF_INET_LOCAL_IN, AFTER_SNAT, "input"),
+];
+
+/// Whether this kernel has netfilter eBPF programs (Linux 6.4+): its BTF knows their context.
+pub fn supported(btf: &KernelBtf) -> bool {
+    btf.offset("bpf_nf_ctx", "skb").is_ok()
+}
+
+/// A network namespace the programs are linked into.
+pub struct Attached {
+    pub inode: u32,
+    /// What the user called it (`router`, `/proc/123/ns/net`, `host`).
+    pub name: String,
+    /// The path it was opened by, watched to notice the namespace going away.
+    pub path: PathBuf,
+    /// Owned: closing them detaches.
+    _links: Vec<OwnedFd>,
+}
+
+pub struct NatProbes {
+    /// Declared first: links go before the program and maps.
+    attached: Vec<Attached>,
+    prog: OwnedFd,
+    events: Option<MapData>,
+    seen: Option<MapData>,
+    stats: Option<MapData>,
+    /// `.rodata` and any other data maps the program references.
+    _data: Vec<MapData>,
+}
+
+impl NatProbes {
+    /// Loads the program. `shared_ring` is the socket object's ring buffer when both run (one
+    /// stream, in order); without it the object gets its own ring of `ringbuf_bytes`.
+    pub fn load(shared_ring: Option<OwnedFd>, ringbuf_bytes: u32) -> Result<Self> {
+        if NAT_OBJECT.is_empty() {
+            return Err(Error::StubObject);
+        }
+        prereq::raise_memlock();
+        let btf = KernelBtf::load()?;
+        if !supported(&btf) {
+            return Err(Error::NatUnsupported(
+                "this kernel has no netfilter eBPF programs (Linux 6.4+)".into(),
+            ));
+        }
+        let offsets = Global(resolve_offsets(&btf)?);
+        drop(btf);
+        let mut obj = Object::parse(NAT_OBJECT).map_err(|e| nat_err("parsing", e))?;
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &offsets as *const Global<NatOffsets> as *const u8,
+                std::mem::size_of::<NatOffsets>(),
+            )
+        };
+        obj.patch_map_data(HashMap::from([("NAT_OFFSETS", (bytes, true))]))
+            .map_err(|e| nat_err("setting offsets", e))?;
+
+        let mut shared_ring = shared_ring;
+        let mut maps: Vec<(String, MapData)> = Vec::new();
+        let mut shared: Vec<(String, OwnedFd)> = Vec::new();
+        for (name, def) in &obj.maps {
+            if name == "EVENTS" {
+                if let Some(fd) = shared_ring.take() {
+                    shared.push((name.clone(), fd));
+                    continue;
+                }
+            }
+            let mut def = def.clone();
+            if name == "EVENTS" {
+                def.set_max_entries(ringbuf_bytes);
+            }
+            let kind = def.section_kind();
+            let data = MapData::create(def, name, None).map_err(|source| Error::Map {
+                name: name.clone(),
+                source,
+            })?;
+            if matches!(
+                kind,
+                EbpfSectionKind::Rodata | EbpfSectionKind::Data | EbpfSectionKind::Bss
+            ) {
+                let value = obj.maps[name].data();
+                if !value.is_empty() {
+                    map_update(data.fd().as_fd(), value)?;
+                }
+                if kind == EbpfSectionKind::Rodata {
+                    map_freeze(data.fd().as_fd())?;
+                }
+            }
+            maps.push((name.clone(), data));
+        }
+        let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
+        let fds: Vec<(String, RawFd)> = maps
+            .iter()
+            .map(|(n, m)| (n.clone(), m.fd().as_fd().as_raw_fd()))
+            .chain(shared.iter().map(|(n, fd)| (n.clone(), fd.as_raw_fd())))
+            .collect();
+        let defs = obj.maps.clone();
+        obj.relocate_maps(
+            fds.iter().map(|(n, fd)| (n.as_str(), *fd, &defs[n])),
+            &text_sections,
+        )
+        .map_err(|e| nat_err("relocating maps", e))?;
+        obj.relocate_calls(&text_sections)
+            .map_err(|e| nat_err("relocating calls", e))?;
+        let program = obj
+            .programs
+            .get("tracer_nat")
+            .ok_or_else(|| Error::NatLoad("the object has no program tracer_nat".into()))?;
+        let function = &obj.functions[&program.function_key()];
+        let prog = prog_load(&function.instructions)?;
+
+        let mut take = |name: &str| -> Option<MapData> {
+            let i = maps.iter().position(|(n, _)| n == name)?;
+            Some(maps.swap_remove(i).1)
+        };
+        let events = take("EVENTS");
+        let seen = take("NAT_SEEN");
+        let stats = take("NAT_STATS");
+        Ok(NatProbes {
+            attached: Vec::new(),
+            prog,
+            events,
+            seen,
+            stats,
+            _data: maps.into_iter().map(|(_, m)| m).collect(),
+        })
+    }
+
+    /// Links the program after NAT on every hook, IPv4 and IPv6, inside the namespace at
+    /// `path` (`None`: tracer's own). Links are made by a thread that entered it.
+    pub fn attach(&mut self, name: &str, path: Option<&Path>) -> Result<u32> {
+        let (path, inode) = match path {
+            Some(p) => (p.to_path_buf(), netns::resolve(&p.to_string_lossy())?.1),
+            None => (PathBuf::from("/proc/self/ns/net"), netns::own_inode()?),
+        };
+        if self.attached.iter().any(|a| a.inode == inode) {
+            return Ok(inode);
+        }
+        let prog = self
+            .prog
+            .try_clone()
+            .map_err(|e| Error::io("duplicating the program fd", e))?;
+        let make = move || -> Result<Vec<OwnedFd>> {
+            let mut links = Vec::new();
+            for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
+                for (hook, priority, hook_name) in HOOKS {
+                    let link =
+                        link_create(prog.as_fd(), pf, hook as u32, priority).map_err(|e| {
+                            Error::NatLoad(format!(
+                                "linking to {} {hook_name} (priority {priority}): {e}",
+                                if pf == NFPROTO_IPV4 { "ipv4" } else { "ipv6" }
+                            ))
+                        })?;
+                    links.push(link);
+                }
+            }
+            Ok(links)
+        };
+        let links = if path == Path::new("/proc/self/ns/net") {
+            make()?
+        } else {
+            let ns = fs::File::open(&path).map_err(|_| Error::NoSuchNetns(name.to_string()))?;
+            netns::run_in(ns, make)?
+        };
+        self.attached.push(Attached {
+            inode,
+            name: name.to_string(),
+            path,
+            _links: links,
+        });
+        Ok(inode)
+    }
+
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    /// Namespaces whose path no longer names them (deleted, or their last process exited):
+    /// their links are closed and they are returned, to be reported.
+    pub fn drop_gone(&mut self) -> Vec<Attached> {
+        let (gone, kept) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|a| !still_there(a));
+        self.attached = kept;
+        gone
+    }
+
+    pub fn detach(&mut self, inode: u32) {
+        self.attached.retain(|a| a.inode != inode);
+    }
+
+    /// The ring buffer, when the object has its own (not shared with the socket object).
+    pub fn take_events(&mut self) -> Result<Option<RingBuf<MapData>>> {
+        self.events
+            .take()
+            .map(|m| {
+                RingBuf::try_from(Map::RingBuf(m)).map_err(|source| Error::Map {
+                    name: "EVENTS".into(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// The per-binding counters, shared with the kernel.
+    pub fn take_counters(&mut self) -> Result<NatCounterMap> {
+        let map = self.seen.take().ok_or_else(|| missing("NAT_SEEN"))?;
+        let stats = self.stats.take().ok_or_else(|| missing("NAT_STATS"))?;
+        Ok(NatCounterMap {
+            seen: BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|source| Error::Map {
+                name: "NAT_SEEN".into(),
+                source,
+            })?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(stats)).map_err(|source| Error::Map {
+                name: "NAT_STATS".into(),
+                source,
+            })?,
+        })
+    }
+}
+
+fn still_there(a: &Attached) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a.path == Path::new("/proc/self/ns/net") {
+        return true;
+    }
+    fs::metadata(&a.path).is_ok_and(|m| m.ino() as u32 == a.inode)
+}
+
+fn missing(name: &str) -> Error {
+    Error::NatLoad(format!("the object has no map {name}"))
+}
+
+/// The kernel's view of the bindings: per-binding counters and per-kind totals.
+pub struct NatCounterMap {
+    seen: BpfHashMap<MapData, Global<NatKey>, Global<NatCounters>>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl NatCounterMap {
+    pub fn get(&self, key: &NatKey) -> Option<NatCounters> {
+        self.seen.get(&Global(*key), 0).ok().map(|g| g.0)
+    }
+
+    /// Forgets a binding that ended (the LRU would evict it anyway, later).
+    pub fn remove(&mut self, key: &NatKey) {
+        let _ = self.seen.remove(&Global(*key));
+    }
+
+    fn stat(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Binding records the ring buffer had no room for.
+    pub fn lost(&self) -> u64 {
+        self.stat(stats::LOST)
+    }
+
+    /// Packets of bindings the LRU map could not hold.
+    pub fn untracked(&self) -> u64 {
+        self.stat(stats::UNTRACKED)
+    }
+
+    /// (packets, bytes) through NATed connections, by kind slot (snat, dnat, both).
+    pub fn totals(&self) -> [(u64, u64); 3] {
+        [0, 1, 2].map(|slot| {
+            (
+                self.stat(stats::PACKETS + slot),
+                self.stat(stats::BYTES + slot),
+            )
+        })
+    }
+}
+
+pub fn resolve_offsets(btf: &KernelBtf) -> Result<NatOffsets> {
+    let tuplehash =
+        btf.offset("nf_conn", "tuplehash")? + btf.offset("nf_conntrack_tuple_hash", "tuple")?;
+    let hash_size = btf.struct_size("nf_conntrack_tuple_hash")?;
+    for (strukt, member, size) in [
+        ("nf_conn", "status", 8),
+        ("sk_buff", "_nfct", 8),
+        ("sk_buff", "len", 4),
+        ("nf_hook_state", "hook", 1),
+    ] {
+        if btf.member_size(strukt, member)? != size {
+            return Err(Error::BtfMissing(format!(
+                "{size}-byte struct {strukt}.{member}"
+            )));
+        }
+    }
+    Ok(NatOffsets {
+        skb_nfct: btf.offset("sk_buff", "_nfct")?,
+        skb_len: btf.offset("sk_buff", "len")?,
+        ct_status: btf.offset("nf_conn", "status")?,
+        ct_tuple_orig: tuplehash,
+        ct_tuple_reply: tuplehash + hash_size,
+        tuple_src_u3: btf.offset("nf_conntrack_tuple", "src.u3")?,
+        tuple_src_port: btf.offset("nf_conntrack_tuple", "src.u")?,
+        tuple_src_l3num: btf.offset("nf_conntrack_tuple", "src.l3num")?,
+        tuple_dst_u3: btf.offset("nf_conntrack_tuple", "dst.u3")?,
+        tuple_dst_port: btf.offset("nf_conntrack_tuple", "dst.u")?,
+        tuple_dst_protonum: btf.offset("nf_conntrack_tuple", "dst.protonum")?,
+        state_hook: btf.offset("nf_hook_state", "hook")?,
+        state_net: btf.offset("nf_hook_state", "net")?,
+        net_inum: btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?,
+    })
+}
+
+fn nat_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::NatLoad(format!("{what} the netfilter object: {e}"))
+}
+
+fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<i64> {
+    // SAFETY: attr is a valid, fully initialised bpf_attr for `cmd`; pointers inside it point
+    // to buffers that outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn map_update(fd: BorrowedFd<'_>, value: &[u8]) -> Result<()> {
+    let key = 0u32;
+    // SAFETY: zeroed is a valid bpf_attr.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_2.map_fd = fd.as_raw_fd() as u32;
+    attr.__bindgen_anon_2.key = &key as *const u32 as u64;
+    attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_ptr() as u64;
+    sys_bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr)
+        .map(drop)
+        .map_err(|e| Error::NatLoad(format!("writing the offsets map: {e}")))
+}
+
+fn map_freeze(fd: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: zeroed is a valid bpf_attr.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_2.map_fd = fd.as_raw_fd() as u32;
+    sys_bpf(bpf_cmd::BPF_MAP_FREEZE, &mut attr)
+        .map(drop)
+        .map_err(|e| Error::NatLoad(format!("freezing the offsets map: {e}")))
+}
+
+fn prog_load(insns: &[aya_obj::generated::bpf_insn]) -> Result<OwnedFd> {
+    let license = CString::new("GPL").expect("no NUL");
+    let attempt = |log: Option<&mut Vec<u8>>| -> std::io::Result<OwnedFd> {
+        // SAFETY: zeroed is a valid bpf_attr.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the prog-load member of a zeroed union.
+        let load = unsafe { &mut attr.__bindgen_anon_3 };
+        load.prog_type = BPF_PROG_TYPE_NETFILTER;
+        load.expected_attach_type = BPF_NETFILTER;
+        load.insn_cnt = insns.len() as u32;
+        load.insns = insns.as_ptr() as u64;
+        load.license = license.as_ptr() as u64;
+        for (i, b) in b"tracer_nat".iter().enumerate() {
+            load.prog_name[i] = *b as _;
+        }
+        if let Some(log) = log {
+            load.log_level = 1;
+            load.log_buf = log.as_mut_ptr() as u64;
+            load.log_size = log.len() as u32;
+        }
+        let fd = sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)?;
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    };
+    match attempt(None) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            let mut log = vec![0u8; 1 << 20];
+            let _ = attempt(Some(&mut log));
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim();
+            let tail: Vec<&str> = text.lines().rev().take(6).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(match e.raw_os_error() {
+                Some(libc::EINVAL) if tail.is_empty() => Error::NatUnsupported(format!(
+                    "the kernel refused a netfilter eBPF program ({e}); Linux 6.4+ is needed"
+                )),
+                _ => Error::NatLoad(format!(
+                    "the verifier refused the netfilter program: {e}\n{}",
+                    tail.join("\n")
+                )),
+            })
+        }
+    }
+}
+
+fn link_create(
+    prog: BorrowedFd<'_>,
+    pf: u32,
+    hook: u32,
+    priority: i32,
+) -> std::io::Result<OwnedFd> {
+    // SAFETY: zeroed is a valid bpf_attr.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing plain integers into the link-create members of a zeroed union.
+    unsafe {
+        let link = &mut attr.link_create;
+        link.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+        link.attach_type = BPF_NETFILTER;
+        link.__bindgen_anon_3.netfilter.pf = pf;
+        link.__bindgen_anon_3.netfilter.hooknum = hook;
+        link.__bindgen_anon_3.netfilter.priority = priority;
+    }
+    let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: a new fd owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
