@@ -69,8 +69,13 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `tracer watch --json ARGS` and waits until its programs are attached.
     pub fn watch(args: &[&str]) -> Tracer {
+        Tracer::start("watch", args)
+    }
+
+    /// Starts `tracer SUBCOMMAND --json ARGS` and waits until it is ready.
+    pub fn start(subcommand: &str, args: &[&str]) -> Tracer {
         let mut child = Command::new(tracer_bin())
-            .args(["watch", "--json"])
+            .args([subcommand, "--json"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -155,6 +160,11 @@ impl Tracer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 

@@ -199,7 +199,7 @@ impl NatRuntime {
     }
 
     /// A socket event, for flow stitching.
-    pub fn socket(&mut self, ev: &SockEvent, pid: u32, comm: &str) {
+    pub fn socket(&mut self, ev: &SockEvent, pid: u32, comm: impl FnOnce() -> String) {
         self.table.socket_event(ev, pid, comm, &mut self.out);
     }
 
@@ -239,6 +239,14 @@ impl NatRuntime {
             }
         }
         self.flush_out(sink)
+    }
+
+    /// Conntrack events already queued (at exit).
+    pub fn drain_ct(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
+        while let Ok(ev) = self.ct_rx.try_recv() {
+            self.conntrack(ev, sink)?;
+        }
+        Ok(())
     }
 
     /// Once a second: drops namespaces that went away (reported), finds new ones in
@@ -457,8 +465,7 @@ async fn stream(
                 }
                 events += batch.len() as u64;
                 for ev in batch.drain(..) {
-                    let comm = comm_of(&ev);
-                    nat.socket(&ev, ev.pid, &comm);
+                    nat.socket(&ev, ev.pid, || comm_of(&ev));
                 }
                 if let Some(s) = source.as_mut() {
                     nat.records(s, sink).map_err(out_err)?;
@@ -494,16 +501,13 @@ async fn stream(
         while s.drain_now(&mut batch) > 0 || !batch.is_empty() {
             events += batch.len() as u64;
             for ev in batch.drain(..) {
-                let comm = comm_of(&ev);
-                nat.socket(&ev, ev.pid, &comm);
+                nat.socket(&ev, ev.pid, || comm_of(&ev));
             }
             nat.records(s, sink).map_err(out_err)?;
         }
         nat.records(s, sink).map_err(out_err)?;
     }
-    while let Ok(ev) = nat.ct_rx.try_recv() {
-        nat.conntrack(ev, sink).map_err(out_err)?;
-    }
+    nat.drain_ct(sink).map_err(out_err)?;
     sink.flush().map_err(out_err)?;
     let undecodable = source.as_ref().map_or(0, |s| s.undecodable());
     Ok((events, undecodable))

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::{
     cli::{GroupBy, WatchConfig},
+    commands::nat::NatRuntime,
     error::{Error, Result},
     kernel::{
         loader::{KernelCounters, LoadOptions, SockProbes},
@@ -40,6 +41,18 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         ringbuf_bytes: config.ringbuf_bytes,
         data: false,
     })?;
+    let nat = match &config.nat {
+        Some((targets, choice)) => Some(
+            NatRuntime::start(
+                targets.clone(),
+                *choice,
+                Some(probes.events_fd()?),
+                config.ringbuf_bytes,
+            )?
+            .0,
+        ),
+        None => None,
+    };
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = Arc::new(probes.take_counters()?);
     let scrape = match listener {
@@ -83,13 +96,18 @@ pub async fn run(config: WatchConfig) -> Result<()> {
             sink
         })
     };
+    let mut hooks = probes.attached.clone();
+    if let Some(nat) = &nat {
+        hooks.extend(nat.attached.iter().cloned());
+    }
     let result = stream(
         &config,
         source,
         snapshot,
         scrape.as_deref(),
         &counters,
-        &probes.attached,
+        &hooks,
+        nat,
         sink.as_mut(),
     )
     .await;
@@ -125,6 +143,8 @@ struct Pipeline {
     quiet: bool,
     /// --pid/--comm: TCP transitions are counted for metrics here, once attributed.
     process_filter: bool,
+    /// `--nat…`: bindings, and socket events for flow stitching.
+    nat: Option<NatRuntime>,
 }
 
 impl Pipeline {
@@ -139,6 +159,11 @@ impl Pipeline {
             // Every event goes through the table (correlation needs them all); only the ones
             // shown are enriched.
             let attribution = self.table.observe(&raw);
+            if let Some(nat) = self.nat.as_mut() {
+                let owner = attribution.owner;
+                let pid = owner.map_or(raw.pid, |o| o.pid);
+                nat.socket(&raw, pid, || owner.map(|o| o.comm()).unwrap_or_default());
+            }
             let allowed = self.filter.allows(&raw, &attribution);
             if allowed && self.process_filter && raw.kind == tracer_common::kind::STATE {
                 if let Some(scrape) = scrape {
@@ -165,6 +190,19 @@ impl Pipeline {
         sink.flush()
     }
 
+    /// NAT binding records that came with the last batch.
+    fn nat_records(
+        &mut self,
+        source: &mut impl EventSource,
+        sink: &mut dyn Sink,
+    ) -> io::Result<()> {
+        if let Some(nat) = self.nat.as_mut() {
+            nat.records(source, sink)?;
+            nat.flush_out(sink)?;
+        }
+        Ok(())
+    }
+
     /// Learns the range of namespaces that have sockets but no shown events yet.
     fn refresh_ranges(&mut self) {
         for ns in self.table.usage().namespaces() {
@@ -182,6 +220,7 @@ async fn stream(
     scrape: Option<&Scrape>,
     counters: &KernelCounters,
     hooks: &[String],
+    nat: Option<NatRuntime>,
     sink: &mut dyn Sink,
 ) -> Result<()> {
     let io_err = |e: io::Error| Error::io("writing output", e);
@@ -201,6 +240,7 @@ async fn stream(
         groups: (config.group_by == Some(GroupBy::Remote)).then(RemoteLog::default),
         quiet: config.quiet,
         process_filter: config.kernel_filter.by_pid != 0 || config.kernel_filter.by_comm != 0,
+        nat,
     };
     // `serve` drains the ring on a short timer instead of being woken for every few events:
     // far fewer context switches, and the ring (4 MiB, ~32,000 events) holds 25 ms easily.
@@ -246,6 +286,7 @@ async fn stream(
                         scrape.metrics.processed("ringbuf", batch.len() as u64);
                     }
                     pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
+                    pipeline.nat_records(&mut source, sink).map_err(io_err)?;
                 }
             }
             more = source.next_batch(&mut batch), if !polled => {
@@ -256,9 +297,21 @@ async fn stream(
                     scrape.metrics.processed("ringbuf", batch.len() as u64);
                 }
                 pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
+                pipeline.nat_records(&mut source, sink).map_err(io_err)?;
+            }
+            Some(ev) = async {
+                match pipeline.nat.as_mut() {
+                    Some(nat) => nat.next_ct().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(nat) = pipeline.nat.as_mut() {
+                    nat.conntrack(ev, sink).map_err(io_err)?;
+                    sink.flush().map_err(io_err)?;
+                }
             }
             _ = tick.tick() => {
-                let lost = counters.lost();
+                let lost = counters.lost() + pipeline.nat.as_ref().map_or(0, |n| n.lost());
                 if lost != lost_seen {
                     sink.lost(lost - lost_seen, lost).map_err(io_err)?;
                     lost_seen = lost;
@@ -276,6 +329,12 @@ async fn stream(
                 }
                 sweeps += 1;
                 if sweeps.is_multiple_of(10) {
+                    if let Some(nat) = pipeline.nat.as_mut() {
+                        nat.tick(sink).map_err(io_err)?;
+                        if let Some(scrape) = scrape {
+                            scrape.metrics.update_nat(nat);
+                        }
+                    }
                     pipeline.refresh_ranges();
                     if let Some(scrape) = scrape {
                         scrape.metrics.update_table(&pipeline.table);
@@ -314,9 +373,13 @@ async fn stream(
     // What is already in the ring was seen by the kernel before we stopped: report it.
     while source.drain_now(&mut batch) > 0 {
         pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
+        pipeline.nat_records(&mut source, sink).map_err(io_err)?;
+    }
+    if let Some(nat) = pipeline.nat.as_mut() {
+        nat.drain_ct(sink).map_err(io_err)?;
     }
     let mut summary = pipeline.summary;
-    summary.lost = counters.lost();
+    summary.lost = counters.lost() + pipeline.nat.as_ref().map_or(0, |n| n.lost());
     if summary.lost != lost_seen {
         sink.lost(summary.lost - lost_seen, summary.lost)
             .map_err(io_err)?;

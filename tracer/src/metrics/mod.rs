@@ -31,6 +31,11 @@ pub struct Metrics {
     lost: IntCounter,
     processed: IntCounterVec,
     sockets_tracked: IntGauge,
+    nat_bindings: IntCounterVec,
+    nat_packets: IntCounterVec,
+    nat_bytes: IntCounterVec,
+    /// NAT records lost (ring full, conntrack overruns), added to `tracer_events_lost_total`.
+    nat_lost: std::sync::atomic::AtomicU64,
     /// At most this many listening (port, proto, comm) series; the rest count under `other`.
     listen_port_cap: usize,
 }
@@ -124,6 +129,25 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            nat_bindings: counter_vec(
+                r,
+                "tracer_nat_bindings_total",
+                "NAT bindings seen (a conntrack entry with finished source or destination translation), by kind (snat, dnat, both), whether a port was translated (PAT/NAPT), protocol and the namespace that did it.",
+                &["kind", "port_translated", "proto", "netns"],
+            ),
+            nat_packets: counter_vec(
+                r,
+                "tracer_nat_packets_total",
+                "Packets through NAT bindings, both directions, counted once after the last NAT hook (eBPF source only).",
+                &["kind"],
+            ),
+            nat_bytes: counter_vec(
+                r,
+                "tracer_nat_bytes_total",
+                "Bytes (IP packet length) through NAT bindings, both directions (eBPF source only).",
+                &["kind"],
+            ),
+            nat_lost: std::sync::atomic::AtomicU64::new(0),
             processed: counter_vec(
                 r,
                 "tracer_events_processed_total",
@@ -157,7 +181,10 @@ impl Metrics {
     /// Brings the counters up to the kernel's totals (`stats` laid out as
     /// `tracer_common::stats`) and the lost-event count.
     pub fn update_kernel(&self, totals: &[u64], lost: u64) {
-        catch_up(&self.lost, lost);
+        catch_up(
+            &self.lost,
+            lost + self.nat_lost.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let get = |i: u32| totals.get(i as usize).copied().unwrap_or(0);
         for kind in 1..stats::KINDS as u16 {
             let name = event_name(kind);
@@ -209,6 +236,30 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// NAT counters: bindings from the binding table, packets and bytes from the kernel.
+    pub fn update_nat(&self, nat: &crate::commands::nat::NatRuntime) {
+        for ((kind, port_translated, proto, netns), n) in &nat.table.counts {
+            catch_up(
+                &self.nat_bindings.with_label_values(&[
+                    kind.as_str(),
+                    if *port_translated { "true" } else { "false" },
+                    proto,
+                    netns,
+                ]),
+                *n,
+            );
+        }
+        if let Some(totals) = nat.kernel_totals() {
+            for (slot, (packets, bytes)) in totals.iter().enumerate() {
+                let kind = ["snat", "dnat", "both"][slot];
+                catch_up(&self.nat_packets.with_label_values(&[kind]), *packets);
+                catch_up(&self.nat_bytes.with_label_values(&[kind]), *bytes);
+            }
+        }
+        self.nat_lost
+            .store(nat.lost(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn processed(&self, source: &str, n: u64) {

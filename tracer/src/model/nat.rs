@@ -451,7 +451,13 @@ impl NatTable {
 
     /// Every socket event goes through here: connects and first datagrams are client ends,
     /// accepts and received datagrams server ends.
-    pub fn socket_event(&mut self, ev: &SockEvent, pid: u32, comm: &str, out: &mut Vec<NatOutput>) {
+    pub fn socket_event(
+        &mut self,
+        ev: &SockEvent,
+        pid: u32,
+        comm: impl FnOnce() -> String,
+        out: &mut Vec<NatOutput>,
+    ) {
         let ok = ev.ret >= 0 || ev.ret == -(libc::EINPROGRESS as i64);
         if !ok || ev.lport == 0 || ev.rport == 0 || ev.family == 0 {
             return;
@@ -463,7 +469,7 @@ impl NatTable {
         };
         let end = FlowEnd {
             pid,
-            comm: comm.to_string(),
+            comm: comm(),
             netns: ev.netns,
             addr: ip(ev.family, &ev.laddr),
             port: ev.lport,
@@ -710,18 +716,18 @@ mod tests {
             match order {
                 0 => {
                     t.binding(b.clone(), &mut out);
-                    t.socket_event(&c, 11, "curl", &mut out);
-                    t.socket_event(&s, 22, "server", &mut out);
+                    t.socket_event(&c, 11, || "curl".into(), &mut out);
+                    t.socket_event(&s, 22, || "server".into(), &mut out);
                 }
                 1 => {
-                    t.socket_event(&s, 22, "server", &mut out);
-                    t.socket_event(&c, 11, "curl", &mut out);
+                    t.socket_event(&s, 22, || "server".into(), &mut out);
+                    t.socket_event(&c, 11, || "curl".into(), &mut out);
                     t.binding(b.clone(), &mut out);
                 }
                 _ => {
-                    t.socket_event(&c, 11, "curl", &mut out);
+                    t.socket_event(&c, 11, || "curl".into(), &mut out);
                     t.binding(b.clone(), &mut out);
-                    t.socket_event(&s, 22, "server", &mut out);
+                    t.socket_event(&s, 22, || "server".into(), &mut out);
                 }
             }
             t.binding(b.clone(), &mut out); // duplicates are ignored

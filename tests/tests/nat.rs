@@ -1,0 +1,515 @@
+//! NAT on a real test router (scripts/nat-router.sh: LAN, router and WAN namespaces joined by
+//! veth pairs, nft rules in the router): masquerade with port translation, static SNAT, a
+//! DNAT port forward, UDP, IPv6, exact packet counters, 2,000 bindings, a router namespace
+//! deleted mid-run, and the conntrack fallback. Each test builds its own router (its own
+//! namespace prefix) and tears it down on drop, pass or fail.
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+struct Router {
+    prefix: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/nat-router.sh")
+}
+
+impl Router {
+    fn up(prefix: &str, mode: &str) -> Router {
+        let router = Router {
+            prefix: prefix.to_string(),
+        };
+        let status = Command::new(script())
+            .args(["up", prefix, mode])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run nat-router.sh");
+        assert!(status.success(), "nat-router.sh up {prefix} {mode} failed");
+        router
+    }
+
+    fn ns(&self, which: &str) -> String {
+        format!("{}{which}", self.prefix)
+    }
+
+    /// `conntrack -L -n` in the router, as (orig, reply) tuples of `src dst sport dport`.
+    fn conntrack(&self, args: &[&str]) -> Vec<(Vec<String>, Vec<String>)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("router"), "conntrack", "-L", "-n"])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .expect("conntrack -L");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| {
+                let fields: Vec<String> = line
+                    .split_whitespace()
+                    .filter(|f| {
+                        ["src=", "dst=", "sport=", "dport="]
+                            .iter()
+                            .any(|k| f.starts_with(k))
+                    })
+                    .map(|f| f.split_once('=').unwrap().1.to_string())
+                    .collect();
+                (fields[..4].to_vec(), fields[4..8].to_vec())
+            })
+            .collect()
+    }
+
+    fn flush_conntrack(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ns("router"), "conntrack", "-F"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .args(["down", &self.prefix])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+const TCP_SERVER: &str = r#"
+import socket, sys
+fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1024)
+print("ready", flush=True)
+while True:
+    c, a = s.accept()
+    print("peer", a[0], a[1], flush=True)
+    c.recv(100)
+    c.sendall(b"ok")
+    c.close()
+"#;
+
+const TCP_CLIENT: &str = r#"
+import socket, sys
+fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+for i in range(int(sys.argv[3])):
+    c = socket.socket(fam)
+    c.connect((sys.argv[1], int(sys.argv[2])))
+    print("port", c.getsockname()[1], flush=True)
+    c.sendall(b"hi")
+    c.recv(100)
+    c.close()
+"#;
+
+const UDP_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    data, a = s.recvfrom(2048)
+    print("peer", a[0], a[1], flush=True)
+    s.sendto(data, a)
+"#;
+
+/// Sends N datagrams from one socket, waiting for each answer.
+const UDP_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+for i in range(int(sys.argv[3])):
+    s.sendto(b"query %d" % i, (sys.argv[1], int(sys.argv[2])))
+    s.recvfrom(2048)
+print("port", s.getsockname()[1], flush=True)
+"#;
+
+/// A python helper inside a namespace, its stdout read line by line.
+struct Py {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Py {
+    fn start(ns: &str, code: &str, args: &[&str]) -> Py {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", code])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Py { child, out }
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read helper output");
+        line.trim().to_string()
+    }
+
+    fn server(ns: &str, code: &str, addr: &str, port: u16) -> Py {
+        let mut py = Py::start(ns, code, &[addr, &port.to_string()]);
+        assert_eq!(py.line(), "ready", "server in {ns} did not start");
+        py
+    }
+
+    /// Runs a client to completion; returns the local ports it printed.
+    fn client(ns: &str, code: &str, addr: &str, port: u16, count: usize) -> Vec<u16> {
+        let mut py = Py::start(ns, code, &[addr, &port.to_string(), &count.to_string()]);
+        let mut ports = Vec::new();
+        loop {
+            let line = py.line();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(p) = line.strip_prefix("port ") {
+                ports.push(p.parse().unwrap());
+            }
+        }
+        let status = py.child.wait().unwrap();
+        assert!(status.success(), "client in {ns} failed");
+        ports
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready(test: &str) -> bool {
+    prerequisites(test)
+        && tool(test, "nft", "nftables")
+        && tool(test, "conntrack", "conntrack")
+        && tool(test, "python3", "python3")
+}
+
+fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == t).collect()
+}
+
+fn tuple(v: &Value) -> Vec<String> {
+    vec![
+        v["src"].as_str().unwrap().to_string(),
+        v["dst"].as_str().unwrap().to_string(),
+        v["sport"].to_string(),
+        v["dport"].to_string(),
+    ]
+}
+
+fn start_nat(router: &Router, extra: &[&str]) -> Tracer {
+    let ns = router.ns("router");
+    let mut args = vec!["--netns", ns.as_str()];
+    args.extend_from_slice(extra);
+    Tracer::start("nat", &args)
+}
+
+/// 1. Masquerade with a forced port range: one binding equal to conntrack's entry, marked SNAT
+///    with port translation, stitched to the client process and the server that accepted it.
+#[test]
+fn masquerade_binding_matches_conntrack_and_stitches_the_flow() {
+    if !ready("masquerade") {
+        return;
+    }
+    let router = Router::up("tn1", "masquerade");
+    let mut tracer = start_nat(&router, &[]);
+    let mut server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
+    let ports = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1);
+    let port = ports[0];
+    let peer = server.line();
+    tracer.wait_for("the stitched flow", T, |r| {
+        of_type(r, "flow")
+            .iter()
+            .any(|f| f["client"]["port"] == port)
+    });
+    let bindings = of_type(&tracer.events, "nat_binding");
+    let mine: Vec<_> = bindings
+        .iter()
+        .filter(|b| b["original"]["sport"] == port)
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one binding for the connection: {bindings:?}"
+    );
+    let b = mine[0];
+    assert_eq!(b["kind"], "snat");
+    assert_eq!(b["port_translated"], true);
+    assert_eq!(b["netns_name"], router.ns("router"));
+    assert_eq!(b["translated"]["src"], "203.0.113.1");
+    let tport = b["translated"]["sport"].as_u64().unwrap();
+    assert!((61000..=61099).contains(&tport), "forced range: {tport}");
+    // conntrack's own view, exactly.
+    let entries = router.conntrack(&["-p", "tcp", "--orig-port-src", &port.to_string()]);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(tuple(&b["original"]), entries[0].0);
+    assert_eq!(tuple(&b["reply"]), entries[0].1);
+    // The flow: client process and its ephemeral port → translated → server process.
+    let flows = of_type(&tracer.events, "flow");
+    let f = flows.iter().find(|f| f["client"]["port"] == port).unwrap();
+    assert_eq!(f["client"]["comm"], "python3");
+    assert_eq!(f["client"]["kernel_chose_port"], true);
+    assert_eq!(f["nat"]["translated"]["sport"], tport);
+    assert_eq!(f["server"]["comm"], "python3");
+    assert_eq!(f["server"]["port"], 80);
+    assert_eq!(f["server"]["peer_addr"], "203.0.113.1");
+    assert_eq!(f["server"]["peer_port"], tport);
+    // What the server itself saw as its peer.
+    assert_eq!(peer, format!("peer 203.0.113.1 {tport}"));
+}
+
+/// 2. Static SNAT of one address to one: address only, the port kept.
+#[test]
+fn static_snat_is_address_only() {
+    if !ready("static_snat") {
+        return;
+    }
+    let router = Router::up("tn2", "snat");
+    let mut tracer = start_nat(&router, &["--no-flows"]);
+    let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
+    let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
+    tracer.wait_for("the binding", T, |r| {
+        of_type(r, "nat_binding")
+            .iter()
+            .any(|b| b["original"]["sport"] == port)
+    });
+    let binding = of_type(&tracer.events, "nat_binding");
+    let b = binding
+        .iter()
+        .find(|b| b["original"]["sport"] == port)
+        .unwrap();
+    assert_eq!(b["kind"], "snat");
+    assert_eq!(b["port_translated"], false);
+    assert_eq!(b["address_translated"], true);
+    assert_eq!(b["translated"]["src"], "203.0.113.7");
+    assert_eq!(b["translated"]["sport"], port);
+}
+
+/// 3. A DNAT port forward (WAN → 203.0.113.1:8080 → LAN 192.0.2.10:80), seen through `watch`:
+///    the binding is DNAT and the LAN server's accept is stitched to it.
+#[test]
+fn dnat_port_forward_in_watch() {
+    if !ready("dnat") {
+        return;
+    }
+    let router = Router::up("tn3", "dnat");
+    let ns = router.ns("router");
+    let mut tracer = Tracer::watch(&["--nat-netns", &ns, "--proto", "tcp"]);
+    let mut server = Py::server(&router.ns("lan"), TCP_SERVER, "192.0.2.10", 80);
+    let port = Py::client(&router.ns("wan"), TCP_CLIENT, "203.0.113.1", 8080, 1)[0];
+    assert_eq!(server.line(), format!("peer 203.0.113.10 {port}"));
+    tracer.wait_for("the stitched flow", T, |r| {
+        of_type(r, "flow")
+            .iter()
+            .any(|f| f["client"]["port"] == port)
+    });
+    let b = of_type(&tracer.events, "nat_binding")
+        .into_iter()
+        .find(|b| b["original"]["sport"] == port)
+        .unwrap()
+        .clone();
+    assert_eq!(b["kind"], "dnat");
+    assert_eq!(b["original"]["dst"], "203.0.113.1");
+    assert_eq!(b["original"]["dport"], 8080);
+    assert_eq!(b["translated"]["dst"], "192.0.2.10");
+    assert_eq!(b["translated"]["dport"], 80);
+    let flows = of_type(&tracer.events, "flow");
+    let f = flows.iter().find(|f| f["client"]["port"] == port).unwrap();
+    assert_eq!(f["server"]["addr"], "192.0.2.10");
+    assert_eq!(f["server"]["peer_addr"], "203.0.113.10");
+    assert_eq!(f["server"]["peer_port"], port);
+    // Socket events are interleaved: the server's accept is in the same stream.
+    assert!(tracer
+        .events
+        .iter()
+        .any(|e| e["event"] == "accept" && e["rport"] == port));
+}
+
+/// 4 and 6. UDP through masquerade: the binding, the reply, and exact packet counters: N
+///    datagrams each way through one binding.
+#[test]
+fn udp_masquerade_counts_every_datagram() {
+    if !ready("udp_masquerade") {
+        return;
+    }
+    const N: u64 = 50;
+    let router = Router::up("tn4", "masquerade");
+    let mut tracer = start_nat(&router, &[]);
+    let mut server = Py::server(&router.ns("wan"), UDP_SERVER, "198.51.100.10", 53);
+    let port = Py::client(
+        &router.ns("lan"),
+        UDP_CLIENT,
+        "198.51.100.10",
+        53,
+        N as usize,
+    )[0];
+    let peer = server.line();
+    tracer.wait_for("the UDP flow", T, |r| {
+        of_type(r, "flow")
+            .iter()
+            .any(|f| f["client"]["port"] == port && f["proto"] == "udp")
+    });
+    let b = of_type(&tracer.events, "nat_binding")
+        .into_iter()
+        .find(|b| b["original"]["sport"] == port)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (b["proto"].as_str(), b["kind"].as_str()),
+        (Some("udp"), Some("snat"))
+    );
+    assert_eq!(b["port_translated"], true);
+    let tport = b["translated"]["sport"].as_u64().unwrap();
+    assert_eq!(peer, format!("peer 203.0.113.1 {tport}"));
+    // End the binding now: the destroy event carries the kernel's counters.
+    router.flush_conntrack();
+    tracer.wait_for("the binding's end", T, |r| {
+        of_type(r, "nat_end")
+            .iter()
+            .any(|e| e["original"]["sport"] == port)
+    });
+    let end = of_type(&tracer.events, "nat_end")
+        .into_iter()
+        .find(|e| e["original"]["sport"] == port)
+        .unwrap()
+        .clone();
+    let c = &end["counters"];
+    assert_eq!(c["orig_packets"], N, "{end}");
+    assert_eq!(c["reply_packets"], N, "{end}");
+    // IPv4 + UDP headers (28 bytes) around "query 0".."query 49".
+    let payload: u64 = (0..N).map(|i| format!("query {i}").len() as u64).sum();
+    assert_eq!(c["orig_bytes"], 28 * N + payload, "{end}");
+}
+
+/// 5. IPv6 masquerade (nft ip6 nat).
+#[test]
+fn ipv6_masquerade() {
+    if !ready("ipv6_masquerade") {
+        return;
+    }
+    let router = Router::up("tn5", "masquerade");
+    let mut tracer = start_nat(&router, &[]);
+    let _server = Py::server(&router.ns("wan"), TCP_SERVER, "2001:db8:2::10", 80);
+    let port = Py::client(&router.ns("lan"), TCP_CLIENT, "2001:db8:2::10", 80, 1)[0];
+    tracer.wait_for("the IPv6 flow", T, |r| {
+        of_type(r, "flow")
+            .iter()
+            .any(|f| f["client"]["port"] == port)
+    });
+    let b = of_type(&tracer.events, "nat_binding")
+        .into_iter()
+        .find(|b| b["original"]["sport"] == port)
+        .unwrap()
+        .clone();
+    assert_eq!(b["family"], "ipv6");
+    assert_eq!(b["kind"], "snat");
+    assert_eq!(b["translated"]["src"], "2001:db8:2::1");
+    let tport = b["translated"]["sport"].as_u64().unwrap();
+    assert!((62000..=62099).contains(&tport), "{tport}");
+}
+
+/// 7. 2,000 short connections through the router: each reported once, none lost, none
+///    duplicated, as many as conntrack holds.
+#[test]
+fn two_thousand_bindings_each_once() {
+    if !ready("many_bindings") {
+        return;
+    }
+    const N: usize = 2000;
+    let router = Router::up("tn7", "snat");
+    let mut tracer = start_nat(&router, &["--no-flows"]);
+    let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
+    let ports = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, N);
+    assert_eq!(ports.len(), N);
+    let wanted: std::collections::HashSet<u64> = ports.iter().map(|&p| p as u64).collect();
+    tracer.wait_for("2,000 bindings", T, |r| {
+        of_type(r, "nat_binding")
+            .iter()
+            .filter(|b| wanted.contains(&b["original"]["sport"].as_u64().unwrap_or(0)))
+            .count()
+            >= N
+    });
+    let (status, records) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success());
+    let mine: Vec<u64> = of_type(&records, "nat_binding")
+        .iter()
+        .map(|b| b["original"]["sport"].as_u64().unwrap())
+        .filter(|p| wanted.contains(p))
+        .collect();
+    let distinct: std::collections::HashSet<u64> = mine.iter().copied().collect();
+    assert_eq!(mine.len(), N, "each binding exactly once");
+    assert_eq!(distinct.len(), N);
+    let summary = of_type(&records, "summary");
+    assert_eq!(summary.last().unwrap()["lost"], 0, "nothing lost");
+    let held = router.conntrack(&["-p", "tcp", "--orig-dst", "198.51.100.10"]);
+    assert_eq!(held.len(), N, "conntrack holds one entry per connection");
+}
+
+/// 8. The watched router namespace is deleted mid-run: reported, and tracer keeps going.
+#[test]
+fn deleted_router_namespace_is_reported_not_fatal() {
+    if !ready("netns_deleted") {
+        return;
+    }
+    let router = Router::up("tn8", "masquerade");
+    let ns = router.ns("router");
+    let mut tracer = start_nat(&router, &["--no-flows"]);
+    let status = Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tracer.wait_for("the netns_gone record", T, |r| {
+        of_type(r, "netns_gone")
+            .iter()
+            .any(|g| g["netns_name"] == ns.as_str())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        tracer.running(),
+        "tracer exited when the namespace went away"
+    );
+    let (status, records) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success(), "{status}");
+    assert!(!of_type(&records, "summary").is_empty());
+}
+
+/// The fallback for kernels before 6.4, forced: bindings from conntrack events, no counters.
+#[test]
+fn conntrack_fallback_reports_bindings() {
+    if !ready("conntrack_fallback") {
+        return;
+    }
+    let router = Router::up("tn9", "masquerade");
+    let mut tracer = start_nat(&router, &["--source", "conntrack", "--no-flows"]);
+    let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
+    let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
+    let deadline = Instant::now() + T;
+    tracer.wait_for("a conntrack-sourced binding", T, |r| {
+        of_type(r, "nat_binding")
+            .iter()
+            .any(|b| b["original"]["sport"] == port)
+    });
+    assert!(Instant::now() < deadline);
+    let b = of_type(&tracer.events, "nat_binding")
+        .into_iter()
+        .find(|b| b["original"]["sport"] == port)
+        .unwrap()
+        .clone();
+    assert_eq!(b["source"], "conntrack");
+    assert_eq!(b["kind"], "snat");
+    assert_eq!(b["port_translated"], true);
+    assert!(b.get("hook").is_none());
+}
