@@ -513,3 +513,52 @@ fn conntrack_fallback_reports_bindings() {
     assert_eq!(b["port_translated"], true);
     assert!(b.get("hook").is_none());
 }
+
+/// Issue 5's NAT families: `serve --nat-netns` counts bindings by kind, port translation,
+/// protocol and namespace, and the packets through them.
+#[test]
+fn serve_exports_nat_metrics() {
+    if !ready("nat_metrics") {
+        return;
+    }
+    const N: usize = 3;
+    let router = Router::up("tn6", "masquerade");
+    let ns = router.ns("router");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut serve = Command::new(tracer_bin())
+        .args(["serve", "--listen", &addr, "--nat-netns", &ns])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tracer serve");
+    let scrape = || http_get(&addr, "/metrics").map(|(_, body)| body);
+    let deadline = Instant::now() + T;
+    while scrape().is_none() {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
+    Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, N);
+    let series = format!(
+        "tracer_nat_bindings_total{{kind=\"snat\",netns=\"{ns}\",port_translated=\"true\",proto=\"tcp\"}} {N}"
+    );
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        body = scrape().unwrap_or_default();
+        if body.contains(&series) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let _ = serve.wait();
+    assert!(body.contains(&series), "no {series} in:\n{body}");
+    let packets: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("tracer_nat_packets_total{kind=\"snat\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // Each connection: handshake, request, response, close — at least 7 packets each way
+    // in total, all counted once after the router's last NAT hook.
+    assert!(packets >= 7 * N as u64, "{packets} packets:\n{body}");
+}

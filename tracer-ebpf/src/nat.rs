@@ -158,7 +158,7 @@ mod program {
         };
         let now = unsafe { bpf_ktime_get_ns() };
         let done = nat::IPS_SRC_NAT_DONE | nat::IPS_DST_NAT_DONE;
-        if NAT_SEEN.get_ptr_mut(&key).is_none() {
+        if NAT_SEEN.get_ptr_mut(key).is_none() {
             // A binding is whole once both NAT hooks of its first packet's path have run.
             if status & done != done {
                 return None;
@@ -167,7 +167,7 @@ mod program {
                 first_ns: now,
                 ..NatCounters::default()
             };
-            if NAT_SEEN.insert(&key, &first, BPF_NOEXIST).is_ok() {
+            if NAT_SEEN.insert(key, first, BPF_NOEXIST).is_ok() {
                 report(state, ct, &o, family, protocol, hook, manips, status, now);
             }
         }
@@ -178,7 +178,7 @@ mod program {
         let slot = stats::kind_slot(manips);
         add(stats::PACKETS + slot, 1);
         add(stats::BYTES + slot, len as u64);
-        let Some(counters) = NAT_SEEN.get_ptr_mut(&key) else {
+        let Some(counters) = NAT_SEEN.get_ptr_mut(key) else {
             add(stats::UNTRACKED, 1);
             return None;
         };

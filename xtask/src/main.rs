@@ -36,6 +36,17 @@ enum Task {
     /// Benchmark: the loopback load untraced and with tracer attached, interleaved; prints
     /// ratios and writes bench/results/ (run as root).
     Bench(bench::BenchArgs),
+    /// The test router for NAT (scripts/nat-router.sh, as root): `cargo xtask router up
+    /// [masquerade|snat|dnat|all]` makes namespaces trlan, trrouter, trwan; `router down`
+    /// removes them. Then: `sudo tracer nat --netns trrouter`.
+    Router {
+        /// up or down
+        #[arg(value_parser = ["up", "down"])]
+        action: String,
+        /// NAT rules for `up`.
+        #[arg(default_value = "all", value_parser = ["masquerade", "snat", "dnat", "all"])]
+        mode: String,
+    },
     /// Everything CI runs: setup, build, lint, unit tests, and the end-to-end tests as root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -54,6 +65,8 @@ const PACKAGES: &[&str] = &[
     "chromium",
     "python3",
     "prometheus",
+    "nftables",
+    "conntrack",
 ];
 
 fn main() -> ExitCode {
@@ -87,6 +100,11 @@ fn run(task: Task) -> Result<()> {
         Task::Build => {
             setup()?;
             build()
+        }
+        Task::Router { action, mode } => {
+            let mut router = cmd(root().join("scripts/nat-router.sh"));
+            router.args([action.as_str(), "tr", mode.as_str()]);
+            status(router)
         }
         Task::Run { args } => {
             setup()?;

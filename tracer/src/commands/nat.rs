@@ -355,8 +355,10 @@ pub async fn run(config: NatConfig) -> Result<()> {
     let ringbuf_bytes = config.ringbuf_bytes;
     // Socket probes too, to stitch flows (client process → binding → server process).
     let mut sock = if config.flows {
-        let mut filter = tracer_common::KernelFilter::default();
-        filter.udp_data = 1;
+        let filter = tracer_common::KernelFilter {
+            udp_data: 1,
+            ..Default::default()
+        };
         Some(SockProbes::load(&LoadOptions {
             filter,
             pids: Vec::new(),

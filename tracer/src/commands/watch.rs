@@ -213,6 +213,8 @@ impl Pipeline {
     }
 }
 
+// Each argument is one thing `run` set up; bundling them would only rename the list.
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     config: &WatchConfig,
     mut source: impl EventSource,
