@@ -347,7 +347,12 @@ fn test(args: &[String]) -> Result<()> {
     let tracer = root().join("target/release/tracer");
     for exe in executables {
         let mut c = root_cmd(&exe);
-        c.env("TRACER_BIN", &tracer).args(args);
+        // One test at a time: in parallel, tests/watch.rs's handshake attribution check fails
+        // about one run in three (the LISTEN -> SYN_RECV of a fresh listener attributed to
+        // another test's process; seen with the previous release too) — under investigation.
+        c.env("TRACER_BIN", &tracer)
+            .arg("--test-threads=1")
+            .args(args);
         status(c)?;
     }
     Ok(())
