@@ -200,6 +200,17 @@ fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == t).collect()
 }
 
+/// The record of `type` whose original source port (for flows: client port) is `port`.
+fn for_port(records: &[Value], t: &str, port: u16) -> Option<Value> {
+    records
+        .iter()
+        .find(|r| {
+            let own = &r["original"]["sport"];
+            r["type"] == t && (*own == port || r["client"]["port"] == port)
+        })
+        .cloned()
+}
+
 fn tuple(v: &Value) -> Vec<String> {
     vec![
         v["src"].as_str().unwrap().to_string(),
@@ -230,9 +241,7 @@ fn masquerade_binding_matches_conntrack_and_stitches_the_flow() {
     let port = ports[0];
     let peer = server.line();
     tracer.wait_for("the stitched flow", T, |r| {
-        of_type(r, "flow")
-            .iter()
-            .any(|f| f["client"]["port"] == port)
+        for_port(r, "flow", port).is_some()
     });
     let bindings = of_type(&tracer.events, "nat_binding");
     let mine: Vec<_> = bindings
@@ -257,8 +266,7 @@ fn masquerade_binding_matches_conntrack_and_stitches_the_flow() {
     assert_eq!(tuple(&b["original"]), entries[0].0);
     assert_eq!(tuple(&b["reply"]), entries[0].1);
     // The flow: client process and its ephemeral port → translated → server process.
-    let flows = of_type(&tracer.events, "flow");
-    let f = flows.iter().find(|f| f["client"]["port"] == port).unwrap();
+    let f = for_port(&tracer.events, "flow", port).unwrap();
     assert_eq!(f["client"]["comm"], "python3");
     assert_eq!(f["client"]["kernel_chose_port"], true);
     assert_eq!(f["nat"]["translated"]["sport"], tport);
@@ -281,15 +289,9 @@ fn static_snat_is_address_only() {
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
     let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
     tracer.wait_for("the binding", T, |r| {
-        of_type(r, "nat_binding")
-            .iter()
-            .any(|b| b["original"]["sport"] == port)
+        for_port(r, "nat_binding", port).is_some()
     });
-    let binding = of_type(&tracer.events, "nat_binding");
-    let b = binding
-        .iter()
-        .find(|b| b["original"]["sport"] == port)
-        .unwrap();
+    let b = for_port(&tracer.events, "nat_binding", port).unwrap();
     assert_eq!(b["kind"], "snat");
     assert_eq!(b["port_translated"], false);
     assert_eq!(b["address_translated"], true);
@@ -311,22 +313,15 @@ fn dnat_port_forward_in_watch() {
     let port = Py::client(&router.ns("wan"), TCP_CLIENT, "203.0.113.1", 8080, 1)[0];
     assert_eq!(server.line(), format!("peer 203.0.113.10 {port}"));
     tracer.wait_for("the stitched flow", T, |r| {
-        of_type(r, "flow")
-            .iter()
-            .any(|f| f["client"]["port"] == port)
+        for_port(r, "flow", port).is_some()
     });
-    let b = of_type(&tracer.events, "nat_binding")
-        .into_iter()
-        .find(|b| b["original"]["sport"] == port)
-        .unwrap()
-        .clone();
+    let b = for_port(&tracer.events, "nat_binding", port).unwrap();
     assert_eq!(b["kind"], "dnat");
     assert_eq!(b["original"]["dst"], "203.0.113.1");
     assert_eq!(b["original"]["dport"], 8080);
     assert_eq!(b["translated"]["dst"], "192.0.2.10");
     assert_eq!(b["translated"]["dport"], 80);
-    let flows = of_type(&tracer.events, "flow");
-    let f = flows.iter().find(|f| f["client"]["port"] == port).unwrap();
+    let f = for_port(&tracer.events, "flow", port).unwrap();
     assert_eq!(f["server"]["addr"], "192.0.2.10");
     assert_eq!(f["server"]["peer_addr"], "203.0.113.10");
     assert_eq!(f["server"]["peer_port"], port);
@@ -361,11 +356,7 @@ fn udp_masquerade_counts_every_datagram() {
             .iter()
             .any(|f| f["client"]["port"] == port && f["proto"] == "udp")
     });
-    let b = of_type(&tracer.events, "nat_binding")
-        .into_iter()
-        .find(|b| b["original"]["sport"] == port)
-        .unwrap()
-        .clone();
+    let b = for_port(&tracer.events, "nat_binding", port).unwrap();
     assert_eq!(
         (b["proto"].as_str(), b["kind"].as_str()),
         (Some("udp"), Some("snat"))
@@ -376,15 +367,9 @@ fn udp_masquerade_counts_every_datagram() {
     // End the binding now: the destroy event carries the kernel's counters.
     router.flush_conntrack();
     tracer.wait_for("the binding's end", T, |r| {
-        of_type(r, "nat_end")
-            .iter()
-            .any(|e| e["original"]["sport"] == port)
+        for_port(r, "nat_end", port).is_some()
     });
-    let end = of_type(&tracer.events, "nat_end")
-        .into_iter()
-        .find(|e| e["original"]["sport"] == port)
-        .unwrap()
-        .clone();
+    let end = for_port(&tracer.events, "nat_end", port).unwrap();
     let c = &end["counters"];
     assert_eq!(c["orig_packets"], N, "{end}");
     assert_eq!(c["reply_packets"], N, "{end}");
@@ -403,16 +388,8 @@ fn ipv6_masquerade() {
     let mut tracer = start_nat(&router, &[]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "2001:db8:2::10", 80);
     let port = Py::client(&router.ns("lan"), TCP_CLIENT, "2001:db8:2::10", 80, 1)[0];
-    tracer.wait_for("the IPv6 flow", T, |r| {
-        of_type(r, "flow")
-            .iter()
-            .any(|f| f["client"]["port"] == port)
-    });
-    let b = of_type(&tracer.events, "nat_binding")
-        .into_iter()
-        .find(|b| b["original"]["sport"] == port)
-        .unwrap()
-        .clone();
+    tracer.wait_for("the IPv6 flow", T, |r| for_port(r, "flow", port).is_some());
+    let b = for_port(&tracer.events, "nat_binding", port).unwrap();
     assert_eq!(b["family"], "ipv6");
     assert_eq!(b["kind"], "snat");
     assert_eq!(b["translated"]["src"], "2001:db8:2::1");
@@ -496,18 +473,10 @@ fn conntrack_fallback_reports_bindings() {
     let mut tracer = start_nat(&router, &["--source", "conntrack", "--no-flows"]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
     let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
-    let deadline = Instant::now() + T;
     tracer.wait_for("a conntrack-sourced binding", T, |r| {
-        of_type(r, "nat_binding")
-            .iter()
-            .any(|b| b["original"]["sport"] == port)
+        for_port(r, "nat_binding", port).is_some()
     });
-    assert!(Instant::now() < deadline);
-    let b = of_type(&tracer.events, "nat_binding")
-        .into_iter()
-        .find(|b| b["original"]["sport"] == port)
-        .unwrap()
-        .clone();
+    let b = for_port(&tracer.events, "nat_binding", port).unwrap();
     assert_eq!(b["source"], "conntrack");
     assert_eq!(b["kind"], "snat");
     assert_eq!(b["port_translated"], true);

@@ -24,13 +24,34 @@ use crate::{
         netns, prereq,
     },
     model::{
-        event::monotonic_ns,
+        event::{comm_str, monotonic_ns},
         nat::{Binding, NatOutput, NatTable},
         Clock,
     },
     output::{human::HumanSink, json::JsonSink, Sink, Summary},
     source::{EventSource, RingBufSource},
 };
+
+/// A watched namespace.
+struct Watched {
+    inode: u32,
+    /// What the user called it (`router`, `/proc/123/ns/net`, `host`).
+    name: String,
+    /// The path it was opened by (`None`: tracer's own), checked to notice it going away.
+    path: Option<PathBuf>,
+    /// Tells its conntrack reader to stop.
+    stop: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// Whether the path still names the namespace (not deleted, its process not gone).
+    fn still_there(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.path
+            .as_ref()
+            .is_none_or(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == self.inode))
+    }
+}
 
 /// The NAT half of the agent: probes (or the conntrack fallback), the binding table, and the
 /// conntrack event readers, one per namespace.
@@ -40,7 +61,8 @@ pub struct NatRuntime {
     pub table: NatTable,
     ct_rx: mpsc::UnboundedReceiver<CtEvent>,
     ct_tx: mpsc::UnboundedSender<CtEvent>,
-    readers: Vec<(u32, Arc<AtomicBool>)>,
+    /// The namespaces watched, each with its conntrack reader.
+    watched: Vec<Watched>,
     ct_stats: Arc<CtStats>,
     targets: NatTargets,
     /// Bindings come from conntrack "new" events (no eBPF).
@@ -68,7 +90,7 @@ impl NatRuntime {
             table: NatTable::default(),
             ct_rx,
             ct_tx,
-            readers: Vec::new(),
+            watched: Vec::new(),
             ct_stats: Arc::new(CtStats::default()),
             targets,
             fallback: false,
@@ -124,11 +146,11 @@ impl NatRuntime {
             }
             None => netns::own_inode()?,
         };
-        if self.readers.iter().any(|(i, _)| *i == inode) {
+        if self.watched.iter().any(|w| w.inode == inode) {
             return Ok(());
         }
         if let Some(probes) = self.probes.as_mut() {
-            probes.attach(name, path.as_deref())?;
+            probes.attach(name, path.as_deref(), inode)?;
             for hook in ["prerouting", "output", "postrouting", "input"] {
                 self.attached
                     .push(format!("netfilter/{hook} (ipv4+ipv6) in netns {name}"));
@@ -136,7 +158,7 @@ impl NatRuntime {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let listened = conntrack::listen(
-            path,
+            path.clone(),
             inode,
             self.fallback,
             self.ct_tx.clone(),
@@ -149,7 +171,12 @@ impl NatRuntime {
             }
             eprintln!("tracer: no conntrack events in netns {name} ({e}); binding ends will not be reported there");
         }
-        self.readers.push((inode, stop));
+        self.watched.push(Watched {
+            inode,
+            name: name.to_string(),
+            path,
+            stop,
+        });
         self.table.name_netns(inode, name);
         Ok(())
     }
@@ -164,7 +191,7 @@ impl NatRuntime {
                 continue;
             };
             let inode = meta.ino() as u32;
-            if !seen.insert(inode) || self.readers.iter().any(|(i, _)| *i == inode) {
+            if !seen.insert(inode) || self.watched.iter().any(|w| w.inode == inode) {
                 continue;
             }
             let (name, path) = if inode == own {
@@ -252,75 +279,23 @@ impl NatRuntime {
     /// Once a second: drops namespaces that went away (reported), finds new ones in
     /// `--all-netns` mode, and forgets socket ends nobody claimed.
     pub fn tick(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
-        let gone: Vec<(String, u32)> = match self.probes.as_mut() {
-            Some(p) => p
-                .drop_gone()
-                .into_iter()
-                .map(|a| (a.name, a.inode))
-                .collect(),
-            None => Vec::new(),
-        };
-        for (name, inode) in &gone {
-            self.stop_reader(*inode);
-            sink.netns_gone(name, *inode)?;
-        }
-        if self.probes.is_none() {
-            // Fallback: the readers are what holds each namespace; check their names.
-            self.check_fallback_names(sink)?;
+        let (gone, kept): (Vec<Watched>, Vec<Watched>) = std::mem::take(&mut self.watched)
+            .into_iter()
+            .partition(|w| !w.still_there());
+        self.watched = kept;
+        for w in gone {
+            // The reader and the links are what keep a deleted namespace alive: close them.
+            w.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(p) = self.probes.as_mut() {
+                p.detach(w.inode);
+            }
+            sink.netns_gone(&w.name, w.inode)?;
         }
         if self.targets == NatTargets::All {
             self.discover();
         }
         self.table.sweep(monotonic_ns());
         Ok(())
-    }
-
-    fn check_fallback_names(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
-        if let NatTargets::Named(list) = &self.targets {
-            use std::os::unix::fs::MetadataExt;
-            let mut gone = Vec::new();
-            for (name, path) in list {
-                let here = std::fs::metadata(path).map(|m| m.ino() as u32).ok();
-                for (inode, _) in &self.readers {
-                    if self.table_name(*inode) == *name && here != Some(*inode) {
-                        gone.push((name.clone(), *inode));
-                    }
-                }
-            }
-            for (name, inode) in gone {
-                self.stop_reader(inode);
-                sink.netns_gone(&name, inode)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn table_name(&self, inode: u32) -> String {
-        self.attached_name(inode).unwrap_or_default()
-    }
-
-    fn attached_name(&self, inode: u32) -> Option<String> {
-        match &self.targets {
-            NatTargets::Named(list) => list.iter().find_map(|(name, path)| {
-                use std::os::unix::fs::MetadataExt;
-                (std::fs::metadata(path).ok()?.ino() as u32 == inode).then(|| name.clone())
-            }),
-            _ => None,
-        }
-    }
-
-    fn stop_reader(&mut self, inode: u32) {
-        self.readers.retain(|(i, stop)| {
-            if *i == inode {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                false
-            } else {
-                true
-            }
-        });
-        if let Some(p) = self.probes.as_mut() {
-            p.detach(inode);
-        }
     }
 
     /// Binding records lost (ring full) plus conntrack messages the kernel dropped.
@@ -337,14 +312,14 @@ impl NatRuntime {
     }
 
     pub fn watched(&self) -> usize {
-        self.readers.len()
+        self.watched.len()
     }
 }
 
 impl Drop for NatRuntime {
     fn drop(&mut self) {
-        for (_, stop) in &self.readers {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in &self.watched {
+            w.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -467,7 +442,7 @@ async fn stream(
                 }
                 events += batch.len() as u64;
                 for ev in batch.drain(..) {
-                    nat.socket(&ev, ev.pid, || comm_of(&ev));
+                    nat.socket(&ev, ev.pid, || comm_str(&ev.comm));
                 }
                 if let Some(s) = source.as_mut() {
                     nat.records(s, sink).map_err(out_err)?;
@@ -503,7 +478,7 @@ async fn stream(
         while s.drain_now(&mut batch) > 0 || !batch.is_empty() {
             events += batch.len() as u64;
             for ev in batch.drain(..) {
-                nat.socket(&ev, ev.pid, || comm_of(&ev));
+                nat.socket(&ev, ev.pid, || comm_str(&ev.comm));
             }
             nat.records(s, sink).map_err(out_err)?;
         }
@@ -513,9 +488,4 @@ async fn stream(
     sink.flush().map_err(out_err)?;
     let undecodable = source.as_ref().map_or(0, |s| s.undecodable());
     Ok((events, undecodable))
-}
-
-fn comm_of(ev: &SockEvent) -> String {
-    let end = ev.comm.iter().position(|&b| b == 0).unwrap_or(16);
-    String::from_utf8_lossy(&ev.comm[..end]).into_owned()
 }

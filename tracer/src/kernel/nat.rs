@@ -11,7 +11,7 @@ use std::{
     ffi::CString,
     fs,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
@@ -50,12 +50,8 @@ pub fn supported(btf: &KernelBtf) -> bool {
 }
 
 /// A network namespace the programs are linked into.
-pub struct Attached {
-    pub inode: u32,
-    /// What the user called it (`router`, `/proc/123/ns/net`, `host`).
-    pub name: String,
-    /// The path it was opened by, watched to notice the namespace going away.
-    pub path: PathBuf,
+struct Attached {
+    inode: u32,
     /// Owned: closing them detaches.
     _links: Vec<OwnedFd>,
 }
@@ -85,17 +81,14 @@ impl NatProbes {
                 "this kernel has no netfilter eBPF programs (Linux 6.4+)".into(),
             ));
         }
-        let offsets = Global(resolve_offsets(&btf)?);
+        let offsets = resolve_offsets(&btf)?;
         drop(btf);
         let mut obj = Object::parse(NAT_OBJECT).map_err(|e| nat_err("parsing", e))?;
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                &offsets as *const Global<NatOffsets> as *const u8,
-                std::mem::size_of::<NatOffsets>(),
-            )
-        };
-        obj.patch_map_data(HashMap::from([("NAT_OFFSETS", (bytes, true))]))
-            .map_err(|e| nat_err("setting offsets", e))?;
+        obj.patch_map_data(HashMap::from([(
+            "NAT_OFFSETS",
+            (bytemuck::bytes_of(&offsets), true),
+        )]))
+        .map_err(|e| nat_err("setting offsets", e))?;
 
         let mut shared_ring = shared_ring;
         let mut maps: Vec<(String, MapData)> = Vec::new();
@@ -168,15 +161,11 @@ impl NatProbes {
         })
     }
 
-    /// Links the program after NAT on every hook, IPv4 and IPv6, inside the namespace at
-    /// `path` (`None`: tracer's own). Links are made by a thread that entered it.
-    pub fn attach(&mut self, name: &str, path: Option<&Path>) -> Result<u32> {
-        let (path, inode) = match path {
-            Some(p) => (p.to_path_buf(), netns::resolve(&p.to_string_lossy())?.1),
-            None => (PathBuf::from("/proc/self/ns/net"), netns::own_inode()?),
-        };
+    /// Links the program after NAT on every hook, IPv4 and IPv6, inside namespace `inode`,
+    /// opened at `path` (`None`: tracer's own). Links are made by a thread that entered it.
+    pub fn attach(&mut self, name: &str, path: Option<&Path>, inode: u32) -> Result<()> {
         if self.attached.iter().any(|a| a.inode == inode) {
-            return Ok(inode);
+            return Ok(());
         }
         let prog = self
             .prog
@@ -198,35 +187,21 @@ impl NatProbes {
             }
             Ok(links)
         };
-        let links = if path == Path::new("/proc/self/ns/net") {
-            make()?
-        } else {
-            let ns = fs::File::open(&path).map_err(|_| Error::NoSuchNetns(name.to_string()))?;
-            netns::run_in(ns, make)?
+        let links = match path {
+            None => make()?,
+            Some(path) => {
+                let ns = fs::File::open(path).map_err(|_| Error::NoSuchNetns(name.to_string()))?;
+                netns::run_in(ns, make)?
+            }
         };
         self.attached.push(Attached {
             inode,
-            name: name.to_string(),
-            path,
             _links: links,
         });
-        Ok(inode)
+        Ok(())
     }
 
-    pub fn attached(&self) -> &[Attached] {
-        &self.attached
-    }
-
-    /// Namespaces whose path no longer names them (deleted, or their last process exited):
-    /// their links are closed and they are returned, to be reported.
-    pub fn drop_gone(&mut self) -> Vec<Attached> {
-        let (gone, kept) = std::mem::take(&mut self.attached)
-            .into_iter()
-            .partition(|a| !still_there(a));
-        self.attached = kept;
-        gone
-    }
-
+    /// Closes the links made in namespace `inode`.
     pub fn detach(&mut self, inode: u32) {
         self.attached.retain(|a| a.inode != inode);
     }
@@ -259,14 +234,6 @@ impl NatProbes {
             })?,
         })
     }
-}
-
-fn still_there(a: &Attached) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if a.path == Path::new("/proc/self/ns/net") {
-        return true;
-    }
-    fs::metadata(&a.path).is_ok_and(|m| m.ino() as u32 == a.inode)
 }
 
 fn missing(name: &str) -> Error {

@@ -3,10 +3,7 @@
 //! router's rewrite and the server socket, possibly in three network namespaces.
 //!
 //! Pure and bounded: fed with decoded records, tested without a kernel.
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use serde::Serialize;
 use tracer_common::{
@@ -349,6 +346,8 @@ type EndKey = (u8, u16, IpAddr, u16);
 #[derive(Default)]
 pub struct NatTable {
     live: HashMap<BindingId, Live>,
+    /// Live bindings by the key their client end and their server end will have.
+    by_client: HashMap<EndKey, BindingId>,
     by_translated: HashMap<EndKey, BindingId>,
     clients: HashMap<EndKey, FlowEnd>,
     servers: HashMap<EndKey, FlowEnd>,
@@ -399,6 +398,7 @@ impl NatTable {
                 self.forget(&oldest);
             }
         }
+        self.by_client.insert(client_key_of(&b), id);
         self.by_translated.insert(server_key_of(&b), id);
         out.push(NatOutput::Binding(b.clone()));
         self.live.insert(
@@ -413,7 +413,14 @@ impl NatTable {
 
     fn forget(&mut self, id: &BindingId) -> Option<Live> {
         let live = self.live.remove(id)?;
-        self.by_translated.remove(&server_key_of(&live.binding));
+        for (index, key) in [
+            (&mut self.by_client, client_key_of(&live.binding)),
+            (&mut self.by_translated, server_key_of(&live.binding)),
+        ] {
+            if index.get(&key) == Some(id) {
+                index.remove(&key);
+            }
+        }
         Some(live)
     }
 
@@ -487,13 +494,7 @@ impl NatTable {
             }
             self.bound(true);
             self.clients.insert(key, end);
-            let ids: Vec<BindingId> = self
-                .live
-                .iter()
-                .filter(|(_, l)| !l.stitched && client_key_of(&l.binding) == key)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
+            if let Some(id) = self.by_client.get(&key).copied() {
                 self.try_stitch(&id, out);
             }
         } else {
@@ -594,14 +595,15 @@ pub fn hook_name(hook: u8) -> &'static str {
     }
 }
 
-/// For tests and examples: an IPv4 address.
-pub fn v4(a: [u8; 4]) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(a))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+
+    fn v4(a: [u8; 4]) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(a))
+    }
 
     fn ct(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> CtTuple {
         CtTuple {
