@@ -275,6 +275,11 @@ pub struct KernelFilter {
     pub port_count: u16,
     /// Network namespace inode, or 0.
     pub netns: u32,
+    /// 0: every record may wake the agent (it only waits for readiness). Otherwise records are
+    /// submitted without a wake-up until this many bytes wait in the ring, and the agent also
+    /// drains on a timer: one wake-up per many records instead of one per few (each costs an
+    /// interrupt on the traced CPU and a context switch on the agent's).
+    pub wakeup_bytes: u32,
     pub ports: [u16; MAX_PORT_FILTERS],
     pub comm: [u8; 16],
 }

@@ -68,6 +68,7 @@ static FILTER: KernelFilter = KernelFilter {
     family: 0,
     port_count: 0,
     netns: 0,
+    wakeup_bytes: 0,
     ports: [0; tracer_common::MAX_PORT_FILTERS],
     comm: [0; 16],
 };
@@ -481,12 +482,28 @@ fn count_state(family: u16, old: u8, new: u8, sk_err: i32) {
     }
 }
 
+/// Submit flags: wake the agent only once `FILTER.wakeup_bytes` wait in the ring (when set).
+#[inline(always)]
+fn wakeup() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    let threshold = filt!(wakeup_bytes) as u64;
+    if threshold == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Counts `ev` and copies it to the ring (the helper copies in the kernel: no per-byte copy
 /// loop in the program).
 #[inline(always)]
 fn emit(ev: &SockEvent) {
     count(ev);
-    if EVENTS.output::<SockEvent>(ev, 0).is_err() {
+    if EVENTS.output::<SockEvent>(ev, wakeup()).is_err() {
         bump(counter::LOST);
     }
 }
@@ -1105,7 +1122,7 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
     put16(&mut ev.laddr, laddr);
     put16(&mut ev.raddr, raddr);
     put16(&mut ev.comm, comm);
-    entry.submit(0);
+    entry.submit(wakeup());
     Some(())
 }
 
@@ -1171,7 +1188,7 @@ fn try_release(sk: u64) -> Option<()> {
         return Some(());
     }
     count(ev);
-    entry.submit(0);
+    entry.submit(wakeup());
     Some(())
 }
 

@@ -6,7 +6,7 @@ use std::{
 };
 
 use tokio::signal::unix::{signal, SignalKind};
-use tracer_common::SockEvent;
+use tracer_common::{KernelFilter, SockEvent};
 
 use std::sync::Arc;
 
@@ -36,7 +36,12 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         None => None,
     };
     let mut probes = SockProbes::load(&LoadOptions {
-        filter: config.kernel_filter,
+        filter: KernelFilter {
+            // The loop below drains on a timer too: wake it only when a quarter of the ring
+            // is waiting.
+            wakeup_bytes: config.ringbuf_bytes / 4,
+            ..config.kernel_filter
+        },
         pids: config.pids.clone(),
         ringbuf_bytes: config.ringbuf_bytes,
         data: false,
@@ -244,10 +249,10 @@ async fn stream(
         process_filter: config.kernel_filter.by_pid != 0 || config.kernel_filter.by_comm != 0,
         nat,
     };
-    // `serve` drains the ring on a short timer instead of being woken for every few events:
-    // far fewer context switches, and the ring (4 MiB, ~32,000 events) holds 25 ms easily.
-    let polled = config.quiet;
-    let mut poll = tokio::time::interval(Duration::from_millis(25));
+    // The ring is drained on a short timer (10 ms for a person watching, 25 ms for `serve`),
+    // and the kernel wakes the agent between ticks only when a quarter of the ring is full:
+    // one wake-up per thousands of events instead of one per few.
+    let mut poll = tokio::time::interval(Duration::from_millis(if config.quiet { 25 } else { 10 }));
     let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
     let mut lost_seen = 0u64;
     let started = Instant::now();
@@ -282,7 +287,7 @@ async fn stream(
     let mut last_reconcile = Instant::now();
     loop {
         tokio::select! {
-            _ = poll.tick(), if polled => {
+            _ = poll.tick() => {
                 while source.drain_now(&mut batch) > 0 {
                     if let Some(scrape) = scrape {
                         scrape.metrics.processed("ringbuf", batch.len() as u64);
@@ -291,7 +296,7 @@ async fn stream(
                     pipeline.nat_records(&mut source, sink).map_err(io_err)?;
                 }
             }
-            more = source.next_batch(&mut batch), if !polled => {
+            more = source.next_batch(&mut batch) => {
                 if !more? {
                     break;
                 }

@@ -2,7 +2,7 @@
 //! held right now by each (protocol, local address), the highest count seen, and a warning the
 //! moment usage passes [`WARN_PERCENT`]. Fed by the socket table as sockets gain, change and
 //! lose their local ports, so the figure is exact at every event, not sampled.
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use serde::Serialize;
 

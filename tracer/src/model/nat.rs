@@ -3,7 +3,9 @@
 //! router's rewrite and the server socket, possibly in three network namespaces.
 //!
 //! Pure and bounded: fed with decoded records, tested without a kernel.
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
+
+use foldhash::HashMap;
 
 use serde::Serialize;
 use tracer_common::{

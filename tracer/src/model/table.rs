@@ -14,7 +14,7 @@
 //! expiry (a released socket whose CLOSE was lost, a snapshot TIME_WAIT socket), and a hard cap
 //! evicts the oldest entries if all else fails. As entries gain and lose local ports the table
 //! keeps the ephemeral-port usage up to date.
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -192,9 +192,9 @@ impl Default for SocketTable {
 impl SocketTable {
     pub fn with_capacity(capacity: usize) -> Self {
         SocketTable {
-            sockets: HashMap::new(),
-            listeners: HashMap::new(),
-            unnamed: HashMap::new(),
+            sockets: HashMap::default(),
+            listeners: HashMap::default(),
+            unnamed: HashMap::default(),
             next_placeholder: 1,
             usage: EphemeralUsage::default(),
             time_wait_rows: true,
