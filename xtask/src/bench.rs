@@ -43,6 +43,7 @@ enum Config {
     WatchJson,
     WatchHuman,
     Bpftrace,
+    Floor,
 }
 
 impl Config {
@@ -53,6 +54,7 @@ impl Config {
             Config::WatchJson => "tracer watch --json > file",
             Config::WatchHuman => "tracer watch > file",
             Config::Bpftrace => "bpftrace printing the same tracepoints",
+            Config::Floor => "floor: tracer's tracepoints, empty programs (bpftrace)",
         }
     }
 }
@@ -78,6 +80,26 @@ tracepoint:syscalls:sys_exit_sendto, tracepoint:syscalls:sys_exit_recvfrom
 tracepoint:sock:inet_sock_set_state
 { printf("%llu %d %s state %d %d %d -> %d\n", nsecs, pid, comm, args->sport, args->dport,
          args->oldstate, args->newstate); }
+"#;
+
+/// The price of the hooks themselves: every tracepoint tracer attaches, each with a program
+/// that does nothing. No tracer that uses these hooks can be faster than this row. (tracer's
+/// passive `cgroup/sock_release` program has no bpftrace equivalent and is left out.)
+const FLOOR_SCRIPT: &str = r#"
+tracepoint:syscalls:sys_enter_socket, tracepoint:syscalls:sys_exit_socket,
+tracepoint:syscalls:sys_enter_bind, tracepoint:syscalls:sys_exit_bind,
+tracepoint:syscalls:sys_enter_listen, tracepoint:syscalls:sys_exit_listen,
+tracepoint:syscalls:sys_enter_accept, tracepoint:syscalls:sys_exit_accept,
+tracepoint:syscalls:sys_enter_accept4, tracepoint:syscalls:sys_exit_accept4,
+tracepoint:syscalls:sys_enter_connect, tracepoint:syscalls:sys_exit_connect,
+tracepoint:syscalls:sys_enter_close, tracepoint:syscalls:sys_exit_close,
+tracepoint:syscalls:sys_enter_shutdown, tracepoint:syscalls:sys_exit_shutdown,
+tracepoint:syscalls:sys_enter_sendto, tracepoint:syscalls:sys_exit_sendto,
+tracepoint:syscalls:sys_enter_recvfrom, tracepoint:syscalls:sys_exit_recvfrom,
+tracepoint:syscalls:sys_enter_sendmsg, tracepoint:syscalls:sys_exit_sendmsg,
+tracepoint:syscalls:sys_enter_recvmsg, tracepoint:syscalls:sys_exit_recvmsg,
+tracepoint:sock:inet_sock_set_state
+{ }
 "#;
 
 fn http_get(addr: &str, path: &str) -> Option<String> {
@@ -172,6 +194,11 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
             c.args(["-e", BPFTRACE_SCRIPT]);
             c
         }
+        Config::Floor => {
+            let mut c = Command::new("bpftrace");
+            c.args(["-e", FLOOR_SCRIPT]);
+            c
+        }
     };
     let child = command
         .stdout(Stdio::from(stdout))
@@ -194,7 +221,9 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
             read(&out).contains("\"type\":\"snapshot\"")
         })?,
         Config::WatchHuman => wait_for("tracer watch", || read(&err).contains("already open"))?,
-        Config::Bpftrace => wait_for("bpftrace", || read(&out).contains("Attaching"))?,
+        Config::Bpftrace | Config::Floor => {
+            wait_for("bpftrace", || read(&out).contains("Attaching"))?
+        }
         Config::Untraced => {}
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -313,8 +342,9 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
     ];
     if bpftrace {
         configs.push(Config::Bpftrace);
+        configs.push(Config::Floor);
     } else {
-        eprintln!("bench: bpftrace is not installed: the peer column is left out");
+        eprintln!("bench: bpftrace is not installed: the peer and floor rows are left out");
     }
     let dir = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
