@@ -234,18 +234,8 @@ pub struct KernelOffsets {
     pub tp_syscall_args: u32,
     /// Offset of `ret` in a `syscalls:sys_exit_*` record.
     pub tp_syscall_ret: u32,
-    /// Field offsets of `sock:inet_sock_set_state`.
-    pub tp_state_skaddr: u32,
-    pub tp_state_oldstate: u32,
-    pub tp_state_newstate: u32,
-    pub tp_state_sport: u32,
-    pub tp_state_dport: u32,
-    pub tp_state_family: u32,
-    pub tp_state_protocol: u32,
-    pub tp_state_saddr: u32,
-    pub tp_state_daddr: u32,
-    pub tp_state_saddr_v6: u32,
-    pub tp_state_daddr_v6: u32,
+    /// `inet_sock.inet_sport`: the local port a socket had, still there on its way into CLOSE.
+    pub inet_sport: u32,
     /// Offset of `child_pid` in `sched:sched_process_fork`.
     pub tp_fork_child_pid: u32,
     /// `sock:sock_send_length` / `sock:sock_recv_length` (same layout); 0 when the kernel

@@ -6,9 +6,9 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated as gen,
     },
-    macros::{cgroup_sock, map, tracepoint},
+    macros::{cgroup_sock, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{SockContext, TracePointContext},
+    programs::{RawTracePointContext, SockContext, TracePointContext},
     EbpfContext,
 };
 use tracer_common::{
@@ -41,17 +41,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sk_err: 0,
     tp_syscall_args: 0,
     tp_syscall_ret: 0,
-    tp_state_skaddr: 0,
-    tp_state_oldstate: 0,
-    tp_state_newstate: 0,
-    tp_state_sport: 0,
-    tp_state_dport: 0,
-    tp_state_family: 0,
-    tp_state_protocol: 0,
-    tp_state_saddr: 0,
-    tp_state_daddr: 0,
-    tp_state_saddr_v6: 0,
-    tp_state_daddr_v6: 0,
+    inet_sport: 0,
     tp_fork_child_pid: 0,
     tp_data_sk: 0,
     tp_data_family: 0,
@@ -151,6 +141,12 @@ fn read_user<T>(addr: u64) -> Option<T> {
         return None;
     }
     unsafe { bpf_probe_read_user(addr as *const T).ok() }
+}
+
+/// An event the ring did not take (it was full).
+#[inline(always)]
+fn lost() {
+    bump(counter::LOST);
 }
 
 #[inline(always)]
@@ -504,7 +500,7 @@ fn wakeup() -> u64 {
 fn emit(ev: &SockEvent) {
     count(ev);
     if EVENTS.output::<SockEvent>(ev, wakeup()).is_err() {
-        bump(counter::LOST);
+        lost();
     }
 }
 
@@ -1020,36 +1016,36 @@ pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
 
 // ---- the TCP state machine ---------------------------------------------------------------
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: the kernel hands over `(sk, oldstate, newstate)` without building the
+/// tracepoint's record, and only a run of this same program on this CPU (a transition in
+/// softirq interrupting this program) is skipped, not every run that finds another tracing
+/// program active (which is how a perf-event tracepoint program nests).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let _ = try_state(&ctx);
     0
 }
 
-/// The record of a transition (72 bytes on every kernel since 4.16), read in one probe.
-type StateRecord = Window<9>;
-
 #[inline(always)]
-fn try_state(ctx: &TracePointContext) -> Option<()> {
-    let rec = StateRecord::read(ctx.as_ptr() as u64)?;
-    let protocol: u16 = rec.get(off!(tp_state_protocol))?;
-    if protocol as u8 != IPPROTO_TCP {
-        return None;
-    }
-    let sk: u64 = rec.get(off!(tp_state_skaddr))?;
-    let family: u16 = rec.get(off!(tp_state_family))?;
-    let old = rec.get::<i32>(off!(tp_state_oldstate))? as u8;
-    let new = rec.get::<i32>(off!(tp_state_newstate))? as u8;
-    let rport: u16 = rec.get(off!(tp_state_dport))?;
+fn try_state(ctx: &RawTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as u8;
+    let new = ctx.arg::<u64>(2) as u8;
     let mut common = SkCommon::empty();
     common.load(sk)?;
-    // The local port is the socket's own `skc_num` while it holds one: the record's `sport`
-    // (inet_sport) can be stale on a new socket, left by the previous user of its memory until
-    // connect sets it. On the way into CLOSE the kernel has already released the port
-    // (`skc_num` = 0) when the tracepoint fires, and `sport` still names the port it had.
+    // What the tracepoint itself reads: TCP only (it also fires for SCTP, DCCP, MPTCP).
+    let (protocol, _) = protocol_and_type(sk);
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let family: u16 = common.get(off!(skc_family))?;
+    let rport = u16::from_be(common.get::<u16>(off!(skc_dport)).unwrap_or(0));
+    // The local port is the socket's own `skc_num` while it holds one. On the way into CLOSE
+    // the kernel has already released the port (`skc_num` = 0), and `inet_sport` still names
+    // the port it had.
     let mut lport: u16 = common.get(off!(skc_num)).unwrap_or(0);
     if lport == 0 && new == tcp_state::CLOSE {
-        lport = rec.get(off!(tp_state_sport)).unwrap_or(0);
+        lport = u16::from_be(read::<u16>(sk, off!(inet_sport)).unwrap_or(0));
     }
     let netns = netns_of(&common);
     if !selected(IPPROTO_TCP, family, netns, lport, rport) {
@@ -1068,13 +1064,13 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
     }
     let (laddr, raddr) = if family == AF_INET6 {
         (
-            rec.addr16(off!(tp_state_saddr_v6)),
-            rec.addr16(off!(tp_state_daddr_v6)),
+            common.addr16(off!(skc_v6_rcv_saddr)),
+            common.addr16(off!(skc_v6_daddr)),
         )
     } else {
         (
-            rec.addr4(off!(tp_state_saddr)),
-            rec.addr4(off!(tp_state_daddr)),
+            common.addr4(off!(skc_rcv_saddr)),
+            common.addr4(off!(skc_daddr)),
         )
     };
     // Whoever is on the CPU (often softirq) is only the owner when this thread is inside a
@@ -1092,7 +1088,7 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
     }
     // Written straight into the ring, every field: no event on the stack, no copy, no memset.
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        bump(counter::LOST);
+        lost();
         return None;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -1159,7 +1155,7 @@ fn try_release(sk: u64) -> Option<()> {
         fill_from_sock(&mut ev, sk, &common);
         if socket_selected(&ev) {
             count(&ev);
-            bump(counter::LOST);
+            lost();
         }
         return None;
     };

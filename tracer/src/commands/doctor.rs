@@ -120,8 +120,14 @@ pub fn run() -> Result<()> {
         } else {
             ""
         };
+        // The TCP state machine is read through a raw tracepoint (no record built).
+        let kind = if event == "inet_sock_set_state" {
+            "raw tracepoint"
+        } else {
+            "tracepoint"
+        };
         add(
-            &format!("tracepoint {category}:{event}"),
+            &format!("{kind} {category}:{event}"),
             tracefs::exists(category, event),
             true,
             note.to_string(),

@@ -6,8 +6,8 @@ use std::os::fd::AsFd;
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        cgroup_sock::CgroupSockLink, trace_point::TracePointLink, CgroupAttachMode, CgroupSock,
-        TracePoint,
+        cgroup_sock::CgroupSockLink, raw_trace_point::RawTracePointLink,
+        trace_point::TracePointLink, CgroupAttachMode, CgroupSock, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -59,15 +59,20 @@ pub struct SockProbes {
 #[derive(Default)]
 struct Links {
     tracepoints: Vec<TracePointLink>,
+    raw: Vec<RawTracePointLink>,
     cgroup: Vec<CgroupSockLink>,
 }
 
 impl Drop for Links {
     fn drop(&mut self) {
         let tracepoints = std::mem::take(&mut self.tracepoints);
+        let raw = std::mem::take(&mut self.raw);
         let cgroup = std::mem::take(&mut self.cgroup);
         std::thread::scope(|scope| {
             for link in tracepoints {
+                scope.spawn(move || drop(link));
+            }
+            for link in raw {
                 scope.spawn(move || drop(link));
             }
             for link in cgroup {
@@ -127,14 +132,16 @@ impl SockProbes {
                 attached.push(format!("tracepoint/syscalls/{event}"));
             }
         }
-        attach_tracepoint(
-            &mut ebpf,
-            &mut links,
-            "inet_sock_set_state",
-            "sock",
-            "inet_sock_set_state",
-        )?;
-        attached.push("tracepoint/sock/inet_sock_set_state".into());
+        {
+            let name = "inet_sock_set_state";
+            let program: &mut RawTracePoint = program(&mut ebpf, name)?;
+            program.load().map_err(prog_err(name))?;
+            let link = program.attach(name).map_err(prog_err(name))?;
+            links
+                .raw
+                .push(program.take_link(link).map_err(prog_err(name))?);
+            attached.push("raw_tracepoint/sock/inet_sock_set_state".into());
+        }
         if opts.data {
             if offsets.0.tp_data_sk == 0 {
                 return Err(Error::MissingTracepoint(
@@ -404,7 +411,6 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
     };
     let net_ns = btf.offset("net", "ns")?;
     let ns_inum = btf.offset("ns_common", "inum")?;
-    let state = |field: &str, size: u32| tp("sock", "inet_sock_set_state", field, size);
     Ok(KernelOffsets {
         task_files: btf.offset("task_struct", "files")?,
         files_fdt: btf.offset("files_struct", "fdt")?,
@@ -429,17 +435,7 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         sk_err: btf.offset("sock", "sk_err")?,
         tp_syscall_args: tp("syscalls", "sys_enter_bind", "fd", 8)?,
         tp_syscall_ret: tp("syscalls", "sys_exit_bind", "ret", 8)?,
-        tp_state_skaddr: state("skaddr", 8)?,
-        tp_state_oldstate: state("oldstate", 4)?,
-        tp_state_newstate: state("newstate", 4)?,
-        tp_state_sport: state("sport", 2)?,
-        tp_state_dport: state("dport", 2)?,
-        tp_state_family: state("family", 2)?,
-        tp_state_protocol: state("protocol", 2)?,
-        tp_state_saddr: state("saddr", 4)?,
-        tp_state_daddr: state("daddr", 4)?,
-        tp_state_saddr_v6: state("saddr_v6", 16)?,
-        tp_state_daddr_v6: state("daddr_v6", 16)?,
+        inet_sport: btf.offset("inet_sock", "inet_sport")?,
         tp_fork_child_pid: tp("sched", "sched_process_fork", "child_pid", 4)?,
         tp_data_sk: data("sk", 8)?,
         tp_data_family: data("family", 2)?,
