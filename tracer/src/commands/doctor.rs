@@ -39,13 +39,13 @@ pub fn run() -> Result<()> {
         "tracepoint programs",
         probe(ProgramType::TracePoint),
         true,
-        "socket syscalls, TCP states".into(),
+        "socket syscalls".into(),
     );
     add(
         "raw tracepoint programs",
         probe(ProgramType::RawTracePoint),
-        false,
-        String::new(),
+        true,
+        "TCP states".into(),
     );
     add(
         "kprobe programs",
