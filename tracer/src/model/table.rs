@@ -317,6 +317,19 @@ impl SocketTable {
 
     /// Folds one event into the table and says who owns its socket.
     pub fn observe(&mut self, ev: &SockEvent) -> Attribution {
+        // A socket being born — socket() returned it, or the kernel cloned a connection from
+        // its listener (LISTEN → SYN_RECV) — at an address the table still holds: the socket
+        // that had it is gone and its memory was reused (the entry was waiting for a release
+        // or an expiry that had not come yet, e.g. a connection its listener's owner never
+        // accepted). Start afresh, or the new socket would be attributed to the old one's
+        // owners.
+        let born = (ev.kind == kind::SOCKET && ev.sk != 0)
+            || (ev.kind == kind::STATE
+                && ev.old_state == tcp_state::LISTEN
+                && ev.new_state == tcp_state::SYN_RECV);
+        if born {
+            self.remove(ev.sk);
+        }
         if !self.unnamed.is_empty() {
             self.name_snapshot_socket(ev);
         }
@@ -735,6 +748,46 @@ mod tests {
             300,
             "remembered for softirq transitions"
         );
+    }
+
+    #[test]
+    fn a_reused_socket_address_is_a_new_socket() {
+        let mut t = SocketTable::default();
+        let mut listen = ev(kind::LISTEN, 0x1, 7);
+        listen.lport = 8080;
+        listen.new_state = tcp_state::LISTEN;
+        t.observe(&listen);
+        // A connection pid 7 never accepts: closed with its listener, never released.
+        t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
+        t.observe(&state(
+            0x2,
+            tcp_state::SYN_RECV,
+            tcp_state::ESTABLISHED,
+            8080,
+        ));
+        t.observe(&state(0x1, tcp_state::LISTEN, tcp_state::CLOSE, 8080));
+        t.observe(&state(0x2, tcp_state::ESTABLISHED, tcp_state::CLOSE, 8080));
+        // Its memory goes to a connection on another process's listener.
+        let mut other = ev(kind::LISTEN, 0x3, 9);
+        other.lport = 9090;
+        other.new_state = tcp_state::LISTEN;
+        t.observe(&other);
+        let child = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 9090));
+        assert_eq!(child.owner.unwrap().pid, 9);
+        let est = t.observe(&state(
+            0x2,
+            tcp_state::SYN_RECV,
+            tcp_state::ESTABLISHED,
+            9090,
+        ));
+        assert_eq!(est.owner.unwrap().pid, 9);
+        // And to a socket() of a third process: its owner alone.
+        t.observe(&state(0x2, tcp_state::ESTABLISHED, tcp_state::CLOSE, 9090));
+        let mut made = ev(kind::SOCKET, 0x2, 11);
+        made.new_state = tcp_state::CLOSE;
+        let a = t.observe(&made);
+        assert_eq!(a.owner.unwrap().pid, 11);
+        assert_eq!(t.sockets[&0x2].owners.len(), 1);
     }
 
     #[test]
