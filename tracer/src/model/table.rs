@@ -730,6 +730,15 @@ mod tests {
         }
     }
 
+    /// `pid`'s listen() on `port`, socket `sk`.
+    fn listen(sk: u64, pid: u32, port: u16) -> SockEvent {
+        SockEvent {
+            lport: port,
+            new_state: tcp_state::LISTEN,
+            ..ev(kind::LISTEN, sk, pid)
+        }
+    }
+
     #[test]
     fn state_events_are_attributed_through_the_table() {
         let mut t = SocketTable::default();
@@ -753,10 +762,7 @@ mod tests {
     #[test]
     fn a_reused_socket_address_is_a_new_socket() {
         let mut t = SocketTable::default();
-        let mut listen = ev(kind::LISTEN, 0x1, 7);
-        listen.lport = 8080;
-        listen.new_state = tcp_state::LISTEN;
-        t.observe(&listen);
+        t.observe(&listen(0x1, 7, 8080));
         // A connection pid 7 never accepts: closed with its listener, never released.
         t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
         t.observe(&state(
@@ -768,10 +774,7 @@ mod tests {
         t.observe(&state(0x1, tcp_state::LISTEN, tcp_state::CLOSE, 8080));
         t.observe(&state(0x2, tcp_state::ESTABLISHED, tcp_state::CLOSE, 8080));
         // Its memory goes to a connection on another process's listener.
-        let mut other = ev(kind::LISTEN, 0x3, 9);
-        other.lport = 9090;
-        other.new_state = tcp_state::LISTEN;
-        t.observe(&other);
+        t.observe(&listen(0x3, 9, 9090));
         let child = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 9090));
         assert_eq!(child.owner.unwrap().pid, 9);
         let est = t.observe(&state(
@@ -793,10 +796,7 @@ mod tests {
     #[test]
     fn connections_from_a_listener_belong_to_its_owner() {
         let mut t = SocketTable::default();
-        let mut listen = ev(kind::LISTEN, 0x1, 7);
-        listen.lport = 8080;
-        listen.new_state = tcp_state::LISTEN;
-        t.observe(&listen);
+        t.observe(&listen(0x1, 7, 8080));
         let child = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
         assert_eq!(child.owner.unwrap().pid, 7);
     }
@@ -881,10 +881,7 @@ mod tests {
     fn a_close_reported_after_release_does_not_resurrect_the_socket() {
         // close() is reported at syscall exit, after the socket was released and closed.
         let mut t = SocketTable::default();
-        let mut listen = ev(kind::LISTEN, 0x8, 5);
-        listen.lport = 39309;
-        listen.new_state = tcp_state::LISTEN;
-        t.observe(&listen);
+        t.observe(&listen(0x8, 5, 39309));
         t.observe(&ev(kind::RELEASE, 0x8, 5));
         t.observe(&state(0x8, tcp_state::LISTEN, tcp_state::CLOSE, 39309));
         let mut close = ev(kind::CLOSE, 0x8, 5);
