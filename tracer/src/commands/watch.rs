@@ -204,6 +204,10 @@ impl Pipeline {
         if let Some(nat) = self.nat.as_mut() {
             nat.records(source, sink)?;
             nat.flush_out(sink)?;
+            // Written after `process` flushed: out now, not when the next batch comes (with
+            // the ring drained on a timer, a connection's last events and its flow can be the
+            // last thing for a long time).
+            sink.flush()?;
         }
         Ok(())
     }
