@@ -1,6 +1,6 @@
-//! NAT bindings: one `BPF_PROG_TYPE_NETFILTER` program, attached by the agent right after NAT
-//! on every path a packet can take (after DNAT in PREROUTING and OUTPUT, after SNAT in
-//! POSTROUTING and INPUT; IPv4 and IPv6), in each network namespace it watches.
+//! NAT bindings: one `BPF_PROG_TYPE_NETFILTER` program, attached by the agent right after
+//! source NAT on the last NAT hook of every path (POSTROUTING and INPUT; IPv4 and IPv6), in
+//! each network namespace it watches.
 //!
 //! It reads the packet's conntrack entry (`skb->_nfct`) and, the first time an entry shows a
 //! finished translation, writes one `NatEvent` to `EVENTS`; later packets only add to the
@@ -17,13 +17,20 @@
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
+// Shared with the socket programs, which use more of it.
+#[cfg(target_arch = "bpf")]
+#[allow(dead_code)]
+mod window;
+
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+        helpers::bpf_ktime_get_ns,
         macros::map,
         maps::{LruHashMap, PerCpuArray, RingBuf},
     };
+
+    use crate::window::{read, Window};
     use tracer_common::{
         nat::{self, stats},
         NatCounters, NatEvent, NatKey, NatOffsets, AF_INET,
@@ -70,14 +77,6 @@ mod program {
     }
 
     #[inline(always)]
-    fn read<T>(base: u64, offset: u64) -> Option<T> {
-        if base == 0 {
-            return None;
-        }
-        unsafe { bpf_probe_read_kernel((base + offset) as *const T).ok() }
-    }
-
-    #[inline(always)]
     fn add(index: u32, value: u64) {
         if let Some(c) = NAT_STATS.get_ptr_mut(index) {
             unsafe { *c += value };
@@ -91,23 +90,55 @@ mod program {
         dport: u16,
     }
 
+    /// A 16-byte address at `at` in the window, its IPv4 form zero-padded: built from four
+    /// 32-bit reads (the tuple's addresses are 4-byte aligned) and held in registers, so no
+    /// byte-loop `memset`/`memcpy` runs.
     #[inline(always)]
-    fn tuple(base: u64, v4: bool) -> Option<Tuple> {
-        let mut src: [u8; 16] = read(base, off!(tuple_src_u3))?;
-        let mut dst: [u8; 16] = read(base, off!(tuple_dst_u3))?;
-        if v4 {
-            src[4..].fill(0);
-            dst[4..].fill(0);
-        }
-        let sport: u16 = read(base, off!(tuple_src_port))?;
-        let dport: u16 = read(base, off!(tuple_dst_port))?;
+    fn addr(w: &CtWindow, at: u64, v4: bool) -> [u8; 16] {
+        let word = |i: u64| w.get::<u32>(at + 4 * i).unwrap_or(0);
+        let words = if v4 {
+            [word(0), 0, 0, 0]
+        } else {
+            [word(0), word(1), word(2), word(3)]
+        };
+        unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+    }
+
+    /// The tuple at `at` (a `nf_conntrack_tuple`) in the window.
+    #[inline(always)]
+    fn tuple(w: &CtWindow, at: u64, v4: bool) -> Option<Tuple> {
         Some(Tuple {
-            src,
-            dst,
-            sport: u16::from_be(sport),
-            dport: u16::from_be(dport),
+            src: addr(w, at + off!(tuple_src_u3), v4),
+            dst: addr(w, at + off!(tuple_dst_u3), v4),
+            sport: u16::from_be(w.get(at + off!(tuple_src_port))?),
+            dport: u16::from_be(w.get(at + off!(tuple_dst_port))?),
         })
     }
+
+    /// The part of `nf_conn` the program reads — both tuples and `status`, 104 bytes from the
+    /// original tuple on 6.x — in one probe (fields outside it are read on their own).
+    type CtWindow = Window<13>;
+
+    /// Where the window starts in `nf_conn`, and each field's place in it.
+    #[inline(always)]
+    fn ct_window_base() -> u64 {
+        let (orig, status) = (off!(ct_tuple_orig), off!(ct_status));
+        if orig < status {
+            orig
+        } else {
+            status
+        }
+    }
+
+    /// Counters of a binding the map has just taken: zero, copied by the map update.
+    static ZERO_COUNTERS: NatCounters = NatCounters {
+        orig_packets: 0,
+        orig_bytes: 0,
+        reply_packets: 0,
+        reply_bytes: 0,
+        first_ns: 0,
+        last_ns: 0,
+    };
 
     /// The netfilter program. `ctx` is a `struct bpf_nf_ctx { state, skb }`.
     #[no_mangle]
@@ -117,16 +148,30 @@ mod program {
         NF_ACCEPT
     }
 
+    // Keys and values go to the map helpers by reference: by value, each call would first
+    // copy them onto a stack the conntrack window already fills.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     #[inline(always)]
     fn observe(ctx: *mut u64) -> Option<()> {
         // SAFETY: the verifier allows reading both pointers of bpf_nf_ctx.
         let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
-        let nfct: u64 = read(skb, off!(skb_nfct))?;
+        // `_nfct` and `len` lie 8 bytes apart in `sk_buff`: one probe.
+        let (nfct_off, len_off) = (off!(skb_nfct), off!(skb_len));
+        let skb_base = if nfct_off < len_off {
+            nfct_off
+        } else {
+            len_off
+        };
+        let skb_fields = Window::<2>::read(skb + skb_base)?;
+        let nfct: u64 = skb_fields.get(nfct_off - skb_base)?;
         let ct = nfct & !nat::NFCT_INFOMASK;
         if ct == 0 {
             return None;
         }
-        let status: u64 = read(ct, off!(ct_status))?;
+        let base = ct_window_base();
+        let mut w = CtWindow::empty();
+        w.load(ct + base)?;
+        let status: u64 = w.get(off!(ct_status) - base)?;
         let manips = (if status & nat::IPS_SRC_NAT != 0 {
             nat::MANIP_SRC
         } else {
@@ -141,47 +186,65 @@ mod program {
         }
         let hook: u8 = read(state, off!(state_hook))?;
         // POSTROUTING and INPUT come after both NAT hooks of a path: count there, so each
-        // packet counts once.
+        // packet counts once (the agent links the program only there).
         let last_hook = hook == nat::NF_INET_POST_ROUTING || hook == nat::NF_INET_LOCAL_IN;
-        let orig = ct + off!(ct_tuple_orig);
-        let family: u16 = read(orig, off!(tuple_src_l3num))?;
-        let protocol: u8 = read(orig, off!(tuple_dst_protonum))?;
-        let o = tuple(orig, family == AF_INET)?;
-        let key = NatKey {
-            ct,
-            src: o.src,
-            dst: o.dst,
-            sport: o.sport,
-            dport: o.dport,
-            protocol,
-            _pad: [0; 3],
-        };
-        let now = unsafe { bpf_ktime_get_ns() };
-        let done = nat::IPS_SRC_NAT_DONE | nat::IPS_DST_NAT_DONE;
-        if NAT_SEEN.get_ptr_mut(key).is_none() {
-            // A binding is whole once both NAT hooks of its first packet's path have run.
-            if status & done != done {
-                return None;
-            }
-            let first = NatCounters {
-                first_ns: now,
-                ..NatCounters::default()
-            };
-            if NAT_SEEN.insert(key, first, BPF_NOEXIST).is_ok() {
-                report(state, ct, &o, family, protocol, hook, manips, status, now);
+        let orig = off!(ct_tuple_orig) - base;
+        let family: u16 = w.get(orig + off!(tuple_src_l3num))?;
+        let protocol: u8 = w.get(orig + off!(tuple_dst_protonum))?;
+        let v4 = family == AF_INET;
+        let o = tuple(&w, orig, v4)?;
+        // Field by field, the padding with volatile stores: as a literal, the three zero
+        // bytes became a call to the byte-loop memset on every packet.
+        let mut key = core::mem::MaybeUninit::<NatKey>::uninit();
+        let k = key.as_mut_ptr();
+        unsafe {
+            (*k).ct = ct;
+            (*k).src = o.src;
+            (*k).dst = o.dst;
+            (*k).sport = o.sport;
+            (*k).dport = o.dport;
+            (*k).protocol = protocol;
+            for i in 0..3 {
+                core::ptr::write_volatile(&raw mut (*k)._pad[i], 0);
             }
         }
+        let key = unsafe { key.assume_init() };
+        let now = unsafe { bpf_ktime_get_ns() };
+        let done = nat::IPS_SRC_NAT_DONE | nat::IPS_DST_NAT_DONE;
+        let counters = match NAT_SEEN.get_ptr_mut(&key) {
+            Some(c) => c,
+            None => {
+                // A binding is whole once both NAT hooks of its first packet's path have run.
+                if status & done != done {
+                    return None;
+                }
+                if NAT_SEEN.insert(&key, &ZERO_COUNTERS, BPF_NOEXIST).is_ok() {
+                    report(
+                        state, ct, &w, base, &o, family, protocol, hook, manips, status, now,
+                    );
+                }
+                let c = NAT_SEEN.get_ptr_mut(&key);
+                if let Some(c) = c {
+                    unsafe { (*c).first_ns = now };
+                }
+                match c {
+                    Some(c) => c,
+                    None => {
+                        if last_hook {
+                            add(stats::UNTRACKED, 1);
+                        }
+                        return None;
+                    }
+                }
+            }
+        };
         if !last_hook {
             return Some(());
         }
-        let len: u32 = read(skb, off!(skb_len))?;
+        let len: u32 = skb_fields.get(len_off - skb_base)?;
         let slot = stats::kind_slot(manips);
         add(stats::PACKETS + slot, 1);
         add(stats::BYTES + slot, len as u64);
-        let Some(counters) = NAT_SEEN.get_ptr_mut(key) else {
-            add(stats::UNTRACKED, 1);
-            return None;
-        };
         let reply = (nfct & nat::NFCT_INFOMASK) >= nat::IP_CT_IS_REPLY;
         use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
         unsafe {
@@ -202,6 +265,8 @@ mod program {
     fn report(
         state: u64,
         ct: u64,
+        w: &CtWindow,
+        base: u64,
         o: &Tuple,
         family: u16,
         protocol: u8,
@@ -210,33 +275,34 @@ mod program {
         status: u64,
         now: u64,
     ) -> Option<()> {
-        let r = tuple(ct + off!(ct_tuple_reply), family == AF_INET)?;
+        let r = tuple(w, off!(ct_tuple_reply) - base, family == AF_INET)?;
         let net: u64 = read(state, off!(state_net))?;
         let netns: u32 = read(net, off!(net_inum))?;
         let Some(mut entry) = EVENTS.reserve::<NatEvent>(0) else {
             add(stats::LOST, 1);
             return None;
         };
-        entry.write(NatEvent {
-            kind: nat::KIND_BINDING,
-            family,
-            protocol,
-            hook,
-            manips,
-            _pad: 0,
-            netns,
-            orig_sport: o.sport,
-            orig_dport: o.dport,
-            reply_sport: r.sport,
-            reply_dport: r.dport,
-            status: status as u32,
-            ts_ns: now,
-            ct,
-            orig_src: o.src,
-            orig_dst: o.dst,
-            reply_src: r.src,
-            reply_dst: r.dst,
-        });
+        // Field by field into the ring: a 104-byte event built on the stack would not fit
+        // next to the conntrack window.
+        let e = unsafe { &mut *entry.as_mut_ptr() };
+        e.kind = nat::KIND_BINDING;
+        e.family = family;
+        e.protocol = protocol;
+        e.hook = hook;
+        e.manips = manips;
+        e._pad = 0;
+        e.netns = netns;
+        e.orig_sport = o.sport;
+        e.orig_dport = o.dport;
+        e.reply_sport = r.sport;
+        e.reply_dport = r.dport;
+        e.status = status as u32;
+        e.ts_ns = now;
+        e.ct = ct;
+        e.orig_src = o.src;
+        e.orig_dst = o.dst;
+        e.reply_src = r.src;
+        e.reply_dst = r.dst;
         entry.submit(0);
         Some(())
     }

@@ -1,10 +1,10 @@
-use core::{ffi::c_void, mem::MaybeUninit};
+use core::ffi::c_void;
 
+use crate::window::{read, Window};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated as gen,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user, generated as gen,
     },
     macros::{cgroup_sock, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -128,14 +128,6 @@ macro_rules! set {
 }
 
 #[inline(always)]
-fn read<T>(base: u64, offset: u64) -> Option<T> {
-    if base == 0 {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel((base + offset) as *const T).ok() }
-}
-
-#[inline(always)]
 fn read_user<T>(addr: u64) -> Option<T> {
     if addr == 0 {
         return None;
@@ -153,80 +145,6 @@ fn lost() {
 fn bump(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
         unsafe { *c += 1 };
-    }
-}
-
-/// Bytes `[base, base + 8 * N)` of a kernel object or tracepoint record, fetched with one
-/// probe. A probe read is a helper call that costs about as much as the rest of a small program,
-/// so fields that lie together are read together. The buffer starts uninitialised: the probe
-/// fills all of it (with zeros when it fails), and the verifier refuses any read before that.
-struct Window<const N: usize> {
-    base: u64,
-    words: MaybeUninit<[u64; N]>,
-}
-
-impl<const N: usize> Window<N> {
-    /// Not a `const`: materialising a constant with uninitialised bytes compiles to a memset.
-    #[inline(always)]
-    fn empty() -> Self {
-        Window {
-            base: 0,
-            words: MaybeUninit::uninit(),
-        }
-    }
-
-    /// Fills the window from `base` (in place: large windows are not moved around the
-    /// 512-byte stack).
-    #[inline(always)]
-    fn load(&mut self, base: u64) -> Option<()> {
-        if base == 0 {
-            return None;
-        }
-        self.base = base;
-        let ret = unsafe {
-            gen::bpf_probe_read_kernel(
-                self.words.as_mut_ptr() as *mut c_void,
-                (N * 8) as u32,
-                base as *const c_void,
-            )
-        };
-        (ret == 0).then_some(())
-    }
-
-    #[inline(always)]
-    fn read(base: u64) -> Option<Self> {
-        let mut window = Self::empty();
-        window.load(base)?;
-        Some(window)
-    }
-
-    /// The field at `offset` (from `OFFSETS`, so a constant to the verifier, which keeps only
-    /// the branch taken): from the window when it lies inside, else with a probe of its own.
-    #[inline(always)]
-    fn get<T: Copy>(&self, offset: u64) -> Option<T> {
-        let size = core::mem::size_of::<T>() as u64;
-        let align = core::mem::align_of::<T>() as u64;
-        if offset + size <= (N * 8) as u64 && offset.is_multiple_of(align) {
-            let at = unsafe { (self.words.as_ptr() as *const u8).add(offset as usize) };
-            Some(unsafe { core::ptr::read(at as *const T) })
-        } else {
-            read(self.base, offset)
-        }
-    }
-
-    /// A 16-byte address at `offset` (8-byte aligned in every layout read here), as two words.
-    #[inline(always)]
-    fn addr16(&self, offset: u64) -> [u64; 2] {
-        [
-            self.get::<u64>(offset).unwrap_or(0),
-            self.get::<u64>(offset + 8).unwrap_or(0),
-        ]
-    }
-
-    /// A 4-byte IPv4 address at `offset`, as the first word of a 16-byte address.
-    #[inline(always)]
-    fn addr4(&self, offset: u64) -> [u64; 2] {
-        [self.get::<u32>(offset).unwrap_or(0) as u64, 0]
     }
 }
 

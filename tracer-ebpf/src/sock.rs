@@ -17,3 +17,5 @@ fn main() {}
 
 #[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod window;

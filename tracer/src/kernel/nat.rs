@@ -33,13 +33,15 @@ const BPF_PROG_TYPE_NETFILTER: u32 = 32;
 const BPF_NETFILTER: u32 = 45;
 const NFPROTO_IPV4: u32 = 2;
 const NFPROTO_IPV6: u32 = 10;
-/// `NF_IP_PRI_NAT_DST` is -100, `NF_IP_PRI_NAT_SRC` 100: run just after each.
-const AFTER_DNAT: i32 = -99;
+/// `NF_IP_PRI_NAT_SRC` is 100: run just after it.
 const AFTER_SNAT: i32 = 101;
-/// Where the program goes: right after NAT on each path a packet can take.
-const HOOKS: [(u8, i32, &str); 4] = [
-    (nat::NF_INET_PRE_ROUTING, AFTER_DNAT, "prerouting"),
-    (nat::NF_INET_LOCAL_OUT, AFTER_DNAT, "output"),
+/// Where the program goes: right after source NAT on the last NAT hook of every path — a
+/// forwarded or locally sent packet leaves through POSTROUTING, one for this host arrives
+/// through INPUT. The NAT core runs at all four NAT hooks once any NAT chain exists in the
+/// namespace, so both `*_NAT_DONE` bits are set by then: the binding is whole there, and
+/// each packet passes there once. (Linking after DNAT in PREROUTING and OUTPUT too only
+/// doubled the runs per packet, for nothing those runs could see first.)
+const HOOKS: [(u8, i32, &str); 2] = [
     (nat::NF_INET_POST_ROUTING, AFTER_SNAT, "postrouting"),
     (nat::NF_INET_LOCAL_IN, AFTER_SNAT, "input"),
 ];
