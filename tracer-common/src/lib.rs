@@ -149,7 +149,8 @@ pub struct SockEvent {
     pub netns: u32,
     /// The file descriptor the call was made on (for accept: the listening fd).
     pub fd: i32,
-    /// STATE events: the socket's pending error (`sk_err`). Other events: 0.
+    /// STATE events into CLOSE: the socket's pending error (`sk_err`: refused, reset, timed
+    /// out). Other events: 0.
     pub sk_err: i32,
     /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`).
     pub ts_ns: u64,

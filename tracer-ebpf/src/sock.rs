@@ -1,5 +1,5 @@
 //! Socket lifecycle programs: syscall tracepoints (socket, bind, listen, accept, connect, close,
-//! shutdown, UDP send/recv), `sock:inet_sock_set_state`, a passive `cgroup/sock_release`, and
+//! shutdown, UDP send/recv), `sock:inet_sock_set_state` (raw), a passive `cgroup/sock_release`, and
 //! `sched:sched_process_fork` to follow `--pid` into children.
 //!
 //! Every syscall is traced as an enter/exit pair: enter records the arguments (and the socket's
