@@ -185,9 +185,8 @@ mod program {
             return None;
         }
         let hook: u8 = read(state, off!(state_hook))?;
-        // POSTROUTING and INPUT come after both NAT hooks of a path: count there, so each
-        // packet counts once (the agent links the program only there).
-        let last_hook = hook == nat::NF_INET_POST_ROUTING || hook == nat::NF_INET_LOCAL_IN;
+        // The agent links the program only at POSTROUTING and INPUT, after both NAT hooks of
+        // a packet's path: every run counts its packet, and each packet passes one of them once.
         let orig = off!(ct_tuple_orig) - base;
         let family: u16 = w.get(orig + off!(tuple_src_l3num))?;
         let protocol: u8 = w.get(orig + off!(tuple_dst_protonum))?;
@@ -218,29 +217,22 @@ mod program {
                 if status & done != done {
                     return None;
                 }
-                if NAT_SEEN.insert(&key, &ZERO_COUNTERS, BPF_NOEXIST).is_ok() {
+                let inserted = NAT_SEEN.insert(&key, &ZERO_COUNTERS, BPF_NOEXIST).is_ok();
+                if inserted {
                     report(
                         state, ct, &w, base, &o, family, protocol, hook, manips, status, now,
                     );
                 }
-                let c = NAT_SEEN.get_ptr_mut(&key);
-                if let Some(c) = c {
+                let Some(c) = NAT_SEEN.get_ptr_mut(&key) else {
+                    add(stats::UNTRACKED, 1);
+                    return None;
+                };
+                if inserted {
                     unsafe { (*c).first_ns = now };
                 }
-                match c {
-                    Some(c) => c,
-                    None => {
-                        if last_hook {
-                            add(stats::UNTRACKED, 1);
-                        }
-                        return None;
-                    }
-                }
+                c
             }
         };
-        if !last_hook {
-            return Some(());
-        }
         let len: u32 = skb_fields.get(len_off - skb_base)?;
         let slot = stats::kind_slot(manips);
         add(stats::PACKETS + slot, 1);

@@ -135,12 +135,6 @@ fn read_user<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T).ok() }
 }
 
-/// An event the ring did not take (it was full).
-#[inline(always)]
-fn lost() {
-    bump(counter::LOST);
-}
-
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
@@ -418,7 +412,7 @@ fn wakeup() -> u64 {
 fn emit(ev: &SockEvent) {
     count(ev);
     if EVENTS.output::<SockEvent>(ev, wakeup()).is_err() {
-        lost();
+        bump(counter::LOST);
     }
 }
 
@@ -1006,7 +1000,7 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
     }
     // Written straight into the ring, every field: no event on the stack, no copy, no memset.
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
-        lost();
+        bump(counter::LOST);
         return None;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -1073,7 +1067,7 @@ fn try_release(sk: u64) -> Option<()> {
         fill_from_sock(&mut ev, sk, &common);
         if socket_selected(&ev) {
             count(&ev);
-            lost();
+            bump(counter::LOST);
         }
         return None;
     };

@@ -153,9 +153,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Handles one batch: its socket events, then the NAT records that came with it, then
+    /// one flush for all of it.
     fn process(
         &mut self,
         batch: &mut Vec<SockEvent>,
+        source: &mut impl EventSource,
         sink: &mut dyn Sink,
         scrape: Option<&Scrape>,
     ) -> io::Result<()> {
@@ -192,24 +195,11 @@ impl Pipeline {
         for usage in self.table.usage_mut().take_warnings() {
             sink.ephemeral_warning(&usage)?;
         }
-        sink.flush()
-    }
-
-    /// NAT binding records that came with the last batch.
-    fn nat_records(
-        &mut self,
-        source: &mut impl EventSource,
-        sink: &mut dyn Sink,
-    ) -> io::Result<()> {
         if let Some(nat) = self.nat.as_mut() {
             nat.records(source, sink)?;
             nat.flush_out(sink)?;
-            // Written after `process` flushed: out now, not when the next batch comes (with
-            // the ring drained on a timer, a connection's last events and its flow can be the
-            // last thing for a long time).
-            sink.flush()?;
         }
-        Ok(())
+        sink.flush()
     }
 
     /// Learns the range of namespaces that have sockets but no shown events yet.
@@ -296,8 +286,7 @@ async fn stream(
                     if let Some(scrape) = scrape {
                         scrape.metrics.processed("ringbuf", batch.len() as u64);
                     }
-                    pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
-                    pipeline.nat_records(&mut source, sink).map_err(io_err)?;
+                    pipeline.process(&mut batch, &mut source, sink, scrape).map_err(io_err)?;
                 }
             }
             more = source.next_batch(&mut batch) => {
@@ -307,8 +296,7 @@ async fn stream(
                 if let Some(scrape) = scrape {
                     scrape.metrics.processed("ringbuf", batch.len() as u64);
                 }
-                pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
-                pipeline.nat_records(&mut source, sink).map_err(io_err)?;
+                pipeline.process(&mut batch, &mut source, sink, scrape).map_err(io_err)?;
             }
             Some(ev) = async {
                 match pipeline.nat.as_mut() {
@@ -383,8 +371,9 @@ async fn stream(
     }
     // What is already in the ring was seen by the kernel before we stopped: report it.
     while source.drain_now(&mut batch) > 0 {
-        pipeline.process(&mut batch, sink, scrape).map_err(io_err)?;
-        pipeline.nat_records(&mut source, sink).map_err(io_err)?;
+        pipeline
+            .process(&mut batch, &mut source, sink, scrape)
+            .map_err(io_err)?;
     }
     if let Some(nat) = pipeline.nat.as_mut() {
         nat.drain_ct(sink).map_err(io_err)?;
