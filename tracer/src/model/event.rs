@@ -80,12 +80,12 @@ pub const EVENT_NAMES: &[&str] = &[
 ];
 
 pub fn errno_name(ret: i64) -> Option<String> {
-    (ret < 0).then(|| {
-        let errno = nix::errno::Errno::from_raw((-ret) as i32);
-        match errno {
-            nix::errno::Errno::UnknownErrno => format!("E{}", -ret),
-            e => format!("{e:?}"),
-        }
+    use nix::errno::Errno;
+    // No negation: a return of i64::MIN (only ever from a corrupt record) must not overflow.
+    let code = ret.unsigned_abs();
+    (ret < 0).then(|| match i32::try_from(code).map(Errno::from_raw) {
+        Ok(Errno::UnknownErrno) | Err(_) => format!("E{code}"),
+        Ok(e) => format!("{e:?}"),
     })
 }
 
@@ -111,7 +111,22 @@ pub fn proto_name(protocol: u8) -> &'static str {
 /// A kernel `comm` (NUL-padded) as text.
 pub fn comm_str(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    match std::str::from_utf8(&comm[..end]) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(&comm[..end]).into_owned(),
+    }
+}
+
+/// A kernel socket identity as text, `0x…` (what `{:#x}` writes, without the formatter).
+pub fn sock_id(sk: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(18);
+    text.push_str("0x");
+    let digits = (64 - sk.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        text.push(DIGITS[(sk >> (i * 4)) as usize & 15] as char);
+    }
+    text
 }
 
 /// Whether `port` lies in the namespace's ephemeral range (None: range unknown).
@@ -242,9 +257,8 @@ impl Event {
             rport_class: has_remote.then(|| PortClass::of(ev.rport).as_str()),
             rport_in_ephemeral_range: in_range(ev.rport, port_range).filter(|_| has_remote),
             ephemeral_range: port_range,
-            sock: format!("{:#x}", ev.sk),
-            listener: (ev.kind == kind::ACCEPT && ev.parent_sk != 0)
-                .then(|| format!("{:#x}", ev.parent_sk)),
+            sock: sock_id(ev.sk),
+            listener: (ev.kind == kind::ACCEPT && ev.parent_sk != 0).then(|| sock_id(ev.parent_sk)),
             bad_sockaddr: ev.flags & flag::BAD_SOCKADDR != 0,
         }
     }
@@ -271,6 +285,24 @@ pub fn state_after(ev: &SockEvent) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sock_ids_are_what_the_formatter_writes() {
+        for sk in [0, 1, 0xf, 0x10, 0xffff_8881_310f_8940, u64::MAX, 1 << 63] {
+            assert_eq!(sock_id(sk), format!("{sk:#x}"));
+        }
+    }
+
+    #[test]
+    fn errno_names_never_overflow() {
+        assert_eq!(errno_name(-111).as_deref(), Some("ECONNREFUSED"));
+        assert_eq!(errno_name(-4000).as_deref(), Some("E4000"));
+        assert_eq!(
+            errno_name(i64::MIN).as_deref(),
+            Some("E9223372036854775808")
+        );
+        assert_eq!(errno_name(0), None);
+    }
 
     fn owner() -> Attribution {
         Attribution {

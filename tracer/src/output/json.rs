@@ -8,11 +8,16 @@ use crate::model::{ephemeral::Usage, ports::RemoteGroup, Event};
 
 pub struct JsonSink<W: Write> {
     out: W,
+    /// One event line, built here and written whole.
+    line: Vec<u8>,
 }
 
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
-        JsonSink { out }
+        JsonSink {
+            out,
+            line: Vec::with_capacity(1024),
+        }
     }
 
     fn line(&mut self, value: &impl serde::Serialize) -> io::Result<()> {
@@ -28,7 +33,10 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
-        self.line(event)
+        self.line.clear();
+        super::json_event::write_event(&mut self.line, event);
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
     }
 
     fn lost(&mut self, new: u64, total: u64) -> io::Result<()> {

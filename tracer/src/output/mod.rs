@@ -2,6 +2,7 @@
 //! on a terminal) or JSON lines (one object per line, stable field names).
 pub mod human;
 pub mod json;
+mod json_event;
 pub mod log;
 pub mod nat;
 pub mod ports;
