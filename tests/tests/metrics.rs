@@ -207,6 +207,83 @@ fn prometheus_scrapes_exact_counters() {
     let _ = std::fs::remove_file(driver);
 }
 
+/// `serve` (no process filter) counts TCP transitions and close(2) in the kernel without
+/// sending them to the agent: for the same traffic its counters equal what a `watch` running
+/// alongside sees as events, while the agent is handed far fewer records.
+#[test]
+fn serve_counts_in_the_kernel_what_watch_sees_as_events() {
+    if !prerequisites("serve_counts_in_the_kernel_what_watch_sees_as_events") {
+        return;
+    }
+    let port = free_port().to_string();
+    let serve = Serve::start(&["--port", &port]);
+    let watch = Tracer::watch(&["--port", &port]);
+    let n = 300u64;
+    let mut load = Driver::spawn(&["tcp-count", "127.0.0.1", &n.to_string(), &port]);
+    load.go();
+    load.report();
+    load.wait();
+    // The last connections' final transitions run after the driver is gone.
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = serve.metrics();
+    let (_, records) = watch.stop_with(libc::SIGINT);
+    let events: Vec<&Value> = records.iter().filter(|r| r["type"] == "event").collect();
+    let seen = |name: &str| events.iter().filter(|e| e["event"] == name).count() as u64;
+    let states = seen("state");
+    // Every connection: three-way handshake, four-way close, on both sides.
+    assert!(
+        states >= 8 * n,
+        "watch saw {states} transitions for {n} connections"
+    );
+    let counted = |series: &str| sample(&text, series);
+    assert_eq!(
+        counted("tracer_socket_events_total{event=\"state\",family=\"ipv4\",proto=\"tcp\"}"),
+        states
+    );
+    assert_eq!(
+        counted("tracer_socket_events_total{event=\"close\",family=\"ipv4\",proto=\"tcp\"}"),
+        seen("close")
+    );
+    assert_eq!(
+        seen("close"),
+        2 * n + 1,
+        "client, accepted and listening sockets"
+    );
+    for from in [
+        "SYN_SENT",
+        "ESTABLISHED",
+        "FIN_WAIT1",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+    ] {
+        let by_watch = events
+            .iter()
+            .filter(|e| e["event"] == "state" && e["old_state"] == from)
+            .count() as u64;
+        let by_serve: u64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("tracer_tcp_state_transitions_total{")
+                    && l.contains(&format!("from=\"{from}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(by_serve, by_watch, "transitions from {from}");
+    }
+    assert_eq!(
+        counted("tracer_tcp_state_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"}"),
+        n
+    );
+    // Only what the socket table needs travelled: about 7 records per connection, not 17.
+    let processed = counted("tracer_events_processed_total{source=\"ringbuf\"}");
+    assert!(
+        processed < events.len() as u64 / 2,
+        "serve processed {processed} records, watch {} events",
+        events.len()
+    );
+    assert_eq!(counted("tracer_events_lost_total"), 0);
+}
+
 /// `promtool check metrics` finds nothing wrong with what tracer serves.
 #[test]
 fn exposition_passes_promtool() {

@@ -61,6 +61,8 @@ static FILTER: KernelFilter = KernelFilter {
     wakeup_bytes: 0,
     ports: [0; tracer_common::MAX_PORT_FILTERS],
     comm: [0; 16],
+    metrics_only: 0,
+    _reserved: [0; 3],
 };
 
 /// The one ring buffer every program writes to; user space sizes it at load time.
@@ -672,8 +674,41 @@ pub fn sys_exit_shutdown(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    enter_on_fd(&ctx, kind::CLOSE);
+    if filt!(metrics_only) != 0 {
+        count_close(&ctx);
+    } else {
+        enter_on_fd(&ctx, kind::CLOSE);
+    }
     0
+}
+
+/// `serve`: a close(2) of a socket is counted here, at enter (where the fd still names the
+/// socket), with nothing kept for the exit; the exit is not even attached. Every close is
+/// counted, whatever it returns, as the event path counts them.
+#[inline(always)]
+fn count_close(ctx: &TracePointContext) {
+    let a = args::<1>(ctx);
+    let mut common = SkCommon::empty();
+    let Some(sk) = sock_of_fd(arg(&a, 0) as i32 as i64, &mut common) else {
+        return;
+    };
+    let family: u16 = common.get(off!(skc_family)).unwrap_or(0);
+    let (protocol, _) = protocol_and_type(sk);
+    let lport: u16 = common.get(off!(skc_num)).unwrap_or(0);
+    let rport = u16::from_be(common.get::<u16>(off!(skc_dport)).unwrap_or(0));
+    // The namespace costs a read of its own: only when a filter asks.
+    let netns = if filt!(netns) != 0 {
+        netns_of(&common)
+    } else {
+        0
+    };
+    if selected(protocol, family, netns, lport, rport) {
+        stat(tracer_common::stats::event_index(
+            kind::CLOSE,
+            protocol,
+            family,
+        ));
+    }
 }
 
 #[tracepoint]
@@ -928,6 +963,34 @@ pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
 
 // ---- the TCP state machine ---------------------------------------------------------------
 
+/// `serve`'s transitions other than into CLOSE: counted, not sent (the socket table only
+/// needs to hear of the end). Two small reads instead of the whole `sock_common` unless a
+/// namespace or port filter needs the endpoints.
+#[inline(always)]
+fn count_transition_only(sk: u64, old: u8, new: u8) {
+    let (protocol, _) = protocol_and_type(sk);
+    if protocol != IPPROTO_TCP {
+        return;
+    }
+    let (family, netns, lport, rport) = if filt!(netns) == 0 && filt!(port_count) == 0 {
+        (read::<u16>(sk, off!(skc_family)).unwrap_or(0), 0, 0, 0)
+    } else {
+        let mut common = SkCommon::empty();
+        if common.load(sk).is_none() {
+            return;
+        }
+        (
+            common.get(off!(skc_family)).unwrap_or(0),
+            netns_of(&common),
+            common.get(off!(skc_num)).unwrap_or(0),
+            u16::from_be(common.get::<u16>(off!(skc_dport)).unwrap_or(0)),
+        )
+    };
+    if selected(IPPROTO_TCP, family, netns, lport, rport) {
+        count_state(family, old, new, 0);
+    }
+}
+
 /// A raw tracepoint: the kernel hands over `(sk, oldstate, newstate)` without building the
 /// tracepoint's record, and only a run of this same program on this CPU (a transition in
 /// softirq interrupting this program) is skipped, not every run that finds another tracing
@@ -943,6 +1006,10 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
     let sk: u64 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u8;
     let new = ctx.arg::<u64>(2) as u8;
+    if filt!(metrics_only) != 0 && new != tcp_state::CLOSE {
+        count_transition_only(sk, old, new);
+        return None;
+    }
     let mut common = SkCommon::empty();
     common.load(sk)?;
     // What the tracepoint itself reads: TCP only (it also fires for SCTP, DCCP, MPTCP).

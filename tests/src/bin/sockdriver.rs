@@ -276,10 +276,12 @@ fn main() {
                 k + 2
             ));
         }
-        // Exactly N loopback connect/accept/close cycles, in lockstep.
+        // Exactly N loopback connect/accept/close cycles, in lockstep (listener on PORT,
+        // default any).
         "tcp-count" => {
             let n: u64 = args[2].parse().unwrap();
-            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+            let port: u16 = args.get(3).map_or(0, |p| p.parse().unwrap());
+            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
             let addr = listener.local_addr().unwrap();
             for _ in 0..n {
                 let client = std::net::TcpStream::connect(addr).unwrap();

@@ -40,6 +40,13 @@ pub async fn run(config: WatchConfig) -> Result<()> {
             // The loop below drains on a timer too: wake it only when a quarter of the ring
             // is waiting.
             wakeup_bytes: config.ringbuf_bytes / 4,
+            // `serve` keeps only the socket table: what it merely counts stays in the kernel.
+            // With a process filter the agent attributes (and counts) transitions itself.
+            metrics_only: u8::from(
+                config.quiet
+                    && config.kernel_filter.by_pid == 0
+                    && config.kernel_filter.by_comm == 0,
+            ),
             ..config.kernel_filter
         },
         pids: config.pids.clone(),

@@ -128,6 +128,10 @@ impl SockProbes {
                         "CONFIG_FTRACE_SYSCALLS is off".into(),
                     ));
                 }
+                if opts.filter.metrics_only != 0 && event == "sys_exit_close" {
+                    // Counted at enter; nothing waits for the exit.
+                    continue;
+                }
                 attach_tracepoint(&mut ebpf, &mut links, &event, "syscalls", &event)?;
                 attached.push(format!("tracepoint/syscalls/{event}"));
             }
