@@ -181,7 +181,7 @@ fn gauge(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Mixed TCP/UDP churn (5,000 operations/s) for TRACER_SOAK_SECONDS (default 120) under
+/// Mixed TCP/UDP churn (5,000 operations/s) for TRACER_SOAK_SECONDS (default 300) under
 /// `tracer serve` in its own namespace: resident memory stays under 64 MiB past millions of
 /// events, grows by less than 5 % from the end of the warm-up to the end of the run, and no
 /// socket-table entry outlives its socket (unless a counted loss explains it).
@@ -193,7 +193,7 @@ fn soak_memory_stays_bounded() {
     let seconds: u64 = std::env::var("TRACER_SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+        .unwrap_or(300);
     // Its own namespace: the load, and only the load, is in what serve watches.
     let netns = TestNetns::new("soak");
     let load = sockdriver_bin().with_file_name("loadgen");
