@@ -260,14 +260,11 @@ fn serve_counts_in_the_kernel_what_watch_sees_as_events() {
             .iter()
             .filter(|e| e["event"] == "state" && e["old_state"] == from)
             .count() as u64;
-        let by_serve: u64 = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("tracer_tcp_state_transitions_total{")
-                    && l.contains(&format!("from=\"{from}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
+        let by_serve = total(
+            &text,
+            "tracer_tcp_state_transitions_total",
+            &format!("from=\"{from}\""),
+        );
         assert_eq!(by_serve, by_watch, "transitions from {from}");
     }
     assert_eq!(
@@ -282,6 +279,58 @@ fn serve_counts_in_the_kernel_what_watch_sees_as_events() {
         events.len()
     );
     assert_eq!(counted("tracer_events_lost_total"), 0);
+}
+
+/// The same for UDP request/response traffic: sends and receives that did not autobind their
+/// socket are counted in the kernel, never sent, and the counts equal watch's events.
+#[test]
+fn serve_counts_udp_calls_in_the_kernel() {
+    if !prerequisites("serve_counts_udp_calls_in_the_kernel") {
+        return;
+    }
+    let netns = TestNetns::new("mudp");
+    let serve = Serve::start(&["--netns", &netns.name]);
+    let watch = Tracer::watch(&["--netns", &netns.name]);
+    let load = sockdriver_bin().with_file_name("loadgen");
+    let status = Command::new("ip")
+        .args(["netns", "exec", &netns.name])
+        .arg(&load)
+        .args(["udp", "1", "1", "2000"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(1000));
+    let text = serve.metrics();
+    let (_, records) = watch.stop_with(libc::SIGINT);
+    let events: Vec<&Value> = records.iter().filter(|r| r["type"] == "event").collect();
+    let mut calls = 0;
+    for name in ["sendto", "recvfrom", "sendmsg", "recvmsg"] {
+        let by_watch = events.iter().filter(|e| e["event"] == name).count() as u64;
+        let by_serve = total(
+            &text,
+            "tracer_socket_events_total",
+            &format!("event=\"{name}\""),
+        );
+        assert_eq!(by_serve, by_watch, "{name} calls");
+        calls += by_watch;
+    }
+    // About 2,000 request/response round trips, four calls each.
+    assert!(calls >= 4 * 1000, "watch saw {calls} UDP calls");
+    let processed = sample(&text, "tracer_events_processed_total{source=\"ringbuf\"}");
+    assert!(
+        processed < calls / 10,
+        "serve processed {processed} records for {calls} UDP calls"
+    );
+    assert_eq!(sample(&text, "tracer_events_lost_total"), 0);
+}
+
+/// The sum of a metric's samples whose labels contain `label` (`name="value"`).
+fn total(text: &str, metric: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// `promtool check metrics` finds nothing wrong with what tracer serves.

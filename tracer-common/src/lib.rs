@@ -273,10 +273,10 @@ pub struct KernelFilter {
     pub wakeup_bytes: u32,
     pub ports: [u16; MAX_PORT_FILTERS],
     pub comm: [u8; 16],
-    /// 1 (`serve` without a process filter): TCP transitions other than into CLOSE, and
-    /// close(2), are only counted in `STATS`, never sent: the socket table, all `serve` keeps,
-    /// learns a socket's end from its release and its CLOSE transition. `sys_exit_close` is
-    /// then not attached at all.
+    /// 1 (`serve` without a process filter): TCP transitions other than into CLOSE, close(2),
+    /// and UDP sends and receives that did not autobind the socket are only counted in
+    /// `STATS`, never sent: the socket table, all `serve` keeps, learns a socket's end from its
+    /// release and its CLOSE transition. `sys_exit_close` is then not attached at all.
     pub metrics_only: u8,
     pub _reserved: [u8; 3],
 }

@@ -512,9 +512,23 @@ fn complete(pid_tgid: u64, pending: &mut Pending, ret: i64, sk: u64, common: &Sk
         }
     }
     if socket_selected(ev) {
-        emit(ev);
+        if only_counted(ev) {
+            count(ev);
+        } else {
+            emit(ev);
+        }
     }
     let _ = PENDING.remove(pid_tgid);
+}
+
+/// `serve`: a UDP send or receive is only counted, unless the kernel bound the socket's port
+/// in it (autobind), which the socket table needs for the ephemeral-port gauge.
+#[inline(always)]
+fn only_counted(ev: &SockEvent) -> bool {
+    filt!(metrics_only) != 0
+        && ev.kind >= kind::SENDTO
+        && ev.kind <= kind::RECVMSG
+        && ev.flags & flag::KERNEL_CHOSE_PORT == 0
 }
 
 /// The socket a pending record was opened on, read again at exit: the call held a reference
