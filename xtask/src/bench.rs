@@ -84,25 +84,24 @@ tracepoint:sock:inet_sock_set_state
          args->oldstate, args->newstate); }
 "#;
 
+/// The syscalls whose enter and exit tracepoints tracer attaches (`SYSCALLS` and
+/// `UDP_SYSCALLS` in tracer/src/kernel/loader.rs).
+const TRACED_SYSCALLS: [&str; 12] = [
+    "socket", "bind", "listen", "accept", "accept4", "connect", "close", "shutdown", "sendto",
+    "recvfrom", "sendmsg", "recvmsg",
+];
+
 /// The price of the hooks themselves: every tracepoint tracer attaches, each with a program
 /// that does nothing. No tracer that uses these hooks can be faster than this row. (tracer's
 /// passive `cgroup/sock_release` program has no bpftrace equivalent and is left out.)
-const FLOOR_SCRIPT: &str = r#"
-tracepoint:syscalls:sys_enter_socket, tracepoint:syscalls:sys_exit_socket,
-tracepoint:syscalls:sys_enter_bind, tracepoint:syscalls:sys_exit_bind,
-tracepoint:syscalls:sys_enter_listen, tracepoint:syscalls:sys_exit_listen,
-tracepoint:syscalls:sys_enter_accept, tracepoint:syscalls:sys_exit_accept,
-tracepoint:syscalls:sys_enter_accept4, tracepoint:syscalls:sys_exit_accept4,
-tracepoint:syscalls:sys_enter_connect, tracepoint:syscalls:sys_exit_connect,
-tracepoint:syscalls:sys_enter_close, tracepoint:syscalls:sys_exit_close,
-tracepoint:syscalls:sys_enter_shutdown, tracepoint:syscalls:sys_exit_shutdown,
-tracepoint:syscalls:sys_enter_sendto, tracepoint:syscalls:sys_exit_sendto,
-tracepoint:syscalls:sys_enter_recvfrom, tracepoint:syscalls:sys_exit_recvfrom,
-tracepoint:syscalls:sys_enter_sendmsg, tracepoint:syscalls:sys_exit_sendmsg,
-tracepoint:syscalls:sys_enter_recvmsg, tracepoint:syscalls:sys_exit_recvmsg,
-tracepoint:sock:inet_sock_set_state
-{ }
-"#;
+fn floor_script() -> String {
+    let mut probes: Vec<String> = TRACED_SYSCALLS
+        .iter()
+        .flat_map(|s| ["enter", "exit"].map(|phase| format!("tracepoint:syscalls:sys_{phase}_{s}")))
+        .collect();
+    probes.push("tracepoint:sock:inet_sock_set_state".into());
+    format!("{}\n{{ }}\n", probes.join(",\n"))
+}
 
 fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -198,7 +197,7 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
         }
         Config::Floor => {
             let mut c = Command::new("bpftrace");
-            c.args(["-e", FLOOR_SCRIPT]);
+            c.args(["-e", &floor_script()]);
             c
         }
     };
@@ -389,6 +388,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
     let runs_untraced = runs[0].clone();
     let mut rows = Vec::new();
     let mut table = String::new();
+    let mut serve_note = String::new();
     table.push_str("| configuration | median ops/s | min–max | ratio to untraced (median of rounds) | events/s handled | events lost | agent CPU per 1,000 events | agent peak RSS |\n|---|---|---|---|---|---|---|---|\n");
     for (config, runs) in configs.iter().zip(&runs) {
         let mut rates: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
@@ -400,6 +400,22 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
         let cpu: f64 = runs.iter().map(|r| r.cpu_seconds).sum();
         let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+        if *config == Config::Serve && events > 0 {
+            let records: u64 = runs.iter().map(|r| r.records).sum();
+            // Per record only where there are enough records for it to mean something.
+            let per_record = if records >= 100_000 {
+                format!(
+                    ", {:.2} ms of agent CPU per 1,000 records",
+                    cpu / records as f64 * 1e6
+                )
+            } else {
+                String::new()
+            };
+            serve_note = format!(
+                "\n`serve` counts events in the kernel and decodes records only for what its socket table needs: {records} records for {events} events ({:.1} %){per_record}.\n",
+                records as f64 * 100.0 / events as f64,
+            );
+        }
         let traced = *config != Config::Untraced;
         // Each run against the untraced run of its own round (the host's speed drifts, and
         // sometimes jumps, between rounds), then the median of those.
@@ -474,32 +490,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         args.rounds,
         args.seconds
     );
-    let serve_runs = configs
-        .iter()
-        .zip(&runs)
-        .find(|(c, _)| **c == Config::Serve)
-        .map(|(_, runs)| runs);
-    if let Some(runs) = serve_runs {
-        let events: u64 = runs.iter().map(|r| r.events).sum();
-        let records: u64 = runs.iter().map(|r| r.records).sum();
-        let cpu: f64 = runs.iter().map(|r| r.cpu_seconds).sum();
-        if events > 0 {
-            // Per record only where there are enough records for it to mean something.
-            let per_record = if records >= 100_000 {
-                format!(
-                    ", {:.2} ms of agent CPU per 1,000 records",
-                    cpu / records as f64 * 1e6
-                )
-            } else {
-                String::new()
-            };
-            table.push_str(&format!(
-                "\n`serve` counts events in the kernel and decodes records only for what its socket table needs: {records} records for {events} events ({:.1} %){per_record}.\n",
-                records as f64 * 100.0 / events as f64,
-            ));
-        }
-    }
-    let markdown = format!("{machine} ({when})\n\n{table}");
+    let markdown = format!("{machine} ({when})\n\n{table}{serve_note}");
     println!("\n{markdown}");
     let results = root.join("bench/results");
     fs::create_dir_all(&results)?;

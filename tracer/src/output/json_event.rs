@@ -3,7 +3,7 @@
 //! agent's CPU under load); here the keys are literals, numbers go through `itoa`, and only a
 //! string that needs escaping goes through serde_json. The derived `Serialize` on
 //! [`Event`] stays the reference: a test holds the two byte-identical.
-use std::{fmt::Write as _, net::IpAddr};
+use std::{io::Write as _, net::IpAddr};
 
 use crate::model::Event;
 
@@ -159,9 +159,7 @@ fn ip(out: &mut Vec<u8>, addr: &IpAddr) {
             }
         }
         IpAddr::V6(v6) => {
-            let mut text = String::with_capacity(39);
-            let _ = write!(text, "{v6}");
-            out.extend_from_slice(text.as_bytes());
+            let _ = write!(out, "{v6}");
         }
     }
     out.push(b'"');
