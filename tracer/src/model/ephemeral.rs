@@ -2,6 +2,11 @@
 //! held right now by each (protocol, local address), the highest count seen, and a warning the
 //! moment usage passes [`WARN_PERCENT`]. Fed by the socket table as sockets gain, change and
 //! lose their local ports, so the figure is exact at every event, not sampled.
+//!
+//! Bounded: a namespace's entries go when the namespace is gone and nothing here holds a port
+//! in it ([`EphemeralUsage::retain_namespaces`]), and past [`MAX_KEYS`] addresses the ones
+//! holding no port are dropped (counted as evictions). Any user can create namespaces and
+//! addresses inside them.
 use foldhash::HashMap;
 
 use serde::Serialize;
@@ -40,11 +45,31 @@ pub struct Usage {
     pub below_iana_dynamic: u32,
 }
 
-#[derive(Debug, Default)]
+/// (netns, protocol, address) entries kept before the ones holding no port are dropped.
+pub const MAX_KEYS: usize = 65_536;
+
+#[derive(Debug)]
 pub struct EphemeralUsage {
     keys: HashMap<UsageKey, Holders>,
     ranges: HashMap<u32, (u16, u16)>,
     warnings: Vec<Usage>,
+    /// Entries dropped by the cap (they held no port; their peak is forgotten).
+    evicted: u64,
+    /// The key count at which the next pass drops idle keys: doubled past [`MAX_KEYS`] when a
+    /// pass finds most keys busy, so passes stay amortised O(1) per new key.
+    next_pass: usize,
+}
+
+impl Default for EphemeralUsage {
+    fn default() -> Self {
+        EphemeralUsage {
+            keys: HashMap::default(),
+            ranges: HashMap::default(),
+            warnings: Vec::new(),
+            evicted: 0,
+            next_pass: MAX_KEYS,
+        }
+    }
 }
 
 /// How many ports of `range` lie below IANA's dynamic range (49152-65535).
@@ -63,6 +88,9 @@ fn in_range(port: u16, range: Option<&(u16, u16)>) -> bool {
 impl EphemeralUsage {
     /// A socket started holding `port` on `key`.
     pub fn add(&mut self, key: UsageKey, port: u16) {
+        if self.keys.len() >= self.next_pass && !self.keys.contains_key(&key) {
+            self.drop_idle_keys();
+        }
         let range = self.ranges.get(&key.0).copied();
         let holders = self.keys.entry(key).or_default();
         let count = holders.ports.entry(port).or_insert(0);
@@ -91,6 +119,32 @@ impl EphemeralUsage {
             }
         }
         self.check(key);
+    }
+
+    /// Past the cap: forgets every key that holds no port (one pass, paid for by the new keys
+    /// that filled the table since the last one).
+    fn drop_idle_keys(&mut self) {
+        let before = self.keys.len();
+        self.keys.retain(|_, h| !h.ports.is_empty());
+        self.evicted += (before - self.keys.len()) as u64;
+        self.next_pass = MAX_KEYS.max(2 * self.keys.len());
+    }
+
+    /// Keys dropped by the cap so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Forgets the namespaces `alive` says are gone: their ranges, and their keys that hold no
+    /// port (a socket still held in a dead-looking namespace keeps its key until it goes).
+    /// Returns how many namespaces were forgotten whole.
+    pub fn retain_namespaces(&mut self, alive: impl Fn(u32) -> bool) -> usize {
+        self.keys
+            .retain(|key, h| alive(key.0) || !h.ports.is_empty());
+        let held: std::collections::HashSet<u32> = self.keys.keys().map(|k| k.0).collect();
+        let before = self.ranges.len();
+        self.ranges.retain(|ns, _| alive(*ns) || held.contains(ns));
+        before - self.ranges.len()
     }
 
     /// Namespaces that have sockets, and so need their range known.
@@ -209,6 +263,61 @@ mod tests {
         u.add(key, 40002);
         u.add(key, 40003);
         assert_eq!(u.take_warnings().len(), 1, "a new crossing warns again");
+    }
+
+    #[test]
+    fn dead_namespaces_are_forgotten_unless_a_port_is_held() {
+        let mut u = EphemeralUsage::default();
+        for ns in 1..=3 {
+            u.set_range(ns, (40000, 40010));
+            u.add((ns, 6, 2, LO), 40001);
+        }
+        u.remove((1, 6, 2, LO), 40001);
+        u.remove((2, 6, 2, LO), 40001);
+        // 1 is gone and idle; 2 is alive; 3 is gone but a socket still holds a port there.
+        assert_eq!(u.retain_namespaces(|ns| ns == 2), 1);
+        assert_eq!(u.namespaces(), vec![2, 3]);
+        assert_eq!(u.range(1), None);
+        assert!(u.range(3).is_some());
+    }
+
+    #[test]
+    fn idle_keys_make_room_past_the_cap() {
+        let mut u = EphemeralUsage::default();
+        let key = |i: usize| {
+            (
+                1,
+                6,
+                2,
+                [
+                    (i >> 16) as u8,
+                    (i >> 8) as u8,
+                    i as u8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+        for i in 0..MAX_KEYS + 10 {
+            u.add(key(i), 1000);
+            if i >= 10 {
+                u.remove(key(i), 1000);
+            }
+        }
+        assert!(u.keys.len() < MAX_KEYS, "{}", u.keys.len());
+        assert!(u.evicted() > 0);
+        assert_eq!(u.keys.values().filter(|h| !h.ports.is_empty()).count(), 10);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The correlator: the socket table (sockets keyed by kernel identity, with their owners),
 //! port classification, filters, and the enriched events the sinks print. Pure: no I/O.
+pub mod bounded;
 pub mod ephemeral;
+pub mod evicted;
 pub mod event;
 pub mod filter;
 pub mod nat;

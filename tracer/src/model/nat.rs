@@ -12,7 +12,10 @@ use tracer_common::{
     kind, nat as knat, NatCounters, NatEvent, NatKey, SockEvent, AF_INET, AF_INET6,
 };
 
-use super::event::{ip, proto_name};
+use super::{
+    bounded::BoundedMap,
+    event::{ip, proto_name},
+};
 
 /// A conntrack tuple (ports in host order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,10 +39,11 @@ pub struct CtEvent {
     pub status: Option<u32>,
 }
 
-/// Bindings kept while they live, at most; the oldest go first past this.
-const MAX_BINDINGS: usize = 65_536;
-/// Socket ends waiting for the rest of their flow, at most, and for how long.
-const MAX_ENDS: usize = 65_536;
+/// Bindings kept while they live, at most; the oldest go first past this (counted).
+pub const MAX_BINDINGS: usize = 65_536;
+/// Socket ends waiting for the rest of their flow, at most (each side; the oldest go first,
+/// counted), and for how long.
+pub const MAX_ENDS: usize = 65_536;
 const END_TTL_NS: u64 = 120_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -345,22 +349,84 @@ struct Live {
 /// keys because an unconnected UDP socket does not know its own.
 type EndKey = (u8, u16, IpAddr, u16);
 
-#[derive(Default)]
+/// Every table here is bounded and evicts its oldest entry in O(1) amortised
+/// ([`BoundedMap`]): a flood of connections through a router costs the same per event however
+/// full the tables are. The indexes hold at most one key per live binding.
 pub struct NatTable {
-    live: HashMap<BindingId, Live>,
+    live: BoundedMap<BindingId, Live>,
     /// Live bindings by the key their client end and their server end will have.
     by_client: HashMap<EndKey, BindingId>,
     by_translated: HashMap<EndKey, BindingId>,
-    clients: HashMap<EndKey, FlowEnd>,
-    servers: HashMap<EndKey, FlowEnd>,
+    clients: BoundedMap<EndKey, FlowEnd>,
+    servers: BoundedMap<EndKey, FlowEnd>,
+    /// Watched namespaces' names (bounded by the namespaces watched).
     names: HashMap<u32, String>,
-    /// Bindings seen, by (kind, port translated, proto, netns name): for metrics.
+    /// Bindings seen, by (kind, port translated, proto, netns name): for metrics. Bounded by
+    /// the namespaces watched; a namespace's entries go with it ([`NatTable::forget_netns`]).
     pub counts: HashMap<(NatKind, bool, &'static str, String), u64>,
 }
 
+impl Default for NatTable {
+    fn default() -> Self {
+        NatTable::with_caps(MAX_BINDINGS, MAX_ENDS)
+    }
+}
+
 impl NatTable {
+    pub fn with_caps(bindings: usize, ends: usize) -> Self {
+        NatTable {
+            live: BoundedMap::new(bindings),
+            by_client: HashMap::default(),
+            by_translated: HashMap::default(),
+            clients: BoundedMap::new(ends),
+            servers: BoundedMap::new(ends),
+            names: HashMap::default(),
+            counts: HashMap::default(),
+        }
+    }
+
     pub fn name_netns(&mut self, inode: u32, name: &str) {
         self.names.insert(inode, name.to_string());
+    }
+
+    /// A watched namespace went away: its name, its binding counts (and so its metric
+    /// series) and its live bindings (no destroy event will come for them) go too.
+    pub fn forget_netns(&mut self, inode: u32) {
+        let Some(name) = self.names.remove(&inode) else {
+            return;
+        };
+        if !self.names.values().any(|n| *n == name) {
+            self.counts.retain(|key, _| key.3 != name);
+        }
+        let gone: Vec<BindingId> = self
+            .live
+            .values()
+            .filter(|l| l.binding.netns == inode)
+            .map(|l| l.binding.id())
+            .collect();
+        for id in gone {
+            self.forget(&id);
+        }
+    }
+
+    /// Live bindings pushed out by the cap.
+    pub fn evicted_bindings(&self) -> u64 {
+        self.live.evicted()
+    }
+
+    /// Socket ends pushed out by the cap (both sides).
+    pub fn evicted_ends(&self) -> u64 {
+        self.clients.evicted() + self.servers.evicted()
+    }
+
+    /// Entries held now: (bindings, client ends, server ends).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.live.len(), self.clients.len(), self.servers.len())
+    }
+
+    /// Queue work done by the bounded tables so far (see [`BoundedMap::steps`]).
+    pub fn steps(&self) -> u64 {
+        self.live.steps() + self.clients.steps() + self.servers.steps()
     }
 
     pub fn len(&self) -> usize {
@@ -390,31 +456,30 @@ impl NatTable {
             .counts
             .entry((b.kind, b.port_translated, b.proto, b.netns_name.clone()))
             .or_default() += 1;
-        if self.live.len() >= MAX_BINDINGS {
-            if let Some(oldest) = self
-                .live
-                .iter()
-                .min_by_key(|(_, l)| l.binding.ts_ns)
-                .map(|(k, _)| *k)
-            {
-                self.forget(&oldest);
-            }
-        }
         self.by_client.insert(client_key_of(&b), id);
         self.by_translated.insert(server_key_of(&b), id);
         out.push(NatOutput::Binding(b.clone()));
-        self.live.insert(
+        let pushed_out = self.live.insert(
             id,
             Live {
                 binding: b,
                 stitched: false,
             },
         );
+        if let Some((old_id, old)) = pushed_out {
+            self.unindex(&old_id, &old);
+        }
         self.try_stitch(&id, out);
     }
 
     fn forget(&mut self, id: &BindingId) -> Option<Live> {
         let live = self.live.remove(id)?;
+        self.unindex(id, &live);
+        Some(live)
+    }
+
+    /// Drops a binding's index keys, unless a newer binding took them over.
+    fn unindex(&mut self, id: &BindingId, live: &Live) {
         for (index, key) in [
             (&mut self.by_client, client_key_of(&live.binding)),
             (&mut self.by_translated, server_key_of(&live.binding)),
@@ -423,7 +488,6 @@ impl NatTable {
                 index.remove(&key);
             }
         }
-        Some(live)
     }
 
     /// A conntrack entry was destroyed: if it was a binding, it ended. `counters` looks up the
@@ -494,7 +558,6 @@ impl NatTable {
             if self.clients.contains_key(&key) && ev.kind != kind::CONNECT {
                 return;
             }
-            self.bound(true);
             self.clients.insert(key, end);
             if let Some(id) = self.by_client.get(&key).copied() {
                 self.try_stitch(&id, out);
@@ -503,7 +566,6 @@ impl NatTable {
             if self.servers.contains_key(&key) && ev.kind != kind::ACCEPT {
                 return;
             }
-            self.bound(false);
             // The binding's translated side is what the server sees: (peer, peer port,
             // local port).
             let skey: EndKey = (ev.protocol, end.peer_port, end.peer_addr, end.port);
@@ -514,22 +576,12 @@ impl NatTable {
         }
     }
 
-    fn bound(&mut self, clients: bool) {
-        let map = if clients {
-            &mut self.clients
-        } else {
-            &mut self.servers
-        };
-        if map.len() >= MAX_ENDS {
-            let newest = map.values().map(|e| e.ts_ns).max().unwrap_or(0);
-            map.retain(|_, e| e.ts_ns + END_TTL_NS / 4 > newest);
-        }
-    }
-
-    /// Drops socket ends nobody claimed within two minutes.
+    /// Drops socket ends nobody claimed within two minutes (from the oldest on: the work is
+    /// what expired, not the table's size).
     pub fn sweep(&mut self, now_ns: u64) {
-        self.clients.retain(|_, e| e.ts_ns + END_TTL_NS > now_ns);
-        self.servers.retain(|_, e| e.ts_ns + END_TTL_NS > now_ns);
+        let expired = |e: &FlowEnd| e.ts_ns.saturating_add(END_TTL_NS) <= now_ns;
+        self.clients.pop_while(expired);
+        self.servers.pop_while(expired);
     }
 
     fn try_stitch(&mut self, id: &BindingId, out: &mut Vec<NatOutput>) {
@@ -773,6 +825,70 @@ mod tests {
             }
             assert!(t.is_empty());
         }
+    }
+
+    /// `n` connections through a masquerading router within 10 s of event time, each a
+    /// binding plus its client and server ends, none ended. Returns the table and the time.
+    fn flood(n: u32) -> (NatTable, std::time::Duration) {
+        let mut t = NatTable::default();
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let ts = u64::from(i) * 10_000_000_000 / u64::from(n);
+            // Every connection distinct on both sides: the worst case for the caps.
+            let client = [192, 0, 2, (i % 250) as u8 + 1];
+            let sport = 1024 + (i % 60_000) as u16;
+            let public = sport;
+            let server_ip = [198, 51, 100, (i / 60_000) as u8 + 1];
+            let mut ev = nat_event(
+                ct(client, sport, server_ip, 80),
+                ct(server_ip, 80, [203, 0, 113, 1 + (i / 60_000) as u8], public),
+            );
+            ev.ts_ns = ts;
+            t.binding(Binding::from_event(&ev), &mut out);
+            let mut c = sock(kind::CONNECT, client, sport, server_ip, 80);
+            c.ts_ns = ts;
+            t.socket_event(&c, 1, String::new, &mut out);
+            let mut s = sock(
+                kind::ACCEPT,
+                server_ip,
+                80,
+                [203, 0, 113, 1 + (i / 60_000) as u8],
+                public,
+            );
+            s.ts_ns = ts;
+            t.socket_event(&s, 2, String::new, &mut out);
+            out.clear();
+            if i % 10_000 == 0 {
+                t.sweep(ts);
+            }
+        }
+        (t, started.elapsed())
+    }
+
+    #[test]
+    fn a_connection_flood_stays_under_the_caps_in_linear_work() {
+        let (half, half_time) = flood(100_000);
+        let (full, full_time) = flood(200_000);
+        println!(
+            "100k connects: {half_time:?}, {} steps; 200k connects: {full_time:?}, {} steps",
+            half.steps(),
+            full.steps()
+        );
+        let (bindings, clients, servers) = full.sizes();
+        assert!(bindings <= MAX_BINDINGS && clients <= MAX_ENDS && servers <= MAX_ENDS);
+        assert_eq!(full.evicted_bindings(), 200_000 - MAX_BINDINGS as u64);
+        assert_eq!(full.evicted_ends(), 2 * (200_000 - MAX_ENDS as u64));
+        assert!(full.by_client.len() <= bindings && full.by_translated.len() <= bindings);
+        // Linear: a small constant amount of queue work per connection (three inserts each,
+        // at most one eviction each), and the second 100,000 connections (all past the caps)
+        // cost no more per connection than that. A scan for the oldest would cost 65,536.
+        assert!(full.steps() <= 4 * 200_000, "{}", full.steps());
+        assert!(
+            full.steps() - half.steps() <= 4 * 100_000,
+            "{}",
+            full.steps()
+        );
     }
 
     #[test]

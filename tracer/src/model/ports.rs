@@ -387,7 +387,9 @@ fn remote_groups(groups: BTreeMap<GroupKey, Vec<LocalEnd>>) -> Vec<RemoteGroup> 
 
 /// The connections a `watch --group-by remote` session saw, open or since closed, for the
 /// remote-endpoint summary. Bounded: at [`RemoteLog::CAPACITY`] connections the closed ones
-/// make room, and if none is closed new ones are only counted.
+/// make room (in one pass, and only when at least an eighth of the log is closed, so the pass
+/// is paid for by the connects since the last one), and otherwise new ones are only counted
+/// (`untracked`, shown as evictions of `remote_log`).
 #[derive(Debug, Default)]
 pub struct RemoteLog {
     /// Every connection seen, in order.
@@ -412,9 +414,13 @@ impl RemoteLog {
     pub fn observe(&mut self, sk: u64, e: &super::Event) {
         let reached = e.ret == 0 || e.errno.as_deref() == Some("EINPROGRESS");
         if e.event == "connect" && reached && e.rport != 0 {
-            if self.conns.len() >= Self::CAPACITY && !self.make_room() {
-                self.untracked += 1;
-                return;
+            if self.conns.len() >= Self::CAPACITY {
+                // `open` holds exactly the entries of `conns` still open.
+                let closed = self.conns.len() - self.open.len();
+                if closed < Self::CAPACITY / 8 || !self.make_room() {
+                    self.untracked += 1;
+                    return;
+                }
             }
             let end = LocalEnd {
                 laddr: e.laddr,
@@ -541,6 +547,26 @@ mod tests {
         );
         assert_eq!(log.untracked, 0);
         assert_eq!(log.groups()[0].connections, 1);
+    }
+
+    #[test]
+    fn remote_log_full_of_open_connections_counts_the_rest() {
+        let mut log = RemoteLog::default();
+        let cap = RemoteLog::CAPACITY as u64;
+        for sk in 0..cap + 1000 {
+            log.observe(sk, &event(kind::CONNECT, sk, 1, 0, tcp_state::SYN_SENT));
+        }
+        assert_eq!(log.untracked, 1000);
+        // A few closes are not worth a pass over the log; an eighth of it is.
+        for sk in 0..cap / 8 {
+            log.observe(sk, &event(kind::STATE, sk, 1, 2, tcp_state::CLOSE));
+        }
+        log.observe(
+            cap * 2,
+            &event(kind::CONNECT, cap * 2, 2, 0, tcp_state::SYN_SENT),
+        );
+        assert_eq!(log.untracked, 1000);
+        assert_eq!(log.conns.len() as u64, cap - cap / 8 + 1);
     }
 }
 
