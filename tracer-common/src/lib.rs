@@ -53,7 +53,20 @@ pub mod counter {
     pub const LOST: u32 = 0;
     /// A syscall-exit found no matching enter (the pending map was full).
     pub const PENDING_FULL: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Pending records created (`PENDING` is an LRU map: a thread blocked for long cannot
+    /// hold a slot others need, and what the map pushed out is counted from these: user space
+    /// reads `BEGUN - ENDED - entries now` as the evictions, never more than happened).
+    pub const PENDING_BEGUN: u32 = 2;
+    /// Pending records removed by their exit, or replaced by the thread's next call.
+    pub const PENDING_ENDED: u32 = 3;
+    /// Per-socket data totals created / removed at release (`DATA`, LRU, counted the same way).
+    pub const DATA_INSERTED: u32 = 4;
+    pub const DATA_REMOVED: u32 = 5;
+    /// Processes added to `FILTER_PIDS` at fork / removed at exit (LRU, counted the same way;
+    /// user space adds the pids it inserted itself).
+    pub const FILTER_INSERTED: u32 = 6;
+    pub const FILTER_REMOVED: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Layout of the kernel's per-CPU statistics array (`STATS`): counters summed in the kernel at
@@ -416,7 +429,10 @@ pub mod nat {
         /// Packets / bytes through NATed connections, by [`kind_slot`].
         pub const PACKETS: u32 = 2;
         pub const BYTES: u32 = 5;
-        pub const COUNT: u32 = 8;
+        /// `NAT_SEEN` entries created (an LRU map: user space counts what it pushed out as
+        /// inserted − removed by user space − entries now).
+        pub const SEEN_INSERTED: u32 = 8;
+        pub const COUNT: u32 = 9;
 
         /// 0 source NAT only, 1 destination NAT only, 2 both.
         pub const fn kind_slot(manips: u8) -> u32 {

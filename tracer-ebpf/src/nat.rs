@@ -219,6 +219,8 @@ mod program {
                 }
                 let inserted = NAT_SEEN.insert(&key, &ZERO_COUNTERS, BPF_NOEXIST).is_ok();
                 if inserted {
+                    // Counted so user space can tell what the LRU pushed out.
+                    add(stats::SEEN_INSERTED, 1);
                     report(
                         state, ct, &w, base, &o, family, protocol, hook, manips, status, now,
                     );

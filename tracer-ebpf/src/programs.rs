@@ -7,7 +7,7 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user, generated as gen,
     },
     macros::{cgroup_sock, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, SockContext, TracePointContext},
     EbpfContext,
 };
@@ -78,12 +78,16 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tracer_common::stats::COUNT, 0);
 
+/// LRU: a fork storm inside a traced process tree cannot make the map refuse new children;
+/// what it pushes out is counted (`counter::FILTER_INSERTED`/`FILTER_REMOVED`), and a process
+/// leaves the map when it exits (a reused pid must not inherit the selection).
 #[map]
 static FILTER_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
 
 /// A syscall between its enter and exit, keyed by pid_tgid (one in flight per thread).
 /// Per-socket data totals, kept only while the data tracepoints are attached (`tracer trace`).
-/// Removed at release, when they travel to user space as a DATA event.
+/// Removed at release, when they travel to user space as a DATA event. LRU; what it pushes
+/// out is counted (`counter::DATA_INSERTED`/`DATA_REMOVED`).
 #[map]
 static DATA: LruHashMap<u64, DataTotals> = LruHashMap::with_max_entries(65536, 0);
 
@@ -98,8 +102,13 @@ struct Pending {
     port_before: u16,
 }
 
+/// LRU, not a plain hash: a thread blocked in accept()/recvfrom() holds its slot only until
+/// 16384 newer calls need room, so no user can starve other processes by parking threads in
+/// blocking calls. An exit whose enter was pushed out is lost (accept still reports the new
+/// connection, flagged ENTER_MISSED); every push-out is counted (`counter::PENDING_BEGUN`/
+/// `PENDING_ENDED`).
 #[map]
-static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 
 macro_rules! off {
     ($field:ident) => {{
@@ -439,7 +448,14 @@ fn begin(
     if !process_selected(tgid) {
         return None;
     }
-    if PENDING.insert(pid_tgid, &ZERO_PENDING, 0).is_err() {
+    const BPF_NOEXIST: u64 = 1;
+    if PENDING.insert(pid_tgid, &ZERO_PENDING, BPF_NOEXIST).is_ok() {
+        bump(counter::PENDING_BEGUN);
+    } else if PENDING.insert(pid_tgid, &ZERO_PENDING, 0).is_ok() {
+        // The thread's previous record never met its exit: replaced, and so ended.
+        bump(counter::PENDING_BEGUN);
+        bump(counter::PENDING_ENDED);
+    } else {
         bump(counter::PENDING_FULL);
         return None;
     }
@@ -457,6 +473,14 @@ fn begin(
     set!(p.uaddr_len, uaddr_len);
     set!(p.port_before, port_before);
     Some(p)
+}
+
+/// Removes a thread's pending record (its exit came), counting it for the eviction total.
+#[inline(always)]
+fn end_pending(pid_tgid: u64) {
+    if PENDING.remove(pid_tgid).is_ok() {
+        bump(counter::PENDING_ENDED);
+    }
 }
 
 /// Takes the current thread's pending record, if its kind matches.
@@ -518,7 +542,7 @@ fn complete(pid_tgid: u64, pending: &mut Pending, ret: i64, sk: u64, common: &Sk
             emit(ev);
         }
     }
-    let _ = PENDING.remove(pid_tgid);
+    end_pending(pid_tgid);
 }
 
 /// `serve`: a UDP send or receive is only counted, unless the kernel bound the socket's port
@@ -734,7 +758,7 @@ pub fn sys_exit_close(ctx: TracePointContext) -> u32 {
         if socket_selected(ev) {
             emit(ev);
         }
-        let _ = PENDING.remove(id);
+        end_pending(id);
     }
     0
 }
@@ -764,7 +788,7 @@ fn exit_accept(ctx: &TracePointContext) {
     };
     if ret == -11 {
         // EAGAIN: a non-blocking server polling an empty queue, not an event.
-        let _ = PENDING.remove(id);
+        end_pending(id);
         return;
     }
     p.ev.parent_sk = p.ev.sk;
@@ -887,7 +911,7 @@ fn exit_recv(ctx: &TracePointContext, ev_kind: u16, len_is_ptr: bool) {
     if let Some((id, p)) = finish(ev_kind) {
         let ret = ret_of(ctx);
         if ret == -11 {
-            let _ = PENDING.remove(id);
+            end_pending(id);
             return;
         }
         if ret >= 0 {
@@ -1162,7 +1186,9 @@ fn try_release(sk: u64) -> Option<()> {
     if let Some(totals) = unsafe { DATA.get(sk) } {
         // `tracer trace`: the socket's data totals travel just before its release.
         let totals = *totals;
-        let _ = DATA.remove(sk);
+        if DATA.remove(sk).is_ok() {
+            bump(counter::DATA_REMOVED);
+        }
         entry.discard(0);
         let mut ev = SockEvent::default();
         release_header(&mut ev, pid_tgid);
@@ -1229,6 +1255,7 @@ fn count_data(ctx: &TracePointContext, sending: bool) -> Option<()> {
     let sk: u64 = rec.get(off!(tp_data_sk))?;
     if unsafe { DATA.get(sk) }.is_none() {
         DATA.insert(sk, DataTotals::default(), 0).ok()?;
+        bump(counter::DATA_INSERTED);
     }
     let totals = DATA.get_ptr_mut(sk)?;
     // Threads of one process may use one socket at once: add atomically (BPF_ATOMIC add;
@@ -1269,8 +1296,23 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // forks (the record's parent_pid would be that thread's id).
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     let child: u32 = unsafe { ctx.read_at(off!(tp_fork_child_pid) as usize) }.unwrap_or(0);
-    if unsafe { FILTER_PIDS.get(parent) }.is_some() {
-        let _ = FILTER_PIDS.insert(child, 1, 0);
+    if unsafe { FILTER_PIDS.get(parent) }.is_some() && FILTER_PIDS.insert(child, 1, 0).is_ok() {
+        bump(counter::FILTER_INSERTED);
+    }
+    0
+}
+
+/// A selected process exited (its main thread): its pid leaves the selection, so the map
+/// holds live processes only and a reused pid is not selected by accident.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    if filt!(by_pid) == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == pid_tgid as u32 && FILTER_PIDS.remove(tgid).is_ok() {
+        bump(counter::FILTER_REMOVED);
     }
     0
 }

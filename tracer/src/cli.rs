@@ -91,6 +91,10 @@ pub struct WatchNatArgs {
     /// Also show NAT bindings made in every network namespace.
     #[arg(long)]
     pub nat_all_netns: bool,
+    /// With --nat-all-netns: follow at most this many namespaces at once (the rest are
+    /// reported once and not watched).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_NETNS, requires = "nat_all_netns")]
+    pub max_netns: usize,
     /// Where bindings come from: the netfilter eBPF programs (Linux 6.4+, with packet
     /// counters), conntrack netlink events, or auto (eBPF when the kernel has it).
     #[arg(long, value_enum, default_value = "auto")]
@@ -110,6 +114,13 @@ impl WatchNatArgs {
         };
         Ok(Some((targets, self.nat_source)))
     }
+}
+
+fn max_netns(n: usize) -> Result<usize> {
+    if n == 0 {
+        return Err(Error::Invalid("--max-netns 0: must be at least 1".into()));
+    }
+    Ok(n)
 }
 
 fn ringbuf_bytes(kib: u32) -> Result<u32> {
@@ -154,9 +165,14 @@ pub enum NatTargets {
     Host,
     /// (name as given, path).
     Named(Vec<(String, std::path::PathBuf)>),
-    /// Every namespace, including ones that appear later.
+    /// Every namespace, including ones that appear later, up to `--max-netns` at once (each
+    /// costs a conntrack thread, a netlink socket and eight netfilter links; any user can
+    /// create namespaces).
     All,
 }
+
+/// `--max-netns` when not given.
+pub const DEFAULT_MAX_NETNS: usize = 64;
 
 #[derive(Debug, Args)]
 pub struct NatArgs {
@@ -170,6 +186,10 @@ pub struct NatArgs {
     /// Watch NAT in every network namespace, including ones created later.
     #[arg(long)]
     pub all_netns: bool,
+    /// With --all-netns: follow at most this many namespaces at once (the rest are reported
+    /// once and not watched).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_NETNS, requires = "all_netns")]
+    pub max_netns: usize,
     /// Where bindings come from (see `watch --nat-source`).
     #[arg(long, value_enum, default_value = "auto")]
     pub source: NatSourceChoice,
@@ -196,6 +216,8 @@ pub struct NatConfig {
     pub flows: bool,
     pub ringbuf_bytes: u32,
     pub duration: Option<std::time::Duration>,
+    /// `--all-netns`: namespaces followed at once, at most.
+    pub max_netns: usize,
 }
 
 impl NatArgs {
@@ -219,6 +241,7 @@ impl NatArgs {
             flows: !self.no_flows,
             ringbuf_bytes: ringbuf_bytes(self.ringbuf_kib)?,
             duration: duration(self.duration)?,
+            max_netns: max_netns(self.max_netns)?,
         })
     }
 }
@@ -491,6 +514,8 @@ pub struct WatchConfig {
     pub max_listen_ports: usize,
     /// Also watch NAT: where, and from which source.
     pub nat: Option<(NatTargets, NatSourceChoice)>,
+    /// `--nat-all-netns`: namespaces followed at once, at most.
+    pub nat_max_netns: usize,
 }
 
 impl WatchArgs {
@@ -505,6 +530,7 @@ impl WatchArgs {
         config.color = color;
         config.group_by = self.group_by;
         config.metrics = self.metrics;
+        config.nat_max_netns = max_netns(self.nat.max_netns)?;
         config.nat = self.nat.validate()?;
         Ok(config)
     }
@@ -516,6 +542,7 @@ impl ServeArgs {
         config.metrics = Some(self.listen);
         config.quiet = true;
         config.max_listen_ports = self.max_listen_ports;
+        config.nat_max_netns = max_netns(self.nat.max_netns)?;
         config.nat = self.nat.validate()?;
         Ok(config)
     }
@@ -585,6 +612,7 @@ impl FilterArgs {
             metrics: None,
             quiet: false,
             max_listen_ports: 64,
+            nat_max_netns: DEFAULT_MAX_NETNS,
             nat: None,
         })
     }

@@ -72,6 +72,11 @@ pub struct NatRuntime {
     out: Vec<NatOutput>,
     /// Hook names, for `ready`.
     pub attached: Vec<String>,
+    /// `--all-netns`: namespaces followed at once, at most; the cap was reached (said once),
+    /// and namespaces left unwatched at the last look.
+    max_netns: usize,
+    cap_reported: bool,
+    unwatched: std::collections::HashSet<u32>,
 }
 
 impl NatRuntime {
@@ -79,6 +84,7 @@ impl NatRuntime {
     /// own ring buffer (no shared one given), that ring.
     pub fn start(
         targets: NatTargets,
+        max_netns: usize,
         choice: NatSourceChoice,
         shared_ring: Option<std::os::fd::OwnedFd>,
         ringbuf_bytes: u32,
@@ -98,6 +104,9 @@ impl NatRuntime {
             pending: Vec::new(),
             out: Vec::new(),
             attached: Vec::new(),
+            max_netns,
+            cap_reported: false,
+            unwatched: std::collections::HashSet::new(),
         };
         let mut ring = None;
         match choice {
@@ -181,17 +190,25 @@ impl NatRuntime {
         Ok(())
     }
 
-    /// `--all-netns`: links into every namespace not yet watched.
+    /// `--all-netns`: links into every namespace not yet watched, up to `--max-netns` at once
+    /// (each costs a thread, a netlink socket and links; any user can create namespaces).
+    /// Reaching the cap is said once, on stderr.
     fn discover(&mut self) {
+        let max = self.max_netns;
         use std::os::unix::fs::MetadataExt;
         let own = netns::own_inode().unwrap_or(0);
         let mut seen = std::collections::HashSet::new();
+        let mut unwatched = std::collections::HashSet::new();
         for path in netns::candidate_paths() {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
             let inode = meta.ino() as u32;
             if !seen.insert(inode) || self.watched.iter().any(|w| w.inode == inode) {
+                continue;
+            }
+            if self.watched.len() >= max {
+                unwatched.insert(inode);
                 continue;
             }
             let (name, path) = if inode == own {
@@ -209,6 +226,30 @@ impl NatRuntime {
             if let Err(e) = self.attach(&name, path) {
                 tracing::debug!("netns {name}: {e}");
             }
+        }
+        if !unwatched.is_empty() && !self.cap_reported {
+            self.cap_reported = true;
+            eprintln!(
+                "tracer: following NAT in at most {max} network namespaces (--max-netns); {} more are not watched",
+                unwatched.len()
+            );
+        }
+        self.unwatched = unwatched;
+    }
+
+    /// Namespaces found but not watched because of `--max-netns` (at the last look).
+    pub fn unwatched(&self) -> usize {
+        self.unwatched.len()
+    }
+
+    /// What the NAT tables pushed out to stay bounded. Walks the kernel's binding map: call
+    /// it every few seconds.
+    pub fn evicted(&self) -> crate::model::evicted::Evicted {
+        crate::model::evicted::Evicted {
+            nat_bindings: self.table.evicted_bindings(),
+            nat_ends: self.table.evicted_ends(),
+            nat_seen: self.counters.as_ref().map_or(0, NatCounterMap::evicted),
+            ..Default::default()
         }
     }
 
@@ -289,6 +330,8 @@ impl NatRuntime {
             if let Some(p) = self.probes.as_mut() {
                 p.detach(w.inode);
             }
+            // Its bindings, counts and metric series go with it.
+            self.table.forget_netns(w.inode);
             sink.netns_gone(&w.name, w.inode)?;
         }
         if self.targets == NatTargets::All {
@@ -347,8 +390,13 @@ pub async fn run(config: NatConfig) -> Result<()> {
         Some(s) => Some(s.events_fd()?),
         None => None,
     };
-    let (mut nat, own_ring) =
-        NatRuntime::start(config.targets.clone(), config.source, shared, ringbuf_bytes)?;
+    let (mut nat, own_ring) = NatRuntime::start(
+        config.targets.clone(),
+        config.max_netns,
+        config.source,
+        shared,
+        ringbuf_bytes,
+    )?;
     let ring = match (sock.as_mut(), own_ring) {
         (Some(s), _) => Some(s.take_events()?),
         (None, ring) => ring,
@@ -391,6 +439,10 @@ pub async fn run(config: NatConfig) -> Result<()> {
     let started = Instant::now();
     let result = stream(&config, &mut nat, ring, counters.as_ref(), sink.as_mut()).await;
     let lost = nat.lost() + counters.as_ref().map_or(0, |c| c.lost());
+    let mut evicted = nat.evicted();
+    if let Some(c) = &counters {
+        evicted.raise_to(&c.evicted());
+    }
     drop(nat);
     drop(sock);
     let (events, undecodable) = result?;
@@ -400,6 +452,7 @@ pub async fn run(config: NatConfig) -> Result<()> {
         undecodable,
         seconds: started.elapsed().as_secs_f64(),
         sockets_tracked: 0,
+        evicted,
     })
     .map_err(out_err)?;
     Ok(())

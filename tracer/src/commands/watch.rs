@@ -57,6 +57,7 @@ pub async fn run(config: WatchConfig) -> Result<()> {
         Some((targets, choice)) => Some(
             NatRuntime::start(
                 targets.clone(),
+                config.nat_max_netns,
                 *choice,
                 Some(probes.events_fd()?),
                 config.ringbuf_bytes,
@@ -209,6 +210,19 @@ impl Pipeline {
         sink.flush()
     }
 
+    /// What the bounded tables (here and in the kernel) pushed out so far. Walks the kernel's
+    /// LRU maps: every few seconds, not per event.
+    fn evicted(&self, counters: &KernelCounters) -> crate::model::evicted::Evicted {
+        let mut evicted = counters.evicted();
+        evicted.sockets = self.table.evicted();
+        evicted.ephemeral = self.table.usage().evicted();
+        evicted.remote_log = self.groups.as_ref().map_or(0, |g| g.untracked);
+        if let Some(nat) = &self.nat {
+            evicted.raise_to(&nat.evicted());
+        }
+        evicted
+    }
+
     /// Learns the range of namespaces that have sockets but no shown events yet.
     fn refresh_ranges(&mut self) {
         for ns in self.table.usage().namespaces() {
@@ -274,6 +288,10 @@ async fn stream(
             took_ms: snapshot.took.as_secs_f64() * 1000.0,
         })
         .map_err(io_err)?;
+    }
+    if let Some(scrape) = scrape {
+        // Every table's series from the start, so a dashboard sees them before an eviction.
+        scrape.metrics.update_evicted(&pipeline.evicted(counters));
     }
     prereq::drop_privileges();
     // Loading parsed the kernel's BTF twice (aya and our offsets) and the snapshot may have
@@ -351,6 +369,12 @@ async fn stream(
                 }
                 if sweeps.is_multiple_of(100) {
                     pipeline.table.sweep(monotonic_ns());
+                    // Namespaces that are gone: their ranges, usage and series go too.
+                    let forgotten = pipeline.ranges.prune(pipeline.table.usage_mut());
+                    tracing::debug!("{forgotten} network namespaces gone");
+                    if let Some(scrape) = scrape {
+                        scrape.metrics.update_evicted(&pipeline.evicted(counters));
+                    }
                     // Hand freed heap back (a burst may have grown the table for a while).
                     #[cfg(target_env = "gnu")]
                     // SAFETY: malloc_trim only releases free heap memory.
@@ -394,6 +418,7 @@ async fn stream(
     summary.undecodable = source.undecodable();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.sockets_tracked = pipeline.table.len();
+    summary.evicted = pipeline.evicted(counters);
     if let Some(groups) = &pipeline.groups {
         sink.remote_groups(&groups.groups(), true).map_err(io_err)?;
     }

@@ -51,6 +51,8 @@ pub struct SockProbes {
     ebpf: Ebpf,
     /// Names of the hooks attached, for `doctor` and logs.
     pub attached: Vec<String>,
+    /// Pids user space put in `FILTER_PIDS` (the kernel counts only the ones it adds).
+    selected_pids: u64,
 }
 
 /// The attachments, owned here rather than by aya's programs so they can be torn down
@@ -159,14 +161,11 @@ impl SockProbes {
             }
         }
         if opts.filter.by_pid != 0 {
-            attach_tracepoint(
-                &mut ebpf,
-                &mut links,
-                "sched_process_fork",
-                "sched",
-                "sched_process_fork",
-            )?;
-            attached.push("tracepoint/sched/sched_process_fork".into());
+            // Fork adds children to the selection, exit takes processes out of it.
+            for event in ["sched_process_fork", "sched_process_exit"] {
+                attach_tracepoint(&mut ebpf, &mut links, event, "sched", event)?;
+                attached.push(format!("tracepoint/sched/{event}"));
+            }
         }
 
         let cgroup = prereq::cgroup2_root()?;
@@ -186,6 +185,11 @@ impl SockProbes {
             _links: links,
             ebpf,
             attached,
+            selected_pids: if opts.filter.by_pid != 0 {
+                opts.pids.len() as u64
+            } else {
+                0
+            },
         })
     }
 
@@ -232,9 +236,14 @@ impl SockProbes {
             .programs()
             .filter_map(|(_, p)| p.fd().ok()?.try_clone().ok())
             .collect();
+        use super::evictions::MapCount;
         Ok(KernelCounters {
             array: self.take_map("COUNTERS")?,
             programs,
+            pending: MapCount::of(&self.ebpf, "PENDING", 8, 16384),
+            data: MapCount::of(&self.ebpf, "DATA", 8, 65536),
+            filter_pids: MapCount::of(&self.ebpf, "FILTER_PIDS", 4, 8192),
+            selected_pids: self.selected_pids,
         })
     }
 
@@ -260,6 +269,11 @@ impl SockProbes {
 pub struct KernelCounters {
     array: PerCpuArray<MapData, u64>,
     programs: Vec<aya::programs::ProgramFd>,
+    /// The LRU maps, to count what they pushed out.
+    pending: Option<super::evictions::MapCount>,
+    data: Option<super::evictions::MapCount>,
+    filter_pids: Option<super::evictions::MapCount>,
+    selected_pids: u64,
 }
 
 /// How many times the kernel skipped program `fd` because another BPF program was running on
@@ -301,6 +315,32 @@ impl KernelCounters {
     /// syscall's enter.
     pub fn lost(&self) -> u64 {
         self.read(counter::LOST) + self.read(counter::PENDING_FULL) + self.skipped_runs()
+    }
+
+    /// What the kernel's LRU maps pushed out so far (`pending`, `data`, `filter_pids`). Walks
+    /// the maps' keys: call it every few seconds, not per event.
+    pub fn evicted(&self) -> crate::model::evicted::Evicted {
+        let lru = |map: &Option<super::evictions::MapCount>, created: u32, ended: u32, extra| {
+            map.as_ref().map_or(0, |m| {
+                m.evicted(|| self.read(created) + extra, || self.read(ended))
+            })
+        };
+        crate::model::evicted::Evicted {
+            pending: lru(
+                &self.pending,
+                counter::PENDING_BEGUN,
+                counter::PENDING_ENDED,
+                0,
+            ),
+            data: lru(&self.data, counter::DATA_INSERTED, counter::DATA_REMOVED, 0),
+            filter_pids: lru(
+                &self.filter_pids,
+                counter::FILTER_INSERTED,
+                counter::FILTER_REMOVED,
+                self.selected_pids,
+            ),
+            ..Default::default()
+        }
     }
 
     /// Program runs the kernel skipped (recursion protection): their events never existed.

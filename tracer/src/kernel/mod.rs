@@ -2,6 +2,8 @@
 //! formats, loading and attaching, network namespaces.
 pub mod btf;
 pub mod conntrack;
+pub mod evictions;
+pub mod live_netns;
 pub mod loader;
 pub mod nat;
 pub mod netns;

@@ -234,6 +234,8 @@ impl NatProbes {
                 name: "NAT_STATS".into(),
                 source,
             })?,
+            removed: 0,
+            evicted: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -246,6 +248,9 @@ fn missing(name: &str) -> Error {
 pub struct NatCounterMap {
     seen: BpfHashMap<MapData, Global<NatKey>, Global<NatCounters>>,
     stats: PerCpuArray<MapData, u64>,
+    /// Entries user space removed (bindings that ended), and the evictions reported so far.
+    removed: u64,
+    evicted: std::sync::atomic::AtomicU64,
 }
 
 impl NatCounterMap {
@@ -255,7 +260,21 @@ impl NatCounterMap {
 
     /// Forgets a binding that ended (the LRU would evict it anyway, later).
     pub fn remove(&mut self, key: &NatKey) {
-        let _ = self.seen.remove(&Global(*key));
+        if self.seen.remove(&Global(*key)).is_ok() {
+            self.removed += 1;
+        }
+    }
+
+    /// Binding counters the LRU map pushed out while their binding lived (their end then
+    /// reports no counters): created − removed − present, read so it never over-counts
+    /// (see `kernel::evictions`). Walks the map: call it every few seconds.
+    pub fn evicted(&self) -> u64 {
+        let created = self.stat(stats::SEEN_INSERTED);
+        let present = self.seen.keys().filter(Result::is_ok).count() as u64;
+        let now = created.saturating_sub(self.removed).saturating_sub(present);
+        self.evicted
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed)
+            .max(now)
     }
 
     fn stat(&self, index: u32) -> u64 {

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::live_netns::NetnsIndex;
 use crate::error::{Error, Result};
 
 /// `NAME` (as made by `ip netns add`, under /run/netns) or a path such as /proc/PID/ns/net.
@@ -80,19 +81,28 @@ pub fn candidate_paths() -> impl Iterator<Item = PathBuf> {
 }
 
 /// Per-namespace `ip_local_port_range`, read once per namespace and refreshed after a few
-/// seconds so a `sysctl -w` shows up.
+/// seconds so a `sysctl -w` shows up. Bounded: namespaces that are gone are forgotten by
+/// [`PortRangeCache::prune`], and past [`MAX_KNOWN`] entries the stale ones go. Finding a way
+/// into a namespace costs one scan of /proc per second at most, shared by every namespace
+/// looked up in that second (not a scan per namespace: any user can create thousands).
 pub struct PortRangeCache {
     own: u32,
     known: HashMap<u32, (Option<(u16, u16)>, Instant)>,
+    index: Option<(NetnsIndex, Instant)>,
 }
 
 const PORT_RANGE_TTL: Duration = Duration::from_secs(5);
+/// How old the namespace index may be before a lookup that misses it scans again.
+const INDEX_TTL: Duration = Duration::from_secs(1);
+/// Namespaces whose range is remembered, at most (beyond, expired entries are dropped).
+pub const MAX_KNOWN: usize = 16_384;
 
 impl Default for PortRangeCache {
     fn default() -> Self {
         PortRangeCache {
             own: own_inode().unwrap_or(0),
             known: HashMap::new(),
+            index: None,
         }
     }
 }
@@ -112,7 +122,7 @@ impl PortRangeCache {
         let range = if inode == self.own {
             read_port_range()
         } else {
-            match open_handle(inode, pid) {
+            match self.open_handle(inode, pid) {
                 Some(ns) => port_range_in(ns),
                 None => Err(Error::NoSuchNetns(format!("inode {inode}"))),
             }
@@ -124,21 +134,54 @@ impl PortRangeCache {
                 e => tracing::warn!("ip_local_port_range of netns {inode}: {e}"),
             })
             .ok();
+        if self.known.len() >= MAX_KNOWN {
+            self.known
+                .retain(|_, (_, at)| at.elapsed() < PORT_RANGE_TTL);
+            if self.known.len() >= MAX_KNOWN {
+                self.known.clear();
+            }
+        }
         self.known.insert(inode, (range, Instant::now()));
         range
     }
-}
 
-/// An open handle to namespace `inode`, from the owner's `/proc/PID/ns/net`, a name under
-/// /run/netns (it may have no process left), or any process still in it. Opened, not just
-/// looked at: a process may exit between the two, and the open fd keeps the namespace.
-fn open_handle(inode: u32, pid: Option<u32>) -> Option<fs::File> {
-    let owner = pid.map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")));
-    owner
-        .into_iter()
-        .chain(candidate_paths())
-        .filter_map(|path| fs::File::open(path).ok())
-        .find(|f| f.metadata().is_ok_and(|m| m.ino() as u32 == inode))
+    /// Forgets the namespaces that are gone, here and in `usage` (whose per-namespace
+    /// entries, and so metric series, go with them unless a socket still holds a port there).
+    /// One scan of /proc: call it every few seconds. Returns how many namespaces `usage`
+    /// forgot.
+    pub fn prune(&mut self, usage: &mut crate::model::ephemeral::EphemeralUsage) -> usize {
+        let index = NetnsIndex::scan();
+        let own = self.own;
+        let alive = |ns: u32| ns == own || index.contains(ns);
+        self.known.retain(|ns, _| alive(*ns));
+        let forgotten = usage.retain_namespaces(alive);
+        self.index = Some((index, Instant::now()));
+        forgotten
+    }
+
+    /// An open handle to namespace `inode`: from the owner's `/proc/PID/ns/net`, else from the
+    /// namespace index (rescanned when older than a second). Opened, not just looked at: a
+    /// process may exit between the two, and the open fd keeps the namespace.
+    fn open_handle(&mut self, inode: u32, pid: Option<u32>) -> Option<fs::File> {
+        let opens_it = |path: &Path| {
+            fs::File::open(path)
+                .ok()
+                .filter(|f| f.metadata().is_ok_and(|m| m.ino() as u32 == inode))
+        };
+        if let Some(f) = pid.and_then(|pid| opens_it(&PathBuf::from(format!("/proc/{pid}/ns/net"))))
+        {
+            return Some(f);
+        }
+        let fresh = self
+            .index
+            .as_ref()
+            .is_some_and(|(index, at)| index.contains(inode) || at.elapsed() < INDEX_TTL);
+        if !fresh {
+            self.index = Some((NetnsIndex::scan(), Instant::now()));
+        }
+        let (index, _) = self.index.as_ref()?;
+        index.path(inode).and_then(opens_it)
+    }
 }
 
 pub fn read_port_range() -> Result<(u16, u16)> {

@@ -1,8 +1,9 @@
 //! Prometheus metrics: the registry and how it is filled. Counters come from the kernel's
 //! per-CPU statistics (summed where events happen, exact even when the ring buffer overflows);
 //! gauges come from the socket table (listening sockets, ephemeral-port usage). Cardinality is
-//! bounded: no label takes a per-connection value, and listening ports beyond a cap share the
-//! `other` bucket.
+//! bounded: no label takes a per-connection value, listening ports beyond a cap share the
+//! `other` bucket, namespaces beyond [`MAX_NETNS_SERIES`] share `netns="other"`, and a
+//! namespace's series go when the namespace does.
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -14,8 +15,16 @@ use tracer_common::{stats, tcp_state_name, PortClass};
 
 use crate::model::{
     event::{errno_name, event_name},
+    evicted::Evicted,
     SocketTable,
 };
+
+/// At most this many namespaces get series of their own in the ephemeral-port gauges (the
+/// busiest); the rest share `netns="other"`. Any user can create namespaces.
+pub const MAX_NETNS_SERIES: usize = 256;
+
+/// Label values of one `tracer_nat_bindings_total` series.
+type NatLabels = (&'static str, bool, &'static str, String);
 
 /// Everything `/metrics` shows.
 pub struct Metrics {
@@ -36,6 +45,9 @@ pub struct Metrics {
     nat_bytes: IntCounterVec,
     /// NAT records lost (ring full, conntrack overruns), added to `tracer_events_lost_total`.
     nat_lost: std::sync::atomic::AtomicU64,
+    /// The `tracer_nat_bindings_total` series exported, to remove those of namespaces gone.
+    nat_series: std::sync::Mutex<std::collections::HashSet<NatLabels>>,
+    evicted: IntCounterVec,
     /// At most this many listening (port, proto, comm) series; the rest count under `other`.
     listen_port_cap: usize,
 }
@@ -148,6 +160,13 @@ impl Metrics {
                 &["kind"],
             ),
             nat_lost: std::sync::atomic::AtomicU64::new(0),
+            nat_series: std::sync::Mutex::default(),
+            evicted: counter_vec(
+                r,
+                "tracer_evicted_total",
+                "Entries pushed out of a bounded table to keep it under its cap, by table (sockets, ephemeral, remote_log, nat_bindings, nat_ends; kernel maps: pending, data, filter_pids, nat_seen).",
+                &["table"],
+            ),
             processed: counter_vec(
                 r,
                 "tracer_events_processed_total",
@@ -238,8 +257,40 @@ impl Metrics {
         }
     }
 
-    /// NAT counters: bindings from the binding table, packets and bytes from the kernel.
+    /// Raises `tracer_evicted_total` to the counts in `evicted` (every table is shown, 0 or
+    /// not, so a dashboard sees the series before the first eviction).
+    pub fn update_evicted(&self, evicted: &Evicted) {
+        for (table, n) in evicted.tables() {
+            catch_up(&self.evicted.with_label_values(&[table]), n);
+        }
+    }
+
+    /// NAT counters: bindings from the binding table, packets and bytes from the kernel. The
+    /// series of a namespace that went away (its counts left the table) are removed.
     pub fn update_nat(&self, nat: &crate::commands::nat::NatRuntime) {
+        let mut exported = self.nat_series.lock().unwrap_or_else(|e| e.into_inner());
+        let labels = |(kind, port_translated, proto, netns): &NatLabels| {
+            [
+                kind.to_string(),
+                if *port_translated { "true" } else { "false" }.to_string(),
+                proto.to_string(),
+                netns.clone(),
+            ]
+        };
+        let current: std::collections::HashSet<NatLabels> = nat
+            .table
+            .counts
+            .keys()
+            .map(|(kind, port_translated, proto, netns)| {
+                (kind.as_str(), *port_translated, *proto, netns.clone())
+            })
+            .collect();
+        for gone in exported.difference(&current) {
+            let values = labels(gone);
+            let _ = self
+                .nat_bindings
+                .remove_label_values(&values.each_ref().map(String::as_str));
+        }
         for ((kind, port_translated, proto, netns), n) in &nat.table.counts {
             catch_up(
                 &self.nat_bindings.with_label_values(&[
@@ -251,6 +302,8 @@ impl Metrics {
                 *n,
             );
         }
+        *exported = current;
+        drop(exported);
         if let Some(totals) = nat.kernel_totals() {
             for (slot, (packets, bytes)) in totals.iter().enumerate() {
                 let kind = ["snat", "dnat", "both"][slot];
@@ -291,25 +344,49 @@ impl Metrics {
                     .add(n);
             }
         }
+        self.update_ephemeral(table);
+    }
+
+    /// The ephemeral-port gauges: rebuilt from the usage each time, so a namespace pruned
+    /// from the usage (gone) leaves no series; at most [`MAX_NETNS_SERIES`] namespaces (the
+    /// busiest) get their own, the rest show as `netns="other"` (their busiest figure).
+    fn update_ephemeral(&self, table: &SocketTable) {
         self.ephemeral_in_use.reset();
         self.ephemeral_range_size.reset();
         let usage = table.usage();
-        for ns in usage.namespaces() {
-            if let Some((lo, hi)) = usage.range(ns) {
-                self.ephemeral_range_size
-                    .with_label_values(&[&ns.to_string()])
-                    .set(i64::from(hi - lo) + 1);
-            }
-        }
         let mut busiest: BTreeMap<(u32, &'static str), usize> = BTreeMap::new();
         for u in usage.report() {
             let entry = busiest.entry((u.netns, u.proto)).or_default();
             *entry = (*entry).max(u.in_use);
         }
+        let mut by_ns: BTreeMap<u32, usize> =
+            usage.namespaces().into_iter().map(|n| (n, 0)).collect();
+        for ((ns, _), in_use) in &busiest {
+            let entry = by_ns.entry(*ns).or_default();
+            *entry = (*entry).max(*in_use);
+        }
+        let mut ranked: Vec<(u32, usize)> = by_ns.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let shown: std::collections::HashSet<u32> = ranked
+            .iter()
+            .take(MAX_NETNS_SERIES)
+            .map(|(ns, _)| *ns)
+            .collect();
+        for ns in &shown {
+            if let Some((lo, hi)) = usage.range(*ns) {
+                self.ephemeral_range_size
+                    .with_label_values(&[&ns.to_string()])
+                    .set(i64::from(hi - lo) + 1);
+            }
+        }
         for ((ns, proto), in_use) in busiest {
-            self.ephemeral_in_use
-                .with_label_values(&[&ns.to_string(), proto])
-                .set(in_use as i64);
+            let gauge = if shown.contains(&ns) {
+                self.ephemeral_in_use
+                    .with_label_values(&[&ns.to_string(), proto])
+            } else {
+                self.ephemeral_in_use.with_label_values(&["other", proto])
+            };
+            gauge.set(gauge.get().max(in_use as i64));
         }
     }
 

@@ -185,7 +185,14 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             self.status,
             "tracer: {} events in {:.1}s, {} lost",
             s.events, s.seconds, s.lost
-        )
+        )?;
+        match s.evicted.describe() {
+            Some(tables) => writeln!(
+                self.status,
+                "tracer: evicted to stay within bounds: {tables}"
+            ),
+            None => Ok(()),
+        }
     }
 
     fn snapshot(&mut self, s: &SnapshotInfo) -> io::Result<()> {

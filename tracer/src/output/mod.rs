@@ -33,6 +33,8 @@ pub struct Summary {
     pub seconds: f64,
     /// Sockets still in the socket table at exit (open sockets, or closes still in flight).
     pub sockets_tracked: usize,
+    /// Entries the bounded tables pushed out to stay under their caps, by table.
+    pub evicted: crate::model::evicted::Evicted,
 }
 
 pub trait Sink {
