@@ -2,8 +2,8 @@
 //! port classification, filters, and the enriched events the sinks print. Pure: no I/O.
 pub mod bounded;
 pub mod ephemeral;
-pub mod evicted;
 pub mod event;
+pub mod evicted;
 pub mod filter;
 pub mod nat;
 pub mod ports;
