@@ -329,3 +329,73 @@ fn nat_all_netns_follows_at_most_max_netns_and_says_so_once() {
         "{most_threads} threads for at most {MAX} namespaces"
     );
 }
+
+/// Parks N threads in accept() on one listener (more than the kernel's 16,384 pending-call
+/// slots), prints "ready", and exits when its stdin closes.
+const PARKED_THREADS: &str = r#"
+import os, socket, sys, threading, time
+threading.stack_size(65536)
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen(1)
+def parked():
+    try:
+        s.accept()
+    except OSError:
+        pass
+for _ in range(int(sys.argv[1])):
+    threading.Thread(target=parked, daemon=True).start()
+time.sleep(2)
+print("ready", flush=True)
+sys.stdin.read()
+os._exit(0)
+"#;
+
+#[test]
+fn threads_parked_in_accept_do_not_starve_other_processes() {
+    if !can_run("threads_parked_in_accept_do_not_starve_other_processes") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut tracer = Tracer::watch(&["--port", &port.to_string()]);
+    let mut parked = as_nobody("/usr/bin/python3")
+        .args(["-c", PARKED_THREADS, "17000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the parked threads");
+    let mut ready = String::new();
+    BufReader::new(parked.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "the parked threads did not start");
+
+    // Another process's call still gets a slot: its connect is reported.
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let me = std::process::id();
+    tracer.wait_for(
+        "the connect beside 17,000 parked threads",
+        Duration::from_secs(10),
+        |evs| {
+            evs.iter()
+                .any(|e| e["event"] == "connect" && e["pid"] == me && e["rport"] == u64::from(port))
+        },
+    );
+    drop(parked.stdin.take());
+    let _ = parked.wait();
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let summary = records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .expect("a summary");
+    let evicted = summary["evicted"]["pending"].as_u64().unwrap_or(0);
+    println!(
+        "17,000 threads parked in accept(): pending calls evicted {evicted}, summary {summary}"
+    );
+    // At least the calls beyond the map's 16,384 slots were pushed out, and counted.
+    assert!(
+        evicted >= 17_000 - 16_384,
+        "pending evictions counted: {evicted}"
+    );
+}
