@@ -436,3 +436,21 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The unprivileged user hostile steps run as (`nobody`).
+pub const NOBODY: u32 = 65534;
+
+/// `program args…` run as an unprivileged user (uid/gid 65534, no supplementary groups), as
+/// any local user could run it. Programs are named by absolute path where a root-only PATH
+/// shim could stand in the way (use `/usr/bin/python3`, not `python3`).
+pub fn as_nobody(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        program,
+    ]);
+    c
+}

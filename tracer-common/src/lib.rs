@@ -177,10 +177,15 @@ pub struct SockEvent {
     pub arg: i64,
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
+    /// The process's name (its thread-group leader's `comm`), NUL-padded: what `ps` and `ss`
+    /// show. Any user can set it to any 15 bytes (`prctl(PR_SET_NAME)`): not text.
     pub comm: [u8; 16],
+    /// The calling thread's own name (`dig` runs its sockets from a thread named
+    /// `isc-net-0000`). Equal to `comm` in a single-threaded process.
+    pub thread: [u8; 16],
 }
 
-pub const SOCK_EVENT_SIZE: usize = 128;
+pub const SOCK_EVENT_SIZE: usize = 144;
 const _: () = assert!(core::mem::size_of::<SockEvent>() == SOCK_EVENT_SIZE);
 
 /// Data totals of one socket, summed in the kernel from `sock:sock_send_length` and
@@ -258,6 +263,10 @@ pub struct KernelOffsets {
     pub tp_data_family: u32,
     pub tp_data_ret: u32,
     pub tp_data_flags: u32,
+    /// `task_struct.group_leader` and `task_struct.comm`: the process's name (its thread-group
+    /// leader's), which `ps` and `ss` show, beside the calling thread's own.
+    pub task_group_leader: u32,
+    pub task_comm: u32,
 }
 
 /// What the kernel side filters before an event reaches the ring buffer. Zero means "any".

@@ -3,8 +3,8 @@ use core::ffi::c_void;
 use crate::window::{read, Window};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user, generated as gen,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_user, generated as gen,
     },
     macros::{cgroup_sock, map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -47,6 +47,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     tp_data_family: 0,
     tp_data_ret: 0,
     tp_data_flags: 0,
+    task_group_leader: 0,
+    task_comm: 0,
 };
 
 #[no_mangle]
@@ -304,13 +306,44 @@ fn process_selected(tgid: u32) -> bool {
         return false;
     }
     if filt!(by_comm) != 0 {
-        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // --comm names a process, as `ps -C` does: its leader's name, not the thread's.
+        let mut comm = [0u8; 16];
+        process_comm(&mut comm);
         let want = unsafe { core::ptr::read_volatile(&FILTER.comm) };
         if comm != want {
             return false;
         }
     }
     true
+}
+
+/// The calling process's name: its thread-group leader's `comm` (what `ps` and `ss` show),
+/// read through `current->group_leader`; the thread's own name if that read fails.
+#[inline(always)]
+fn process_comm(out: &mut [u8; 16]) {
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = read(task, off!(task_group_leader)).unwrap_or(0);
+    // SAFETY: `out` is 16 writable bytes; the helpers write at most 16 bytes into it and
+    // fail cleanly on a bad kernel address.
+    let failed = leader == 0
+        || unsafe {
+            gen::bpf_probe_read_kernel(
+                out.as_mut_ptr() as *mut c_void,
+                16,
+                (leader + off!(task_comm)) as *const c_void,
+            )
+        } != 0;
+    if failed {
+        unsafe { gen::bpf_get_current_comm(out.as_mut_ptr() as *mut c_void, 16) };
+    }
+}
+
+/// Both names of the caller into an event: the process's and the thread's.
+#[inline(always)]
+fn fill_names(ev: &mut SockEvent) {
+    process_comm(&mut ev.comm);
+    // SAFETY: `ev.thread` is 16 writable bytes.
+    unsafe { gen::bpf_get_current_comm(ev.thread.as_mut_ptr() as *mut c_void, 16) };
 }
 
 /// Socket-level filters, checked once the endpoints are known.
@@ -468,7 +501,7 @@ fn begin(
     set!(p.ev.fd, fd as i32);
     set!(p.ev.arg, arg);
     set!(p.ev.sk, sk);
-    unsafe { gen::bpf_get_current_comm(p.ev.comm.as_mut_ptr() as *mut c_void, 16) };
+    fill_names(&mut p.ev);
     set!(p.uaddr, uaddr);
     set!(p.uaddr_len, uaddr_len);
     set!(p.port_before, port_before);
@@ -1096,11 +1129,13 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
     let mut flags = 0;
     let mut uid = 0;
     let mut comm = [0u64; 2];
+    let mut thread = [0u64; 2];
     if let Some(pending) = unsafe { PENDING.get(pid_tgid) } {
         if pending.ev.sk == sk {
             flags = flag::OWNER_IN_CONTEXT;
             uid = pending.ev.uid;
             comm = get16(&pending.ev.comm);
+            thread = get16(&pending.ev.thread);
         }
     }
     // Written straight into the ring, every field: no event on the stack, no copy, no memset.
@@ -1135,6 +1170,7 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
     put16(&mut ev.laddr, laddr);
     put16(&mut ev.raddr, raddr);
     put16(&mut ev.comm, comm);
+    put16(&mut ev.thread, thread);
     entry.submit(wakeup());
     Some(())
 }
@@ -1162,6 +1198,14 @@ fn try_release(sk: u64) -> Option<()> {
     }
     let mut common = SkCommon::empty();
     common.load(sk)?;
+    if let Some(totals) = unsafe { DATA.get(sk) } {
+        // `tracer trace`: the socket's data totals travel just before its release.
+        let totals = *totals;
+        if DATA.remove(sk).is_ok() {
+            bump(counter::DATA_REMOVED);
+        }
+        data_record(sk, &common, pid_tgid, &totals);
+    }
     // Written into the ring the way the state program does, with fill_from_sock's fields.
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         // Ring full: still counted, if the filters would have taken it.
@@ -1183,28 +1227,30 @@ fn try_release(sk: u64) -> Option<()> {
         entry.discard(0);
         return None;
     }
-    if let Some(totals) = unsafe { DATA.get(sk) } {
-        // `tracer trace`: the socket's data totals travel just before its release.
-        let totals = *totals;
-        if DATA.remove(sk).is_ok() {
-            bump(counter::DATA_REMOVED);
-        }
-        entry.discard(0);
-        let mut ev = SockEvent::default();
-        release_header(&mut ev, pid_tgid);
-        fill_from_sock(&mut ev, sk, &common);
-        let mut data = SockEvent {
-            kind: kind::DATA,
-            ..ev
-        };
-        totals.store(&mut data);
-        emit(&data);
-        emit(&ev);
-        return Some(());
-    }
     count(ev);
     entry.submit(wakeup());
     Some(())
+}
+
+/// A DATA record (a socket's totals), built in the ring itself: with the names two events
+/// on the stack no longer fit the 512-byte stack.
+#[inline(always)]
+fn data_record(sk: u64, common: &SkCommon, pid_tgid: u64, totals: &DataTotals) {
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        bump(counter::LOST);
+        return;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    release_header(ev, pid_tgid);
+    fill_from_sock(ev, sk, common);
+    set!(ev.kind, kind::DATA);
+    if !socket_selected(ev) {
+        entry.discard(0);
+        return;
+    }
+    totals.store(ev);
+    count(ev);
+    entry.submit(wakeup());
 }
 
 /// The fields of a RELEASE event that `fill_from_sock` does not write.
@@ -1225,7 +1271,7 @@ fn release_header(ev: &mut SockEvent, pid_tgid: u64) {
     set!(ev.parent_sk, 0);
     set!(ev.ret, 0);
     set!(ev.arg, 0);
-    unsafe { gen::bpf_get_current_comm(ev.comm.as_mut_ptr() as *mut c_void, 16) };
+    fill_names(ev);
 }
 
 // ---- data totals (attached by `tracer trace` only) -----------------------------------------

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod source;
+pub mod text;

@@ -178,7 +178,10 @@ impl NatRuntime {
             if self.fallback {
                 return Err(e);
             }
-            eprintln!("tracer: no conntrack events in netns {name} ({e}); binding ends will not be reported there");
+            let why = crate::text::escape(&format!("netns {name} ({e})")).into_owned();
+            eprintln!(
+                "tracer: no conntrack events in {why}; binding ends will not be reported there"
+            );
         }
         self.watched.push(Watched {
             inode,

@@ -485,5 +485,7 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         tp_data_family: data("family", 2)?,
         tp_data_ret: data("ret", 4)?,
         tp_data_flags: data("flags", 4)?,
+        task_group_leader: btf.offset("task_struct", "group_leader")?,
+        task_comm: btf.offset("task_struct", "comm")?,
     })
 }

@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod evictions;
 pub mod live_netns;
 pub mod loader;
+pub mod mountinfo;
 pub mod nat;
 pub mod netns;
 pub mod prereq;

@@ -294,9 +294,10 @@ pub fn socket_owners() -> HashMap<u32, Vec<Owner>> {
 }
 
 fn owner_of(process: &procfs::process::Process) -> Owner {
+    // Bytes, not text: a name any user set need not be UTF-8.
     let mut comm = [0u8; 16];
-    if let Ok(name) = fs::read_to_string(format!("/proc/{}/comm", process.pid)) {
-        let name = name.trim_end_matches('\n').as_bytes();
+    if let Ok(name) = fs::read(format!("/proc/{}/comm", process.pid)) {
+        let name = name.strip_suffix(b"\n").unwrap_or(&name);
         let n = name.len().min(15);
         comm[..n].copy_from_slice(&name[..n]);
     }
@@ -305,5 +306,6 @@ fn owner_of(process: &procfs::process::Process) -> Owner {
         tid: process.pid as u32,
         uid: process.uid().unwrap_or(u32::MAX),
         comm,
+        thread: comm,
     }
 }

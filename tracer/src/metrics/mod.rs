@@ -330,7 +330,11 @@ impl Metrics {
             self.listening
                 .with_label_values(&[proto, PortClass::of(s.lport).as_str()])
                 .inc();
-            let comm = s.owner().map(|o| o.comm()).unwrap_or_else(|| "-".into());
+            // A label value any user names: escaped like every other place it is shown.
+            let comm = s.owner().map_or_else(
+                || "-".into(),
+                |o| crate::text::escape(&o.comm()).into_owned(),
+            );
             *ports.entry((s.lport, proto, comm)).or_default() += 1;
         }
         for (i, ((port, proto, comm), n)) in ports.into_iter().enumerate() {

@@ -108,13 +108,9 @@ pub fn proto_name(protocol: u8) -> &'static str {
     }
 }
 
-/// A kernel `comm` (NUL-padded) as text.
+/// A kernel `comm` (NUL-padded) as text: [`crate::text::comm`], the one decoder of names.
 pub fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    match std::str::from_utf8(&comm[..end]) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(&comm[..end]).into_owned(),
-    }
+    crate::text::comm(comm)
 }
 
 /// A kernel socket identity as text, `0x…` (what `{:#x}` writes, without the formatter).
@@ -144,7 +140,10 @@ pub struct Event {
     /// The owning process (None for a TCP transition on a socket tracer has not seen).
     pub pid: Option<u32>,
     pub tid: Option<u32>,
+    /// The process's name (thread-group leader), as `ps` and `ss` show it.
     pub comm: Option<String>,
+    /// The name of the thread that made the call (`dig`'s sockets come from `isc-net-0000`).
+    pub thread: Option<String>,
     pub uid: Option<u32>,
     pub netns: u32,
     pub fd: Option<i32>,
@@ -211,6 +210,7 @@ impl Event {
             pid: owner.map(|o| o.pid),
             tid: owner.map(|o| o.tid),
             comm: owner.map(|o| comm_str(&o.comm)),
+            thread: owner.map(|o| comm_str(&o.thread)),
             uid: owner.map(|o| o.uid),
             netns: ev.netns,
             fd: match ev.kind {
@@ -311,6 +311,7 @@ mod tests {
                 tid: 11,
                 uid: 0,
                 comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+                thread: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
             }),
             kernel_chose_port: false,
             lport: 0,
@@ -376,6 +377,7 @@ mod tests {
             "pid",
             "tid",
             "comm",
+            "thread",
             "uid",
             "netns",
             "fd",

@@ -63,6 +63,7 @@ mod tests {
                 tid: 1,
                 uid: 0,
                 comm: c,
+                thread: c,
             }),
             ..Default::default()
         }

@@ -315,7 +315,7 @@ pub struct FlowEnd {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_chose_port: Option<bool>,
     #[serde(skip)]
-    ts_ns: u64,
+    pub(crate) ts_ns: u64,
 }
 
 /// Client socket → NAT binding → server socket, seen as one connection.

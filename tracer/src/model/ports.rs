@@ -234,8 +234,9 @@ impl RowFilter {
                     row.state,
                     row.owners_text(),
                     row.class
-                )
-                .to_lowercase();
+                );
+                // Match what the screen shows: names as the terminal sinks escape them.
+                let haystack = crate::text::escape(&haystack).to_lowercase();
                 self.text
                     .to_lowercase()
                     .split_whitespace()
@@ -584,6 +585,7 @@ pub(crate) mod fixtures {
             tid: pid,
             uid: 0,
             comm: c,
+            thread: c,
         }
     }
 

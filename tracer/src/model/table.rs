@@ -22,12 +22,15 @@ use super::ephemeral::{EphemeralUsage, UsageKey};
 use crate::kernel::snapshot::Snapshot;
 
 /// A process holding a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
+    /// The process's name (thread-group leader), NUL-padded bytes as the kernel keeps them.
     pub comm: [u8; 16],
+    /// The name of the thread that made the call (the same as `comm` for a snapshot owner).
+    pub thread: [u8; 16],
 }
 
 impl Owner {
@@ -37,12 +40,19 @@ impl Owner {
             tid: ev.tid,
             uid: ev.uid,
             comm: ev.comm,
+            thread: ev.thread,
         }
     }
 
+    /// The command name as text ([`crate::text::comm`]: lossless, never panics).
     pub fn comm(&self) -> String {
+        crate::text::comm(&self.comm)
+    }
+
+    /// The command name's bytes, without the kernel's NUL padding.
+    pub fn comm_bytes(&self) -> &[u8] {
         let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+        &self.comm[..end]
     }
 }
 
@@ -430,6 +440,12 @@ impl SocketTable {
             last_seen: ev.ts_ns,
             counted: None,
         });
+        if ev.kind == kind::ACCEPT {
+            // Until accept() returned it, a connection belonged to whoever held its listener
+            // (an nginx master and all its workers); now one process holds it, as `ss` says.
+            entry.owners.clear();
+            entry.accepted = true;
+        }
         entry.hold(Owner::of(ev));
         entry.netns = ev.netns;
         if ev.protocol != 0 {
@@ -763,6 +779,28 @@ mod tests {
     }
 
     #[test]
+    fn an_accepted_connection_belongs_to_the_accepting_worker_alone() {
+        let mut t = SocketTable::default();
+        // A master (10) and two workers (11, 12) share one listener, as nginx's do.
+        for pid in [10, 11, 12] {
+            t.observe(&listen(0x1, pid, 8080));
+        }
+        let before = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
+        assert_eq!(t.sockets[&0x2].owners.len(), 3, "{before:?}");
+        let mut accept = ev(kind::ACCEPT, 0x2, 12);
+        accept.ret = 7;
+        accept.parent_sk = 0x1;
+        accept.lport = 8080;
+        t.observe(&accept);
+        let owners: Vec<u32> = t.sockets[&0x2].owners.iter().map(|o| o.pid).collect();
+        assert_eq!(owners, vec![12]);
+        // A later fork that uses it joins, as before.
+        t.observe(&ev(kind::SENDTO, 0x2, 13));
+        let owners: Vec<u32> = t.sockets[&0x2].owners.iter().map(|o| o.pid).collect();
+        assert_eq!(owners, vec![13, 12]);
+    }
+
+    #[test]
     fn a_reused_socket_address_is_a_new_socket() {
         let mut t = SocketTable::default();
         t.observe(&listen(0x1, 7, 8080));
@@ -906,6 +944,7 @@ mod tests {
             tid: 42,
             uid: 0,
             comm: *b"server\0\0\0\0\0\0\0\0\0\0",
+            thread: *b"server\0\0\0\0\0\0\0\0\0\0",
         };
         let sock = |protocol, lport, state, inode| SnapSocket {
             netns: 1,

@@ -33,6 +33,11 @@ impl<W: Write, E: Write> HumanSink<W, E> {
         }
     }
 
+    /// The table and the status lines written so far.
+    pub fn into_parts(self) -> (W, E) {
+        (self.out, self.status)
+    }
+
     /// For summaries only (`--group-by`): no event header.
     pub fn without_header(mut self) -> Self {
         self.header = false;
@@ -150,15 +155,14 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             ("", "")
         };
         let pid = e.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
-        let mut comm = e.comm_or_dash().to_string();
-        comm.truncate(15);
+        // Any user names their process: escaped, and cut by display cells, not bytes.
+        let comm = crate::text::pad(e.comm_or_dash(), 15);
         self.line.clear();
         let _ = write!(
             self.line,
-            "{:<15} {:<7} {:<15} {:<9} {:<5} {:<15} {:<5} {:<15} {:<5} {c0}{}{c1}",
+            "{:<15} {:<7} {comm} {:<9} {:<5} {:<15} {:<5} {:<15} {:<5} {c0}{}{c1}",
             time_of_day(e.ts_ns),
             pid,
-            comm,
             e.event,
             e.proto,
             e.laddr,
@@ -255,6 +259,7 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
 
     fn netns_gone(&mut self, name: &str, inode: u32) -> io::Result<()> {
         let (on, off) = self.paint(YELLOW);
+        let name = crate::text::escape(name);
         writeln!(
             self.status,
             "{on}tracer: network namespace {name} (inode {inode}) is gone: its NAT hooks were dropped; still watching the others{off}"

@@ -20,8 +20,13 @@ impl<W: Write> JsonSink<W> {
         }
     }
 
+    /// The writer, with everything written so far.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
     fn line(&mut self, value: &impl serde::Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
+        crate::text::json::to_writer(&mut self.out, value)?;
         self.out.write_all(b"\n")
     }
 }

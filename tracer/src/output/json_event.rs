@@ -22,6 +22,8 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
     opt_int(out, e.tid);
     out.extend_from_slice(b",\"comm\":");
     opt_string(out, e.comm.as_deref());
+    out.extend_from_slice(b",\"thread\":");
+    opt_string(out, e.thread.as_deref());
     out.extend_from_slice(b",\"uid\":");
     opt_int(out, e.uid);
     out.extend_from_slice(b",\"netns\":");
@@ -110,15 +112,18 @@ fn opt_bool(out: &mut Vec<u8>, b: Option<bool>) {
     }
 }
 
-/// A JSON string: copied as is when nothing in it needs escaping (names, addresses, most
-/// commands), escaped by serde_json otherwise.
+/// A JSON string: copied as is when nothing in it needs escaping (printable ASCII: names,
+/// addresses, most commands), escaped otherwise by the terminal-safe JSON writer
+/// ([`crate::text::json`]: DEL, C1 and bidi controls as `\\u` escapes too).
 fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     } else {
-        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+        crate::text::json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
     }
 }
 
@@ -184,6 +189,7 @@ mod tests {
             pid: Some(15476),
             tid: Some(15477),
             comm: Some("curl".into()),
+            thread: Some("curl-worker".into()),
             uid: Some(0),
             netns: 4_026_531_833,
             fd: Some(5),
@@ -215,11 +221,12 @@ mod tests {
     #[test]
     fn matches_the_derived_serializer() {
         let e = base();
-        assert_eq!(written(&e), serde_json::to_string(&e).unwrap());
+        assert_eq!(written(&e), crate::text::json::to_string(&e));
         let unowned = Event {
             pid: None,
             tid: None,
             comm: None,
+            thread: None,
             uid: None,
             fd: None,
             errno: None,
@@ -240,12 +247,12 @@ mod tests {
             ret: i64::MIN,
             ..base()
         };
-        assert_eq!(written(&unowned), serde_json::to_string(&unowned).unwrap());
+        assert_eq!(written(&unowned), crate::text::json::to_string(&unowned));
     }
 
     proptest! {
         /// Any command name (quotes, backslashes, control bytes, non-ASCII) and any numbers
-        /// come out exactly as serde_json writes them.
+        /// come out exactly as the derived serializer writes them through the safe formatter.
         #[test]
         fn any_comm_and_numbers_match(
             comm in "(?s).{0,16}",
@@ -256,6 +263,7 @@ mod tests {
             v6 in any::<[u8; 16]>(),
         ) {
             let e = Event {
+                thread: Some(comm.clone()),
                 comm: Some(comm),
                 pid: Some(pid),
                 ret,
@@ -264,7 +272,7 @@ mod tests {
                 raddr: IpAddr::from(v6),
                 ..base()
             };
-            prop_assert_eq!(written(&e), serde_json::to_string(&e).unwrap());
+            prop_assert_eq!(written(&e), crate::text::json::to_string(&e));
         }
     }
 }

@@ -90,3 +90,30 @@ impl Sink for LogSink {
         Ok(())
     }
 }
+
+/// Where log lines go: stderr, through [`crate::text::escape_log`] — a log line may carry a
+/// name any user chose (a process, a namespace), and must not reach the terminal raw.
+/// tracing's own colours are off (`with_ansi(false)`): every escape byte on stderr is escaped.
+#[derive(Clone, Copy, Default)]
+pub struct SafeStderr;
+
+impl io::Write for SafeStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // tracing formats each line whole, from Rust strings: always UTF-8.
+        let text = String::from_utf8_lossy(buf);
+        io::stderr().write_all(crate::text::escape_log(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SafeStderr {
+    type Writer = SafeStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SafeStderr
+    }
+}

@@ -1,6 +1,8 @@
 //! NAT bindings, their ends and stitched flows as text lines (JSON goes through serde).
 use std::fmt::Write as _;
 
+use crate::text;
+
 use crate::model::nat::{endpoint, Binding, BindingEnd, Flow, FlowEnd, NatOutput};
 
 pub const HEADER: &str =
@@ -15,18 +17,20 @@ pub fn line(item: &NatOutput, time: impl Fn(u64) -> String) -> String {
     }
 }
 
+/// A namespace's name in its 12-cell column: escaped, cut by display cells (with `…`).
 fn netns(name: &str) -> String {
-    let mut n = name.to_string();
-    if n.len() > 12 {
-        n.truncate(11);
-        n.push('…');
+    if text::width(&text::escape(name)) > 12 {
+        let mut cut = text::fit(name, 11).into_owned();
+        cut.push('…');
+        cut
+    } else {
+        text::pad(name, 12)
     }
-    n
 }
 
 fn binding_line(b: &Binding, time: &impl Fn(u64) -> String) -> String {
     format!(
-        "{:<15} {:<12} {:<5} {:<4} {:<12} {:<45} {}",
+        "{:<15} {} {:<5} {:<4} {:<12} {:<45} {}",
         time(b.ts_ns),
         netns(&b.netns_name),
         b.proto,
@@ -39,7 +43,7 @@ fn binding_line(b: &Binding, time: &impl Fn(u64) -> String) -> String {
 
 fn end_line(e: &BindingEnd, time: &impl Fn(u64) -> String) -> String {
     let mut s = format!(
-        "{:<15} {:<12} {:<5} {:<4} {:<12} {:<45} ended after {:.1} s",
+        "{:<15} {} {:<5} {:<4} {:<12} {:<45} ended after {:.1} s",
         time(e.ts_ns),
         netns(&e.netns_name),
         e.proto,
@@ -59,7 +63,7 @@ fn end_line(e: &BindingEnd, time: &impl Fn(u64) -> String) -> String {
 }
 
 fn who(end: &FlowEnd) -> String {
-    format!("{}[{}]", end.comm, end.pid)
+    format!("{}[{}]", text::escape(&end.comm), end.pid)
 }
 
 fn flow_line(f: &Flow, time: &impl Fn(u64) -> String) -> String {
@@ -75,7 +79,7 @@ fn flow_line(f: &Flow, time: &impl Fn(u64) -> String) -> String {
         who(&f.client),
         f.nat.original,
         chosen,
-        f.nat.netns_name,
+        text::escape(&f.nat.netns_name),
         f.nat.translated,
         who(&f.server),
         endpoint(f.server.addr, f.server.port),

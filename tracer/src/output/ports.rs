@@ -12,9 +12,11 @@ pub const HEADER: &str =
 
 fn addr(a: &std::net::IpAddr) -> String {
     let text = a.to_string();
-    if text.len() > 15 {
+    let chars = text.chars().count();
+    if chars > 15 {
         // Keep the columns: the tail of a long IPv6 address says most.
-        format!("…{}", &text[text.len() - 14..])
+        let tail: String = text.chars().skip(chars - 14).collect();
+        format!("…{tail}")
     } else {
         text
     }
@@ -37,7 +39,7 @@ pub fn row_line(r: &PortRow) -> String {
         (addr(&r.raddr), r.rport.to_string())
     };
     format!(
-        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:<7} {:<15} {}",
+        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:<7} {} {}",
         r.proto,
         addr(&r.laddr),
         r.lport,
@@ -45,7 +47,7 @@ pub fn row_line(r: &PortRow) -> String {
         rport,
         r.state,
         pids,
-        r.comm.as_deref().unwrap_or("-"),
+        crate::text::pad(r.comm.as_deref().unwrap_or("-"), 15),
         r.class
     )
 }
@@ -136,12 +138,12 @@ pub fn write_groups(out: &mut impl Write, groups: &[RemoteGroup]) -> io::Result<
         for l in &g.locals {
             writeln!(
                 out,
-                "    {}:{:<5} {:<11} {:>7} {:<15} {}",
+                "    {}:{:<5} {:<11} {:>7} {} {}",
                 l.laddr,
                 l.lport,
                 l.state,
                 l.pid.map_or("-".to_string(), |p| p.to_string()),
-                l.comm.as_deref().unwrap_or("-"),
+                crate::text::pad(l.comm.as_deref().unwrap_or("-"), 15),
                 if l.ephemeral {
                     "ephemeral (kernel-chosen)"
                 } else {
@@ -161,7 +163,7 @@ pub fn write_json(
     usage: &[Usage],
 ) -> io::Result<()> {
     for r in rows {
-        serde_json::to_writer(&mut *out, r)?;
+        crate::text::json::to_writer(&mut *out, r)?;
         out.write_all(b"\n")?;
     }
     for (netns, range) in ranges {
@@ -173,7 +175,7 @@ pub fn write_json(
             "below_iana_dynamic": below_iana_dynamic(*range),
             "iana_dynamic_range": [49152, 65535],
         });
-        serde_json::to_writer(&mut *out, &record)?;
+        crate::text::json::to_writer(&mut *out, &record)?;
         out.write_all(b"\n")?;
     }
     for u in usage {
@@ -186,7 +188,7 @@ pub fn write_json(
 pub fn write_usage_json(out: &mut impl Write, record: &str, u: &Usage) -> io::Result<()> {
     let mut value = serde_json::to_value(u)?;
     value["type"] = record.into();
-    serde_json::to_writer(&mut *out, &value)?;
+    crate::text::json::to_writer(&mut *out, &value)?;
     out.write_all(b"\n")
 }
 

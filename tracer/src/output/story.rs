@@ -1,5 +1,6 @@
 //! Renderings of `tracer trace`: each socket's numbered story with the time between steps, its
 //! summary line, and a line per program; or the same as JSON records.
+use crate::text;
 use std::io::{self, Write};
 
 use crate::model::story::{bytes, ProgramSummary, SocketStory};
@@ -89,7 +90,7 @@ pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::
         out,
         "── socket {} · {} (pid {}) · {} ──",
         s.id + 1,
-        s.comm.as_deref().unwrap_or("?"),
+        text::escape(s.comm.as_deref().unwrap_or("?")),
         s.pid.map_or("?".into(), |p| p.to_string()),
         s.role.name()
     )?;
@@ -99,12 +100,18 @@ pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::
         } else {
             format!("+{}", duration(step.since_previous_ns))
         };
-        writeln!(out, "  {} {:>11}  {}", number(i + 1), since, step.text)?;
+        writeln!(
+            out,
+            "  {} {:>11}  {}",
+            number(i + 1),
+            since,
+            text::escape(&step.text)
+        )?;
         if explain && !step.explain.is_empty() {
-            writeln!(out, "  {:>13}    ↳ {}", "", step.explain)?;
+            writeln!(out, "  {:>13}    ↳ {}", "", text::escape(&step.explain))?;
         }
     }
-    writeln!(out, "  = {}", summary_line(s))?;
+    writeln!(out, "  = {}", text::escape(&summary_line(s)))?;
     writeln!(out)
 }
 
@@ -135,10 +142,16 @@ pub fn write_program(out: &mut impl Write, p: &ProgramSummary) -> io::Result<()>
         bytes(p.sent_bytes),
         bytes(p.received_bytes)
     ));
-    writeln!(out, "{} (pid {}): {}", p.comm, p.pid, parts.join("; "))
+    writeln!(
+        out,
+        "{} (pid {}): {}",
+        text::escape(&p.comm),
+        p.pid,
+        text::escape(&parts.join("; "))
+    )
 }
 
 pub fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
+    crate::text::json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
 }

@@ -25,7 +25,7 @@ pub enum Tab {
 }
 
 impl Tab {
-    const ALL: [Tab; 3] = [Tab::Processes, Tab::Sockets, Tab::Remotes];
+    pub(crate) const ALL: [Tab; 3] = [Tab::Processes, Tab::Sockets, Tab::Remotes];
 
     fn title(self) -> &'static str {
         match self {
@@ -192,8 +192,10 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
         if state.reverse { " ↓" } else { " ↑" }
     );
     let filter = match &state.editing {
-        Some(text) => format!("  filter: {text}▏"),
-        None if !state.filter.text.is_empty() => format!("  filter: {}", state.filter.text),
+        Some(text) => format!("  filter: {}▏", crate::text::escape(text)),
+        None if !state.filter.text.is_empty() => {
+            format!("  filter: {}", crate::text::escape(&state.filter.text))
+        }
         None => String::new(),
     };
     let [tab_area, info_area] =
@@ -214,7 +216,7 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
                 .map(|p| {
                     Row::new(vec![
                         Cell::from(p.pid.to_string()),
-                        Cell::from(p.comm.clone()),
+                        Cell::from(crate::text::escape(&p.comm).into_owned()),
                         Cell::from(if p.listening.is_empty() {
                             "-".to_string()
                         } else {
@@ -253,7 +255,7 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
                         Cell::from(format!(
                             "{}/{}{}",
                             r.pid.map_or("-".to_string(), |p| p.to_string()),
-                            r.comm.as_deref().unwrap_or("-"),
+                            crate::text::escape(r.comm.as_deref().unwrap_or("-")),
                             match r.owners.len() {
                                 0 | 1 => String::new(),
                                 n => format!("+{}", n - 1),
@@ -303,7 +305,7 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
                             "{} {}/{}",
                             l.state,
                             l.pid.map_or("-".to_string(), |p| p.to_string()),
-                            l.comm.as_deref().unwrap_or("-")
+                            crate::text::escape(l.comm.as_deref().unwrap_or("-"))
                         )),
                     ]));
                 }
