@@ -32,7 +32,7 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     prereq::require_root(if config.quiet { "serve" } else { "watch" })?;
     // Bound before anything is attached: a busy port fails at once, with nothing to undo.
     let listener = match config.metrics {
-        Some(addr) => Some(metrics::server::bind(addr).await?),
+        Some(addr) => Some(metrics::server::bind(addr)?),
         None => None,
     };
     let mut probes = SockProbes::load(&LoadOptions {
@@ -76,7 +76,7 @@ pub async fn run(config: WatchConfig) -> Result<()> {
                 probes.take_stats()?,
                 counters.clone(),
             ));
-            metrics::server::spawn(listener, scrape.clone());
+            metrics::server::spawn(listener, scrape.clone())?;
             if let Some(addr) = addr {
                 tracing::info!("serving metrics on http://{addr}/metrics");
             }
@@ -361,7 +361,7 @@ async fn stream(
                     }
                     pipeline.refresh_ranges();
                     if let Some(scrape) = scrape {
-                        scrape.metrics.update_table(&pipeline.table);
+                        scrape.update_table(&pipeline.table);
                     }
                     for usage in pipeline.table.usage_mut().take_warnings() {
                         sink.ephemeral_warning(&usage).map_err(io_err)?;

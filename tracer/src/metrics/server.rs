@@ -1,24 +1,46 @@
 //! The metrics endpoint: `/metrics` (Prometheus text format, counters read from the kernel at
-//! each scrape), `/healthz`, and 404 for anything else. hyper on the agent's tokio runtime.
+//! each scrape), `/healthz`, and 404 for anything else; GET and HEAD only. hyper runs on a
+//! thread and a single-threaded tokio runtime of its own, so neither a scrape nor a flood of
+//! connections can stall the thread that drains the ring buffer; what anyone who reaches the
+//! port can grow is bounded (`limits`), and the endpoint's own health is served with the rest.
+mod limits;
+
 use std::{
     convert::Infallible,
+    io,
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
 };
 
 use http_body_util::Full;
-use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::{
+    body::{Body, Bytes, Incoming},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 use tracer_common::SockEvent;
+
+use limits::{Activity, Backoff, Closed, Connections, Health};
+pub use limits::{
+    Limits, ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, CONNECTION_LIFETIME, HEADER_TIMEOUT,
+    LISTEN_BACKLOG, MAX_CONNECTIONS, MAX_REQUEST_HEAD_BYTES,
+};
 
 use super::Metrics;
 use crate::{
     error::{Error, Result},
-    kernel::loader::{KernelCounters, KernelStats},
+    kernel::{
+        loader::{KernelCounters, KernelStats},
+        prereq,
+    },
+    model::SocketTable,
 };
 
 /// What a scrape reads: the registry, the kernel's counters, and the counts the agent keeps
@@ -28,6 +50,12 @@ pub struct Scrape {
     pub stats: KernelStats,
     pub counters: Arc<KernelCounters>,
     pub agent_stats: Vec<AtomicU64>,
+    /// The endpoint's own counters (connections, accept errors).
+    health: Arc<Health>,
+    /// Held while a scrape reads the registry and while the agent rewrites the socket-table
+    /// gauges (reset, then refilled), so a scrape never sees them half-written. Each side
+    /// holds it for one pass over a bounded set of series.
+    gauges: Mutex<()>,
 }
 
 impl Scrape {
@@ -39,6 +67,8 @@ impl Scrape {
             agent_stats: (0..tracer_common::stats::COUNT)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            health: Arc::new(Health::new()),
+            gauges: Mutex::new(()),
         }
     }
 
@@ -59,67 +89,236 @@ impl Scrape {
         }
     }
 
+    /// Sets the socket-table gauges (from the draining thread), never while a scrape reads
+    /// them.
+    pub fn update_table(&self, table: &SocketTable) {
+        let _gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        self.metrics.update_table(table);
+    }
+
+    /// Runs on the endpoint's one thread only: raising the kernel counters (read, compare,
+    /// add) is then never done by two scrapes at once.
     pub fn render(&self) -> String {
         let mut totals = self.stats.read();
         for (total, agent) in totals.iter_mut().zip(&self.agent_stats) {
             *total += agent.load(Ordering::Relaxed);
         }
         self.metrics.update_kernel(&totals, self.counters.lost());
-        self.metrics.render()
+        let mut text = {
+            let _gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+            self.metrics.render()
+        };
+        text.push_str(&self.health.render());
+        text
     }
 }
 
 /// Binds the endpoint (before anything is attached, so a busy port fails fast and clearly).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::MetricsListen { addr, source })
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    let err = |source| Error::MetricsListen { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    // std listens with a backlog of 128; listen() again on a listening socket only changes
+    // its backlog. Should it fail, the smaller queue still works.
+    // SAFETY: listen(2) on a socket this function owns; no memory is passed.
+    unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
 }
 
-/// Serves until the runtime stops.
-pub fn spawn(listener: TcpListener, scrape: Arc<Scrape>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let scrape = scrape.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let scrape = scrape.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &scrape)) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!("metrics connection: {e}");
-                }
+/// Serves on a thread of its own (`tracer-metrics`), until the process exits. That thread
+/// parses what anyone who reaches the port sends: it first drops the same capabilities the
+/// agent drops once attached (capabilities belong to each thread, not to the process).
+pub fn spawn(listener: std::net::TcpListener, scrape: Arc<Scrape>) -> Result<()> {
+    let health = scrape.health.clone();
+    let render: Render = Arc::new(move || scrape.render());
+    start(
+        listener,
+        Limits::default(),
+        health,
+        render,
+        prereq::drop_privileges,
+    )
+    .map_err(|e| Error::io("starting the metrics endpoint", e))
+}
+
+/// What `/metrics` serves.
+type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Starts the endpoint's thread and runtime, and returns once it accepts (or could not start).
+fn start(
+    listener: std::net::TcpListener,
+    limits: Limits,
+    health: Arc<Health>,
+    render: Render,
+    before_serving: fn(),
+) -> io::Result<()> {
+    let (ready, started) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("tracer-metrics".into())
+        .spawn(move || {
+            before_serving();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let listener = runtime.and_then(|runtime| {
+                let listener = {
+                    let _context = runtime.enter();
+                    TcpListener::from_std(listener)
+                }?;
+                Ok((runtime, listener))
             });
-        }
-    });
+            match listener {
+                Ok((runtime, listener)) => {
+                    let _ = ready.send(Ok(()));
+                    runtime.block_on(serve(listener, limits, health, render));
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            }
+        })?;
+    started
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the metrics thread ended at start")))
 }
 
-fn respond(req: &Request<hyper::body::Incoming>, scrape: &Scrape) -> Response<Full<Bytes>> {
-    let reply = |status: u16, content_type: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", content_type)
-            .body(Full::new(Bytes::from(body)))
-            .expect("valid response")
-    };
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => reply(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            scrape.render(),
-        ),
-        (&Method::GET, "/healthz") => reply(200, "text/plain", "ok\n".into()),
-        (&Method::GET, "/") => reply(
-            200,
-            "text/html",
-            "<html><body><a href=\"/metrics\">/metrics</a></body></html>\n".into(),
-        ),
-        _ => reply(404, "text/plain", "not found\n".into()),
+/// The accept loop: every connection is counted and, at the cap, makes room for itself;
+/// failed accepts are counted, and those that say the process is out of descriptors or
+/// memory pause the loop instead of retrying in a spin.
+async fn serve(listener: TcpListener, limits: Limits, health: Arc<Health>, render: Render) {
+    let connections = Arc::new(Connections::new(limits.max_connections, health.clone()));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_request_head_bytes);
+    let mut backoff = Backoff::default();
+    let mut key = 0u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(e) => {
+                health.accept_error(&e);
+                if let Some(pause) = backoff.after(&e) {
+                    // Logged once per streak of failures, not once per pause.
+                    if pause == ACCEPT_BACKOFF_MIN {
+                        tracing::warn!("metrics endpoint: accept failed ({e}); pausing accepts");
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                continue;
+            }
+        };
+        health.accepted();
+        if connections.make_room() {
+            // Let the runtime drop the evicted connection (and close its socket) before the
+            // next accept: tracer's descriptors stay at the cap, even in a burst.
+            tokio::task::yield_now().await;
+        }
+        key += 1;
+        let activity = connections.activity();
+        let slot = SlotGuard {
+            connections: connections.clone(),
+            key,
+        };
+        let task = tokio::spawn(connection(
+            stream,
+            http.clone(),
+            limits,
+            Served {
+                render: render.clone(),
+                activity: activity.clone(),
+                health: health.clone(),
+                _slot: slot,
+            },
+        ));
+        connections.insert(key, &activity, task.abort_handle());
     }
 }
+
+/// Leaves the connection table when its connection's task ends, however it ends (an abort
+/// by the cap drops the task's future, and this with it).
+struct SlotGuard {
+    connections: Arc<Connections>,
+    key: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.connections.remove(self.key);
+    }
+}
+
+/// What one connection's task holds besides its socket.
+struct Served {
+    render: Render,
+    activity: Activity,
+    health: Arc<Health>,
+    _slot: SlotGuard,
+}
+
+/// Serves one connection for at most the connection lifetime, and counts why tracer closed
+/// it when it did.
+async fn connection(stream: TcpStream, http: http1::Builder, limits: Limits, served: Served) {
+    let (render, activity) = (served.render.clone(), served.activity.clone());
+    let service = service_fn(move |req: Request<Incoming>| {
+        activity.touch();
+        let reply = respond(&req, render.as_ref());
+        async move { Ok::<_, Infallible>(reply) }
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    let closed = match tokio::time::timeout(limits.lifetime, conn).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) if e.is_timeout() => Some(Closed::Timeout),
+        Ok(Err(e)) if e.is_parse() => Some(Closed::BadRequest),
+        Ok(Err(e)) => {
+            tracing::debug!("metrics connection: {e}");
+            None
+        }
+        Err(_) => Some(Closed::Lifetime),
+    };
+    if let Some(why) = closed {
+        served.health.closed(why);
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("valid response")
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> Response<Full<Bytes>> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = reply(405, "text/plain", "only GET and HEAD\n");
+        r.headers_mut().insert(
+            "allow",
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
+    // A body is never read: one that was announced ends the connection after this answer.
+    if !req.body().is_end_stream() {
+        return reply(413, "text/plain", "no request body accepted\n");
+    }
+    match req.uri().path() {
+        "/metrics" => reply(200, "text/plain; version=0.0.4; charset=utf-8", render()),
+        "/healthz" => reply(200, "text/plain", "ok\n"),
+        "/" => reply(
+            200,
+            "text/html",
+            "<html><body><a href=\"/metrics\">/metrics</a></body></html>\n",
+        ),
+        _ => reply(404, "text/plain", "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
