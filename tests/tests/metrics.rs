@@ -64,46 +64,60 @@ fn sample(text: &str, series: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-/// A copy of sockdriver under a name no other test uses, so `--comm` selects only it.
-fn unique_driver(tag: &str) -> (PathBuf, String) {
+/// A copy of sockdriver under a name no other test uses, so `--comm` selects only it. It lives
+/// in a private directory (a fixed name in the shared /tmp would let another user plant a
+/// symlink for root to write through, or swap the program root then runs), removed on drop.
+fn unique_driver(tag: &str) -> (tempfile::TempDir, PathBuf, String) {
     let name = format!("m{tag}{}", std::process::id() % 100_000);
-    let path = std::env::temp_dir().join(&name);
+    let dir = tempfile::Builder::new()
+        .prefix("tracer-driver-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join(&name);
     std::fs::copy(sockdriver_bin(), &path).unwrap();
-    (path, name)
+    (dir, path, name)
 }
 
 /// Prometheus on loopback with a 1 s scrape interval, a temporary data dir, killed on drop.
 struct Prometheus {
     child: Child,
     addr: String,
-    dir: PathBuf,
+    /// Removed (data and config) when the Prometheus is dropped.
+    _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
     fn start(target: &str) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("tracer-prom-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("data")).unwrap();
+        // Private (mode 0700, a random name), removed on drop.
+        let dir = tempfile::Builder::new()
+            .prefix("tracer-prom-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: ['{target}']\n"
         );
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
-                dir.join("prometheus.yml").display()
+                dir.path().join("prometheus.yml").display()
             ))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.join("data").display()
+                dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start prometheus");
-        let p = Prometheus { child, addr, dir };
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
         wait_until("prometheus ready", || {
             http_get(&p.addr, "/-/ready").is_some_and(|(s, _)| s == 200)
         });
@@ -134,7 +148,6 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -156,7 +169,7 @@ fn prometheus_scrapes_exact_counters() {
     {
         return;
     }
-    let (driver, comm) = unique_driver("p");
+    let (_driver_dir, driver, comm) = unique_driver("p");
     let serve = Serve::start(&["--comm", &comm]);
     let prom = Prometheus::start(&serve.addr);
     let up = "up{job=\"tracer\"}";
@@ -204,7 +217,6 @@ fn prometheus_scrapes_exact_counters() {
         n
     );
     assert_eq!(sample(&text, "tracer_events_lost_total"), 0);
-    let _ = std::fs::remove_file(driver);
 }
 
 /// `serve` (no process filter) counts TCP transitions and close(2) in the kernel without
@@ -447,7 +459,7 @@ fn concurrent_scrapes_under_load() {
     if !prerequisites("concurrent_scrapes_under_load") {
         return;
     }
-    let (driver, comm) = unique_driver("c");
+    let (_driver_dir, driver, comm) = unique_driver("c");
     let serve = Serve::start(&["--comm", &comm, "--ringbuf-kib", "65536"]);
     let series = "tracer_socket_events_total{event=\"connect\",family=\"ipv4\",proto=\"tcp\"}";
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -491,7 +503,6 @@ fn concurrent_scrapes_under_load() {
         ),
         10_000
     );
-    let _ = std::fs::remove_file(driver);
 }
 
 fn deploy(path: &str) -> PathBuf {
@@ -604,7 +615,7 @@ fn overflow_is_counted_and_counters_stay_exact() {
     if !prerequisites("overflow_is_counted_and_counters_stay_exact") {
         return;
     }
-    let (driver, comm) = unique_driver("o");
+    let (_driver_dir, driver, comm) = unique_driver("o");
     let serve = Serve::start(&["--comm", &comm, "--ringbuf-kib", "4"]);
     unsafe { libc::kill(serve.child.id() as i32, libc::SIGSTOP) };
     let mut burst =
@@ -634,5 +645,4 @@ fn overflow_is_counted_and_counters_stay_exact() {
         ) > before
     });
     assert_eq!(sample(&serve.metrics(), series), 305);
-    let _ = std::fs::remove_file(driver);
 }

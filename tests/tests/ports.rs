@@ -234,7 +234,11 @@ fn browser_tabs_get_their_own_ephemeral_ports() {
     }
     let mut tracer = Tracer::watch(&watch_args);
 
-    let profile = std::env::temp_dir().join(format!("tracer-chromium-{}", std::process::id()));
+    // Private (mode 0700, a random name), removed on drop.
+    let profile = tempfile::Builder::new()
+        .prefix("tracer-chromium-")
+        .tempdir()
+        .unwrap();
     let debug_port = 19000 + (std::process::id() % 1000) as u16;
     let mut chromium = Command::new("chromium")
         .args([
@@ -245,7 +249,7 @@ fn browser_tabs_get_their_own_ephemeral_ports() {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            &format!("--user-data-dir={}", profile.display()),
+            &format!("--user-data-dir={}", profile.path().display()),
             &format!("--remote-debugging-port={debug_port}"),
             "about:blank",
         ])
@@ -254,11 +258,10 @@ fn browser_tabs_get_their_own_ephemeral_ports() {
         .process_group(0)
         .spawn()
         .expect("start chromium");
-    struct Browser(u32, std::path::PathBuf);
+    struct Browser(u32, #[allow(dead_code)] tempfile::TempDir);
     impl Drop for Browser {
         fn drop(&mut self) {
             unsafe { libc::kill(-(self.0 as i32), libc::SIGKILL) };
-            let _ = std::fs::remove_dir_all(&self.1);
         }
     }
     let _browser = Browser(chromium.id(), profile);

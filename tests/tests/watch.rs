@@ -469,7 +469,9 @@ fn comm_events_and_family_filters() {
     }
     // sockdriver traffic on IPv4 and IPv6, plus the same program under another name: only
     // sockdriver's IPv6 binds and connects may show.
-    let renamed = std::env::temp_dir().join(format!("otherdriver-{}", std::process::id()));
+    // In a private directory: root runs this copy.
+    let private = tempfile::tempdir().unwrap();
+    let renamed = private.path().join("otherdriver");
     std::fs::copy(sockdriver_bin(), &renamed).unwrap();
     let mut tracer = Tracer::watch(&["--comm", "sockdriver", "--events", "bind,connect", "--ipv6"]);
     let mut v4 = Driver::spawn(&["udp", "127.0.0.1"]);

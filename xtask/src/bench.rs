@@ -350,8 +350,11 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
     } else {
         eprintln!("bench: bpftrace is not installed: the peer and floor rows are left out");
     }
-    let dir = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
+    // The agents' output files, in a private directory (mode 0700, a random name): a fixed
+    // name in the shared /tmp would let any local user plant a symlink for root to write
+    // through.
+    let private = tempfile::Builder::new().prefix("tracer-bench-").tempdir()?;
+    let dir = private.path().to_path_buf();
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); configs.len()];
     for round in 0..args.rounds {
         let order: Vec<usize> = if round % 2 == 0 {
@@ -383,7 +386,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             runs[i].push(run);
         }
     }
-    let _ = fs::remove_dir_all(&dir);
+    drop(private);
 
     let runs_untraced = runs[0].clone();
     let mut rows = Vec::new();
