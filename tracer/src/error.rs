@@ -22,6 +22,10 @@ pub enum Error {
     TracepointFormat { path: PathBuf, reason: String },
     #[error("network namespace {0:?} not found: give a name under /run/netns (ip netns add) or a path like /proc/PID/ns/net")]
     NoSuchNetns(String),
+    #[error("network namespace {spec:?}: {what}, not a network namespace; give a name under /run/netns (ip netns add) or a path like /proc/PID/ns/net")]
+    NotNetns { spec: String, what: String },
+    #[error("refusing to run `{0}` as root: pass --user USER to run it as that user (sudo sets SUDO_UID, which tracer uses), or --user root if root is what you mean")]
+    TraceAsRoot(String),
     #[error("{0}")]
     Invalid(String),
     #[error("NAT tracing is not available: {0}")]

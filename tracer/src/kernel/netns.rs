@@ -1,5 +1,6 @@
-//! Network namespaces: resolving `--netns NAME|PATH` to the namespace's inode, and reading a
-//! namespace's `ip_local_port_range` from inside it.
+//! Network namespaces: resolving `--netns NAME|PATH` to the namespace's inode (only a real
+//! network-namespace file is accepted), and reading a namespace's `ip_local_port_range` from
+//! inside it.
 use std::{
     collections::HashMap,
     fs,
@@ -11,17 +12,101 @@ use std::{
 use super::live_netns::NetnsIndex;
 use crate::error::{Error, Result};
 
-/// `NAME` (as made by `ip netns add`, under /run/netns) or a path such as /proc/PID/ns/net.
+/// `NAME` (as made by `ip netns add`, under /run/netns) or a path such as /proc/PID/ns/net:
+/// its path and inode, once [`open`] has checked that it is a network namespace.
 pub fn resolve(spec: &str) -> Result<(PathBuf, u32)> {
     let path = if spec.contains('/') {
         PathBuf::from(spec)
     } else {
         Path::new("/run/netns").join(spec)
     };
-    match fs::metadata(&path) {
-        Ok(meta) => Ok((path, meta.ino() as u32)),
-        Err(_) => Err(Error::NoSuchNetns(spec.to_string())),
+    let file = open(&path, spec)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok((path, meta.ino() as u32))
+}
+
+/// Opens a network namespace file, refusing anything else with a clear error (`spec` is what
+/// the user called it). Checked by path before opening (a device or FIFO is never opened),
+/// then on the open file (the answer for what was really opened): the filesystem must be
+/// nsfs and `NS_GET_NSTYPE` must say `CLONE_NEWNET`. Opened non-blocking, so a FIFO put there
+/// in between cannot hang the open.
+pub fn open(path: &Path, spec: &str) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_netns = |what: String| Error::NotNetns {
+        spec: spec.to_string(),
+        what,
+    };
+    let unreadable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NoSuchNetns(spec.to_string()),
+        _ => Error::io(format!("network namespace {spec:?}"), e),
+    };
+    let meta = fs::metadata(path).map_err(unreadable)?;
+    // NSFS_MAGIC (0x6e736673): the filesystem of /proc/PID/ns/* and bind mounts of them.
+    let on_nsfs =
+        |st: nix::sys::statfs::Statfs| st.filesystem_type() == nix::sys::statfs::NSFS_MAGIC;
+    match nix::sys::statfs::statfs(path) {
+        Ok(st) if on_nsfs(st) => {}
+        _ => return Err(not_netns(describe(&meta))),
     }
+    // Non-blocking: a FIFO put there since the check cannot hang the open.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(unreadable)?;
+    match nix::sys::statfs::fstatfs(&file) {
+        Ok(st) if on_nsfs(st) => {}
+        _ => {
+            let what = file.metadata().map(|m| describe(&m)).unwrap_or_default();
+            return Err(not_netns(what));
+        }
+    }
+    match namespace_type(&file) {
+        Some(libc::CLONE_NEWNET) => Ok(file),
+        Some(kind) => Err(not_netns(format!("a {} namespace", namespace_name(kind)))),
+        None => Err(not_netns("a namespace file of unknown type".into())),
+    }
+}
+
+/// `ioctl(NS_GET_NSTYPE)`: the `CLONE_NEW*` flag of the namespace `file` refers to.
+fn namespace_type(file: &fs::File) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an ioctl without arguments on a descriptor we own.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    (kind >= 0).then_some(kind)
+}
+
+fn namespace_name(kind: i32) -> &'static str {
+    match kind {
+        libc::CLONE_NEWNS => "mount",
+        libc::CLONE_NEWUTS => "UTS",
+        libc::CLONE_NEWIPC => "IPC",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWPID => "PID",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        libc::CLONE_NEWTIME => "time",
+        _ => "other",
+    }
+}
+
+/// What a non-namespace file is, for the error message.
+fn describe(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "a regular file"
+    };
+    kind.to_string()
 }
 
 /// The inode of the namespace this process runs in.
@@ -164,7 +249,7 @@ impl PortRangeCache {
     /// process may exit between the two, and the open fd keeps the namespace.
     fn open_handle(&mut self, inode: u32, pid: Option<u32>) -> Option<fs::File> {
         let opens_it = |path: &Path| {
-            fs::File::open(path)
+            open(path, "")
                 .ok()
                 .filter(|f| f.metadata().is_ok_and(|m| m.ino() as u32 == inode))
         };
@@ -216,5 +301,41 @@ mod tests {
             resolve("tracer-no-such-netns"),
             Err(Error::NoSuchNetns(_))
         ));
+    }
+
+    /// What `resolve` says about `spec`: `Ok` or the kind of file it refused.
+    fn refused(spec: &str) -> Option<String> {
+        match resolve(spec) {
+            Ok(_) => None,
+            Err(Error::NotNetns { what, .. }) => Some(what),
+            Err(e) => Some(format!("other error: {e}")),
+        }
+    }
+
+    #[test]
+    fn only_network_namespace_files_are_accepted() {
+        assert_eq!(refused("/proc/self/ns/net"), None);
+        assert_eq!(refused("/etc/passwd").as_deref(), Some("a regular file"));
+        assert_eq!(refused("/proc").as_deref(), Some("a directory"));
+        assert_eq!(refused("/dev/null").as_deref(), Some("a device"));
+        assert_eq!(
+            refused("/proc/self/ns/mnt").as_deref(),
+            Some("a mount namespace")
+        );
+        assert_eq!(
+            refused("/proc/self/ns/uts").as_deref(),
+            Some("a UTS namespace")
+        );
+        // A name is looked up under /run/netns, and is checked the same way.
+        assert_eq!(refused("..").as_deref(), Some("a directory"));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        // The read end of a pipe, by its /proc path: a FIFO no one will ever write to.
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/self/fd/{}", read.as_raw_fd());
+        assert_eq!(refused(&path).as_deref(), Some("a FIFO"));
     }
 }
