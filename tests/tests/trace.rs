@@ -10,6 +10,10 @@ use tracer_tests::*;
 
 const T: Duration = Duration::from_secs(20);
 
+/// Traced commands run as the unprivileged test user: tracer refuses to run them as root
+/// unless asked (`--user root`), and nothing here needs root.
+const AS_NOBODY: [&str; 2] = ["--user", "nobody"];
+
 /// A running `tracer trace --json …`: its JSON records; other lines (the traced command's own
 /// output on the shared stdout) are kept apart.
 struct Trace {
@@ -149,8 +153,11 @@ fn python_http_server_story() {
     let port = free_port();
     let port_arg = port.to_string();
     let trace = Trace::start(&[
+        AS_NOBODY[0],
+        AS_NOBODY[1],
         "--",
-        "python3",
+        // By path: `python3` on root's PATH may be a shim only root can read.
+        "/usr/bin/python3",
         "-m",
         "http.server",
         "--bind",
@@ -246,6 +253,8 @@ fn curl_client_story() {
     let port = server.report()["ports"][0].as_u64().unwrap();
     let url = format!("http://127.0.0.1:{port}/");
     let trace = Trace::start(&[
+        AS_NOBODY[0],
+        AS_NOBODY[1],
         "--",
         "curl",
         "-sf",
@@ -305,7 +314,14 @@ fn udp_story() {
         return;
     }
     let driver = sockdriver_bin();
-    let mut trace = Trace::start(&["--", driver.to_str().unwrap(), "udp", "127.0.0.1"]);
+    let mut trace = Trace::start(&[
+        AS_NOBODY[0],
+        AS_NOBODY[1],
+        "--",
+        driver.to_str().unwrap(),
+        "udp",
+        "127.0.0.1",
+    ]);
     trace.send_stdin("go\n");
     let (code, records, _) = trace.finish();
     assert_eq!(code, 0);
@@ -355,7 +371,7 @@ fn children_are_followed() {
     let port = server.report()["ports"][0].as_u64().unwrap();
     let url = format!("http://127.0.0.1:{port}/");
     let script = format!("curl -sf -o /dev/null {url} & curl -sf -o /dev/null {url} & wait");
-    let trace = Trace::start(&["--", "sh", "-c", &script]);
+    let trace = Trace::start(&[AS_NOBODY[0], AS_NOBODY[1], "--", "sh", "-c", &script]);
     let mut outsider = Driver::spawn(&["tcp-client", "127.0.0.1", &port.to_string()]);
     outsider.go();
     outsider.report();
@@ -432,13 +448,13 @@ fn failing_commands() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, err) = run(&["--", "/nonexistent/tracer-test-command"]);
+    let (code, err) = run(&["--user", "nobody", "--", "/nonexistent/tracer-test-command"]);
     assert_eq!(code, 127, "{err}");
     assert!(
         err.contains("cannot run /nonexistent/tracer-test-command"),
         "{err}"
     );
-    let (code, err) = run(&["--", "sh", "-c", "exit 3"]);
+    let (code, err) = run(&["--user", "nobody", "--", "sh", "-c", "exit 3"]);
     assert_eq!(code, 3, "{err}");
     assert!(
         err.contains("sh exited with status 3 before opening any socket"),

@@ -41,6 +41,13 @@ pub enum Command {
     #[command(hide = true, name = "__exec-when-ready")]
     ExecWhenReady {
         gate_fd: i32,
+        /// The user to become once the gate opens (its name gives the supplementary groups).
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        uid: u32,
+        #[arg(long)]
+        gid: u32,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
     },
@@ -310,7 +317,10 @@ pub struct TraceArgs {
     /// Follow processes with this command name (until Ctrl-C).
     #[arg(long, value_name = "NAME", conflicts_with = "command")]
     pub comm: Option<String>,
-    /// Run the command as this user (default: the user who ran sudo, else the current one).
+    /// Run the command as this user, with that user's groups and environment (HOME, USER,
+    /// LOGNAME, SHELL) as `sudo -u USER` gives. Default: the user who ran sudo (SUDO_UID);
+    /// without one, tracer refuses rather than run the command as root: `--user root` says
+    /// that is what you want.
     #[arg(long, value_name = "USER", requires = "command")]
     pub user: Option<String>,
     /// The command to start and trace, after `--`.
@@ -321,15 +331,80 @@ pub struct TraceArgs {
 /// What `trace` follows.
 #[derive(Debug, Clone)]
 pub enum TraceTarget {
-    /// Start this command as `uid`/`gid`.
+    /// Start this command as `user`.
     Command {
         argv: Vec<String>,
-        uid: u32,
-        gid: u32,
+        user: RunAs,
     },
     /// These processes and their descendants (now and later).
     Pids(Vec<u32>),
     Comm(String),
+}
+
+/// The user a traced command runs as, from the user database (as `sudo -u` would).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: std::path::PathBuf,
+    pub shell: std::path::PathBuf,
+}
+
+impl RunAs {
+    fn from_user(user: nix::unistd::User) -> RunAs {
+        RunAs {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: user.dir,
+            shell: user.shell,
+        }
+    }
+
+    /// `--user NAME` (or a numeric uid, as `sudo -u '#1000'` allows).
+    fn named(spec: &str) -> Result<RunAs> {
+        let no_such = || Error::Invalid(format!("--user {spec:?}: no such user"));
+        let by_name = nix::unistd::User::from_name(spec).ok().flatten();
+        let user = match by_name {
+            Some(user) => user,
+            None => {
+                let uid = spec
+                    .trim_start_matches('#')
+                    .parse::<u32>()
+                    .map_err(|_| no_such())?;
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .ok_or_else(no_such)?
+            }
+        };
+        Ok(RunAs::from_user(user))
+    }
+
+    /// Without `--user`: the user behind sudo (`SUDO_UID`). Never root by accident: with no
+    /// `SUDO_UID`, or `SUDO_UID=0`, root must be asked for by name.
+    fn invoking(command: &str, sudo_uid: Option<&str>) -> Result<RunAs> {
+        let euid = nix::unistd::geteuid();
+        let uid = if euid.is_root() {
+            match sudo_uid.and_then(|v| v.parse::<u32>().ok()) {
+                Some(uid) if uid != 0 => uid,
+                _ => return Err(Error::TraceAsRoot(command.to_string())),
+            }
+        } else {
+            // Not root: tracer stops at its root check anyway; nothing runs as anyone else.
+            euid.as_raw()
+        };
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(RunAs::from_user)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "uid {uid} (SUDO_UID) has no entry in the user database: pass --user USER"
+                ))
+            })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -342,20 +417,16 @@ pub struct TraceConfig {
 impl TraceArgs {
     pub fn validate(self) -> Result<TraceConfig> {
         let target = if !self.command.is_empty() {
-            let (uid, gid) = match &self.user {
-                Some(name) => {
-                    let user = nix::unistd::User::from_name(name)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| Error::Invalid(format!("--user {name}: no such user")))?;
-                    (user.uid.as_raw(), user.gid.as_raw())
-                }
-                None => invoking_user(),
+            let user = match &self.user {
+                Some(name) => RunAs::named(name)?,
+                None => RunAs::invoking(
+                    &self.command.join(" "),
+                    std::env::var("SUDO_UID").ok().as_deref(),
+                )?,
             };
             TraceTarget::Command {
                 argv: self.command,
-                uid,
-                gid,
+                user,
             }
         } else if !self.pids.is_empty() {
             TraceTarget::Pids(with_descendants(&self.pids)?)
@@ -376,18 +447,6 @@ impl TraceArgs {
             explain: self.explain,
             target,
         })
-    }
-}
-
-/// The user behind sudo (SUDO_UID/SUDO_GID), else whoever runs tracer.
-fn invoking_user() -> (u32, u32) {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-    match (var("SUDO_UID"), var("SUDO_GID")) {
-        (Some(uid), Some(gid)) => (uid, gid),
-        _ => (
-            nix::unistd::getuid().as_raw(),
-            nix::unistd::getgid().as_raw(),
-        ),
     }
 }
 

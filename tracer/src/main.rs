@@ -1,11 +1,21 @@
-//! The `tracer` binary: parse the command line, run the subcommand, report errors in one line.
+//! The `tracer` binary: parse the command line, plan what each mode keeps of its privileges,
+//! run the subcommand, report errors in one line (a closed stdout is not an error).
 use clap::Parser;
-use tracer::cli::{Cli, Command};
+use tracer::cli::{Cli, Command, NatTargets, TraceTarget};
+use tracer::commands::closed_stdout;
+use tracer::kernel::prereq::{self, Keep};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::ExecWhenReady { gate_fd, argv } = &cli.command {
-        let code = tracer::commands::trace::exec_when_ready(*gate_fd, argv);
+    if let Command::ExecWhenReady {
+        gate_fd,
+        user,
+        uid,
+        gid,
+        argv,
+    } = &cli.command
+    {
+        let code = tracer::commands::trace::exec_when_ready(*gate_fd, (user, *uid, *gid), argv);
         return std::process::ExitCode::from(code as u8);
     }
     // Short-lived helper threads (entering a network namespace to read its port range or dump
@@ -16,7 +26,6 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-    let mut exit_code = 0u8;
     // `serve` is a daemon: its log lines are its output.
     let default_level = if matches!(cli.command, Command::Serve(_)) {
         "info"
@@ -28,52 +37,106 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Log lines can carry names any user chose: escaped on the way out, and without
+        // tracing's own colours, so that no escape byte reaches the terminal from them.
+        .with_writer(tracer::output::log::SafeStderr)
+        .with_ansi(false)
         .init();
-    let result: anyhow::Result<()> = (|| {
-        match cli.command {
-            Command::Watch(args) => {
-                let config = args.validate()?;
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(tracer::commands::watch::run(config))?;
-            }
-            Command::Serve(args) => {
-                let config = args.validate()?;
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(tracer::commands::watch::run(config))?;
-            }
-            Command::Ports(args) => tracer::commands::ports::run(args.validate()?)?,
-            Command::Trace(args) => {
-                let config = args.validate()?;
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let code = runtime.block_on(tracer::commands::trace::run(config))?;
-                exit_code = code.clamp(0, 255) as u8;
-            }
-            Command::ExecWhenReady { .. } => unreachable!("handled above"),
-            Command::Nat(args) => {
-                let config = args.validate()?;
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(tracer::commands::nat::run(config))?;
-            }
-            Command::Doctor => tracer::commands::doctor::run()?,
+    match run(cli.command) {
+        Ok(code) => std::process::ExitCode::from(code),
+        // `tracer … | head`: the reader has what it wanted.
+        Err(e) if closed_stdout::is_closed() && e.chain().any(closed_stdout::is_broken_pipe) => {
+            std::process::ExitCode::SUCCESS
         }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => std::process::ExitCode::from(exit_code),
         Err(e) => {
-            // Each error message already names its cause.
-            eprintln!("tracer: {e}");
+            // Each error message already names its cause (and may quote a name: escaped).
+            eprintln!("tracer: {}", tracer::text::escape_log(&e.to_string()));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs one subcommand; returns the exit code.
+fn run(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Watch(args) => {
+            let config = args.validate()?;
+            let all = matches!(config.nat, Some((NatTargets::All, _)));
+            end_on_closed_stdout();
+            runtime(Keep::watch(all))?.block_on(tracer::commands::watch::run(config))?;
+        }
+        Command::Serve(args) => {
+            let config = args.validate()?;
+            let all = matches!(config.nat, Some((NatTargets::All, _)));
+            runtime(Keep::watch(all))?.block_on(tracer::commands::watch::run(config))?;
+        }
+        Command::Ports(args) => {
+            let config = args.validate()?;
+            prereq::plan(Keep::ports_live());
+            tracer::commands::ports::run(config)?;
+        }
+        Command::Trace(args) => {
+            let config = args.validate()?;
+            let other_user = matches!(&config.target,
+                TraceTarget::Command { user, .. } if user.uid != 0);
+            let runtime = runtime(Keep::trace(other_user))?;
+            let code = runtime.block_on(tracer::commands::trace::run(config))?;
+            return Ok(code.clamp(0, 255) as u8);
+        }
+        Command::ExecWhenReady { .. } => unreachable!("handled in main"),
+        Command::Nat(args) => {
+            let config = args.validate()?;
+            let keep = match &config.targets {
+                NatTargets::All => Keep::nat(true, false),
+                NatTargets::Named(list) => {
+                    Keep::nat(false, list.iter().any(|(_, p)| p.starts_with("/proc")))
+                }
+                NatTargets::Host => Keep::nat(false, false),
+            };
+            end_on_closed_stdout();
+            runtime(keep)?.block_on(tracer::commands::nat::run(config))?;
+        }
+        Command::Doctor => tracer::commands::doctor::run()?,
+    }
+    Ok(0)
+}
+
+/// Plans what this mode keeps once attached, and builds its runtime: one thread, plus
+/// blocking-pool threads that hold no more than the plan from their first instruction.
+fn runtime(keep: Keep) -> std::io::Result<tokio::runtime::Runtime> {
+    prereq::plan(keep);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            if let Err(e) = prereq::restrict_thread(keep) {
+                tracing::warn!("blocking thread: dropping capabilities: {e}");
+            }
+        })
+        .build()
+}
+
+/// `watch` and `nat` may print nothing for long: once stdout's reader is gone they stop as
+/// on SIGTERM (detaching everything), and the next write's EPIPE ends them quietly. The
+/// signal is sent only once the command handles it (before that it would kill tracer), and
+/// again every 200 ms until tracer has exited, so one sent as the handler is being set up is
+/// not lost.
+fn end_on_closed_stdout() {
+    closed_stdout::on_close(|| loop {
+        if sigterm_handled() {
+            // SAFETY: kill(2) on our own process, whose SIGTERM handler is in place.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+}
+
+/// Whether SIGTERM has a handler (tokio's, set up by the command's main loop).
+fn sigterm_handled() -> bool {
+    // SAFETY: reads the current disposition only (no new action is given).
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction != libc::SIG_DFL
+            && current.sa_sigaction != libc::SIG_IGN
     }
 }

@@ -1,9 +1,11 @@
 //! `tracer doctor`: what this kernel offers (hook types, tracepoints, BTF, cgroup v2, tracefs)
 //! and which of those tracer uses. Probes by loading tiny programs, so it needs root.
+use std::io::Write;
+
 use aya::programs::ProgramType;
 
 use crate::{
-    error::Result,
+    error::{Error, Result},
     kernel::{btf, loader, prereq, tracefs},
 };
 
@@ -29,9 +31,13 @@ pub fn run() -> Result<()> {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    println!("kernel {kernel}");
+    // Written, not println!-ed: a closed stdout (`doctor | head`) is an error main handles,
+    // not a panic.
+    let mut out = std::io::stdout().lock();
+    let io_err = |e| Error::io("writing output", e);
+    writeln!(out, "kernel {kernel}").map_err(io_err)?;
     if mounted_now {
-        println!("mounted tracefs at {}", tracefs::TRACEFS);
+        writeln!(out, "mounted tracefs at {}", tracefs::TRACEFS).map_err(io_err)?;
     }
 
     let probe = |t: ProgramType| aya::sys::is_program_supported(t).unwrap_or(false);
@@ -134,22 +140,24 @@ pub fn run() -> Result<()> {
         );
     }
 
-    println!("{:<44} {:<10} {:<5} NOTE", "HOOK", "AVAILABLE", "USED");
+    writeln!(out, "{:<44} {:<10} {:<5} NOTE", "HOOK", "AVAILABLE", "USED").map_err(io_err)?;
     let mut missing_needed = 0;
     for c in &checks {
         if c.used && !c.available && !c.note.ends_with("(optional)") {
             missing_needed += 1;
         }
-        println!(
+        writeln!(
+            out,
             "{:<44} {:<10} {:<5} {}",
             c.name,
             if c.available { "yes" } else { "no" },
             if c.used { "yes" } else { "-" },
             c.note
-        );
+        )
+        .map_err(io_err)?;
     }
     if missing_needed == 0 && matches!(offsets, Some(Ok(_))) {
-        println!("\ntracer watch can run on this kernel.");
+        writeln!(out, "\ntracer watch can run on this kernel.").map_err(io_err)?;
         Ok(())
     } else {
         Err(crate::error::Error::Invalid(format!(

@@ -1,4 +1,5 @@
 //! One module per subcommand.
+pub mod closed_stdout;
 pub mod doctor;
 pub mod nat;
 pub mod ports;

@@ -22,7 +22,7 @@ use netlink_packet_netfilter::{
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
-use crate::kernel::netns;
+use crate::kernel::{netns, prereq};
 pub use crate::model::nat::{CtEvent, CtTuple};
 
 /// `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY`.
@@ -73,7 +73,14 @@ pub fn listen(
     set_timeout(&socket, Duration::from_millis(200));
     std::thread::Builder::new()
         .name(format!("conntrack-{inode}"))
-        .spawn(move || read_loop(socket, inode, tx, stop, stats))
+        .spawn(move || {
+            // Capabilities are per thread, and this one may start before the drop: reading an
+            // open socket needs none.
+            if let Err(e) = prereq::restrict_thread(prereq::Keep::NOTHING) {
+                tracing::warn!("conntrack reader: dropping capabilities: {e}");
+            }
+            read_loop(socket, inode, tx, stop, stats)
+        })
         .map_err(|e| Error::io("starting the conntrack reader", e))?;
     Ok(())
 }
