@@ -350,52 +350,39 @@ fn browser_tabs_get_their_own_ephemeral_ports() {
     servers.kill();
 }
 
-/// `ports --live` in a real terminal (tmux at 80x24): a new socket shows within a second, `q`
-/// exits and gives the terminal back.
-#[test]
-fn live_view_in_a_terminal() {
-    if !prerequisites("live_view_in_a_terminal") || !tool("live_view_in_a_terminal", "tmux", "tmux")
-    {
-        return;
+/// A command in a real terminal: a detached tmux session of `width`×`height`, killed on drop.
+struct Terminal(String);
+
+impl Terminal {
+    fn start(tag: &str, width: u16, height: u16, command: &str) -> Terminal {
+        let session = format!("tracer-{tag}-{}", std::process::id());
+        let st = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session])
+            .args(["-x", &width.to_string(), "-y", &height.to_string(), command])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Terminal(session)
     }
-    let session = format!("tracer-live-{}", std::process::id());
-    let tmux = |args: &[&str]| -> String {
+
+    fn tmux(&self, args: &[&str]) -> String {
         let out = Command::new("tmux").args(args).output().expect("tmux");
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    struct Session(String);
-    impl Drop for Session {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["kill-session", "-t", &self.0])
-                .status();
-        }
     }
-    let command = format!(
-        "{} ports --live; echo TRACER-EXITED-$?; sleep 60",
-        tracer_bin().display()
-    );
-    let st = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "80",
-            "-y",
-            "24",
-            &command,
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let _session = Session(session.clone());
-    let screen = || tmux(&["capture-pane", "-p", "-t", &session]);
-    let wait_screen = |what: &str, timeout: Duration, done: &dyn Fn(&str) -> bool| -> Duration {
+
+    fn keys(&self, keys: &str) {
+        self.tmux(&["send-keys", "-t", &self.0, keys]);
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", &self.0])
+    }
+
+    /// Waits until the screen shows what `done` looks for; returns how long that took.
+    fn wait(&self, what: &str, timeout: Duration, done: &dyn Fn(&str) -> bool) -> Duration {
         let start = Instant::now();
         loop {
-            let s = screen();
+            let s = self.screen();
             if done(&s) {
                 return start.elapsed();
             }
@@ -405,7 +392,35 @@ fn live_view_in_a_terminal() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    };
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// `ports --live` in a real terminal (tmux at 80x24): a new socket shows within a second, `q`
+/// exits and gives the terminal back.
+#[test]
+fn live_view_in_a_terminal() {
+    if !prerequisites("live_view_in_a_terminal") || !tool("live_view_in_a_terminal", "tmux", "tmux")
+    {
+        return;
+    }
+    let command = format!(
+        "{} ports --live; echo TRACER-EXITED-$?; sleep 60",
+        tracer_bin().display()
+    );
+    let term = Terminal::start("live", 80, 24, &command);
+    let session = term.0.clone();
+    let tmux = |args: &[&str]| term.tmux(args);
+    let screen = || term.screen();
+    let wait_screen =
+        |what: &str, timeout: Duration, done: &dyn Fn(&str) -> bool| term.wait(what, timeout, done);
     wait_screen("the live view", T, &|s| s.contains("tracer ports --live"));
     tmux(&["send-keys", "-t", &session, "2"]); // the Sockets tab
     wait_screen("the sockets tab", T, &|s| s.contains("PROTO LOCAL"));
@@ -500,4 +515,127 @@ fn watch_groups_connections_by_remote_endpoint() {
     seen.sort();
     clients.sort();
     assert_eq!(seen, clients);
+}
+
+/// A real pre-forking server (nginx: a master and three workers sharing one listener) started
+/// after `ports --live`: each connection a worker accepted shows that worker alone, the pid
+/// `ss -tnp` names — not the master and every worker (issue 14, item 12).
+#[test]
+fn live_view_names_the_nginx_worker_that_accepted() {
+    let test = "live_view_names_the_nginx_worker_that_accepted";
+    if !prerequisites(test) || !tool(test, "tmux", "tmux") || !tool(test, "nginx", "nginx") {
+        return;
+    }
+    let port = tracer_tests::free_port();
+    // A private directory (mode 0700), not a predictable path in /tmp.
+    let tmp = tempfile::Builder::new()
+        .prefix("tracer-nginx-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 3;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               keepalive_timeout 120s;\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+        ),
+    )
+    .unwrap();
+
+    struct Nginx(Option<std::process::Child>);
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            if let Some(nginx) = self.0.as_mut() {
+                // SIGTERM: the master stops its workers and waits for them (SIGKILL would
+                // orphan them, still holding the test's port and inherited descriptors).
+                unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
+                let _ = nginx.wait();
+            }
+        }
+    }
+    let mut cleanup = Nginx(None);
+    let term = Terminal::start(
+        "nginx",
+        120,
+        30,
+        &format!(
+            "{} ports --live --port {port}; sleep 60",
+            tracer_bin().display()
+        ),
+    );
+    let wait_screen = |what: &str, done: &dyn Fn(&str) -> bool| {
+        term.wait(what, T, done);
+        term.screen()
+    };
+    wait_screen("the live view", &|s| s.contains("tracer ports --live"));
+    term.keys("2"); // the Sockets tab
+    wait_screen("the sockets tab", &|s| s.contains("PROTO LOCAL"));
+
+    // nginx starts after tracer: its listener, its workers and their accepts are seen live.
+    let nginx = Command::new("nginx")
+        .args(["-c", conf.to_str().unwrap(), "-p", &d.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx");
+    cleanup.0 = Some(nginx);
+    let listening = format!("127.0.0.1:{port} ");
+    wait_screen("nginx's listener", &|s| {
+        s.lines()
+            .any(|l| l.contains(&listening) && l.contains("LISTEN"))
+    });
+    // Five kept-alive HTTP/1.1 connections, each answered (so a worker accepted it).
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        std::io::Write::write_all(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut reply = [0u8; 256];
+        let n = std::io::Read::read(&mut c, &mut reply).unwrap();
+        assert!(String::from_utf8_lossy(&reply[..n]).contains("200 OK"));
+        clients.push(c);
+    }
+    let client_ports: Vec<u64> = clients
+        .iter()
+        .map(|c| u64::from(c.local_addr().unwrap().port()))
+        .collect();
+    // What ss says: the worker holding each accepted connection.
+    let ss: Vec<(u64, u64)> = ss_connections()
+        .into_iter()
+        .filter(|(lport, rport, _, comm)| {
+            *lport == u64::from(port) && client_ports.contains(rport) && comm == "nginx"
+        })
+        .map(|(_, rport, pid, _)| (rport, pid))
+        .collect();
+    assert_eq!(ss.len(), 5, "ss -tnp shows nginx's five connections");
+    // The server side of a connection: local endpoint nginx's, remote the client's.
+    let server_row = |screen: &str, rport: u64| -> Option<String> {
+        let local = format!("127.0.0.1:{port}");
+        let remote = format!("127.0.0.1:{rport}");
+        screen
+            .lines()
+            .find(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.get(1) == Some(&local.as_str()) && cols.get(2) == Some(&remote.as_str())
+            })
+            .map(str::to_string)
+    };
+    let s = wait_screen("the five accepted connections", &|s| {
+        ss.iter()
+            .all(|(rport, _)| server_row(s, *rport).is_some_and(|row| row.contains("ESTABLISHED")))
+    });
+    for (rport, pid) in &ss {
+        let row = server_row(&s, *rport).unwrap();
+        assert!(
+            row.contains(&format!(" {pid}/nginx ")),
+            "connection from port {rport}: ss names worker {pid} alone, the live view shows {row:?}"
+        );
+    }
+    drop(clients);
+    term.keys("q");
 }

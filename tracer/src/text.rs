@@ -179,7 +179,7 @@ pub mod json {
         ) -> io::Result<()> {
             let mut rest = fragment;
             while let Some(at) = rest.find(super::unsafe_char) {
-                writer.write_all(rest[..at].as_bytes())?;
+                writer.write_all(&rest.as_bytes()[..at])?;
                 let c = rest[at..].chars().next().expect("found a char there");
                 write!(writer, "\\u{:04x}", c as u32)?;
                 rest = &rest[at + c.len_utf8()..];

@@ -67,6 +67,8 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "nftables",
     "conntrack",
+    // A real pre-forking server (master + workers), for the live view's attribution test.
+    "nginx",
 ];
 
 fn main() -> ExitCode {

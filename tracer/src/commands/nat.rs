@@ -149,9 +149,15 @@ impl NatRuntime {
     fn attach(&mut self, name: &str, path: Option<PathBuf>) -> Result<()> {
         let inode = match &path {
             Some(p) => {
-                netns::resolve(&p.to_string_lossy())
+                use std::os::unix::fs::MetadataExt;
+                // By path, not by a lossy name: a name need not be UTF-8.
+                netns::open(p, name)
+                    .and_then(|f| {
+                        f.metadata()
+                            .map_err(|e| Error::io(format!("reading {}", p.display()), e))
+                    })
                     .map_err(|_| Error::NoSuchNetns(name.to_string()))?
-                    .1
+                    .ino() as u32
             }
             None => netns::own_inode()?,
         };
@@ -219,12 +225,15 @@ impl NatRuntime {
             } else if path.starts_with("/run/netns") {
                 (
                     path.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
+                        .map(|n| crate::text::decode(n.as_encoded_bytes()))
                         .unwrap_or_default(),
                     Some(path.clone()),
                 )
             } else {
-                (path.display().to_string(), Some(path.clone()))
+                (
+                    crate::text::decode(path.as_os_str().as_encoded_bytes()),
+                    Some(path.clone()),
+                )
             };
             if let Err(e) = self.attach(&name, path) {
                 tracing::debug!("netns {name}: {e}");

@@ -168,27 +168,13 @@ async fn live(config: PortsConfig) -> Result<()> {
     let _guard = TerminalGuard::enter()?;
     let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))
         .map_err(|e| Error::io("setting up the terminal", e))?;
-    // Keys are read on their own thread: crossterm's reader blocks.
-    std::thread::spawn(move || loop {
-        match term_event::poll(Duration::from_millis(200)) {
-            Ok(true) => match term_event::read() {
-                Ok(TermEvent::Key(k)) if k.kind != KeyEventKind::Release => {
-                    if keys_tx.send(Some(k)).is_err() {
-                        return;
-                    }
-                }
-                Ok(TermEvent::Resize(..)) => {
-                    if keys_tx.send(None).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            },
-            Ok(false) if keys_tx.is_closed() => return,
-            Ok(false) => {}
-            Err(_) => return,
+    // Keys are read on their own thread: crossterm's reader blocks. It reads a terminal and
+    // nothing else, so it keeps no capability at all.
+    std::thread::spawn(move || {
+        if let Err(e) = prereq::restrict_thread(prereq::Keep::NOTHING) {
+            tracing::debug!("key reader keeps its capabilities: {e}");
         }
+        key_reader(keys_tx)
     });
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
@@ -225,6 +211,8 @@ async fn live(config: PortsConfig) -> Result<()> {
                 sweeps += 1;
                 if sweeps.is_multiple_of(100) {
                     table.sweep(monotonic_ns());
+                    // Namespaces that are gone: their ranges and usage go too.
+                    ranges.prune(table.usage_mut());
                 }
                 for ns in table.usage().namespaces() {
                     if let Some(range) = ranges.get(ns, None) {
@@ -259,4 +247,29 @@ async fn live(config: PortsConfig) -> Result<()> {
     drop(terminal);
     drop(probes);
     Ok(())
+}
+
+/// Forwards key presses (and resizes, as None) until the view is gone.
+fn key_reader(keys_tx: tokio::sync::mpsc::UnboundedSender<Option<crossterm::event::KeyEvent>>) {
+    loop {
+        match term_event::poll(Duration::from_millis(200)) {
+            Ok(true) => match term_event::read() {
+                Ok(TermEvent::Key(k)) if k.kind != KeyEventKind::Release => {
+                    if keys_tx.send(Some(k)).is_err() {
+                        return;
+                    }
+                }
+                Ok(TermEvent::Resize(..)) => {
+                    if keys_tx.send(None).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            Ok(false) if keys_tx.is_closed() => return,
+            Ok(false) => {}
+            Err(_) => return,
+        }
+    }
 }

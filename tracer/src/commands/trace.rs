@@ -56,11 +56,12 @@ pub fn exec_when_ready(gate_fd: i32, (name, uid, gid): (&str, u32, u32), argv: &
         return 125;
     };
     if let Err(e) = become_user(name, uid, gid) {
+        let program = crate::text::escape(program);
         eprintln!("tracer: cannot run {program} as {name}: {e}");
         return 125;
     }
     let err = std::process::Command::new(program).args(args).exec();
-    eprintln!("tracer: cannot run {program}: {err}");
+    eprintln!("tracer: cannot run {}: {err}", crate::text::escape(program));
     // As shells do: 127 not found, 126 found but not runnable.
     if err.kind() == io::ErrorKind::NotFound {
         127
@@ -194,9 +195,13 @@ pub async fn run(config: TraceConfig) -> Result<i32> {
     let mut out = io::BufWriter::new(stdout.lock());
     let io_err = |e: io::Error| Error::io("writing output", e);
     let describe = match &config.target {
-        TraceTarget::Command { argv, .. } => format!("`{}` (pid {})", argv.join(" "), pids[0]),
+        TraceTarget::Command { argv, .. } => format!(
+            "`{}` (pid {})",
+            crate::text::escape(&argv.join(" ")),
+            pids[0]
+        ),
         TraceTarget::Pids(p) => format!("pid {}", p[0]),
-        TraceTarget::Comm(c) => format!("processes named {c}"),
+        TraceTarget::Comm(c) => format!("processes named {}", crate::text::escape(c)),
     };
     let announced = announce(&mut out, &config, &describe, &pids, launched.is_some());
     let (child_pid, mut exit_rx) = open_gate(launched)?;
@@ -394,11 +399,15 @@ fn report(
         if ctx.book.sockets_seen() == 0 {
             eprintln!(
                 "tracer: {} {} before opening any socket",
-                argv[0],
+                crate::text::escape(&argv[0]),
                 describe_status(status)
             );
         } else if !config.json {
-            eprintln!("tracer: {} {}", argv[0], describe_status(status));
+            eprintln!(
+                "tracer: {} {}",
+                crate::text::escape(&argv[0]),
+                describe_status(status)
+            );
         }
     }
     Ok(code)

@@ -89,6 +89,7 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     // owners of older sockets.
     let snapshot = snapshot::take(&config.snapshot_scope)
         .inspect_err(|e| {
+            let e = crate::text::escape_log(&e.to_string()).into_owned();
             eprintln!("tracer: no snapshot of existing sockets ({e}); their owners stay unknown")
         })
         .ok()

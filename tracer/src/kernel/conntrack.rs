@@ -5,7 +5,6 @@
 //! Messages are decoded with `netlink-packet-netfilter`; one blocking reader thread per
 //! namespace forwards them on a channel.
 use std::{
-    fs,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -51,6 +50,12 @@ pub fn listen(
         socket
             .bind(&SocketAddr::new(0, 0))
             .map_err(|e| Error::io("binding the conntrack netlink socket", e))?;
+        // Connected to the kernel: the kernel then refuses unicast messages to this socket
+        // from anyone else — in a namespace a user made with `unshare -rn` they hold
+        // CAP_NET_ADMIN and could otherwise forge conntrack events at tracer.
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| Error::io("connecting the conntrack netlink socket", e))?;
         for group in new.then_some(GROUP_NEW).into_iter().chain([GROUP_DESTROY]) {
             socket.add_membership(group).map_err(|e| {
                 Error::io(
@@ -64,7 +69,7 @@ pub fn listen(
     };
     let socket = match path {
         Some(path) => {
-            let ns = fs::File::open(&path)
+            let ns = super::netns::open(&path, &path.display().to_string())
                 .map_err(|_| Error::NoSuchNetns(path.display().to_string()))?;
             netns::run_in(ns, open)?
         }

@@ -64,50 +64,17 @@ fn named() -> impl Iterator<Item = PathBuf> {
 }
 
 /// Mount points of network namespaces (`nsfs`, root `net:[INODE]`) anywhere in tracer's mount
-/// namespace, from /proc/self/mountinfo.
+/// namespace, from /proc/self/mountinfo (read as bytes: see [`super::mountinfo`]).
 fn nsfs_mounts() -> impl Iterator<Item = PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(nsfs_mount_point)
-        .collect::<Vec<_>>()
+    super::mountinfo::mounts()
+        .unwrap_or_default()
         .into_iter()
+        .filter(is_netns_mount)
+        .map(|m| m.mount_point)
 }
 
-/// The mount point of a mountinfo line that mounts a network namespace.
-fn nsfs_mount_point(line: &str) -> Option<PathBuf> {
-    let (left, right) = line.split_once(" - ")?;
-    if !right.starts_with("nsfs ") {
-        return None;
-    }
-    let mut fields = left.split(' ');
-    let root = fields.nth(3)?;
-    let mount_point = fields.next()?;
-    root.starts_with("net:[")
-        .then(|| PathBuf::from(unescape_mountinfo(mount_point)))
-}
-
-/// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                let value = d.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
-                out.push(value as u8);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn is_netns_mount(m: &super::mountinfo::Mount) -> bool {
+    m.fs_type == b"nsfs" && m.root.starts_with(b"net:[")
 }
 
 fn own_threads() -> impl Iterator<Item = PathBuf> {
@@ -146,14 +113,14 @@ mod tests {
 
     #[test]
     fn mountinfo_nsfs_lines() {
-        let line = "612 29 0:4 net:[4026532301] /run/netns/a\\040b rw shared:5 - nsfs nsfs rw";
-        assert_eq!(
-            nsfs_mount_point(line),
-            Some(PathBuf::from("/run/netns/a b"))
-        );
-        let other = "25 30 0:23 / /sys rw,nosuid shared:7 - sysfs sysfs rw";
-        assert_eq!(nsfs_mount_point(other), None);
-        let mnt = "612 29 0:4 mnt:[4026532301] /x rw - nsfs nsfs rw";
-        assert_eq!(nsfs_mount_point(mnt), None);
+        let text = b"612 29 0:4 net:[4026532301] /run/netns/a\\040b rw shared:5 - nsfs nsfs rw\n\
+            25 30 0:23 / /sys rw,nosuid shared:7 - sysfs sysfs rw\n\
+            613 29 0:4 mnt:[4026532301] /x rw - nsfs nsfs rw\n";
+        let found: Vec<PathBuf> = super::super::mountinfo::parse(text)
+            .into_iter()
+            .filter(is_netns_mount)
+            .map(|m| m.mount_point)
+            .collect();
+        assert_eq!(found, vec![PathBuf::from("/run/netns/a b")]);
     }
 }

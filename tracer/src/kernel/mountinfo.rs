@@ -6,9 +6,11 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
-/// One mount: where, and of what file-system type.
+/// One mount: what of its file system (`root`: `/`, or `net:[INODE]` for a namespace file),
+/// where, and of what file-system type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
+    pub root: Vec<u8>,
     pub mount_point: PathBuf,
     pub fs_type: Vec<u8>,
 }
@@ -29,6 +31,7 @@ pub fn parse(text: &[u8]) -> Vec<Mount> {
             let mount_point = *fields.get(4).filter(|_| separator > 4)?;
             let fs_type = *fields.get(separator + 1)?;
             Some(Mount {
+                root: unescape(fields[3]),
                 mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
                 fs_type: fs_type.to_vec(),
             })

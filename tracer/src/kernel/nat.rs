@@ -9,7 +9,6 @@
 use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
-    fs,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     path::Path,
 };
@@ -192,7 +191,8 @@ impl NatProbes {
         let links = match path {
             None => make()?,
             Some(path) => {
-                let ns = fs::File::open(path).map_err(|_| Error::NoSuchNetns(name.to_string()))?;
+                let ns = super::netns::open(path, name)
+                    .map_err(|_| Error::NoSuchNetns(name.to_string()))?;
                 netns::run_in(ns, make)?
             }
         };

@@ -110,7 +110,8 @@ fn take_with(scope: &Scope, with_owners: bool) -> Result<Snapshot> {
         let result = if inode == own {
             dump_here(inode).map(|s| (s, netns::read_port_range().ok()))
         } else {
-            fs::File::open(&path)
+            // Checked and non-blocking: the path may have become anything since it was found.
+            netns::open(&path, &path.display().to_string())
                 .map_err(|_| Error::NoSuchNetns(path.display().to_string()))
                 .and_then(|ns| {
                     netns::run_in(ns, move || {

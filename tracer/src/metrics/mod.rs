@@ -274,7 +274,8 @@ impl Metrics {
                 kind.to_string(),
                 if *port_translated { "true" } else { "false" }.to_string(),
                 proto.to_string(),
-                netns.clone(),
+                // A namespace's name: escaped like everywhere it is shown.
+                crate::text::escape(netns).into_owned(),
             ]
         };
         let current: std::collections::HashSet<NatLabels> = nat
@@ -291,14 +292,12 @@ impl Metrics {
                 .nat_bindings
                 .remove_label_values(&values.each_ref().map(String::as_str));
         }
-        for ((kind, port_translated, proto, netns), n) in &nat.table.counts {
+        for (key, n) in &nat.table.counts {
+            let values = labels(&(key.0.as_str(), key.1, key.2, key.3.clone()));
             catch_up(
-                &self.nat_bindings.with_label_values(&[
-                    kind.as_str(),
-                    if *port_translated { "true" } else { "false" },
-                    proto,
-                    netns,
-                ]),
+                &self
+                    .nat_bindings
+                    .with_label_values(&values.each_ref().map(String::as_str)),
                 *n,
             );
         }

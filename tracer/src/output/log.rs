@@ -30,6 +30,7 @@ impl Sink for LogSink {
             lost = s.lost,
             seconds = s.seconds,
             sockets_tracked = s.sockets_tracked,
+            evicted = s.evicted.describe().unwrap_or_default(),
             "stopped"
         );
         Ok(())

@@ -108,7 +108,7 @@ pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::
             text::escape(&step.text)
         )?;
         if explain && !step.explain.is_empty() {
-            writeln!(out, "  {:>13}    ↳ {}", "", text::escape(&step.explain))?;
+            writeln!(out, "  {:>13}    ↳ {}", "", text::escape(step.explain))?;
         }
     }
     writeln!(out, "  = {}", text::escape(&summary_line(s)))?;
