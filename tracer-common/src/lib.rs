@@ -257,6 +257,8 @@ pub struct KernelOffsets {
     pub inet_sport: u32,
     /// Offset of `child_pid` in `sched:sched_process_fork`.
     pub tp_fork_child_pid: u32,
+    /// Offset of `pid` in a `sched:sched_process_free` record.
+    pub tp_free_pid: u32,
     /// `sock:sock_send_length` / `sock:sock_recv_length` (same layout); 0 when the kernel
     /// lacks them.
     pub tp_data_sk: u32,

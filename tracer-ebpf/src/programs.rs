@@ -43,6 +43,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     tp_syscall_ret: 0,
     inet_sport: 0,
     tp_fork_child_pid: 0,
+    tp_free_pid: 0,
     tp_data_sk: 0,
     tp_data_family: 0,
     tp_data_ret: 0,
@@ -1348,16 +1349,20 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A selected process exited (its main thread): its pid leaves the selection, so the map
-/// holds live processes only and a reused pid is not selected by accident.
+/// A selected process is gone: its pid leaves the selection, so the map holds live processes
+/// only and a reused pid is not selected by accident. Not at `sched_process_exit`: that fires
+/// before the exiting task's files are closed (its sockets' releases would be filtered out)
+/// and when a main thread exits while other threads go on. `sched_process_free` fires when
+/// the task is freed; a task whose pid is a selected tgid is that process's leader, freed
+/// only once the whole thread group is gone.
 #[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_free(ctx: TracePointContext) -> u32 {
     if filt!(by_pid) == 0 {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == pid_tgid as u32 && FILTER_PIDS.remove(tgid).is_ok() {
+    // SAFETY: the offset of `pid` comes from this tracepoint's format file.
+    let pid: u32 = unsafe { ctx.read_at(off!(tp_free_pid) as usize) }.unwrap_or(0);
+    if pid != 0 && FILTER_PIDS.remove(pid).is_ok() {
         bump(counter::FILTER_REMOVED);
     }
     0

@@ -116,7 +116,7 @@ pub fn run() -> Result<()> {
         ("syscalls", "sys_enter_recvmsg"),
         ("sock", "inet_sock_set_state"),
         ("sched", "sched_process_fork"),
-        ("sched", "sched_process_exit"),
+        ("sched", "sched_process_free"),
         ("sock", "sock_send_length"),
         ("sock", "sock_recv_length"),
     ] {

@@ -161,8 +161,8 @@ impl SockProbes {
             }
         }
         if opts.filter.by_pid != 0 {
-            // Fork adds children to the selection, exit takes processes out of it.
-            for event in ["sched_process_fork", "sched_process_exit"] {
+            // Fork adds children to the selection; a process leaves it once freed.
+            for event in ["sched_process_fork", "sched_process_free"] {
                 attach_tracepoint(&mut ebpf, &mut links, event, "sched", event)?;
                 attached.push(format!("tracepoint/sched/{event}"));
             }
@@ -481,6 +481,7 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         tp_syscall_ret: tp("syscalls", "sys_exit_bind", "ret", 8)?,
         inet_sport: btf.offset("inet_sock", "inet_sport")?,
         tp_fork_child_pid: tp("sched", "sched_process_fork", "child_pid", 4)?,
+        tp_free_pid: tp("sched", "sched_process_free", "pid", 4)?,
         tp_data_sk: data("sk", 8)?,
         tp_data_family: data("family", 2)?,
         tp_data_ret: data("ret", 4)?,
