@@ -181,7 +181,11 @@ pub mod json {
             while let Some(at) = rest.find(super::unsafe_char) {
                 writer.write_all(&rest.as_bytes()[..at])?;
                 let c = rest[at..].chars().next().expect("found a char there");
-                write!(writer, "\\u{:04x}", c as u32)?;
+                // Above U+FFFF (tag characters) JSON needs a surrogate pair.
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    write!(writer, "\\u{:04x}", unit)?;
+                }
                 rest = &rest[at + c.len_utf8()..];
             }
             writer.write_all(rest.as_bytes())
@@ -239,6 +243,14 @@ mod tests {
         assert_eq!(pad(&decode(b"abcdefghijkl\\zz"), 15), "abcdefghijkl\\\\…");
         assert_eq!(escape_log("one\x1b\ntwo\n"), "one\\x1b\\x0atwo\n");
         assert_eq!(escape("ss\u{200b}hd"), "ss\\u{200b}hd");
+    }
+
+    #[test]
+    fn json_escapes_above_the_bmp_as_surrogate_pairs() {
+        let s = json::to_string(&"a\u{e0041}b");
+        assert_eq!(s, r#""a\udb40\udc41b""#);
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\u{e0041}b");
     }
 
     #[test]

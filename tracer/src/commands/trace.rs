@@ -226,6 +226,9 @@ pub async fn run(config: TraceConfig) -> Result<i32> {
     };
     let status = match followed {
         Err(e) if closed_stdout::is_broken_pipe(&e) => {
+            // The counters hold duplicates of the programs' and maps' fds: dropped with the
+            // probes, so nothing of tracer stays loaded while the command finishes.
+            drop(counters);
             drop(probes);
             return Ok(finish_untraced(&mut exit_rx, child_pid).await);
         }

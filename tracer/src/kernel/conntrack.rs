@@ -28,10 +28,13 @@ pub use crate::model::nat::{CtEvent, CtTuple};
 const GROUP_NEW: u32 = 1;
 const GROUP_DESTROY: u32 = 3;
 
-/// Messages the kernel could not queue for us (ENOBUFS), over every namespace.
+/// Messages the kernel could not queue for us (ENOBUFS), and messages from anyone but the
+/// kernel, over every namespace.
 #[derive(Default)]
 pub struct CtStats {
     pub overruns: AtomicU64,
+    /// Messages dropped because they did not come from the kernel.
+    pub forged: AtomicU64,
 }
 
 /// Subscribes in namespace `path` (`None`: tracer's own) and forwards its events to `tx`
@@ -117,8 +120,18 @@ fn read_loop(
 ) {
     let mut buf = vec![0u8; 1 << 16];
     while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
-        let n = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(n) => n,
+        let n = match socket.recv_from(&mut &mut buf[..], 0) {
+            // Only the kernel (port 0) speaks for conntrack: in a namespace a user made
+            // (`unshare -rn`) they hold CAP_NET_ADMIN and may send to its multicast groups.
+            Ok((n, from)) if from.port_number() == 0 => n,
+            Ok(_) => {
+                if stats.forged.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        "netns {inode}: dropped a conntrack message that the kernel did not send"
+                    );
+                }
+                continue;
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 stats.overruns.fetch_add(1, Ordering::Relaxed);
                 continue;

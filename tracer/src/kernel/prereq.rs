@@ -168,6 +168,12 @@ pub fn drop_privileges() {
 /// thread execs can gain any), ambient and inheritable cleared, permitted and effective cut to
 /// `keep`, and no-new-privs set. Idempotent; safe on any thread.
 pub fn restrict_thread(keep: Keep) -> std::result::Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        // Not root (the command is about to say so): nothing to drop, and no right to change
+        // the bounding set — a warning here would come before the error that matters.
+        let _ = nix::sys::prctl::set_no_new_privs();
+        return Ok(());
+    }
     empty_bounding_set()?;
     let wanted: caps::CapsHashSet = keep.capabilities().into_iter().collect();
     let permitted = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
