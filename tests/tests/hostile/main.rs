@@ -5,4 +5,5 @@
 mod metrics;
 mod privileges;
 mod resources;
+mod serve;
 mod text;

@@ -12,62 +12,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tracer_tests::*;
 
+use crate::serve::Serve;
+
 /// tracer's defaults (tracer/src/metrics/server/limits.rs): the connection cap and the header
 /// (and idle) timeout.
 const CAP: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Descriptors tracer may have beyond its count before the attack and the capped connections.
 const FD_MARGIN: usize = 16;
-
-/// A running `tracer serve`, stopped on drop.
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start() -> Serve {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(tracer_bin())
-            .args(["serve", "--listen", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tracer serve");
-        let serve = Serve { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(&serve.addr, "/healthz").is_none_or(|(s, _)| s != 200) {
-            assert!(Instant::now() < deadline, "tracer serve did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        serve
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// One sample's value (0 when absent).
-    fn sample(&self, series: &str) -> u64 {
-        self.total(series, " ")
-    }
-
-    /// The sum of the samples whose line starts with `series` followed by `next`.
-    fn total(&self, series: &str, next: &str) -> u64 {
-        let (_, text) = http_get(&self.addr, "/metrics").expect("scrape");
-        text.lines()
-            .filter_map(|l| l.strip_prefix(series)?.strip_prefix(next))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tracer_tests::*;
 
+use crate::serve::Serve;
+
 /// Creates N network namespaces in waves (unprivileged: `unshare(CLONE_NEWUSER)` once, then
 /// forked children each `unshare(CLONE_NEWNET)`), each child binding a UDP socket to a
 /// kernel-chosen port in its namespace and living two seconds, so tracer sees hundreds alive
@@ -131,41 +133,6 @@ fn live_namespaces() -> HashSet<u64> {
         .collect()
 }
 
-struct Serve {
-    child: Child,
-    addr: String,
-}
-
-impl Serve {
-    fn start() -> Serve {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(tracer_bin())
-            .args(["serve", "--listen", &addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tracer serve");
-        let serve = Serve { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(&serve.addr, "/healthz").is_none_or(|(s, _)| s != 200) {
-            assert!(Instant::now() < deadline, "tracer serve did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        serve
-    }
-
-    fn scrape(&self) -> String {
-        http_get(&self.addr, "/metrics").expect("scrape").1
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 /// What a sampler saw while the storm ran.
 #[derive(Default)]
 struct Peaks {
@@ -176,7 +143,7 @@ struct Peaks {
 
 /// Samples tracer's memory and series until `storm` exits.
 fn sample_until_done(serve: &Serve, storm: &mut Child) -> Peaks {
-    let pid = serve.child.id();
+    let pid = serve.pid();
     let mut peaks = Peaks::default();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -198,7 +165,7 @@ fn ten_thousand_namespaces_leave_tracer_bounded_and_no_series_behind() {
         return;
     }
     let serve = Serve::start();
-    let pid = serve.child.id();
+    let pid = serve.pid();
     std::thread::sleep(Duration::from_secs(2));
     let before_rss = rss_kib(pid);
     let before_series = series(&serve.scrape()).len();

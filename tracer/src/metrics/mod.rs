@@ -395,12 +395,17 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("the text format is UTF-8")
+        encode(&self.registry)
     }
+}
+
+/// A registry in the text exposition format.
+pub(crate) fn encode(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding");
+    String::from_utf8(out).expect("the text format is UTF-8")
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::task::AbortHandle;
 
 /// At most this many connections are open at once. A new connection at the cap closes the
@@ -232,11 +232,7 @@ impl Health {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("the text format is UTF-8")
+        crate::metrics::encode(&self.registry)
     }
 }
 
