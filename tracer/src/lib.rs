@@ -9,5 +9,10 @@ pub mod kernel;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod pipeline;
 pub mod source;
 pub mod text;
+
+/// Every sink at once, fed hostile names (a test across output and metrics).
+#[cfg(test)]
+mod sink_tests;

@@ -1,8 +1,10 @@
 //! The `tracer` binary: parse the command line, plan what each mode keeps of its privileges,
 //! run the subcommand, report errors in one line (a closed stdout is not an error).
 use clap::Parser;
-use tracer::cli::{Cli, Command, NatTargets, TraceTarget};
+use tracer::cli::{Cli, Command, NatTargets};
 use tracer::commands::closed_stdout;
+use tracer::commands::{nat, ports, trace, watch};
+use tracer::kernel::nat_watch::NatPlaces;
 use tracer::kernel::prereq::{self, Keep};
 
 fn main() -> std::process::ExitCode {
@@ -60,42 +62,43 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Watch(args) => {
-            let config = args.validate()?;
-            let all = matches!(config.nat, Some((NatTargets::All, _)));
+            let plan = watch::prepare(args.validate()?)?;
+            let all = matches!(plan.config.nat, Some((NatTargets::All, _)));
             end_on_closed_stdout();
-            runtime(Keep::watch(all))?.block_on(tracer::commands::watch::run(config))?;
+            runtime(Keep::watch(all))?.block_on(watch::run(plan))?;
         }
         Command::Serve(args) => {
-            let config = args.validate()?;
-            let all = matches!(config.nat, Some((NatTargets::All, _)));
-            runtime(Keep::watch(all))?.block_on(tracer::commands::watch::run(config))?;
+            let plan = watch::prepare(args.validate()?)?;
+            let all = matches!(plan.config.nat, Some((NatTargets::All, _)));
+            runtime(Keep::watch(all))?.block_on(watch::run(plan))?;
         }
         Command::Ports(args) => {
-            let config = args.validate()?;
+            let plan = ports::prepare(args.validate()?)?;
             prereq::plan(Keep::ports_live());
-            tracer::commands::ports::run(config)?;
+            ports::run(plan)?;
         }
         Command::Trace(args) => {
-            let config = args.validate()?;
+            let config = trace::prepare(args.validate()?)?;
             let other_user = matches!(&config.target,
-                TraceTarget::Command { user, .. } if user.uid != 0);
+                trace::Target::Command { user, .. } if user.uid != 0);
             let runtime = runtime(Keep::trace(other_user))?;
-            let code = runtime.block_on(tracer::commands::trace::run(config))?;
+            let code = runtime.block_on(trace::run(config))?;
             return Ok(code.clamp(0, 255) as u8);
         }
         Command::ExecWhenReady { .. } => unreachable!("handled in main"),
         Command::Nat(args) => {
-            let config = args.validate()?;
-            let keep = match &config.targets {
-                NatTargets::All => Keep::nat(true, false),
-                NatTargets::Named(list) => {
+            let plan = nat::prepare(args.validate()?)?;
+            let keep = match &plan.places {
+                NatPlaces::All => Keep::nat(true, false),
+                NatPlaces::Named(list) => {
                     Keep::nat(false, list.iter().any(|(_, p)| p.starts_with("/proc")))
                 }
-                NatTargets::Host => Keep::nat(false, false),
+                NatPlaces::Host => Keep::nat(false, false),
             };
             end_on_closed_stdout();
-            runtime(keep)?.block_on(tracer::commands::nat::run(config))?;
+            runtime(keep)?.block_on(nat::run(plan))?;
         }
+        Command::Replay(args) => tracer::commands::replay::run(args.validate()?)?,
         Command::Doctor => tracer::commands::doctor::run()?,
     }
     Ok(0)

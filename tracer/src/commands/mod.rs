@@ -3,5 +3,7 @@ pub mod closed_stdout;
 pub mod doctor;
 pub mod nat;
 pub mod ports;
+pub mod replay;
+pub mod resolve;
 pub mod trace;
 pub mod watch;

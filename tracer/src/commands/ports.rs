@@ -12,36 +12,66 @@ use crossterm::{
     terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
 };
 use ratatui::{backend::CrosstermBackend, Terminal};
-use tokio::signal::unix::{signal, SignalKind};
-use tracer_common::SockEvent;
 
 use crate::{
-    cli::{GroupBy, PortsConfig},
+    cli::{GroupBy, NetnsChoice, PortsConfig},
+    commands::resolve,
     error::{Error, Result},
     kernel::{
         loader::{LoadOptions, SockProbes},
         netns, prereq,
-        snapshot::{self, Snapshot},
+        snapshot::{self, Scope},
     },
     model::{
         event::monotonic_ns,
         ports::{self, PortRow},
-        SocketTable,
+        snapshot::Snapshot,
+        Clock, SocketTable,
     },
-    output::{
-        ports as text,
-        tui::{self, Action, Screen, ViewState},
+    output::{ports as text, tui::ViewState},
+    pipeline::{
+        self,
+        inputs::LiveKernel,
+        ports_live::{usage_of, PortsLiveStage},
+        Cadence, Inputs, Stop,
     },
-    source::{EventSource, RingBufSource},
+    source::RingBufSource,
 };
 
-pub fn run(config: PortsConfig) -> Result<()> {
+/// A `ports` run with its namespace and processes resolved.
+pub struct PortsPlan {
+    /// The configuration, with `filter.netns` set.
+    pub config: PortsConfig,
+    /// Where the snapshot looks.
+    pub scope: Scope,
+}
+
+/// Resolves `--netns` and checks `--pid`.
+pub fn prepare(mut config: PortsConfig) -> Result<PortsPlan> {
+    let (scope, netns) = match &config.netns {
+        NetnsChoice::Named(spec) => {
+            let (path, inode) = resolve::netns(spec)?;
+            (Scope::One(path), Some(inode))
+        }
+        NetnsChoice::All => (Scope::All, None),
+        NetnsChoice::Own => (
+            Scope::One("/proc/self/ns/net".into()),
+            Some(netns::own_inode()?),
+        ),
+    };
+    resolve::existing(&config.filter.pids)?;
+    config.filter.netns = netns;
+    Ok(PortsPlan { config, scope })
+}
+
+pub fn run(plan: PortsPlan) -> Result<()> {
+    let config = &plan.config;
     if config.live {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the runtime", e))?;
-        return runtime.block_on(live(config));
+        return runtime.block_on(live(plan));
     }
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
@@ -49,11 +79,11 @@ pub fn run(config: PortsConfig) -> Result<()> {
              and other network namespaces cannot be entered"
         );
     }
-    let snapshot = snapshot::take(&config.scope)?;
+    let snapshot = snapshot::take(&plan.scope)?;
     let table = table_from(&snapshot);
-    let rows = selected_rows(&table, &config);
-    let ranges = ranges_of(&snapshot, &config);
-    let usage = usage_of(&table, &config);
+    let rows = selected_rows(&table, config);
+    let ranges = ranges_of(&snapshot, config);
+    let usage = usage_of(&table, &config.filter);
     let mut out = io::BufWriter::new(io::stdout().lock());
     let written = if config.json {
         text::write_json(&mut out, &rows, &ranges, &usage)
@@ -107,16 +137,6 @@ fn ranges_of(snapshot: &Snapshot, config: &PortsConfig) -> Vec<(u32, (u16, u16))
         .collect()
 }
 
-fn usage_of(table: &SocketTable, config: &PortsConfig) -> Vec<crate::model::ephemeral::Usage> {
-    table
-        .usage()
-        .report()
-        .into_iter()
-        .filter(|u| config.filter.netns.is_none_or(|n| n == u.netns))
-        .filter(|u| config.filter.proto.is_none_or(|p| p == u.proto))
-        .collect()
-}
-
 /// Restores the terminal however the live view ends (return, error, panic unwinding).
 struct TerminalGuard;
 
@@ -137,7 +157,8 @@ impl Drop for TerminalGuard {
     }
 }
 
-async fn live(config: PortsConfig) -> Result<()> {
+async fn live(plan: PortsPlan) -> Result<()> {
+    let config = &plan.config;
     prereq::require_root("ports --live")?;
     if !io::stdout().is_terminal() {
         return Err(Error::Invalid(
@@ -155,18 +176,17 @@ async fn live(config: PortsConfig) -> Result<()> {
         ringbuf_bytes: 4 << 20,
         data: false,
     })?;
-    let mut source = RingBufSource::new(probes.take_events()?)?;
-    let counters = probes.take_counters()?;
+    let source = RingBufSource::new(probes.take_events()?)?;
+    let counters = std::sync::Arc::new(probes.take_counters()?);
     // Attached first, snapshot second: a socket opened in between is in both, and the table
     // keeps the live one.
-    let snapshot = snapshot::take(&config.scope)?;
-    let mut table = table_from(&snapshot);
+    let snapshot = snapshot::take(&plan.scope)?;
+    let table = table_from(&snapshot);
     prereq::drop_privileges();
-    let mut ranges = netns::PortRangeCache::default();
 
-    let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
+    let (keys_tx, keys) = tokio::sync::mpsc::unbounded_channel();
     let _guard = TerminalGuard::enter()?;
-    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))
+    let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))
         .map_err(|e| Error::io("setting up the terminal", e))?;
     // Keys are read on their own thread: crossterm's reader blocks. It reads a terminal and
     // nothing else, so it keeps no capability at all.
@@ -176,80 +196,30 @@ async fn live(config: PortsConfig) -> Result<()> {
         }
         key_reader(keys_tx)
     });
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-    let mut state = ViewState::new(config.filter.clone(), config.sort, config.reverse);
-    let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
-    let mut events = 0u64;
-    let mut dirty = true;
+    let state = ViewState::new(config.filter.clone(), config.sort, config.reverse);
+    let mut stage = PortsLiveStage::new(table, state, terminal, config.filter.clone());
+    let mut inputs = Inputs {
+        events: source,
+        kernel: Box::new(LiveKernel::new(Some(counters), plan.scope.clone(), None)),
+        conntrack: None,
+        extra: Some(keys),
+        clock: Clock::now(),
+        stop: Stop {
+            signals: true,
+            after: None,
+        },
+    };
     // Redraws (only when something changed) at most ten times a second.
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut sweeps = 0u32;
-    loop {
-        tokio::select! {
-            more = source.next_batch(&mut batch) => {
-                if !more? {
-                    break;
-                }
-                events += batch.len() as u64;
-                for ev in batch.drain(..) {
-                    table.observe(&ev);
-                }
-                dirty = true;
-            }
-            key = keys.recv() => match key {
-                Some(Some(k)) => match tui::handle_key(&mut state, k) {
-                    Action::Quit => break,
-                    Action::Redraw => dirty = true,
-                    Action::Nothing => {}
-                },
-                Some(None) => dirty = true,
-                None => break,
-            },
-            _ = tick.tick() => {
-                sweeps += 1;
-                if sweeps.is_multiple_of(100) {
-                    table.sweep(monotonic_ns());
-                    // Namespaces that are gone: their ranges and usage go too.
-                    ranges.prune(table.usage_mut());
-                }
-                for ns in table.usage().namespaces() {
-                    if let Some(range) = ranges.get(ns, None) {
-                        table.usage_mut().set_range(ns, range);
-                    }
-                }
-                table.usage_mut().take_warnings();
-                if dirty {
-                    let screen = Screen {
-                        rows: ports::rows(&table),
-                        ranges: table
-                            .usage()
-                            .namespaces()
-                            .into_iter()
-                            .filter(|ns| config.filter.netns.is_none_or(|n| n == *ns))
-                            .filter_map(|ns| table.usage().range(ns).map(|r| (ns, r)))
-                            .collect(),
-                        usage: usage_of(&table, &config),
-                        events,
-                        lost: counters.lost(),
-                    };
-                    terminal
-                        .draw(|f| tui::draw(f, &state, &screen))
-                        .map_err(|e| Error::io("drawing", e))?;
-                    dirty = false;
-                }
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-        }
-    }
-    drop(terminal);
+    let cadence = Cadence {
+        poll: None,
+        tick: Duration::from_millis(100),
+    };
+    let result = pipeline::run(&mut inputs, cadence, &mut stage).await;
+    drop(stage);
     drop(probes);
-    Ok(())
+    result
 }
 
-/// Forwards key presses (and resizes, as None) until the view is gone.
 fn key_reader(keys_tx: tokio::sync::mpsc::UnboundedSender<Option<crossterm::event::KeyEvent>>) {
     loop {
         match term_event::poll(Duration::from_millis(200)) {

@@ -12,33 +12,33 @@ use std::{
     io::{self, IsTerminal, Write},
     os::fd::{AsRawFd, OwnedFd},
     os::unix::process::{CommandExt, ExitStatusExt},
+    sync::Arc,
     time::Duration,
 };
 
 use tokio::signal::unix::{signal, SignalKind};
-use tracer_common::{DataTotals, KernelFilter, SockEvent};
+use tracer_common::{DataTotals, KernelFilter};
 
 use crate::{
-    cli::{RunAs, TraceConfig, TraceTarget},
+    cli::{TraceConfig, TraceTarget},
     commands::closed_stdout,
+    commands::resolve::{self, RunAs},
     error::{Error, Result},
     kernel::{
-        loader::{LoadOptions, SockProbes},
-        netns, prereq,
+        loader::{KernelCounters, LoadOptions, SockProbes},
+        prereq,
         snapshot::{self, Scope},
     },
-    model::{
-        event::monotonic_ns,
-        ports,
-        story::{SocketStory, StoryBook},
-        Clock, Event, SocketTable,
-    },
+    model::{event::monotonic_ns, ports, story::StoryBook, Clock, SocketTable},
     output::story as render,
-    source::{EventSource, RingBufSource},
+    pipeline::{
+        self,
+        inputs::LiveKernel,
+        trace::{print_story, StoryFormat, TraceInput, TraceStage},
+        Cadence, Inputs, Stop,
+    },
+    source::RingBufSource,
 };
-
-/// How long after the command exits tracer keeps reading: the last FIN/ACK transitions.
-const CLOSING_GRACE: Duration = Duration::from_millis(300);
 
 /// The launcher: wait for the gate, become the user (group, supplementary groups, user — in
 /// that order, as `sudo -u` does), then become the command. Started as root by `run`, with
@@ -158,8 +158,51 @@ fn launch(argv: &[String], user: &RunAs) -> Result<Launched> {
     Ok(Launched { child, gate: write })
 }
 
+/// What `trace` follows, resolved against the system.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Start this command as `user`.
+    Command {
+        argv: Vec<String>,
+        user: RunAs,
+    },
+    /// These processes and their descendants (now; later forks are followed in the kernel).
+    Pids(Vec<u32>),
+    Comm(String),
+}
+
+/// A `trace` run with its user and processes resolved.
+#[derive(Debug, Clone)]
+pub struct TracePlan {
+    pub json: bool,
+    pub explain: bool,
+    pub target: Target,
+}
+
+/// Resolves `--user` (or the user behind sudo) and `--pid` (with descendants).
+pub fn prepare(config: TraceConfig) -> Result<TracePlan> {
+    let target = match config.target {
+        TraceTarget::Command { argv, user } => {
+            let user = match &user {
+                Some(name) => RunAs::named(name)?,
+                None => {
+                    RunAs::invoking(&argv.join(" "), std::env::var("SUDO_UID").ok().as_deref())?
+                }
+            };
+            Target::Command { argv, user }
+        }
+        TraceTarget::Pids(pids) => Target::Pids(resolve::with_descendants(&pids)?),
+        TraceTarget::Comm(comm) => Target::Comm(comm),
+    };
+    Ok(TracePlan {
+        json: config.json,
+        explain: config.explain,
+        target,
+    })
+}
+
 /// Runs the trace; returns the exit code tracer should exit with.
-pub async fn run(config: TraceConfig) -> Result<i32> {
+pub async fn run(config: TracePlan) -> Result<i32> {
     prereq::require_root("trace")?;
     let (filter, pids, launched) = start(&config.target)?;
     let loaded = SockProbes::load(&LoadOptions {
@@ -180,65 +223,105 @@ pub async fn run(config: TraceConfig) -> Result<i32> {
         }
     };
     let source = RingBufSource::new(probes.take_events()?)?;
-    let counters = probes.take_counters()?;
+    let counters = Arc::new(probes.take_counters()?);
 
     let clock = Clock::now();
     let (table, book) = predating(&config.target, &clock)?;
 
     prereq::drop_privileges();
+    let (extra_tx, extra_rx) = tokio::sync::mpsc::unbounded_channel();
     // `trace … | head`: once stdout's reader is gone, stop tracing and let the command finish.
-    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let closed_tx = extra_tx.clone();
     closed_stdout::on_close(move || {
-        let _ = closed_tx.send(());
+        let _ = closed_tx.send(TraceInput::StdoutClosed);
     });
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    let io_err = |e: io::Error| Error::io("writing output", e);
+    forward_signals(extra_tx.clone())?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
     let describe = match &config.target {
-        TraceTarget::Command { argv, .. } => format!(
+        Target::Command { argv, .. } => format!(
             "`{}` (pid {})",
             crate::text::escape(&argv.join(" ")),
             pids[0]
         ),
-        TraceTarget::Pids(p) => format!("pid {}", p[0]),
-        TraceTarget::Comm(c) => format!("processes named {}", crate::text::escape(c)),
+        Target::Pids(p) => format!("pid {}", p[0]),
+        Target::Comm(c) => format!("processes named {}", crate::text::escape(c)),
     };
     let announced = announce(&mut out, &config, &describe, &pids, launched.is_some());
-    let (child_pid, mut exit_rx) = open_gate(launched)?;
-    let mut ctx = Ctx {
+    let child = open_gate(launched, extra_tx)?;
+    let format = StoryFormat {
+        json: config.json,
+        explain: config.explain,
+    };
+    let followed = if child.is_some() { Vec::new() } else { pids };
+    let interactive = io::stdin().is_terminal();
+    let mut stage = TraceStage::new(
         table,
         book,
-        ranges: netns::PortRangeCache::default(),
         clock,
-        config: &config,
-        events: 0,
+        format,
+        out,
+        followed,
+        child,
+        interactive,
+    );
+    let mut inputs = Inputs {
+        events: source,
+        kernel: Box::new(LiveKernel::new(Some(counters.clone()), Scope::All, None)),
+        conntrack: None,
+        extra: Some(extra_rx),
+        clock,
+        stop: Stop::default(),
+    };
+    let cadence = Cadence {
+        poll: None,
+        tick: Duration::from_millis(250),
     };
     let followed = match announced {
-        Ok(()) => {
-            let stop = Stop {
-                exit: &mut exit_rx,
-                closed: closed_rx,
-                child: child_pid,
-            };
-            follow(&mut ctx, source, stop, &pids, &mut out).await
-        }
-        Err(e) => Err(io_err(e)),
+        Ok(()) => pipeline::run(&mut inputs, cadence, &mut stage).await,
+        Err(e) => Err(Error::io("writing output", e)),
     };
-    let status = match followed {
+    let Inputs {
+        events,
+        kernel,
+        extra,
+        ..
+    } = inputs;
+    drop((events, kernel));
+    match followed {
         Err(e) if closed_stdout::is_broken_pipe(&e) => {
             // The counters hold duplicates of the programs' and maps' fds: dropped with the
             // probes, so nothing of tracer stays loaded while the command finishes.
             drop(counters);
             drop(probes);
-            return Ok(finish_untraced(&mut exit_rx, child_pid).await);
+            let exited = stage.status.is_some();
+            return Ok(finish_untraced(extra, child, exited).await);
         }
         other => other?,
-    };
-    report(ctx, probes, counters, status, &config, &mut out)
+    }
+    report(stage, probes, &counters, &config)
+}
+
+/// SIGINT and SIGTERM become inputs of the trace (passed on to the command while it runs).
+fn forward_signals(tx: tokio::sync::mpsc::UnboundedSender<TraceInput>) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    tokio::spawn(async move {
+        loop {
+            let sig = tokio::select! {
+                _ = sigint.recv() => libc::SIGINT,
+                _ = sigterm.recv() => libc::SIGTERM,
+            };
+            if tx.send(TraceInput::Signal(sig)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The kernel filter and the pids to follow; for a command, the launcher held at its gate.
-fn start(target: &TraceTarget) -> Result<(KernelFilter, Vec<u32>, Option<Launched>)> {
+fn start(target: &Target) -> Result<(KernelFilter, Vec<u32>, Option<Launched>)> {
     let mut filter = KernelFilter {
         udp_data: 1,
         ..Default::default()
@@ -246,17 +329,17 @@ fn start(target: &TraceTarget) -> Result<(KernelFilter, Vec<u32>, Option<Launche
     let mut pids = Vec::new();
     let mut launched = None;
     match target {
-        TraceTarget::Command { argv, user } => {
+        Target::Command { argv, user } => {
             let l = launch(argv, user)?;
             filter.by_pid = 1;
             pids.push(l.child.id());
             launched = Some(l);
         }
-        TraceTarget::Pids(list) => {
+        Target::Pids(list) => {
             filter.by_pid = 1;
             pids = list.clone();
         }
-        TraceTarget::Comm(name) => {
+        Target::Comm(name) => {
             filter.by_comm = 1;
             filter.comm[..name.len()].copy_from_slice(name.as_bytes());
         }
@@ -266,19 +349,19 @@ fn start(target: &TraceTarget) -> Result<(KernelFilter, Vec<u32>, Option<Launche
 
 /// The sockets the followed processes hold already (`--pid`, `--comm`), each a story that
 /// starts before the trace; nothing for a command tracer starts.
-fn predating(target: &TraceTarget, clock: &Clock) -> Result<(SocketTable, StoryBook)> {
+fn predating(target: &Target, clock: &Clock) -> Result<(SocketTable, StoryBook)> {
     let mut table = SocketTable::default();
     let mut book = StoryBook::default();
-    if matches!(target, TraceTarget::Command { .. }) {
+    if matches!(target, Target::Command { .. }) {
         return Ok((table, book));
     }
     let now = monotonic_ns();
     let mut snap = snapshot::take(&Scope::All)?;
     snap.retain(|_, owners| {
         owners.iter().any(|o| match target {
-            TraceTarget::Pids(p) => p.contains(&o.pid),
-            TraceTarget::Comm(c) => o.comm_bytes() == c.as_bytes(),
-            TraceTarget::Command { .. } => false,
+            Target::Pids(p) => p.contains(&o.pid),
+            Target::Comm(c) => o.comm_bytes() == c.as_bytes(),
+            Target::Command { .. } => false,
         })
     });
     table.merge_snapshot(&snap, now);
@@ -289,28 +372,28 @@ fn predating(target: &TraceTarget, clock: &Clock) -> Result<(SocketTable, StoryB
 }
 
 /// The command's exit status, sent once it ends.
-type ExitRx = tokio::sync::oneshot::Receiver<io::Result<std::process::ExitStatus>>;
-
 /// Lets the launched command run, and waits for it on a thread of its own (holding no
-/// capability). Returns its pid and where its exit status arrives.
-fn open_gate(launched: Option<Launched>) -> Result<(Option<u32>, ExitRx)> {
-    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+/// capability), which sends its exit as a [`TraceInput::Exited`]. Returns its pid.
+fn open_gate(
+    launched: Option<Launched>,
+    tx: tokio::sync::mpsc::UnboundedSender<TraceInput>,
+) -> Result<Option<u32>> {
     let Some(Launched { mut child, gate }) = launched else {
-        return Ok((None, exit_rx));
+        return Ok(None);
     };
     nix::unistd::write(&gate, b"g").map_err(|e| Error::io("opening the start gate", e.into()))?;
     let pid = child.id();
     std::thread::spawn(move || {
         let _ = prereq::restrict_thread(prereq::Keep::NOTHING);
-        let _ = exit_tx.send(child.wait());
+        let _ = tx.send(TraceInput::Exited(child.wait().ok()));
     });
-    Ok((Some(pid), exit_rx))
+    Ok(Some(pid))
 }
 
 /// The first words: on stderr for people, a `trace_start` record for JSON.
 fn announce(
     out: &mut impl Write,
-    config: &TraceConfig,
+    config: &TracePlan,
     describe: &str,
     pids: &[u32],
     command: bool,
@@ -335,32 +418,38 @@ fn announce(
 
 /// Stdout is closed: the probes are gone, and the command (if tracer started it) runs on
 /// untraced. tracer waits for it, passing on SIGINT/SIGTERM as before, then exits 0.
-async fn finish_untraced(exit_rx: &mut ExitRx, child: Option<u32>) -> i32 {
-    let Some(pid) = child else { return 0 };
-    let (Ok(mut sigint), Ok(mut sigterm)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+async fn finish_untraced(
+    inputs: Option<tokio::sync::mpsc::UnboundedReceiver<TraceInput>>,
+    child: Option<u32>,
+    exited: bool,
+) -> i32 {
+    let (Some(pid), Some(mut inputs), false) = (child, inputs, exited) else {
         return 0;
     };
-    loop {
-        tokio::select! {
-            _ = &mut *exit_rx => return 0,
-            _ = sigint.recv() => if !io::stdin().is_terminal() { forward(pid, libc::SIGINT) },
-            _ = sigterm.recv() => forward(pid, libc::SIGTERM),
+    let interactive = io::stdin().is_terminal();
+    while let Some(input) = inputs.recv().await {
+        match input {
+            TraceInput::Exited(_) => return 0,
+            TraceInput::Signal(libc::SIGINT) if interactive => {}
+            TraceInput::Signal(sig) => forward(pid, sig),
+            TraceInput::StdoutClosed => {}
         }
     }
+    0
 }
 
 /// The stories still open, the programs, the end record and the command's status.
 fn report(
-    mut ctx: Ctx<'_>,
+    mut stage: TraceStage<impl Write>,
     mut probes: SockProbes,
-    counters: crate::kernel::loader::KernelCounters,
-    status: Option<std::process::ExitStatus>,
-    config: &TraceConfig,
-    out: &mut impl Write,
+    counters: &KernelCounters,
+    config: &TracePlan,
 ) -> Result<i32> {
+    let status = stage.status;
+    let format = StoryFormat {
+        json: config.json,
+        explain: config.explain,
+    };
     let io_err = |e: io::Error| Error::io("writing output", e);
     // What the kernel still counts for sockets that are open.
     let mut still_open: HashMap<u64, DataTotals> = HashMap::new();
@@ -371,10 +460,12 @@ fn report(
     }
     let lost = counters.lost();
     drop(probes);
-    for id in ctx.book.finish_all(&still_open) {
-        print_story(out, &ctx.book.stories[id], config).map_err(io_err)?;
+    let events = stage.events;
+    let (book, out) = stage.parts();
+    for id in book.finish_all(&still_open) {
+        print_story(out, &book.stories[id], format).map_err(io_err)?;
     }
-    let programs = ctx.book.programs();
+    let programs = book.programs();
     if !config.json && !programs.is_empty() {
         writeln!(out, "── programs ──").map_err(io_err)?;
     }
@@ -390,7 +481,7 @@ fn report(
         render::write_json(
             out,
             &serde_json::json!({"type": "trace_end", "exit_code": status.map(exit_code),
-                "sockets": ctx.book.sockets_seen(), "events": ctx.events, "lost": lost}),
+                "sockets": book.sockets_seen(), "events": events, "lost": lost}),
         )
         .map_err(io_err)?;
     }
@@ -398,8 +489,8 @@ fn report(
     if lost > 0 {
         eprintln!("tracer: {lost} events lost (ring buffer full): the story may miss steps");
     }
-    if let (Some(status), TraceTarget::Command { argv, .. }) = (status, &config.target) {
-        if ctx.book.sockets_seen() == 0 {
+    if let (Some(status), Target::Command { argv, .. }) = (status, &config.target) {
+        if book.sockets_seen() == 0 {
             eprintln!(
                 "tracer: {} {} before opening any socket",
                 crate::text::escape(&argv[0]),
@@ -414,126 +505,6 @@ fn report(
         }
     }
     Ok(code)
-}
-
-struct Ctx<'a> {
-    table: SocketTable,
-    book: StoryBook,
-    ranges: netns::PortRangeCache,
-    clock: Clock,
-    config: &'a TraceConfig,
-    events: u64,
-}
-
-impl Ctx<'_> {
-    fn process(&mut self, batch: &mut Vec<SockEvent>, out: &mut impl Write) -> io::Result<()> {
-        self.events += batch.len() as u64;
-        for raw in batch.drain(..) {
-            let attribution = self.table.observe(&raw);
-            let range = self.ranges.get(raw.netns, attribution.owner.map(|o| o.pid));
-            let event = Event::new(&raw, &attribution, range, &self.clock);
-            self.book.observe(&raw, &event);
-        }
-        self.print_finished(out)
-    }
-
-    fn print_finished(&mut self, out: &mut impl Write) -> io::Result<()> {
-        let now = self.clock.wall_ns(monotonic_ns());
-        for id in self.book.take_finished(now) {
-            print_story(out, &self.book.stories[id], self.config)?;
-        }
-        out.flush()
-    }
-}
-
-fn print_story(out: &mut impl Write, story: &SocketStory, config: &TraceConfig) -> io::Result<()> {
-    if config.json {
-        render::write_json(out, story)
-    } else {
-        render::write_story(out, story, config.explain)
-    }
-}
-
-/// What ends `follow` besides the events: the command's exit, a closed stdout, signals.
-struct Stop<'a> {
-    exit: &'a mut ExitRx,
-    /// One message once stdout's reader is gone.
-    closed: tokio::sync::mpsc::UnboundedReceiver<()>,
-    /// The command tracer started, if any.
-    child: Option<u32>,
-}
-
-/// Reads events until the command exits (plus a short grace for the last transitions), the
-/// followed processes are all gone, or a signal says stop. Returns the command's status. A
-/// closed stdout is a `BrokenPipe` error, whether a write or the watcher noticed it.
-async fn follow(
-    ctx: &mut Ctx<'_>,
-    mut source: impl EventSource,
-    mut stop: Stop<'_>,
-    pids: &[u32],
-    out: &mut impl Write,
-) -> Result<Option<std::process::ExitStatus>> {
-    let io_err = |e: io::Error| Error::io("writing output", e);
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut status = None;
-    let mut stop_at: Option<tokio::time::Instant> = None;
-    let child = stop.child;
-    let waiting_for_child = child.is_some();
-    loop {
-        tokio::select! {
-            more = source.next_batch(&mut batch) => {
-                if !more? {
-                    break;
-                }
-                ctx.process(&mut batch, out).map_err(io_err)?;
-            }
-            exited = &mut *stop.exit, if waiting_for_child && status.is_none() => {
-                status = exited.ok().and_then(|r| r.ok());
-                if status.is_none() {
-                    break;
-                }
-                stop_at = Some(tokio::time::Instant::now() + CLOSING_GRACE);
-            }
-            Some(()) = stop.closed.recv() => {
-                return Err(io_err(io::ErrorKind::BrokenPipe.into()));
-            }
-            _ = tick.tick() => {
-                ctx.print_finished(out).map_err(io_err)?;
-                if stop_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
-                    break;
-                }
-                // --pid: stop once every followed process has exited.
-                if !waiting_for_child
-                    && !pids.is_empty()
-                    && pids.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-                {
-                    break;
-                }
-            }
-            _ = sigint.recv() => match child {
-                // On a terminal the command got Ctrl-C too: let it handle it and exit. Sent
-                // by other means, pass it on.
-                Some(pid) if status.is_none() => {
-                    if !io::stdin().is_terminal() {
-                        forward(pid, libc::SIGINT);
-                    }
-                }
-                _ => break,
-            },
-            _ = sigterm.recv() => match child {
-                Some(pid) if status.is_none() => forward(pid, libc::SIGTERM),
-                _ => break,
-            },
-        }
-    }
-    while source.drain_now(&mut batch) > 0 {
-        ctx.process(&mut batch, out).map_err(io_err)?;
-    }
-    Ok(status)
 }
 
 fn forward(pid: u32, sig: i32) {

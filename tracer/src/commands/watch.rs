@@ -1,70 +1,109 @@
-//! `tracer watch`: attach, then stream every socket event through the socket table to a sink
-//! until Ctrl-C, SIGTERM or `--duration`. Dropping the probes detaches every program and link.
-use std::{
-    io::{self, Write},
-    time::{Duration, Instant},
-};
+//! `tracer watch` and `tracer serve`: resolve what to watch, attach, take the start-up
+//! snapshot, then run the [`WatchStage`] until Ctrl-C, SIGTERM or `--duration`. Dropping the
+//! probes detaches every program and link.
+use std::{io, sync::Arc, time::Duration};
 
-use tokio::signal::unix::{signal, SignalKind};
-use tracer_common::{KernelFilter, SockEvent};
-
-use std::sync::Arc;
+use tracer_common::KernelFilter;
 
 use crate::{
-    cli::{GroupBy, WatchConfig},
-    commands::nat::NatRuntime,
+    cli::{GroupBy, NatSourceChoice, WatchConfig, WatchMode},
+    commands::resolve,
     error::{Error, Result},
     kernel::{
-        loader::{KernelCounters, LoadOptions, SockProbes},
-        netns, prereq,
-        snapshot::{self, SnapSocket, Snapshot},
+        loader::{LoadOptions, SockProbes},
+        nat_watch::{NatSource, NatWatch},
+        prereq,
+        snapshot::{self, Scope},
     },
     metrics::{self, server::Scrape, Metrics},
-    model::{event::monotonic_ns, ports::RemoteLog, Clock, Event, Filter, Owner, SocketTable},
-    output::{human::HumanSink, json::JsonSink, log::LogSink, Sink, SnapshotInfo, Summary},
-    source::{EventSource, RingBufSource},
+    model::{snapshot::SnapSocket, Clock, Filter, Owner},
+    output::{human::HumanSink, json::JsonSink, log::LogSink, Sink},
+    pipeline::{
+        self,
+        inputs::{LiveKernel, LiveReadings},
+        record::Recording,
+        watch::{WatchSetup, WatchStage},
+        Cadence, Inputs, Stop,
+    },
+    source::{
+        capture::{self, CaptureWriter, Header},
+        RingBufSource,
+    },
 };
 
-/// How often, at most, the socket table is checked against the kernel after lost events.
-const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+/// A watch with everything the user named resolved against the system.
+pub struct WatchPlan {
+    pub config: WatchConfig,
+    /// The kernel filter, with the namespace inode and the process filter set.
+    pub kernel_filter: KernelFilter,
+    /// The `--pid` processes and their descendants at start.
+    pub pids: Vec<u32>,
+    /// Where snapshots look.
+    pub scope: Scope,
+}
 
-pub async fn run(config: WatchConfig) -> Result<()> {
-    prereq::require_root(if config.quiet { "serve" } else { "watch" })?;
+/// Resolves `--netns` and `--pid` (before anything is loaded: a typo fails at once).
+pub fn prepare(config: WatchConfig) -> Result<WatchPlan> {
+    let (scope, netns) = resolve::watch_scope(config.netns.as_deref())?;
+    let pids = resolve::with_descendants(&config.pids)?;
+    let kernel_filter = KernelFilter {
+        netns,
+        ..config.kernel_filter
+    };
+    Ok(WatchPlan {
+        config,
+        kernel_filter,
+        pids,
+        scope,
+    })
+}
+
+/// The NAT source the CLI chose, as the kernel side names it.
+pub fn nat_source(choice: NatSourceChoice) -> NatSource {
+    match choice {
+        NatSourceChoice::Auto => NatSource::Auto,
+        NatSourceChoice::Ebpf => NatSource::Ebpf,
+        NatSourceChoice::Conntrack => NatSource::Conntrack,
+    }
+}
+
+pub async fn run(plan: WatchPlan) -> Result<()> {
+    let config = &plan.config;
+    let serve = config.mode == WatchMode::Serve;
+    prereq::require_root(if serve { "serve" } else { "watch" })?;
+    let nat_places = match &config.nat {
+        Some((targets, _)) => Some(resolve::nat_places(targets)?),
+        None => None,
+    };
     // Bound before anything is attached: a busy port fails at once, with nothing to undo.
     let listener = match config.metrics {
         Some(addr) => Some(metrics::server::bind(addr)?),
         None => None,
     };
+    let process_filter = !config.pids.is_empty() || config.comm.is_some();
     let mut probes = SockProbes::load(&LoadOptions {
         filter: KernelFilter {
-            // The loop below drains on a timer too: wake it only when a quarter of the ring
-            // is waiting.
+            // The runner drains on a timer too: wake it only when a quarter of the ring is
+            // waiting.
             wakeup_bytes: config.ringbuf_bytes / 4,
             // `serve` keeps only the socket table: what it merely counts stays in the kernel.
             // With a process filter the agent attributes (and counts) transitions itself.
-            metrics_only: u8::from(
-                config.quiet
-                    && config.kernel_filter.by_pid == 0
-                    && config.kernel_filter.by_comm == 0,
-            ),
-            ..config.kernel_filter
+            metrics_only: u8::from(serve && !process_filter),
+            ..plan.kernel_filter
         },
-        pids: config.pids.clone(),
+        pids: plan.pids.clone(),
         ringbuf_bytes: config.ringbuf_bytes,
         data: false,
     })?;
-    let nat = match &config.nat {
-        Some((targets, choice)) => Some(
-            NatRuntime::start(
-                targets.clone(),
-                config.nat_max_netns,
-                *choice,
-                Some(probes.events_fd()?),
-                config.ringbuf_bytes,
-            )?
-            .0,
-        ),
-        None => None,
+    let nat = match (nat_places, &config.nat) {
+        (Some(places), Some((_, choice))) => Some(NatWatch::start(
+            places,
+            config.nat_max_netns,
+            nat_source(*choice),
+            Some(probes.events_fd()?),
+            config.ringbuf_bytes,
+        )?),
+        _ => None,
     };
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = Arc::new(probes.take_counters()?);
@@ -73,10 +112,12 @@ pub async fn run(config: WatchConfig) -> Result<()> {
             let addr = listener.local_addr().ok();
             let scrape = Arc::new(Scrape::new(
                 Metrics::new(config.max_listen_ports, &kernel_release()),
-                probes.take_stats()?,
-                counters.clone(),
+                Box::new(LiveReadings {
+                    stats: probes.take_stats()?,
+                    counters: counters.clone(),
+                }),
             ));
-            metrics::server::spawn(listener, scrape.clone())?;
+            metrics::server::spawn(listener, scrape.clone(), prereq::drop_privileges)?;
             if let Some(addr) = addr {
                 tracing::info!("serving metrics on http://{addr}/metrics");
             }
@@ -87,44 +128,89 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     // Attached first, snapshot second: a socket opened in between is in both, and the table
     // keeps the live one. Without a snapshot tracer still works, it just cannot name the
     // owners of older sockets.
-    let snapshot = snapshot::take(&config.snapshot_scope)
+    let snapshot = snapshot::take(&plan.scope)
         .inspect_err(|e| {
             let e = crate::text::escape_log(&e.to_string()).into_owned();
             eprintln!("tracer: no snapshot of existing sockets ({e}); their owners stay unknown")
         })
         .ok()
         .map(|mut s| {
-            s.retain(|socket, owners| watched(&config, socket, owners));
+            s.retain(|socket, owners| watched(&plan, socket, owners));
             s
         });
-    let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let mut sink: Box<dyn Sink> = if config.quiet {
-        Box::new(LogSink)
-    } else if config.json {
-        Box::new(JsonSink::new(stdout))
-    } else {
-        let sink = HumanSink::new(stdout, io::stderr(), config.color);
-        Box::new(if config.group_by.is_some() {
-            sink.without_header()
-        } else {
-            sink
-        })
-    };
     let mut hooks = probes.attached.clone();
-    if let Some(nat) = &nat {
-        hooks.extend(nat.attached.iter().cloned());
-    }
-    let result = stream(
-        &config,
-        source,
+    let (nat_watch, conntrack) = match nat {
+        Some(started) => {
+            hooks.extend(started.watch.attached.iter().cloned());
+            (Some(started.watch), Some(started.conntrack))
+        }
+        None => (None, None),
+    };
+    let clock = Clock::now();
+    let writer = match &config.record {
+        Some(path) => Some(CaptureWriter::create(
+            path,
+            &Header {
+                version: capture::VERSION,
+                tracer: env!("CARGO_PKG_VERSION").into(),
+                kernel: kernel_release(),
+                sock_record_size: tracer_common::SOCK_EVENT_SIZE,
+                nat_record_size: tracer_common::NAT_EVENT_SIZE,
+                clock_offset_ns: clock.offset_ns(),
+                hooks: hooks.clone(),
+                by_pid: !config.pids.is_empty(),
+                comm: config.comm.clone(),
+                nat: nat_watch.is_some(),
+                nat_fallback: nat_watch.as_ref().is_some_and(|n| n.fallback),
+                snapshot: snapshot.clone(),
+            },
+        )?),
+        None => None,
+    };
+    let stage = WatchStage::new(WatchSetup {
+        mode: config.mode,
+        filter: Filter::new(
+            &config.output.events,
+            !config.pids.is_empty(),
+            config.comm.as_deref(),
+        ),
+        group_by_remote: config.output.group_by == Some(GroupBy::Remote),
+        process_filter,
+        nat: nat_watch.is_some(),
+        sink: sink(config),
+        scrape,
+        hooks,
         snapshot,
-        scrape.as_deref(),
-        &counters,
-        &hooks,
-        nat,
-        sink.as_mut(),
-    )
-    .await;
+        clock,
+    });
+    let mut inputs = Inputs {
+        events: source,
+        kernel: Box::new(LiveKernel::new(
+            Some(counters),
+            plan.scope.clone(),
+            nat_watch,
+        )),
+        conntrack,
+        extra: None,
+        clock,
+        stop: Stop {
+            signals: true,
+            after: config.duration,
+        },
+    };
+    prereq::drop_privileges();
+    let cadence = Cadence {
+        // 10 ms for a person watching, 25 ms for `serve`.
+        poll: Some(Duration::from_millis(if serve { 25 } else { 10 })),
+        tick: Duration::from_millis(100),
+    };
+    let result = match writer {
+        Some(writer) => {
+            let mut recording = Recording { stage, writer };
+            pipeline::run(&mut inputs, cadence, &mut recording).await
+        }
+        None => pipeline::run(&mut inputs, cadence, &mut { stage }).await,
+    };
     drop(probes); // detach now, before any error is reported, so nothing outlives the command
     match result {
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -132,303 +218,43 @@ pub async fn run(config: WatchConfig) -> Result<()> {
     }
 }
 
+/// Where a watch's output goes: the log for `serve`, else stdout as the flags say.
+fn sink(config: &WatchConfig) -> Box<dyn Sink> {
+    if config.mode == WatchMode::Serve {
+        return Box::new(LogSink);
+    }
+    stdout_sink(
+        config.output.json,
+        config.output.color,
+        config.output.group_by.is_some(),
+    )
+}
+
+/// The table (colour on a terminal, no header when grouping) or JSON lines, on stdout.
+pub fn stdout_sink(json: bool, color: bool, grouped: bool) -> Box<dyn Sink> {
+    let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    if json {
+        Box::new(JsonSink::new(stdout))
+    } else {
+        let sink = HumanSink::new(stdout, io::stderr(), color);
+        Box::new(if grouped { sink.without_header() } else { sink })
+    }
+}
+
 /// Whether a socket from the snapshot is in what this watch looks at (the kernel filters'
 /// counterpart for sockets that predate tracer).
-fn watched(config: &WatchConfig, s: &SnapSocket, owners: &[Owner]) -> bool {
-    let f = &config.kernel_filter;
+fn watched(plan: &WatchPlan, s: &SnapSocket, owners: &[Owner]) -> bool {
+    let f = &plan.kernel_filter;
     let ports = &f.ports[..usize::from(f.port_count)];
     (ports.is_empty() || ports.contains(&s.lport) || ports.contains(&s.rport))
         && (f.protocol == 0 || f.protocol == s.protocol)
         && (f.family == 0 || f.family == s.family)
-        && (f.by_pid == 0 || owners.iter().any(|o| config.pids.contains(&o.pid)))
-        && (f.by_comm == 0 || owners.iter().any(|o| o.comm == f.comm))
-}
-
-/// Decoded events → socket table → enrichment → filter → sink.
-struct Pipeline {
-    table: SocketTable,
-    ranges: netns::PortRangeCache,
-    filter: Filter,
-    clock: Clock,
-    summary: Summary,
-    /// `--group-by remote`: connections are collected here instead of printed one by one.
-    groups: Option<RemoteLog>,
-    /// `serve`: nothing is printed, so nothing is enriched; the table is all that is kept.
-    quiet: bool,
-    /// --pid/--comm: TCP transitions are counted for metrics here, once attributed.
-    process_filter: bool,
-    /// `--nat…`: bindings, and socket events for flow stitching.
-    nat: Option<NatRuntime>,
-}
-
-impl Pipeline {
-    /// Handles one batch: its socket events, then the NAT records that came with it, then
-    /// one flush for all of it.
-    fn process(
-        &mut self,
-        batch: &mut Vec<SockEvent>,
-        source: &mut impl EventSource,
-        sink: &mut dyn Sink,
-        scrape: Option<&Scrape>,
-    ) -> io::Result<()> {
-        self.summary.events += batch.len() as u64;
-        for raw in batch.drain(..) {
-            // Every event goes through the table (correlation needs them all); only the ones
-            // shown are enriched.
-            let attribution = self.table.observe(&raw);
-            if let Some(nat) = self.nat.as_mut() {
-                let owner = attribution.owner;
-                let pid = owner.map_or(raw.pid, |o| o.pid);
-                nat.socket(&raw, pid, || owner.map(|o| o.comm()).unwrap_or_default());
-            }
-            let allowed = self.filter.allows(&raw, &attribution);
-            if allowed && self.process_filter && raw.kind == tracer_common::kind::STATE {
-                if let Some(scrape) = scrape {
-                    scrape.count_state(&raw);
-                }
-            }
-            if self.quiet || !allowed {
-                continue;
-            }
-            let pid = attribution.owner.map(|o| o.pid);
-            let range = self.ranges.get(raw.netns, pid);
-            if let Some(range) = range {
-                self.table.usage_mut().set_range(raw.netns, range);
-            }
-            let event = Event::new(&raw, &attribution, range, &self.clock);
-            match self.groups.as_mut() {
-                Some(groups) => groups.observe(raw.sk, &event),
-                None => sink.event(&event)?,
-            }
-        }
-        for usage in self.table.usage_mut().take_warnings() {
-            sink.ephemeral_warning(&usage)?;
-        }
-        if let Some(nat) = self.nat.as_mut() {
-            nat.records(source, sink)?;
-            nat.flush_out(sink)?;
-        }
-        sink.flush()
-    }
-
-    /// What the bounded tables (here and in the kernel) pushed out so far. Walks the kernel's
-    /// LRU maps: every few seconds, not per event.
-    fn evicted(&self, counters: &KernelCounters) -> crate::model::evicted::Evicted {
-        let mut evicted = counters.evicted();
-        evicted.sockets = self.table.evicted();
-        evicted.ephemeral = self.table.usage().evicted();
-        evicted.remote_log = self.groups.as_ref().map_or(0, |g| g.untracked);
-        if let Some(nat) = &self.nat {
-            evicted.raise_to(&nat.evicted());
-        }
-        evicted
-    }
-
-    /// Learns the range of namespaces that have sockets but no shown events yet.
-    fn refresh_ranges(&mut self) {
-        for ns in self.table.usage().namespaces() {
-            if let Some(range) = self.ranges.get(ns, None) {
-                self.table.usage_mut().set_range(ns, range);
-            }
-        }
-    }
-}
-
-// Each argument is one thing `run` set up; bundling them would only rename the list.
-#[allow(clippy::too_many_arguments)]
-async fn stream(
-    config: &WatchConfig,
-    mut source: impl EventSource,
-    snapshot: Option<Snapshot>,
-    scrape: Option<&Scrape>,
-    counters: &KernelCounters,
-    hooks: &[String],
-    nat: Option<NatRuntime>,
-    sink: &mut dyn Sink,
-) -> Result<()> {
-    let io_err = |e: io::Error| Error::io("writing output", e);
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut pipeline = Pipeline {
-        table: SocketTable::default(),
-        ranges: netns::PortRangeCache::default(),
-        filter: Filter::new(
-            &config.events,
-            config.kernel_filter.by_pid != 0,
-            config.comm.as_deref(),
-        ),
-        clock: Clock::now(),
-        summary: Summary::default(),
-        groups: (config.group_by == Some(GroupBy::Remote)).then(RemoteLog::default),
-        quiet: config.quiet,
-        process_filter: config.kernel_filter.by_pid != 0 || config.kernel_filter.by_comm != 0,
-        nat,
-    };
-    // The ring is drained on a short timer (10 ms for a person watching, 25 ms for `serve`),
-    // and the kernel wakes the agent between ticks only when a quarter of the ring is full:
-    // one wake-up per thousands of events instead of one per few.
-    let mut poll = tokio::time::interval(Duration::from_millis(if config.quiet { 25 } else { 10 }));
-    let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
-    let mut lost_seen = 0u64;
-    let started = Instant::now();
-    let deadline = config.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut sweeps = 0u32;
-
-    sink.ready(hooks).map_err(io_err)?;
-    if let Some(snapshot) = snapshot {
-        pipeline.table.count_time_wait_only();
-        pipeline.table.merge_snapshot(&snapshot, monotonic_ns());
-        let processes: std::collections::HashSet<u32> =
-            snapshot.owners.values().flatten().map(|o| o.pid).collect();
-        sink.snapshot(&SnapshotInfo {
-            sockets: snapshot.sockets.len(),
-            namespaces: snapshot.namespaces.len(),
-            processes: processes.len(),
-            took_ms: snapshot.took.as_secs_f64() * 1000.0,
-        })
-        .map_err(io_err)?;
-    }
-    if let Some(scrape) = scrape {
-        // Every table's series from the start, so a dashboard sees them before an eviction.
-        scrape.metrics.update_evicted(&pipeline.evicted(counters));
-    }
-    prereq::drop_privileges();
-    // Loading parsed the kernel's BTF twice (aya and our offsets) and the snapshot may have
-    // been large: hand that memory back instead of carrying it for the whole run.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    let mut groups_printed = 0usize;
-    let mut lost_reconciled = 0u64;
-    let mut last_reconcile = Instant::now();
-    loop {
-        tokio::select! {
-            _ = poll.tick() => {
-                while source.drain_now(&mut batch) > 0 {
-                    if let Some(scrape) = scrape {
-                        scrape.metrics.processed("ringbuf", batch.len() as u64);
-                    }
-                    pipeline.process(&mut batch, &mut source, sink, scrape).map_err(io_err)?;
-                }
-            }
-            more = source.next_batch(&mut batch) => {
-                if !more? {
-                    break;
-                }
-                if let Some(scrape) = scrape {
-                    scrape.metrics.processed("ringbuf", batch.len() as u64);
-                }
-                pipeline.process(&mut batch, &mut source, sink, scrape).map_err(io_err)?;
-            }
-            Some(ev) = async {
-                match pipeline.nat.as_mut() {
-                    Some(nat) => nat.next_ct().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Some(nat) = pipeline.nat.as_mut() {
-                    nat.conntrack(ev, sink).map_err(io_err)?;
-                    sink.flush().map_err(io_err)?;
-                }
-            }
-            _ = tick.tick() => {
-                let lost = counters.lost() + pipeline.nat.as_ref().map_or(0, |n| n.lost());
-                if lost != lost_seen {
-                    sink.lost(lost - lost_seen, lost).map_err(io_err)?;
-                    lost_seen = lost;
-                }
-                // Lost events may have been releases and closes: at most every 10 s, drop the
-                // entries whose sockets the kernel no longer has.
-                if lost > lost_reconciled && last_reconcile.elapsed() >= RECONCILE_EVERY {
-                    let taken = monotonic_ns();
-                    if let Ok(snapshot) = snapshot::take_sockets(&config.snapshot_scope) {
-                        let dropped = pipeline.table.reconcile(&snapshot, taken);
-                        tracing::debug!("reconciled after lost events: {dropped} entries dropped");
-                    }
-                    lost_reconciled = lost;
-                    last_reconcile = Instant::now();
-                }
-                sweeps += 1;
-                if sweeps.is_multiple_of(10) {
-                    if let Some(nat) = pipeline.nat.as_mut() {
-                        nat.tick(sink).map_err(io_err)?;
-                        if let Some(scrape) = scrape {
-                            scrape.metrics.update_nat(nat);
-                        }
-                    }
-                    pipeline.refresh_ranges();
-                    if let Some(scrape) = scrape {
-                        scrape.update_table(&pipeline.table);
-                    }
-                    for usage in pipeline.table.usage_mut().take_warnings() {
-                        sink.ephemeral_warning(&usage).map_err(io_err)?;
-                    }
-                }
-                if sweeps.is_multiple_of(100) {
-                    pipeline.table.sweep(monotonic_ns());
-                    // Namespaces that are gone: their ranges, usage and series go too.
-                    let forgotten = pipeline.ranges.prune(pipeline.table.usage_mut());
-                    tracing::debug!("{forgotten} network namespaces gone");
-                    if let Some(scrape) = scrape {
-                        scrape.metrics.update_evicted(&pipeline.evicted(counters));
-                    }
-                    // Hand freed heap back (a burst may have grown the table for a while).
-                    #[cfg(target_env = "gnu")]
-                    // SAFETY: malloc_trim only releases free heap memory.
-                    unsafe {
-                        libc::malloc_trim(0);
-                    }
-                }
-                if sweeps.is_multiple_of(50) {
-                    if let Some(groups) = &pipeline.groups {
-                        let groups = groups.groups();
-                        let count = groups.iter().map(|g| g.connections).sum::<usize>();
-                        if count != groups_printed {
-                            sink.remote_groups(&groups, false).map_err(io_err)?;
-                            groups_printed = count;
-                        }
-                    }
-                }
-                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    break;
-                }
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    // What is already in the ring was seen by the kernel before we stopped: report it.
-    while source.drain_now(&mut batch) > 0 {
-        pipeline
-            .process(&mut batch, &mut source, sink, scrape)
-            .map_err(io_err)?;
-    }
-    if let Some(nat) = pipeline.nat.as_mut() {
-        nat.drain_ct(sink).map_err(io_err)?;
-    }
-    let mut summary = pipeline.summary;
-    summary.lost = counters.lost() + pipeline.nat.as_ref().map_or(0, |n| n.lost());
-    if summary.lost != lost_seen {
-        sink.lost(summary.lost - lost_seen, summary.lost)
-            .map_err(io_err)?;
-    }
-    summary.undecodable = source.undecodable();
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary.sockets_tracked = pipeline.table.len();
-    summary.evicted = pipeline.evicted(counters);
-    if let Some(groups) = &pipeline.groups {
-        sink.remote_groups(&groups.groups(), true).map_err(io_err)?;
-    }
-    pipeline.refresh_ranges();
-    sink.ephemeral_report(&pipeline.table.usage().report())
-        .map_err(io_err)?;
-    sink.summary(&summary).map_err(io_err)?;
-    io::stderr().flush().ok();
-    Ok(())
+        && (plan.config.pids.is_empty() || owners.iter().any(|o| plan.pids.contains(&o.pid)))
+        && plan
+            .config
+            .comm
+            .as_ref()
+            .is_none_or(|c| owners.iter().any(|o| o.comm_bytes() == c.as_bytes()))
 }
 
 /// `uname -r`, for tracer_build_info.

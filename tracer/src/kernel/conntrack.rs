@@ -22,7 +22,7 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use crate::error::{Error, Result};
 use crate::kernel::{netns, prereq};
-pub use crate::model::nat::{CtEvent, CtTuple};
+use crate::model::nat::{CtEvent, CtTuple};
 
 /// `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY`.
 const GROUP_NEW: u32 = 1;

@@ -7,6 +7,7 @@ pub mod live_netns;
 pub mod loader;
 pub mod mountinfo;
 pub mod nat;
+pub mod nat_watch;
 pub mod netns;
 pub mod prereq;
 pub mod snapshot;

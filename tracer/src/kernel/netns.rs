@@ -230,18 +230,20 @@ impl PortRangeCache {
         range
     }
 
-    /// Forgets the namespaces that are gone, here and in `usage` (whose per-namespace
-    /// entries, and so metric series, go with them unless a socket still holds a port there).
-    /// One scan of /proc: call it every few seconds. Returns how many namespaces `usage`
-    /// forgot.
-    pub fn prune(&mut self, usage: &mut crate::model::ephemeral::EphemeralUsage) -> usize {
+    /// Forgets the namespaces that are gone and returns which of `candidates` are gone (the
+    /// caller forgets them too). One scan of /proc: call it every few seconds.
+    pub fn prune(&mut self, candidates: &[u32]) -> Vec<u32> {
         let index = NetnsIndex::scan();
         let own = self.own;
         let alive = |ns: u32| ns == own || index.contains(ns);
         self.known.retain(|ns, _| alive(*ns));
-        let forgotten = usage.retain_namespaces(alive);
+        let gone = candidates
+            .iter()
+            .copied()
+            .filter(|&ns| !alive(ns))
+            .collect();
         self.index = Some((index, Instant::now()));
-        forgotten
+        gone
     }
 
     /// An open handle to namespace `inode`: from the owner's `/proc/PID/ns/net`, else from the

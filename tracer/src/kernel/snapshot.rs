@@ -2,14 +2,7 @@
 //! IPv4 and IPv6) inside each network namespace, joined to the `socket:[inode]` links under
 //! `/proc/PID/fd`. `tracer ports` prints it; `watch` and `ports --live` merge it into the live
 //! socket table so sockets that predate tracer have owners.
-use std::{
-    collections::HashMap,
-    fs,
-    net::IpAddr,
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::PathBuf, time::Instant};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -23,56 +16,10 @@ use tracer_common::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::error::{Error, Result};
 use crate::kernel::netns;
-use crate::model::table::Owner;
-
-/// One socket as sock_diag reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapSocket {
-    pub netns: u32,
-    pub protocol: u8,
-    pub family: u16,
-    pub laddr: [u8; 16],
-    pub lport: u16,
-    pub raddr: [u8; 16],
-    pub rport: u16,
-    /// The kernel's TCP state number (UDP: ESTABLISHED when connected, else CLOSE).
-    pub state: u8,
-    pub uid: u32,
-    /// The socket's inode (0 for TIME_WAIT sockets, which no process holds).
-    pub inode: u32,
-}
-
-/// A network namespace the snapshot looked into.
-#[derive(Clone, Debug)]
-pub struct SnapNetns {
-    pub inode: u32,
-    /// Where it was found (a /run/netns name or a /proc/PID/ns/net path).
-    pub path: PathBuf,
-    pub port_range: Option<(u16, u16)>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub sockets: Vec<SnapSocket>,
-    /// Socket inode → every process holding it (fork and fd passing give several).
-    pub owners: HashMap<u32, Vec<Owner>>,
-    pub namespaces: Vec<SnapNetns>,
-    /// How long the dump and the /proc walk took.
-    pub took: Duration,
-}
-
-impl Snapshot {
-    /// Keeps the sockets `keep` accepts (given each socket's holders), and only their owners.
-    pub fn retain(&mut self, keep: impl Fn(&SnapSocket, &[Owner]) -> bool) {
-        let owners = &self.owners;
-        self.sockets.retain(|s| {
-            let holders = owners.get(&s.inode).map_or(&[][..], Vec::as_slice);
-            keep(s, holders)
-        });
-        let inodes: std::collections::HashSet<u32> = self.sockets.iter().map(|s| s.inode).collect();
-        self.owners.retain(|inode, _| inodes.contains(inode));
-    }
-}
+use crate::model::{
+    snapshot::{addr_bytes, SnapNetns, SnapSocket, Snapshot},
+    table::Owner,
+};
 
 /// Which namespaces to look into.
 #[derive(Clone, Debug)]
@@ -258,16 +205,6 @@ fn convert(netns: u32, protocol: u8, r: &InetResponse) -> Option<SnapSocket> {
         uid: h.uid,
         inode: h.inode,
     })
-}
-
-/// The event records' address layout: IPv4 in the first four bytes.
-pub fn addr_bytes(addr: IpAddr) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    match addr {
-        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
-        IpAddr::V6(a) => out = a.octets(),
-    }
-    out
 }
 
 /// Socket inode → the processes whose fd tables hold it, from `/proc/PID/fd`. Processes that

@@ -26,6 +26,17 @@ pub const MAX_NETNS_SERIES: usize = 256;
 /// Label values of one `tracer_nat_bindings_total` series.
 type NatLabels = (&'static str, bool, &'static str, String);
 
+/// What the NAT side hands the registry: plain counts, wherever they came from.
+pub struct NatCounts<'a> {
+    /// Bindings seen, by (kind, port translated, protocol, namespace name).
+    pub bindings: &'a crate::model::nat::BindingCounts,
+    /// Packets and bytes through SNAT, DNAT and both, from the kernel (None: conntrack
+    /// fallback, no per-packet counters).
+    pub kernel_totals: Option<[(u64, u64); 3]>,
+    /// Binding records and conntrack messages lost.
+    pub lost: u64,
+}
+
 /// Everything `/metrics` shows.
 pub struct Metrics {
     registry: Registry,
@@ -267,7 +278,7 @@ impl Metrics {
 
     /// NAT counters: bindings from the binding table, packets and bytes from the kernel. The
     /// series of a namespace that went away (its counts left the table) are removed.
-    pub fn update_nat(&self, nat: &crate::commands::nat::NatRuntime) {
+    pub fn update_nat(&self, nat: &NatCounts<'_>) {
         let mut exported = self.nat_series.lock().unwrap_or_else(|e| e.into_inner());
         let labels = |(kind, port_translated, proto, netns): &NatLabels| {
             [
@@ -279,8 +290,7 @@ impl Metrics {
             ]
         };
         let current: std::collections::HashSet<NatLabels> = nat
-            .table
-            .counts
+            .bindings
             .keys()
             .map(|(kind, port_translated, proto, netns)| {
                 (kind.as_str(), *port_translated, *proto, netns.clone())
@@ -292,7 +302,7 @@ impl Metrics {
                 .nat_bindings
                 .remove_label_values(&values.each_ref().map(String::as_str));
         }
-        for (key, n) in &nat.table.counts {
+        for (key, n) in nat.bindings {
             let values = labels(&(key.0.as_str(), key.1, key.2, key.3.clone()));
             catch_up(
                 &self
@@ -303,7 +313,7 @@ impl Metrics {
         }
         *exported = current;
         drop(exported);
-        if let Some(totals) = nat.kernel_totals() {
+        if let Some(totals) = nat.kernel_totals {
             for (slot, (packets, bytes)) in totals.iter().enumerate() {
                 let kind = ["snat", "dnat", "both"][slot];
                 catch_up(&self.nat_packets.with_label_values(&[kind]), *packets);
@@ -311,7 +321,7 @@ impl Metrics {
             }
         }
         self.nat_lost
-            .store(nat.lost(), std::sync::atomic::Ordering::Relaxed);
+            .store(nat.lost, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn processed(&self, source: &str, n: u64) {

@@ -36,19 +36,23 @@ pub use limits::{
 use super::Metrics;
 use crate::{
     error::{Error, Result},
-    kernel::{
-        loader::{KernelCounters, KernelStats},
-        prereq,
-    },
     model::SocketTable,
 };
+
+/// The kernel's own counts, read at each scrape. The metrics side takes plain numbers; the
+/// command that loaded the programs says where they come from.
+pub trait KernelReadings: Send + Sync {
+    /// Event and transition counts, in `tracer_common::stats` layout.
+    fn stats(&self) -> Vec<u64>;
+    /// Events the kernel could not queue (ring full).
+    fn lost(&self) -> u64;
+}
 
 /// What a scrape reads: the registry, the kernel's counters, and the counts the agent keeps
 /// itself (same layout as the kernel's).
 pub struct Scrape {
     pub metrics: Metrics,
-    pub stats: KernelStats,
-    pub counters: Arc<KernelCounters>,
+    kernel: Box<dyn KernelReadings>,
     pub agent_stats: Vec<AtomicU64>,
     /// The endpoint's own counters (connections, accept errors).
     health: Arc<Health>,
@@ -59,11 +63,10 @@ pub struct Scrape {
 }
 
 impl Scrape {
-    pub fn new(metrics: Metrics, stats: KernelStats, counters: Arc<KernelCounters>) -> Self {
+    pub fn new(metrics: Metrics, kernel: Box<dyn KernelReadings>) -> Self {
         Scrape {
             metrics,
-            stats,
-            counters,
+            kernel,
             agent_stats: (0..tracer_common::stats::COUNT)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -99,11 +102,11 @@ impl Scrape {
     /// Runs on the endpoint's one thread only: raising the kernel counters (read, compare,
     /// add) is then never done by two scrapes at once.
     pub fn render(&self) -> String {
-        let mut totals = self.stats.read();
+        let mut totals = self.kernel.stats();
         for (total, agent) in totals.iter_mut().zip(&self.agent_stats) {
             *total += agent.load(Ordering::Relaxed);
         }
-        self.metrics.update_kernel(&totals, self.counters.lost());
+        self.metrics.update_kernel(&totals, self.kernel.lost());
         let mut text = {
             let _gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
             self.metrics.render()
@@ -128,17 +131,17 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
 /// Serves on a thread of its own (`tracer-metrics`), until the process exits. That thread
 /// parses what anyone who reaches the port sends: it first drops the same capabilities the
 /// agent drops once attached (capabilities belong to each thread, not to the process).
-pub fn spawn(listener: std::net::TcpListener, scrape: Arc<Scrape>) -> Result<()> {
+///
+/// `drop_privileges` runs first on that thread (the caller passes the kernel's).
+pub fn spawn(
+    listener: std::net::TcpListener,
+    scrape: Arc<Scrape>,
+    drop_privileges: fn(),
+) -> Result<()> {
     let health = scrape.health.clone();
     let render: Render = Arc::new(move || scrape.render());
-    start(
-        listener,
-        Limits::default(),
-        health,
-        render,
-        prereq::drop_privileges,
-    )
-    .map_err(|e| Error::io("starting the metrics endpoint", e))
+    start(listener, Limits::default(), health, render, drop_privileges)
+        .map_err(|e| Error::io("starting the metrics endpoint", e))
 }
 
 /// What `/metrics` serves.

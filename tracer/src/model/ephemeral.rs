@@ -147,6 +147,15 @@ impl EphemeralUsage {
         before - self.ranges.len()
     }
 
+    /// Every namespace known here: with sockets, or with a range.
+    pub fn known_namespaces(&self) -> Vec<u32> {
+        let mut out = self.namespaces();
+        out.extend(self.ranges.keys().copied());
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Namespaces that have sockets, and so need their range known.
     pub fn namespaces(&self) -> Vec<u32> {
         let mut out: Vec<u32> = self.keys.keys().map(|k| k.0).collect();

@@ -31,6 +31,16 @@ impl Clock {
         }
     }
 
+    /// realtime − monotonic, in nanoseconds (what a capture records).
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
+    /// The clock a capture recorded.
+    pub fn with_offset(offset_ns: i128) -> Self {
+        Clock { offset_ns }
+    }
+
     /// A clock whose wall time equals the monotonic time (tests, replays).
     pub fn identity() -> Self {
         Clock { offset_ns: 0 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// Entries evicted by a cap (never by normal pruning of things that are gone).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Evicted {
     /// The socket table (its hard cap; normal removal follows the socket's release).
     pub sockets: u64,

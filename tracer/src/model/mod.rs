@@ -7,6 +7,7 @@ pub mod evicted;
 pub mod filter;
 pub mod nat;
 pub mod ports;
+pub mod snapshot;
 pub mod story;
 pub mod table;
 

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// A conntrack tuple (ports in host order).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct CtTuple {
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -26,8 +26,15 @@ pub struct CtTuple {
     pub dport: u16,
 }
 
+/// A watched namespace that went away (its NAT links and conntrack reader are closed).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GoneNetns {
+    pub inode: u32,
+    pub name: String,
+}
+
 /// A conntrack netlink event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CtEvent {
     pub netns: u32,
     /// false: a new entry; true: it was destroyed.
@@ -349,6 +356,9 @@ struct Live {
 /// keys because an unconnected UDP socket does not know its own.
 type EndKey = (u8, u16, IpAddr, u16);
 
+/// Bindings seen, by (kind, port translated, protocol, namespace name).
+pub type BindingCounts = HashMap<(NatKind, bool, &'static str, String), u64>;
+
 /// Every table here is bounded and evicts its oldest entry in O(1) amortised
 /// ([`BoundedMap`]): a flood of connections through a router costs the same per event however
 /// full the tables are. The indexes hold at most one key per live binding.
@@ -363,7 +373,7 @@ pub struct NatTable {
     names: HashMap<u32, String>,
     /// Bindings seen, by (kind, port translated, proto, netns name): for metrics. Bounded by
     /// the namespaces watched; a namespace's entries go with it ([`NatTable::forget_netns`]).
-    pub counts: HashMap<(NatKind, bool, &'static str, String), u64>,
+    pub counts: BindingCounts,
 }
 
 impl Default for NatTable {

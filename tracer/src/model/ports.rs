@@ -574,7 +574,7 @@ mod tests {
 /// A sample table for the views' snapshot tests.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use crate::kernel::snapshot::{addr_bytes, SnapNetns, SnapSocket, Snapshot};
+    use crate::model::snapshot::{addr_bytes, SnapNetns, SnapSocket, Snapshot};
     use crate::model::{table::Owner, SocketTable};
 
     fn owner(pid: u32, comm: &str) -> Owner {

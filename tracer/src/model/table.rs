@@ -19,10 +19,10 @@ use foldhash::HashMap;
 use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::ephemeral::{EphemeralUsage, UsageKey};
-use crate::kernel::snapshot::Snapshot;
+use super::snapshot::Snapshot;
 
 /// A process holding a socket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     pub pid: u32,
     pub tid: u32,
@@ -937,7 +937,7 @@ mod tests {
 
     #[test]
     fn snapshot_sockets_are_named_by_their_first_live_event() {
-        use crate::kernel::snapshot::{SnapNetns, SnapSocket, Snapshot};
+        use crate::model::snapshot::{SnapNetns, SnapSocket, Snapshot};
         let lo = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let server = Owner {
             pid: 42,

@@ -1,7 +1,6 @@
 //! Sinks: where enriched events go. A human table (the field's column conventions, colour only
 //! on a terminal) or JSON lines (one object per line, stable field names).
-#[cfg(test)]
-mod hostile_names;
+
 pub mod human;
 pub mod json;
 mod json_event;

@@ -155,3 +155,16 @@ pub fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> io::Re
     crate::text::json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::story::fixtures::{book_of, client_events};
+
+    #[test]
+    fn a_client_story_explained() {
+        let book = book_of(&client_events());
+        let mut out = Vec::new();
+        super::write_story(&mut out, &book.stories[0], true).unwrap();
+        insta::assert_snapshot!("client_story_explained", String::from_utf8(out).unwrap());
+    }
+}

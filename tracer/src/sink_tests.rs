@@ -164,18 +164,18 @@ fn through_every_sink(comm_bytes: &[u8], netns_bytes: &[u8]) {
 
     assert!(!rows.is_empty(), "the connected socket has a ports row");
     let mut ports_out = Vec::new();
-    super::ports::write_table(&mut ports_out, &rows).unwrap();
-    super::ports::write_groups(&mut ports_out, &ports::by_remote(&rows)).unwrap();
-    super::ports::write_json(&mut ports_out, &rows, &[], &[]).unwrap();
+    crate::output::ports::write_table(&mut ports_out, &rows).unwrap();
+    crate::output::ports::write_groups(&mut ports_out, &ports::by_remote(&rows)).unwrap();
+    crate::output::ports::write_json(&mut ports_out, &rows, &[], &[]).unwrap();
     assert_safe("ports", &ports_out);
 
     let mut story_out = Vec::new();
     for story in &book.stories {
-        super::story::write_story(&mut story_out, story, true).unwrap();
-        super::story::write_json(&mut story_out, story).unwrap();
+        crate::output::story::write_story(&mut story_out, story, true).unwrap();
+        crate::output::story::write_json(&mut story_out, story).unwrap();
     }
     for program in book.programs() {
-        super::story::write_program(&mut story_out, &program).unwrap();
+        crate::output::story::write_program(&mut story_out, &program).unwrap();
     }
     assert!(!book.stories.is_empty());
     assert_safe("story", &story_out);

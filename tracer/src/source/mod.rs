@@ -50,6 +50,8 @@ pub fn decode(bytes: &[u8]) -> Result<SockEvent, DecodeError> {
     Ok(event)
 }
 
+pub mod capture;
+
 pub trait EventSource {
     /// Waits for events and appends every one available to `out` (at least one, unless the
     /// source is exhausted, in which case it returns Ok(false)).
@@ -157,6 +159,31 @@ impl EventSource for RingBufSource {
 
     fn take_nat(&mut self, out: &mut Vec<NatEvent>) {
         out.append(&mut self.nat);
+    }
+}
+
+/// A source that may be missing: without one, no events ever come (`nat --no-flows` on a
+/// kernel whose NAT records have no ring).
+impl<S: EventSource> EventSource for Option<S> {
+    async fn next_batch(&mut self, out: &mut Vec<SockEvent>) -> Result<bool> {
+        match self {
+            Some(source) => source.next_batch(out).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn drain_now(&mut self, out: &mut Vec<SockEvent>) -> usize {
+        self.as_mut().map_or(0, |s| s.drain_now(out))
+    }
+
+    fn undecodable(&self) -> u64 {
+        self.as_ref().map_or(0, S::undecodable)
+    }
+
+    fn take_nat(&mut self, out: &mut Vec<NatEvent>) {
+        if let Some(source) = self {
+            source.take_nat(out);
+        }
     }
 }
 

@@ -1,0 +1,344 @@
+//! The kernel half of NAT watching: the netfilter programs (or, on kernels before 6.4, only
+//! conntrack events) linked into each watched namespace, a conntrack reader per namespace,
+//! the kernel's per-binding counters, and the namespaces found, gone or left unwatched.
+//! What the records mean (bindings, ends, flows) is the model's business.
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc;
+use tracer_common::{NatCounters, NatKey};
+
+use crate::{
+    error::{Error, Result},
+    kernel::{
+        conntrack::{self, CtStats},
+        nat::{NatCounterMap, NatProbes},
+        netns,
+    },
+    model::nat::{CtEvent, GoneNetns},
+};
+
+/// Where NAT is watched (names resolved to paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatPlaces {
+    /// tracer's own namespace.
+    Host,
+    /// (name as the user gave it, path).
+    Named(Vec<(String, PathBuf)>),
+    /// Every namespace, including later ones, up to a cap.
+    All,
+}
+
+/// How bindings are learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatSource {
+    /// The netfilter programs; on a kernel without them, conntrack events (said once).
+    Auto,
+    /// The netfilter programs, or an error.
+    Ebpf,
+    /// Conntrack "new" events only.
+    Conntrack,
+}
+
+/// A watched namespace.
+struct Watched {
+    inode: u32,
+    /// What the user called it (`router`, `/proc/123/ns/net`, `host`).
+    name: String,
+    /// The path it was opened by (`None`: tracer's own), checked to notice it going away.
+    path: Option<PathBuf>,
+    /// Tells its conntrack reader to stop.
+    stop: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// Whether the path still names the namespace (not deleted, its process not gone).
+    fn still_there(&self) -> bool {
+        self.path
+            .as_ref()
+            .is_none_or(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == self.inode))
+    }
+}
+
+/// Probes (or the conntrack fallback), the conntrack readers, and the namespaces watched.
+pub struct NatWatch {
+    probes: Option<NatProbes>,
+    counters: Option<NatCounterMap>,
+    ct_tx: mpsc::UnboundedSender<CtEvent>,
+    watched: Vec<Watched>,
+    ct_stats: Arc<CtStats>,
+    places: NatPlaces,
+    /// Bindings come from conntrack "new" events (no eBPF).
+    pub fallback: bool,
+    /// Hook names, for `ready`.
+    pub attached: Vec<String>,
+    /// Namespaces linked into since the last [`NatWatch::take_named`]: (inode, name).
+    named: Vec<(u32, String)>,
+    /// `--all-netns`: namespaces followed at once, at most; the cap was reached (said once),
+    /// and namespaces left unwatched at the last look.
+    max_netns: usize,
+    cap_reported: bool,
+    unwatched: HashSet<u32>,
+}
+
+/// What starting NAT watching gives: the watcher, its conntrack event stream, and (when the
+/// NAT object has its own ring, no shared one given) that ring.
+pub struct NatStarted {
+    pub watch: NatWatch,
+    pub conntrack: mpsc::UnboundedReceiver<CtEvent>,
+    pub ring: Option<RingBuf<MapData>>,
+}
+
+impl NatWatch {
+    /// Loads and links (or falls back).
+    pub fn start(
+        places: NatPlaces,
+        max_netns: usize,
+        source: NatSource,
+        shared_ring: Option<std::os::fd::OwnedFd>,
+        ringbuf_bytes: u32,
+    ) -> Result<NatStarted> {
+        let (ct_tx, ct_rx) = mpsc::unbounded_channel();
+        let mut w = NatWatch {
+            probes: None,
+            counters: None,
+            ct_tx,
+            watched: Vec::new(),
+            ct_stats: Arc::new(CtStats::default()),
+            places,
+            fallback: false,
+            attached: Vec::new(),
+            named: Vec::new(),
+            max_netns,
+            cap_reported: false,
+            unwatched: HashSet::new(),
+        };
+        let mut ring = None;
+        match source {
+            NatSource::Conntrack => w.fallback = true,
+            NatSource::Ebpf | NatSource::Auto => {
+                match NatProbes::load(shared_ring, ringbuf_bytes) {
+                    Ok(mut probes) => {
+                        ring = probes.take_events()?;
+                        w.counters = Some(probes.take_counters()?);
+                        w.probes = Some(probes);
+                    }
+                    Err(Error::NatUnsupported(why)) if source == NatSource::Auto => {
+                        eprintln!(
+                            "tracer: {why}; NAT bindings come from conntrack events instead, without packet and byte counters"
+                        );
+                        w.fallback = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let initial: Vec<(String, Option<PathBuf>)> = match &w.places {
+            NatPlaces::Host => vec![("host".into(), None)],
+            NatPlaces::Named(list) => list
+                .iter()
+                .map(|(name, path)| (name.clone(), Some(path.clone())))
+                .collect(),
+            NatPlaces::All => Vec::new(),
+        };
+        for (name, path) in initial {
+            w.attach(&name, path)?;
+        }
+        if w.places == NatPlaces::All {
+            w.discover();
+        }
+        Ok(NatStarted {
+            watch: w,
+            conntrack: ct_rx,
+            ring,
+        })
+    }
+
+    /// Links into one namespace and starts its conntrack reader.
+    fn attach(&mut self, name: &str, path: Option<PathBuf>) -> Result<()> {
+        let inode = match &path {
+            Some(p) => {
+                // By path, not by a lossy name: a name need not be UTF-8.
+                netns::open(p, name)
+                    .and_then(|f| {
+                        f.metadata()
+                            .map_err(|e| Error::io(format!("reading {}", p.display()), e))
+                    })
+                    .map_err(|_| Error::NoSuchNetns(name.to_string()))?
+                    .ino() as u32
+            }
+            None => netns::own_inode()?,
+        };
+        if self.watched.iter().any(|w| w.inode == inode) {
+            return Ok(());
+        }
+        if let Some(probes) = self.probes.as_mut() {
+            probes.attach(name, path.as_deref(), inode)?;
+            for hook in ["prerouting", "output", "postrouting", "input"] {
+                self.attached
+                    .push(format!("netfilter/{hook} (ipv4+ipv6) in netns {name}"));
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let listened = conntrack::listen(
+            path.clone(),
+            inode,
+            self.fallback,
+            self.ct_tx.clone(),
+            stop.clone(),
+            self.ct_stats.clone(),
+        );
+        if let Err(e) = listened {
+            if self.fallback {
+                return Err(e);
+            }
+            let why = crate::text::escape(&format!("netns {name} ({e})")).into_owned();
+            eprintln!(
+                "tracer: no conntrack events in {why}; binding ends will not be reported there"
+            );
+        }
+        self.watched.push(Watched {
+            inode,
+            name: name.to_string(),
+            path,
+            stop,
+        });
+        self.named.push((inode, name.to_string()));
+        Ok(())
+    }
+
+    /// `--all-netns`: links into every namespace not yet watched, up to `--max-netns` at once
+    /// (each costs a thread, a netlink socket and links; any user can create namespaces).
+    /// Reaching the cap is said once, on stderr.
+    fn discover(&mut self) {
+        let max = self.max_netns;
+        let own = netns::own_inode().unwrap_or(0);
+        let mut seen = HashSet::new();
+        let mut unwatched = HashSet::new();
+        for path in netns::candidate_paths() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let inode = meta.ino() as u32;
+            if !seen.insert(inode) || self.watched.iter().any(|w| w.inode == inode) {
+                continue;
+            }
+            if self.watched.len() >= max {
+                unwatched.insert(inode);
+                continue;
+            }
+            let (name, path) = if inode == own {
+                ("host".to_string(), None)
+            } else if path.starts_with("/run/netns") {
+                (
+                    path.file_name()
+                        .map(|n| crate::text::decode(n.as_encoded_bytes()))
+                        .unwrap_or_default(),
+                    Some(path.clone()),
+                )
+            } else {
+                (
+                    crate::text::decode(path.as_os_str().as_encoded_bytes()),
+                    Some(path.clone()),
+                )
+            };
+            if let Err(e) = self.attach(&name, path) {
+                tracing::debug!("netns {name}: {e}");
+            }
+        }
+        if !unwatched.is_empty() && !self.cap_reported {
+            self.cap_reported = true;
+            eprintln!(
+                "tracer: following NAT in at most {max} network namespaces (--max-netns); {} more are not watched",
+                unwatched.len()
+            );
+        }
+        self.unwatched = unwatched;
+    }
+
+    /// Namespaces linked into since the last call: (inode, name).
+    pub fn take_named(&mut self) -> Vec<(u32, String)> {
+        std::mem::take(&mut self.named)
+    }
+
+    /// Once a second: closes namespaces that went away (returned), and finds new ones in
+    /// `--all-netns` mode.
+    pub fn tick(&mut self) -> Vec<GoneNetns> {
+        let (gone, kept): (Vec<Watched>, Vec<Watched>) = std::mem::take(&mut self.watched)
+            .into_iter()
+            .partition(|w| !w.still_there());
+        self.watched = kept;
+        let gone = gone
+            .into_iter()
+            .map(|w| {
+                // The reader and the links are what keep a deleted namespace alive.
+                w.stop.store(true, Ordering::Relaxed);
+                if let Some(p) = self.probes.as_mut() {
+                    p.detach(w.inode);
+                }
+                GoneNetns {
+                    inode: w.inode,
+                    name: w.name,
+                }
+            })
+            .collect();
+        if self.places == NatPlaces::All {
+            self.discover();
+        }
+        gone
+    }
+
+    /// The kernel's packet and byte counts for a binding.
+    pub fn counters(&self, key: &NatKey) -> Option<NatCounters> {
+        self.counters.as_ref().and_then(|c| c.get(key))
+    }
+
+    /// Forgets a binding's counters (it ended).
+    pub fn forget(&mut self, key: &NatKey) {
+        if let Some(c) = self.counters.as_mut() {
+            c.remove(key);
+        }
+    }
+
+    /// Binding records lost (ring full) plus conntrack messages the kernel dropped.
+    pub fn lost(&self) -> u64 {
+        self.counters.as_ref().map_or(0, NatCounterMap::lost)
+            + self.ct_stats.overruns.load(Ordering::Relaxed)
+    }
+
+    /// Bindings the kernel's bounded map pushed out. Walks the map: every few seconds.
+    pub fn evicted_seen(&self) -> u64 {
+        self.counters.as_ref().map_or(0, NatCounterMap::evicted)
+    }
+
+    /// Packets and bytes through SNAT, DNAT and both (None: conntrack fallback).
+    pub fn kernel_totals(&self) -> Option<[(u64, u64); 3]> {
+        self.counters.as_ref().map(NatCounterMap::totals)
+    }
+
+    /// Namespaces watched now.
+    pub fn watched(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Namespaces found but not watched because of `--max-netns` (at the last look).
+    pub fn unwatched(&self) -> usize {
+        self.unwatched.len()
+    }
+}
+
+impl Drop for NatWatch {
+    fn drop(&mut self) {
+        for w in &self.watched {
+            w.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! What a stage may ask the system while it runs, as two traits with live implementations
+//! here: [`KernelInputs`] (time, loss counters, the kernel's bounded maps, port ranges,
+//! namespaces, fresh socket lists) and [`NatInputs`] (the NAT side's kernel counters and
+//! namespaces). Captures record every answer and replays give them back in order; tests pass
+//! fakes.
+use std::sync::Arc;
+
+use tracer_common::{NatCounters, NatKey};
+
+use crate::{
+    kernel::{
+        loader::{KernelCounters, KernelStats},
+        nat_watch::NatWatch,
+        netns::PortRangeCache,
+        snapshot::{self, Scope},
+    },
+    metrics::server::KernelReadings,
+    model::{event::monotonic_ns, evicted::Evicted, nat::GoneNetns, snapshot::Snapshot},
+};
+
+/// The kernel side of a run, as a stage sees it.
+pub trait KernelInputs {
+    /// The kernel's monotonic time now, in ns (what event timestamps count).
+    fn now_ns(&mut self) -> u64;
+    /// Events the kernel could not deliver so far, over every ring this run reads.
+    fn lost(&mut self) -> u64;
+    /// What the kernel's bounded maps pushed out. Walks them: every few seconds.
+    fn evicted(&mut self) -> Evicted;
+    /// Namespace `netns`'s ephemeral port range; `pid` (the socket's owner) is the first place
+    /// to look for a way into it.
+    fn port_range(&mut self, netns: u32, pid: Option<u32>) -> Option<(u16, u16)>;
+    /// Which of `candidates` no longer exist. One scan of /proc: every few seconds.
+    fn gone_namespaces(&mut self, candidates: &[u32]) -> Vec<u32>;
+    /// The sockets the kernel has now, without owners (to drop entries whose close was lost).
+    fn sockets_now(&mut self) -> Option<Snapshot>;
+    /// Whether any of these processes still exists.
+    fn any_alive(&mut self, pids: &[u32]) -> bool;
+    /// The NAT side, when the run watches NAT.
+    fn nat(&mut self) -> Option<&mut dyn NatInputs>;
+}
+
+/// The NAT side of a run.
+pub trait NatInputs {
+    /// The kernel's packet and byte counts for a binding.
+    fn counters(&mut self, key: &NatKey) -> Option<NatCounters>;
+    /// The binding ended: its counters can go.
+    fn forget(&mut self, key: &NatKey);
+    /// Namespaces linked into since the last call: (inode, name).
+    fn take_named(&mut self) -> Vec<(u32, String)>;
+    /// Once a second: namespaces that went away (closed), and new ones found.
+    fn tick(&mut self) -> Vec<GoneNetns>;
+    /// Binding records and conntrack messages lost.
+    fn lost(&mut self) -> u64;
+    /// Bindings the kernel's bounded map pushed out. Walks it: every few seconds.
+    fn evicted_seen(&mut self) -> u64;
+    /// Packets and bytes through SNAT, DNAT and both (None: conntrack fallback).
+    fn kernel_totals(&mut self) -> Option<[(u64, u64); 3]>;
+    /// Bindings come from conntrack "new" events (no eBPF).
+    fn fallback(&mut self) -> bool;
+}
+
+/// The live kernel: the socket probes' counters, the namespaces' ranges, sock_diag.
+pub struct LiveKernel {
+    pub counters: Option<Arc<KernelCounters>>,
+    pub ranges: PortRangeCache,
+    /// Where fresh socket lists look.
+    pub scope: Scope,
+    pub nat: Option<NatWatch>,
+}
+
+impl LiveKernel {
+    pub fn new(counters: Option<Arc<KernelCounters>>, scope: Scope, nat: Option<NatWatch>) -> Self {
+        LiveKernel {
+            counters,
+            ranges: PortRangeCache::default(),
+            scope,
+            nat,
+        }
+    }
+}
+
+impl KernelInputs for LiveKernel {
+    fn now_ns(&mut self) -> u64 {
+        monotonic_ns()
+    }
+
+    fn lost(&mut self) -> u64 {
+        self.counters.as_ref().map_or(0, |c| c.lost()) + self.nat.as_ref().map_or(0, NatWatch::lost)
+    }
+
+    fn evicted(&mut self) -> Evicted {
+        let mut evicted = self
+            .counters
+            .as_ref()
+            .map(|c| c.evicted())
+            .unwrap_or_default();
+        evicted.nat_seen = self.nat.as_ref().map_or(0, NatWatch::evicted_seen);
+        evicted
+    }
+
+    fn port_range(&mut self, netns: u32, pid: Option<u32>) -> Option<(u16, u16)> {
+        self.ranges.get(netns, pid)
+    }
+
+    fn gone_namespaces(&mut self, candidates: &[u32]) -> Vec<u32> {
+        self.ranges.prune(candidates)
+    }
+
+    fn sockets_now(&mut self) -> Option<Snapshot> {
+        snapshot::take_sockets(&self.scope).ok()
+    }
+
+    fn any_alive(&mut self, pids: &[u32]) -> bool {
+        pids.iter()
+            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    }
+
+    fn nat(&mut self) -> Option<&mut dyn NatInputs> {
+        self.nat.as_mut().map(|n| n as &mut dyn NatInputs)
+    }
+}
+
+impl NatInputs for NatWatch {
+    fn counters(&mut self, key: &NatKey) -> Option<NatCounters> {
+        NatWatch::counters(self, key)
+    }
+
+    fn forget(&mut self, key: &NatKey) {
+        NatWatch::forget(self, key)
+    }
+
+    fn take_named(&mut self) -> Vec<(u32, String)> {
+        NatWatch::take_named(self)
+    }
+
+    fn tick(&mut self) -> Vec<GoneNetns> {
+        NatWatch::tick(self)
+    }
+
+    fn lost(&mut self) -> u64 {
+        NatWatch::lost(self)
+    }
+
+    fn evicted_seen(&mut self) -> u64 {
+        NatWatch::evicted_seen(self)
+    }
+
+    fn kernel_totals(&mut self) -> Option<[(u64, u64); 3]> {
+        NatWatch::kernel_totals(self)
+    }
+
+    fn fallback(&mut self) -> bool {
+        self.fallback
+    }
+}
+
+/// What `/metrics` reads from the kernel at each scrape.
+pub struct LiveReadings {
+    pub stats: KernelStats,
+    pub counters: Arc<KernelCounters>,
+}
+
+impl KernelReadings for LiveReadings {
+    fn stats(&self) -> Vec<u64> {
+        self.stats.read()
+    }
+
+    fn lost(&self) -> u64 {
+        self.counters.lost()
+    }
+}

@@ -1,0 +1,202 @@
+//! The one runner every live command uses: inputs (one struct, real or fake) → a [`Stage`]
+//! (what the command does with them: the model and its sinks) until a stop.
+//!
+//! ```text
+//! Inputs { events, kernel, conntrack, extra, clock, stop }
+//!        │
+//!        ▼  run(): drain the ring on a short timer or when the kernel wakes us,
+//!   Stage::start / events / conntrack / extra / tick / finish   (model → sinks)
+//! ```
+//!
+//! Everything a stage learns from the system comes through [`KernelInputs`] or [`NatInputs`],
+//! so a stage runs the same on the live kernel, on a recorded capture
+//! ([`crate::source::capture`]), and on synthetic inputs in `cargo test` without root.
+pub mod fake;
+pub mod inputs;
+pub mod nat;
+pub mod ports_live;
+pub mod record;
+pub mod trace;
+pub mod watch;
+
+use std::time::Duration;
+
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracer_common::{NatEvent, SockEvent};
+
+pub use inputs::{KernelInputs, NatInputs};
+
+use crate::{
+    error::{Error, Result},
+    model::{nat::CtEvent, Clock},
+    source::EventSource,
+};
+
+/// How often the runner wakes up on its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Cadence {
+    /// Drain the ring this often (the kernel wakes us between drains only when a quarter of
+    /// the ring is full: one wake-up per thousands of events). None: only on wake-ups.
+    pub poll: Option<Duration>,
+    /// Call [`Stage::tick`] this often.
+    pub tick: Duration,
+}
+
+/// When the run ends, besides its inputs running out.
+#[derive(Default)]
+pub struct Stop {
+    /// SIGINT and SIGTERM end it.
+    pub signals: bool,
+    /// `--duration`.
+    pub after: Option<Duration>,
+}
+
+/// Everything a run reads from outside, in one place.
+pub struct Inputs<S, X = ()> {
+    /// Socket events and NAT binding records (the ring buffer, a capture, or a list).
+    pub events: S,
+    /// Loss counters, the kernel's bounded maps, namespaces' port ranges, fresh snapshots.
+    pub kernel: Box<dyn KernelInputs>,
+    /// Conntrack events (NAT binding ends; new bindings on the conntrack fallback).
+    pub conntrack: Option<mpsc::UnboundedReceiver<CtEvent>>,
+    /// The command's own inputs (keys for the live view, the traced child's exit, …).
+    pub extra: Option<mpsc::UnboundedReceiver<X>>,
+    /// Kernel time → wall-clock time.
+    pub clock: Clock,
+    pub stop: Stop,
+}
+
+/// What a stage tells the runner after an input of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// What a command does with its inputs. Each call gets the kernel inputs to ask.
+pub trait Stage {
+    /// The command's own input type ([`Inputs::extra`]).
+    type Extra;
+    /// Once, before the first event.
+    fn start(&mut self, kernel: &mut dyn KernelInputs) -> Result<()>;
+    /// A batch of socket events and the NAT binding records read with it (both drained).
+    fn events(
+        &mut self,
+        batch: &mut Vec<SockEvent>,
+        nat: &mut Vec<NatEvent>,
+        kernel: &mut dyn KernelInputs,
+    ) -> Result<()>;
+    /// One conntrack event.
+    fn conntrack(&mut self, _event: CtEvent, _kernel: &mut dyn KernelInputs) -> Result<()> {
+        Ok(())
+    }
+    /// One input of the command's own.
+    fn extra(&mut self, _input: Self::Extra, _kernel: &mut dyn KernelInputs) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+    /// The command's own inputs ended (their sender is gone).
+    fn extra_ended(&mut self, _kernel: &mut dyn KernelInputs) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+    /// Every [`Cadence::tick`].
+    fn tick(&mut self, kernel: &mut dyn KernelInputs) -> Result<Flow>;
+    /// Once, after the last event: `undecodable` records were skipped.
+    fn finish(&mut self, kernel: &mut dyn KernelInputs, undecodable: u64) -> Result<()>;
+}
+
+/// Runs `stage` on live inputs until they end, a stop, or an error.
+pub async fn run<S: EventSource, G: Stage>(
+    inputs: &mut Inputs<S, G::Extra>,
+    cadence: Cadence,
+    stage: &mut G,
+) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let signals = inputs.stop.signals;
+    let deadline = inputs.stop.after.map(|d| tokio::time::Instant::now() + d);
+    let mut poll = tokio::time::interval(cadence.poll.unwrap_or(Duration::from_secs(3600)));
+    let mut tick = tokio::time::interval(cadence.tick);
+    let mut batch: Vec<SockEvent> = Vec::with_capacity(1024);
+    let mut nat: Vec<NatEvent> = Vec::new();
+    let kernel = inputs.kernel.as_mut();
+    stage.start(kernel)?;
+    loop {
+        tokio::select! {
+            _ = poll.tick(), if cadence.poll.is_some() => {
+                drain(&mut inputs.events, &mut batch, &mut nat, stage, kernel)?;
+            }
+            more = inputs.events.next_batch(&mut batch) => {
+                if !more? {
+                    break;
+                }
+                inputs.events.take_nat(&mut nat);
+                stage.events(&mut batch, &mut nat, kernel)?;
+            }
+            ev = next(inputs.conntrack.as_mut()), if inputs.conntrack.is_some() => match ev {
+                Some(ev) => stage.conntrack(ev, kernel)?,
+                None => inputs.conntrack = None,
+            },
+            x = next(inputs.extra.as_mut()), if inputs.extra.is_some() => {
+                let flow = match x {
+                    Some(x) => stage.extra(x, kernel)?,
+                    None => {
+                        inputs.extra = None;
+                        stage.extra_ended(kernel)?
+                    }
+                };
+                if flow == Flow::Stop {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                if stage.tick(kernel)? == Flow::Stop
+                    || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                {
+                    break;
+                }
+            }
+            _ = sigint.recv(), if signals => break,
+            _ = sigterm.recv(), if signals => break,
+        }
+    }
+    // What is already in the ring was seen by the kernel before we stopped: report it, and
+    // the conntrack events already queued.
+    drain(&mut inputs.events, &mut batch, &mut nat, stage, kernel)?;
+    if let Some(rx) = inputs.conntrack.as_mut() {
+        while let Ok(ev) = rx.try_recv() {
+            stage.conntrack(ev, kernel)?;
+        }
+    }
+    stage.finish(kernel, inputs.events.undecodable())
+}
+
+/// Hands the stage everything the source holds right now, a batch at a time.
+fn drain<S: EventSource, G: Stage>(
+    events: &mut S,
+    batch: &mut Vec<SockEvent>,
+    nat: &mut Vec<NatEvent>,
+    stage: &mut G,
+    kernel: &mut dyn KernelInputs,
+) -> Result<()> {
+    while events.drain_now(batch) > 0 {
+        events.take_nat(nat);
+        stage.events(batch, nat, kernel)?;
+    }
+    events.take_nat(nat);
+    if !nat.is_empty() {
+        stage.events(batch, nat, kernel)?;
+    }
+    Ok(())
+}
+
+/// The next item of an optional channel (never, without one).
+async fn next<T>(rx: Option<&mut mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,221 @@
+//! The NAT half of a run: binding records and conntrack events through the binding table,
+//! socket events for flow stitching, and what comes out (bindings, ends, flows) to the sink.
+//! Used by `nat` and by `watch --nat…`.
+use tracer_common::{NatEvent, SockEvent};
+
+use super::{inputs::NatInputs, Flow, KernelInputs, Stage};
+use crate::{
+    error::{Error, Result},
+    model::{
+        evicted::Evicted,
+        nat::{Binding, CtEvent, NatOutput, NatTable},
+        Clock,
+    },
+    output::{Sink, Summary},
+};
+
+/// The binding table and what it has to say.
+pub struct NatStage {
+    pub table: NatTable,
+    clock: Clock,
+    out: Vec<NatOutput>,
+}
+
+impl NatStage {
+    pub fn new(clock: Clock) -> Self {
+        NatStage {
+            table: NatTable::default(),
+            clock,
+            out: Vec::new(),
+        }
+    }
+
+    /// Learns the names of namespaces linked into since the last look.
+    pub fn learn_names(&mut self, nat: &mut dyn NatInputs) {
+        for (inode, name) in nat.take_named() {
+            self.table.name_netns(inode, &name);
+        }
+    }
+
+    /// Binding records from the ring.
+    pub fn records(&mut self, records: &mut Vec<NatEvent>) {
+        for ev in records.drain(..) {
+            self.table.binding(Binding::from_event(&ev), &mut self.out);
+        }
+    }
+
+    /// A socket event, for flow stitching.
+    pub fn socket(&mut self, ev: &SockEvent, pid: u32, comm: impl FnOnce() -> String) {
+        self.table.socket_event(ev, pid, comm, &mut self.out);
+    }
+
+    /// A conntrack event: a binding's end (with its kernel counters), or on the conntrack
+    /// fallback a new binding.
+    pub fn conntrack(&mut self, ev: CtEvent, now_ns: u64, nat: &mut dyn NatInputs) {
+        if ev.destroyed {
+            let key = self
+                .table
+                .destroyed(&ev, now_ns, |k| nat.counters(k), &mut self.out);
+            if let Some(key) = key {
+                nat.forget(&key);
+            }
+        } else if nat.fallback() {
+            if let Some(b) = Binding::from_conntrack(&ev, now_ns) {
+                self.table.binding(b, &mut self.out);
+            }
+        }
+    }
+
+    /// Once a second: namespaces that went away leave the table (and are reported), new ones
+    /// are named, socket ends nobody claimed are forgotten.
+    pub fn tick(
+        &mut self,
+        now_ns: u64,
+        nat: &mut dyn NatInputs,
+        sink: &mut dyn Sink,
+    ) -> std::io::Result<()> {
+        for gone in nat.tick() {
+            // Its bindings, counts and metric series go with it.
+            self.table.forget_netns(gone.inode);
+            sink.netns_gone(&gone.name, gone.inode)?;
+        }
+        self.learn_names(nat);
+        self.table.sweep(now_ns);
+        Ok(())
+    }
+
+    /// Writes what the table produced, in wall-clock time.
+    pub fn flush_out(&mut self, sink: &mut dyn Sink) -> std::io::Result<()> {
+        for mut item in self.out.drain(..) {
+            match &mut item {
+                NatOutput::Binding(b) => b.ts_ns = self.clock.wall_ns(b.ts_ns),
+                NatOutput::End(e) => e.ts_ns = self.clock.wall_ns(e.ts_ns),
+                NatOutput::Flow(f) => {
+                    f.ts_ns = self.clock.wall_ns(f.ts_ns);
+                    f.nat.ts_ns = self.clock.wall_ns(f.nat.ts_ns);
+                }
+            }
+            sink.nat(&item)?;
+        }
+        Ok(())
+    }
+
+    /// What the binding table pushed out to stay bounded (the kernel's map is counted by
+    /// [`super::KernelInputs::evicted`]).
+    pub fn evicted(&self) -> Evicted {
+        Evicted {
+            nat_bindings: self.table.evicted_bindings(),
+            nat_ends: self.table.evicted_ends(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `tracer nat` as a stage: only the NAT side; socket events (when flows are on) only stitch
+/// flows, with the pid and name the kernel gave them.
+pub struct NatOnlyStage {
+    nat: NatStage,
+    sink: Box<dyn Sink>,
+    /// For JSON output: the hooks, for the `ready` record.
+    ready: Option<Vec<String>>,
+    events: u64,
+    lost_seen: u64,
+    ticks: u32,
+    started_ns: u64,
+}
+
+impl NatOnlyStage {
+    pub fn new(clock: Clock, sink: Box<dyn Sink>, ready: Option<Vec<String>>) -> Self {
+        NatOnlyStage {
+            nat: NatStage::new(clock),
+            sink,
+            ready,
+            events: 0,
+            lost_seen: 0,
+            ticks: 0,
+            started_ns: 0,
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
+        self.sink.flush().map_err(out_err)
+    }
+}
+
+fn out_err(e: std::io::Error) -> Error {
+    Error::io("writing output", e)
+}
+
+impl Stage for NatOnlyStage {
+    type Extra = ();
+
+    fn start(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
+        self.started_ns = kernel.now_ns();
+        if let Some(hooks) = self.ready.take() {
+            self.sink.ready(&hooks).map_err(out_err)?;
+        }
+        if let Some(inputs) = kernel.nat() {
+            self.nat.learn_names(inputs);
+        }
+        Ok(())
+    }
+
+    fn events(
+        &mut self,
+        batch: &mut Vec<SockEvent>,
+        records: &mut Vec<NatEvent>,
+        _kernel: &mut dyn KernelInputs,
+    ) -> Result<()> {
+        self.events += batch.len() as u64;
+        for ev in batch.drain(..) {
+            self.nat.socket(&ev, ev.pid, || crate::text::comm(&ev.comm));
+        }
+        self.nat.records(records);
+        self.flush()
+    }
+
+    fn conntrack(&mut self, event: CtEvent, kernel: &mut dyn KernelInputs) -> Result<()> {
+        let now = kernel.now_ns();
+        if let Some(inputs) = kernel.nat() {
+            self.nat.conntrack(event, now, inputs);
+        }
+        self.flush()
+    }
+
+    fn tick(&mut self, kernel: &mut dyn KernelInputs) -> Result<Flow> {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(4) {
+            let now = kernel.now_ns();
+            if let Some(inputs) = kernel.nat() {
+                self.nat
+                    .tick(now, inputs, self.sink.as_mut())
+                    .map_err(out_err)?;
+            }
+        }
+        let lost = kernel.lost();
+        if lost != self.lost_seen {
+            self.sink
+                .lost(lost - self.lost_seen, lost)
+                .map_err(out_err)?;
+            self.lost_seen = lost;
+        }
+        self.flush()?;
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, kernel: &mut dyn KernelInputs, undecodable: u64) -> Result<()> {
+        self.flush()?;
+        let mut evicted = self.nat.evicted();
+        evicted.raise_to(&kernel.evicted());
+        let summary = Summary {
+            events: self.events,
+            lost: kernel.lost(),
+            undecodable,
+            seconds: kernel.now_ns().saturating_sub(self.started_ns) as f64 / 1e9,
+            sockets_tracked: 0,
+            evicted,
+        };
+        self.sink.summary(&summary).map_err(out_err)
+    }
+}

@@ -1,0 +1,351 @@
+//! `watch` and `serve` as a stage: every socket event through the socket table (and the NAT
+//! stage, with `--nat…`), enriched and filtered for the sink, counted for the metrics; every
+//! tick, loss, ranges, gauges, warnings and the table's upkeep.
+use std::sync::Arc;
+
+use tracer_common::{kind, NatEvent, SockEvent};
+
+use super::{nat::NatStage, Flow, KernelInputs, Stage};
+use crate::{
+    cli::WatchMode,
+    error::{Error, Result},
+    metrics::{self, server::Scrape},
+    model::{
+        evicted::Evicted, ports::RemoteLog, snapshot::Snapshot, Clock, Event, Filter, SocketTable,
+    },
+    output::{Sink, SnapshotInfo, Summary},
+};
+
+/// How often, at most, the socket table is checked against the kernel after lost events.
+const RECONCILE_EVERY_NS: u64 = 10_000_000_000;
+
+fn out_err(e: std::io::Error) -> Error {
+    Error::io("writing output", e)
+}
+
+/// What a watch shows and where.
+pub struct WatchStage {
+    table: SocketTable,
+    filter: Filter,
+    clock: Clock,
+    summary: Summary,
+    /// `--group-by remote`: connections are collected here instead of printed one by one.
+    groups: Option<RemoteLog>,
+    mode: WatchMode,
+    /// --pid/--comm: TCP transitions are counted for metrics here, once attributed.
+    process_filter: bool,
+    /// `--nat…`: bindings, and socket events for flow stitching.
+    nat: Option<NatStage>,
+    sink: Box<dyn Sink>,
+    scrape: Option<Arc<Scrape>>,
+    hooks: Vec<String>,
+    snapshot: Option<Snapshot>,
+    started_ns: u64,
+    lost_seen: u64,
+    lost_reconciled: u64,
+    last_reconcile_ns: u64,
+    ticks: u32,
+    groups_printed: usize,
+}
+
+/// What a [`WatchStage`] is built from.
+pub struct WatchSetup {
+    pub mode: WatchMode,
+    pub filter: Filter,
+    pub group_by_remote: bool,
+    pub process_filter: bool,
+    pub nat: bool,
+    pub sink: Box<dyn Sink>,
+    pub scrape: Option<Arc<Scrape>>,
+    /// The hooks attached, for the sink's `ready`.
+    pub hooks: Vec<String>,
+    /// The start-up snapshot (already narrowed to what is watched).
+    pub snapshot: Option<Snapshot>,
+    pub clock: Clock,
+}
+
+impl WatchStage {
+    pub fn new(setup: WatchSetup) -> Self {
+        WatchStage {
+            table: SocketTable::default(),
+            filter: setup.filter,
+            clock: setup.clock,
+            summary: Summary::default(),
+            groups: setup.group_by_remote.then(RemoteLog::default),
+            mode: setup.mode,
+            process_filter: setup.process_filter,
+            nat: setup.nat.then(|| NatStage::new(setup.clock)),
+            sink: setup.sink,
+            scrape: setup.scrape,
+            hooks: setup.hooks,
+            snapshot: setup.snapshot,
+            started_ns: 0,
+            lost_seen: 0,
+            lost_reconciled: 0,
+            last_reconcile_ns: 0,
+            ticks: 0,
+            groups_printed: 0,
+        }
+    }
+
+    /// The socket events of a batch: through the table, the NAT stage, the filter, the sink.
+    fn sockets(&mut self, batch: &mut Vec<SockEvent>, kernel: &mut dyn KernelInputs) -> Result<()> {
+        self.summary.events += batch.len() as u64;
+        for raw in batch.drain(..) {
+            // Every event goes through the table (correlation needs them all); only the ones
+            // shown are enriched.
+            let attribution = self.table.observe(&raw);
+            if let Some(nat) = self.nat.as_mut() {
+                let owner = attribution.owner;
+                let pid = owner.map_or(raw.pid, |o| o.pid);
+                nat.socket(&raw, pid, || owner.map(|o| o.comm()).unwrap_or_default());
+            }
+            let allowed = self.filter.allows(&raw, &attribution);
+            if allowed && self.process_filter && raw.kind == kind::STATE {
+                if let Some(scrape) = &self.scrape {
+                    scrape.count_state(&raw);
+                }
+            }
+            if self.mode == WatchMode::Serve || !allowed {
+                continue;
+            }
+            let pid = attribution.owner.map(|o| o.pid);
+            let range = kernel.port_range(raw.netns, pid);
+            if let Some(range) = range {
+                self.table.usage_mut().set_range(raw.netns, range);
+            }
+            let event = Event::new(&raw, &attribution, range, &self.clock);
+            match self.groups.as_mut() {
+                Some(groups) => groups.observe(raw.sk, &event),
+                None => self.sink.event(&event).map_err(out_err)?,
+            }
+        }
+        for usage in self.table.usage_mut().take_warnings() {
+            self.sink.ephemeral_warning(&usage).map_err(out_err)?;
+        }
+        Ok(())
+    }
+
+    /// What the bounded tables (here and in the kernel) pushed out so far.
+    fn evicted(&self, kernel: &mut dyn KernelInputs) -> Evicted {
+        let mut evicted = kernel.evicted();
+        evicted.sockets = self.table.evicted();
+        evicted.ephemeral = self.table.usage().evicted();
+        evicted.remote_log = self.groups.as_ref().map_or(0, |g| g.untracked);
+        if let Some(nat) = &self.nat {
+            evicted.raise_to(&nat.evicted());
+        }
+        evicted
+    }
+
+    /// Learns the range of namespaces that have sockets but no shown events yet.
+    fn refresh_ranges(&mut self, kernel: &mut dyn KernelInputs) {
+        for ns in self.table.usage().namespaces() {
+            if let Some(range) = kernel.port_range(ns, None) {
+                self.table.usage_mut().set_range(ns, range);
+            }
+        }
+    }
+
+    /// The start-up snapshot into the table, and its line.
+    fn merge_snapshot(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
+        let Some(snapshot) = self.snapshot.take() else {
+            return Ok(());
+        };
+        self.table.count_time_wait_only();
+        self.table.merge_snapshot(&snapshot, kernel.now_ns());
+        let processes: std::collections::HashSet<u32> =
+            snapshot.owners.values().flatten().map(|o| o.pid).collect();
+        self.sink
+            .snapshot(&SnapshotInfo {
+                sockets: snapshot.sockets.len(),
+                namespaces: snapshot.namespaces.len(),
+                processes: processes.len(),
+                took_ms: snapshot.took.as_secs_f64() * 1000.0,
+            })
+            .map_err(out_err)
+    }
+
+    /// Loss: reported when the counters move; after lost events, at most every 10 s, the
+    /// entries whose sockets the kernel no longer has are dropped (they may have been
+    /// releases and closes).
+    fn check_loss(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
+        let lost = kernel.lost();
+        if lost != self.lost_seen {
+            self.sink
+                .lost(lost - self.lost_seen, lost)
+                .map_err(out_err)?;
+            self.lost_seen = lost;
+        }
+        let now = kernel.now_ns();
+        if lost > self.lost_reconciled
+            && now.saturating_sub(self.last_reconcile_ns) >= RECONCILE_EVERY_NS
+        {
+            if let Some(snapshot) = kernel.sockets_now() {
+                let dropped = self.table.reconcile(&snapshot, now);
+                tracing::debug!("reconciled after lost events: {dropped} entries dropped");
+            }
+            self.lost_reconciled = lost;
+            self.last_reconcile_ns = now;
+        }
+        Ok(())
+    }
+
+    /// Every second: NAT upkeep, ranges, gauges, warnings.
+    fn every_second(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
+        let now = kernel.now_ns();
+        if let (Some(nat), Some(inputs)) = (self.nat.as_mut(), kernel.nat()) {
+            nat.tick(now, inputs, self.sink.as_mut()).map_err(out_err)?;
+            if let Some(scrape) = &self.scrape {
+                scrape.metrics.update_nat(&metrics::NatCounts {
+                    bindings: &nat.table.counts,
+                    kernel_totals: inputs.kernel_totals(),
+                    lost: inputs.lost(),
+                });
+            }
+            nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
+        }
+        self.refresh_ranges(kernel);
+        if let Some(scrape) = &self.scrape {
+            scrape.update_table(&self.table);
+        }
+        for usage in self.table.usage_mut().take_warnings() {
+            self.sink.ephemeral_warning(&usage).map_err(out_err)?;
+        }
+        Ok(())
+    }
+
+    /// Every ten seconds: expiry, namespaces that are gone, eviction counts, heap.
+    fn every_ten_seconds(&mut self, kernel: &mut dyn KernelInputs) {
+        self.table.sweep(kernel.now_ns());
+        // Namespaces that are gone: their ranges, usage and series go too.
+        let candidates = self.table.usage().known_namespaces();
+        let gone = kernel.gone_namespaces(&candidates);
+        let forgotten = self
+            .table
+            .usage_mut()
+            .retain_namespaces(|ns| !gone.contains(&ns));
+        tracing::debug!("{forgotten} network namespaces gone");
+        if let Some(scrape) = self.scrape.clone() {
+            scrape.metrics.update_evicted(&self.evicted(kernel));
+        }
+        trim_heap();
+    }
+
+    /// `--group-by remote`: the groups, when they changed (every five seconds).
+    fn print_groups(&mut self) -> Result<()> {
+        if let Some(groups) = &self.groups {
+            let groups = groups.groups();
+            let count = groups.iter().map(|g| g.connections).sum::<usize>();
+            if count != self.groups_printed {
+                self.sink.remote_groups(&groups, false).map_err(out_err)?;
+                self.groups_printed = count;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hands freed heap back (a burst may have grown the table for a while).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+impl Stage for WatchStage {
+    type Extra = ();
+
+    fn start(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
+        self.started_ns = kernel.now_ns();
+        self.last_reconcile_ns = self.started_ns;
+        self.sink.ready(&self.hooks).map_err(out_err)?;
+        self.merge_snapshot(kernel)?;
+        if let (Some(nat), Some(inputs)) = (self.nat.as_mut(), kernel.nat()) {
+            nat.learn_names(inputs);
+        }
+        if let Some(scrape) = self.scrape.clone() {
+            // Every table's series from the start, so a dashboard sees them before an eviction.
+            scrape.metrics.update_evicted(&self.evicted(kernel));
+        }
+        // Loading parsed the kernel's BTF twice and the snapshot may have been large.
+        trim_heap();
+        self.sink.flush().map_err(out_err)
+    }
+
+    fn events(
+        &mut self,
+        batch: &mut Vec<SockEvent>,
+        records: &mut Vec<NatEvent>,
+        kernel: &mut dyn KernelInputs,
+    ) -> Result<()> {
+        if let Some(scrape) = &self.scrape {
+            scrape.metrics.processed("ringbuf", batch.len() as u64);
+        }
+        self.sockets(batch, kernel)?;
+        match self.nat.as_mut() {
+            Some(nat) => {
+                nat.records(records);
+                nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
+            }
+            None => records.clear(),
+        }
+        self.sink.flush().map_err(out_err)
+    }
+
+    fn conntrack(
+        &mut self,
+        event: crate::model::nat::CtEvent,
+        kernel: &mut dyn KernelInputs,
+    ) -> Result<()> {
+        let now = kernel.now_ns();
+        if let (Some(nat), Some(inputs)) = (self.nat.as_mut(), kernel.nat()) {
+            nat.conntrack(event, now, inputs);
+            nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
+            self.sink.flush().map_err(out_err)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, kernel: &mut dyn KernelInputs) -> Result<Flow> {
+        self.check_loss(kernel)?;
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(10) {
+            self.every_second(kernel)?;
+        }
+        if self.ticks.is_multiple_of(100) {
+            self.every_ten_seconds(kernel);
+        }
+        if self.ticks.is_multiple_of(50) {
+            self.print_groups()?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn finish(&mut self, kernel: &mut dyn KernelInputs, undecodable: u64) -> Result<()> {
+        let mut summary = self.summary;
+        summary.lost = kernel.lost();
+        if summary.lost != self.lost_seen {
+            self.sink
+                .lost(summary.lost - self.lost_seen, summary.lost)
+                .map_err(out_err)?;
+        }
+        summary.undecodable = undecodable;
+        summary.seconds = kernel.now_ns().saturating_sub(self.started_ns) as f64 / 1e9;
+        summary.sockets_tracked = self.table.len();
+        summary.evicted = self.evicted(kernel);
+        if let Some(groups) = &self.groups {
+            self.sink
+                .remote_groups(&groups.groups(), true)
+                .map_err(out_err)?;
+        }
+        self.refresh_ranges(kernel);
+        self.sink
+            .ephemeral_report(&self.table.usage().report())
+            .map_err(out_err)?;
+        self.sink.summary(&summary).map_err(out_err)?;
+        self.sink.flush().map_err(out_err)
+    }
+}

@@ -1,0 +1,400 @@
+//! Captures: what a run read, in the order it read it, in a versioned file that replays
+//! through the same pipeline offline, as any user, on any machine — for a bug report or a
+//! lesson, the way people share a pcap.
+//!
+//! A capture is the magic line `tracer capture\n`, then frames: a tag byte, the payload's
+//! length (u32, little-endian) and the payload. The first frame is the [`Header`] (JSON: the
+//! format version, tracer's and the kernel's versions, the record sizes, the clock, the hooks,
+//! what was selected, the start-up snapshot). Then, as they happened: batches of ring records
+//! (the raw `SockEvent` and `NatEvent` bytes), conntrack events, ticks, and every answer the
+//! agent got from the system while it ran (time, loss counters, port ranges, …), and a last
+//! frame when the run ended. Replaying gives the stage the same inputs in the same order, so
+//! it prints the same bytes.
+use std::{
+    fs::File,
+    io::{self, BufReader, BufWriter, Read, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::{NatEvent, SockEvent, NAT_EVENT_SIZE, SOCK_EVENT_SIZE};
+
+use crate::{
+    error::{Error, Result},
+    model::{
+        evicted::Evicted,
+        nat::{CtEvent, GoneNetns},
+        snapshot::Snapshot,
+    },
+};
+
+const MAGIC: &[u8] = b"tracer capture\n";
+/// The format's version: a reader refuses others (bump it when a frame's meaning changes).
+pub const VERSION: u32 = 1;
+/// A frame larger than this is damage, not data (a batch is at most 4,096 records).
+const MAX_FRAME: u32 = 64 << 20;
+
+/// What a capture says about the run that made it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Header {
+    pub version: u32,
+    /// The tracer that recorded it.
+    pub tracer: String,
+    /// `uname -r` of the machine it was recorded on.
+    pub kernel: String,
+    /// Record sizes, so a capture from a different layout is refused rather than misread.
+    pub sock_record_size: usize,
+    pub nat_record_size: usize,
+    /// realtime − monotonic at the start, ns: kernel timestamps → wall-clock time.
+    pub clock_offset_ns: i128,
+    /// The hooks attached.
+    pub hooks: Vec<String>,
+    /// The user-space side of the selection: `--pid` given, `--comm`.
+    pub by_pid: bool,
+    pub comm: Option<String>,
+    /// NAT was watched too, and its bindings came from conntrack events (no eBPF).
+    pub nat: bool,
+    pub nat_fallback: bool,
+    /// The sockets that predated the run (already narrowed to the selection).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// An answer the system gave while the run went on, one per question asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Answer {
+    Now(u64),
+    Lost(u64),
+    Evicted(Evicted),
+    PortRange(Option<(u16, u16)>),
+    Gone(Vec<u32>),
+    Sockets(Option<Snapshot>),
+    AnyAlive(bool),
+    /// A binding's kernel counters, as their raw bytes.
+    NatCounters(Option<Vec<u8>>),
+    NatNamed(Vec<(u32, String)>),
+    NatTick(Vec<GoneNetns>),
+    NatLost(u64),
+    NatEvictedSeen(u64),
+    NatTotals(Option<[(u64, u64); 3]>),
+}
+
+/// One step of a run.
+#[derive(Clone, Debug)]
+pub enum Frame {
+    Header(Box<Header>),
+    /// Socket events and NAT binding records, read together.
+    Batch(Vec<SockEvent>, Vec<NatEvent>),
+    Conntrack(CtEvent),
+    Tick,
+    Answer(Answer),
+    /// The run ended; this many ring records could not be decoded.
+    Finish {
+        undecodable: u64,
+    },
+}
+
+const TAG_HEADER: u8 = b'H';
+const TAG_BATCH: u8 = b'B';
+const TAG_CONNTRACK: u8 = b'C';
+const TAG_TICK: u8 = b'T';
+const TAG_ANSWER: u8 = b'A';
+const TAG_FINISH: u8 = b'F';
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain data types cannot fail (no maps with non-string keys).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl Frame {
+    fn encode(&self) -> (u8, Vec<u8>) {
+        match self {
+            Frame::Header(h) => (TAG_HEADER, json(h)),
+            Frame::Batch(socks, nats) => {
+                let mut out = Vec::with_capacity(
+                    8 + socks.len() * SOCK_EVENT_SIZE + nats.len() * NAT_EVENT_SIZE,
+                );
+                out.extend_from_slice(&(socks.len() as u32).to_le_bytes());
+                out.extend_from_slice(&(nats.len() as u32).to_le_bytes());
+                for ev in socks {
+                    out.extend_from_slice(bytemuck::bytes_of(ev));
+                }
+                for ev in nats {
+                    out.extend_from_slice(bytemuck::bytes_of(ev));
+                }
+                (TAG_BATCH, out)
+            }
+            Frame::Conntrack(ev) => (TAG_CONNTRACK, json(ev)),
+            Frame::Tick => (TAG_TICK, Vec::new()),
+            Frame::Answer(a) => (TAG_ANSWER, json(a)),
+            Frame::Finish { undecodable } => (TAG_FINISH, undecodable.to_le_bytes().to_vec()),
+        }
+    }
+
+    fn decode(tag: u8, payload: &[u8]) -> std::result::Result<Frame, String> {
+        let from_json = |what: &str| format!("a damaged {what} frame");
+        Ok(match tag {
+            TAG_HEADER => Frame::Header(
+                serde_json::from_slice(payload)
+                    .map_err(|e| format!("{} ({e})", from_json("header")))?,
+            ),
+            TAG_BATCH => decode_batch(payload)?,
+            TAG_CONNTRACK => Frame::Conntrack(
+                serde_json::from_slice(payload).map_err(|_| from_json("conntrack"))?,
+            ),
+            TAG_TICK => Frame::Tick,
+            TAG_ANSWER => {
+                Frame::Answer(serde_json::from_slice(payload).map_err(|_| from_json("answer"))?)
+            }
+            TAG_FINISH => Frame::Finish {
+                undecodable: u64::from_le_bytes(
+                    payload.try_into().map_err(|_| from_json("finish"))?,
+                ),
+            },
+            other => return Err(format!("an unknown frame tag {other:#04x}")),
+        })
+    }
+}
+
+fn decode_batch(payload: &[u8]) -> std::result::Result<Frame, String> {
+    let damaged = || "a damaged batch frame".to_string();
+    let count = |at: usize| -> std::result::Result<usize, String> {
+        let bytes: [u8; 4] = payload
+            .get(at..at + 4)
+            .ok_or_else(damaged)?
+            .try_into()
+            .map_err(|_| damaged())?;
+        Ok(u32::from_le_bytes(bytes) as usize)
+    };
+    let (socks, nats) = (count(0)?, count(4)?);
+    let expected = socks
+        .checked_mul(SOCK_EVENT_SIZE)
+        .and_then(|s| {
+            nats.checked_mul(NAT_EVENT_SIZE)
+                .and_then(|n| s.checked_add(n))
+        })
+        .and_then(|n| n.checked_add(8));
+    if expected != Some(payload.len()) {
+        return Err(damaged());
+    }
+    let body = &payload[8..];
+    let (sock_bytes, nat_bytes) = body.split_at(socks * SOCK_EVENT_SIZE);
+    Ok(Frame::Batch(
+        sock_bytes
+            .chunks_exact(SOCK_EVENT_SIZE)
+            .map(bytemuck::pod_read_unaligned)
+            .collect(),
+        nat_bytes
+            .chunks_exact(NAT_EVENT_SIZE)
+            .map(bytemuck::pod_read_unaligned)
+            .collect(),
+    ))
+}
+
+/// Writes a capture. The first write error is kept (and reported by [`CaptureWriter::check`]);
+/// later frames are dropped.
+pub struct CaptureWriter {
+    out: BufWriter<File>,
+    error: Option<io::Error>,
+}
+
+impl CaptureWriter {
+    /// Creates `path` (never an existing file or a symlink: tracer runs as root and the path
+    /// is the user's), readable by its owner only, and writes the magic and the header.
+    pub fn create(path: &Path, header: &Header) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| Error::io(format!("creating capture {}", path.display()), e))?;
+        let mut writer = CaptureWriter {
+            out: BufWriter::with_capacity(256 * 1024, file),
+            error: None,
+        };
+        if let Err(e) = writer.out.write_all(MAGIC) {
+            writer.error = Some(e);
+        }
+        writer.frame(&Frame::Header(Box::new(header.clone())));
+        writer.check()?;
+        Ok(writer)
+    }
+
+    pub fn frame(&mut self, frame: &Frame) {
+        if self.error.is_some() {
+            return;
+        }
+        let (tag, payload) = frame.encode();
+        let written = self
+            .out
+            .write_all(&[tag])
+            .and_then(|_| self.out.write_all(&(payload.len() as u32).to_le_bytes()))
+            .and_then(|_| self.out.write_all(&payload));
+        if let Err(e) = written {
+            self.error = Some(e);
+        }
+    }
+
+    /// Fails with the first write error, if there was one.
+    pub fn check(&mut self) -> Result<()> {
+        match self.error.take() {
+            Some(e) => Err(Error::io("writing the capture", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes to the file (at the end of the run).
+    pub fn finish(&mut self) -> Result<()> {
+        if let Err(e) = self.out.flush() {
+            self.error.get_or_insert(e);
+        }
+        self.check()
+    }
+}
+
+/// Reads a capture, frame by frame.
+pub struct CaptureReader {
+    input: BufReader<File>,
+    /// Frames read so far (for error messages).
+    frames: u64,
+    name: String,
+}
+
+impl CaptureReader {
+    /// Opens `path` and reads its header.
+    pub fn open(path: &Path) -> Result<(Self, Header)> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|e| Error::io(format!("opening capture {name}"), e))?;
+        let mut reader = CaptureReader {
+            input: BufReader::with_capacity(256 * 1024, file),
+            frames: 0,
+            name,
+        };
+        let mut magic = [0u8; MAGIC.len()];
+        if reader.input.read_exact(&mut magic).is_err() || magic != MAGIC {
+            return Err(reader.damaged("it does not start like a tracer capture"));
+        }
+        let header = match reader.next_frame()? {
+            Some(Frame::Header(h)) => *h,
+            _ => return Err(reader.damaged("it has no header")),
+        };
+        if header.version != VERSION {
+            return Err(reader.damaged(&format!(
+                "it is format version {} and this tracer reads version {VERSION}",
+                header.version
+            )));
+        }
+        if header.sock_record_size != SOCK_EVENT_SIZE || header.nat_record_size != NAT_EVENT_SIZE {
+            return Err(reader.damaged(&format!(
+                "its records are {}/{} bytes and this tracer's are {SOCK_EVENT_SIZE}/{NAT_EVENT_SIZE} (recorded by tracer {})",
+                header.sock_record_size, header.nat_record_size, header.tracer
+            )));
+        }
+        Ok((reader, header))
+    }
+
+    /// The next frame, or None at the end of the file.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>> {
+        let mut head = [0u8; 5];
+        match self.input.read_exact(&mut head[..1]) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading capture {}", self.name), e)),
+            Ok(()) => {}
+        }
+        self.input
+            .read_exact(&mut head[1..])
+            .map_err(|_| self.damaged("it ends inside a frame"))?;
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        if len > MAX_FRAME {
+            return Err(self.damaged(&format!("a frame claims {len} bytes")));
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.input
+            .read_exact(&mut payload)
+            .map_err(|_| self.damaged("it ends inside a frame"))?;
+        self.frames += 1;
+        Frame::decode(head[0], &payload)
+            .map(Some)
+            .map_err(|why| self.damaged(&why))
+    }
+
+    /// A capture that cannot be read further, and why.
+    pub fn damaged(&self, why: &str) -> Error {
+        Error::Invalid(format!(
+            "capture {}: cannot replay it: {why} (frame {})",
+            crate::text::escape(&self.name),
+            self.frames + 1
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::kind;
+
+    fn header() -> Header {
+        Header {
+            version: VERSION,
+            tracer: "test".into(),
+            kernel: "test".into(),
+            sock_record_size: SOCK_EVENT_SIZE,
+            nat_record_size: NAT_EVENT_SIZE,
+            clock_offset_ns: -5,
+            hooks: vec!["hook".into()],
+            by_pid: false,
+            comm: None,
+            nat: false,
+            nat_fallback: false,
+            snapshot: None,
+        }
+    }
+
+    #[test]
+    fn frames_come_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let ev = SockEvent {
+            kind: kind::BIND,
+            lport: 8080,
+            ..Default::default()
+        };
+        let mut w = CaptureWriter::create(&path, &header()).unwrap();
+        w.frame(&Frame::Batch(vec![ev, ev], vec![NatEvent::default()]));
+        w.frame(&Frame::Tick);
+        w.frame(&Frame::Answer(Answer::PortRange(Some((1, 2)))));
+        w.frame(&Frame::Finish { undecodable: 3 });
+        w.finish().unwrap();
+        let (mut r, h) = CaptureReader::open(&path).unwrap();
+        assert_eq!(h.clock_offset_ns, -5);
+        assert!(
+            matches!(r.next_frame().unwrap(), Some(Frame::Batch(s, n)) if s == [ev, ev] && n.len() == 1)
+        );
+        assert!(matches!(r.next_frame().unwrap(), Some(Frame::Tick)));
+        assert!(matches!(
+            r.next_frame().unwrap(),
+            Some(Frame::Answer(Answer::PortRange(Some((1, 2)))))
+        ));
+        assert!(matches!(
+            r.next_frame().unwrap(),
+            Some(Frame::Finish { undecodable: 3 })
+        ));
+        assert!(r.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_an_existing_file_and_damaged_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        std::fs::write(&path, b"x").unwrap();
+        assert!(CaptureWriter::create(&path, &header()).is_err());
+        let e = CaptureReader::open(&path).err().unwrap().to_string();
+        assert!(e.contains("does not start like a tracer capture"), "{e}");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[b'B', 255, 255, 255, 255]);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = CaptureReader::open(&path).err().unwrap().to_string();
+        assert!(e.contains("claims"), "{e}");
+    }
+}
