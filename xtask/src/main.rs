@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod direction;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Development tasks for tracer")]
@@ -287,6 +288,7 @@ fn build() -> Result<()> {
 }
 
 fn lint() -> Result<()> {
+    direction::check(&root().join("tracer/src"))?;
     let mut fmt = cmd("cargo");
     fmt.args(["fmt", "--all", "--check"]);
     status(fmt)?;
