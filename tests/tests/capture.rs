@@ -1,0 +1,206 @@
+//! Captures: `tracer watch --record FILE` on the real kernel, then `tracer replay FILE` as an
+//! unprivileged user gives the live run's output byte for byte, JSON and table alike.
+//!
+//! With `TRACER_UPDATE_CASES=1` the JSON run's capture and output are also copied to
+//! tracer/tests/cases/ (the fixtures `cargo test -p tracer` replays without root).
+use std::{
+    io::{BufRead, BufReader, Read},
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tracer_tests::{as_nobody, free_port, prerequisites, tracer_bin};
+
+/// A TCP server and its client (connect, accept, a request, a close on each side) and a UDP
+/// datagram, all on `port`.
+const WORKLOAD: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port)); srv.listen(8)
+cli = socket.create_connection(("127.0.0.1", port))
+conn, _ = srv.accept()
+cli.sendall(b"GET / HTTP/1.0\r\n\r\n"); conn.recv(100); conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+cli.recv(100); cli.close(); conn.close(); srv.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"query", ("127.0.0.1", port)); u.close()
+"#;
+
+/// Runs `tracer watch ARGS --record FILE --port PORT` around the workload; returns its
+/// stdout and stderr.
+fn record(args: &[&str], file: &Path, port: u16) -> (Vec<u8>, Vec<u8>) {
+    let port_text = port.to_string();
+    let mut child = Command::new(tracer_bin())
+        .arg("watch")
+        .args(args)
+        .args(["--record", file.to_str().unwrap(), "--port", &port_text])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tracer");
+    // Ready once the snapshot line is out (stderr for the table, stdout for JSON).
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let json = args.contains(&"--json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "tracer never became ready");
+        let mut line = Vec::new();
+        let reader: &mut dyn BufRead = if json { &mut stdout } else { &mut stderr };
+        if reader.read_until(b'\n', &mut line).unwrap() == 0 {
+            panic!("tracer exited before it was ready");
+        }
+        let ready = String::from_utf8_lossy(&line).contains("snapshot");
+        if json {
+            out.extend(&line)
+        } else {
+            err.extend(&line)
+        }
+        if ready {
+            break;
+        }
+    }
+    let status = Command::new("python3")
+        .args(["-c", WORKLOAD, &port_text])
+        .status()
+        .expect("python3");
+    assert!(status.success(), "workload failed");
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    stdout.read_to_end(&mut out).unwrap();
+    stderr.read_to_end(&mut err).unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "tracer failed: {}",
+        String::from_utf8_lossy(&err)
+    );
+    (out, err)
+}
+
+/// `tracer replay FILE ARGS` as nobody.
+fn replay(file: &Path, args: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    let out = as_nobody(tracer_bin().to_str().unwrap())
+        .arg("replay")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("run replay");
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.stdout, out.stderr)
+}
+
+/// The capture, readable by nobody (tracer creates it for its owner only).
+fn share(file: &Path) {
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn capture_replays_byte_for_byte() {
+    if !prerequisites("capture_replays_byte_for_byte") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+
+    let json_file = dir.path().join("json.capture");
+    let (json_live, _) = record(&["--json"], &json_file, port);
+    let live = json_live.clone();
+    let live_text = String::from_utf8_lossy(&live);
+    assert!(
+        live_text.contains("\"event\":\"accept\""),
+        "the workload was seen: {live_text}"
+    );
+    assert!(live_text.contains("\"event\":\"sendto\""), "{live_text}");
+    share(&json_file);
+    let (replayed, _) = replay(&json_file, &["--json"]);
+    assert!(
+        replayed == live,
+        "JSON replay differs:\nlive:\n{live_text}\nreplay:\n{}",
+        String::from_utf8_lossy(&replayed)
+    );
+
+    let table_file = dir.path().join("table.capture");
+    let (live, live_err) = record(&["--no-color"], &table_file, port);
+    share(&table_file);
+    let (replayed, replayed_err) = replay(&table_file, &["--no-color"]);
+    assert!(
+        replayed == live,
+        "table replay differs:\nlive:\n{}\nreplay:\n{}",
+        String::from_utf8_lossy(&live),
+        String::from_utf8_lossy(&replayed)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&replayed_err),
+        String::from_utf8_lossy(&live_err)
+    );
+
+    // Another output than the one recorded: the same events, grouped.
+    let (grouped, _) = replay(&table_file, &["--no-color", "--group-by", "remote"]);
+    assert!(String::from_utf8_lossy(&grouped).contains(&format!(":{port}")));
+
+    if std::env::var_os("TRACER_UPDATE_CASES").is_some() {
+        let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer/tests/cases");
+        std::fs::copy(&json_file, cases.join("loopback.capture")).unwrap();
+        std::fs::write(cases.join("loopback.json"), &json_live).unwrap();
+    }
+}
+
+/// A capture is never written through a symlink or over an existing file: the path is the
+/// user's and tracer runs as root.
+#[test]
+fn record_refuses_existing_files_and_symlinks() {
+    if !prerequisites("record_refuses_existing_files_and_symlinks") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("precious");
+    std::fs::write(&target, b"keep me").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for path in [&target, &link] {
+        let out = Command::new(tracer_bin())
+            .args([
+                "watch",
+                "--duration",
+                "1",
+                "--record",
+                path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("creating capture"), "{err}");
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+}
+
+/// A damaged capture is a clear error, not a panic.
+#[test]
+fn replay_of_a_damaged_capture_is_a_clear_error() {
+    if !prerequisites("replay_of_a_damaged_capture_is_a_clear_error") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("bad.capture");
+    std::fs::write(&file, b"tracer capture\nH\xff\xff").unwrap();
+    share(&file);
+    let out = as_nobody(tracer_bin().to_str().unwrap())
+        .arg("replay")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot replay it"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
