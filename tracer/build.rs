@@ -1,11 +1,27 @@
-//! Builds the eBPF objects (tracer-ebpf) with aya-build and embeds them in the binary.
+//! Builds the eBPF objects (tracer-ebpf) and embeds them in the binary.
+//!
+//! The nested cargo build is the one aya-build 0.2 runs (nightly, `-Z build-std=core`, BTF),
+//! but with its output captured: aya-build forwards every line of it as a `cargo:warning`, so
+//! every build of tracer printed dozens of `warning: tracer@0.1.0: Compiling …` lines. Here a
+//! clean build prints nothing; compiler warnings still show as `cargo:warning`s, and a failed
+//! build shows the compiler's errors.
 //!
 //! When the build is skipped (`AYA_BUILD_SKIP=1`, or no bpf-linker on PATH) empty stub objects
 //! are written instead, so `cargo check` and `cargo clippy` work on machines without the eBPF
 //! toolchain; such a binary refuses to run `watch` and says why.
-use std::{env, fs, path::PathBuf};
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
+use anyhow::{bail, Context};
+
+/// The eBPF crate's binaries, each copied to `OUT_DIR/<name>`.
 const OBJECTS: &[&str] = &["tracer-sock", "tracer-nat"];
+const EBPF_PACKAGE: &str = "tracer-ebpf";
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
@@ -39,16 +55,109 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
-    let ebpf_dir = manifest_dir.join("../tracer-ebpf");
-    let ebpf_dir = ebpf_dir.to_str().expect("utf-8 path");
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "tracer-ebpf",
-            root_dir: ebpf_dir,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+    let workspace = manifest_dir.parent().expect("workspace root");
+    // Directories, so any file added to or changed in them reruns the build (cargo walks them).
+    // tracer-common too: the eBPF programs are built from it, and nothing else would tell cargo.
+    for dir in [EBPF_PACKAGE, "tracer-common"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    build_ebpf(&out_dir)
+}
+
+/// Runs the nested eBPF build with its output captured, then copies the objects to `out_dir`.
+fn build_ebpf(out_dir: &Path) -> anyhow::Result<()> {
+    let endian = env::var("CARGO_CFG_TARGET_ENDIAN").context("CARGO_CFG_TARGET_ENDIAN")?;
+    let target = match endian.as_str() {
+        "little" => "bpfel-unknown-none",
+        "big" => "bpfeb-unknown-none",
+        other => bail!("unsupported target endianness {other}"),
+    };
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH")?;
+    // Separate from OUT_DIR's objects, and the same place aya-build used (no rebuild on switch).
+    let target_dir = out_dir.join("aya-build/target").join(EBPF_PACKAGE);
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        EBPF_PACKAGE,
+    ])
+    .args([
+        "--bins",
+        "--release",
+        "--target",
+        target,
+        "-Z",
+        "build-std=core",
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags(&arch))
+    // Set by the outer (stable) cargo; they would pin the nested build to the wrong rustc.
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {cmd:?} (is rustup installed?)"))?;
+    let diagnostics = diagnostics(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        // A failing build script's stderr is shown by cargo in full, lines intact. Exit rather
+        // than return an error: the error's backtrace would bury the compiler's message.
+        eprintln!("{diagnostics}");
+        eprintln!(
+            "building the eBPF programs (tracer-ebpf) failed: {}",
+            out.status
+        );
+        std::process::exit(1);
+    }
+    for line in diagnostics.lines() {
+        println!("cargo:warning={line}");
+    }
+    for name in OBJECTS {
+        let built = target_dir.join(target).join("release").join(name);
+        fs::copy(&built, out_dir.join(name))
+            .with_context(|| format!("copying {} to OUT_DIR", built.display()))?;
+    }
+    Ok(())
+}
+
+/// The flags aya-build passes: the target arch as a cfg (aya-ebpf reads it), BTF for aya.
+fn rustflags(arch: &str) -> OsString {
+    // CARGO_ENCODED_RUSTFLAGS separates flags with 0x1f.
+    let flags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".to_string(),
+        "-Clink-arg=--btf".to_string(),
+    ];
+    flags.join("\x1f").into()
+}
+
+/// The nested cargo's stderr without its progress lines (`   Compiling …`, `    Finished …`):
+/// what is left is the compiler's warnings and errors, or nothing.
+fn diagnostics(stderr: &str) -> String {
+    const PROGRESS: &[&str] = &[
+        "Adding",
+        "Blocking",
+        "Building",
+        "Checking",
+        "Compiling",
+        "Downloaded",
+        "Downloading",
+        "Finished",
+        "Fresh",
+        "Locking",
+        "Updating",
+    ];
+    stderr
+        .lines()
+        .filter(|line| {
+            let word = line.trim_start().split(' ').next().unwrap_or("");
+            !(line.starts_with(' ') && PROGRESS.contains(&word))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn which_bpf_linker() -> Option<PathBuf> {

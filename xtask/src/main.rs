@@ -1,6 +1,8 @@
 //! `cargo xtask`: set up a fresh machine, build, run as root, lint, and test.
 //!
 //! Every step is idempotent: a second `setup` finds everything in place and does nothing.
+//! Building and running tracer need only the eBPF toolchain (`setup run`); the Debian packages
+//! the end-to-end tests drive come with `setup` / `setup test`, which `test` runs.
 use std::{
     env,
     ffi::OsStr,
@@ -9,7 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod direction;
@@ -23,11 +25,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks: rust-src for nightly, bpf-linker, Debian packages.
-    Setup,
-    /// Set up, then build the release binary (target/release/tracer).
+    /// Install what a fresh machine lacks: for `run`, rust-src for nightly and bpf-linker; for
+    /// `test` (the default), also the Debian packages the tests use.
+    Setup {
+        /// What to make this machine ready for.
+        #[arg(value_enum, default_value_t = Level::Test)]
+        level: Level,
+    },
+    /// Set up for running, then build the release binary (target/release/tracer).
     Build,
-    /// Set up, build, and run tracer as root: `cargo xtask run -- watch`.
+    /// Set up for running, build, and run tracer as root: `cargo xtask run -- watch`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -48,7 +55,8 @@ enum Task {
         #[arg(default_value = "all", value_parser = ["masquerade", "snat", "dnat", "all"])]
         mode: String,
     },
-    /// Everything CI runs: setup, build, lint, unit tests, and the end-to-end tests as root.
+    /// Everything CI runs: setup (everything the tests use), build, lint, unit tests, and the
+    /// end-to-end tests as root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -56,8 +64,21 @@ enum Task {
     },
 }
 
-/// Debian packages the tests use.
-const PACKAGES: &[&str] = &[
+/// What `setup` makes a machine ready for.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Level {
+    /// Building and running tracer: rust-src for nightly, bpf-linker (no Debian packages).
+    Run,
+    /// Also the tests: the Debian packages they use (nginx, chromium, prometheus, tmux, …).
+    Test,
+}
+
+/// Debian packages tracer needs at run time: none. It calls no external program (only `trace`
+/// runs the user's own command); tracefs, namespaces and conntrack go through syscalls/netlink.
+const RUN_PACKAGES: &[&str] = &[];
+
+/// Debian packages the tests use (servers, clients and tools they drive).
+const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "procps",
@@ -84,9 +105,10 @@ fn main() -> ExitCode {
 
 fn run(task: Task) -> Result<()> {
     match task {
-        Task::Setup => setup(),
+        Task::Setup { level } => setup(level),
         Task::Bench(args) => {
-            setup()?;
+            // tracer and loadgen; bpftrace is optional (the benchmark skips it when absent).
+            setup(Level::Run)?;
             build()?;
             let mut loadgen = cmd("cargo");
             loadgen.args([
@@ -101,7 +123,7 @@ fn run(task: Task) -> Result<()> {
             bench::bench(&root(), &args)
         }
         Task::Build => {
-            setup()?;
+            setup(Level::Run)?;
             build()
         }
         Task::Router { action, mode } => {
@@ -110,17 +132,19 @@ fn run(task: Task) -> Result<()> {
             status(router)
         }
         Task::Run { args } => {
-            setup()?;
+            setup(Level::Run)?;
             build()?;
             let bin = root().join("target/release/tracer");
             as_root(&bin, &args)
         }
         Task::Lint => {
-            setup()?;
+            // Clippy builds the crate, and with it the eBPF programs: the toolchain is needed.
+            setup(Level::Run)?;
             lint()
         }
         Task::Test { args } => {
-            setup()?;
+            // A fresh machine (CI runs exactly this) gets everything the tests use.
+            setup(Level::Test)?;
             build()?;
             lint()?;
             test(&args)
@@ -185,14 +209,18 @@ fn as_root(bin: &Path, args: &[String]) -> Result<()> {
     status(c)
 }
 
-fn setup() -> Result<()> {
-    debian_packages()?;
+fn setup(level: Level) -> Result<()> {
+    let mut packages = RUN_PACKAGES.to_vec();
+    if level == Level::Test {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    debian_packages(&packages)?;
     rust_src()?;
     bpf_linker()
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
