@@ -6,7 +6,7 @@ use tracer_common::{NatCounters, NatEvent, NatKey, SockEvent};
 
 use super::{Flow, KernelInputs, NatInputs, Stage};
 use crate::{
-    error::{Error, Result},
+    error::Result,
     model::{
         evicted::Evicted,
         nat::{CtEvent, GoneNetns},
@@ -54,7 +54,7 @@ impl KernelInputs for Recorder<'_> {
     }
     fn port_range(&mut self, netns: u32, pid: Option<u32>) -> Option<(u16, u16)> {
         let v = self.inner.port_range(netns, pid);
-        self.note(v, |v| Answer::PortRange(*v))
+        self.note(v, |v| Answer::PortRange(netns, *v))
     }
     fn gone_namespaces(&mut self, candidates: &[u32]) -> Vec<u32> {
         let v = self.inner.gone_namespaces(candidates);
@@ -162,78 +162,109 @@ impl<G: Stage> Stage for Recording<G> {
     }
 }
 
-/// The system as a capture remembers it: each question gets the next recorded answer.
-struct Replayer<'a> {
-    reader: &'a mut CaptureReader,
+/// The system as a capture remembers it. The answers recorded during one input (a batch, a
+/// tick, …) are queued before the stage sees that input; each question takes the first
+/// queued answer of its kind. A replay that asks exactly what the live run asked (the same
+/// output flags) gets exactly its answers; one that shows other events asks other questions,
+/// and gets the last answer known for them (the port range a namespace had, the time of the
+/// step).
+#[derive(Default)]
+struct Replayer {
+    queue: std::collections::VecDeque<Answer>,
     /// The capture watched NAT, and learnt bindings from conntrack (no eBPF).
     nat: bool,
     nat_fallback: bool,
-    /// The first way the capture failed to answer (reported once the stage returns).
-    error: Option<Error>,
+    last_now: u64,
+    last_lost: u64,
+    last_evicted: Evicted,
+    ranges: std::collections::HashMap<u32, Option<(u16, u16)>>,
+    last_nat_lost: u64,
+    last_nat_evicted: u64,
+    last_nat_totals: Option<[(u64, u64); 3]>,
 }
 
-impl Replayer<'_> {
-    /// The next frame, which must be an answer of the kind `pick` accepts.
-    fn answer<T: Default>(&mut self, what: &str, pick: impl FnOnce(Answer) -> Option<T>) -> T {
-        if self.error.is_some() {
-            return T::default();
+impl Replayer {
+    /// Queues one input's answers, learning the last value of each kind as it goes.
+    fn queue(&mut self, answers: Vec<Answer>) {
+        self.queue.clear();
+        for a in &answers {
+            match a {
+                Answer::PortRange(netns, range) => {
+                    self.ranges.entry(*netns).or_insert(*range);
+                }
+                Answer::Evicted(e) => self.last_evicted = *e,
+                _ => {}
+            }
         }
-        let frame = self.reader.next_frame();
-        let found = match frame {
-            Ok(Some(Frame::Answer(a))) => pick(a),
-            Ok(_) | Err(_) => None,
-        };
-        found.unwrap_or_else(|| {
-            self.error = Some(self.reader.damaged(&format!(
-                "the run asked for {what} here and the capture has something else (recorded by another tracer version?)"
-            )));
-            T::default()
-        })
+        self.queue.extend(answers);
+    }
+
+    /// The first queued answer `pick` accepts.
+    fn take<T>(&mut self, pick: impl Fn(&Answer) -> Option<T>) -> Option<T> {
+        let at = self.queue.iter().position(|a| pick(a).is_some())?;
+        self.queue.remove(at).and_then(|a| pick(&a))
     }
 }
 
-impl KernelInputs for Replayer<'_> {
+impl KernelInputs for Replayer {
     fn now_ns(&mut self) -> u64 {
-        self.answer("the time", |a| match a {
-            Answer::Now(v) => Some(v),
+        if let Some(v) = self.take(|a| match a {
+            Answer::Now(v) => Some(*v),
             _ => None,
-        })
+        }) {
+            self.last_now = v;
+        }
+        self.last_now
     }
     fn lost(&mut self) -> u64 {
-        self.answer("the loss counter", |a| match a {
-            Answer::Lost(v) => Some(v),
+        if let Some(v) = self.take(|a| match a {
+            Answer::Lost(v) => Some(*v),
             _ => None,
-        })
+        }) {
+            self.last_lost = v;
+        }
+        self.last_lost
     }
     fn evicted(&mut self) -> Evicted {
-        self.answer("eviction counts", |a| match a {
-            Answer::Evicted(v) => Some(v),
+        self.take(|a| match a {
+            Answer::Evicted(v) => Some(*v),
             _ => None,
         })
+        .unwrap_or(self.last_evicted)
     }
-    fn port_range(&mut self, _netns: u32, _pid: Option<u32>) -> Option<(u16, u16)> {
-        self.answer("a port range", |a| match a {
-            Answer::PortRange(v) => Some(v),
+    fn port_range(&mut self, netns: u32, _pid: Option<u32>) -> Option<(u16, u16)> {
+        let range = self.take(|a| match a {
+            Answer::PortRange(ns, v) if *ns == netns => Some(*v),
             _ => None,
-        })
+        });
+        match range {
+            Some(range) => {
+                self.ranges.insert(netns, range);
+                range
+            }
+            None => self.ranges.get(&netns).copied().flatten(),
+        }
     }
     fn gone_namespaces(&mut self, _candidates: &[u32]) -> Vec<u32> {
-        self.answer("gone namespaces", |a| match a {
-            Answer::Gone(v) => Some(v),
+        self.take(|a| match a {
+            Answer::Gone(v) => Some(v.clone()),
             _ => None,
         })
+        .unwrap_or_default()
     }
     fn sockets_now(&mut self) -> Option<Snapshot> {
-        self.answer("a socket list", |a| match a {
-            Answer::Sockets(v) => Some(v),
+        self.take(|a| match a {
+            Answer::Sockets(v) => Some(v.clone()),
             _ => None,
         })
+        .flatten()
     }
     fn any_alive(&mut self, _pids: &[u32]) -> bool {
-        self.answer("whether processes live", |a| match a {
-            Answer::AnyAlive(v) => Some(v),
+        self.take(|a| match a {
+            Answer::AnyAlive(v) => Some(*v),
             _ => None,
         })
+        .unwrap_or(false)
     }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         if self.nat {
@@ -244,88 +275,104 @@ impl KernelInputs for Replayer<'_> {
     }
 }
 
-impl NatInputs for Replayer<'_> {
+impl NatInputs for Replayer {
     fn counters(&mut self, _key: &NatKey) -> Option<NatCounters> {
-        let bytes = self.answer("NAT counters", |a| match a {
-            Answer::NatCounters(v) => Some(v),
+        self.take(|a| match a {
+            Answer::NatCounters(v) => Some(v.clone()),
             _ => None,
-        });
-        bytes.and_then(|b| bytemuck::try_pod_read_unaligned(&b).ok())
+        })
+        .flatten()
+        .and_then(|b| bytemuck::try_pod_read_unaligned(&b).ok())
     }
     fn forget(&mut self, _key: &NatKey) {}
     fn take_named(&mut self) -> Vec<(u32, String)> {
-        self.answer("namespace names", |a| match a {
-            Answer::NatNamed(v) => Some(v),
+        self.take(|a| match a {
+            Answer::NatNamed(v) => Some(v.clone()),
             _ => None,
         })
+        .unwrap_or_default()
     }
     fn tick(&mut self) -> Vec<GoneNetns> {
-        self.answer("NAT namespaces gone", |a| match a {
-            Answer::NatTick(v) => Some(v),
+        self.take(|a| match a {
+            Answer::NatTick(v) => Some(v.clone()),
             _ => None,
         })
+        .unwrap_or_default()
     }
     fn lost(&mut self) -> u64 {
-        self.answer("the NAT loss counter", |a| match a {
-            Answer::NatLost(v) => Some(v),
+        if let Some(v) = self.take(|a| match a {
+            Answer::NatLost(v) => Some(*v),
             _ => None,
-        })
+        }) {
+            self.last_nat_lost = v;
+        }
+        self.last_nat_lost
     }
     fn evicted_seen(&mut self) -> u64 {
-        self.answer("NAT evictions", |a| match a {
-            Answer::NatEvictedSeen(v) => Some(v),
+        if let Some(v) = self.take(|a| match a {
+            Answer::NatEvictedSeen(v) => Some(*v),
             _ => None,
-        })
+        }) {
+            self.last_nat_evicted = v;
+        }
+        self.last_nat_evicted
     }
     fn kernel_totals(&mut self) -> Option<[(u64, u64); 3]> {
-        self.answer("NAT totals", |a| match a {
-            Answer::NatTotals(v) => Some(v),
+        if let Some(v) = self.take(|a| match a {
+            Answer::NatTotals(v) => Some(*v),
             _ => None,
-        })
+        }) {
+            self.last_nat_totals = v;
+        }
+        self.last_nat_totals
     }
     fn fallback(&mut self) -> bool {
         self.nat_fallback
     }
 }
 
+/// Reads the answers that follow an input, and the next input.
+fn answers_then_input(reader: &mut CaptureReader) -> Result<(Vec<Answer>, Option<Frame>)> {
+    let mut answers = Vec::new();
+    loop {
+        match reader.next_frame()? {
+            Some(Frame::Answer(a)) => answers.push(a),
+            Some(Frame::Header(_)) => return Err(reader.damaged("a second header")),
+            other => return Ok((answers, other)),
+        }
+    }
+}
+
 /// Runs `stage` on a capture's inputs (after its header), to its end.
 pub fn replay<G: Stage>(reader: &mut CaptureReader, header: &Header, stage: &mut G) -> Result<()> {
-    let mut replayer = Replayer {
-        reader,
+    let mut system = Replayer {
         nat: header.nat,
         nat_fallback: header.nat_fallback,
-        error: None,
+        ..Default::default()
     };
-    let step = |replayer: &mut Replayer<'_>,
-                call: &mut dyn FnMut(&mut dyn KernelInputs) -> Result<()>| {
-        let result = call(replayer);
-        match replayer.error.take() {
-            Some(e) => Err(e),
-            None => result,
-        }
-    };
-    step(&mut replayer, &mut |k| stage.start(k))?;
+    // The answers `start` got come before the first input.
+    let (answers, mut input) = answers_then_input(reader)?;
+    system.queue(answers);
+    stage.start(&mut system)?;
     loop {
-        let frame = replayer.reader.next_frame()?;
+        let Some(frame) = input.take() else {
+            return Err(reader.damaged("it ends before the run did"));
+        };
+        let (answers, next) = answers_then_input(reader)?;
+        system.queue(answers);
+        input = next;
         match frame {
-            Some(Frame::Batch(mut socks, mut nats)) => step(&mut replayer, &mut |k| {
-                stage.events(&mut socks, &mut nats, k)
-            })?,
-            Some(Frame::Conntrack(ev)) => {
-                let mut ev = Some(ev);
-                step(&mut replayer, &mut |k| match ev.take() {
-                    Some(ev) => stage.conntrack(ev, k),
-                    None => Ok(()),
-                })?
+            Frame::Batch(mut socks, mut nats) => {
+                stage.events(&mut socks, &mut nats, &mut system)?
             }
-            Some(Frame::Tick) => step(&mut replayer, &mut |k| stage.tick(k).map(|_| ()))?,
-            Some(Frame::Finish { undecodable }) => {
-                return step(&mut replayer, &mut |k| stage.finish(k, undecodable));
+            Frame::Conntrack(ev) => stage.conntrack(ev, &mut system)?,
+            Frame::Tick => {
+                stage.tick(&mut system)?;
             }
-            Some(Frame::Header(_)) | Some(Frame::Answer(_)) => {
-                return Err(replayer.reader.damaged("a frame is out of place"));
+            Frame::Finish { undecodable } => return stage.finish(&mut system, undecodable),
+            Frame::Header(_) | Frame::Answer(_) => {
+                return Err(reader.damaged("a frame is out of place"));
             }
-            None => return Err(replayer.reader.damaged("it ends before the run did")),
         }
     }
 }

@@ -66,7 +66,9 @@ pub enum Answer {
     Now(u64),
     Lost(u64),
     Evicted(Evicted),
-    PortRange(Option<(u16, u16)>),
+    /// A namespace's port range (the question's namespace with it, so a replay that shows
+    /// other events than the live run still finds it).
+    PortRange(u32, Option<(u16, u16)>),
     Gone(Vec<u32>),
     Sockets(Option<Snapshot>),
     AnyAlive(bool),
@@ -363,7 +365,7 @@ mod tests {
         let mut w = CaptureWriter::create(&path, &header()).unwrap();
         w.frame(&Frame::Batch(vec![ev, ev], vec![NatEvent::default()]));
         w.frame(&Frame::Tick);
-        w.frame(&Frame::Answer(Answer::PortRange(Some((1, 2)))));
+        w.frame(&Frame::Answer(Answer::PortRange(7, Some((1, 2)))));
         w.frame(&Frame::Finish { undecodable: 3 });
         w.finish().unwrap();
         let (mut r, h) = CaptureReader::open(&path).unwrap();
@@ -374,7 +376,7 @@ mod tests {
         assert!(matches!(r.next_frame().unwrap(), Some(Frame::Tick)));
         assert!(matches!(
             r.next_frame().unwrap(),
-            Some(Frame::Answer(Answer::PortRange(Some((1, 2)))))
+            Some(Frame::Answer(Answer::PortRange(7, Some((1, 2)))))
         ));
         assert!(matches!(
             r.next_frame().unwrap(),
