@@ -1,14 +1,19 @@
-//! Reading kernel memory in as few helper calls as possible, shared by both eBPF binaries.
+//! Reading kernel memory in as few helper calls as possible: one field ([`read`]) or a run of
+//! neighbouring fields with one probe ([`Window`]).
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated as gen};
 
+use crate::mem::Plain;
+
 /// `base + offset` as a `T`, or None when `base` is NULL or the read faults.
 #[inline(always)]
-pub fn read<T>(base: u64, offset: u64) -> Option<T> {
+pub fn read<T: Plain>(base: u64, offset: u64) -> Option<T> {
     if base == 0 {
         return None;
     }
+    // SAFETY: `bpf_probe_read_kernel` copies `size_of::<T>()` bytes into its own result and
+    // fails cleanly (Err) on a bad kernel address; nothing here dereferences `base`.
     unsafe { bpf_probe_read_kernel((base + offset) as *const T).ok() }
 }
 
@@ -39,6 +44,8 @@ impl<const N: usize> Window<N> {
             return None;
         }
         self.base = base;
+        // SAFETY: the destination is this window's own `8 * N` bytes, exactly the length
+        // asked for; the helper zeroes them and returns an error on a bad kernel address.
         let ret = unsafe {
             gen::bpf_probe_read_kernel(
                 self.words.as_mut_ptr() as *mut c_void,
@@ -56,14 +63,20 @@ impl<const N: usize> Window<N> {
         Some(window)
     }
 
-    /// The field at `offset` (from `OFFSETS`, so a constant to the verifier, which keeps only
-    /// the branch taken): from the window when it lies inside, else with a probe of its own.
+    /// The field at `offset` (from a load-time offsets global, so a constant to the verifier,
+    /// which keeps only the branch taken): from the window when it lies inside, else with a
+    /// probe of its own.
     #[inline(always)]
-    pub fn get<T: Copy>(&self, offset: u64) -> Option<T> {
+    pub fn get<T: Plain>(&self, offset: u64) -> Option<T> {
         let size = core::mem::size_of::<T>() as u64;
         let align = core::mem::align_of::<T>() as u64;
         if offset + size <= (N * 8) as u64 && offset.is_multiple_of(align) {
+            // SAFETY: `offset + size` lies inside the window's `8 * N` bytes: `at` too.
             let at = unsafe { (self.words.as_ptr() as *const u8).add(offset as usize) };
+            // SAFETY: `at` is inside the window and aligned for `T` (the words are 8-byte
+            // aligned and `offset` a multiple of `T`'s alignment). The bytes are initialised:
+            // a window is read only after `load`, which fills or zeroes it (and the verifier
+            // rejects a read of stack nothing wrote). Any bytes are a valid `T` (`Plain`).
             Some(unsafe { core::ptr::read(at as *const T) })
         } else {
             read(self.base, offset)
