@@ -1,5 +1,5 @@
 //! Hostile users: privileges. Once attached, every thread of tracer holds only what its mode
-//! still needs (the table in the README's Security section) and has no-new-privs; `trace`
+//! still needs (the table in docs/security.md) and has no-new-privs; `trace`
 //! never runs a command as root by accident, and the command gets the user's groups and
 //! environment and no capabilities; `--netns` accepts only a network namespace, whatever an
 //! unprivileged user put at the path.
@@ -22,7 +22,7 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// What each mode keeps after attaching, as the README documents it.
+/// What each mode keeps after attaching, as docs/security.md documents it.
 const WATCH: &[u32] = &[CAP_SYS_ADMIN, CAP_SYS_PTRACE];
 const WATCH_NAT_ALL: &[u32] = &[CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_NET_ADMIN];
 const NAT_NAMED: &[u32] = &[];

@@ -16,18 +16,20 @@ struct Check {
     note: String,
 }
 
-pub fn run() -> Result<()> {
-    prereq::require_root("doctor")?;
-    let mounted_now = prereq::ensure_tracefs()?;
-    let mut checks = Vec::new();
-    let mut add = |name: &str, available: bool, used: bool, note: String| {
-        checks.push(Check {
+impl Check {
+    fn new(name: &str, available: bool, used: bool, note: impl Into<String>) -> Self {
+        Check {
             name: name.to_string(),
             available,
             used,
-            note,
-        })
-    };
+            note: note.into(),
+        }
+    }
+}
+
+pub fn run() -> Result<()> {
+    prereq::require_root("doctor")?;
+    let mounted_now = prereq::ensure_tracefs()?;
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -39,70 +41,93 @@ pub fn run() -> Result<()> {
     if mounted_now {
         writeln!(out, "mounted tracefs at {}", tracefs::TRACEFS).map_err(io_err)?;
     }
+    let mut checks = program_types();
+    let offsets_resolved = kernel_facts(&mut checks);
+    checks.extend(tracepoints());
+    let missing_needed = print(&mut out, &checks).map_err(io_err)?;
+    if missing_needed == 0 && offsets_resolved {
+        writeln!(out, "\ntracer watch can run on this kernel.").map_err(io_err)?;
+        Ok(())
+    } else {
+        Err(crate::error::Error::Invalid(format!(
+            "{missing_needed} hook(s) tracer needs are missing on this kernel (see above)"
+        )))
+    }
+}
 
+/// The program types this kernel loads (each probed by loading a tiny program).
+fn program_types() -> Vec<Check> {
     let probe = |t: ProgramType| aya::sys::is_program_supported(t).unwrap_or(false);
-    add(
-        "tracepoint programs",
-        probe(ProgramType::TracePoint),
-        true,
-        "socket syscalls".into(),
-    );
-    add(
-        "raw tracepoint programs",
-        probe(ProgramType::RawTracePoint),
-        true,
-        "TCP states".into(),
-    );
-    add(
-        "kprobe programs",
-        std::path::Path::new(tracefs::TRACEFS)
-            .join("kprobe_events")
-            .exists(),
-        false,
-        "not needed: tracer uses stable tracepoints".into(),
-    );
-    add(
-        "fentry/fexit (tracing) programs",
-        probe(ProgramType::Tracing),
-        false,
-        "optional; not needed".into(),
-    );
-    add(
-        "cgroup sock programs",
-        probe(ProgramType::CgroupSock),
-        true,
-        "sock_release: when a socket is freed".into(),
-    );
-    add(
-        "sock_ops programs",
-        probe(ProgramType::SockOps),
-        false,
-        String::new(),
-    );
-    add(
-        "netfilter programs",
-        probe(ProgramType::Netfilter),
-        false,
-        "for NAT tracing".into(),
-    );
+    let kprobes = std::path::Path::new(tracefs::TRACEFS)
+        .join("kprobe_events")
+        .exists();
+    vec![
+        Check::new(
+            "tracepoint programs",
+            probe(ProgramType::TracePoint),
+            true,
+            "socket syscalls",
+        ),
+        Check::new(
+            "raw tracepoint programs",
+            probe(ProgramType::RawTracePoint),
+            true,
+            "TCP states",
+        ),
+        Check::new(
+            "kprobe programs",
+            kprobes,
+            false,
+            "not needed: tracer uses stable tracepoints",
+        ),
+        Check::new(
+            "fentry/fexit (tracing) programs",
+            probe(ProgramType::Tracing),
+            false,
+            "optional; not needed",
+        ),
+        Check::new(
+            "cgroup sock programs",
+            probe(ProgramType::CgroupSock),
+            true,
+            "sock_release: when a socket is freed",
+        ),
+        Check::new("sock_ops programs", probe(ProgramType::SockOps), false, ""),
+        Check::new(
+            "netfilter programs",
+            probe(ProgramType::Netfilter),
+            false,
+            "for NAT tracing",
+        ),
+    ]
+}
 
+/// BTF (and the offsets tracer resolves from it) and cgroup v2. Returns whether every offset
+/// resolved.
+fn kernel_facts(checks: &mut Vec<Check>) -> bool {
     let btf_ok = btf::KernelBtf::load();
     let offsets = btf_ok.as_ref().ok().map(loader::resolve_offsets);
-    add(
+    let note = match &offsets {
+        Some(Ok(_)) => "all socket field offsets resolved".into(),
+        Some(Err(e)) => e.to_string(),
+        None => "missing".into(),
+    };
+    checks.push(Check::new(
         "kernel BTF (/sys/kernel/btf/vmlinux)",
         btf_ok.is_ok(),
         true,
-        match &offsets {
-            Some(Ok(_)) => "all socket field offsets resolved".into(),
-            Some(Err(e)) => e.to_string(),
-            None => "missing".into(),
-        },
-    );
-    match prereq::cgroup2_root() {
-        Ok(path) => add("cgroup v2", true, true, path.display().to_string()),
-        Err(e) => add("cgroup v2", false, true, e.to_string()),
-    }
-    for (category, event) in [
+        note,
+    ));
+    checks.push(match prereq::cgroup2_root() {
+        Ok(path) => Check::new("cgroup v2", true, true, path.display().to_string()),
+        Err(e) => Check::new("cgroup v2", false, true, e.to_string()),
+    });
+    matches!(offsets, Some(Ok(_)))
+}
+
+/// The tracepoints tracer attaches to.
+fn tracepoints() -> Vec<Check> {
+    const USED: &[(&str, &str)] = &[
         ("syscalls", "sys_enter_socket"),
         ("syscalls", "sys_enter_bind"),
         ("syscalls", "sys_enter_listen"),
@@ -119,31 +144,33 @@ pub fn run() -> Result<()> {
         ("sched", "sched_process_free"),
         ("sock", "sock_send_length"),
         ("sock", "sock_recv_length"),
-    ] {
-        // The data tracepoints (Linux 6.3+) serve `tracer trace` only; without them the rest
-        // of tracer runs.
-        let note = if event.ends_with("_length") {
-            "tracer trace: bytes per socket (optional)"
-        } else {
-            ""
-        };
-        // The TCP state machine is read through a raw tracepoint (no record built).
-        let kind = if event == "inet_sock_set_state" {
-            "raw tracepoint"
-        } else {
-            "tracepoint"
-        };
-        add(
-            &format!("{kind} {category}:{event}"),
-            tracefs::exists(category, event),
-            true,
-            note.to_string(),
-        );
-    }
+    ];
+    USED.iter()
+        .map(|&(category, event)| {
+            // The data tracepoints (Linux 6.3+) serve `tracer trace` only; without them the
+            // rest of tracer runs.
+            let note = if event.ends_with("_length") {
+                "tracer trace: bytes per socket (optional)"
+            } else {
+                ""
+            };
+            // The TCP state machine is read through a raw tracepoint (no record built).
+            let kind = if event == "inet_sock_set_state" {
+                "raw tracepoint"
+            } else {
+                "tracepoint"
+            };
+            let name = format!("{kind} {category}:{event}");
+            Check::new(&name, tracefs::exists(category, event), true, note)
+        })
+        .collect()
+}
 
-    writeln!(out, "{:<44} {:<10} {:<5} NOTE", "HOOK", "AVAILABLE", "USED").map_err(io_err)?;
+/// The table; returns how many needed hooks are missing.
+fn print(out: &mut impl Write, checks: &[Check]) -> std::io::Result<usize> {
+    writeln!(out, "{:<44} {:<10} {:<5} NOTE", "HOOK", "AVAILABLE", "USED")?;
     let mut missing_needed = 0;
-    for c in &checks {
+    for c in checks {
         if c.used && !c.available && !c.note.ends_with("(optional)") {
             missing_needed += 1;
         }
@@ -154,15 +181,7 @@ pub fn run() -> Result<()> {
             if c.available { "yes" } else { "no" },
             if c.used { "yes" } else { "-" },
             c.note
-        )
-        .map_err(io_err)?;
+        )?;
     }
-    if missing_needed == 0 && matches!(offsets, Some(Ok(_))) {
-        writeln!(out, "\ntracer watch can run on this kernel.").map_err(io_err)?;
-        Ok(())
-    } else {
-        Err(crate::error::Error::Invalid(format!(
-            "{missing_needed} hook(s) tracer needs are missing on this kernel (see above)"
-        )))
-    }
+    Ok(missing_needed)
 }

@@ -205,23 +205,7 @@ pub fn prepare(config: TraceConfig) -> Result<TracePlan> {
 pub async fn run(config: TracePlan) -> Result<i32> {
     prereq::require_root("trace")?;
     let (filter, pids, launched) = start(&config.target)?;
-    let loaded = SockProbes::load(&LoadOptions {
-        filter,
-        pids: pids.clone(),
-        ringbuf_bytes: 8 << 20,
-        data: true,
-    });
-    let mut probes = match loaded {
-        Ok(p) => p,
-        Err(e) => {
-            // Closing the gate unopened makes the launcher exit without running anything.
-            if let Some(Launched { mut child, gate }) = launched {
-                drop(gate);
-                let _ = child.wait();
-            }
-            return Err(e);
-        }
-    };
+    let (mut probes, launched) = load(filter, &pids, launched)?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = Arc::new(probes.take_counters()?);
 
@@ -237,16 +221,13 @@ pub async fn run(config: TracePlan) -> Result<i32> {
     });
     forward_signals(extra_tx.clone())?;
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let describe = match &config.target {
-        Target::Command { argv, .. } => format!(
-            "`{}` (pid {})",
-            crate::text::escape(&argv.join(" ")),
-            pids[0]
-        ),
-        Target::Pids(p) => format!("pid {}", p[0]),
-        Target::Comm(c) => format!("processes named {}", crate::text::escape(c)),
-    };
-    let announced = announce(&mut out, &config, &describe, &pids, launched.is_some());
+    let announced = announce(
+        &mut out,
+        &config,
+        &describe(&config.target, &pids),
+        &pids,
+        launched.is_some(),
+    );
     let child = open_gate(launched, extra_tx)?;
     let format = StoryFormat {
         json: config.json,
@@ -299,6 +280,44 @@ pub async fn run(config: TracePlan) -> Result<i32> {
         other => other?,
     }
     report(stage, probes, &counters, &config)
+}
+
+/// Loads the probes (following `pids`, collecting data totals). On failure the launched
+/// command never runs: closing its gate unopened makes the launcher exit.
+fn load(
+    filter: KernelFilter,
+    pids: &[u32],
+    launched: Option<Launched>,
+) -> Result<(SockProbes, Option<Launched>)> {
+    let loaded = SockProbes::load(&LoadOptions {
+        filter,
+        pids: pids.to_vec(),
+        ringbuf_bytes: 8 << 20,
+        data: true,
+    });
+    match loaded {
+        Ok(probes) => Ok((probes, launched)),
+        Err(e) => {
+            if let Some(Launched { mut child, gate }) = launched {
+                drop(gate);
+                let _ = child.wait();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What is traced, in the first line.
+fn describe(target: &Target, pids: &[u32]) -> String {
+    match target {
+        Target::Command { argv, .. } => format!(
+            "`{}` (pid {})",
+            crate::text::escape(&argv.join(" ")),
+            pids[0]
+        ),
+        Target::Pids(p) => format!("pid {}", p[0]),
+        Target::Comm(c) => format!("processes named {}", crate::text::escape(c)),
+    }
 }
 
 /// SIGINT and SIGTERM become inputs of the trace (passed on to the command while it runs).

@@ -10,13 +10,17 @@ use crate::{
     commands::resolve,
     error::{Error, Result},
     kernel::{
+        loader::KernelCounters,
         loader::{LoadOptions, SockProbes},
-        nat_watch::{NatSource, NatWatch},
+        nat_watch::{NatPlaces, NatSource, NatStarted, NatWatch},
         prereq,
         snapshot::{self, Scope},
     },
     metrics::{self, server::Scrape, Metrics},
-    model::{snapshot::SnapSocket, Clock, Filter, Owner},
+    model::{
+        snapshot::{SnapSocket, Snapshot},
+        Clock, Filter, Owner,
+    },
     output::{human::HumanSink, json::JsonSink, log::LogSink, Sink},
     pipeline::{
         self,
@@ -80,64 +84,14 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
         Some(addr) => Some(metrics::server::bind(addr)?),
         None => None,
     };
-    let process_filter = !config.pids.is_empty() || config.comm.is_some();
-    let mut probes = SockProbes::load(&LoadOptions {
-        filter: KernelFilter {
-            // The runner drains on a timer too: wake it only when a quarter of the ring is
-            // waiting.
-            wakeup_bytes: config.ringbuf_bytes / 4,
-            // `serve` keeps only the socket table: what it merely counts stays in the kernel.
-            // With a process filter the agent attributes (and counts) transitions itself.
-            metrics_only: u8::from(serve && !process_filter),
-            ..plan.kernel_filter
-        },
-        pids: plan.pids.clone(),
-        ringbuf_bytes: config.ringbuf_bytes,
-        data: false,
-    })?;
-    let nat = match (nat_places, &config.nat) {
-        (Some(places), Some((_, choice))) => Some(NatWatch::start(
-            places,
-            config.nat_max_netns,
-            nat_source(*choice),
-            Some(probes.events_fd()?),
-            config.ringbuf_bytes,
-        )?),
-        _ => None,
-    };
+    let (mut probes, nat) = attach(&plan, nat_places)?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = Arc::new(probes.take_counters()?);
     let scrape = match listener {
-        Some(listener) => {
-            let addr = listener.local_addr().ok();
-            let scrape = Arc::new(Scrape::new(
-                Metrics::new(config.max_listen_ports, &kernel_release()),
-                Box::new(LiveReadings {
-                    stats: probes.take_stats()?,
-                    counters: counters.clone(),
-                }),
-            ));
-            metrics::server::spawn(listener, scrape.clone(), prereq::drop_privileges)?;
-            if let Some(addr) = addr {
-                tracing::info!("serving metrics on http://{addr}/metrics");
-            }
-            Some(scrape)
-        }
+        Some(listener) => Some(serve_metrics(listener, config, &mut probes, &counters)?),
         None => None,
     };
-    // Attached first, snapshot second: a socket opened in between is in both, and the table
-    // keeps the live one. Without a snapshot tracer still works, it just cannot name the
-    // owners of older sockets.
-    let snapshot = snapshot::take(&plan.scope)
-        .inspect_err(|e| {
-            let e = crate::text::escape_log(&e.to_string()).into_owned();
-            eprintln!("tracer: no snapshot of existing sockets ({e}); their owners stay unknown")
-        })
-        .ok()
-        .map(|mut s| {
-            s.retain(|socket, owners| watched(&plan, socket, owners));
-            s
-        });
+    let snapshot = start_up_snapshot(&plan);
     let mut hooks = probes.attached.clone();
     let (nat_watch, conntrack) = match nat {
         Some(started) => {
@@ -148,40 +102,19 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
     };
     let clock = Clock::now();
     let writer = match &config.record {
-        Some(path) => Some(CaptureWriter::create(
-            path,
-            &Header {
-                version: capture::VERSION,
-                tracer: env!("CARGO_PKG_VERSION").into(),
-                kernel: kernel_release(),
-                sock_record_size: tracer_common::SOCK_EVENT_SIZE,
-                nat_record_size: tracer_common::NAT_EVENT_SIZE,
-                clock_offset_ns: clock.offset_ns(),
-                hooks: hooks.clone(),
-                by_pid: !config.pids.is_empty(),
-                comm: config.comm.clone(),
-                nat: nat_watch.is_some(),
-                nat_fallback: nat_watch.as_ref().is_some_and(|n| n.fallback),
-                snapshot: snapshot.clone(),
-            },
-        )?),
+        Some(path) => {
+            let header = capture_header(config, &clock, &hooks, nat_watch.as_ref(), &snapshot);
+            Some(CaptureWriter::create(path, &header)?)
+        }
         None => None,
     };
     let stage = WatchStage::new(WatchSetup {
-        mode: config.mode,
-        filter: Filter::new(
-            &config.output.events,
-            !config.pids.is_empty(),
-            config.comm.as_deref(),
-        ),
-        group_by_remote: config.output.group_by == Some(GroupBy::Remote),
-        process_filter,
         nat: nat_watch.is_some(),
-        sink: sink(config),
         scrape,
         hooks,
         snapshot,
         clock,
+        ..setup(config)
     });
     let mut inputs = Inputs {
         events: source,
@@ -215,6 +148,122 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
     match result {
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
+    }
+}
+
+/// Loads the socket probes and, with `--nat…`, links the NAT programs sharing their ring.
+fn attach(
+    plan: &WatchPlan,
+    nat_places: Option<NatPlaces>,
+) -> Result<(SockProbes, Option<NatStarted>)> {
+    let config = &plan.config;
+    let process_filter = !config.pids.is_empty() || config.comm.is_some();
+    let probes = SockProbes::load(&LoadOptions {
+        filter: KernelFilter {
+            // The runner drains on a timer too: wake it only when a quarter of the ring is
+            // waiting.
+            wakeup_bytes: config.ringbuf_bytes / 4,
+            // `serve` keeps only the socket table: what it merely counts stays in the kernel.
+            // With a process filter the agent attributes (and counts) transitions itself.
+            metrics_only: u8::from(config.mode == WatchMode::Serve && !process_filter),
+            ..plan.kernel_filter
+        },
+        pids: plan.pids.clone(),
+        ringbuf_bytes: config.ringbuf_bytes,
+        data: false,
+    })?;
+    let nat = match (nat_places, &config.nat) {
+        (Some(places), Some((_, choice))) => Some(NatWatch::start(
+            places,
+            config.nat_max_netns,
+            nat_source(*choice),
+            Some(probes.events_fd()?),
+            config.ringbuf_bytes,
+        )?),
+        _ => None,
+    };
+    Ok((probes, nat))
+}
+
+/// The registry, fed from the kernel's counters at each scrape, on its own thread.
+fn serve_metrics(
+    listener: std::net::TcpListener,
+    config: &WatchConfig,
+    probes: &mut SockProbes,
+    counters: &Arc<KernelCounters>,
+) -> Result<Arc<Scrape>> {
+    let addr = listener.local_addr().ok();
+    let scrape = Arc::new(Scrape::new(
+        Metrics::new(config.max_listen_ports, &kernel_release()),
+        Box::new(LiveReadings {
+            stats: probes.take_stats()?,
+            counters: counters.clone(),
+        }),
+    ));
+    metrics::server::spawn(listener, scrape.clone(), prereq::drop_privileges)?;
+    if let Some(addr) = addr {
+        tracing::info!("serving metrics on http://{addr}/metrics");
+    }
+    Ok(scrape)
+}
+
+/// The sockets that predate tracer, narrowed to what this watch looks at. Attached first,
+/// snapshot second: a socket opened in between is in both, and the table keeps the live one.
+/// Without a snapshot tracer still works, it just cannot name the owners of older sockets.
+fn start_up_snapshot(plan: &WatchPlan) -> Option<Snapshot> {
+    snapshot::take(&plan.scope)
+        .inspect_err(|e| {
+            let e = crate::text::escape_log(&e.to_string()).into_owned();
+            eprintln!("tracer: no snapshot of existing sockets ({e}); their owners stay unknown")
+        })
+        .ok()
+        .map(|mut s| {
+            s.retain(|socket, owners| watched(plan, socket, owners));
+            s
+        })
+}
+
+/// What a capture of this run says about it.
+fn capture_header(
+    config: &WatchConfig,
+    clock: &Clock,
+    hooks: &[String],
+    nat: Option<&NatWatch>,
+    snapshot: &Option<Snapshot>,
+) -> Header {
+    Header {
+        version: capture::VERSION,
+        tracer: env!("CARGO_PKG_VERSION").into(),
+        kernel: kernel_release(),
+        sock_record_size: tracer_common::SOCK_EVENT_SIZE,
+        nat_record_size: tracer_common::NAT_EVENT_SIZE,
+        clock_offset_ns: clock.offset_ns(),
+        hooks: hooks.to_vec(),
+        by_pid: !config.pids.is_empty(),
+        comm: config.comm.clone(),
+        nat: nat.is_some(),
+        nat_fallback: nat.is_some_and(|n| n.fallback),
+        snapshot: snapshot.clone(),
+    }
+}
+
+/// What the stage shows and how, from the configuration (no hooks, snapshot or NAT yet).
+fn setup(config: &WatchConfig) -> WatchSetup {
+    WatchSetup {
+        mode: config.mode,
+        filter: Filter::new(
+            &config.output.events,
+            !config.pids.is_empty(),
+            config.comm.as_deref(),
+        ),
+        group_by_remote: config.output.group_by == Some(GroupBy::Remote),
+        process_filter: !config.pids.is_empty() || config.comm.is_some(),
+        nat: false,
+        sink: sink(config),
+        scrape: None,
+        hooks: Vec::new(),
+        snapshot: None,
+        clock: Clock::identity(),
     }
 }
 

@@ -62,7 +62,7 @@ pub fn raise_memlock() {
 
 /// What a mode still does once its programs are attached, each need keeping one capability.
 /// Everything else (BPF, PERFMON, NET_ADMIN for loading and linking, SETUID, SYS_MODULE, DAC_*,
-/// …) is gone for the rest of the run; the README's Security section has the table per mode.
+/// …) is gone for the rest of the run; docs/security.md has the table per mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Keep {
     /// CAP_SYS_ADMIN: setns(2) into network namespaces met after attaching (reading their
@@ -217,7 +217,7 @@ mod tests {
     use super::*;
     use Capability::*;
 
-    /// The README's table, mode by mode.
+    /// docs/security.md's table, mode by mode.
     #[test]
     fn each_mode_keeps_what_the_table_says() {
         assert_eq!(
