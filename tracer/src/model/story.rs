@@ -10,6 +10,7 @@ use serde::Serialize;
 use tracer_common::{kind, DataTotals, SockEvent};
 
 use super::event::Event;
+use super::types::{Endpoint, EventKind, Family, Proto, SockState, TcpState};
 
 /// What a socket turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -35,17 +36,100 @@ impl Role {
     }
 }
 
-/// One numbered step.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// What a step is: a call, a TCP transition the documents name, or something the kernel did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    Socket,
+    Bind,
+    Listen,
+    Accept,
+    /// The connection's own story begins: made by the kernel for one client.
+    Accepted,
+    Connect,
+    SynSent,
+    SynRecv,
+    Handshake,
+    /// This side sent the first FIN.
+    CloseFirst,
+    /// The peer sent the first FIN.
+    ClosePeer,
+    FinWait2,
+    LastAck,
+    TimeWait,
+    Closed,
+    /// Any other TCP transition.
+    State,
+    Data,
+    /// UDP's first sendto() bound the socket.
+    Autobind,
+    Shutdown,
+    Close,
+    Release,
+    Error,
+    /// Open before tracing began.
+    Snapshot,
+}
+
+impl StepKind {
+    /// The short tag JSON carries (`what`).
+    pub fn name(self) -> &'static str {
+        use StepKind::*;
+        match self {
+            Snapshot => "snapshot",
+            Socket => "socket",
+            Accepted => "accepted",
+            Bind => "bind",
+            Listen => "listen",
+            Accept => "accept",
+            Connect => "connect",
+            SynSent => "syn_sent",
+            SynRecv => "syn_recv",
+            Handshake => "handshake",
+            CloseFirst => "close_first",
+            ClosePeer => "close_peer",
+            FinWait2 => "fin_wait2",
+            LastAck => "last_ack",
+            TimeWait => "time_wait",
+            Closed => "closed",
+            State => "state",
+            Data => "data",
+            Autobind => "autobind",
+            Shutdown => "shutdown",
+            Close => "close",
+            Release => "release",
+            Error => "error",
+        }
+    }
+}
+
+/// Who closed first, or keeps TIME_WAIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    ThisSide,
+    Peer,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::ThisSide => "this side",
+            Side::Peer => "peer",
+        }
+    }
+}
+
+/// One numbered step. Its `--explain` sentence is the sinks' (by `what` and `role`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     pub ts_ns: u64,
     /// Nanoseconds since the socket's previous step (0 for the first).
     pub since_previous_ns: u64,
-    /// A short tag: socket, bind, listen, accept, connect, state, data, close, …
-    pub what: &'static str,
+    pub what: StepKind,
     pub text: String,
-    /// One sentence tying the step to the concept (`--explain`).
-    pub explain: &'static str,
+    /// The socket's role when the step was told.
+    pub role: Role,
+    /// A TCP transition: (before, after).
+    pub transition: Option<(TcpState, TcpState)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -65,7 +149,7 @@ pub struct SocketStory {
     pub id: usize,
     pub pid: Option<u32>,
     pub comm: Option<String>,
-    pub proto: &'static str,
+    pub proto: Proto,
     pub role: Role,
     pub laddr: Option<IpAddr>,
     pub lport: u16,
@@ -82,10 +166,10 @@ pub struct SocketStory {
     pub opened_ns: u64,
     pub closed_ns: Option<u64>,
     /// "this side" or "peer": who sent the first FIN.
-    pub closed_first_by: Option<&'static str>,
+    pub closed_first_by: Option<Side>,
     /// Which side keeps TIME_WAIT: "this side" or "peer".
-    pub time_wait: Option<&'static str>,
-    pub last_state: Option<&'static str>,
+    pub time_wait: Option<Side>,
+    pub last_state: Option<SockState>,
     pub errors: Vec<String>,
     /// accept: the listener's story; listener: the stories of the connections it accepted.
     pub listener: Option<usize>,
@@ -102,7 +186,7 @@ impl SocketStory {
         id: usize,
         pid: Option<u32>,
         comm: Option<String>,
-        proto: &'static str,
+        proto: Proto,
         role: Role,
         opened_ns: u64,
     ) -> Self {
@@ -135,7 +219,7 @@ impl SocketStory {
         }
     }
 
-    fn step(&mut self, ts_ns: u64, what: &'static str, text: String) {
+    fn step(&mut self, ts_ns: u64, what: StepKind, text: String) {
         let since = self
             .steps
             .last()
@@ -145,14 +229,19 @@ impl SocketStory {
             since_previous_ns: since,
             what,
             text,
-            explain: explain(what, &self.role),
+            role: self.role,
+            transition: None,
         });
     }
 
     fn done(&self) -> bool {
         self.released
-            && (self.proto == "udp"
-                || matches!(self.last_state, None | Some("CLOSE") | Some("TIME_WAIT")))
+            && (self.proto == Proto::Udp
+                || match self.last_state {
+                    None => true,
+                    Some(SockState::Tcp(state)) => state.is_over(),
+                    Some(_) => false,
+                })
     }
 }
 
@@ -160,24 +249,28 @@ impl SocketStory {
 /// where a reader expects them: `connect` before the SYN it sent, `close` before the release
 /// and FIN it caused. Then recompute the time since each previous step.
 fn tell_in_call_order(steps: &mut Vec<Step>) {
+    use StepKind as K;
+    use TcpState as T;
     let mut i = 1;
     while i < steps.len() {
-        let inside = |s: &Step, call: &str| match call {
-            "connect" => matches!(s.what, "syn_sent" | "handshake"),
-            "listen" => s.text.starts_with("CLOSE → LISTEN"),
-            "close" | "shutdown" => {
+        let inside = |s: &Step, call: StepKind| match call {
+            K::Connect => matches!(s.what, K::SynSent | K::Handshake),
+            K::Listen => s.transition == Some((T::Close, T::Listen)),
+            K::Close | K::Shutdown => {
                 // Not CLOSE_WAIT: the peer's FIN arrives on its own, before our close.
-                matches!(s.what, "release" | "close_first" | "time_wait" | "last_ack")
-                    || ["FIN_WAIT", "CLOSING", "LAST_ACK"]
-                        .iter()
-                        .any(|state| s.text.starts_with(state))
+                matches!(
+                    s.what,
+                    K::Release | K::CloseFirst | K::TimeWait | K::LastAck
+                ) || s.transition.is_some_and(|(old, _)| {
+                    matches!(old, T::FinWait1 | T::FinWait2 | T::Closing | T::LastAck)
+                })
             }
             _ => false,
         };
         let call = steps[i].what;
-        if matches!(call, "connect" | "listen" | "close" | "shutdown") {
+        if matches!(call, K::Connect | K::Listen | K::Close | K::Shutdown) {
             let mut at = i;
-            while at > 0 && inside(&steps[at - 1], call) && steps[at - 1].what != "data" {
+            while at > 0 && inside(&steps[at - 1], call) && steps[at - 1].what != K::Data {
                 at -= 1;
             }
             if at < i {
@@ -215,11 +308,8 @@ fn port_label(port: u16) -> &'static str {
     tracer_common::PortClass::of(port).as_str()
 }
 
-fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-        IpAddr::V4(a) => format!("{a}:{port}"),
-    }
+fn endpoint(addr: IpAddr, port: u16) -> Endpoint {
+    Endpoint::new(addr, port)
 }
 
 /// Human-sized bytes: 78 B, 1.2 KiB, 3.4 MiB.
@@ -231,34 +321,33 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// The sentence `--explain` adds to a step.
-fn explain(what: &'static str, role: &Role) -> &'static str {
-    match what {
-        "socket" => "socket() asks the kernel for a communication endpoint: protocol and family are fixed now, the address and port come later.",
-        "bind" => "bind() attaches a local address and port, so others know where to reach this socket; a server binds a fixed port, a client usually never calls bind().",
-        "listen" => "listen() makes the socket passive: the kernel now answers handshakes on this port and queues finished connections, up to the backlog.",
-        "accept" => "accept() takes one finished connection off the queue as a new socket with its own descriptor; the listener keeps listening.",
-        "accepted" => "This socket was made by the kernel for one client; it shares the server's port and is told apart from others by the client's address and port.",
-        "connect" => "connect() starts the 3-way handshake; since the client did not bind, the kernel picked an ephemeral source port from ip_local_port_range.",
-        "handshake" => "SYN, SYN-ACK, ACK: the 3-way handshake is done and both sides are ESTABLISHED.",
-        "close_first" => "This side sent the first FIN (active close): it goes FIN_WAIT1 → FIN_WAIT2 and then waits in TIME_WAIT.",
-        "close_peer" => "The peer sent the first FIN (passive close): this side answers and goes CLOSE_WAIT → LAST_ACK → CLOSE.",
-        "time_wait" => "TIME_WAIT holds the connection's addresses and ports for a while (2×MSL) so stray packets cannot be mistaken for a new connection.",
-        "syn_sent" => "The client's SYN is on its way: the first of the handshake's three packets.",
-        "syn_recv" => "A client's SYN reached the listening port: the kernel answered SYN-ACK and made a socket for this connection, before any accept().",
-        "fin_wait2" => "The peer acknowledged our FIN; its own FIN is still to come.",
-        "last_ack" => "This side closed as well and sent its FIN; one ACK from the peer ends the connection.",
-        "closed" => "The 4-way close is complete: FIN, ACK, FIN, ACK.",
-        "state" => "A TCP state change the kernel made.",
-        "data" if *role == Role::Udp => "UDP sends independent datagrams: no connection, each sendto() names its destination and each recvfrom() says who sent it.",
-        "data" => "read()/write() move bytes over the connection; TCP is a byte stream, so where one message ends is up to the application.",
-        "autobind" => "UDP has no connect step: the first sendto() on an unbound socket makes the kernel bind it to an ephemeral port (autobind).",
-        "shutdown" => "shutdown() closes one direction of the connection (SHUT_WR sends a FIN) while the socket stays open.",
-        "close" => "close() drops this descriptor; the socket itself goes when the last descriptor pointing at it is closed.",
-        "release" => "The kernel freed the socket: no descriptor refers to it any more.",
-        "error" => "The kernel refused the call; the errno says why.",
-        "snapshot" => "This socket was already open when tracing began (found in the kernel's socket table).",
-        _ => "",
+/// The step a TCP transition makes, and the note its text ends with; records who closed
+/// first and where TIME_WAIT stays.
+fn transition(story: &mut SocketStory, old: TcpState, new: TcpState) -> (StepKind, &'static str) {
+    use StepKind as K;
+    use TcpState::*;
+    match (old, new) {
+        (SynSent | SynRecv, Established) => (K::Handshake, " — handshake done"),
+        (Listen, SynRecv) => (K::SynRecv, " — SYN received, SYN-ACK sent"),
+        (Close, SynSent) => (K::SynSent, " — SYN sent"),
+        (Close, Listen) => (K::State, ""),
+        (FinWait1, FinWait2) => (K::FinWait2, " — our FIN acknowledged"),
+        (CloseWait, LastAck) => (K::LastAck, " — this side's FIN sent too"),
+        (LastAck, Close) => (K::Closed, " — last ACK received, connection gone"),
+        (Established, FinWait1) => {
+            story.closed_first_by.get_or_insert(Side::ThisSide);
+            (K::CloseFirst, " — this side closes first (FIN sent)")
+        }
+        (Established, CloseWait) => {
+            story.closed_first_by.get_or_insert(Side::Peer);
+            (K::ClosePeer, " — the peer closed first (FIN received)")
+        }
+        (_, TimeWait) => {
+            story.time_wait = Some(Side::ThisSide);
+            (K::TimeWait, " — TIME_WAIT on this side")
+        }
+        (SynSent, Close) => (K::State, " — refused or timed out"),
+        _ => (K::State, ""),
     }
 }
 
@@ -288,7 +377,7 @@ impl StoryBook {
     /// Starts a story for a socket that existed before tracing (`--pid`).
     pub fn predating(&mut self, row: &super::ports::PortRow, now_ns: u64) {
         let id = self.stories.len();
-        let role = if row.proto == "udp" {
+        let role = if row.proto == Proto::Udp {
             Role::Udp
         } else if row.listening {
             Role::Listener
@@ -304,7 +393,7 @@ impl StoryBook {
             rport: row.rport,
             ephemeral: row.ephemeral,
             predates_trace: true,
-            last_state: (row.proto == "tcp").then_some(row.state),
+            last_state: (row.proto == Proto::Tcp).then_some(row.state),
             ..SocketStory::new(id, row.pid, row.comm.clone(), row.proto, role, now_ns)
         };
         let text = format!(
@@ -318,7 +407,7 @@ impl StoryBook {
                 String::new()
             }
         );
-        story.step(now_ns, "snapshot", text);
+        story.step(now_ns, StepKind::Snapshot, text);
         self.stories.push(story);
         self.unnamed.push(id);
         if let Some(pid) = row.pid {
@@ -370,7 +459,7 @@ impl StoryBook {
                 self.pids.insert(pid);
             }
         }
-        if e.event == "accept" && raw.parent_sk != 0 {
+        if e.event == EventKind::Accept && raw.parent_sk != 0 {
             // The listener may predate tracing: name it through the connection's local end.
             self.name_predating(raw.parent_sk, e.laddr, e.lport, None);
         } else if sk != 0 && raw.kind != kind::SOCKET {
@@ -382,26 +471,28 @@ impl StoryBook {
                 if e.ret < 0 || sk == 0 {
                     return;
                 }
-                let role = if e.proto == "udp" {
-                    Role::Udp
-                } else {
-                    Role::Unused
+                let role = match e.proto {
+                    Proto::Udp => Role::Udp,
+                    _ => Role::Unused,
                 };
                 let id = self.new_story(sk, e, role);
-                let family = if e.family == "ipv6" { "IPv6" } else { "IPv4" };
+                let family = match e.family {
+                    Family::V6 => "IPv6",
+                    Family::V4 => "IPv4",
+                };
                 let text = format!(
                     "socket() → fd {} ({}, {family})",
                     e.ret,
-                    e.proto.to_uppercase()
+                    e.proto.name().to_uppercase()
                 );
-                self.stories[id].step(ts, "socket", text);
+                self.stories[id].step(ts, StepKind::Socket, text);
             }
             kind::STATE => {
                 let id = match self.open.get(&sk) {
                     Some(&id) => id,
                     // A connection the kernel builds from one of our listeners.
                     None if e.pid.is_some_and(|p| self.pids.contains(&p))
-                        && e.old_state == Some("LISTEN") =>
+                        && e.old_state == Some(TcpState::Listen) =>
                     {
                         let id = self.new_story(sk, e, Role::Accepted);
                         let story = &mut self.stories[id];
@@ -458,7 +549,7 @@ impl StoryBook {
         if e.ret < 0 {
             if let Some(&l) = self.open.get(&raw.parent_sk) {
                 let err = e.errno.clone().unwrap_or_default();
-                self.stories[l].step(e.ts_ns, "error", format!("accept failed: {err}"));
+                self.stories[l].step(e.ts_ns, StepKind::Error, format!("accept failed: {err}"));
                 self.stories[l].errors.push(format!("accept: {err}"));
             }
             return;
@@ -501,7 +592,7 @@ impl StoryBook {
                     " — listener not traced".into()
                 }
             );
-            story.step(e.ts_ns, "accepted", text);
+            story.step(e.ts_ns, StepKind::Accepted, text);
         }
         if let Some(l) = listener {
             let text = format!(
@@ -515,7 +606,7 @@ impl StoryBook {
                 e.rport,
                 child + 1
             );
-            self.stories[l].step(e.ts_ns, "accept", text);
+            self.stories[l].step(e.ts_ns, StepKind::Accept, text);
             self.stories[l].accepted.push(child);
         }
     }
@@ -528,41 +619,20 @@ impl StoryBook {
         if old == new {
             return; // the kernel re-sets a state on some paths (a second FIN_WAIT1)
         }
-        story.last_state = Some(new);
+        story.last_state = Some(SockState::Tcp(new));
         if e.lport != 0 && story.lport == 0 {
             story.lport = e.lport;
             story.laddr = Some(e.laddr);
         }
-        let (what, note) = match (old, new) {
-            ("SYN_SENT", "ESTABLISHED") | ("SYN_RECV", "ESTABLISHED") => {
-                ("handshake", " — handshake done")
-            }
-            ("LISTEN", "SYN_RECV") => ("syn_recv", " — SYN received, SYN-ACK sent"),
-            ("CLOSE", "SYN_SENT") => ("syn_sent", " — SYN sent"),
-            ("CLOSE", "LISTEN") => ("state", ""),
-            ("FIN_WAIT1", "FIN_WAIT2") => ("fin_wait2", " — our FIN acknowledged"),
-            ("CLOSE_WAIT", "LAST_ACK") => ("last_ack", " — this side's FIN sent too"),
-            ("LAST_ACK", "CLOSE") => ("closed", " — last ACK received, connection gone"),
-            ("ESTABLISHED", "FIN_WAIT1") => {
-                story.closed_first_by.get_or_insert("this side");
-                ("close_first", " — this side closes first (FIN sent)")
-            }
-            ("ESTABLISHED", "CLOSE_WAIT") => {
-                story.closed_first_by.get_or_insert("peer");
-                ("close_peer", " — the peer closed first (FIN received)")
-            }
-            (_, "TIME_WAIT") => {
-                story.time_wait = Some("this side");
-                ("time_wait", " — TIME_WAIT on this side")
-            }
-            ("SYN_SENT", "CLOSE") => ("state", " — refused or timed out"),
-            _ => ("state", ""),
-        };
+        let (what, note) = transition(story, old, new);
         story.step(e.ts_ns, what, format!("{old} → {new}{note}"));
-        if matches!(new, "CLOSE" | "TIME_WAIT") {
+        if let Some(step) = story.steps.last_mut() {
+            step.transition = Some((old, new));
+        }
+        if new.is_over() {
             story.closed_ns = Some(e.ts_ns);
-            if story.closed_first_by == Some("peer") {
-                story.time_wait = Some("peer");
+            if story.closed_first_by == Some(Side::Peer) {
+                story.time_wait = Some(Side::Peer);
             }
         }
     }
@@ -571,19 +641,27 @@ impl StoryBook {
         let story = &mut self.stories[id];
         let ts = e.ts_ns;
         if let Some(errno) = &e.errno {
-            if e.event == "connect" && errno == "EINPROGRESS" {
+            if e.event == EventKind::Connect && e.in_progress() {
                 // A non-blocking connect: the handshake goes on.
             } else {
                 let text = format!(
                     "{} {} failed: {errno}",
                     e.event,
                     endpoint(
-                        if e.event == "bind" { e.laddr } else { e.raddr },
-                        if e.event == "bind" { e.lport } else { e.rport }
+                        if e.event == EventKind::Bind {
+                            e.laddr
+                        } else {
+                            e.raddr
+                        },
+                        if e.event == EventKind::Bind {
+                            e.lport
+                        } else {
+                            e.rport
+                        }
                     )
                 );
                 story.errors.push(format!("{}: {errno}", e.event));
-                story.step(ts, "error", text);
+                story.step(ts, StepKind::Error, text);
                 return;
             }
         }
@@ -606,14 +684,14 @@ impl StoryBook {
                         port_label(e.lport)
                     )
                 };
-                story.step(ts, "bind", text);
+                story.step(ts, StepKind::Bind, text);
             }
             kind::LISTEN => {
                 story.role = Role::Listener;
-                story.last_state = Some("LISTEN");
+                story.last_state = Some(SockState::Tcp(TcpState::Listen));
                 story.step(
                     ts,
-                    "listen",
+                    StepKind::Listen,
                     format!("listen backlog {} → LISTEN", e.backlog.unwrap_or(0)),
                 );
             }
@@ -636,7 +714,7 @@ impl StoryBook {
                 };
                 story.step(
                     ts,
-                    "connect",
+                    StepKind::Connect,
                     format!(
                         "connect {} ({} port){chosen}",
                         endpoint(e.raddr, e.rport),
@@ -646,7 +724,7 @@ impl StoryBook {
             }
             kind::SENDTO | kind::SENDMSG | kind::RECVFROM | kind::RECVMSG => {
                 if e.rport != 0 {
-                    let peer = endpoint(e.raddr, e.rport);
+                    let peer = endpoint(e.raddr, e.rport).to_string();
                     if !story.peers.contains(&peer) {
                         story.peers.push(peer);
                     }
@@ -658,7 +736,7 @@ impl StoryBook {
                     story.lport = e.lport;
                     story.step(
                         ts,
-                        "autobind",
+                        StepKind::Autobind,
                         format!(
                             "{} to {}: the kernel bound the socket to ephemeral port {}",
                             e.event,
@@ -672,17 +750,25 @@ impl StoryBook {
                 }
             }
             kind::SHUTDOWN => {
-                story.step(ts, "shutdown", format!("shutdown {}", e.how.unwrap_or("?")));
+                story.step(
+                    ts,
+                    StepKind::Shutdown,
+                    format!("shutdown {}", e.how.unwrap_or("?")),
+                );
             }
             kind::CLOSE => {
-                story.step(ts, "close", format!("close fd {}", e.fd.unwrap_or(-1)));
+                story.step(
+                    ts,
+                    StepKind::Close,
+                    format!("close fd {}", e.fd.unwrap_or(-1)),
+                );
             }
             kind::RELEASE => {
                 story.released = true;
-                if story.closed_ns.is_none() && story.proto == "udp" {
+                if story.closed_ns.is_none() && story.proto == Proto::Udp {
                     story.closed_ns = Some(ts);
                 }
-                story.step(ts, "release", "socket freed".into());
+                story.step(ts, StepKind::Release, "socket freed".into());
             }
             _ => {}
         }
@@ -718,7 +804,7 @@ impl StoryBook {
         if d.sends + d.receives > 0 {
             let mut text = format!(
                 "{} {} in {} call{}, {} {} in {} call{}",
-                if story.proto == "udp" {
+                if story.proto == Proto::Udp {
                     "sent"
                 } else {
                     "wrote"
@@ -726,7 +812,7 @@ impl StoryBook {
                 bytes(d.sent_bytes),
                 d.sends,
                 if d.sends == 1 { "" } else { "s" },
-                if story.proto == "udp" {
+                if story.proto == Proto::Udp {
                     "received"
                 } else {
                     "read"
@@ -742,19 +828,18 @@ impl StoryBook {
                 .steps
                 .iter()
                 .position(|s| {
-                    matches!(
-                        s.what,
-                        "close" | "shutdown" | "close_first" | "close_peer" | "release"
-                    )
+                    use StepKind::*;
+                    matches!(s.what, Close | Shutdown | CloseFirst | ClosePeer | Release)
                 })
                 .unwrap_or(story.steps.len());
             let ts = story.steps.get(at).map_or(story.opened_ns, |s| s.ts_ns);
             let step = Step {
                 ts_ns: ts,
                 since_previous_ns: 0,
-                what: "data",
+                what: StepKind::Data,
                 text,
-                explain: explain("data", &story.role),
+                role: story.role,
+                transition: None,
             };
             story.steps.insert(at, step);
             tell_in_call_order(&mut story.steps);
@@ -767,7 +852,7 @@ impl StoryBook {
                 "persistent"
             });
         }
-        if story.role == Role::Unused && story.proto == "udp" {
+        if story.role == Role::Unused && story.proto == Proto::Udp {
             story.role = Role::Udp;
         }
     }
@@ -819,7 +904,8 @@ impl StoryBook {
                 Role::Listener => p.listening.push(format!(
                     "{} {} ({})",
                     s.proto,
-                    s.laddr.map_or("*".into(), |a| endpoint(a, s.lport)),
+                    s.laddr
+                        .map_or("*".into(), |a| endpoint(a, s.lport).to_string()),
                     port_label(s.lport)
                 )),
                 Role::Accepted => p.connections_accepted += 1,
@@ -956,7 +1042,7 @@ mod tests {
         assert!(book.take_finished(13_000_000).is_empty(), "settling");
         assert_eq!(book.take_finished(200_000_000), vec![0]);
         let s = &book.stories[0];
-        let order: Vec<&str> = s.steps.iter().map(|s| s.what).collect();
+        let order: Vec<&str> = s.steps.iter().map(|s| s.what.name()).collect();
         assert_eq!(
             order,
             [
@@ -975,8 +1061,8 @@ mod tests {
         assert_eq!(s.role, Role::Client);
         assert!(s.ephemeral);
         assert_eq!((s.lport, s.rport), (40000, 8080));
-        assert_eq!(s.closed_first_by, Some("this side"));
-        assert_eq!(s.time_wait, Some("this side"));
+        assert_eq!(s.closed_first_by, Some(Side::ThisSide));
+        assert_eq!(s.time_wait, Some(Side::ThisSide));
         assert_eq!(s.lifetime, Some("short-lived"));
         assert_eq!(s.data.received_bytes, 1234);
         let programs = book.programs();
