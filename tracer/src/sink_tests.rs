@@ -122,7 +122,7 @@ fn nat_items(netns_name: &str, comm: &str) -> Vec<NatOutput> {
         NatOutput::Flow(Box::new(Flow {
             record: "flow",
             ts_ns: 1,
-            proto: "tcp",
+            proto: crate::model::types::Proto::Tcp,
             client: end(40001),
             nat: binding,
             server: end(80),

@@ -178,8 +178,8 @@ impl PortsArgs {
                 pids: self.pids,
                 ports: self.ports,
                 proto: self.proto.map(|p| match p {
-                    Proto::Tcp => "tcp",
-                    Proto::Udp => "udp",
+                    Proto::Tcp => crate::model::types::Proto::Tcp,
+                    Proto::Udp => crate::model::types::Proto::Udp,
                 }),
                 listening: self.listening,
                 time_wait: self.time_wait,

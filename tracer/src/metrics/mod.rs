@@ -293,7 +293,7 @@ impl Metrics {
             .bindings
             .keys()
             .map(|(kind, port_translated, proto, netns)| {
-                (kind.as_str(), *port_translated, *proto, netns.clone())
+                (kind.as_str(), *port_translated, proto.name(), netns.clone())
             })
             .collect();
         for gone in exported.difference(&current) {
@@ -303,7 +303,7 @@ impl Metrics {
                 .remove_label_values(&values.each_ref().map(String::as_str));
         }
         for (key, n) in nat.bindings {
-            let values = labels(&(key.0.as_str(), key.1, key.2, key.3.clone()));
+            let values = labels(&(key.0.as_str(), key.1, key.2.name(), key.3.clone()));
             catch_up(
                 &self
                     .nat_bindings
@@ -369,7 +369,7 @@ impl Metrics {
         let usage = table.usage();
         let mut busiest: BTreeMap<(u32, &'static str), usize> = BTreeMap::new();
         for u in usage.report() {
-            let entry = busiest.entry((u.netns, u.proto)).or_default();
+            let entry = busiest.entry((u.netns, u.proto.name())).or_default();
             *entry = (*entry).max(u.in_use);
         }
         let mut by_ns: BTreeMap<u32, usize> =

@@ -32,7 +32,7 @@ struct Holders {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Usage {
     pub netns: u32,
-    pub proto: &'static str,
+    pub proto: super::types::Proto,
     pub laddr: std::net::IpAddr,
     /// The namespace's `ip_local_port_range`.
     pub range: (u16, u16),
@@ -205,7 +205,7 @@ impl EphemeralUsage {
         let size = u32::from(range.1 - range.0) + 1;
         Some(Usage {
             netns: key.0,
-            proto: super::event::proto_name(key.1),
+            proto: super::types::Proto::from_number(key.1),
             laddr: super::event::ip(key.2, &key.3),
             range,
             range_size: size,
@@ -234,7 +234,7 @@ impl EphemeralUsage {
             b.percent
                 .total_cmp(&a.percent)
                 .then(a.netns.cmp(&b.netns))
-                .then(a.proto.cmp(b.proto))
+                .then(a.proto.cmp(&b.proto))
                 .then(a.laddr.cmp(&b.laddr))
         });
         out

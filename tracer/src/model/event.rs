@@ -5,11 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
-use tracer_common::{
-    flag, kind, tcp_state, tcp_state_name, PortClass, SockEvent, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
-};
+use tracer_common::{flag, kind, tcp_state, PortClass, SockEvent, AF_INET6, IPPROTO_TCP};
 
 use super::table::{Attribution, Owner};
+use super::types::{Endpoint, EventKind, Family, Proto, TcpState};
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -59,23 +58,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 pub fn event_name(k: u16) -> &'static str {
-    match k {
-        kind::SOCKET => "socket",
-        kind::BIND => "bind",
-        kind::LISTEN => "listen",
-        kind::ACCEPT => "accept",
-        kind::CONNECT => "connect",
-        kind::CLOSE => "close",
-        kind::SHUTDOWN => "shutdown",
-        kind::SENDTO => "sendto",
-        kind::RECVFROM => "recvfrom",
-        kind::SENDMSG => "sendmsg",
-        kind::RECVMSG => "recvmsg",
-        kind::STATE => "state",
-        kind::RELEASE => "release",
-        kind::DATA => "data",
-        _ => "unknown",
-    }
+    EventKind::from_number(k).name()
 }
 
 /// The kind an event name stands for (the inverse of [`event_name`]).
@@ -108,14 +91,7 @@ pub fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
 }
 
 pub fn proto_name(protocol: u8) -> &'static str {
-    match protocol {
-        IPPROTO_TCP => "tcp",
-        IPPROTO_UDP => "udp",
-        1 => "icmp",
-        58 => "icmpv6",
-        132 => "sctp",
-        _ => "-",
-    }
+    Proto::from_number(protocol).name()
 }
 
 /// A kernel `comm` (NUL-padded) as text: [`crate::text::comm`], the one decoder of names.
@@ -146,7 +122,7 @@ pub struct Event {
     pub record: &'static str,
     /// Wall-clock time, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
-    pub event: &'static str,
+    pub event: EventKind,
     /// The owning process (None for a TCP transition on a socket tracer has not seen).
     pub pid: Option<u32>,
     pub tid: Option<u32>,
@@ -157,8 +133,8 @@ pub struct Event {
     pub uid: Option<u32>,
     pub netns: u32,
     pub fd: Option<i32>,
-    pub proto: &'static str,
-    pub family: &'static str,
+    pub proto: Proto,
+    pub family: Family,
     pub laddr: IpAddr,
     pub lport: u16,
     pub raddr: IpAddr,
@@ -172,9 +148,9 @@ pub struct Event {
     /// Bytes sent or received (UDP send/recv events).
     pub bytes: Option<i64>,
     /// TCP state before a transition (state events).
-    pub old_state: Option<&'static str>,
+    pub old_state: Option<TcpState>,
     /// TCP state after the call or transition.
-    pub state: Option<&'static str>,
+    pub state: Option<TcpState>,
     pub lport_class: &'static str,
     pub lport_in_ephemeral_range: Option<bool>,
     /// The kernel picked the local port (bind to port 0, connect or sendto on an unbound socket).
@@ -199,48 +175,26 @@ impl Event {
         clock: &Clock,
     ) -> Self {
         let owner: Option<Owner> = attribution.owner;
-        let is_state = ev.kind == kind::STATE;
         let lport = if ev.lport == 0 {
             attribution.lport
         } else {
             ev.lport
         };
-        let (old_state, state) = if is_state {
-            (Some(tcp_state_name(ev.old_state)), Some(state_after(ev)))
-        } else if ev.protocol == IPPROTO_TCP && ev.new_state != 0 {
-            (None, Some(tcp_state_name(ev.new_state)))
-        } else {
-            (None, None)
-        };
+        let (old_state, state) = states(ev);
         let has_remote = ev.rport != 0 || ev.raddr != [0; 16];
         Event {
             record: "event",
             ts_ns: clock.wall_ns(ev.ts_ns),
-            event: event_name(ev.kind),
+            event: EventKind::from_number(ev.kind),
             pid: owner.map(|o| o.pid),
             tid: owner.map(|o| o.tid),
             comm: owner.map(|o| comm_str(&o.comm)),
             thread: owner.map(|o| comm_str(&o.thread)),
             uid: owner.map(|o| o.uid),
             netns: ev.netns,
-            fd: match ev.kind {
-                kind::STATE | kind::RELEASE => None,
-                kind::ACCEPT if ev.ret >= 0 => Some(ev.ret as i32),
-                _ => Some(ev.fd),
-            },
-            proto: match ev.protocol {
-                IPPROTO_TCP | IPPROTO_UDP => proto_name(ev.protocol),
-                _ => match ev.sock_type {
-                    1 => "tcp",
-                    2 => "udp",
-                    _ => "-",
-                },
-            },
-            family: if ev.family == AF_INET6 {
-                "ipv6"
-            } else {
-                "ipv4"
-            },
+            fd: fd(ev),
+            proto: Proto::of_socket(ev.protocol, ev.sock_type),
+            family: Family::from_af(ev.family),
             laddr: ip(ev.family, &ev.laddr),
             lport,
             raddr: ip(ev.family, &ev.raddr),
@@ -253,11 +207,9 @@ impl Event {
                 1 => "SHUT_WR",
                 _ => "SHUT_RDWR",
             }),
-            bytes: matches!(
-                ev.kind,
-                kind::SENDTO | kind::RECVFROM | kind::SENDMSG | kind::RECVMSG
-            )
-            .then(|| ev.ret.max(0)),
+            bytes: EventKind::from_number(ev.kind)
+                .is_transfer()
+                .then(|| ev.ret.max(0)),
             old_state,
             state,
             lport_class: PortClass::of(lport).as_str(),
@@ -273,22 +225,65 @@ impl Event {
         }
     }
 
+    /// The call returned, or is a non-blocking connect still under way (EINPROGRESS).
+    pub fn reached(&self) -> bool {
+        self.ret == 0 || self.in_progress()
+    }
+
+    /// A non-blocking connect returned EINPROGRESS: the handshake goes on.
+    pub fn in_progress(&self) -> bool {
+        self.ret == -(libc::EINPROGRESS as i64)
+    }
+
+    /// The local end.
+    pub fn local(&self) -> Endpoint {
+        Endpoint::new(self.laddr, self.lport)
+    }
+
+    /// The remote end.
+    pub fn remote(&self) -> Endpoint {
+        Endpoint::new(self.raddr, self.rport)
+    }
+
     pub fn comm_or_dash(&self) -> &str {
         self.comm.as_deref().unwrap_or("-")
+    }
+}
+
+/// The descriptor an event names: accept's new one, none for what the kernel did on its own.
+fn fd(ev: &SockEvent) -> Option<i32> {
+    match ev.kind {
+        kind::STATE | kind::RELEASE => None,
+        kind::ACCEPT if ev.ret >= 0 => Some(ev.ret as i32),
+        _ => Some(ev.fd),
+    }
+}
+
+/// (state before, state after): both for a transition, the state after for a TCP call.
+fn states(ev: &SockEvent) -> (Option<TcpState>, Option<TcpState>) {
+    if ev.kind == kind::STATE {
+        (
+            Some(TcpState::from_number(ev.old_state)),
+            Some(state_after(ev)),
+        )
+    } else if ev.protocol == IPPROTO_TCP && ev.new_state != 0 {
+        (None, Some(TcpState::from_number(ev.new_state)))
+    } else {
+        (None, None)
     }
 }
 
 /// The state a transition leads to, as a user means it. The kernel hands a closing connection
 /// to a timewait socket and moves the full socket from FIN_WAIT2 (or CLOSING) straight to
 /// CLOSE; with no error pending (a reset would have set `sk_err`), that is TIME_WAIT.
-pub fn state_after(ev: &SockEvent) -> &'static str {
+pub fn state_after(ev: &SockEvent) -> TcpState {
     let into_time_wait = ev.new_state == tcp_state::CLOSE
         && matches!(ev.old_state, tcp_state::FIN_WAIT2 | tcp_state::CLOSING)
         && ev.sk_err == 0;
     if into_time_wait {
-        tcp_state_name(tcp_state::TIME_WAIT)
+        TcpState::TimeWait
     } else {
-        tcp_state_name(ev.new_state)
+        TcpState::from_number(ev.new_state)
     }
 }
 
@@ -351,7 +346,7 @@ mod tests {
         assert_eq!(e.lport_in_ephemeral_range, Some(true));
         assert_eq!(e.rport_class, Some("well-known"));
         assert_eq!(e.rport_in_ephemeral_range, Some(false));
-        assert_eq!(e.state, Some("SYN_SENT"));
+        assert_eq!(e.state, Some(TcpState::SynSent));
         assert_eq!(e.comm.as_deref(), Some("curl"));
         assert_eq!(e.laddr.to_string(), "127.0.0.1");
     }
@@ -364,9 +359,9 @@ mod tests {
             new_state: tcp_state::CLOSE,
             ..Default::default()
         };
-        assert_eq!(state_after(&ev), "TIME_WAIT");
+        assert_eq!(state_after(&ev), TcpState::TimeWait);
         ev.sk_err = 104; // ECONNRESET: a reset, not a timewait hand-off
-        assert_eq!(state_after(&ev), "CLOSE");
+        assert_eq!(state_after(&ev), TcpState::Close);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod ports;
 pub mod snapshot;
 pub mod story;
 pub mod table;
+pub mod types;
 
 pub use event::{Clock, Event};
 pub use filter::Filter;

@@ -14,7 +14,8 @@ use tracer_common::{
 
 use super::{
     bounded::BoundedMap,
-    event::{ip, proto_name},
+    event::ip,
+    types::{Endpoint, Proto},
 };
 
 /// A conntrack tuple (ports in host order).
@@ -77,16 +78,9 @@ impl std::fmt::Display for Endpoints {
         write!(
             f,
             "{} → {}",
-            endpoint(self.src, self.sport),
-            endpoint(self.dst, self.dport)
+            Endpoint::new(self.src, self.sport),
+            Endpoint::new(self.dst, self.dport)
         )
-    }
-}
-
-pub fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-        IpAddr::V4(a) => format!("{a}:{port}"),
     }
 }
 
@@ -127,7 +121,7 @@ pub struct Binding {
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: String,
-    pub proto: &'static str,
+    pub proto: Proto,
     pub family: &'static str,
     pub kind: NatKind,
     /// A port changed (PAT / NAPT), not only an address.
@@ -178,7 +172,7 @@ impl Binding {
             ts_ns: 0,
             netns,
             netns_name: String::new(),
-            proto: proto_name(protocol),
+            proto: Proto::from_number(protocol),
             family: if family == AF_INET6 { "ipv6" } else { "ipv4" },
             kind,
             port_translated: translated.sport != original.sport
@@ -276,7 +270,7 @@ pub struct BindingEnd {
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: String,
-    pub proto: &'static str,
+    pub proto: Proto,
     pub kind: NatKind,
     pub original: Endpoints,
     pub translated: Endpoints,
@@ -331,7 +325,7 @@ pub struct Flow {
     #[serde(rename = "type")]
     pub record: &'static str,
     pub ts_ns: u64,
-    pub proto: &'static str,
+    pub proto: Proto,
     pub client: FlowEnd,
     pub nat: Binding,
     pub server: FlowEnd,
@@ -357,7 +351,7 @@ struct Live {
 type EndKey = (u8, u16, IpAddr, u16);
 
 /// Bindings seen, by (kind, port translated, protocol, namespace name).
-pub type BindingCounts = HashMap<(NatKind, bool, &'static str, String), u64>;
+pub type BindingCounts = HashMap<(NatKind, bool, Proto, String), u64>;
 
 /// Every table here is bounded and evicts its oldest entry in O(1) amortised
 /// ([`BoundedMap`]): a flood of connections through a router costs the same per event however

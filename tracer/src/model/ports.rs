@@ -4,11 +4,12 @@
 use std::{cmp::Ordering, collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
-use tracer_common::{tcp_state, tcp_state_name, PortClass, IPPROTO_TCP, IPPROTO_UDP};
+use tracer_common::{tcp_state, PortClass, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::{
-    event::{ip, proto_name},
+    event::ip,
     table::{SocketTable, TrackedSocket},
+    types::{EventKind, Family, Proto, SockState, TcpState},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -23,13 +24,13 @@ pub struct PortRow {
     #[serde(rename = "type")]
     pub record: &'static str,
     pub netns: u32,
-    pub proto: &'static str,
-    pub family: &'static str,
+    pub proto: Proto,
+    pub family: Family,
     pub laddr: IpAddr,
     pub lport: u16,
     pub raddr: IpAddr,
     pub rport: u16,
-    pub state: &'static str,
+    pub state: SockState,
     /// The process that used it last (the first of `owners`).
     pub pid: Option<u32>,
     pub comm: Option<String>,
@@ -51,10 +52,10 @@ pub struct PortRow {
 impl PortRow {
     pub fn new(s: &TrackedSocket, range: Option<(u16, u16)>) -> Self {
         let state = match s.protocol {
-            IPPROTO_UDP if s.rport == 0 => "UNCONN",
-            IPPROTO_UDP => "ESTABLISHED",
-            _ if s.state == 0 => "-",
-            _ => tcp_state_name(s.state),
+            IPPROTO_UDP if s.rport == 0 => SockState::Unconnected,
+            IPPROTO_UDP => SockState::Connected,
+            _ if s.state == 0 => SockState::Unknown,
+            _ => SockState::Tcp(TcpState::from_number(s.state)),
         };
         let iana = PortClass::of(s.lport).as_str();
         let owners: Vec<Holder> = s
@@ -68,12 +69,8 @@ impl PortRow {
         PortRow {
             record: "socket",
             netns: s.netns,
-            proto: proto_name(s.protocol),
-            family: if s.family == tracer_common::AF_INET6 {
-                "ipv6"
-            } else {
-                "ipv4"
-            },
+            proto: Proto::from_number(s.protocol),
+            family: Family::from_af(s.family),
             laddr: ip(s.family, &s.laddr),
             lport: s.lport,
             raddr: ip(s.family, &s.raddr),
@@ -185,7 +182,7 @@ pub fn sort(rows: &mut [PortRow], key: SortKey, reverse: bool) {
             SortKey::Lport => a.lport.cmp(&b.lport),
             SortKey::Raddr => (a.raddr, a.rport).cmp(&(b.raddr, b.rport)),
             SortKey::Rport => a.rport.cmp(&b.rport),
-            SortKey::State => a.state.cmp(b.state),
+            SortKey::State => a.state.name().cmp(b.state.name()),
             SortKey::Pid => a.pid.cmp(&b.pid),
             SortKey::Comm => a.comm.cmp(&b.comm),
             SortKey::Class => a.class.cmp(&b.class),
@@ -204,7 +201,7 @@ pub fn sort(rows: &mut [PortRow], key: SortKey, reverse: bool) {
 pub struct RowFilter {
     pub pids: Vec<u32>,
     pub ports: Vec<u16>,
-    pub proto: Option<&'static str>,
+    pub proto: Option<Proto>,
     pub listening: bool,
     pub netns: Option<u32>,
     /// Also TIME_WAIT sockets (no process holds them, but they keep their port for a minute).
@@ -221,7 +218,7 @@ impl RowFilter {
                 || self.ports.contains(&row.rport))
             && self.proto.is_none_or(|p| p == row.proto)
             && (!self.listening || row.listening)
-            && (self.time_wait || row.state != "TIME_WAIT")
+            && (self.time_wait || row.state != SockState::Tcp(TcpState::TimeWait))
             && self.netns.is_none_or(|n| n == row.netns)
             && (self.text.is_empty() || {
                 let haystack = format!(
@@ -315,7 +312,7 @@ pub struct LocalEnd {
     pub ephemeral: bool,
     pub pid: Option<u32>,
     pub comm: Option<String>,
-    pub state: &'static str,
+    pub state: SockState,
 }
 
 /// Connections to one remote endpoint: each has its own local port (demultiplexing at the
@@ -325,7 +322,7 @@ pub struct RemoteGroup {
     #[serde(rename = "type")]
     pub record: &'static str,
     pub netns: u32,
-    pub proto: &'static str,
+    pub proto: Proto,
     pub raddr: IpAddr,
     pub rport: u16,
     pub rport_class: &'static str,
@@ -401,11 +398,7 @@ pub struct RemoteLog {
     pub untracked: u64,
 }
 
-type GroupKey = (u32, &'static str, IpAddr, u16);
-
-fn is_closed(state: &str) -> bool {
-    matches!(state, "CLOSE" | "CLOSED" | "TIME_WAIT")
-}
+type GroupKey = (u32, Proto, IpAddr, u16);
 
 impl RemoteLog {
     pub const CAPACITY: usize = 65536;
@@ -413,8 +406,7 @@ impl RemoteLog {
     /// Takes a connect that reached the network (success or EINPROGRESS) and later state
     /// changes of the same socket.
     pub fn observe(&mut self, sk: u64, e: &super::Event) {
-        let reached = e.ret == 0 || e.errno.as_deref() == Some("EINPROGRESS");
-        if e.event == "connect" && reached && e.rport != 0 {
+        if e.event == EventKind::Connect && e.reached() && e.rport != 0 {
             if self.conns.len() >= Self::CAPACITY {
                 // `open` holds exactly the entries of `conns` still open.
                 let closed = self.conns.len() - self.open.len();
@@ -429,9 +421,11 @@ impl RemoteLog {
                 ephemeral: e.lport_kernel_chosen,
                 pid: e.pid,
                 comm: e.comm.clone(),
-                state: e
-                    .state
-                    .unwrap_or(if e.proto == "udp" { "ESTABLISHED" } else { "-" }),
+                state: match (e.state, e.proto) {
+                    (Some(state), _) => SockState::Tcp(state),
+                    (None, Proto::Udp) => SockState::Connected,
+                    (None, _) => SockState::Unknown,
+                },
             };
             self.open.insert(sk, self.conns.len());
             self.conns.push(((e.netns, e.proto, e.raddr, e.rport), end));
@@ -442,17 +436,17 @@ impl RemoteLog {
         };
         let end = &mut self.conns[index].1;
         match (e.event, e.state) {
-            ("state", Some(state)) => {
-                end.state = state;
+            (EventKind::State, Some(state)) => {
+                end.state = SockState::Tcp(state);
                 if end.lport == 0 {
                     end.lport = e.lport;
                 }
             }
             // UDP has no states: its release ends it. A TCP socket closes through its states.
-            ("release", _) if e.proto == "udp" => end.state = "CLOSED",
+            (EventKind::Release, _) if e.proto == Proto::Udp => end.state = SockState::Closed,
             _ => {}
         }
-        if is_closed(end.state) {
+        if end.state.is_closed() {
             // A new connect on this socket address is a new connection.
             self.open.remove(&sk);
         }
@@ -530,7 +524,7 @@ mod tests {
         assert_eq!(groups.len(), 1);
         let g = &groups[0];
         assert_eq!((g.connections, g.local_ports, g.rport), (3, 3, 443));
-        let states: Vec<&str> = g.locals.iter().map(|l| l.state).collect();
+        let states: Vec<&str> = g.locals.iter().map(|l| l.state.name()).collect();
         assert_eq!(states, ["CLOSE", "CLOSE", "ESTABLISHED"]);
         assert!(g.locals.iter().all(|l| l.ephemeral));
     }

@@ -19,7 +19,8 @@ use foldhash::HashMap;
 use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::ephemeral::{EphemeralUsage, UsageKey};
-use super::snapshot::Snapshot;
+use super::snapshot::{SnapSocket, Snapshot};
+use super::types::{sock_key, SockKey};
 
 /// A process holding a socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -105,16 +106,8 @@ impl TrackedSocket {
         self.owners.truncate(MAX_OWNERS);
     }
 
-    fn tuple(&self) -> Tuple {
-        (
-            self.netns,
-            self.protocol,
-            self.family,
-            self.laddr,
-            self.lport,
-            self.raddr,
-            self.rport,
-        )
+    fn tuple(&self) -> SockKey {
+        sock_key!(self)
     }
 }
 
@@ -123,24 +116,13 @@ impl TrackedSocket {
 /// several addresses.
 type ListenKey = (u32, u16, [u8; 16], u16);
 
-/// A socket's full identity as user space sees it: (netns, protocol, family, local address,
-/// local port, remote address, remote port).
-type Tuple = (u32, u8, u16, [u8; 16], u16, [u8; 16], u16);
-
 fn listen_key(ev: &SockEvent) -> ListenKey {
     (ev.netns, ev.family, ev.laddr, ev.lport)
 }
 
-fn event_tuple(ev: &SockEvent) -> Tuple {
-    (
-        ev.netns,
-        ev.protocol,
-        ev.family,
-        ev.laddr,
-        ev.lport,
-        ev.raddr,
-        ev.rport,
-    )
+/// A snapshot socket's key.
+fn snap_key(s: &SnapSocket) -> SockKey {
+    sock_key!(s)
 }
 
 /// Snapshot entries are keyed below this until a live event names their `struct sock *`
@@ -161,7 +143,7 @@ pub struct SocketTable {
     /// a listener (SYN_RECV → ESTABLISHED) before `accept()` names them.
     listeners: HashMap<ListenKey, u64>,
     /// Snapshot sockets not yet seen live, by tuple.
-    unnamed: HashMap<Tuple, u64>,
+    unnamed: HashMap<SockKey, u64>,
     next_placeholder: u64,
     usage: EphemeralUsage,
     /// Keep snapshot TIME_WAIT sockets as rows (`ports`), or only count their ports until they
@@ -253,13 +235,11 @@ impl SocketTable {
                 self.usage.set_range(ns.inode, range);
             }
         }
-        let live: std::collections::HashSet<Tuple> =
+        let live: std::collections::HashSet<SockKey> =
             self.sockets.values().map(TrackedSocket::tuple).collect();
         let mut added = Vec::new();
         for s in &snapshot.sockets {
-            let tuple = (
-                s.netns, s.protocol, s.family, s.laddr, s.lport, s.raddr, s.rport,
-            );
+            let tuple = snap_key(s);
             if live.contains(&tuple) || self.unnamed.contains_key(&tuple) {
                 continue;
             }
@@ -358,10 +338,10 @@ impl SocketTable {
     /// names the snapshot listener it came from.
     fn name_snapshot_socket(&mut self, ev: &SockEvent) {
         if ev.sk != 0 {
-            let tuple = event_tuple(ev);
+            let tuple = SockKey::of_event(ev);
             // A UDP send or receive names the peer of that one datagram; the socket itself
             // may be unconnected.
-            let unconnected = (tuple.0, tuple.1, tuple.2, tuple.3, tuple.4, [0; 16], 0);
+            let unconnected = tuple.unconnected();
             let found = self.unnamed.remove(&tuple).or_else(|| {
                 (ev.protocol == IPPROTO_UDP)
                     .then(|| self.unnamed.remove(&unconnected))
@@ -557,15 +537,8 @@ impl SocketTable {
     /// After lost events: drops entries (seen live before `taken_ns`) whose socket the kernel
     /// no longer has, judged by a fresh snapshot. Returns how many went.
     pub fn reconcile(&mut self, snapshot: &Snapshot, taken_ns: u64) -> usize {
-        let alive: std::collections::HashSet<Tuple> = snapshot
-            .sockets
-            .iter()
-            .map(|s| {
-                (
-                    s.netns, s.protocol, s.family, s.laddr, s.lport, s.raddr, s.rport,
-                )
-            })
-            .collect();
+        let alive: std::collections::HashSet<SockKey> =
+            snapshot.sockets.iter().map(snap_key).collect();
         let gone: Vec<u64> = self
             .sockets
             .iter()
@@ -574,7 +547,7 @@ impl SocketTable {
                 let t = e.tuple();
                 // A UDP socket's events name the peers of single datagrams; the socket itself
                 // may be unconnected.
-                let unconnected = (t.0, t.1, t.2, t.3, t.4, [0; 16], 0);
+                let unconnected = t.unconnected();
                 !alive.contains(&t) && !alive.contains(&unconnected)
             })
             .map(|(sk, _)| *sk)

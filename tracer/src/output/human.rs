@@ -76,29 +76,30 @@ pub fn detail(e: &Event) -> String {
             let _ = write!(d, "fd={fd} ");
         }
     }
+    use crate::model::types::{EventKind as K, TcpState};
     match e.event {
-        "listen" => {
+        K::Listen => {
             let _ = write!(d, "backlog={} ", e.backlog.unwrap_or(0));
         }
-        "shutdown" => {
+        K::Shutdown => {
             let _ = write!(d, "{} ", e.how.unwrap_or("?"));
         }
-        "state" => {
+        K::State => {
             let _ = write!(
                 d,
                 "{} -> {} ",
-                e.old_state.unwrap_or("?"),
-                e.state.unwrap_or("?")
+                e.old_state.map_or("?", TcpState::name),
+                e.state.map_or("?", TcpState::name)
             );
         }
-        "sendto" | "recvfrom" | "sendmsg" | "recvmsg" if e.errno.is_none() => {
+        K::Sendto | K::Recvfrom | K::Sendmsg | K::Recvmsg if e.errno.is_none() => {
             let _ = write!(d, "{} B ", e.bytes.unwrap_or(0));
         }
         _ => {}
     }
     if e.lport_kernel_chosen
         && e.lport != 0
-        && matches!(e.event, "bind" | "connect" | "sendto" | "sendmsg")
+        && matches!(e.event, K::Bind | K::Connect | K::Sendto | K::Sendmsg)
     {
         d.push_str("port chosen by kernel");
         if let Some((lo, hi)) = e.ephemeral_range {
@@ -108,12 +109,12 @@ pub fn detail(e: &Event) -> String {
     }
     // The state a call left the socket in, where the call moves it (a fresh or bound socket
     // is always CLOSE, which says nothing).
-    if matches!(e.event, "listen" | "accept" | "connect" | "shutdown") {
+    if matches!(e.event, K::Listen | K::Accept | K::Connect | K::Shutdown) {
         if let Some(state) = e.state {
             let _ = write!(d, "{state} ");
         }
     }
-    if e.event == "release" {
+    if e.event == K::Release {
         d.push_str("socket freed (last reference gone) ");
     }
     if let Some(errno) = &e.errno {
@@ -143,12 +144,14 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
     fn event(&mut self, e: &Event) -> io::Result<()> {
         let (c0, c1) = if e.errno.is_some() {
             self.paint(RED)
-        } else if e.event == "state" {
-            self.paint(if e.state == Some("ESTABLISHED") {
-                GREEN
-            } else {
-                YELLOW
-            })
+        } else if e.event == crate::model::types::EventKind::State {
+            self.paint(
+                if e.state == Some(crate::model::types::TcpState::Established) {
+                    GREEN
+                } else {
+                    YELLOW
+                },
+            )
         } else if e.lport_kernel_chosen {
             self.paint(CYAN)
         } else {

@@ -15,7 +15,7 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
     out.extend_from_slice(b",\"ts_ns\":");
     int(out, e.ts_ns);
     out.extend_from_slice(b",\"event\":");
-    name(out, e.event);
+    name(out, e.event.name());
     out.extend_from_slice(b",\"pid\":");
     opt_int(out, e.pid);
     out.extend_from_slice(b",\"tid\":");
@@ -31,9 +31,9 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
     out.extend_from_slice(b",\"fd\":");
     opt_int(out, e.fd);
     out.extend_from_slice(b",\"proto\":");
-    name(out, e.proto);
+    name(out, e.proto.name());
     out.extend_from_slice(b",\"family\":");
-    name(out, e.family);
+    name(out, e.family.name());
     out.extend_from_slice(b",\"laddr\":");
     ip(out, &e.laddr);
     out.extend_from_slice(b",\"lport\":");
@@ -53,9 +53,9 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
     out.extend_from_slice(b",\"bytes\":");
     opt_int(out, e.bytes);
     out.extend_from_slice(b",\"old_state\":");
-    opt_name(out, e.old_state);
+    opt_name(out, e.old_state.map(|s| s.name()));
     out.extend_from_slice(b",\"state\":");
-    opt_name(out, e.state);
+    opt_name(out, e.state.map(|s| s.name()));
     out.extend_from_slice(b",\"lport_class\":");
     name(out, e.lport_class);
     out.extend_from_slice(b",\"lport_in_ephemeral_range\":");
@@ -173,6 +173,7 @@ fn ip(out: &mut Vec<u8>, addr: &IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::types::{EventKind, Family, Proto, TcpState};
     use proptest::prelude::*;
 
     fn written(e: &Event) -> String {
@@ -185,7 +186,7 @@ mod tests {
         Event {
             record: "event",
             ts_ns: 1_795_288_817_103_144_754,
-            event: "connect",
+            event: EventKind::Connect,
             pid: Some(15476),
             tid: Some(15477),
             comm: Some("curl".into()),
@@ -193,8 +194,8 @@ mod tests {
             uid: Some(0),
             netns: 4_026_531_833,
             fd: Some(5),
-            proto: "tcp",
-            family: "ipv4",
+            proto: Proto::Tcp,
+            family: Family::V4,
             laddr: "127.0.0.1".parse().unwrap(),
             lport: 41234,
             raddr: "10.0.0.2".parse().unwrap(),
@@ -205,7 +206,7 @@ mod tests {
             how: None,
             bytes: None,
             old_state: None,
-            state: Some("SYN_SENT"),
+            state: Some(TcpState::SynSent),
             lport_class: "dynamic",
             lport_in_ephemeral_range: Some(true),
             lport_kernel_chosen: true,
@@ -235,13 +236,13 @@ mod tests {
             rport_class: None,
             rport_in_ephemeral_range: None,
             ephemeral_range: None,
-            family: "ipv6",
+            family: Family::V6,
             laddr: "::1".parse().unwrap(),
             raddr: "2001:db8::ff00:42:8329".parse().unwrap(),
             backlog: Some(4096),
             how: Some("SHUT_RDWR"),
             bytes: Some(0),
-            old_state: Some("LISTEN"),
+            old_state: Some(TcpState::Listen),
             listener: Some("0xffff888100000000".into()),
             bad_sockaddr: true,
             ret: i64::MIN,

@@ -49,7 +49,7 @@ impl Sink for LogSink {
     fn ephemeral_warning(&mut self, u: &Usage) -> io::Result<()> {
         tracing::warn!(
             netns = u.netns,
-            proto = u.proto,
+            proto = u.proto.name(),
             laddr = %u.laddr,
             in_use = u.in_use,
             range_size = u.range_size,

@@ -9,6 +9,7 @@ pub mod nat;
 pub mod ports;
 pub mod story;
 pub mod tui;
+mod wire;
 
 use std::io;
 

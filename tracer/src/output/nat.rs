@@ -3,7 +3,8 @@ use std::fmt::Write as _;
 
 use crate::text;
 
-use crate::model::nat::{endpoint, Binding, BindingEnd, Flow, FlowEnd, NatOutput};
+use crate::model::nat::{Binding, BindingEnd, Flow, FlowEnd, NatOutput};
+use crate::model::types::Endpoint;
 
 pub const HEADER: &str =
     "TIME            NETNS        PROTO KIND TRANSLATION  ORIGINAL                                      TRANSLATED";
@@ -82,7 +83,7 @@ fn flow_line(f: &Flow, time: &impl Fn(u64) -> String) -> String {
         text::escape(&f.nat.netns_name),
         f.nat.translated,
         who(&f.server),
-        endpoint(f.server.addr, f.server.port),
-        endpoint(f.server.peer_addr, f.server.peer_port),
+        Endpoint::new(f.server.addr, f.server.port),
+        Endpoint::new(f.server.peer_addr, f.server.peer_port),
     )
 }

@@ -3,7 +3,8 @@
 use crate::text;
 use std::io::{self, Write};
 
-use crate::model::story::{bytes, ProgramSummary, SocketStory};
+use crate::model::story::{bytes, ProgramSummary, Role, SocketStory, StepKind};
+use crate::model::types::Endpoint;
 
 /// ①…⑳, then (21), (22), …
 fn number(n: usize) -> String {
@@ -25,10 +26,37 @@ fn duration(ns: u64) -> String {
 }
 
 fn endpoint(addr: Option<std::net::IpAddr>, port: u16) -> String {
-    match addr {
-        Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{port}"),
-        Some(a) => format!("{a}:{port}"),
-        None => "-".into(),
+    addr.map_or("-".into(), |a| Endpoint::new(a, port).to_string())
+}
+
+/// The sentence `--explain` adds to a step: what it means in the documents' terms.
+pub fn explain(what: StepKind, role: Role) -> &'static str {
+    use StepKind::*;
+    match what {
+        Socket => "socket() asks the kernel for a communication endpoint: protocol and family are fixed now, the address and port come later.",
+        Bind => "bind() attaches a local address and port, so others know where to reach this socket; a server binds a fixed port, a client usually never calls bind().",
+        Listen => "listen() makes the socket passive: the kernel now answers handshakes on this port and queues finished connections, up to the backlog.",
+        Accept => "accept() takes one finished connection off the queue as a new socket with its own descriptor; the listener keeps listening.",
+        Accepted => "This socket was made by the kernel for one client; it shares the server's port and is told apart from others by the client's address and port.",
+        Connect => "connect() starts the 3-way handshake; since the client did not bind, the kernel picked an ephemeral source port from ip_local_port_range.",
+        Handshake => "SYN, SYN-ACK, ACK: the 3-way handshake is done and both sides are ESTABLISHED.",
+        CloseFirst => "This side sent the first FIN (active close): it goes FIN_WAIT1 → FIN_WAIT2 and then waits in TIME_WAIT.",
+        ClosePeer => "The peer sent the first FIN (passive close): this side answers and goes CLOSE_WAIT → LAST_ACK → CLOSE.",
+        TimeWait => "TIME_WAIT holds the connection's addresses and ports for a while (2×MSL) so stray packets cannot be mistaken for a new connection.",
+        SynSent => "The client's SYN is on its way: the first of the handshake's three packets.",
+        SynRecv => "A client's SYN reached the listening port: the kernel answered SYN-ACK and made a socket for this connection, before any accept().",
+        FinWait2 => "The peer acknowledged our FIN; its own FIN is still to come.",
+        LastAck => "This side closed as well and sent its FIN; one ACK from the peer ends the connection.",
+        Closed => "The 4-way close is complete: FIN, ACK, FIN, ACK.",
+        State => "A TCP state change the kernel made.",
+        Data if role == Role::Udp => "UDP sends independent datagrams: no connection, each sendto() names its destination and each recvfrom() says who sent it.",
+        Data => "read()/write() move bytes over the connection; TCP is a byte stream, so where one message ends is up to the application.",
+        Autobind => "UDP has no connect step: the first sendto() on an unbound socket makes the kernel bind it to an ephemeral port (autobind).",
+        Shutdown => "shutdown() closes one direction of the connection (SHUT_WR sends a FIN) while the socket stays open.",
+        Close => "close() drops this descriptor; the socket itself goes when the last descriptor pointing at it is closed.",
+        Release => "The kernel freed the socket: no descriptor refers to it any more.",
+        Error => "The kernel refused the call; the errno says why.",
+        Snapshot => "This socket was already open when tracing began (found in the kernel's socket table).",
     }
 }
 
@@ -52,7 +80,7 @@ pub fn summary_line(s: &SocketStory) -> String {
         )),
         None => parts.push(format!(
             "still {} when tracing ended",
-            s.last_state.unwrap_or("open")
+            s.last_state.map_or("open", |state| state.name())
         )),
     }
     if let Some(kind) = s.lifetime {
@@ -74,7 +102,10 @@ pub fn summary_line(s: &SocketStory) -> String {
             bytes(s.data.received_bytes)
         ));
     }
-    match (s.closed_first_by, s.time_wait) {
+    match (
+        s.closed_first_by.map(|side| side.name()),
+        s.time_wait.map(|side| side.name()),
+    ) {
         (Some(first), Some(tw)) => parts.push(format!("{first} closed first, TIME_WAIT on {tw}")),
         (Some(first), None) => parts.push(format!("{first} closed first")),
         _ => {}
@@ -107,8 +138,9 @@ pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::
             since,
             text::escape(&step.text)
         )?;
-        if explain && !step.explain.is_empty() {
-            writeln!(out, "  {:>13}    ↳ {}", "", text::escape(step.explain))?;
+        if explain {
+            let sentence = self::explain(step.what, step.role);
+            writeln!(out, "  {:>13}    ↳ {}", "", text::escape(sentence))?;
         }
     }
     writeln!(out, "  = {}", text::escape(&summary_line(s)))?;

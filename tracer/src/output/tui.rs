@@ -148,10 +148,7 @@ fn short_class(r: &PortRow) -> String {
 }
 
 fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
-    match addr {
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-    }
+    crate::model::types::Endpoint::new(*addr, port).to_string()
 }
 
 pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
@@ -244,14 +241,14 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
                 .iter()
                 .map(|r| {
                     Row::new(vec![
-                        Cell::from(r.proto),
+                        Cell::from(r.proto.name()),
                         Cell::from(endpoint(&r.laddr, r.lport)),
                         Cell::from(if r.rport == 0 {
                             "*".to_string()
                         } else {
                             endpoint(&r.raddr, r.rport)
                         }),
-                        Cell::from(r.state),
+                        Cell::from(r.state.name()),
                         Cell::from(format!(
                             "{}/{}{}",
                             r.pid.map_or("-".to_string(), |p| p.to_string()),

@@ -1,0 +1,352 @@
+//! How each event moves a story on: a new socket, a call's step (with its text), an accepted
+//! connection, a TCP transition.
+
+use tracer_common::{kind, DataTotals, SockEvent};
+
+use super::{endpoint, port_label, Data, Role, Side, SocketStory, StepKind, StoryBook};
+use crate::model::event::Event;
+use crate::model::types::{EventKind, Family, Proto, SockState, TcpState};
+
+impl StoryBook {
+    /// Folds one event in.
+    pub fn observe(&mut self, raw: &SockEvent, e: &Event) {
+        let sk = raw.sk;
+        if raw.kind != kind::STATE {
+            if let Some(pid) = e.pid {
+                self.pids.insert(pid);
+            }
+        }
+        if e.event == EventKind::Accept && raw.parent_sk != 0 {
+            // The listener may predate tracing: name it through the connection's local end.
+            self.name_predating(raw.parent_sk, e.laddr, e.lport, None);
+        } else if sk != 0 && raw.kind != kind::SOCKET {
+            self.name_predating(sk, e.laddr, e.lport, Some(e.rport));
+        }
+        match raw.kind {
+            kind::SOCKET if e.ret < 0 || sk == 0 => return,
+            kind::SOCKET => self.socket(sk, e),
+            kind::STATE => self.state_event(sk, e),
+            kind::DATA => {
+                if let Some(&id) = self.open.get(&sk) {
+                    let t = DataTotals::of(raw);
+                    self.stories[id].data = Data {
+                        sent_bytes: t.sent_bytes,
+                        received_bytes: t.received_bytes,
+                        sends: t.sends,
+                        receives: t.receives,
+                    };
+                }
+            }
+            kind::ACCEPT => self.accept(raw, e),
+            _ => {
+                let late = || {
+                    matches!(raw.kind, kind::CLOSE | kind::SHUTDOWN)
+                        .then(|| self.settling.iter().rev().find(|(s, _)| *s == sk))
+                        .flatten()
+                        .map(|(_, id)| *id)
+                };
+                let Some(id) = self.open.get(&sk).copied().or_else(late) else {
+                    return;
+                };
+                self.call(id, raw, e);
+            }
+        }
+        // A finished story leaves the live map at once: the kernel may hand its socket
+        // address to the next socket right away.
+        if let Some(&id) = self.open.get(&sk) {
+            if self.stories[id].done() {
+                self.open.remove(&sk);
+                self.settling.push((sk, id));
+            }
+        }
+    }
+
+    /// socket(): a new story.
+    fn socket(&mut self, sk: u64, e: &Event) {
+        let role = match e.proto {
+            Proto::Udp => Role::Udp,
+            _ => Role::Unused,
+        };
+        let id = self.new_story(sk, e, role);
+        let family = match e.family {
+            Family::V6 => "IPv6",
+            Family::V4 => "IPv4",
+        };
+        let text = format!(
+            "socket() → fd {} ({}, {family})",
+            e.ret,
+            e.proto.name().to_uppercase()
+        );
+        self.stories[id].step(e.ts_ns, StepKind::Socket, text);
+    }
+
+    /// A TCP transition: on a known socket, or on a connection one of our listeners made.
+    fn state_event(&mut self, sk: u64, e: &Event) {
+        let id = match self.open.get(&sk) {
+            Some(&id) => id,
+            // A connection the kernel builds from one of our listeners.
+            None if e.pid.is_some_and(|p| self.pids.contains(&p))
+                && e.old_state == Some(TcpState::Listen) =>
+            {
+                let id = self.new_story(sk, e, Role::Accepted);
+                let story = &mut self.stories[id];
+                story.laddr = Some(e.laddr);
+                story.lport = e.lport;
+                story.raddr = Some(e.raddr);
+                story.rport = e.rport;
+                id
+            }
+            None => return,
+        };
+        self.state(id, e);
+    }
+
+    fn accept(&mut self, raw: &SockEvent, e: &Event) {
+        // -512…-516: the kernel's internal restart codes (a signal interrupted the wait).
+        if (-516..=-512).contains(&e.ret) {
+            return;
+        }
+        if e.ret < 0 {
+            if let Some(&l) = self.open.get(&raw.parent_sk) {
+                let err = e.errno.clone().unwrap_or_default();
+                self.stories[l].step(e.ts_ns, StepKind::Error, format!("accept failed: {err}"));
+                self.stories[l].errors.push(format!("accept: {err}"));
+            }
+            return;
+        }
+        let child = match self.open.get(&raw.sk) {
+            Some(&id) => id,
+            None => self.new_story(raw.sk, e, Role::Accepted),
+        };
+        // An accept already waiting when tracing began has no listening fd on record: find
+        // the listener by the connection's local end.
+        let listener = self.open.get(&raw.parent_sk).copied().or_else(|| {
+            self.stories
+                .iter()
+                .find(|s| {
+                    s.role == Role::Listener
+                        && !s.released
+                        && s.lport == e.lport
+                        && s.pid == e.pid
+                        && s.laddr.is_some_and(|a| a == e.laddr || a.is_unspecified())
+                })
+                .map(|s| s.id)
+        });
+        let peer = endpoint(e.raddr, e.rport);
+        {
+            let story = &mut self.stories[child];
+            story.role = Role::Accepted;
+            story.pid = e.pid;
+            story.comm = e.comm.clone();
+            story.laddr = Some(e.laddr);
+            story.lport = e.lport;
+            story.raddr = Some(e.raddr);
+            story.rport = e.rport;
+            story.listener = listener;
+            let text = format!(
+                "accepted as fd {} from {peer} (the client's port{})",
+                e.ret,
+                if listener.is_some() {
+                    String::new()
+                } else {
+                    " — listener not traced".into()
+                }
+            );
+            story.step(e.ts_ns, StepKind::Accepted, text);
+        }
+        if let Some(l) = listener {
+            let text = format!(
+                "accept → fd {} from {peer} (client's {} port {}) → socket {}",
+                e.ret,
+                if e.rport_in_ephemeral_range == Some(true) {
+                    "ephemeral"
+                } else {
+                    "source"
+                },
+                e.rport,
+                child + 1
+            );
+            self.stories[l].step(e.ts_ns, StepKind::Accept, text);
+            self.stories[l].accepted.push(child);
+        }
+    }
+
+    fn state(&mut self, id: usize, e: &Event) {
+        let story = &mut self.stories[id];
+        let (Some(old), Some(new)) = (e.old_state, e.state) else {
+            return;
+        };
+        if old == new {
+            return; // the kernel re-sets a state on some paths (a second FIN_WAIT1)
+        }
+        story.last_state = Some(SockState::Tcp(new));
+        if e.lport != 0 && story.lport == 0 {
+            story.lport = e.lport;
+            story.laddr = Some(e.laddr);
+        }
+        let (what, note) = transition(story, old, new);
+        story.step(e.ts_ns, what, format!("{old} → {new}{note}"));
+        if let Some(step) = story.steps.last_mut() {
+            step.transition = Some((old, new));
+        }
+        if new.is_over() {
+            story.closed_ns = Some(e.ts_ns);
+            if story.closed_first_by == Some(Side::Peer) {
+                story.time_wait = Some(Side::Peer);
+            }
+        }
+    }
+
+    fn call(&mut self, id: usize, raw: &SockEvent, e: &Event) {
+        let story = &mut self.stories[id];
+        let ts = e.ts_ns;
+        // A non-blocking connect's EINPROGRESS is no failure: the handshake goes on.
+        if let (Some(errno), false) = (&e.errno, e.event == EventKind::Connect && e.in_progress()) {
+            story.failed(e, errno);
+            return;
+        }
+        match raw.kind {
+            kind::BIND => story.bound(e),
+            kind::LISTEN => {
+                story.role = Role::Listener;
+                story.last_state = Some(SockState::Tcp(TcpState::Listen));
+                let text = format!("listen backlog {} → LISTEN", e.backlog.unwrap_or(0));
+                story.step(ts, StepKind::Listen, text);
+            }
+            kind::CONNECT => story.connected(e),
+            kind::SENDTO | kind::SENDMSG | kind::RECVFROM | kind::RECVMSG => story.datagram(e),
+            kind::SHUTDOWN => {
+                let text = format!("shutdown {}", e.how.unwrap_or("?"));
+                story.step(ts, StepKind::Shutdown, text);
+            }
+            kind::CLOSE => {
+                let text = format!("close fd {}", e.fd.unwrap_or(-1));
+                story.step(ts, StepKind::Close, text);
+            }
+            kind::RELEASE => {
+                story.released = true;
+                if story.closed_ns.is_none() && story.proto == Proto::Udp {
+                    story.closed_ns = Some(ts);
+                }
+                story.step(ts, StepKind::Release, "socket freed".into());
+            }
+            _ => {}
+        }
+    }
+}
+
+impl SocketStory {
+    /// A call the kernel refused.
+    fn failed(&mut self, e: &Event, errno: &str) {
+        let end = if e.event == EventKind::Bind {
+            endpoint(e.laddr, e.lport)
+        } else {
+            endpoint(e.raddr, e.rport)
+        };
+        let text = format!("{} {end} failed: {errno}", e.event);
+        self.errors.push(format!("{}: {errno}", e.event));
+        self.step(e.ts_ns, StepKind::Error, text);
+    }
+
+    fn bound(&mut self, e: &Event) {
+        self.laddr = Some(e.laddr);
+        self.lport = e.lport;
+        self.ephemeral |= e.lport_kernel_chosen;
+        let text = if e.lport_kernel_chosen {
+            format!(
+                "bind {} → the kernel chose port {} (ephemeral, IANA {})",
+                endpoint(e.laddr, 0),
+                e.lport,
+                port_label(e.lport)
+            )
+        } else {
+            format!(
+                "bind {} ({} port)",
+                endpoint(e.laddr, e.lport),
+                port_label(e.lport)
+            )
+        };
+        self.step(e.ts_ns, StepKind::Bind, text);
+    }
+
+    fn connected(&mut self, e: &Event) {
+        if self.role != Role::Udp {
+            self.role = Role::Client;
+        }
+        self.laddr = Some(e.laddr);
+        self.lport = e.lport;
+        self.raddr = Some(e.raddr);
+        self.rport = e.rport;
+        self.ephemeral |= e.lport_kernel_chosen;
+        let chosen = if e.lport_kernel_chosen {
+            format!(
+                " → ephemeral {} chosen by the kernel",
+                endpoint(e.laddr, e.lport)
+            )
+        } else {
+            format!(" from {}", endpoint(e.laddr, e.lport))
+        };
+        let text = format!(
+            "connect {} ({} port){chosen}",
+            endpoint(e.raddr, e.rport),
+            port_label(e.rport)
+        );
+        self.step(e.ts_ns, StepKind::Connect, text);
+    }
+
+    /// sendto/recvfrom/sendmsg/recvmsg: a peer, and UDP's autobind on the first send.
+    fn datagram(&mut self, e: &Event) {
+        if e.rport != 0 {
+            let peer = endpoint(e.raddr, e.rport).to_string();
+            if !self.peers.contains(&peer) {
+                self.peers.push(peer);
+            }
+        }
+        let sending = matches!(e.event, EventKind::Sendto | EventKind::Sendmsg);
+        if sending && e.lport_kernel_chosen && self.lport == 0 {
+            self.ephemeral = true;
+            self.laddr = Some(e.laddr);
+            self.lport = e.lport;
+            let text = format!(
+                "{} to {}: the kernel bound the socket to ephemeral port {}",
+                e.event,
+                endpoint(e.raddr, e.rport),
+                e.lport
+            );
+            self.step(e.ts_ns, StepKind::Autobind, text);
+        } else if self.lport == 0 && e.lport != 0 {
+            self.laddr = Some(e.laddr);
+            self.lport = e.lport;
+        }
+    }
+}
+
+/// The step a TCP transition makes, and the note its text ends with; records who closed
+/// first and where TIME_WAIT stays.
+fn transition(story: &mut SocketStory, old: TcpState, new: TcpState) -> (StepKind, &'static str) {
+    use StepKind as K;
+    use TcpState::*;
+    match (old, new) {
+        (SynSent | SynRecv, Established) => (K::Handshake, " — handshake done"),
+        (Listen, SynRecv) => (K::SynRecv, " — SYN received, SYN-ACK sent"),
+        (Close, SynSent) => (K::SynSent, " — SYN sent"),
+        (Close, Listen) => (K::State, ""),
+        (FinWait1, FinWait2) => (K::FinWait2, " — our FIN acknowledged"),
+        (CloseWait, LastAck) => (K::LastAck, " — this side's FIN sent too"),
+        (LastAck, Close) => (K::Closed, " — last ACK received, connection gone"),
+        (Established, FinWait1) => {
+            story.closed_first_by.get_or_insert(Side::ThisSide);
+            (K::CloseFirst, " — this side closes first (FIN sent)")
+        }
+        (Established, CloseWait) => {
+            story.closed_first_by.get_or_insert(Side::Peer);
+            (K::ClosePeer, " — the peer closed first (FIN received)")
+        }
+        (_, TimeWait) => {
+            story.time_wait = Some(Side::ThisSide);
+            (K::TimeWait, " — TIME_WAIT on this side")
+        }
+        (SynSent, Close) => (K::State, " — refused or timed out"),
+        _ => (K::State, ""),
+    }
+}

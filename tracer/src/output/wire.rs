@@ -1,0 +1,39 @@
+//! How the model's types are spelled in JSON: each by its one name (`"tcp"`, `"ipv6"`,
+//! `"SYN_SENT"`, `"connect"`), the values the JSON records have always carried; a story's
+//! step with its `--explain` sentence.
+use serde::{Serialize, Serializer};
+
+use crate::model::story::{Side, Step};
+use crate::model::types::{EventKind, Family, Proto, SockState, TcpState};
+
+macro_rules! by_name {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+    )*};
+}
+
+by_name!(EventKind, Family, Proto, SockState, TcpState);
+
+impl Serialize for Side {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// A story's step: its tag, its text and the `--explain` sentence that goes with it.
+impl Serialize for Step {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("Step", 5)?;
+        out.serialize_field("ts_ns", &self.ts_ns)?;
+        out.serialize_field("since_previous_ns", &self.since_previous_ns)?;
+        out.serialize_field("what", self.what.name())?;
+        out.serialize_field("text", &self.text)?;
+        out.serialize_field("explain", super::story::explain(self.what, self.role))?;
+        out.end()
+    }
+}
