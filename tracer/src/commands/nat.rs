@@ -38,19 +38,9 @@ pub async fn run(plan: NatPlan) -> Result<()> {
     let config = &plan.config;
     prereq::require_root("nat")?;
     // Socket probes too, to stitch flows (client process → binding → server process).
-    let mut sock = if config.flows {
-        let filter = tracer_common::KernelFilter {
-            udp_data: 1,
-            ..Default::default()
-        };
-        Some(SockProbes::load(&LoadOptions {
-            filter,
-            pids: Vec::new(),
-            ringbuf_bytes: config.ringbuf_bytes,
-            data: false,
-        })?)
-    } else {
-        None
+    let mut sock = match config.flows {
+        true => Some(flow_probes(config.ringbuf_bytes)?),
+        false => None,
     };
     let shared = match sock.as_mut() {
         Some(s) => Some(s.events_fd()?),
@@ -114,6 +104,19 @@ pub async fn run(plan: NatPlan) -> Result<()> {
     drop(stage);
     drop(sock);
     result
+}
+
+/// The socket probes that stitch flows: every socket, UDP sends and receives included.
+fn flow_probes(ringbuf_bytes: u32) -> Result<SockProbes> {
+    SockProbes::load(&LoadOptions {
+        filter: tracer_common::KernelFilter {
+            udp_data: 1,
+            ..Default::default()
+        },
+        pids: Vec::new(),
+        ringbuf_bytes,
+        data: false,
+    })
 }
 
 /// The human table's first lines: what is watched (stderr) and the header (stdout).

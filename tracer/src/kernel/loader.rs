@@ -112,32 +112,7 @@ impl SockProbes {
 
         let mut attached = Vec::new();
         let mut links = Links::default();
-        let udp: &[&str] = if opts.filter.udp_data != 0 {
-            UDP_SYSCALLS
-        } else {
-            &[]
-        };
-        for syscall in SYSCALLS.iter().chain(udp) {
-            for phase in ["enter", "exit"] {
-                let event = format!("sys_{phase}_{syscall}");
-                if !tracefs::exists("syscalls", &event) {
-                    // accept(2) is absent on some architectures (accept4 covers them).
-                    if *syscall == "accept" {
-                        continue;
-                    }
-                    return Err(Error::MissingTracepoint(
-                        format!("syscalls:{event}"),
-                        "CONFIG_FTRACE_SYSCALLS is off".into(),
-                    ));
-                }
-                if opts.filter.metrics_only != 0 && event == "sys_exit_close" {
-                    // Counted at enter; nothing waits for the exit.
-                    continue;
-                }
-                attach_tracepoint(&mut ebpf, &mut links, &event, "syscalls", &event)?;
-                attached.push(format!("tracepoint/syscalls/{event}"));
-            }
-        }
+        attach_syscalls(&mut ebpf, &mut links, &mut attached, &opts.filter)?;
         {
             let name = "inet_sock_set_state";
             let program: &mut RawTracePoint = program(&mut ebpf, name)?;
@@ -167,20 +142,7 @@ impl SockProbes {
                 attached.push(format!("tracepoint/sched/{event}"));
             }
         }
-
-        let cgroup = prereq::cgroup2_root()?;
-        let cgroup_file = std::fs::File::open(&cgroup)
-            .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
-        let program: &mut CgroupSock = program(&mut ebpf, "sock_release")?;
-        program.load().map_err(prog_err("sock_release"))?;
-        // Through a bpf_link: multi-attach semantics, so other cgroup programs are unaffected.
-        let link = program
-            .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
-            .map_err(prog_err("sock_release"))?;
-        links
-            .cgroup
-            .push(program.take_link(link).map_err(prog_err("sock_release"))?);
-        attached.push(format!("cgroup/sock_release on {}", cgroup.display()));
+        attached.push(attach_release(&mut ebpf, &mut links)?);
         Ok(SockProbes {
             _links: links,
             ebpf,
@@ -369,6 +331,59 @@ impl KernelStats {
             })
             .collect()
     }
+}
+
+/// Every socket syscall's enter and exit (the UDP send/recv ones only when selected).
+fn attach_syscalls(
+    ebpf: &mut aya::Ebpf,
+    links: &mut Links,
+    attached: &mut Vec<String>,
+    filter: &KernelFilter,
+) -> Result<()> {
+    let udp: &[&str] = if filter.udp_data != 0 {
+        UDP_SYSCALLS
+    } else {
+        &[]
+    };
+    for syscall in SYSCALLS.iter().chain(udp) {
+        for phase in ["enter", "exit"] {
+            let event = format!("sys_{phase}_{syscall}");
+            if !tracefs::exists("syscalls", &event) {
+                // accept(2) is absent on some architectures (accept4 covers them).
+                if *syscall == "accept" {
+                    continue;
+                }
+                return Err(Error::MissingTracepoint(
+                    format!("syscalls:{event}"),
+                    "CONFIG_FTRACE_SYSCALLS is off".into(),
+                ));
+            }
+            if filter.metrics_only != 0 && event == "sys_exit_close" {
+                // Counted at enter; nothing waits for the exit.
+                continue;
+            }
+            attach_tracepoint(ebpf, links, &event, "syscalls", &event)?;
+            attached.push(format!("tracepoint/syscalls/{event}"));
+        }
+    }
+    Ok(())
+}
+
+/// `sock_release` on the cgroup v2 root, through a bpf_link: multi-attach semantics, so other
+/// cgroup programs are unaffected. Returns the hook's name.
+fn attach_release(ebpf: &mut aya::Ebpf, links: &mut Links) -> Result<String> {
+    let cgroup = prereq::cgroup2_root()?;
+    let cgroup_file = std::fs::File::open(&cgroup)
+        .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
+    let program: &mut CgroupSock = program(ebpf, "sock_release")?;
+    program.load().map_err(prog_err("sock_release"))?;
+    let link = program
+        .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
+        .map_err(prog_err("sock_release"))?;
+    links
+        .cgroup
+        .push(program.take_link(link).map_err(prog_err("sock_release"))?);
+    Ok(format!("cgroup/sock_release on {}", cgroup.display()))
 }
 
 fn prog_err(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error + '_ {

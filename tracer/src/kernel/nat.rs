@@ -91,39 +91,7 @@ impl NatProbes {
         )]))
         .map_err(|e| nat_err("setting offsets", e))?;
 
-        let mut shared_ring = shared_ring;
-        let mut maps: Vec<(String, MapData)> = Vec::new();
-        let mut shared: Vec<(String, OwnedFd)> = Vec::new();
-        for (name, def) in &obj.maps {
-            if name == "EVENTS" {
-                if let Some(fd) = shared_ring.take() {
-                    shared.push((name.clone(), fd));
-                    continue;
-                }
-            }
-            let mut def = def.clone();
-            if name == "EVENTS" {
-                def.set_max_entries(ringbuf_bytes);
-            }
-            let kind = def.section_kind();
-            let data = MapData::create(def, name, None).map_err(|source| Error::Map {
-                name: name.clone(),
-                source,
-            })?;
-            if matches!(
-                kind,
-                EbpfSectionKind::Rodata | EbpfSectionKind::Data | EbpfSectionKind::Bss
-            ) {
-                let value = obj.maps[name].data();
-                if !value.is_empty() {
-                    map_update(data.fd().as_fd(), value)?;
-                }
-                if kind == EbpfSectionKind::Rodata {
-                    map_freeze(data.fd().as_fd())?;
-                }
-            }
-            maps.push((name.clone(), data));
-        }
+        let (mut maps, shared) = create_maps(&obj, shared_ring, ringbuf_bytes)?;
         let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
         let fds: Vec<(String, RawFd)> = maps
             .iter()
@@ -238,6 +206,51 @@ impl NatProbes {
             evicted: std::sync::atomic::AtomicU64::new(0),
         })
     }
+}
+
+/// Things by the name the object gives them.
+type Named<T> = Vec<(String, T)>;
+
+/// The object's maps, created (and filled and frozen where they hold data), except the ring
+/// when a shared one is given: (created maps, shared fds), by name.
+fn create_maps(
+    obj: &Object,
+    mut shared_ring: Option<OwnedFd>,
+    ringbuf_bytes: u32,
+) -> Result<(Named<MapData>, Named<OwnedFd>)> {
+    let mut maps: Vec<(String, MapData)> = Vec::new();
+    let mut shared: Vec<(String, OwnedFd)> = Vec::new();
+    for (name, def) in &obj.maps {
+        if name == "EVENTS" {
+            if let Some(fd) = shared_ring.take() {
+                shared.push((name.clone(), fd));
+                continue;
+            }
+        }
+        let mut def = def.clone();
+        if name == "EVENTS" {
+            def.set_max_entries(ringbuf_bytes);
+        }
+        let kind = def.section_kind();
+        let data = MapData::create(def, name, None).map_err(|source| Error::Map {
+            name: name.clone(),
+            source,
+        })?;
+        if matches!(
+            kind,
+            EbpfSectionKind::Rodata | EbpfSectionKind::Data | EbpfSectionKind::Bss
+        ) {
+            let value = obj.maps[name].data();
+            if !value.is_empty() {
+                map_update(data.fd().as_fd(), value)?;
+            }
+            if kind == EbpfSectionKind::Rodata {
+                map_freeze(data.fd().as_fd())?;
+            }
+        }
+        maps.push((name.clone(), data));
+    }
+    Ok((maps, shared))
 }
 
 fn missing(name: &str) -> Error {
