@@ -81,7 +81,9 @@ pub trait Stage {
     /// The command's own input type ([`Inputs::extra`]).
     type Extra;
     /// Once, before the first event.
-    fn start(&mut self, kernel: &mut dyn KernelInputs) -> Result<()>;
+    fn start(&mut self, _kernel: &mut dyn KernelInputs) -> Result<()> {
+        Ok(())
+    }
     /// A batch of socket events and the NAT binding records read with it (both drained).
     fn events(
         &mut self,
@@ -104,7 +106,9 @@ pub trait Stage {
     /// Every [`Cadence::tick`].
     fn tick(&mut self, kernel: &mut dyn KernelInputs) -> Result<Flow>;
     /// Once, after the last event: `undecodable` records were skipped.
-    fn finish(&mut self, kernel: &mut dyn KernelInputs, undecodable: u64) -> Result<()>;
+    fn finish(&mut self, _kernel: &mut dyn KernelInputs, _undecodable: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Runs `stage` on live inputs until they end, a stop, or an error.

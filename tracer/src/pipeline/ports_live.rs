@@ -92,10 +92,6 @@ impl<B: Backend> Stage for PortsLiveStage<B> {
     /// A key, or None when the terminal was resized.
     type Extra = Option<KeyEvent>;
 
-    fn start(&mut self, _kernel: &mut dyn KernelInputs) -> Result<()> {
-        Ok(())
-    }
-
     fn events(
         &mut self,
         batch: &mut Vec<SockEvent>,
@@ -145,9 +141,5 @@ impl<B: Backend> Stage for PortsLiveStage<B> {
             self.draw(lost)?;
         }
         Ok(Flow::Continue)
-    }
-
-    fn finish(&mut self, _kernel: &mut dyn KernelInputs, _undecodable: u64) -> Result<()> {
-        Ok(())
     }
 }

@@ -137,10 +137,6 @@ fn forward(pid: u32, sig: i32) {
 impl<W: Write> Stage for TraceStage<W> {
     type Extra = TraceInput;
 
-    fn start(&mut self, _kernel: &mut dyn KernelInputs) -> Result<()> {
-        Ok(())
-    }
-
     fn events(
         &mut self,
         batch: &mut Vec<SockEvent>,
@@ -184,9 +180,5 @@ impl<W: Write> Stage for TraceStage<W> {
             return Ok(Flow::Stop);
         }
         Ok(Flow::Continue)
-    }
-
-    fn finish(&mut self, _kernel: &mut dyn KernelInputs, _undecodable: u64) -> Result<()> {
-        Ok(())
     }
 }
