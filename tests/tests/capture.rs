@@ -162,18 +162,29 @@ fn capture_replays_byte_for_byte() {
 }
 
 /// A capture is never written through a symlink or over an existing file: the path is the
-/// user's and tracer runs as root.
+/// user's and tracer runs as root. The hostile side (nobody, in a sticky shared directory
+/// like /tmp) plants a symlink to a root-owned file and a file of its own.
 #[test]
 fn record_refuses_existing_files_and_symlinks() {
     if !prerequisites("record_refuses_existing_files_and_symlinks") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("precious");
-    std::fs::write(&target, b"keep me").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, b"keep me").unwrap();
     let link = dir.path().join("link");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
-    for path in [&target, &link] {
+    let planted = as_nobody("/usr/bin/ln")
+        .arg("-s")
+        .arg(&precious)
+        .arg(&link)
+        .status()
+        .unwrap();
+    assert!(planted.success(), "nobody could not plant the symlink");
+    let owned = dir.path().join("owned");
+    let made = as_nobody("/usr/bin/touch").arg(&owned).status().unwrap();
+    assert!(made.success(), "nobody could not create a file");
+    for path in [&link, &owned, &precious] {
         let out = Command::new(tracer_bin())
             .args([
                 "watch",
@@ -184,11 +195,12 @@ fn record_refuses_existing_files_and_symlinks() {
             ])
             .output()
             .unwrap();
-        assert!(!out.status.success());
+        assert!(!out.status.success(), "{} was written", path.display());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("creating capture"), "{err}");
     }
-    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+    assert_eq!(std::fs::read(&owned).unwrap(), b"");
 }
 
 /// A damaged capture is a clear error, not a panic.
