@@ -12,8 +12,8 @@ use tracer::{
         server::{KernelReadings, Scrape},
         Metrics,
     },
-    model::{ports::SortKey, Clock, Filter, SocketTable},
-    output::{human::HumanSink, json::JsonSink, tui::ViewState, Sink},
+    model::{ports::SortKey, story::StoryBook, Clock, Filter, SocketTable},
+    output::{human::HumanSink, json::JsonSink, services::standard, tui::ViewState, Sink},
     pipeline::{
         fake::{FakeKernel, FakeNat, SharedBuf},
         nat::NatOnlyStage,
@@ -256,7 +256,10 @@ fn watch_stage(sink: Box<dyn Sink>, events: &[&str]) -> WatchStage {
 #[test]
 fn watch_json_shows_each_step_and_the_kernel_s_choices() {
     let out = SharedBuf::default();
-    let mut stage = watch_stage(Box::new(JsonSink::new(out.clone())), &[]);
+    let mut stage = watch_stage(
+        Box::new(JsonSink::new(out.clone()).with_names(standard)),
+        &[],
+    );
     drive(&mut stage, &mut FakeKernel::at(T0), vec![conversation()]);
     insta::assert_snapshot!("watch_json", out.text());
 }
@@ -264,7 +267,7 @@ fn watch_json_shows_each_step_and_the_kernel_s_choices() {
 #[test]
 fn watch_table_and_its_status_lines() {
     let (out, status) = (SharedBuf::default(), SharedBuf::default());
-    let sink = HumanSink::new(out.clone(), status.clone(), false);
+    let sink = HumanSink::new(out.clone(), status.clone(), false).with_names(standard);
     let mut stage = watch_stage(Box::new(sink), &["connect", "accept", "sendto", "state"]);
     drive(&mut stage, &mut FakeKernel::at(T0), vec![conversation()]);
     insta::assert_snapshot!("watch_table", mask_times(&out.text()));
@@ -292,7 +295,7 @@ fn serve_fills_the_registry() {
         group_by_remote: false,
         process_filter: false,
         nat: false,
-        sink: Box::new(JsonSink::new(out.clone())),
+        sink: Box::new(JsonSink::new(out.clone()).with_names(standard)),
         scrape: Some(scrape.clone()),
         hooks: Vec::new(),
         snapshot: None,
@@ -333,7 +336,7 @@ fn trace_tells_each_socket_s_story() {
     };
     let mut stage = TraceStage::new(
         SocketTable::default(),
-        Default::default(),
+        StoryBook::with_names(standard),
         Clock::with_offset(1_700_000_000_000_000_000),
         format,
         out.clone(),
@@ -357,7 +360,7 @@ fn nat_binding_and_its_end() {
     let out = SharedBuf::default();
     let mut stage = NatOnlyStage::new(
         Clock::with_offset(1_700_000_000_000_000_000),
-        Box::new(JsonSink::new(out.clone())),
+        Box::new(JsonSink::new(out.clone()).with_names(standard)),
         Some(vec!["netfilter (test)".into()]),
     );
     let router_ns = 4026532000;
@@ -477,7 +480,7 @@ fn recorded_captures_replay_to_their_output() {
             group_by_remote: false,
             process_filter: header.by_pid || header.comm.is_some(),
             nat: header.nat,
-            sink: Box::new(JsonSink::new(out.clone())),
+            sink: Box::new(JsonSink::new(out.clone()).with_names(standard)),
             scrape: None,
             hooks: header.hooks.clone(),
             snapshot: header.snapshot.clone(),

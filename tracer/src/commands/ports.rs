@@ -28,7 +28,7 @@ use crate::{
         snapshot::Snapshot,
         Clock, SocketTable,
     },
-    output::{ports as text, tui::ViewState},
+    output::{ports as text, services, tui::ViewState},
     pipeline::{
         self,
         inputs::LiveKernel,
@@ -86,11 +86,11 @@ pub fn run(plan: PortsPlan) -> Result<()> {
     let usage = usage_of(&table, &config.filter);
     let mut out = io::BufWriter::new(io::stdout().lock());
     let written = if config.json {
-        text::write_json(&mut out, &rows, &ranges, &usage)
+        text::write_json(&mut out, &rows, &ranges, &usage, services::system)
     } else if config.group_by == Some(GroupBy::Remote) {
-        text::write_groups(&mut out, &ports::by_remote(&rows))
+        text::write_groups(&mut out, &ports::by_remote(&rows), services::system)
     } else {
-        text::write_table(&mut out, &rows)
+        text::write_table(&mut out, &rows, services::system)
             .and_then(|_| text::write_usage(&mut out, &ranges, &usage))
     };
     match written.and_then(|_| out.flush()) {

@@ -370,7 +370,7 @@ fn start(target: &Target) -> Result<(KernelFilter, Vec<u32>, Option<Launched>)> 
 /// starts before the trace; nothing for a command tracer starts.
 fn predating(target: &Target, clock: &Clock) -> Result<(SocketTable, StoryBook)> {
     let mut table = SocketTable::default();
-    let mut book = StoryBook::default();
+    let mut book = StoryBook::with_names(crate::output::services::system);
     if matches!(target, Target::Command { .. }) {
         return Ok((table, book));
     }

@@ -78,6 +78,15 @@ impl PartialOrd for Proto {
     }
 }
 
+/// A port's service name for a protocol (`443`/tcp → `https`), or None. The sinks look names up
+/// (`output::services`); the model, which does no I/O, takes the lookup as a value.
+pub type PortNames = fn(u16, Proto) -> Option<&'static str>;
+
+/// Names no port: where nothing asked for service names.
+pub fn no_names(_port: u16, _proto: Proto) -> Option<&'static str> {
+    None
+}
+
 /// An address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {

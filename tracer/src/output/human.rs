@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::{ports as text, Sink, SnapshotInfo, Summary};
-use crate::model::{ephemeral::Usage, ports::RemoteGroup, Event};
+use super::{ports as text, services, Sink, SnapshotInfo, Summary};
+use crate::model::{ephemeral::Usage, ports::RemoteGroup, types::PortNames, Event};
 
 const RED: &str = "\x1b[31m";
 const GREEN: &str = "\x1b[32m";
@@ -20,6 +20,8 @@ pub struct HumanSink<W: Write, E: Write> {
     line: String,
     /// Events are printed (not only summaries): print the column header.
     header: bool,
+    /// Names the ports' services where a port's class is shown.
+    names: PortNames,
 }
 
 impl<W: Write, E: Write> HumanSink<W, E> {
@@ -30,7 +32,14 @@ impl<W: Write, E: Write> HumanSink<W, E> {
             color,
             line: String::with_capacity(256),
             header: true,
+            names: services::system,
         }
+    }
+
+    /// Service names from `names` instead of the system's database (tests: a fixed table).
+    pub fn with_names(mut self, names: PortNames) -> Self {
+        self.names = names;
+        self
     }
 
     /// The table and the status lines written so far.
@@ -68,8 +77,8 @@ fn time_of_day(ts_ns: u64) -> String {
     )
 }
 
-/// What the DETAIL column says about an event.
-pub fn detail(e: &Event) -> String {
+/// What the DETAIL column says about an event; `names` names a port whose class it shows.
+pub fn detail(e: &Event, names: PortNames) -> String {
     let mut d = String::new();
     if let Some(fd) = e.fd {
         if fd >= 0 {
@@ -103,7 +112,12 @@ pub fn detail(e: &Event) -> String {
     {
         d.push_str("port chosen by kernel");
         if let Some((lo, hi)) = e.ephemeral_range {
-            let _ = write!(d, " (ephemeral {lo}-{hi}, IANA {})", e.lport_class);
+            let _ = write!(d, " (ephemeral {lo}-{hi}, IANA {}", e.lport_class);
+            if let Some(service) = names(e.lport, e.proto) {
+                // From a file: escaped like every other name.
+                let _ = write!(d, ", service {}", crate::text::escape(service));
+            }
+            d.push(')');
         }
         d.push(' ');
     }
@@ -172,7 +186,7 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             e.lport,
             e.raddr,
             e.rport,
-            detail(e),
+            detail(e, self.names),
         );
         self.out.write_all(self.line.as_bytes())?;
         self.out.write_all(b"\n")
@@ -247,7 +261,7 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             "--- connections by remote endpoint ({}) ---",
             if last { "final" } else { "so far" }
         )?;
-        text::write_groups(&mut self.out, groups)?;
+        text::write_groups(&mut self.out, groups, self.names)?;
         self.out.flush()
     }
 

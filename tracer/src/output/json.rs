@@ -3,13 +3,15 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::{ports::write_usage_json, Sink, SnapshotInfo, Summary};
-use crate::model::{ephemeral::Usage, ports::RemoteGroup, Event};
+use super::{ports::write_usage_json, services, Sink, SnapshotInfo, Summary};
+use crate::model::{ephemeral::Usage, ports::RemoteGroup, types::PortNames, Event};
 
 pub struct JsonSink<W: Write> {
     out: W,
     /// One event line, built here and written whole.
     line: Vec<u8>,
+    /// Names the ports' services (`lport_service`, `rport_service`).
+    names: PortNames,
 }
 
 impl<W: Write> JsonSink<W> {
@@ -17,7 +19,14 @@ impl<W: Write> JsonSink<W> {
         JsonSink {
             out,
             line: Vec::with_capacity(1024),
+            names: services::system,
         }
+    }
+
+    /// Service names from `names` instead of the system's database (tests: a fixed table).
+    pub fn with_names(mut self, names: PortNames) -> Self {
+        self.names = names;
+        self
     }
 
     /// The writer, with everything written so far.
@@ -39,7 +48,7 @@ impl<W: Write> Sink for JsonSink<W> {
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
         self.line.clear();
-        super::json_event::write_event(&mut self.line, event);
+        super::json_event::write_event(&mut self.line, event, self.names);
         self.line.push(b'\n');
         self.out.write_all(&self.line)
     }

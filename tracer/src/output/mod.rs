@@ -7,6 +7,7 @@ mod json_event;
 pub mod log;
 pub mod nat;
 pub mod ports;
+pub mod services;
 pub mod story;
 pub mod tui;
 mod wire;

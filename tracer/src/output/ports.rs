@@ -1,14 +1,29 @@
 //! Text and JSON renderings of the ports views: the socket table (`ss`-like, with owners and
-//! port classes), the ephemeral-range usage, and connections grouped by remote endpoint.
+//! port classes and service names), the ephemeral-range usage, and connections grouped by
+//! remote endpoint.
 use std::io::{self, Write};
+
+use serde::Serialize;
 
 use crate::model::{
     ephemeral::{below_iana_dynamic, Usage},
     ports::{PortRow, RemoteGroup},
+    types::PortNames,
 };
 
 pub const HEADER: &str =
-    "PROTO LADDR           LPORT RADDR           RPORT STATE       PID     COMM            CLASS";
+    "PROTO LADDR           LPORT RADDR           RPORT STATE       PID     COMM            SERVICE      CLASS";
+
+/// The SERVICE column: the service of the connection's server port, the local port for
+/// listeners and accepted connections, the remote port for outgoing ones.
+pub fn service(r: &PortRow, names: PortNames) -> &'static str {
+    let server_port = if r.listening || r.accepted || r.rport == 0 {
+        r.lport
+    } else {
+        r.rport
+    };
+    names(server_port, r.proto).unwrap_or("-")
+}
 
 fn addr(a: &std::net::IpAddr) -> String {
     let text = a.to_string();
@@ -23,7 +38,7 @@ fn addr(a: &std::net::IpAddr) -> String {
 }
 
 /// One row in the table's columns. Several holders show as `pid,pid`.
-pub fn row_line(r: &PortRow) -> String {
+pub fn row_line(r: &PortRow, names: PortNames) -> String {
     let pids = if r.owners.is_empty() {
         "-".to_string()
     } else {
@@ -39,7 +54,7 @@ pub fn row_line(r: &PortRow) -> String {
         (addr(&r.raddr), r.rport.to_string())
     };
     format!(
-        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:<7} {} {}",
+        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:<7} {} {} {}",
         r.proto,
         addr(&r.laddr),
         r.lport,
@@ -48,14 +63,16 @@ pub fn row_line(r: &PortRow) -> String {
         r.state,
         pids,
         crate::text::pad(r.comm.as_deref().unwrap_or("-"), 15),
+        // From a file: escaped and cut like the command name.
+        crate::text::pad(service(r, names), 12),
         r.class
     )
 }
 
-pub fn write_table(out: &mut impl Write, rows: &[PortRow]) -> io::Result<()> {
+pub fn write_table(out: &mut impl Write, rows: &[PortRow], names: PortNames) -> io::Result<()> {
     writeln!(out, "{HEADER}")?;
     for r in rows {
-        writeln!(out, "{}", row_line(r))?;
+        writeln!(out, "{}", row_line(r, names))?;
     }
     Ok(())
 }
@@ -118,7 +135,11 @@ pub fn write_usage(
     Ok(())
 }
 
-pub fn write_groups(out: &mut impl Write, groups: &[RemoteGroup]) -> io::Result<()> {
+pub fn write_groups(
+    out: &mut impl Write,
+    groups: &[RemoteGroup],
+    names: PortNames,
+) -> io::Result<()> {
     if groups.is_empty() {
         writeln!(out, "No outgoing connections.")?;
     }
@@ -129,7 +150,12 @@ pub fn write_groups(out: &mut impl Write, groups: &[RemoteGroup]) -> io::Result<
             g.proto,
             g.raddr,
             g.rport,
-            g.rport_class,
+            crate::text::escape(&super::services::with_class(
+                names,
+                g.rport,
+                g.proto,
+                g.rport_class
+            )),
             g.connections,
             if g.connections == 1 { "" } else { "s" },
             g.local_ports,
@@ -155,15 +181,33 @@ pub fn write_groups(out: &mut impl Write, groups: &[RemoteGroup]) -> io::Result<
     Ok(())
 }
 
+/// A `socket` record: the row and its ports' service names.
+#[derive(Serialize)]
+struct SocketRecord<'a> {
+    #[serde(flatten)]
+    row: &'a PortRow,
+    lport_service: Option<&'static str>,
+    /// None without a remote end.
+    rport_service: Option<&'static str>,
+}
+
 /// JSON lines: a `socket` record per row, then `ephemeral_range` and `ephemeral` usage records.
 pub fn write_json(
     out: &mut impl Write,
     rows: &[PortRow],
     ranges: &[(u32, (u16, u16))],
     usage: &[Usage],
+    names: PortNames,
 ) -> io::Result<()> {
-    for r in rows {
-        crate::text::json::to_writer(&mut *out, r)?;
+    for row in rows {
+        let record = SocketRecord {
+            row,
+            lport_service: names(row.lport, row.proto),
+            rport_service: (row.rport != 0)
+                .then(|| names(row.rport, row.proto))
+                .flatten(),
+        };
+        crate::text::json::to_writer(&mut *out, &record)?;
         out.write_all(b"\n")?;
     }
     for (netns, range) in ranges {
@@ -196,6 +240,7 @@ pub fn write_usage_json(out: &mut impl Write, record: &str, u: &Usage) -> io::Re
 mod tests {
     use super::*;
     use crate::model::ports::{by_remote, fixtures::sample_table, rows};
+    use crate::output::services::standard;
 
     fn text(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
         let mut out = Vec::new();
@@ -211,10 +256,13 @@ mod tests {
         let ranges = [(1, (32768, 60999))];
         insta::assert_snapshot!(
             "ports_table",
-            text(|o| write_table(o, &rows).and_then(|_| write_usage(o, &ranges, &usage)))
+            text(|o| write_table(o, &rows, standard).and_then(|_| write_usage(o, &ranges, &usage)))
         );
-        insta::assert_snapshot!("ports_groups", text(|o| write_groups(o, &by_remote(&rows))));
-        let json = text(|o| write_json(o, &rows, &ranges, &usage));
+        insta::assert_snapshot!(
+            "ports_groups",
+            text(|o| write_groups(o, &by_remote(&rows), standard))
+        );
+        let json = text(|o| write_json(o, &rows, &ranges, &usage, standard));
         let records: Vec<serde_json::Value> = json
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -230,6 +278,10 @@ mod tests {
         assert_eq!(client["class"], "ephemeral (registered)");
         assert_eq!(client["lport_in_ephemeral_range"], true);
         assert_eq!(client["lport_in_iana_dynamic_range"], false);
+        assert_eq!(client["lport_service"], serde_json::Value::Null);
+        assert_eq!(client["rport_service"], "http-alt");
+        assert_eq!(sshd["lport_service"], "ssh");
+        assert_eq!(sshd["rport_service"], serde_json::Value::Null);
         assert_eq!(records.last().unwrap()["type"], "ephemeral");
     }
 

@@ -5,7 +5,7 @@ use tracer_common::{kind, DataTotals, SockEvent};
 
 use super::{endpoint, port_label, Data, Role, Side, SocketStory, StepKind, StoryBook};
 use crate::model::event::Event;
-use crate::model::types::{EventKind, Family, Proto, SockState, TcpState};
+use crate::model::types::{EventKind, Family, PortNames, Proto, SockState, TcpState};
 
 impl StoryBook {
     /// Folds one event in.
@@ -198,6 +198,7 @@ impl StoryBook {
     }
 
     fn call(&mut self, id: usize, raw: &SockEvent, e: &Event) {
+        let names = self.names.0;
         let story = &mut self.stories[id];
         let ts = e.ts_ns;
         // A non-blocking connect's EINPROGRESS is no failure: the handshake goes on.
@@ -206,14 +207,14 @@ impl StoryBook {
             return;
         }
         match raw.kind {
-            kind::BIND => story.bound(e),
+            kind::BIND => story.bound(e, names),
             kind::LISTEN => {
                 story.role = Role::Listener;
                 story.last_state = Some(SockState::Tcp(TcpState::Listen));
                 let text = format!("listen backlog {} → LISTEN", e.backlog.unwrap_or(0));
                 story.step(ts, StepKind::Listen, text);
             }
-            kind::CONNECT => story.connected(e),
+            kind::CONNECT => story.connected(e, names),
             kind::SENDTO | kind::SENDMSG | kind::RECVFROM | kind::RECVMSG => story.datagram(e),
             kind::SHUTDOWN => {
                 let text = format!("shutdown {}", e.how.unwrap_or("?"));
@@ -248,28 +249,30 @@ impl SocketStory {
         self.step(e.ts_ns, StepKind::Error, text);
     }
 
-    fn bound(&mut self, e: &Event) {
+    fn bound(&mut self, e: &Event, names: PortNames) {
         self.laddr = Some(e.laddr);
         self.lport = e.lport;
         self.ephemeral |= e.lport_kernel_chosen;
         let text = if e.lport_kernel_chosen {
+            let service =
+                names(e.lport, e.proto).map_or(String::new(), |s| format!(", service {s}"));
             format!(
-                "bind {} → the kernel chose port {} (ephemeral, IANA {})",
+                "bind {} → the kernel chose port {} (ephemeral, IANA {}{service})",
                 endpoint(e.laddr, 0),
                 e.lport,
-                port_label(e.lport)
+                e.lport_class
             )
         } else {
             format!(
                 "bind {} ({} port)",
                 endpoint(e.laddr, e.lport),
-                port_label(e.lport)
+                port_label(e.lport, e.proto, names)
             )
         };
         self.step(e.ts_ns, StepKind::Bind, text);
     }
 
-    fn connected(&mut self, e: &Event) {
+    fn connected(&mut self, e: &Event, names: PortNames) {
         if self.role != Role::Udp {
             self.role = Role::Client;
         }
@@ -289,7 +292,7 @@ impl SocketStory {
         let text = format!(
             "connect {} ({} port){chosen}",
             endpoint(e.raddr, e.rport),
-            port_label(e.rport)
+            port_label(e.rport, e.proto, names)
         );
         self.step(e.ts_ns, StepKind::Connect, text);
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tracer_common::DataTotals;
 
 use super::event::Event;
-use super::types::{Endpoint, Proto, SockState, TcpState};
+use super::types::{no_names, Endpoint, PortNames, Proto, SockState, TcpState};
 
 mod calls;
 
@@ -306,8 +306,23 @@ pub struct ProgramSummary {
     pub received_bytes: u64,
 }
 
-fn port_label(port: u16) -> &'static str {
-    tracer_common::PortClass::of(port).as_str()
+/// A port's IANA class, after its service's name when `names` knows it: `https, well-known`.
+fn port_label(port: u16, proto: Proto, names: PortNames) -> String {
+    let class = tracer_common::PortClass::of(port).as_str();
+    match names(port, proto) {
+        Some(service) => format!("{service}, {class}"),
+        None => class.to_string(),
+    }
+}
+
+/// How a story names ports (no names unless the book was given a lookup).
+#[derive(Clone, Copy, Debug)]
+struct Names(PortNames);
+
+impl Default for Names {
+    fn default() -> Self {
+        Names(no_names)
+    }
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> Endpoint {
@@ -339,6 +354,8 @@ pub struct StoryBook {
     settling: Vec<(u64, usize)>,
     /// Stories of sockets that predate the trace and no live event has named yet.
     unnamed: Vec<usize>,
+    /// Names ports by their service in the step text (`output::services` on a real run).
+    names: Names,
 }
 
 /// A finished story waits this long before it is handed out: `close()` is reported at its
@@ -346,6 +363,14 @@ pub struct StoryBook {
 const SETTLE_NS: u64 = 100_000_000;
 
 impl StoryBook {
+    /// A book whose step text names ports by their service through `names`.
+    pub fn with_names(names: PortNames) -> Self {
+        StoryBook {
+            names: Names(names),
+            ..Default::default()
+        }
+    }
+
     /// Starts a story for a socket that existed before tracing (`--pid`).
     pub fn predating(&mut self, row: &super::ports::PortRow, now_ns: u64) {
         let id = self.stories.len();
@@ -555,7 +580,7 @@ impl StoryBook {
                     s.proto,
                     s.laddr
                         .map_or("*".into(), |a| endpoint(a, s.lport).to_string()),
-                    port_label(s.lport)
+                    port_label(s.lport, s.proto, self.names.0)
                 )),
                 Role::Accepted => p.connections_accepted += 1,
                 Role::Client => p.connections_made += 1,
