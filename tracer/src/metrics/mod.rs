@@ -37,30 +37,50 @@ pub struct NatCounts<'a> {
     pub lost: u64,
 }
 
-/// Everything `/metrics` shows.
+/// Everything `/metrics` shows, by family.
 pub struct Metrics {
     registry: Registry,
+    kernel: KernelSeries,
+    table: TableSeries,
+    nat: NatSeries,
+    agent: AgentSeries,
+    /// At most this many listening (port, proto, comm) series; the rest count under `other`.
+    listen_port_cap: usize,
+}
+
+/// Counters kept up with the kernel's per-CPU statistics.
+struct KernelSeries {
     socket_events: IntCounterVec,
     connect_errors: IntCounterVec,
     bind_errors: IntCounterVec,
     transitions: IntCounterVec,
+    lost: IntCounter,
+}
+
+/// Gauges set from the socket table.
+struct TableSeries {
     listening: IntGaugeVec,
     listen_port_info: IntGaugeVec,
     ephemeral_in_use: IntGaugeVec,
     ephemeral_range_size: IntGaugeVec,
-    lost: IntCounter,
-    processed: IntCounterVec,
     sockets_tracked: IntGauge,
-    nat_bindings: IntCounterVec,
-    nat_packets: IntCounterVec,
-    nat_bytes: IntCounterVec,
+}
+
+/// NAT bindings, packets and bytes.
+struct NatSeries {
+    bindings: IntCounterVec,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
     /// NAT records lost (ring full, conntrack overruns), added to `tracer_events_lost_total`.
-    nat_lost: std::sync::atomic::AtomicU64,
+    lost: std::sync::atomic::AtomicU64,
     /// The `tracer_nat_bindings_total` series exported, to remove those of namespaces gone.
-    nat_series: std::sync::Mutex<std::collections::HashSet<NatLabels>>,
+    series: std::sync::Mutex<std::collections::HashSet<NatLabels>>,
+}
+
+/// The agent's own work: events processed, entries evicted by a cap.
+struct AgentSeries {
+    processed: IntCounterVec,
     evicted: IntCounterVec,
-    /// At most this many listening (port, proto, comm) series; the rest count under `other`.
-    listen_port_cap: usize,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -79,22 +99,25 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     g
 }
 
-const PROTO_NAMES: [&str; 3] = ["other", "tcp", "udp"];
-const FAMILY_NAMES: [&str; 3] = ["other", "ipv4", "ipv6"];
-
-/// Raises `counter` to the kernel's running total (counters only go up).
-fn catch_up(counter: &IntCounter, total: u64) {
-    let current = counter.get();
-    if total > current {
-        counter.inc_by(total - current);
-    }
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
 }
 
-impl Metrics {
-    pub fn new(listen_port_cap: usize, kernel_release: &str) -> Self {
-        let registry = Registry::new();
-        let r = &registry;
-        let m = Metrics {
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl KernelSeries {
+    fn register(r: &Registry) -> Self {
+        KernelSeries {
             socket_events: counter_vec(
                 r,
                 "tracer_socket_events_total",
@@ -119,6 +142,18 @@ impl Metrics {
                 "TCP state transitions, by old and new state.",
                 &["from", "to"],
             ),
+            lost: counter(
+                r,
+                "tracer_events_lost_total",
+                "Events the kernel could not deliver (ring buffer full, no room to record a syscall).",
+            ),
+        }
+    }
+}
+
+impl TableSeries {
+    fn register(r: &Registry) -> Self {
+        TableSeries {
             listening: gauge_vec(
                 r,
                 "tracer_listening_sockets",
@@ -143,35 +178,46 @@ impl Metrics {
                 "Number of ports in the namespace's ip_local_port_range.",
                 &["netns"],
             ),
-            lost: {
-                let c = IntCounter::new(
-                    "tracer_events_lost_total",
-                    "Events the kernel could not deliver (ring buffer full, no room to record a syscall).",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
-            nat_bindings: counter_vec(
+            sockets_tracked: gauge(
+                r,
+                "tracer_sockets_tracked",
+                "Sockets in the agent's socket table.",
+            ),
+        }
+    }
+}
+
+impl NatSeries {
+    fn register(r: &Registry) -> Self {
+        NatSeries {
+            bindings: counter_vec(
                 r,
                 "tracer_nat_bindings_total",
                 "NAT bindings seen (a conntrack entry with finished source or destination translation), by kind (snat, dnat, both), whether a port was translated (PAT/NAPT), protocol and the namespace that did it.",
                 &["kind", "port_translated", "proto", "netns"],
             ),
-            nat_packets: counter_vec(
+            packets: counter_vec(
                 r,
                 "tracer_nat_packets_total",
                 "Packets through NAT bindings, both directions, counted once after the last NAT hook (eBPF source only).",
                 &["kind"],
             ),
-            nat_bytes: counter_vec(
+            bytes: counter_vec(
                 r,
                 "tracer_nat_bytes_total",
                 "Bytes (IP packet length) through NAT bindings, both directions (eBPF source only).",
                 &["kind"],
             ),
-            nat_lost: std::sync::atomic::AtomicU64::new(0),
-            nat_series: std::sync::Mutex::default(),
+            lost: std::sync::atomic::AtomicU64::new(0),
+            series: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl AgentSeries {
+    /// Also registers `tracer_build_info` (set once, never updated).
+    fn register(r: &Registry, kernel_release: &str) -> Self {
+        let agent = AgentSeries {
             evicted: counter_vec(
                 r,
                 "tracer_evicted_total",
@@ -184,20 +230,9 @@ impl Metrics {
                 "Events the agent read and correlated, by source.",
                 &["source"],
             ),
-            sockets_tracked: {
-                let g = IntGauge::new(
-                    "tracer_sockets_tracked",
-                    "Sockets in the agent's socket table.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            listen_port_cap,
-            registry,
         };
         let build = gauge_vec(
-            &m.registry,
+            r,
             "tracer_build_info",
             "tracer's version and the kernel it runs on (always 1).",
             &["version", "kernel"],
@@ -205,15 +240,40 @@ impl Metrics {
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release])
             .set(1);
-        m
+        agent
+    }
+}
+
+const PROTO_NAMES: [&str; 3] = ["other", "tcp", "udp"];
+const FAMILY_NAMES: [&str; 3] = ["other", "ipv4", "ipv6"];
+
+/// Raises `counter` to the kernel's running total (counters only go up).
+fn catch_up(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+impl Metrics {
+    pub fn new(listen_port_cap: usize, kernel_release: &str) -> Self {
+        let registry = Registry::new();
+        Metrics {
+            kernel: KernelSeries::register(&registry),
+            table: TableSeries::register(&registry),
+            nat: NatSeries::register(&registry),
+            agent: AgentSeries::register(&registry, kernel_release),
+            listen_port_cap,
+            registry,
+        }
     }
 
     /// Brings the counters up to the kernel's totals (`stats` laid out as
     /// `tracer_common::stats`) and the lost-event count.
     pub fn update_kernel(&self, totals: &[u64], lost: u64) {
         catch_up(
-            &self.lost,
-            lost + self.nat_lost.load(std::sync::atomic::Ordering::Relaxed),
+            &self.kernel.lost,
+            lost + self.nat.lost.load(std::sync::atomic::Ordering::Relaxed),
         );
         let get = |i: u32| totals.get(i as usize).copied().unwrap_or(0);
         for kind in 1..stats::KINDS as u16 {
@@ -230,7 +290,10 @@ impl Metrics {
                     let total = get(index);
                     if total > 0 {
                         catch_up(
-                            &self.socket_events.with_label_values(&[name, proto, family]),
+                            &self
+                                .kernel
+                                .socket_events
+                                .with_label_values(&[name, proto, family]),
                             total,
                         );
                     }
@@ -243,6 +306,7 @@ impl Metrics {
                 if total > 0 {
                     catch_up(
                         &self
+                            .kernel
                             .transitions
                             .with_label_values(&[tcp_state_name(old), tcp_state_name(new)]),
                         total,
@@ -257,8 +321,8 @@ impl Metrics {
                 errno_name(-i64::from(errno)).unwrap_or_default()
             };
             for (base, vec) in [
-                (stats::CONNECT_ERRNOS, &self.connect_errors),
-                (stats::BIND_ERRNOS, &self.bind_errors),
+                (stats::CONNECT_ERRNOS, &self.kernel.connect_errors),
+                (stats::BIND_ERRNOS, &self.kernel.bind_errors),
             ] {
                 let total = get(base + errno);
                 if total > 0 {
@@ -272,14 +336,14 @@ impl Metrics {
     /// not, so a dashboard sees the series before the first eviction).
     pub fn update_evicted(&self, evicted: &Evicted) {
         for (table, n) in evicted.tables() {
-            catch_up(&self.evicted.with_label_values(&[table]), n);
+            catch_up(&self.agent.evicted.with_label_values(&[table]), n);
         }
     }
 
     /// NAT counters: bindings from the binding table, packets and bytes from the kernel. The
     /// series of a namespace that went away (its counts left the table) are removed.
     pub fn update_nat(&self, nat: &NatCounts<'_>) {
-        let mut exported = self.nat_series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut exported = self.nat.series.lock().unwrap_or_else(|e| e.into_inner());
         let labels = |(kind, port_translated, proto, netns): &NatLabels| {
             [
                 kind.to_string(),
@@ -299,14 +363,16 @@ impl Metrics {
         for gone in exported.difference(&current) {
             let values = labels(gone);
             let _ = self
-                .nat_bindings
+                .nat
+                .bindings
                 .remove_label_values(&values.each_ref().map(String::as_str));
         }
         for (key, n) in nat.bindings {
             let values = labels(&(key.0.as_str(), key.1, key.2.name(), key.3.clone()));
             catch_up(
                 &self
-                    .nat_bindings
+                    .nat
+                    .bindings
                     .with_label_values(&values.each_ref().map(String::as_str)),
                 *n,
             );
@@ -316,27 +382,29 @@ impl Metrics {
         if let Some(totals) = nat.kernel_totals {
             for (slot, (packets, bytes)) in totals.iter().enumerate() {
                 let kind = ["snat", "dnat", "both"][slot];
-                catch_up(&self.nat_packets.with_label_values(&[kind]), *packets);
-                catch_up(&self.nat_bytes.with_label_values(&[kind]), *bytes);
+                catch_up(&self.nat.packets.with_label_values(&[kind]), *packets);
+                catch_up(&self.nat.bytes.with_label_values(&[kind]), *bytes);
             }
         }
-        self.nat_lost
+        self.nat
+            .lost
             .store(nat.lost, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn processed(&self, source: &str, n: u64) {
-        self.processed.with_label_values(&[source]).inc_by(n);
+        self.agent.processed.with_label_values(&[source]).inc_by(n);
     }
 
     /// Sets the gauges from the socket table.
     pub fn update_table(&self, table: &SocketTable) {
-        self.sockets_tracked.set(table.len() as i64);
-        self.listening.reset();
-        self.listen_port_info.reset();
+        self.table.sockets_tracked.set(table.len() as i64);
+        self.table.listening.reset();
+        self.table.listen_port_info.reset();
         let mut ports: BTreeMap<(u16, &'static str, String), i64> = BTreeMap::new();
         for s in table.sockets().filter(|s| s.is_listening()) {
             let proto = crate::model::event::proto_name(s.protocol);
-            self.listening
+            self.table
+                .listening
                 .with_label_values(&[proto, PortClass::of(s.lport).as_str()])
                 .inc();
             // A label value any user names: escaped like every other place it is shown.
@@ -348,11 +416,13 @@ impl Metrics {
         }
         for (i, ((port, proto, comm), n)) in ports.into_iter().enumerate() {
             if i < self.listen_port_cap {
-                self.listen_port_info
+                self.table
+                    .listen_port_info
                     .with_label_values(&[&port.to_string(), proto, &comm])
                     .set(n);
             } else {
-                self.listen_port_info
+                self.table
+                    .listen_port_info
                     .with_label_values(&["other", proto, "other"])
                     .add(n);
             }
@@ -364,8 +434,8 @@ impl Metrics {
     /// from the usage (gone) leaves no series; at most [`MAX_NETNS_SERIES`] namespaces (the
     /// busiest) get their own, the rest show as `netns="other"` (their busiest figure).
     fn update_ephemeral(&self, table: &SocketTable) {
-        self.ephemeral_in_use.reset();
-        self.ephemeral_range_size.reset();
+        self.table.ephemeral_in_use.reset();
+        self.table.ephemeral_range_size.reset();
         let usage = table.usage();
         let mut busiest: BTreeMap<(u32, &'static str), usize> = BTreeMap::new();
         for u in usage.report() {
@@ -387,17 +457,21 @@ impl Metrics {
             .collect();
         for ns in &shown {
             if let Some((lo, hi)) = usage.range(*ns) {
-                self.ephemeral_range_size
+                self.table
+                    .ephemeral_range_size
                     .with_label_values(&[&ns.to_string()])
                     .set(i64::from(hi - lo) + 1);
             }
         }
         for ((ns, proto), in_use) in busiest {
             let gauge = if shown.contains(&ns) {
-                self.ephemeral_in_use
+                self.table
+                    .ephemeral_in_use
                     .with_label_values(&[&ns.to_string(), proto])
             } else {
-                self.ephemeral_in_use.with_label_values(&["other", proto])
+                self.table
+                    .ephemeral_in_use
+                    .with_label_values(&["other", proto])
             };
             gauge.set(gauge.get().max(in_use as i64));
         }

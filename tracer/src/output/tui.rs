@@ -5,7 +5,7 @@
 //! `commands::ports`.
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::{
-    layout::{Constraint, Layout},
+    layout::{Constraint, Layout, Rect},
     style::{Modifier, Style},
     text::{Line, Span},
     widgets::{Cell, Paragraph, Row, Table, Tabs},
@@ -14,7 +14,7 @@ use ratatui::{
 
 use crate::model::{
     ephemeral::{Usage, WARN_PERCENT},
-    ports::{self, PortRow, RowFilter, SortKey},
+    ports::{self, PortRow, ProcessLine, RowFilter, SortKey},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,18 +169,35 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
     .areas(frame.area());
 
     let processes = ports::by_process(&rows);
-    let bold = Style::default().add_modifier(Modifier::BOLD);
+    draw_header(frame, title, rows.len(), processes.len());
+    draw_tabs(frame, tabs, state);
+    match state.tab {
+        Tab::Processes => draw_processes(frame, body, &processes, state.scroll),
+        Tab::Sockets => draw_sockets(frame, body, &rows, state.scroll),
+        Tab::Remotes => draw_remotes(frame, body, &rows, state.scroll),
+    }
+    draw_footer(frame, footer, screen);
+}
+
+fn bold() -> Style {
+    Style::default().add_modifier(Modifier::BOLD)
+}
+
+/// The title line: counts and the keys.
+fn draw_header(frame: &mut Frame, area: Rect, sockets: usize, processes: usize) {
     frame.render_widget(
         Paragraph::new(Line::from(vec![
-            Span::styled("tracer ports --live", bold),
+            Span::styled("tracer ports --live", bold()),
             Span::raw(format!(
-                "  {} sockets  {} processes   q:quit /:filter Tab:view s,r:sort",
-                rows.len(),
-                processes.len()
+                "  {sockets} sockets  {processes} processes   q:quit /:filter Tab:view s,r:sort"
             )),
         ])),
-        title,
+        area,
     );
+}
+
+/// The tab bar, then the sort order and the filter (being typed, or applied).
+fn draw_tabs(frame: &mut Frame, area: Rect, state: &ViewState) {
     let titles: Vec<Line> = Tab::ALL.iter().map(|t| Line::from(t.title())).collect();
     let selected = Tab::ALL.iter().position(|t| *t == state.tab).unwrap_or(0);
     let sort = format!(
@@ -196,123 +213,129 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
         None => String::new(),
     };
     let [tab_area, info_area] =
-        Layout::horizontal([Constraint::Length(38), Constraint::Min(10)]).areas(tabs);
+        Layout::horizontal([Constraint::Length(38), Constraint::Min(10)]).areas(area);
     frame.render_widget(
         Tabs::new(titles)
             .select(selected)
-            .highlight_style(bold.add_modifier(Modifier::REVERSED)),
+            .highlight_style(bold().add_modifier(Modifier::REVERSED)),
         tab_area,
     );
     frame.render_widget(Paragraph::new(format!("{sort}{filter}")), info_area);
+}
 
-    let visible = body.height.saturating_sub(1) as usize;
-    match state.tab {
-        Tab::Processes => {
-            let lines: Vec<Row> = processes
-                .iter()
-                .map(|p| {
-                    Row::new(vec![
-                        Cell::from(p.pid.to_string()),
-                        Cell::from(crate::text::escape(&p.comm).into_owned()),
-                        Cell::from(if p.listening.is_empty() {
-                            "-".to_string()
-                        } else {
-                            p.listening.join(" ")
-                        }),
-                        Cell::from(p.connections.to_string()),
-                        Cell::from(p.ephemeral.to_string()),
-                        Cell::from(p.remotes.to_string()),
-                    ])
-                })
-                .collect();
-            let header = Row::new(["PID", "COMM", "LISTENING", "CONNS", "EPHEM", "REMOTES"]);
-            let widths = [
-                Constraint::Length(7),
-                Constraint::Length(15),
-                Constraint::Min(20),
-                Constraint::Length(6),
-                Constraint::Length(6),
-                Constraint::Length(7),
-            ];
-            render_table(frame, body, header, lines, &widths, state.scroll, visible);
-        }
-        Tab::Sockets => {
-            let lines: Vec<Row> = rows
-                .iter()
-                .map(|r| {
-                    Row::new(vec![
-                        Cell::from(r.proto.name()),
-                        Cell::from(endpoint(&r.laddr, r.lport)),
-                        Cell::from(if r.rport == 0 {
-                            "*".to_string()
-                        } else {
-                            endpoint(&r.raddr, r.rport)
-                        }),
-                        Cell::from(r.state.name()),
-                        Cell::from(format!(
-                            "{}/{}{}",
-                            r.pid.map_or("-".to_string(), |p| p.to_string()),
-                            crate::text::escape(r.comm.as_deref().unwrap_or("-")),
-                            match r.owners.len() {
-                                0 | 1 => String::new(),
-                                n => format!("+{}", n - 1),
-                            }
-                        )),
-                        Cell::from(short_class(r)),
-                    ])
-                })
-                .collect();
-            let header = Row::new(["PROTO", "LOCAL", "REMOTE", "STATE", "PID/COMM", "CLASS"]);
-            let widths = [
-                Constraint::Length(5),
-                Constraint::Length(17),
-                Constraint::Length(17),
-                Constraint::Length(11),
-                Constraint::Length(17),
-                Constraint::Min(7),
-            ];
-            render_table(frame, body, header, lines, &widths, state.scroll, visible);
-        }
-        Tab::Remotes => {
-            let mut lines = Vec::new();
-            for g in ports::by_remote(&rows) {
-                lines.push(
-                    Row::new(vec![
-                        Cell::from(format!(
-                            "{} {} ({})",
-                            g.proto,
-                            endpoint(&g.raddr, g.rport),
-                            g.rport_class
-                        )),
-                        Cell::from(format!(
-                            "{} conn, {} local ports",
-                            g.connections, g.local_ports
-                        )),
-                    ])
-                    .style(bold),
-                );
-                for l in &g.locals {
-                    lines.push(Row::new(vec![
-                        Cell::from(format!(
-                            "  ← {}{}",
-                            endpoint(&l.laddr, l.lport),
-                            if l.ephemeral { " ephemeral" } else { "" }
-                        )),
-                        Cell::from(format!(
-                            "{} {}/{}",
-                            l.state,
-                            l.pid.map_or("-".to_string(), |p| p.to_string()),
-                            crate::text::escape(l.comm.as_deref().unwrap_or("-"))
-                        )),
-                    ]));
-                }
-            }
-            let header = Row::new(["REMOTE ENDPOINT ← LOCAL ENDS", "CONNECTIONS / OWNER"]);
-            let widths = [Constraint::Length(44), Constraint::Min(20)];
-            render_table(frame, body, header, lines, &widths, state.scroll, visible);
+/// Tab 1: a line per process.
+fn draw_processes(frame: &mut Frame, area: Rect, processes: &[ProcessLine], scroll: usize) {
+    let lines: Vec<Row> = processes
+        .iter()
+        .map(|p| {
+            Row::new(vec![
+                Cell::from(p.pid.to_string()),
+                Cell::from(crate::text::escape(&p.comm).into_owned()),
+                Cell::from(if p.listening.is_empty() {
+                    "-".to_string()
+                } else {
+                    p.listening.join(" ")
+                }),
+                Cell::from(p.connections.to_string()),
+                Cell::from(p.ephemeral.to_string()),
+                Cell::from(p.remotes.to_string()),
+            ])
+        })
+        .collect();
+    let header = Row::new(["PID", "COMM", "LISTENING", "CONNS", "EPHEM", "REMOTES"]);
+    let widths = [
+        Constraint::Length(7),
+        Constraint::Length(15),
+        Constraint::Min(20),
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Length(7),
+    ];
+    render_table(frame, area, header, lines, &widths, scroll);
+}
+
+/// Tab 2: a row per socket.
+fn draw_sockets(frame: &mut Frame, area: Rect, rows: &[PortRow], scroll: usize) {
+    let lines: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            Row::new(vec![
+                Cell::from(r.proto.name()),
+                Cell::from(endpoint(&r.laddr, r.lport)),
+                Cell::from(if r.rport == 0 {
+                    "*".to_string()
+                } else {
+                    endpoint(&r.raddr, r.rport)
+                }),
+                Cell::from(r.state.name()),
+                Cell::from(format!(
+                    "{}/{}{}",
+                    r.pid.map_or("-".to_string(), |p| p.to_string()),
+                    crate::text::escape(r.comm.as_deref().unwrap_or("-")),
+                    match r.owners.len() {
+                        0 | 1 => String::new(),
+                        n => format!("+{}", n - 1),
+                    }
+                )),
+                Cell::from(short_class(r)),
+            ])
+        })
+        .collect();
+    let header = Row::new(["PROTO", "LOCAL", "REMOTE", "STATE", "PID/COMM", "CLASS"]);
+    let widths = [
+        Constraint::Length(5),
+        Constraint::Length(17),
+        Constraint::Length(17),
+        Constraint::Length(11),
+        Constraint::Length(17),
+        Constraint::Min(7),
+    ];
+    render_table(frame, area, header, lines, &widths, scroll);
+}
+
+/// Tab 3: connections grouped by remote endpoint, each group's local ends under it.
+fn draw_remotes(frame: &mut Frame, area: Rect, rows: &[PortRow], scroll: usize) {
+    let mut lines = Vec::new();
+    for g in ports::by_remote(rows) {
+        lines.push(
+            Row::new(vec![
+                Cell::from(format!(
+                    "{} {} ({})",
+                    g.proto,
+                    endpoint(&g.raddr, g.rport),
+                    g.rport_class
+                )),
+                Cell::from(format!(
+                    "{} conn, {} local ports",
+                    g.connections, g.local_ports
+                )),
+            ])
+            .style(bold()),
+        );
+        for l in &g.locals {
+            lines.push(Row::new(vec![
+                Cell::from(format!(
+                    "  ← {}{}",
+                    endpoint(&l.laddr, l.lport),
+                    if l.ephemeral { " ephemeral" } else { "" }
+                )),
+                Cell::from(format!(
+                    "{} {}/{}",
+                    l.state,
+                    l.pid.map_or("-".to_string(), |p| p.to_string()),
+                    crate::text::escape(l.comm.as_deref().unwrap_or("-"))
+                )),
+            ]));
         }
     }
+    let header = Row::new(["REMOTE ENDPOINT ← LOCAL ENDS", "CONNECTIONS / OWNER"]);
+    let widths = [Constraint::Length(44), Constraint::Min(20)];
+    render_table(frame, area, header, lines, &widths, scroll);
+}
 
+/// The footer: the ephemeral range and the class legend, the busiest usage lines (reversed
+/// at the warning level), and the event counts.
+fn draw_footer(frame: &mut Frame, area: Rect, screen: &Screen) {
     let mut foot: Vec<Line> = Vec::new();
     let mut ranges: Vec<String> = screen
         .ranges
@@ -337,7 +360,7 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
             u.proto, u.laddr, u.in_use, u.range_size, u.percent, u.peak, u.netns
         );
         let style = if u.percent >= WARN_PERCENT {
-            bold.add_modifier(Modifier::REVERSED)
+            bold().add_modifier(Modifier::REVERSED)
         } else {
             Style::default()
         };
@@ -347,18 +370,20 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
         "events {}  lost {}",
         screen.events, screen.lost
     )));
-    frame.render_widget(Paragraph::new(foot), footer);
+    frame.render_widget(Paragraph::new(foot), area);
 }
 
+/// A table with its header, scrolled so that `scroll` stays within what fits (the header
+/// takes one line of `area`).
 fn render_table(
     frame: &mut Frame,
-    area: ratatui::layout::Rect,
+    area: Rect,
     header: Row,
     lines: Vec<Row>,
     widths: &[Constraint],
     scroll: usize,
-    visible: usize,
 ) {
+    let visible = area.height.saturating_sub(1) as usize;
     let total = lines.len();
     let start = scroll.min(total.saturating_sub(visible));
     let shown: Vec<Row> = lines.into_iter().skip(start).collect();

@@ -14,13 +14,20 @@
 //! expiry (a released socket whose CLOSE was lost, a snapshot TIME_WAIT socket), and a hard cap
 //! evicts the oldest entries if all else fails. As entries gain and lose local ports the table
 //! keeps the ephemeral-port usage up to date.
+//!
+//! Here: the table, its entries and what every part shares. How events attribute sockets (and
+//! listeners their connections) is in `attribute`, start-up snapshots and reconciling in
+//! `merge`, expiry and the hard cap in `sweep`.
 use foldhash::HashMap;
 
-use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use tracer_common::{kind, tcp_state, SockEvent};
 
 use super::ephemeral::{EphemeralUsage, UsageKey};
-use super::snapshot::{SnapSocket, Snapshot};
 use super::types::{sock_key, SockKey};
+
+mod attribute;
+mod merge;
+mod sweep;
 
 /// A process holding a socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -120,23 +127,6 @@ fn listen_key(ev: &SockEvent) -> ListenKey {
     (ev.netns, ev.family, ev.laddr, ev.lport)
 }
 
-/// A snapshot socket's key.
-fn snap_key(s: &SnapSocket) -> SockKey {
-    sock_key!(s)
-}
-
-/// Snapshot entries are keyed below this until a live event names their `struct sock *`
-/// (kernel addresses are never this small).
-const PLACEHOLDER_LIMIT: u64 = 1 << 32;
-
-/// How long a released TCP socket may wait for its CLOSE transition before it is dropped.
-const RELEASED_GRACE_NS: u64 = 300 * 1_000_000_000;
-/// How long a TCP socket that reached CLOSE may wait for its release.
-const CLOSED_GRACE_NS: u64 = 60 * 1_000_000_000;
-/// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN), the most a snapshot TIME_WAIT socket has
-/// left.
-const TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
-
 pub struct SocketTable {
     sockets: HashMap<u64, TrackedSocket>,
     /// Listening endpoint → listening socket, to attribute connections the kernel creates from
@@ -227,84 +217,6 @@ impl SocketTable {
         &mut self.usage
     }
 
-    /// Adds the sockets of a start-up snapshot. Sockets the table already tracks (seen live
-    /// while the snapshot was taken) are left as they are.
-    pub fn merge_snapshot(&mut self, snapshot: &Snapshot, now_ns: u64) {
-        for ns in &snapshot.namespaces {
-            if let Some(range) = ns.port_range {
-                self.usage.set_range(ns.inode, range);
-            }
-        }
-        let live: std::collections::HashSet<SockKey> =
-            self.sockets.values().map(TrackedSocket::tuple).collect();
-        let mut added = Vec::new();
-        for s in &snapshot.sockets {
-            let tuple = snap_key(s);
-            if live.contains(&tuple) || self.unnamed.contains_key(&tuple) {
-                continue;
-            }
-            let time_wait = s.state == tcp_state::TIME_WAIT;
-            if time_wait && !self.time_wait_rows {
-                let key = (s.netns, s.protocol, s.family, s.laddr);
-                self.usage.add(key, s.lport);
-                self.time_wait_ports
-                    .push((now_ns + TIME_WAIT_NS, key, s.lport));
-                continue;
-            }
-            self.make_room();
-            let key = self.next_placeholder;
-            self.next_placeholder += 1;
-            let entry = TrackedSocket {
-                owners: snapshot.owners.get(&s.inode).cloned().unwrap_or_default(),
-                netns: s.netns,
-                protocol: s.protocol,
-                family: s.family,
-                laddr: s.laddr,
-                lport: s.lport,
-                raddr: s.raddr,
-                rport: s.rport,
-                state: s.state,
-                kernel_chose_port: false,
-                accepted: false,
-                from_snapshot: true,
-                listening_on: None,
-                released: time_wait,
-                expires_at: time_wait.then_some(now_ns + TIME_WAIT_NS),
-                last_seen: now_ns,
-                counted: None,
-            };
-            self.sockets.insert(key, entry);
-            self.unnamed.insert(tuple, key);
-            if s.protocol == IPPROTO_TCP && s.state == tcp_state::LISTEN {
-                let listen = (s.netns, s.family, s.laddr, s.lport);
-                self.sockets.get_mut(&key).expect("inserted").listening_on = Some(listen);
-                self.listeners.insert(listen, key);
-            }
-            added.push(key);
-        }
-        // With every listener known, tell accepted connections from the ones that asked the
-        // kernel for a port: a connected socket on a port nobody listens on, inside the
-        // namespace's ephemeral range, had its port chosen by the kernel (the snapshot cannot
-        // tell an explicit bind to such a port apart; live events can).
-        for key in added {
-            let entry = &self.sockets[&key];
-            let accepted = entry.protocol == IPPROTO_TCP
-                && !entry.is_listening()
-                && self
-                    .listener_on(entry.netns, entry.family, entry.laddr, entry.lport)
-                    .is_some();
-            let in_range = self
-                .usage
-                .range(entry.netns)
-                .is_some_and(|(lo, hi)| (lo..=hi).contains(&entry.lport));
-            let chose = in_range && !accepted && !entry.is_listening();
-            let entry = self.sockets.get_mut(&key).expect("added");
-            entry.accepted = accepted;
-            entry.kernel_chose_port = chose;
-            self.recount(key);
-        }
-    }
-
     /// Folds one event into the table and says who owns its socket.
     pub fn observe(&mut self, ev: &SockEvent) -> Attribution {
         // A socket being born — socket() returned it, or the kernel cloned a connection from
@@ -332,292 +244,6 @@ impl SocketTable {
             self.recount(ev.sk);
         }
         attribution
-    }
-
-    /// A live event on a snapshot socket's tuple gives it its kernel address; an accept
-    /// names the snapshot listener it came from.
-    fn name_snapshot_socket(&mut self, ev: &SockEvent) {
-        if ev.sk != 0 {
-            let tuple = SockKey::of_event(ev);
-            // A UDP send or receive names the peer of that one datagram; the socket itself
-            // may be unconnected.
-            let unconnected = tuple.unconnected();
-            let found = self.unnamed.remove(&tuple).or_else(|| {
-                (ev.protocol == IPPROTO_UDP)
-                    .then(|| self.unnamed.remove(&unconnected))
-                    .flatten()
-            });
-            if let Some(key) = found {
-                if self.sockets.contains_key(&ev.sk) {
-                    // Seen live already: the live entry knows more.
-                    self.remove(key);
-                } else {
-                    self.rekey(key, ev.sk);
-                }
-            }
-        }
-        if ev.kind == kind::ACCEPT && ev.parent_sk != 0 && !self.sockets.contains_key(&ev.parent_sk)
-        {
-            let listener = self
-                .listener_key_for(ev)
-                .filter(|key| *key < PLACEHOLDER_LIMIT);
-            if let Some(key) = listener {
-                let tuple = self.sockets[&key].tuple();
-                self.unnamed.remove(&tuple);
-                self.rekey(key, ev.parent_sk);
-            }
-        }
-    }
-
-    fn rekey(&mut self, from: u64, to: u64) {
-        let Some(mut entry) = self.sockets.remove(&from) else {
-            return;
-        };
-        entry.from_snapshot = false;
-        if let Some(listen) = entry.listening_on {
-            if self.listeners.get(&listen) == Some(&from) {
-                self.listeners.insert(listen, to);
-            }
-        }
-        self.sockets.insert(to, entry);
-    }
-
-    fn observe_syscall(&mut self, ev: &SockEvent) -> Attribution {
-        let chose = ev.flags & tracer_common::flag::KERNEL_CHOSE_PORT != 0;
-        // Not tracked: no socket (the call failed before one existed), a failed accept, or a
-        // close/shutdown, which is reported at syscall exit, possibly after the socket was
-        // released: those describe a socket but never bring one (back) into the table.
-        let ends_use = matches!(ev.kind, kind::CLOSE | kind::SHUTDOWN);
-        if ev.sk == 0
-            || (ev.ret < 0 && ev.kind == kind::ACCEPT)
-            || (ends_use && !self.sockets.contains_key(&ev.sk))
-        {
-            return Attribution {
-                owner: Some(Owner::of(ev)),
-                kernel_chose_port: chose,
-                lport: ev.lport,
-            };
-        }
-        if !self.sockets.contains_key(&ev.sk) {
-            self.make_room();
-        }
-        let entry = self.sockets.entry(ev.sk).or_insert_with(|| TrackedSocket {
-            owners: Vec::new(),
-            netns: ev.netns,
-            protocol: ev.protocol,
-            family: ev.family,
-            laddr: [0; 16],
-            lport: 0,
-            raddr: [0; 16],
-            rport: 0,
-            state: 0,
-            kernel_chose_port: false,
-            accepted: ev.kind == kind::ACCEPT,
-            from_snapshot: false,
-            listening_on: None,
-            released: false,
-            expires_at: None,
-            last_seen: ev.ts_ns,
-            counted: None,
-        });
-        if ev.kind == kind::ACCEPT {
-            // Until accept() returned it, a connection belonged to whoever held its listener
-            // (an nginx master and all its workers); now one process holds it, as `ss` says.
-            entry.owners.clear();
-            entry.accepted = true;
-        }
-        entry.hold(Owner::of(ev));
-        entry.netns = ev.netns;
-        if ev.protocol != 0 {
-            entry.protocol = ev.protocol;
-        }
-        if ev.family != 0 {
-            entry.family = ev.family;
-        }
-        entry.kernel_chose_port |= chose;
-        entry.last_seen = ev.ts_ns;
-        if ev.lport != 0 {
-            entry.lport = ev.lport;
-            entry.laddr = ev.laddr;
-        }
-        if ev.rport != 0 {
-            entry.rport = ev.rport;
-            entry.raddr = ev.raddr;
-        }
-        if ev.protocol == IPPROTO_TCP && ev.new_state != 0 {
-            entry.state = ev.new_state;
-        }
-        if entry.protocol == IPPROTO_UDP {
-            entry.state = if entry.rport != 0 {
-                tcp_state::ESTABLISHED
-            } else {
-                tcp_state::CLOSE
-            };
-        }
-        let attribution = Attribution::of(entry);
-        if ev.kind == kind::LISTEN && ev.ret == 0 {
-            self.start_listening(ev);
-        }
-        attribution
-    }
-
-    fn observe_state(&mut self, ev: &SockEvent) -> Attribution {
-        if !self.sockets.contains_key(&ev.sk) {
-            // Either the transition ran inside the owner's own syscall on this socket, or it is
-            // a connection the kernel built from a listener before accept() returned it, which
-            // belongs to whoever owns the listener.
-            let in_context =
-                (ev.flags & tracer_common::flag::OWNER_IN_CONTEXT != 0).then(|| Owner::of(ev));
-            let from_listener = self
-                .listener_key_for(ev)
-                .map(|key| self.sockets[&key].owners.clone());
-            let owners = match (in_context, from_listener) {
-                (Some(owner), _) => vec![owner],
-                (None, Some(owners)) => owners,
-                (None, None) => {
-                    return Attribution {
-                        lport: ev.lport,
-                        ..Default::default()
-                    }
-                }
-            };
-            self.make_room();
-            self.sockets.insert(
-                ev.sk,
-                TrackedSocket {
-                    owners,
-                    netns: ev.netns,
-                    protocol: IPPROTO_TCP,
-                    family: ev.family,
-                    laddr: ev.laddr,
-                    lport: ev.lport,
-                    raddr: ev.raddr,
-                    rport: ev.rport,
-                    state: ev.new_state,
-                    kernel_chose_port: false,
-                    accepted: in_context.is_none(),
-                    from_snapshot: false,
-                    listening_on: None,
-                    released: false,
-                    expires_at: None,
-                    last_seen: ev.ts_ns,
-                    counted: None,
-                },
-            );
-        }
-        let entry = self.sockets.get_mut(&ev.sk).expect("inserted above");
-        entry.state = ev.new_state;
-        entry.last_seen = ev.ts_ns;
-        if ev.lport != 0 {
-            entry.lport = ev.lport;
-            entry.laddr = ev.laddr;
-        }
-        if ev.rport != 0 {
-            entry.rport = ev.rport;
-            entry.raddr = ev.raddr;
-        }
-        let attribution = Attribution::of(entry);
-        let released = entry.released;
-        if ev.new_state == tcp_state::LISTEN {
-            self.start_listening(ev);
-        }
-        if ev.new_state == tcp_state::CLOSE {
-            self.stop_listening(ev.sk);
-            if released {
-                self.remove(ev.sk);
-            } else if let Some(entry) = self.sockets.get_mut(&ev.sk) {
-                // Closed but not yet released: the release normally follows; if it was lost,
-                // the sweep drops the entry after a grace.
-                entry.expires_at = Some(ev.ts_ns + CLOSED_GRACE_NS);
-            }
-        }
-        attribution
-    }
-
-    /// After lost events: drops entries (seen live before `taken_ns`) whose socket the kernel
-    /// no longer has, judged by a fresh snapshot. Returns how many went.
-    pub fn reconcile(&mut self, snapshot: &Snapshot, taken_ns: u64) -> usize {
-        let alive: std::collections::HashSet<SockKey> =
-            snapshot.sockets.iter().map(snap_key).collect();
-        let gone: Vec<u64> = self
-            .sockets
-            .iter()
-            .filter(|(_, e)| e.last_seen < taken_ns && e.lport != 0 && !e.from_snapshot)
-            .filter(|(_, e)| {
-                let t = e.tuple();
-                // A UDP socket's events name the peers of single datagrams; the socket itself
-                // may be unconnected.
-                let unconnected = t.unconnected();
-                !alive.contains(&t) && !alive.contains(&unconnected)
-            })
-            .map(|(sk, _)| *sk)
-            .collect();
-        for sk in &gone {
-            self.remove(*sk);
-        }
-        gone.len()
-    }
-
-    fn observe_release(&mut self, ev: &SockEvent) -> Attribution {
-        let Some(entry) = self.sockets.get_mut(&ev.sk) else {
-            // Release runs in the context of the process dropping the last reference.
-            return Attribution {
-                owner: Some(Owner::of(ev)),
-                kernel_chose_port: false,
-                lport: ev.lport,
-            };
-        };
-        let attribution = Attribution::of(entry);
-        // A TCP socket released while connected keeps going (FIN_WAIT1 …): keep it until CLOSE.
-        let closing =
-            entry.protocol == IPPROTO_TCP && entry.state != 0 && entry.state != tcp_state::CLOSE;
-        if closing {
-            entry.released = true;
-            entry.expires_at = Some(ev.ts_ns + RELEASED_GRACE_NS);
-        } else {
-            self.remove(ev.sk);
-        }
-        attribution
-    }
-
-    fn start_listening(&mut self, ev: &SockEvent) {
-        let key = listen_key(ev);
-        if let Some(entry) = self.sockets.get_mut(&ev.sk) {
-            entry.listening_on = Some(key);
-            self.listeners.insert(key, ev.sk);
-        }
-    }
-
-    fn stop_listening(&mut self, sk: u64) {
-        let key = self
-            .sockets
-            .get_mut(&sk)
-            .and_then(|e| e.listening_on.take());
-        if let Some(key) = key {
-            if self.listeners.get(&key) == Some(&sk) {
-                self.listeners.remove(&key);
-            }
-        }
-    }
-
-    /// The listener a new connection came from: one on its exact local address, else a
-    /// wildcard listener on its port (IPv4 `0.0.0.0`, or IPv6 `::`, which also takes IPv4).
-    fn listener_key_for(&self, ev: &SockEvent) -> Option<u64> {
-        let (netns, family, addr, port) = listen_key(ev);
-        self.listener_on(netns, family, addr, port)
-    }
-
-    fn listener_on(&self, netns: u32, family: u16, addr: [u8; 16], port: u16) -> Option<u64> {
-        let other = if family == AF_INET { AF_INET6 } else { AF_INET };
-        [
-            (netns, family, addr, port),
-            (netns, family, [0; 16], port),
-            (netns, other, [0; 16], port),
-        ]
-        .iter()
-        .find_map(|key| self.listeners.get(key))
-        .copied()
-        .filter(|sk| self.sockets.contains_key(sk))
     }
 
     /// Keeps the ephemeral usage in step with the socket's local port.
@@ -652,53 +278,13 @@ impl SocketTable {
             }
         }
     }
-
-    /// Drops entries past their expiry: released sockets whose final CLOSE never arrived (lost
-    /// events), snapshot TIME_WAIT sockets. Call periodically.
-    pub fn sweep(&mut self, now_ns: u64) {
-        let usage = &mut self.usage;
-        self.time_wait_ports.retain(|(expires, key, port)| {
-            let keep = *expires >= now_ns;
-            if !keep {
-                usage.remove(*key, *port);
-            }
-            keep
-        });
-        let stale: Vec<u64> = self
-            .sockets
-            .iter()
-            .filter(|(_, e)| e.expires_at.is_some_and(|t| now_ns > t))
-            .map(|(sk, _)| *sk)
-            .collect();
-        for sk in stale {
-            self.remove(sk);
-        }
-    }
-
-    fn make_room(&mut self) {
-        if self.sockets.len() < self.capacity {
-            return;
-        }
-        // Last resort: evict the least recently seen tenth. One linear selection (no sort) per
-        // tenth of the capacity inserted: O(1) amortised per insert.
-        let mut by_age: Vec<(u64, u64)> = self
-            .sockets
-            .iter()
-            .map(|(sk, e)| (e.last_seen, *sk))
-            .collect();
-        let n = (self.capacity / 10).clamp(1, by_age.len());
-        by_age.select_nth_unstable(n - 1);
-        for (_, sk) in by_age.into_iter().take(n) {
-            self.remove(sk);
-            self.evicted += 1;
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::sweep::RELEASED_GRACE_NS;
     use super::*;
-    use tracer_common::{flag, AF_INET, AF_INET6, IPPROTO_UDP};
+    use tracer_common::{flag, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
     fn ev(kind: u16, sk: u64, pid: u32) -> SockEvent {
         SockEvent {

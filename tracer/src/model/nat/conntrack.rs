@@ -1,0 +1,134 @@
+//! Conntrack's side of NAT: its tuples and netlink events, bindings read from them (the
+//! fallback for kernels without netfilter eBPF programs), and the end of a binding when its
+//! conntrack entry is destroyed, with the kernel's counters when there are any.
+use std::net::IpAddr;
+
+use serde::Serialize;
+use tracer_common::{nat as knat, NatCounters, NatKey, AF_INET, AF_INET6};
+
+use super::{Binding, Endpoints, NatKind, NatOutput, NatSource, NatTable};
+use crate::model::types::Proto;
+
+/// A conntrack tuple (ports in host order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CtTuple {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// A watched namespace that went away (its NAT links and conntrack reader are closed).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GoneNetns {
+    pub inode: u32,
+    pub name: String,
+}
+
+/// A conntrack netlink event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CtEvent {
+    pub netns: u32,
+    /// false: a new entry; true: it was destroyed.
+    pub destroyed: bool,
+    pub protocol: u8,
+    pub orig: CtTuple,
+    pub reply: CtTuple,
+    /// The `IPS_*` status bits, when the message carried them.
+    pub status: Option<u32>,
+}
+
+impl Binding {
+    /// From a conntrack "new" event (the fallback); None when nothing was translated.
+    pub fn from_conntrack(ev: &CtEvent, ts_ns: u64) -> Option<Self> {
+        let nat = ev
+            .status
+            .is_some_and(|s| u64::from(s) & (knat::IPS_SRC_NAT | knat::IPS_DST_NAT) != 0);
+        let family = if ev.orig.src.is_ipv6() {
+            AF_INET6
+        } else {
+            AF_INET
+        };
+        let mut b = Binding::new(
+            ev.netns,
+            ev.protocol,
+            family,
+            ev.orig.into(),
+            ev.reply.into(),
+            NatSource::Conntrack,
+        );
+        b.ts_ns = ts_ns;
+        (nat || b.address_translated || b.port_translated).then_some(b)
+    }
+}
+
+/// A binding that ended: its conntrack entry was destroyed.
+#[derive(Clone, Debug, Serialize)]
+pub struct BindingEnd {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub netns_name: String,
+    pub proto: Proto,
+    pub kind: NatKind,
+    pub original: Endpoints,
+    pub translated: Endpoints,
+    /// Seconds from the binding's first packet to its end.
+    pub duration_s: f64,
+    /// Packets and bytes each way (eBPF source only; conntrack events carry none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub orig_packets: u64,
+    pub orig_bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+impl From<NatCounters> for Counters {
+    fn from(c: NatCounters) -> Self {
+        Counters {
+            orig_packets: c.orig_packets,
+            orig_bytes: c.orig_bytes,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+        }
+    }
+}
+
+impl NatTable {
+    /// kernel's counters of a binding.
+    pub fn destroyed(
+        &mut self,
+        ev: &CtEvent,
+        ts_ns: u64,
+        counters: impl FnOnce(&NatKey) -> Option<NatCounters>,
+        out: &mut Vec<NatOutput>,
+    ) -> Option<NatKey> {
+        let id = (ev.netns, ev.protocol, Endpoints::from(ev.orig));
+        let live = self.forget(&id)?;
+        let b = live.binding;
+        let found = b.key.as_ref().and_then(counters);
+        let first = found
+            .map(|c| c.first_ns)
+            .filter(|&f| f != 0)
+            .unwrap_or(b.ts_ns);
+        out.push(NatOutput::End(BindingEnd {
+            record: "nat_end",
+            ts_ns,
+            netns: b.netns,
+            netns_name: b.netns_name.clone(),
+            proto: b.proto,
+            kind: b.kind,
+            original: b.original,
+            translated: b.translated,
+            duration_s: ts_ns.saturating_sub(first) as f64 / 1e9,
+            counters: found.map(Counters::from),
+        }));
+        b.key
+    }
+}

@@ -1,0 +1,231 @@
+//! Attribution: who owns the socket an event concerns. Syscall events name their caller;
+//! TCP transitions (often in softirq, under whoever was on the CPU) and releases are
+//! attributed through the table, and a connection the kernel builds from a listener belongs
+//! to the listener's holders until `accept()` names one.
+use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::sweep::{CLOSED_GRACE_NS, RELEASED_GRACE_NS};
+use super::{listen_key, Attribution, Owner, SocketTable, TrackedSocket};
+
+impl SocketTable {
+    pub(super) fn observe_syscall(&mut self, ev: &SockEvent) -> Attribution {
+        let chose = ev.flags & tracer_common::flag::KERNEL_CHOSE_PORT != 0;
+        // Not tracked: no socket (the call failed before one existed), a failed accept, or a
+        // close/shutdown, which is reported at syscall exit, possibly after the socket was
+        // released: those describe a socket but never bring one (back) into the table.
+        let ends_use = matches!(ev.kind, kind::CLOSE | kind::SHUTDOWN);
+        if ev.sk == 0
+            || (ev.ret < 0 && ev.kind == kind::ACCEPT)
+            || (ends_use && !self.sockets.contains_key(&ev.sk))
+        {
+            return Attribution {
+                owner: Some(Owner::of(ev)),
+                kernel_chose_port: chose,
+                lport: ev.lport,
+            };
+        }
+        if !self.sockets.contains_key(&ev.sk) {
+            self.make_room();
+        }
+        let entry = self.sockets.entry(ev.sk).or_insert_with(|| TrackedSocket {
+            owners: Vec::new(),
+            netns: ev.netns,
+            protocol: ev.protocol,
+            family: ev.family,
+            laddr: [0; 16],
+            lport: 0,
+            raddr: [0; 16],
+            rport: 0,
+            state: 0,
+            kernel_chose_port: false,
+            accepted: ev.kind == kind::ACCEPT,
+            from_snapshot: false,
+            listening_on: None,
+            released: false,
+            expires_at: None,
+            last_seen: ev.ts_ns,
+            counted: None,
+        });
+        if ev.kind == kind::ACCEPT {
+            // Until accept() returned it, a connection belonged to whoever held its listener
+            // (an nginx master and all its workers); now one process holds it, as `ss` says.
+            entry.owners.clear();
+            entry.accepted = true;
+        }
+        entry.hold(Owner::of(ev));
+        entry.netns = ev.netns;
+        if ev.protocol != 0 {
+            entry.protocol = ev.protocol;
+        }
+        if ev.family != 0 {
+            entry.family = ev.family;
+        }
+        entry.kernel_chose_port |= chose;
+        entry.last_seen = ev.ts_ns;
+        entry.take_ends(ev);
+        if ev.protocol == IPPROTO_TCP && ev.new_state != 0 {
+            entry.state = ev.new_state;
+        }
+        if entry.protocol == IPPROTO_UDP {
+            entry.state = if entry.rport != 0 {
+                tcp_state::ESTABLISHED
+            } else {
+                tcp_state::CLOSE
+            };
+        }
+        let attribution = Attribution::of(entry);
+        if ev.kind == kind::LISTEN && ev.ret == 0 {
+            self.start_listening(ev);
+        }
+        attribution
+    }
+
+    pub(super) fn observe_state(&mut self, ev: &SockEvent) -> Attribution {
+        if !self.sockets.contains_key(&ev.sk) {
+            // Either the transition ran inside the owner's own syscall on this socket, or it is
+            // a connection the kernel built from a listener before accept() returned it, which
+            // belongs to whoever owns the listener.
+            let in_context =
+                (ev.flags & tracer_common::flag::OWNER_IN_CONTEXT != 0).then(|| Owner::of(ev));
+            let from_listener = self
+                .listener_key_for(ev)
+                .map(|key| self.sockets[&key].owners.clone());
+            let owners = match (in_context, from_listener) {
+                (Some(owner), _) => vec![owner],
+                (None, Some(owners)) => owners,
+                (None, None) => {
+                    return Attribution {
+                        lport: ev.lport,
+                        ..Default::default()
+                    }
+                }
+            };
+            self.make_room();
+            self.sockets.insert(
+                ev.sk,
+                TrackedSocket {
+                    owners,
+                    netns: ev.netns,
+                    protocol: IPPROTO_TCP,
+                    family: ev.family,
+                    laddr: ev.laddr,
+                    lport: ev.lport,
+                    raddr: ev.raddr,
+                    rport: ev.rport,
+                    state: ev.new_state,
+                    kernel_chose_port: false,
+                    accepted: in_context.is_none(),
+                    from_snapshot: false,
+                    listening_on: None,
+                    released: false,
+                    expires_at: None,
+                    last_seen: ev.ts_ns,
+                    counted: None,
+                },
+            );
+        }
+        let entry = self.sockets.get_mut(&ev.sk).expect("inserted above");
+        entry.state = ev.new_state;
+        entry.last_seen = ev.ts_ns;
+        entry.take_ends(ev);
+        let attribution = Attribution::of(entry);
+        let released = entry.released;
+        if ev.new_state == tcp_state::LISTEN {
+            self.start_listening(ev);
+        }
+        if ev.new_state == tcp_state::CLOSE {
+            self.stop_listening(ev.sk);
+            if released {
+                self.remove(ev.sk);
+            } else if let Some(entry) = self.sockets.get_mut(&ev.sk) {
+                // Closed but not yet released: the release normally follows; if it was lost,
+                // the sweep drops the entry after a grace.
+                entry.expires_at = Some(ev.ts_ns + CLOSED_GRACE_NS);
+            }
+        }
+        attribution
+    }
+
+    pub(super) fn observe_release(&mut self, ev: &SockEvent) -> Attribution {
+        let Some(entry) = self.sockets.get_mut(&ev.sk) else {
+            // Release runs in the context of the process dropping the last reference.
+            return Attribution {
+                owner: Some(Owner::of(ev)),
+                kernel_chose_port: false,
+                lport: ev.lport,
+            };
+        };
+        let attribution = Attribution::of(entry);
+        // A TCP socket released while connected keeps going (FIN_WAIT1 …): keep it until CLOSE.
+        let closing =
+            entry.protocol == IPPROTO_TCP && entry.state != 0 && entry.state != tcp_state::CLOSE;
+        if closing {
+            entry.released = true;
+            entry.expires_at = Some(ev.ts_ns + RELEASED_GRACE_NS);
+        } else {
+            self.remove(ev.sk);
+        }
+        attribution
+    }
+
+    pub(super) fn start_listening(&mut self, ev: &SockEvent) {
+        let key = listen_key(ev);
+        if let Some(entry) = self.sockets.get_mut(&ev.sk) {
+            entry.listening_on = Some(key);
+            self.listeners.insert(key, ev.sk);
+        }
+    }
+
+    pub(super) fn stop_listening(&mut self, sk: u64) {
+        let key = self
+            .sockets
+            .get_mut(&sk)
+            .and_then(|e| e.listening_on.take());
+        if let Some(key) = key {
+            if self.listeners.get(&key) == Some(&sk) {
+                self.listeners.remove(&key);
+            }
+        }
+    }
+
+    /// The listener a new connection came from: one on its exact local address, else a
+    /// wildcard listener on its port (IPv4 `0.0.0.0`, or IPv6 `::`, which also takes IPv4).
+    pub(super) fn listener_key_for(&self, ev: &SockEvent) -> Option<u64> {
+        let (netns, family, addr, port) = listen_key(ev);
+        self.listener_on(netns, family, addr, port)
+    }
+
+    pub(super) fn listener_on(
+        &self,
+        netns: u32,
+        family: u16,
+        addr: [u8; 16],
+        port: u16,
+    ) -> Option<u64> {
+        let other = if family == AF_INET { AF_INET6 } else { AF_INET };
+        [
+            (netns, family, addr, port),
+            (netns, family, [0; 16], port),
+            (netns, other, [0; 16], port),
+        ]
+        .iter()
+        .find_map(|key| self.listeners.get(key))
+        .copied()
+        .filter(|sk| self.sockets.contains_key(sk))
+    }
+}
+
+impl TrackedSocket {
+    /// Takes the local and remote ends an event names (a zero port names none: the event did
+    /// not know it, and the socket keeps what it had).
+    fn take_ends(&mut self, ev: &SockEvent) {
+        if ev.lport != 0 {
+            self.lport = ev.lport;
+            self.laddr = ev.laddr;
+        }
+        if ev.rport != 0 {
+            self.rport = ev.rport;
+            self.raddr = ev.raddr;
+        }
+    }
+}
