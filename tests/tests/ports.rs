@@ -639,3 +639,44 @@ fn live_view_names_the_nginx_worker_that_accepted() {
     drop(clients);
     term.keys("q");
 }
+
+/// Ports are named from the system's services database (`discard` for 9/udp); on a machine
+/// without one (hidden here by an empty tmpfs over /etc, in a mount namespace of its own)
+/// they are simply unnamed: no error.
+#[test]
+fn ports_are_named_by_the_services_database_when_there_is_one() {
+    if !prerequisites("ports_are_named_by_the_services_database_when_there_is_one") {
+        return;
+    }
+    let socket = std::net::UdpSocket::bind("127.0.0.1:9").expect("bind 127.0.0.1:9 as root");
+    let service_of_9 = |out: &std::process::Output| -> Value {
+        assert!(
+            out.status.success(),
+            "tracer ports failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        rows.iter()
+            .find(|r| r["lport"] == 9 && r["proto"] == "udp")
+            .unwrap_or_else(|| panic!("no udp :9 row in {rows:?}"))["lport_service"]
+            .clone()
+    };
+    let named = Command::new(tracer_bin())
+        .args(["ports", "--json", "--port", "9"])
+        .output()
+        .unwrap();
+    assert_eq!(service_of_9(&named), "discard");
+    let script = format!(
+        "mount -t tmpfs none /etc && exec {} ports --json --port 9",
+        tracer_bin().display()
+    );
+    let without = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(service_of_9(&without), Value::Null);
+    drop(socket);
+}

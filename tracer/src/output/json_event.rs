@@ -65,6 +65,23 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, names: PortNames) {
     opt_name(out, e.old_state.map(|s| s.name()));
     out.extend_from_slice(b",\"state\":");
     opt_name(out, e.state.map(|s| s.name()));
+    port_classes(out, e, lport_service, rport_service);
+    out.extend_from_slice(b",\"sock\":");
+    name(out, &e.sock);
+    out.extend_from_slice(b",\"listener\":");
+    opt_name(out, e.listener.as_deref());
+    out.extend_from_slice(b",\"bad_sockaddr\":");
+    boolean(out, e.bad_sockaddr);
+    out.push(b'}');
+}
+
+/// The ports' classes, services and the namespace's ephemeral range.
+fn port_classes(
+    out: &mut Vec<u8>,
+    e: &Event,
+    lport_service: Option<&str>,
+    rport_service: Option<&str>,
+) {
     out.extend_from_slice(b",\"lport_class\":");
     name(out, e.lport_class);
     out.extend_from_slice(b",\"lport_service\":");
@@ -90,13 +107,6 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, names: PortNames) {
         }
         None => null(out),
     }
-    out.extend_from_slice(b",\"sock\":");
-    name(out, &e.sock);
-    out.extend_from_slice(b",\"listener\":");
-    opt_name(out, e.listener.as_deref());
-    out.extend_from_slice(b",\"bad_sockaddr\":");
-    boolean(out, e.bad_sockaddr);
-    out.push(b'}');
 }
 
 fn null(out: &mut Vec<u8>) {
