@@ -203,6 +203,67 @@ fn record_refuses_existing_files_and_symlinks() {
     assert_eq!(std::fs::read(&owned).unwrap(), b"");
 }
 
+/// Run through sudo, the capture is created as the user behind it: theirs to share, and a
+/// directory only root may write (where a planted symlink could point) is refused.
+#[test]
+fn record_creates_the_capture_as_the_user_behind_sudo() {
+    if !prerequisites("record_creates_the_capture_as_the_user_behind_sudo") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let record = |path: &Path| {
+        Command::new(tracer_bin())
+            .args(["watch", "--duration", "1", "--port", "9", "--record"])
+            .arg(path)
+            .env("SUDO_UID", "65534")
+            .env("SUDO_GID", "65534")
+            .output()
+            .unwrap()
+    };
+    // A root-only directory (0755, root's): nobody may not create files there.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = record(&dir.path().join("in-root-dir.capture"));
+    assert!(
+        !out.status.success(),
+        "created as root in a root-only directory"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("creating capture"));
+    // A shared sticky directory: created, and nobody's.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mine = dir.path().join("mine.capture");
+    let out = record(&mine);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(&mine).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65534, 65534, 0o600)
+    );
+    // nobody replays it as it is, and a copy cut short still replays up to the cut.
+    let (_, err) = replay(&mine, &["--json"]);
+    assert!(!String::from_utf8_lossy(&err).contains("cut short"));
+    let bytes = std::fs::read(&mine).unwrap();
+    let cut = dir.path().join("cut.capture");
+    // Cut inside the frame that ends the run (tag, u32 length, payload after the magic line).
+    let mut at = b"tracer capture\n".len();
+    while bytes[at] != b'F' {
+        let len = u32::from_le_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        at += 5 + len;
+    }
+    std::fs::write(&cut, &bytes[..at + 3]).unwrap();
+    share(&cut);
+    let (_, err) = replay(&cut, &["--json"]);
+    assert!(
+        String::from_utf8_lossy(&err).contains("cut short"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+}
+
 /// A damaged capture is a clear error, not a panic.
 #[test]
 fn replay_of_a_damaged_capture_is_a_clear_error() {

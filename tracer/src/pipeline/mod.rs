@@ -167,8 +167,9 @@ pub async fn run<S: EventSource, G: Stage>(
             _ = sigterm.recv(), if signals => break,
         }
     }
-    // What is already in the ring was seen by the kernel before we stopped: report it, and
-    // the conntrack events already queued.
+    // What is already in the ring was seen by the kernel before we stopped: report it (a
+    // ring's worth at most: under a flood the kernel would refill it forever), and the
+    // conntrack events already queued.
     drain(&mut inputs.events, &mut batch, &mut nat, stage, kernel)?;
     if let Some(rx) = inputs.conntrack.as_mut() {
         while let Ok(ev) = rx.try_recv() {
@@ -186,7 +187,11 @@ fn drain<S: EventSource, G: Stage>(
     stage: &mut G,
     kernel: &mut dyn KernelInputs,
 ) -> Result<()> {
-    while events.drain_now(batch) > 0 {
+    // 256 batches of 4,096 records: more than a 16 MiB ring holds.
+    for _ in 0..256 {
+        if events.drain_now(batch) == 0 {
+            break;
+        }
         events.take_nat(nat);
         stage.events(batch, nat, kernel)?;
     }

@@ -113,6 +113,16 @@ impl NatInputs for Recorder<'_> {
 }
 
 impl<G: Stage> Recording<G> {
+    /// A stage error ends the run (a closed stdout, say): the capture still gets its end, so
+    /// it replays up to there.
+    fn end_on_error<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.writer.frame(&Frame::Finish { undecodable: 0 });
+            let _ = self.writer.finish();
+        }
+        result
+    }
+
     fn with<T>(
         &mut self,
         kernel: &mut dyn KernelInputs,
@@ -128,8 +138,10 @@ impl<G: Stage> Recording<G> {
     }
 }
 
-impl<G: Stage> Stage for Recording<G> {
-    type Extra = G::Extra;
+/// Only stages without inputs of their own are recorded (`watch`): a capture holds no keys or
+/// child exits to give back.
+impl<G: Stage<Extra = ()>> Stage for Recording<G> {
+    type Extra = ();
 
     fn start(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
         self.with(kernel, |stage, k| stage.start(k))
@@ -142,7 +154,8 @@ impl<G: Stage> Stage for Recording<G> {
         kernel: &mut dyn KernelInputs,
     ) -> Result<()> {
         self.writer.frame(&Frame::Batch(batch.clone(), nat.clone()));
-        self.with(kernel, |stage, k| stage.events(batch, nat, k))
+        let result = self.with(kernel, |stage, k| stage.events(batch, nat, k));
+        self.end_on_error(result)
     }
 
     fn conntrack(&mut self, event: CtEvent, kernel: &mut dyn KernelInputs) -> Result<()> {
@@ -152,7 +165,8 @@ impl<G: Stage> Stage for Recording<G> {
 
     fn tick(&mut self, kernel: &mut dyn KernelInputs) -> Result<Flow> {
         self.writer.frame(&Frame::Tick);
-        self.with(kernel, |stage, k| stage.tick(k))
+        let result = self.with(kernel, |stage, k| stage.tick(k));
+        self.end_on_error(result)
     }
 
     fn finish(&mut self, kernel: &mut dyn KernelInputs, undecodable: u64) -> Result<()> {
@@ -190,7 +204,7 @@ impl Replayer {
         for a in &answers {
             match a {
                 Answer::PortRange(netns, range) => {
-                    self.ranges.entry(*netns).or_insert(*range);
+                    self.ranges.insert(*netns, *range);
                 }
                 Answer::Evicted(e) => self.last_evicted = *e,
                 _ => {}
@@ -331,11 +345,18 @@ impl NatInputs for Replayer {
     }
 }
 
+/// Answers one input may carry, at most: a batch asks a few per event (4,096 events), a
+/// tick a few per namespace.
+const MAX_ANSWERS: usize = 1 << 16;
+
 /// Reads the answers that follow an input, and the next input.
 fn answers_then_input(reader: &mut CaptureReader) -> Result<(Vec<Answer>, Option<Frame>)> {
     let mut answers = Vec::new();
     loop {
         match reader.next_frame()? {
+            Some(Frame::Answer(_)) if answers.len() >= MAX_ANSWERS => {
+                return Err(reader.damaged("one input has more answers than any run asks"));
+            }
             Some(Frame::Answer(a)) => answers.push(a),
             Some(Frame::Header(_)) => return Err(reader.damaged("a second header")),
             other => return Ok((answers, other)),
@@ -356,7 +377,9 @@ pub fn replay<G: Stage>(reader: &mut CaptureReader, header: &Header, stage: &mut
     stage.start(&mut system)?;
     loop {
         let Some(frame) = input.take() else {
-            return Err(reader.damaged("it ends before the run did"));
+            // Cut short (the recording tracer was killed): replay what is there.
+            eprintln!("tracer: the capture ends before its run did (the recording was cut short); replayed up to there");
+            return stage.finish(&mut system, 0);
         };
         let (answers, next) = answers_then_input(reader)?;
         system.queue(answers);

@@ -146,7 +146,14 @@ impl Frame {
             ),
             TAG_TICK => Frame::Tick,
             TAG_ANSWER => {
-                Frame::Answer(serde_json::from_slice(payload).map_err(|_| from_json("answer"))?)
+                let answer: Answer =
+                    serde_json::from_slice(payload).map_err(|_| from_json("answer"))?;
+                if let Answer::PortRange(_, Some((lo, hi))) = answer {
+                    if lo > hi {
+                        return Err("a port range whose low end is above its high end".into());
+                    }
+                }
+                Frame::Answer(answer)
             }
             TAG_FINISH => Frame::Finish {
                 undecodable: u64::from_le_bytes(
@@ -181,11 +188,14 @@ fn decode_batch(payload: &[u8]) -> std::result::Result<Frame, String> {
     }
     let body = &payload[8..];
     let (sock_bytes, nat_bytes) = body.split_at(socks * SOCK_EVENT_SIZE);
+    // Through the live decoder: a record the ring could not have held is refused here too.
+    let socks = sock_bytes
+        .chunks_exact(SOCK_EVENT_SIZE)
+        .map(crate::source::decode)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("a batch with a bad record ({e})"))?;
     Ok(Frame::Batch(
-        sock_bytes
-            .chunks_exact(SOCK_EVENT_SIZE)
-            .map(bytemuck::pod_read_unaligned)
-            .collect(),
+        socks,
         nat_bytes
             .chunks_exact(NAT_EVENT_SIZE)
             .map(bytemuck::pod_read_unaligned)
@@ -201,16 +211,36 @@ pub struct CaptureWriter {
 }
 
 impl CaptureWriter {
-    /// Creates `path` (never an existing file or a symlink: tracer runs as root and the path
-    /// is the user's), readable by its owner only, and writes the magic and the header.
-    pub fn create(path: &Path, header: &Header) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| Error::io(format!("creating capture {}", path.display()), e))?;
+    /// Creates `path`, readable by its owner only, and writes the magic and the header. The
+    /// path is the user's and tracer runs as root: never an existing file or a symlink, and
+    /// with `as_user` (the user behind sudo: uid, gid) the file is created with that user's
+    /// file-system identity, so a directory on the way that a symlink points somewhere only
+    /// root may write is refused, and the capture belongs to that user.
+    pub fn create(path: &Path, header: &Header, as_user: Option<(u32, u32)>) -> Result<Self> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        let opened = match as_user {
+            Some((uid, gid)) => {
+                use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+                // Per thread, and only for this open: the fs ids (and with them the
+                // capabilities that override file permissions) come back right after.
+                let old_gid = setfsgid(Gid::from_raw(gid));
+                let old_uid = setfsuid(Uid::from_raw(uid));
+                let opened = open();
+                setfsuid(old_uid);
+                setfsgid(old_gid);
+                opened
+            }
+            None => open(),
+        };
+        let file =
+            opened.map_err(|e| Error::io(format!("creating capture {}", path.display()), e))?;
         let mut writer = CaptureWriter {
             out: BufWriter::with_capacity(256 * 1024, file),
             error: None,
@@ -228,6 +258,14 @@ impl CaptureWriter {
             return;
         }
         let (tag, payload) = frame.encode();
+        if payload.len() > MAX_FRAME as usize {
+            self.error = Some(io::Error::other(format!(
+                "a {} byte frame is over the format's {} MiB limit (narrow what is watched: --port, --pid, --netns)",
+                payload.len(),
+                MAX_FRAME >> 20
+            )));
+            return;
+        }
         let written = self
             .out
             .write_all(&[tag])
@@ -287,6 +325,17 @@ impl CaptureReader {
                 header.version
             )));
         }
+        if header.clock_offset_ns.unsigned_abs() > u64::MAX as u128 {
+            return Err(reader.damaged("its clock offset is out of range"));
+        }
+        if let Some(ns) = header
+            .snapshot
+            .iter()
+            .flat_map(|s| &s.namespaces)
+            .find(|ns| ns.port_range.is_some_and(|(lo, hi)| lo > hi))
+        {
+            return Err(reader.damaged(&format!("namespace {} has an empty port range", ns.inode)));
+        }
         if header.sock_record_size != SOCK_EVENT_SIZE || header.nat_record_size != NAT_EVENT_SIZE {
             return Err(reader.damaged(&format!(
                 "its records are {}/{} bytes and this tracer's are {SOCK_EVENT_SIZE}/{NAT_EVENT_SIZE} (recorded by tracer {})",
@@ -304,17 +353,18 @@ impl CaptureReader {
             Err(e) => return Err(Error::io(format!("reading capture {}", self.name), e)),
             Ok(()) => {}
         }
-        self.input
-            .read_exact(&mut head[1..])
-            .map_err(|_| self.damaged("it ends inside a frame"))?;
+        // A recording cut short (tracer killed) ends inside a frame: the end of what there is.
+        if self.input.read_exact(&mut head[1..]).is_err() {
+            return Ok(None);
+        }
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         if len > MAX_FRAME {
             return Err(self.damaged(&format!("a frame claims {len} bytes")));
         }
         let mut payload = vec![0u8; len as usize];
-        self.input
-            .read_exact(&mut payload)
-            .map_err(|_| self.damaged("it ends inside a frame"))?;
+        if self.input.read_exact(&mut payload).is_err() {
+            return Ok(None);
+        }
         self.frames += 1;
         Frame::decode(head[0], &payload)
             .map(Some)
@@ -362,7 +412,7 @@ mod tests {
             lport: 8080,
             ..Default::default()
         };
-        let mut w = CaptureWriter::create(&path, &header()).unwrap();
+        let mut w = CaptureWriter::create(&path, &header(), None).unwrap();
         w.frame(&Frame::Batch(vec![ev, ev], vec![NatEvent::default()]));
         w.frame(&Frame::Tick);
         w.frame(&Frame::Answer(Answer::PortRange(7, Some((1, 2)))));
@@ -390,7 +440,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c");
         std::fs::write(&path, b"x").unwrap();
-        assert!(CaptureWriter::create(&path, &header()).is_err());
+        assert!(CaptureWriter::create(&path, &header(), None).is_err());
         let e = CaptureReader::open(&path).err().unwrap().to_string();
         assert!(e.contains("does not start like a tracer capture"), "{e}");
         let mut bytes = MAGIC.to_vec();
