@@ -179,6 +179,24 @@ pub async fn run<S: EventSource, G: Stage>(
     stage.finish(kernel, inputs.events.undecodable())
 }
 
+/// A sink's write error, as the run reports it.
+pub(crate) fn out_err(e: std::io::Error) -> Error {
+    Error::io("writing output", e)
+}
+
+/// Tells the sink when the loss counter moved past `seen` (then `seen` follows it).
+pub(crate) fn report_loss(
+    sink: &mut dyn crate::output::Sink,
+    lost: u64,
+    seen: &mut u64,
+) -> Result<()> {
+    if lost != *seen {
+        sink.lost(lost - *seen, lost).map_err(out_err)?;
+        *seen = lost;
+    }
+    Ok(())
+}
+
 /// Hands the stage everything the source holds right now, a batch at a time.
 fn drain<S: EventSource, G: Stage>(
     events: &mut S,

@@ -3,9 +3,9 @@
 //! Used by `nat` and by `watch --nat…`.
 use tracer_common::{NatEvent, SockEvent};
 
-use super::{inputs::NatInputs, Flow, KernelInputs, Stage};
+use super::{inputs::NatInputs, out_err, Flow, KernelInputs, Stage};
 use crate::{
-    error::{Error, Result},
+    error::Result,
     model::{
         evicted::Evicted,
         nat::{Binding, CtEvent, NatOutput, NatTable},
@@ -143,10 +143,6 @@ impl NatOnlyStage {
     }
 }
 
-fn out_err(e: std::io::Error) -> Error {
-    Error::io("writing output", e)
-}
-
 impl Stage for NatOnlyStage {
     type Extra = ();
 
@@ -194,12 +190,7 @@ impl Stage for NatOnlyStage {
             }
         }
         let lost = kernel.lost();
-        if lost != self.lost_seen {
-            self.sink
-                .lost(lost - self.lost_seen, lost)
-                .map_err(out_err)?;
-            self.lost_seen = lost;
-        }
+        super::report_loss(self.sink.as_mut(), lost, &mut self.lost_seen)?;
         self.flush()?;
         Ok(Flow::Continue)
     }

@@ -6,9 +6,9 @@ use std::{io::Write, process::ExitStatus, time::Duration};
 
 use tracer_common::{NatEvent, SockEvent};
 
-use super::{Flow, KernelInputs, Stage};
+use super::{out_err, Flow, KernelInputs, Stage};
 use crate::{
-    error::{Error, Result},
+    error::Result,
     model::{
         story::{SocketStory, StoryBook},
         Clock, Event, SocketTable,
@@ -123,10 +123,6 @@ pub fn print_story(
     } else {
         render::write_story(out, story, format.explain)
     }
-}
-
-fn out_err(e: std::io::Error) -> Error {
-    Error::io("writing output", e)
 }
 
 fn forward(pid: u32, sig: i32) {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use tracer_common::{kind, NatEvent, SockEvent};
 
-use super::{nat::NatStage, Flow, KernelInputs, Stage};
+use super::{nat::NatStage, out_err, Flow, KernelInputs, Stage};
 use crate::{
     cli::WatchMode,
-    error::{Error, Result},
+    error::Result,
     metrics::{self, server::Scrape},
     model::{
         evicted::Evicted, ports::RemoteLog, snapshot::Snapshot, Clock, Event, Filter, SocketTable,
@@ -18,10 +18,6 @@ use crate::{
 
 /// How often, at most, the socket table is checked against the kernel after lost events.
 const RECONCILE_EVERY_NS: u64 = 10_000_000_000;
-
-fn out_err(e: std::io::Error) -> Error {
-    Error::io("writing output", e)
-}
 
 /// What a watch shows and where.
 pub struct WatchStage {
@@ -171,12 +167,7 @@ impl WatchStage {
     /// releases and closes).
     fn check_loss(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
         let lost = kernel.lost();
-        if lost != self.lost_seen {
-            self.sink
-                .lost(lost - self.lost_seen, lost)
-                .map_err(out_err)?;
-            self.lost_seen = lost;
-        }
+        super::report_loss(self.sink.as_mut(), lost, &mut self.lost_seen)?;
         let now = kernel.now_ns();
         if lost > self.lost_reconciled
             && now.saturating_sub(self.last_reconcile_ns) >= RECONCILE_EVERY_NS
@@ -327,11 +318,7 @@ impl Stage for WatchStage {
     fn finish(&mut self, kernel: &mut dyn KernelInputs, undecodable: u64) -> Result<()> {
         let mut summary = self.summary;
         summary.lost = kernel.lost();
-        if summary.lost != self.lost_seen {
-            self.sink
-                .lost(summary.lost - self.lost_seen, summary.lost)
-                .map_err(out_err)?;
-        }
+        super::report_loss(self.sink.as_mut(), summary.lost, &mut self.lost_seen)?;
         summary.undecodable = undecodable;
         summary.seconds = kernel.now_ns().saturating_sub(self.started_ns) as f64 / 1e9;
         summary.sockets_tracked = self.table.len();

@@ -28,23 +28,8 @@ impl SocketTable {
             self.make_room();
         }
         let entry = self.sockets.entry(ev.sk).or_insert_with(|| TrackedSocket {
-            owners: Vec::new(),
-            netns: ev.netns,
-            protocol: ev.protocol,
-            family: ev.family,
-            laddr: [0; 16],
-            lport: 0,
-            raddr: [0; 16],
-            rport: 0,
-            state: 0,
-            kernel_chose_port: false,
             accepted: ev.kind == kind::ACCEPT,
-            from_snapshot: false,
-            listening_on: None,
-            released: false,
-            expires_at: None,
-            last_seen: ev.ts_ns,
-            counted: None,
+            ..TrackedSocket::first_seen(ev)
         });
         if ev.kind == kind::ACCEPT {
             // Until accept() returned it, a connection belonged to whoever held its listener
@@ -105,22 +90,14 @@ impl SocketTable {
                 ev.sk,
                 TrackedSocket {
                     owners,
-                    netns: ev.netns,
                     protocol: IPPROTO_TCP,
-                    family: ev.family,
                     laddr: ev.laddr,
                     lport: ev.lport,
                     raddr: ev.raddr,
                     rport: ev.rport,
                     state: ev.new_state,
-                    kernel_chose_port: false,
                     accepted: in_context.is_none(),
-                    from_snapshot: false,
-                    listening_on: None,
-                    released: false,
-                    expires_at: None,
-                    last_seen: ev.ts_ns,
-                    counted: None,
+                    ..TrackedSocket::first_seen(ev)
                 },
             );
         }
@@ -216,6 +193,30 @@ impl SocketTable {
 }
 
 impl TrackedSocket {
+    /// A socket first seen live in `ev`: its namespace, protocol and family, nothing else
+    /// learnt yet.
+    fn first_seen(ev: &SockEvent) -> Self {
+        TrackedSocket {
+            owners: Vec::new(),
+            netns: ev.netns,
+            protocol: ev.protocol,
+            family: ev.family,
+            laddr: [0; 16],
+            lport: 0,
+            raddr: [0; 16],
+            rport: 0,
+            state: 0,
+            kernel_chose_port: false,
+            accepted: false,
+            from_snapshot: false,
+            listening_on: None,
+            released: false,
+            expires_at: None,
+            last_seen: ev.ts_ns,
+            counted: None,
+        }
+    }
+
     /// Takes the local and remote ends an event names (a zero port names none: the event did
     /// not know it, and the socket keeps what it had).
     fn take_ends(&mut self, ev: &SockEvent) {
