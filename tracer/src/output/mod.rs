@@ -12,6 +12,9 @@ pub mod story;
 pub mod tui;
 mod wire;
 
+#[cfg(test)]
+mod golden_tests;
+
 use std::io;
 
 use crate::model::{ephemeral::Usage, nat::NatOutput, ports::RemoteGroup, Event};

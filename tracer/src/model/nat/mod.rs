@@ -185,19 +185,20 @@ impl NatTable {
     }
 }
 
+/// Binding records and socket events for the tests here and of the sinks.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use tracer_common::{kind, nat as knat, NatCounters, NatEvent, SockEvent, AF_INET};
+    use tracer_common::{nat as knat, NatEvent, SockEvent, AF_INET};
 
-    use super::*;
+    use super::CtTuple;
 
-    fn v4(a: [u8; 4]) -> IpAddr {
+    pub fn v4(a: [u8; 4]) -> IpAddr {
         IpAddr::V4(Ipv4Addr::from(a))
     }
 
-    fn ct(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> CtTuple {
+    pub fn ct(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> CtTuple {
         CtTuple {
             src: v4(src),
             dst: v4(dst),
@@ -206,7 +207,7 @@ mod tests {
         }
     }
 
-    fn nat_event(orig: CtTuple, reply: CtTuple) -> NatEvent {
+    pub fn nat_event(orig: CtTuple, reply: CtTuple) -> NatEvent {
         let bytes = |a: IpAddr| {
             let mut out = [0u8; 16];
             if let IpAddr::V4(v) = a {
@@ -235,7 +236,7 @@ mod tests {
         }
     }
 
-    fn sock(kind: u16, laddr: [u8; 4], lport: u16, raddr: [u8; 4], rport: u16) -> SockEvent {
+    pub fn sock(kind: u16, laddr: [u8; 4], lport: u16, raddr: [u8; 4], rport: u16) -> SockEvent {
         let mut ev = SockEvent {
             kind,
             family: AF_INET,
@@ -250,6 +251,14 @@ mod tests {
         ev.raddr[..4].copy_from_slice(&raddr);
         ev
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{kind, NatCounters};
+
+    use super::fixtures::*;
+    use super::*;
 
     #[test]
     fn masquerade_with_port_change_is_snat_pat() {
