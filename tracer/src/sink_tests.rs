@@ -120,7 +120,6 @@ fn nat_items(netns_name: &str, comm: &str) -> Vec<NatOutput> {
     vec![
         NatOutput::Binding(binding.clone()),
         NatOutput::Flow(Box::new(Flow {
-            record: "flow",
             ts_ns: 1,
             proto: crate::model::types::Proto::Tcp,
             client: end(40001),

@@ -21,8 +21,6 @@ pub struct Holder {
 /// One socket, as `tracer ports` prints it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PortRow {
-    #[serde(rename = "type")]
-    pub record: &'static str,
     pub netns: u32,
     pub proto: Proto,
     pub family: Family,
@@ -67,7 +65,6 @@ impl PortRow {
             })
             .collect();
         PortRow {
-            record: "socket",
             netns: s.netns,
             proto: Proto::from_number(s.protocol),
             family: Family::from_af(s.family),
@@ -319,8 +316,6 @@ pub struct LocalEnd {
 /// client is by local port).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RemoteGroup {
-    #[serde(rename = "type")]
-    pub record: &'static str,
     pub netns: u32,
     pub proto: Proto,
     pub raddr: IpAddr,
@@ -363,7 +358,6 @@ fn remote_groups(groups: BTreeMap<GroupKey, Vec<LocalEnd>>) -> Vec<RemoteGroup> 
             let mut ports: Vec<(IpAddr, u16)> = locals.iter().map(|l| (l.laddr, l.lport)).collect();
             ports.dedup();
             RemoteGroup {
-                record: "remote",
                 netns,
                 proto,
                 raddr,

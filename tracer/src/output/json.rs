@@ -3,7 +3,7 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::{ports::write_usage_json, services, Sink, SnapshotInfo, Summary};
+use super::{ports::write_usage_json, services, wire::Tagged, Sink, SnapshotInfo, Summary};
 use crate::model::{ephemeral::Usage, ports::RemoteGroup, types::PortNames, Event};
 
 pub struct JsonSink<W: Write> {
@@ -88,7 +88,7 @@ impl<W: Write> Sink for JsonSink<W> {
         // JSON consumers get the whole picture once, at exit.
         if last {
             for g in groups {
-                self.line(g)?;
+                self.line(&Tagged::new("remote", g))?;
             }
         }
         Ok(())
@@ -97,9 +97,9 @@ impl<W: Write> Sink for JsonSink<W> {
     fn nat(&mut self, item: &crate::model::nat::NatOutput) -> io::Result<()> {
         use crate::model::nat::NatOutput;
         match item {
-            NatOutput::Binding(b) => self.line(b),
-            NatOutput::End(e) => self.line(e),
-            NatOutput::Flow(f) => self.line(f),
+            NatOutput::Binding(b) => self.line(&Tagged::new("nat_binding", b)),
+            NatOutput::End(e) => self.line(&Tagged::new("nat_end", e)),
+            NatOutput::Flow(f) => self.line(&Tagged::new("flow", f.as_ref())),
         }
     }
 

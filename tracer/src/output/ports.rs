@@ -184,6 +184,8 @@ pub fn write_groups(
 /// A `socket` record: the row and its ports' service names.
 #[derive(Serialize)]
 struct SocketRecord<'a> {
+    #[serde(rename = "type")]
+    record: &'static str,
     #[serde(flatten)]
     row: &'a PortRow,
     lport_service: Option<&'static str>,
@@ -201,6 +203,7 @@ pub fn write_json(
 ) -> io::Result<()> {
     for row in rows {
         let record = SocketRecord {
+            record: "socket",
             row,
             lport_service: names(row.lport, row.proto),
             rport_service: (row.rport != 0)

@@ -1,8 +1,9 @@
 //! How the model's types are spelled in JSON: each by its one name (`"tcp"`, `"ipv6"`,
 //! `"SYN_SENT"`, `"connect"`), the values the JSON records have always carried; a story's
-//! step with its `--explain` sentence.
-use serde::{Serialize, Serializer};
+//! step with its `--explain` sentence; the `type` tag each record starts with.
+use serde::{ser::SerializeStruct, Serialize, Serializer};
 
+use crate::model::nat::Flow;
 use crate::model::story::{Side, Step};
 use crate::model::types::{EventKind, Family, Proto, SockState, TcpState};
 
@@ -27,13 +28,41 @@ impl Serialize for Side {
 /// A story's step: its tag, its text and the `--explain` sentence that goes with it.
 impl Serialize for Step {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
         let mut out = s.serialize_struct("Step", 5)?;
         out.serialize_field("ts_ns", &self.ts_ns)?;
         out.serialize_field("since_previous_ns", &self.since_previous_ns)?;
         out.serialize_field("what", self.what.name())?;
         out.serialize_field("text", &self.text)?;
         out.serialize_field("explain", super::story::explain(self.what, self.role))?;
+        out.end()
+    }
+}
+
+/// A model record with its JSON `type` tag: `{"type":"nat_binding",…the record's fields}`.
+/// serde_json writes a flattened struct through its map serializer, to the same bytes.
+#[derive(Serialize)]
+pub struct Tagged<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    #[serde(flatten)]
+    pub inner: &'a T,
+}
+
+impl<'a, T: Serialize> Tagged<'a, T> {
+    pub fn new(record: &'static str, inner: &'a T) -> Self {
+        Tagged { record, inner }
+    }
+}
+
+/// A stitched flow: its binding is tagged `nat` inside it.
+impl Serialize for Flow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_struct("Flow", 5)?;
+        out.serialize_field("ts_ns", &self.ts_ns)?;
+        out.serialize_field("proto", &self.proto)?;
+        out.serialize_field("client", &self.client)?;
+        out.serialize_field("nat", &Tagged::new("nat", &self.nat))?;
+        out.serialize_field("server", &self.server)?;
         out.end()
     }
 }

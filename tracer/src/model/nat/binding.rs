@@ -74,8 +74,6 @@ pub enum NatSource {
 /// One NAT binding, as users learned to name it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Binding {
-    #[serde(rename = "type")]
-    pub record: &'static str,
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: String,
@@ -126,7 +124,6 @@ impl Binding {
             _ => NatKind::Snat,
         };
         Binding {
-            record: "nat_binding",
             ts_ns: 0,
             netns,
             netns_name: String::new(),

@@ -65,8 +65,6 @@ impl Binding {
 /// A binding that ended: its conntrack entry was destroyed.
 #[derive(Clone, Debug, Serialize)]
 pub struct BindingEnd {
-    #[serde(rename = "type")]
-    pub record: &'static str,
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: String,
@@ -118,7 +116,6 @@ impl NatTable {
             .filter(|&f| f != 0)
             .unwrap_or(b.ts_ns);
         out.push(NatOutput::End(BindingEnd {
-            record: "nat_end",
             ts_ns,
             netns: b.netns,
             netns_name: b.netns_name.clone(),

@@ -31,10 +31,8 @@ pub struct FlowEnd {
 }
 
 /// Client socket → NAT binding → server socket, seen as one connection.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Flow {
-    #[serde(rename = "type")]
-    pub record: &'static str,
     pub ts_ns: u64,
     pub proto: Proto,
     pub client: FlowEnd,
@@ -133,14 +131,11 @@ impl NatTable {
             return;
         }
         live.stitched = true;
-        let mut nat = b.clone();
-        nat.record = "nat";
         out.push(NatOutput::Flow(Box::new(Flow {
-            record: "flow",
             ts_ns: b.ts_ns.max(client.ts_ns).max(server.ts_ns),
             proto: b.proto,
             client: client.clone(),
-            nat,
+            nat: b.clone(),
             server: server.clone(),
         })));
     }
