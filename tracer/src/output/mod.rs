@@ -9,6 +9,7 @@ pub mod nat;
 pub mod ports;
 pub mod services;
 pub mod story;
+pub mod story_steps;
 pub mod tui;
 mod wire;
 

@@ -111,7 +111,12 @@ pub fn standard(port: u16, proto: Proto) -> Option<&'static str> {
 
 /// `(https, well-known)`, `(registered)`: a port's service, if named, before its IANA class.
 pub fn with_class(names: PortNames, port: u16, proto: Proto, class: &str) -> String {
-    match names(port, proto) {
+    label(names(port, proto), class)
+}
+
+/// `https, well-known` for a named service, `registered` for an unnamed one.
+pub fn label(service: Option<&str>, class: &str) -> String {
+    match service {
         Some(service) => format!("{service}, {class}"),
         None => class.to_string(),
     }

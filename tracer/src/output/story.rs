@@ -3,8 +3,28 @@
 use crate::text;
 use std::io::{self, Write};
 
-use crate::model::story::{bytes, ProgramSummary, Role, SocketStory, StepKind};
+use super::story_steps::{bytes, error_text, listening_text, step_text};
+use crate::model::story::{ProgramSummary, Role, Side, SocketStory, StepKind};
 use crate::model::types::Endpoint;
+
+/// What a socket turned out to be, in words.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Listener => "TCP listener",
+        Role::Accepted => "accepted connection",
+        Role::Client => "TCP client",
+        Role::Udp => "UDP socket",
+        Role::Unused => "socket",
+    }
+}
+
+/// Who closed first or keeps TIME_WAIT, as text and JSON spell it.
+pub fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::ThisSide => "this side",
+        Side::Peer => "peer",
+    }
+}
 
 /// ①…⑳, then (21), (22), …
 fn number(n: usize) -> String {
@@ -62,7 +82,7 @@ pub fn explain(what: StepKind, role: Role) -> &'static str {
 
 /// The one-line summary of a socket.
 pub fn summary_line(s: &SocketStory) -> String {
-    let mut parts = vec![match (s.rport, s.role.name()) {
+    let mut parts = vec![match (s.rport, role_name(s.role)) {
         (0, role) => format!("{role} {}", endpoint(s.laddr, s.lport)),
         (_, role) => format!(
             "{role} {} ⇄ {}",
@@ -102,16 +122,14 @@ pub fn summary_line(s: &SocketStory) -> String {
             bytes(s.data.received_bytes)
         ));
     }
-    match (
-        s.closed_first_by.map(|side| side.name()),
-        s.time_wait.map(|side| side.name()),
-    ) {
+    match (s.closed_first_by.map(side_name), s.time_wait.map(side_name)) {
         (Some(first), Some(tw)) => parts.push(format!("{first} closed first, TIME_WAIT on {tw}")),
         (Some(first), None) => parts.push(format!("{first} closed first")),
         _ => {}
     }
     if !s.errors.is_empty() {
-        parts.push(format!("errors: {}", s.errors.join(", ")));
+        let errors: Vec<String> = s.errors.iter().map(error_text).collect();
+        parts.push(format!("errors: {}", errors.join(", ")));
     }
     parts.join("; ")
 }
@@ -123,7 +141,7 @@ pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::
         s.id + 1,
         text::escape(s.comm.as_deref().unwrap_or("?")),
         s.pid.map_or("?".into(), |p| p.to_string()),
-        s.role.name()
+        role_name(s.role)
     )?;
     for (i, step) in s.steps.iter().enumerate() {
         let since = if i == 0 {
@@ -136,7 +154,7 @@ pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::
             "  {} {:>11}  {}",
             number(i + 1),
             since,
-            text::escape(&step.text)
+            text::escape(&step_text(step))
         )?;
         if explain {
             let sentence = self::explain(step.what, step.role);
@@ -150,7 +168,8 @@ pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::
 pub fn write_program(out: &mut impl Write, p: &ProgramSummary) -> io::Result<()> {
     let mut parts = Vec::new();
     if !p.listening.is_empty() {
-        parts.push(format!("listened on {}", p.listening.join(", ")));
+        let ports: Vec<String> = p.listening.iter().map(listening_text).collect();
+        parts.push(format!("listened on {}", ports.join(", ")));
     }
     parts.push(format!(
         "{} connection{} made, {} accepted",

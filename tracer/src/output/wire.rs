@@ -3,9 +3,10 @@
 //! step with its `--explain` sentence; the `type` tag each record starts with.
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
+use super::story_steps::{error_text, listening_text, step_text};
 use crate::model::nat::Flow;
-use crate::model::story::{Side, Step};
-use crate::model::types::{EventKind, Family, Proto, SockState, TcpState};
+use crate::model::story::{CallError, Listening, Side, Step};
+use crate::model::types::{Endpoint, EventKind, Family, Proto, SockState, TcpState};
 
 macro_rules! by_name {
     ($($t:ty),*) => {$(
@@ -21,7 +22,28 @@ by_name!(EventKind, Family, Proto, SockState, TcpState);
 
 impl Serialize for Side {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
+        s.serialize_str(super::story::side_name(*self))
+    }
+}
+
+/// Spelled as text: `127.0.0.1:8080` (a UDP story's peers).
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `connect: ECONNREFUSED`.
+impl Serialize for CallError {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&error_text(self))
+    }
+}
+
+/// `tcp 0.0.0.0:8080 (http-alt, registered)`.
+impl Serialize for Listening {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&listening_text(self))
     }
 }
 
@@ -32,7 +54,7 @@ impl Serialize for Step {
         out.serialize_field("ts_ns", &self.ts_ns)?;
         out.serialize_field("since_previous_ns", &self.since_previous_ns)?;
         out.serialize_field("what", self.what.name())?;
-        out.serialize_field("text", &self.text)?;
+        out.serialize_field("text", &step_text(self))?;
         out.serialize_field("explain", super::story::explain(self.what, self.role))?;
         out.end()
     }

@@ -1,11 +1,11 @@
-//! How each event moves a story on: a new socket, a call's step (with its text), an accepted
-//! connection, a TCP transition.
+//! How each event moves a story on: a new socket, a call's step (as data: the sinks word it),
+//! an accepted connection, a TCP transition.
 
 use tracer_common::{kind, DataTotals, SockEvent};
 
-use super::{endpoint, port_label, Data, Role, Side, SocketStory, StepKind, StoryBook};
+use super::{endpoint, CallError, Data, Role, Side, SocketStory, StepDetail, StepKind, StoryBook};
 use crate::model::event::Event;
-use crate::model::types::{EventKind, Family, PortNames, Proto, SockState, TcpState};
+use crate::model::types::{Endpoint, EventKind, PortNames, Proto, SockState, TcpState};
 
 impl StoryBook {
     /// Folds one event in.
@@ -68,16 +68,12 @@ impl StoryBook {
             _ => Role::Unused,
         };
         let id = self.new_story(sk, e, role);
-        let family = match e.family {
-            Family::V6 => "IPv6",
-            Family::V4 => "IPv4",
+        let detail = StepDetail::Socket {
+            fd: e.ret,
+            proto: e.proto,
+            family: e.family,
         };
-        let text = format!(
-            "socket() → fd {} ({}, {family})",
-            e.ret,
-            e.proto.name().to_uppercase()
-        );
-        self.stories[id].step(e.ts_ns, StepKind::Socket, text);
+        self.stories[id].step(e.ts_ns, StepKind::Socket, detail);
     }
 
     /// A TCP transition: on a known socket, or on a connection one of our listeners made.
@@ -108,9 +104,7 @@ impl StoryBook {
         }
         if e.ret < 0 {
             if let Some(&l) = self.open.get(&raw.parent_sk) {
-                let err = e.errno.clone().unwrap_or_default();
-                self.stories[l].step(e.ts_ns, StepKind::Error, format!("accept failed: {err}"));
-                self.stories[l].errors.push(format!("accept: {err}"));
+                self.stories[l].failed(e, None);
             }
             return;
         }
@@ -143,30 +137,21 @@ impl StoryBook {
             story.raddr = Some(e.raddr);
             story.rport = e.rport;
             story.listener = listener;
-            let text = format!(
-                "accepted as fd {} from {peer} (the client's port{})",
-                e.ret,
-                if listener.is_some() {
-                    String::new()
-                } else {
-                    " — listener not traced".into()
-                }
-            );
-            story.step(e.ts_ns, StepKind::Accepted, text);
+            let detail = StepDetail::Accepted {
+                fd: e.ret,
+                peer,
+                listener_traced: listener.is_some(),
+            };
+            story.step(e.ts_ns, StepKind::Accepted, detail);
         }
         if let Some(l) = listener {
-            let text = format!(
-                "accept → fd {} from {peer} (client's {} port {}) → socket {}",
-                e.ret,
-                if e.rport_in_ephemeral_range == Some(true) {
-                    "ephemeral"
-                } else {
-                    "source"
-                },
-                e.rport,
-                child + 1
-            );
-            self.stories[l].step(e.ts_ns, StepKind::Accept, text);
+            let detail = StepDetail::Accept {
+                fd: e.ret,
+                peer,
+                peer_ephemeral: e.rport_in_ephemeral_range == Some(true),
+                socket: child,
+            };
+            self.stories[l].step(e.ts_ns, StepKind::Accept, detail);
             self.stories[l].accepted.push(child);
         }
     }
@@ -184,11 +169,8 @@ impl StoryBook {
             story.lport = e.lport;
             story.laddr = Some(e.laddr);
         }
-        let (what, note) = transition(story, old, new);
-        story.step(e.ts_ns, what, format!("{old} → {new}{note}"));
-        if let Some(step) = story.steps.last_mut() {
-            step.transition = Some((old, new));
-        }
+        let what = transition(story, old, new);
+        story.step(e.ts_ns, what, StepDetail::Transition { old, new });
         if new.is_over() {
             story.closed_ns = Some(e.ts_ns);
             if story.closed_first_by == Some(Side::Peer) {
@@ -202,8 +184,13 @@ impl StoryBook {
         let story = &mut self.stories[id];
         let ts = e.ts_ns;
         // A non-blocking connect's EINPROGRESS is no failure: the handshake goes on.
-        if let (Some(errno), false) = (&e.errno, e.event == EventKind::Connect && e.in_progress()) {
-            story.failed(e, errno);
+        if e.errno.is_some() && !(e.event == EventKind::Connect && e.in_progress()) {
+            let end = if e.event == EventKind::Bind {
+                endpoint(e.laddr, e.lport)
+            } else {
+                endpoint(e.raddr, e.rport)
+            };
+            story.failed(e, Some(end));
             return;
         }
         match raw.kind {
@@ -211,25 +198,24 @@ impl StoryBook {
             kind::LISTEN => {
                 story.role = Role::Listener;
                 story.last_state = Some(SockState::Tcp(TcpState::Listen));
-                let text = format!("listen backlog {} → LISTEN", e.backlog.unwrap_or(0));
-                story.step(ts, StepKind::Listen, text);
+                let backlog = e.backlog.unwrap_or(0);
+                story.step(ts, StepKind::Listen, StepDetail::Listen { backlog });
             }
             kind::CONNECT => story.connected(e, names),
             kind::SENDTO | kind::SENDMSG | kind::RECVFROM | kind::RECVMSG => story.datagram(e),
             kind::SHUTDOWN => {
-                let text = format!("shutdown {}", e.how.unwrap_or("?"));
-                story.step(ts, StepKind::Shutdown, text);
+                story.step(ts, StepKind::Shutdown, StepDetail::Shutdown { how: e.how });
             }
             kind::CLOSE => {
-                let text = format!("close fd {}", e.fd.unwrap_or(-1));
-                story.step(ts, StepKind::Close, text);
+                let fd = e.fd.unwrap_or(-1);
+                story.step(ts, StepKind::Close, StepDetail::Close { fd });
             }
             kind::RELEASE => {
                 story.released = true;
                 if story.closed_ns.is_none() && story.proto == Proto::Udp {
                     story.closed_ns = Some(ts);
                 }
-                story.step(ts, StepKind::Release, "socket freed".into());
+                story.step(ts, StepKind::Release, StepDetail::Release);
             }
             _ => {}
         }
@@ -237,39 +223,39 @@ impl StoryBook {
 }
 
 impl SocketStory {
-    /// A call the kernel refused.
-    fn failed(&mut self, e: &Event, errno: &str) {
-        let end = if e.event == EventKind::Bind {
-            endpoint(e.laddr, e.lport)
-        } else {
-            endpoint(e.raddr, e.rport)
+    /// A call the kernel refused (to `end`, where the call names one).
+    fn failed(&mut self, e: &Event, end: Option<Endpoint>) {
+        let errno = e.errno.clone().unwrap_or_default();
+        self.errors.push(CallError {
+            call: e.event,
+            errno: errno.clone(),
+        });
+        let detail = StepDetail::Failed {
+            call: e.event,
+            end,
+            errno,
         };
-        let text = format!("{} {end} failed: {errno}", e.event);
-        self.errors.push(format!("{}: {errno}", e.event));
-        self.step(e.ts_ns, StepKind::Error, text);
+        self.step(e.ts_ns, StepKind::Error, detail);
     }
 
     fn bound(&mut self, e: &Event, names: PortNames) {
         self.laddr = Some(e.laddr);
         self.lport = e.lport;
         self.ephemeral |= e.lport_kernel_chosen;
-        let text = if e.lport_kernel_chosen {
-            let service =
-                names(e.lport, e.proto).map_or(String::new(), |s| format!(", service {s}"));
-            format!(
-                "bind {} → the kernel chose port {} (ephemeral, IANA {}{service})",
-                endpoint(e.laddr, 0),
-                e.lport,
-                e.lport_class
-            )
+        let service = names(e.lport, e.proto);
+        let detail = if e.lport_kernel_chosen {
+            StepDetail::BindChosen {
+                addr: e.laddr,
+                port: e.lport,
+                service,
+            }
         } else {
-            format!(
-                "bind {} ({} port)",
-                endpoint(e.laddr, e.lport),
-                port_label(e.lport, e.proto, names)
-            )
+            StepDetail::Bind {
+                local: endpoint(e.laddr, e.lport),
+                service,
+            }
         };
-        self.step(e.ts_ns, StepKind::Bind, text);
+        self.step(e.ts_ns, StepKind::Bind, detail);
     }
 
     fn connected(&mut self, e: &Event, names: PortNames) {
@@ -281,26 +267,19 @@ impl SocketStory {
         self.raddr = Some(e.raddr);
         self.rport = e.rport;
         self.ephemeral |= e.lport_kernel_chosen;
-        let chosen = if e.lport_kernel_chosen {
-            format!(
-                " → ephemeral {} chosen by the kernel",
-                endpoint(e.laddr, e.lport)
-            )
-        } else {
-            format!(" from {}", endpoint(e.laddr, e.lport))
+        let detail = StepDetail::Connect {
+            remote: endpoint(e.raddr, e.rport),
+            service: names(e.rport, e.proto),
+            local: endpoint(e.laddr, e.lport),
+            kernel_chose: e.lport_kernel_chosen,
         };
-        let text = format!(
-            "connect {} ({} port){chosen}",
-            endpoint(e.raddr, e.rport),
-            port_label(e.rport, e.proto, names)
-        );
-        self.step(e.ts_ns, StepKind::Connect, text);
+        self.step(e.ts_ns, StepKind::Connect, detail);
     }
 
     /// sendto/recvfrom/sendmsg/recvmsg: a peer, and UDP's autobind on the first send.
     fn datagram(&mut self, e: &Event) {
         if e.rport != 0 {
-            let peer = endpoint(e.raddr, e.rport).to_string();
+            let peer = endpoint(e.raddr, e.rport);
             if !self.peers.contains(&peer) {
                 self.peers.push(peer);
             }
@@ -310,13 +289,12 @@ impl SocketStory {
             self.ephemeral = true;
             self.laddr = Some(e.laddr);
             self.lport = e.lport;
-            let text = format!(
-                "{} to {}: the kernel bound the socket to ephemeral port {}",
-                e.event,
-                endpoint(e.raddr, e.rport),
-                e.lport
-            );
-            self.step(e.ts_ns, StepKind::Autobind, text);
+            let detail = StepDetail::Autobind {
+                call: e.event,
+                remote: endpoint(e.raddr, e.rport),
+                port: e.lport,
+            };
+            self.step(e.ts_ns, StepKind::Autobind, detail);
         } else if self.lport == 0 && e.lport != 0 {
             self.laddr = Some(e.laddr);
             self.lport = e.lport;
@@ -324,32 +302,30 @@ impl SocketStory {
     }
 }
 
-/// The step a TCP transition makes, and the note its text ends with; records who closed
-/// first and where TIME_WAIT stays.
-fn transition(story: &mut SocketStory, old: TcpState, new: TcpState) -> (StepKind, &'static str) {
+/// The step a TCP transition makes (its wording is the sinks'); records who closed first and
+/// where TIME_WAIT stays.
+fn transition(story: &mut SocketStory, old: TcpState, new: TcpState) -> StepKind {
     use StepKind as K;
     use TcpState::*;
     match (old, new) {
-        (SynSent | SynRecv, Established) => (K::Handshake, " — handshake done"),
-        (Listen, SynRecv) => (K::SynRecv, " — SYN received, SYN-ACK sent"),
-        (Close, SynSent) => (K::SynSent, " — SYN sent"),
-        (Close, Listen) => (K::State, ""),
-        (FinWait1, FinWait2) => (K::FinWait2, " — our FIN acknowledged"),
-        (CloseWait, LastAck) => (K::LastAck, " — this side's FIN sent too"),
-        (LastAck, Close) => (K::Closed, " — last ACK received, connection gone"),
+        (SynSent | SynRecv, Established) => K::Handshake,
+        (Listen, SynRecv) => K::SynRecv,
+        (Close, SynSent) => K::SynSent,
+        (FinWait1, FinWait2) => K::FinWait2,
+        (CloseWait, LastAck) => K::LastAck,
+        (LastAck, Close) => K::Closed,
         (Established, FinWait1) => {
             story.closed_first_by.get_or_insert(Side::ThisSide);
-            (K::CloseFirst, " — this side closes first (FIN sent)")
+            K::CloseFirst
         }
         (Established, CloseWait) => {
             story.closed_first_by.get_or_insert(Side::Peer);
-            (K::ClosePeer, " — the peer closed first (FIN received)")
+            K::ClosePeer
         }
         (_, TimeWait) => {
             story.time_wait = Some(Side::ThisSide);
-            (K::TimeWait, " — TIME_WAIT on this side")
+            K::TimeWait
         }
-        (SynSent, Close) => (K::State, " — refused or timed out"),
-        _ => (K::State, ""),
+        _ => K::State,
     }
 }

@@ -13,6 +13,9 @@ use super::event::Event;
 use super::types::{no_names, Endpoint, PortNames, Proto, SockState, TcpState};
 
 mod calls;
+mod step;
+
+pub use step::{CallError, Listening, Step, StepDetail, StepKind};
 
 /// What a socket turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -26,112 +29,11 @@ pub enum Role {
     Unused,
 }
 
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Listener => "TCP listener",
-            Role::Accepted => "accepted connection",
-            Role::Client => "TCP client",
-            Role::Udp => "UDP socket",
-            Role::Unused => "socket",
-        }
-    }
-}
-
-/// What a step is: a call, a TCP transition the documents name, or something the kernel did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepKind {
-    Socket,
-    Bind,
-    Listen,
-    Accept,
-    /// The connection's own story begins: made by the kernel for one client.
-    Accepted,
-    Connect,
-    SynSent,
-    SynRecv,
-    Handshake,
-    /// This side sent the first FIN.
-    CloseFirst,
-    /// The peer sent the first FIN.
-    ClosePeer,
-    FinWait2,
-    LastAck,
-    TimeWait,
-    Closed,
-    /// Any other TCP transition.
-    State,
-    Data,
-    /// UDP's first sendto() bound the socket.
-    Autobind,
-    Shutdown,
-    Close,
-    Release,
-    Error,
-    /// Open before tracing began.
-    Snapshot,
-}
-
-impl StepKind {
-    /// The short tag JSON carries (`what`).
-    pub fn name(self) -> &'static str {
-        use StepKind::*;
-        match self {
-            Snapshot => "snapshot",
-            Socket => "socket",
-            Accepted => "accepted",
-            Bind => "bind",
-            Listen => "listen",
-            Accept => "accept",
-            Connect => "connect",
-            SynSent => "syn_sent",
-            SynRecv => "syn_recv",
-            Handshake => "handshake",
-            CloseFirst => "close_first",
-            ClosePeer => "close_peer",
-            FinWait2 => "fin_wait2",
-            LastAck => "last_ack",
-            TimeWait => "time_wait",
-            Closed => "closed",
-            State => "state",
-            Data => "data",
-            Autobind => "autobind",
-            Shutdown => "shutdown",
-            Close => "close",
-            Release => "release",
-            Error => "error",
-        }
-    }
-}
-
 /// Who closed first, or keeps TIME_WAIT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     ThisSide,
     Peer,
-}
-
-impl Side {
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::ThisSide => "this side",
-            Side::Peer => "peer",
-        }
-    }
-}
-
-/// One numbered step. Its `--explain` sentence is the sinks' (by `what` and `role`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Step {
-    pub ts_ns: u64,
-    /// Nanoseconds since the socket's previous step (0 for the first).
-    pub since_previous_ns: u64,
-    pub what: StepKind,
-    pub text: String,
-    /// The socket's role when the step was told.
-    pub role: Role,
-    /// A TCP transition: (before, after).
-    pub transition: Option<(TcpState, TcpState)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -164,7 +66,7 @@ pub struct SocketStory {
     pub steps: Vec<Step>,
     pub data: Data,
     /// UDP: the peers it exchanged datagrams with.
-    pub peers: Vec<String>,
+    pub peers: Vec<Endpoint>,
     pub opened_ns: u64,
     pub closed_ns: Option<u64>,
     /// "this side" or "peer": who sent the first FIN.
@@ -172,7 +74,7 @@ pub struct SocketStory {
     /// Which side keeps TIME_WAIT: "this side" or "peer".
     pub time_wait: Option<Side>,
     pub last_state: Option<SockState>,
-    pub errors: Vec<String>,
+    pub errors: Vec<CallError>,
     /// accept: the listener's story; listener: the stories of the connections it accepted.
     pub listener: Option<usize>,
     pub accepted: Vec<usize>,
@@ -221,7 +123,7 @@ impl SocketStory {
         }
     }
 
-    fn step(&mut self, ts_ns: u64, what: StepKind, text: String) {
+    fn step(&mut self, ts_ns: u64, what: StepKind, detail: StepDetail) {
         let since = self
             .steps
             .last()
@@ -230,9 +132,8 @@ impl SocketStory {
             ts_ns,
             since_previous_ns: since,
             what,
-            text,
+            detail,
             role: self.role,
-            transition: None,
         });
     }
 
@@ -257,13 +158,13 @@ fn tell_in_call_order(steps: &mut Vec<Step>) {
     while i < steps.len() {
         let inside = |s: &Step, call: StepKind| match call {
             K::Connect => matches!(s.what, K::SynSent | K::Handshake),
-            K::Listen => s.transition == Some((T::Close, T::Listen)),
+            K::Listen => s.transition() == Some((T::Close, T::Listen)),
             K::Close | K::Shutdown => {
                 // Not CLOSE_WAIT: the peer's FIN arrives on its own, before our close.
                 matches!(
                     s.what,
                     K::Release | K::CloseFirst | K::TimeWait | K::LastAck
-                ) || s.transition.is_some_and(|(old, _)| {
+                ) || s.transition().is_some_and(|(old, _)| {
                     matches!(old, T::FinWait1 | T::FinWait2 | T::Closing | T::LastAck)
                 })
             }
@@ -296,23 +197,13 @@ pub struct ProgramSummary {
     pub record: &'static str,
     pub pid: u32,
     pub comm: String,
-    /// `tcp 0.0.0.0:8080 (registered)`, …
-    pub listening: Vec<String>,
+    pub listening: Vec<Listening>,
     pub connections_made: usize,
     pub connections_accepted: usize,
     pub udp_sockets: usize,
     pub ephemeral_ports: Vec<u16>,
     pub sent_bytes: u64,
     pub received_bytes: u64,
-}
-
-/// A port's IANA class, after its service's name when `names` knows it: `https, well-known`.
-fn port_label(port: u16, proto: Proto, names: PortNames) -> String {
-    let class = tracer_common::PortClass::of(port).as_str();
-    match names(port, proto) {
-        Some(service) => format!("{service}, {class}"),
-        None => class.to_string(),
-    }
 }
 
 /// How a story names ports (no names unless the book was given a lookup).
@@ -327,15 +218,6 @@ impl Default for Names {
 
 fn endpoint(addr: IpAddr, port: u16) -> Endpoint {
     Endpoint::new(addr, port)
-}
-
-/// Human-sized bytes: 78 B, 1.2 KiB, 3.4 MiB.
-pub fn bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
 }
 
 /// All stories of one trace.
@@ -393,18 +275,13 @@ impl StoryBook {
             last_state: (row.proto == Proto::Tcp).then_some(row.state),
             ..SocketStory::new(id, row.pid, row.comm.clone(), row.proto, role, now_ns)
         };
-        let text = format!(
-            "already open when tracing began: {} {} {}{}",
-            row.proto,
-            endpoint(row.laddr, row.lport),
-            row.state,
-            if row.rport != 0 {
-                format!(" to {}", endpoint(row.raddr, row.rport))
-            } else {
-                String::new()
-            }
-        );
-        story.step(now_ns, StepKind::Snapshot, text);
+        let detail = StepDetail::Snapshot {
+            proto: row.proto,
+            local: endpoint(row.laddr, row.lport),
+            state: row.state,
+            remote: (row.rport != 0).then(|| endpoint(row.raddr, row.rport)),
+        };
+        story.step(now_ns, StepKind::Snapshot, detail);
         self.stories.push(story);
         self.unnamed.push(id);
         if let Some(pid) = row.pid {
@@ -476,28 +353,11 @@ impl StoryBook {
         // The data summary goes where the documents put read/write: before the close.
         let d = &story.data;
         if d.sends + d.receives > 0 {
-            let mut text = format!(
-                "{} {} in {} call{}, {} {} in {} call{}",
-                if story.proto == Proto::Udp {
-                    "sent"
-                } else {
-                    "wrote"
-                },
-                bytes(d.sent_bytes),
-                d.sends,
-                if d.sends == 1 { "" } else { "s" },
-                if story.proto == Proto::Udp {
-                    "received"
-                } else {
-                    "read"
-                },
-                bytes(d.received_bytes),
-                d.receives,
-                if d.receives == 1 { "" } else { "s" },
-            );
-            if !story.peers.is_empty() {
-                text.push_str(&format!(" (peers: {})", story.peers.join(", ")));
-            }
+            let detail = StepDetail::Data {
+                udp: story.proto == Proto::Udp,
+                data: d.clone(),
+                peers: story.peers.clone(),
+            };
             let at = story
                 .steps
                 .iter()
@@ -511,9 +371,8 @@ impl StoryBook {
                 ts_ns: ts,
                 since_previous_ns: 0,
                 what: StepKind::Data,
-                text,
+                detail,
                 role: story.role,
-                transition: None,
             };
             story.steps.insert(at, step);
             tell_in_call_order(&mut story.steps);
@@ -575,13 +434,12 @@ impl StoryBook {
                 ..Default::default()
             });
             match s.role {
-                Role::Listener => p.listening.push(format!(
-                    "{} {} ({})",
-                    s.proto,
-                    s.laddr
-                        .map_or("*".into(), |a| endpoint(a, s.lport).to_string()),
-                    port_label(s.lport, s.proto, self.names.0)
-                )),
+                Role::Listener => p.listening.push(Listening {
+                    proto: s.proto,
+                    addr: s.laddr,
+                    port: s.lport,
+                    service: (self.names.0)(s.lport, s.proto),
+                }),
                 Role::Accepted => p.connections_accepted += 1,
                 Role::Client => p.connections_made += 1,
                 Role::Udp => p.udp_sockets += 1,
