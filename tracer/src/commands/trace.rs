@@ -490,7 +490,7 @@ fn report(
     }
     for p in &programs {
         if config.json {
-            render::write_json(out, p).map_err(io_err)?;
+            render::write_program_json(out, p).map_err(io_err)?;
         } else {
             render::write_program(out, p).map_err(io_err)?;
         }

@@ -346,11 +346,11 @@ fn story_records_as_text_and_json() {
         super::story::write_story(&mut out, &book.stories[id], false).unwrap();
     }
     for &id in &ids {
-        super::story::write_json(&mut out, &book.stories[id]).unwrap();
+        super::story::write_story_json(&mut out, &book.stories[id]).unwrap();
     }
     for p in book.programs() {
         super::story::write_program(&mut out, &p).unwrap();
-        super::story::write_json(&mut out, &p).unwrap();
+        super::story::write_program_json(&mut out, &p).unwrap();
     }
     insta::assert_snapshot!("story_records", String::from_utf8(out).unwrap());
 }

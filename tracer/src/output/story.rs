@@ -4,6 +4,7 @@ use crate::text;
 use std::io::{self, Write};
 
 use super::story_steps::{bytes, error_text, listening_text, step_text};
+use super::wire::Tagged;
 use crate::model::story::{ProgramSummary, Role, Side, SocketStory, StepKind};
 use crate::model::types::Endpoint;
 
@@ -200,6 +201,16 @@ pub fn write_program(out: &mut impl Write, p: &ProgramSummary) -> io::Result<()>
         p.pid,
         text::escape(&parts.join("; "))
     )
+}
+
+/// A `socket_story` record.
+pub fn write_story_json(out: &mut impl Write, story: &SocketStory) -> io::Result<()> {
+    write_json(out, &Tagged::new("socket_story", story))
+}
+
+/// A `program` record.
+pub fn write_program_json(out: &mut impl Write, program: &ProgramSummary) -> io::Result<()> {
+    write_json(out, &Tagged::new("program", program))
 }
 
 pub fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {

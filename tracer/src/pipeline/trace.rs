@@ -119,7 +119,7 @@ pub fn print_story(
     format: StoryFormat,
 ) -> std::io::Result<()> {
     if format.json {
-        render::write_json(out, story)
+        render::write_story_json(out, story)
     } else {
         render::write_story(out, story, format.explain)
     }

@@ -47,8 +47,6 @@ pub struct Data {
 /// One socket's story.
 #[derive(Clone, Debug, Serialize)]
 pub struct SocketStory {
-    #[serde(rename = "type")]
-    pub record: &'static str,
     /// Story number, in order of appearance.
     pub id: usize,
     pub pid: Option<u32>,
@@ -95,7 +93,6 @@ impl SocketStory {
         opened_ns: u64,
     ) -> Self {
         SocketStory {
-            record: "socket_story",
             id,
             pid,
             comm,
@@ -193,8 +190,6 @@ fn tell_in_call_order(steps: &mut Vec<Step>) {
 /// The per-process summary.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ProgramSummary {
-    #[serde(rename = "type")]
-    pub record: &'static str,
     pub pid: u32,
     pub comm: String,
     pub listening: Vec<Listening>,
@@ -428,7 +423,6 @@ impl StoryBook {
         for s in &self.stories {
             let Some(pid) = s.pid else { continue };
             let p = by_pid.entry(pid).or_insert_with(|| ProgramSummary {
-                record: "program",
                 pid,
                 comm: s.comm.clone().unwrap_or_default(),
                 ..Default::default()
