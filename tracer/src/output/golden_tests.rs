@@ -103,7 +103,7 @@ fn nat_records_as_text_and_json() {
     let mut json = JsonSink::new(Vec::new()).with_names(standard);
     let mut text = String::new();
     for item in &items {
-        text.push_str(&super::nat::line(item, |ns| ns.to_string()));
+        text.push_str(&super::nat::line(item, |ns| ns.to_string(), standard));
         text.push('\n');
         json.nat(item).unwrap();
     }

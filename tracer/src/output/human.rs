@@ -270,7 +270,7 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             crate::model::nat::NatOutput::Flow(_) => GREEN,
             _ => CYAN,
         });
-        let text = super::nat::line(item, time_of_day);
+        let text = super::nat::line(item, time_of_day, self.names);
         writeln!(self.out, "{on}{text}{off}")
     }
 

@@ -95,12 +95,7 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn nat(&mut self, item: &crate::model::nat::NatOutput) -> io::Result<()> {
-        use crate::model::nat::NatOutput;
-        match item {
-            NatOutput::Binding(b) => self.line(&Tagged::new("nat_binding", b)),
-            NatOutput::End(e) => self.line(&Tagged::new("nat_end", e)),
-            NatOutput::Flow(f) => self.line(&Tagged::new("flow", f.as_ref())),
-        }
+        super::nat::write_json(&mut self.out, item, self.names)
     }
 
     fn netns_gone(&mut self, name: &str, inode: u32) -> io::Result<()> {

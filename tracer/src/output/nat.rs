@@ -1,20 +1,60 @@
-//! NAT bindings, their ends and stitched flows as text lines (JSON goes through serde).
+//! NAT bindings, their ends and stitched flows as text lines and as JSON records. The port a
+//! connection is for (a tuple's destination port) is named by its service where known:
+//! `198.51.100.10:80 (http, well-known port)` in text, `original_dport_service` and
+//! `translated_dport_service` in JSON.
 use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use serde::Serialize;
+use tracer_common::PortClass;
 
 use crate::text;
 
-use crate::model::nat::{Binding, BindingEnd, Flow, FlowEnd, NatOutput};
-use crate::model::types::Endpoint;
+use super::services;
+use super::wire::Tagged;
+use crate::model::nat::{Binding, BindingEnd, Endpoints, Flow, FlowEnd, NatOutput};
+use crate::model::types::{Endpoint, PortNames, Proto};
 
 pub const HEADER: &str =
     "TIME            NETNS        PROTO KIND TRANSLATION  ORIGINAL                                      TRANSLATED";
 
-/// One line per record, without a trailing newline. `time` formats a monotonic timestamp.
-pub fn line(item: &NatOutput, time: impl Fn(u64) -> String) -> String {
+/// One line per record, without a trailing newline. `time` formats a monotonic timestamp;
+/// `names` names the ports' services.
+pub fn line(item: &NatOutput, time: impl Fn(u64) -> String, names: PortNames) -> String {
     match item {
-        NatOutput::Binding(b) => binding_line(b, &time),
+        NatOutput::Binding(b) => binding_line(b, &time, names),
         NatOutput::End(e) => end_line(e, &time),
-        NatOutput::Flow(f) => flow_line(f, &time),
+        NatOutput::Flow(f) => flow_line(f, &time, names),
+    }
+}
+
+/// `http, well-known`: a port's service and IANA class, escaped (the name comes from a file).
+fn label(port: u16, proto: Proto, names: PortNames) -> String {
+    let label = services::label(names(port, proto), PortClass::of(port).as_str());
+    text::escape(&label).into_owned()
+}
+
+/// ` (http, well-known port)` for a named service; empty otherwise.
+fn service(port: u16, proto: Proto, names: PortNames) -> String {
+    match names(port, proto) {
+        Some(_) => format!(" ({} port)", label(port, proto, names)),
+        None => String::new(),
+    }
+}
+
+/// The service a binding's connection reaches (its translated destination port), after the
+/// one the client asked for when a port forward changed a named port:
+/// ` (http-alt, registered port → https, well-known port)`.
+fn binding_service(b: &Binding, names: PortNames) -> String {
+    let (asked, reached) = (b.original.dport, b.translated.dport);
+    if asked != reached && names(asked, b.proto).is_some() {
+        format!(
+            " ({} port → {} port)",
+            label(asked, b.proto, names),
+            label(reached, b.proto, names)
+        )
+    } else {
+        service(reached, b.proto, names)
     }
 }
 
@@ -29,16 +69,17 @@ fn netns(name: &str) -> String {
     }
 }
 
-fn binding_line(b: &Binding, time: &impl Fn(u64) -> String) -> String {
+fn binding_line(b: &Binding, time: &impl Fn(u64) -> String, names: PortNames) -> String {
     format!(
-        "{:<15} {} {:<5} {:<4} {:<12} {:<45} {}",
+        "{:<15} {} {:<5} {:<4} {:<12} {:<45} {}{}",
         time(b.ts_ns),
         netns(&b.netns_name),
         b.proto,
         b.kind.as_str().to_uppercase(),
         b.translation(),
         b.original.to_string(),
-        b.translated
+        b.translated,
+        binding_service(b, names)
     )
 }
 
@@ -67,14 +108,14 @@ fn who(end: &FlowEnd) -> String {
     format!("{}[{}]", text::escape(&end.comm), end.pid)
 }
 
-fn flow_line(f: &Flow, time: &impl Fn(u64) -> String) -> String {
+fn flow_line(f: &Flow, time: &impl Fn(u64) -> String, names: PortNames) -> String {
     let chosen = if f.client.kernel_chose_port == Some(true) {
         " (port chosen by kernel)"
     } else {
         ""
     };
     format!(
-        "{:<15} FLOW {} {} sent {}{} ⇒ {} rewrote it to {} ⇒ {} at {} got it from {}",
+        "{:<15} FLOW {} {} sent {}{} ⇒ {} rewrote it to {} ⇒ {} at {}{} got it from {}",
         time(f.ts_ns),
         f.proto,
         who(&f.client),
@@ -84,6 +125,76 @@ fn flow_line(f: &Flow, time: &impl Fn(u64) -> String) -> String {
         f.nat.translated,
         who(&f.server),
         Endpoint::new(f.server.addr, f.server.port),
+        service(f.server.port, f.proto, names),
         Endpoint::new(f.server.peer_addr, f.server.peer_port),
     )
+}
+
+/// A binding or its end, tagged, with the services of its tuples' destination ports (null
+/// when unnamed) after its own fields.
+#[derive(Serialize)]
+struct NatRecord<'a, T: Serialize> {
+    #[serde(flatten)]
+    record: Tagged<'a, T>,
+    original_dport_service: Option<&'static str>,
+    translated_dport_service: Option<&'static str>,
+}
+
+impl<'a, T: Serialize> NatRecord<'a, T> {
+    fn new(
+        tag: &'static str,
+        inner: &'a T,
+        tuples: (&Endpoints, &Endpoints),
+        proto: Proto,
+        names: PortNames,
+    ) -> Self {
+        NatRecord {
+            record: Tagged::new(tag, inner),
+            original_dport_service: names(tuples.0.dport, proto),
+            translated_dport_service: names(tuples.1.dport, proto),
+        }
+    }
+
+    fn binding(tag: &'static str, b: &'a Binding, names: PortNames) -> NatRecord<'a, Binding> {
+        NatRecord::new(tag, b, (&b.original, &b.translated), b.proto, names)
+    }
+}
+
+/// A stitched flow: client socket, the binding (tagged `nat`) and server socket.
+#[derive(Serialize)]
+struct FlowRecord<'a> {
+    #[serde(rename = "type")]
+    record: &'static str,
+    ts_ns: u64,
+    proto: Proto,
+    client: &'a FlowEnd,
+    nat: NatRecord<'a, Binding>,
+    server: &'a FlowEnd,
+}
+
+/// One JSON line per record: `nat_binding`, `nat_end` or `flow`.
+pub fn write_json(out: &mut impl Write, item: &NatOutput, names: PortNames) -> io::Result<()> {
+    match item {
+        NatOutput::Binding(b) => {
+            let record = NatRecord::<Binding>::binding("nat_binding", b, names);
+            text::json::to_writer(&mut *out, &record)?;
+        }
+        NatOutput::End(e) => {
+            let tuples = (&e.original, &e.translated);
+            let record = NatRecord::new("nat_end", e, tuples, e.proto, names);
+            text::json::to_writer(&mut *out, &record)?;
+        }
+        NatOutput::Flow(f) => {
+            let record = FlowRecord {
+                record: "flow",
+                ts_ns: f.ts_ns,
+                proto: f.proto,
+                client: &f.client,
+                nat: NatRecord::<Binding>::binding("nat", &f.nat, names),
+                server: &f.server,
+            };
+            text::json::to_writer(&mut *out, &record)?;
+        }
+    }
+    out.write_all(b"\n")
 }

@@ -4,7 +4,6 @@
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use super::story_steps::{error_text, listening_text, step_text};
-use crate::model::nat::Flow;
 use crate::model::story::{CallError, Listening, Side, Step};
 use crate::model::types::{Endpoint, EventKind, Family, Proto, SockState, TcpState};
 
@@ -73,18 +72,5 @@ pub struct Tagged<'a, T: Serialize> {
 impl<'a, T: Serialize> Tagged<'a, T> {
     pub fn new(record: &'static str, inner: &'a T) -> Self {
         Tagged { record, inner }
-    }
-}
-
-/// A stitched flow: its binding is tagged `nat` inside it.
-impl Serialize for Flow {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut out = s.serialize_struct("Flow", 5)?;
-        out.serialize_field("ts_ns", &self.ts_ns)?;
-        out.serialize_field("proto", &self.proto)?;
-        out.serialize_field("client", &self.client)?;
-        out.serialize_field("nat", &Tagged::new("nat", &self.nat))?;
-        out.serialize_field("server", &self.server)?;
-        out.end()
     }
 }
