@@ -18,8 +18,8 @@ pub struct Holder {
     pub comm: String,
 }
 
-/// One socket, as `tracer ports` prints it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One socket, as `tracer ports` prints it (its JSON spelling is `output::ports`').
+#[derive(Clone, Debug, PartialEq)]
 pub struct PortRow {
     pub netns: u32,
     pub proto: Proto,
@@ -240,7 +240,7 @@ impl RowFilter {
 }
 
 /// One process: what it listens on and what it is connected to.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProcessLine {
     pub pid: u32,
     pub comm: String,
@@ -313,8 +313,8 @@ pub struct LocalEnd {
 }
 
 /// Connections to one remote endpoint: each has its own local port (demultiplexing at the
-/// client is by local port).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// client is by local port). Its JSON spelling is `output::ports`'.
+#[derive(Clone, Debug, PartialEq)]
 pub struct RemoteGroup {
     pub netns: u32,
     pub proto: Proto,

@@ -3,7 +3,7 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::{ports::write_usage_json, services, wire::Tagged, Sink, SnapshotInfo, Summary};
+use super::{ports::write_usage_json, services, Sink, SnapshotInfo, Summary};
 use crate::model::{ephemeral::Usage, ports::RemoteGroup, types::PortNames, Event};
 
 pub struct JsonSink<W: Write> {
@@ -87,9 +87,7 @@ impl<W: Write> Sink for JsonSink<W> {
     fn remote_groups(&mut self, groups: &[RemoteGroup], last: bool) -> io::Result<()> {
         // JSON consumers get the whole picture once, at exit.
         if last {
-            for g in groups {
-                self.line(&Tagged::new("remote", g))?;
-            }
+            super::ports::write_groups_json(&mut self.out, groups, self.names)?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! remote endpoint.
 use std::io::{self, Write};
 
-use serde::Serialize;
+use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use crate::model::{
     ephemeral::{below_iana_dynamic, Usage},
@@ -181,16 +181,87 @@ pub fn write_groups(
     Ok(())
 }
 
-/// A `socket` record: the row and its ports' service names.
-#[derive(Serialize)]
+/// A `socket` record: the row, with its ports' service names next to their classes.
 struct SocketRecord<'a> {
-    #[serde(rename = "type")]
-    record: &'static str,
-    #[serde(flatten)]
     row: &'a PortRow,
     lport_service: Option<&'static str>,
     /// None without a remote end.
     rport_service: Option<&'static str>,
+}
+
+impl Serialize for SocketRecord<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.row;
+        let mut out = s.serialize_struct("SocketRecord", 22)?;
+        out.serialize_field("type", "socket")?;
+        out.serialize_field("netns", &r.netns)?;
+        out.serialize_field("proto", &r.proto)?;
+        out.serialize_field("family", &r.family)?;
+        out.serialize_field("laddr", &r.laddr)?;
+        out.serialize_field("lport", &r.lport)?;
+        out.serialize_field("raddr", &r.raddr)?;
+        out.serialize_field("rport", &r.rport)?;
+        out.serialize_field("state", &r.state)?;
+        out.serialize_field("pid", &r.pid)?;
+        out.serialize_field("comm", &r.comm)?;
+        out.serialize_field("owners", &r.owners)?;
+        out.serialize_field("class", &r.class)?;
+        out.serialize_field("lport_class", r.lport_class)?;
+        out.serialize_field("lport_service", &self.lport_service)?;
+        out.serialize_field("rport_service", &self.rport_service)?;
+        out.serialize_field("ephemeral", &r.ephemeral)?;
+        out.serialize_field("lport_in_ephemeral_range", &r.lport_in_ephemeral_range)?;
+        out.serialize_field(
+            "lport_in_iana_dynamic_range",
+            &r.lport_in_iana_dynamic_range,
+        )?;
+        out.serialize_field("listening", &r.listening)?;
+        out.serialize_field("accepted", &r.accepted)?;
+        out.serialize_field("from_snapshot", &r.from_snapshot)?;
+        out.end()
+    }
+}
+
+/// A `remote` record: a group of connections to one remote endpoint, its port's service
+/// next to its class.
+struct RemoteRecord<'a> {
+    group: &'a RemoteGroup,
+    rport_service: Option<&'static str>,
+}
+
+impl Serialize for RemoteRecord<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let g = self.group;
+        let mut out = s.serialize_struct("RemoteRecord", 10)?;
+        out.serialize_field("type", "remote")?;
+        out.serialize_field("netns", &g.netns)?;
+        out.serialize_field("proto", &g.proto)?;
+        out.serialize_field("raddr", &g.raddr)?;
+        out.serialize_field("rport", &g.rport)?;
+        out.serialize_field("rport_class", g.rport_class)?;
+        out.serialize_field("rport_service", &self.rport_service)?;
+        out.serialize_field("connections", &g.connections)?;
+        out.serialize_field("local_ports", &g.local_ports)?;
+        out.serialize_field("locals", &g.locals)?;
+        out.end()
+    }
+}
+
+/// JSON lines: a `remote` record per group.
+pub fn write_groups_json(
+    out: &mut impl Write,
+    groups: &[RemoteGroup],
+    names: PortNames,
+) -> io::Result<()> {
+    for group in groups {
+        let record = RemoteRecord {
+            group,
+            rport_service: names(group.rport, group.proto),
+        };
+        crate::text::json::to_writer(&mut *out, &record)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// JSON lines: a `socket` record per row, then `ephemeral_range` and `ephemeral` usage records.
@@ -203,7 +274,6 @@ pub fn write_json(
 ) -> io::Result<()> {
     for row in rows {
         let record = SocketRecord {
-            record: "socket",
             row,
             lport_service: names(row.lport, row.proto),
             rport_service: (row.rport != 0)
