@@ -4,7 +4,8 @@
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use super::story_steps::{error_text, listening_text, step_text};
-use crate::model::story::{CallError, Listening, Side, Step};
+use crate::model::nat::{NatKind, NatSource};
+use crate::model::story::{CallError, Listening, Role, Side, Step};
 use crate::model::types::{Endpoint, EventKind, Family, Proto, SockState, TcpState};
 
 macro_rules! by_name {
@@ -18,6 +19,34 @@ macro_rules! by_name {
 }
 
 by_name!(EventKind, Family, Proto, SockState, TcpState);
+
+impl Serialize for NatKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for NatSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            NatSource::Ebpf => "ebpf",
+            NatSource::Conntrack => "conntrack",
+        })
+    }
+}
+
+/// A story's role: `listener`, `accepted`, `client`, `udp`, `unused`.
+impl Serialize for Role {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Role::Listener => "listener",
+            Role::Accepted => "accepted",
+            Role::Client => "client",
+            Role::Udp => "udp",
+            Role::Unused => "unused",
+        })
+    }
+}
 
 impl Serialize for Side {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

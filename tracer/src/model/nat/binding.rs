@@ -43,8 +43,7 @@ impl std::fmt::Display for Endpoints {
 }
 
 /// Which translations a binding carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NatKind {
     Snat,
     Dnat,
@@ -62,8 +61,7 @@ impl NatKind {
 }
 
 /// Where a binding came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NatSource {
     /// The netfilter eBPF programs (counters available).
     Ebpf,

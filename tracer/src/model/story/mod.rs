@@ -18,8 +18,7 @@ mod step;
 pub use step::{CallError, Listening, Step, StepDetail, StepKind};
 
 /// What a socket turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Listener,
     Accepted,
