@@ -230,7 +230,7 @@ pub struct StoryBook {
     settling: Vec<(u64, usize)>,
     /// Stories of sockets that predate the trace and no live event has named yet.
     unnamed: Vec<usize>,
-    /// Names ports by their service in the step text (`output::services` on a real run).
+    /// Names ports by their service in the steps and listening ports (`output::services` on a real run).
     names: Names,
 }
 
@@ -239,7 +239,7 @@ pub struct StoryBook {
 const SETTLE_NS: u64 = 100_000_000;
 
 impl StoryBook {
-    /// A book whose step text names ports by their service through `names`.
+    /// A book whose steps name ports by their service through `names`.
     pub fn with_names(names: PortNames) -> Self {
         StoryBook {
             names: Names(names),
