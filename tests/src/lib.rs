@@ -454,3 +454,70 @@ pub fn as_nobody(program: &str) -> Command {
     ]);
     c
 }
+
+/// The two kernel paths `watch` and `serve` take: socket hooks (the default) and syscall
+/// tracepoints (`--syscalls`). Every expectation both can meet is checked on both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooks {
+    Sockets,
+    Syscalls,
+}
+
+impl Hooks {
+    pub const BOTH: [Hooks; 2] = [Hooks::Sockets, Hooks::Syscalls];
+
+    /// `tracer watch --json ARGS` on this path.
+    pub fn watch(self, args: &[&str]) -> Tracer {
+        let mut all = args.to_vec();
+        if self == Hooks::Syscalls {
+            all.push("--syscalls");
+        }
+        Tracer::watch(&all)
+    }
+
+    pub fn syscalls(self) -> bool {
+        self == Hooks::Syscalls
+    }
+
+    /// The event that ends a socket's use: close(2), or (socket path) the socket's release.
+    pub fn end(self) -> &'static str {
+        match self {
+            Hooks::Sockets => "release",
+            Hooks::Syscalls => "close",
+        }
+    }
+
+    /// A UDP datagram sent or received with an address: the syscall path names the call
+    /// (sendto/recvfrom), the socket path the kernel's one entry for all of them.
+    pub fn send(self) -> &'static str {
+        match self {
+            Hooks::Sockets => "sendmsg",
+            Hooks::Syscalls => "sendto",
+        }
+    }
+
+    pub fn recv(self) -> &'static str {
+        match self {
+            Hooks::Sockets => "recvmsg",
+            Hooks::Syscalls => "recvfrom",
+        }
+    }
+
+    /// What an event says of its fd and return value: the syscall's on that path, nothing
+    /// (null, never made up) from a socket hook.
+    pub fn check_call(self, e: &Value, fd: &Value, ret: i64) {
+        match self {
+            Hooks::Syscalls => {
+                assert_eq!(&e["fd"], fd, "{e}");
+                assert_eq!(e["ret"], ret, "{e}");
+            }
+            Hooks::Sockets => {
+                assert!(e["fd"].is_null(), "a socket hook knows no fd: {e}");
+                assert!(
+                    e["ret"].is_null(),
+                    "a socket hook knows no return value: {e}"
+                );
+            }
+        }
+    }
+}

@@ -228,8 +228,10 @@ fn serve_counts_in_the_kernel_what_watch_sees_as_events() {
     if !prerequisites("serve_counts_in_the_kernel_what_watch_sees_as_events") {
         return;
     }
-    let port = free_port().to_string();
-    serve_matches_watch(&["--port", &port], "127.0.0.1", &port, "ipv4");
+    for path in Hooks::BOTH {
+        let port = free_port().to_string();
+        serve_matches_watch(&["--port", &port], "127.0.0.1", &port, "ipv4", path);
+    }
 }
 
 /// The same without a port or namespace filter, the default `serve`, where a counted
@@ -240,15 +242,21 @@ fn serve_counts_unfiltered_transitions_in_the_kernel() {
     if !prerequisites("serve_counts_unfiltered_transitions_in_the_kernel") {
         return;
     }
-    let port = free_port().to_string();
-    serve_matches_watch(&["--ipv6"], "::1", &port, "ipv6");
+    for path in Hooks::BOTH {
+        let port = free_port().to_string();
+        serve_matches_watch(&["--ipv6"], "::1", &port, "ipv6", path);
+    }
 }
 
-/// Runs `serve FILTER` and `watch FILTER` side by side over 300 connections to `ip`:`port` and
-/// holds serve's counters to watch's events.
-fn serve_matches_watch(filter: &[&str], ip: &str, port: &str, family: &str) {
-    let serve = Serve::start(filter);
-    let watch = Tracer::watch(filter);
+/// Runs `serve FILTER` and `watch FILTER` side by side, both on `path`, over 300 connections
+/// to `ip`:`port` and holds serve's counters to watch's events.
+fn serve_matches_watch(filter: &[&str], ip: &str, port: &str, family: &str, path: Hooks) {
+    let mut args = filter.to_vec();
+    if path.syscalls() {
+        args.push("--syscalls");
+    }
+    let serve = Serve::start(&args);
+    let watch = path.watch(filter);
     let n = 300u64;
     let mut load = Driver::spawn(&["tcp-count", ip, &n.to_string(), port]);
     load.go();
@@ -267,7 +275,7 @@ fn serve_matches_watch(filter: &[&str], ip: &str, port: &str, family: &str) {
         "watch saw {states} transitions for {n} connections"
     );
     let counted = |series: &str| sample(&text, series);
-    for event in ["state", "close"] {
+    for event in ["state", path.end(), "connect", "accept"] {
         assert_eq!(
             counted(&format!(
                 "tracer_socket_events_total{{event=\"{event}\",family=\"{family}\",proto=\"tcp\"}}"
@@ -277,7 +285,7 @@ fn serve_matches_watch(filter: &[&str], ip: &str, port: &str, family: &str) {
         );
     }
     assert!(
-        seen("close") > 2 * n,
+        seen(path.end()) > 2 * n,
         "client, accepted and listening sockets closed"
     );
     for from in [
@@ -318,18 +326,20 @@ fn serve_counts_udp_calls_in_the_kernel() {
     if !prerequisites("serve_counts_udp_calls_in_the_kernel") {
         return;
     }
+    for path in Hooks::BOTH {
+        serve_counts_udp_calls_on(path);
+    }
+}
+
+fn serve_counts_udp_calls_on(path: Hooks) {
     let netns = TestNetns::new("mudp");
-    let serve = Serve::start(&["--netns", &netns.name]);
-    let watch = Tracer::watch(&["--netns", &netns.name]);
-    let load = sockdriver_bin().with_file_name("loadgen");
-    let status = Command::new("ip")
-        .args(["netns", "exec", &netns.name])
-        .arg(&load)
-        .args(["udp", "1", "1", "2000"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let mut args = vec!["--netns", &netns.name];
+    if path.syscalls() {
+        args.push("--syscalls");
+    }
+    let serve = Serve::start(&args);
+    let watch = path.watch(&["--netns", &netns.name]);
+    udp_round_trips_in(&netns.name);
     std::thread::sleep(Duration::from_millis(1000));
     let text = serve.metrics();
     let (_, records) = watch.stop_with(libc::SIGINT);
@@ -353,6 +363,19 @@ fn serve_counts_udp_calls_in_the_kernel() {
         "serve processed {processed} records for {calls} UDP calls"
     );
     assert_eq!(sample(&text, "tracer_events_lost_total"), 0);
+}
+
+/// About 2,000 UDP request/response round trips (one second, paced) inside `netns`.
+fn udp_round_trips_in(netns: &str) {
+    let load = sockdriver_bin().with_file_name("loadgen");
+    let status = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(&load)
+        .args(["udp", "1", "1", "2000"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// The sum of a metric's samples whose labels contain `label` (`name="value"`).
@@ -645,4 +668,88 @@ fn overflow_is_counted_and_counters_stay_exact() {
         ) > before
     });
     assert_eq!(sample(&serve.metrics(), series), 305);
+}
+
+/// The socket path (the default) and the syscall path (`--syscalls`), side by side on the same
+/// traffic in one namespace — TCP connections, refused connects, binds, UDP datagrams — count
+/// the same: sockets made, binds, listens, TCP connects, accepts, releases, every TCP
+/// transition, refused connects, datagrams sent and received.
+#[test]
+fn socket_and_syscall_paths_count_the_same() {
+    if !prerequisites("socket_and_syscall_paths_count_the_same") {
+        return;
+    }
+    let netns = TestNetns::new("paths");
+    let sockets = Serve::start(&["--netns", &netns.name]);
+    let syscalls = Serve::start(&["--netns", &netns.name, "--syscalls"]);
+    let mut traffic = Driver::spawn_in_netns(
+        &netns.name,
+        &["metrics-traffic", "127.0.0.1", "100", "10", "5"],
+    );
+    traffic.go();
+    traffic.report();
+    traffic.wait();
+    udp_round_trips_in(&netns.name);
+    // The last transitions (TIME_WAIT hand-offs, the listener's close) follow the driver.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (by_sockets, by_syscalls) = (sockets.metrics(), syscalls.metrics());
+    let both = |series: &str| (sample(&by_sockets, series), sample(&by_syscalls, series));
+    for event in ["socket", "bind", "listen", "accept", "release"] {
+        for proto in ["tcp", "udp"] {
+            let series = format!(
+                "tracer_socket_events_total{{event=\"{event}\",family=\"ipv4\",proto=\"{proto}\"}}"
+            );
+            let (a, b) = both(&series);
+            assert_eq!(a, b, "{series}: socket path {a}, syscall path {b}");
+        }
+    }
+    let (a, b) =
+        both("tracer_socket_events_total{event=\"connect\",family=\"ipv4\",proto=\"tcp\"}");
+    assert_eq!(a, b, "TCP connects");
+    assert!(a >= 110, "100 connections and 10 refused: {a}");
+    let transitions = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("tracer_tcp_state_transitions_total{")
+                    || l.starts_with("tracer_connect_errors_total{")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        transitions(&by_sockets),
+        transitions(&by_syscalls),
+        "TCP transitions and connect errors"
+    );
+    // A datagram with an address: sendto/recvfrom on one path, sendmsg/recvmsg on the other.
+    let udp = |text: &str, calls: &[&str]| -> u64 {
+        calls
+            .iter()
+            .map(|c| {
+                sample(
+                    text,
+                    &format!(
+                        "tracer_socket_events_total{{event=\"{c}\",family=\"ipv4\",proto=\"udp\"}}"
+                    ),
+                )
+            })
+            .sum()
+    };
+    let sends = (
+        udp(&by_sockets, &["sendmsg"]),
+        udp(&by_syscalls, &["sendto", "sendmsg"]),
+    );
+    let receives = (
+        udp(&by_sockets, &["recvmsg"]),
+        udp(&by_syscalls, &["recvfrom", "recvmsg"]),
+    );
+    assert_eq!(sends.0, sends.1, "UDP sends");
+    assert_eq!(receives.0, receives.1, "UDP receives");
+    assert!(
+        sends.0 >= 2 * 1000,
+        "about 2,000 round trips, two sends each: {sends:?}"
+    );
+    for text in [&by_sockets, &by_syscalls] {
+        assert_eq!(sample(text, "tracer_events_lost_total"), 0);
+    }
 }

@@ -23,7 +23,8 @@ fn odd_and_hostile_inputs() {
     }
     let mut driver = Driver::spawn(&["hostile", "127.0.0.1"]);
     let pid = driver.pid as u64;
-    let mut tracer = Tracer::watch(&["--pid", &driver.pid.to_string()]);
+    // Fds, dup2 and the sockaddrs a call passed are what this tests: the syscall path's.
+    let mut tracer = Hooks::Syscalls.watch(&["--pid", &driver.pid.to_string()]);
     driver.go();
     let r = driver.report();
     driver.wait();

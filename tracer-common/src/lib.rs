@@ -45,6 +45,9 @@ pub mod flag {
     /// An accept whose enter was missed (the caller was already blocked in accept when tracing
     /// started): the listening fd is unknown.
     pub const ENTER_MISSED: u8 = 1 << 5;
+    /// From a socket hook (the socket path), not a syscall: no fd and no return value are
+    /// known (`fd` is -1, `ret` 0). Owner fields are meaningful only with OWNER_IN_CONTEXT.
+    pub const FROM_HOOK: u8 = 1 << 6;
 }
 
 /// Index of the counters in the `COUNTERS` per-CPU array.
@@ -269,6 +272,10 @@ pub struct KernelOffsets {
     /// leader's), which `ps` and `ss` show, beside the calling thread's own.
     pub task_group_leader: u32,
     pub task_comm: u32,
+    /// `sock.sk_userlocks` (a byte; `SOCK_BINDPORT_LOCK` = the caller named the port) and
+    /// `sock.sk_max_ack_backlog` (a listener's backlog in effect), for the socket path.
+    pub sk_userlocks: u32,
+    pub sk_max_ack_backlog: u32,
 }
 
 /// What the kernel side filters before an event reaches the ring buffer. Zero means "any".

@@ -77,3 +77,25 @@ unsafe impl Plain for i32 {}
 unsafe impl Plain for i64 {}
 // SAFETY: an array of plain values has no padding and no invalid values.
 unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
+
+/// A socket pointer a program was handed typed (`bpf_sock_addr.sk`, `bpf_sock_ops.sk`), as a
+/// plain address for the probe reads: the verifier refuses arithmetic on such a pointer
+/// (`base + offset`), so the address is copied out of a stack slot by a probe read, which the
+/// verifier sees as a number. Privileged programs only (pointer values may leave the pointer
+/// type); the address is only ever handed to probe reads, never dereferenced.
+#[inline(always)]
+pub fn address_of<T>(ptr: *const T) -> u64 {
+    use core::ffi::c_void;
+    let slot: u64 = core::hint::black_box(ptr as u64);
+    let mut out: u64 = 0;
+    // SAFETY: both pointers are this frame's own 8-byte stack slots; the helper copies 8 bytes
+    // from one to the other and fails cleanly (out stays 0) if it cannot.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            &mut out as *mut u64 as *mut c_void,
+            8,
+            &slot as *const u64 as *const c_void,
+        )
+    };
+    out
+}

@@ -325,7 +325,8 @@ fn threads_parked_in_accept_do_not_starve_other_processes() {
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut tracer = Tracer::watch(&["--port", &port.to_string()]);
+    // Pending calls are the syscall path's (the socket path keeps none).
+    let mut tracer = Hooks::Syscalls.watch(&["--port", &port.to_string()]);
     let mut parked = as_nobody("/usr/bin/python3")
         .args(["-c", PARKED_THREADS, "17000"])
         .stdin(Stdio::piped())

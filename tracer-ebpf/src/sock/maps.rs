@@ -44,6 +44,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     tp_data_flags: 0,
     task_group_leader: 0,
     task_comm: 0,
+    sk_userlocks: 0,
+    sk_max_ack_backlog: 0,
 };
 
 /// What the kernel side filters before an event reaches the ring (user space overrides this
@@ -84,6 +86,17 @@ pub static FILTER_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192,
 /// out is counted (`counter::DATA_INSERTED`/`DATA_REMOVED`).
 #[map]
 pub static DATA: LruHashMap<u64, DataTotals> = LruHashMap::with_max_entries(65536, 0);
+
+/// Socket path: the port a thread's bind asked for (`cgroup/bind4|6`), read by the post-bind
+/// hook of the same call to tell a kernel-chosen port (asked 0) from a named one. LRU: a bind
+/// the kernel refused leaves its entry behind until pushed out.
+#[map]
+pub static BIND_PORTS: LruHashMap<u64, u16> = LruHashMap::with_max_entries(4096, 0);
+
+/// Socket path, `serve`: UDP sockets with a kernel-chosen port already reported once (after
+/// that their datagrams are only counted). Removed at release; LRU.
+#[map]
+pub static REPORTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// A syscall between its enter and exit: the event as far as the enter knew it, and what the
 /// exit needs to finish it.

@@ -13,7 +13,7 @@ use crate::{
     data::data_record,
     emit::{count, wakeup},
     filter::{fill_names, process_selected, socket_selected},
-    maps::{bump, DATA},
+    maps::{bump, DATA, REPORTED},
     sk::{fill_from_sock, SkCommon},
 };
 
@@ -27,19 +27,24 @@ pub fn sock_release(ctx: SockContext) -> i32 {
         && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
     {
         // The context is the `struct sock` itself: read its endpoints like any other socket.
-        let _ = try_release(sock as u64);
+        let _ = try_release(sock as u64, protocol);
     }
     1 // always allow (the kernel ignores this verdict for sock_release anyway)
 }
 
 #[inline(always)]
-fn try_release(sk: u64) -> Option<()> {
+fn try_release(sk: u64, protocol: u8) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !process_selected((pid_tgid >> 32) as u32) {
         return None;
     }
     let mut common = SkCommon::empty();
     common.load(sk)?;
+    if filt!(metrics_only) != 0 && protocol == IPPROTO_UDP {
+        // The socket path's "already reported" mark must not outlive the socket (its
+        // address is soon another socket's).
+        let _ = REPORTED.remove(sk);
+    }
     // SAFETY: the totals are copied out at once; a concurrent add can at worst be missed
     // (it would have come after the release anyway).
     if let Some(totals) = unsafe { DATA.get(sk) } {

@@ -2,7 +2,9 @@
 //! so the task on the CPU is the socket's owner only when it is inside a syscall on that very
 //! socket (its `PENDING` record says so); user space attributes the rest through its table.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracer_common::{counter, flag, kind, tcp_state, SockEvent, IPPROTO_TCP};
 use tracer_ebpf::{
@@ -15,7 +17,7 @@ use tracer_ebpf::{
 
 use crate::{
     emit::{count_state, wakeup},
-    filter::selected,
+    filter::{process_comm, selected},
     maps::{bump, PENDING},
     sk::{addresses, netns_of, protocol_and_type, SkCommon},
 };
@@ -134,14 +136,16 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
         raddr,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let owner = owner_in_context(pid_tgid, sk);
+    let owner = owner_in_context(pid_tgid, sk, old, new);
     send(&transition, &owner, pid_tgid)
 }
 
 /// Whoever is on the CPU (often softirq) is only the owner when this thread is inside a
-/// syscall on this very socket (connect, listen, close …).
+/// syscall on this very socket (connect, listen, close …), or when the transition itself
+/// happens only inside its owner's call: CLOSE → SYN_SENT (connect, a fast-open send) and
+/// CLOSE → LISTEN (listen). The socket path has no syscall records: those two tell it.
 #[inline(always)]
-fn owner_in_context(pid_tgid: u64, sk: u64) -> Owner {
+fn owner_in_context(pid_tgid: u64, sk: u64, old: u8, new: u8) -> Owner {
     let mut owner = Owner {
         flags: 0,
         uid: 0,
@@ -157,7 +161,19 @@ fn owner_in_context(pid_tgid: u64, sk: u64) -> Owner {
             owner.uid = pending.ev.uid;
             owner.comm = get16(&pending.ev.comm);
             owner.thread = get16(&pending.ev.thread);
+            return owner;
         }
+    }
+    if old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN) {
+        let mut comm = [0u8; 16];
+        process_comm(&mut comm);
+        owner.flags = flag::OWNER_IN_CONTEXT;
+        owner.uid = bpf_get_current_uid_gid() as u32;
+        owner.comm = get16(&comm);
+        owner.thread = match bpf_get_current_comm() {
+            Ok(thread) => get16(&thread),
+            Err(_) => [0; 2],
+        };
     }
     owner
 }

@@ -6,6 +6,7 @@ use tracer_common::{KernelFilter, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, M
 use super::*;
 use crate::error::{Error, Result};
 use crate::model::ports::RowFilter;
+pub use crate::model::types::KernelPath;
 
 impl WatchNatArgs {
     fn validate(self) -> Result<Option<(NatTargets, NatSourceChoice)>> {
@@ -238,6 +239,9 @@ pub struct WatchConfig {
     pub nat_max_netns: usize,
     /// `--record`: the capture to write.
     pub record: Option<std::path::PathBuf>,
+    /// Socket hooks (the default) or syscall tracepoints (`--syscalls`, or events only
+    /// syscalls give).
+    pub path: KernelPath,
 }
 
 impl WatchArgs {
@@ -263,6 +267,10 @@ impl ServeArgs {
         Ok(config)
     }
 }
+
+/// Events only the syscall path reports: the socket path sees no close(2) or shutdown(2),
+/// and names every UDP datagram with an address sendmsg/recvmsg, whichever call made it.
+pub const SYSCALL_ONLY: &[&str] = &["close", "shutdown", "sendto", "recvfrom"];
 
 impl FilterArgs {
     /// The kernel filter and the rest of a watch configuration (output options at defaults).
@@ -304,6 +312,11 @@ impl FilterArgs {
         filter.udp_data = u8::from(wants_udp_data && filter.protocol != IPPROTO_TCP);
         let ringbuf_bytes = ringbuf_bytes(self.ringbuf_kib)?;
         let duration = duration(self.duration)?;
+        let path = if self.syscalls || events.iter().any(|e| SYSCALL_ONLY.contains(&e.as_str())) {
+            KernelPath::Syscalls
+        } else {
+            KernelPath::Sockets
+        };
         Ok(WatchConfig {
             output: OutputOptions {
                 json: false,
@@ -323,6 +336,7 @@ impl FilterArgs {
             nat_max_netns: DEFAULT_MAX_NETNS,
             nat: None,
             record: None,
+            path,
         })
     }
 }

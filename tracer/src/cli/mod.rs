@@ -216,6 +216,11 @@ pub struct FilterArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
+    /// Take socket events from syscall tracepoints (every fd, return value and close, at a
+    /// cost to every syscall on the machine) instead of socket hooks. Implied by --events
+    /// close, shutdown, sendto or recvfrom.
+    #[arg(long)]
+    pub syscalls: bool,
 }
 
 #[derive(Debug, Args)]

@@ -46,7 +46,12 @@ pub fn run() -> Result<()> {
     checks.extend(tracepoints());
     let missing_needed = print(&mut out, &checks).map_err(io_err)?;
     if missing_needed == 0 && offsets_resolved {
-        writeln!(out, "\ntracer watch can run on this kernel.").map_err(io_err)?;
+        writeln!(
+            out,
+            "\ntracer watch can run on this kernel: watch and serve take the socket path \
+             (socket hooks), --syscalls and trace the syscall path (syscall tracepoints)."
+        )
+        .map_err(io_err)?;
         Ok(())
     } else {
         Err(crate::error::Error::Invalid(format!(
@@ -66,7 +71,7 @@ fn program_types() -> Vec<Check> {
             "tracepoint programs",
             probe(ProgramType::TracePoint),
             true,
-            "socket syscalls",
+            "syscall path: watch --syscalls, trace, ports --live, nat flows",
         ),
         Check::new(
             "raw tracepoint programs",
@@ -90,9 +95,20 @@ fn program_types() -> Vec<Check> {
             "cgroup sock programs",
             probe(ProgramType::CgroupSock),
             true,
-            "sock_release: when a socket is freed",
+            "socket made, bound, released (release: both paths)",
         ),
-        Check::new("sock_ops programs", probe(ProgramType::SockOps), false, ""),
+        Check::new(
+            "cgroup sock_addr programs",
+            probe(ProgramType::CgroupSockAddr),
+            true,
+            "socket path: binds asked, UDP datagrams with an address",
+        ),
+        Check::new(
+            "sock_ops programs",
+            probe(ProgramType::SockOps),
+            true,
+            "socket path: connect (the kernel's port), listen, handshakes done",
+        ),
         Check::new(
             "netfilter programs",
             probe(ProgramType::Netfilter),

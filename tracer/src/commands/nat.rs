@@ -11,7 +11,7 @@ use crate::{
     commands::{resolve, watch::nat_source},
     error::Result,
     kernel::{
-        loader::{LoadOptions, SockProbes},
+        loader::{KernelPath, LoadOptions, SockProbes},
         nat_watch::{NatPlaces, NatWatch},
         prereq,
         snapshot::Scope,
@@ -116,6 +116,9 @@ fn flow_probes(ringbuf_bytes: u32) -> Result<SockProbes> {
         pids: Vec::new(),
         ringbuf_bytes,
         data: false,
+        // Flows stitch a process's calls to its translated tuple; the socket path would do
+        // (issue 16 left nat on the path it was tested with).
+        path: KernelPath::Syscalls,
     })
 }
 

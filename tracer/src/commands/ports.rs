@@ -18,7 +18,7 @@ use crate::{
     commands::resolve,
     error::{Error, Result},
     kernel::{
-        loader::{LoadOptions, SockProbes},
+        loader::{KernelPath, LoadOptions, SockProbes},
         netns, prereq,
         snapshot::{self, Scope},
     },
@@ -175,6 +175,9 @@ async fn live(plan: PortsPlan) -> Result<()> {
         pids: Vec::new(),
         ringbuf_bytes: 4 << 20,
         data: false,
+        // The live view names the worker that accept()ed a connection (as `ss` does): only
+        // the syscall path sees accept() in the accepting process.
+        path: KernelPath::Syscalls,
     })?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = std::sync::Arc::new(probes.take_counters()?);

@@ -25,7 +25,7 @@ use crate::{
     commands::resolve::{self, RunAs},
     error::{Error, Result},
     kernel::{
-        loader::{KernelCounters, LoadOptions, SockProbes},
+        loader::{KernelCounters, KernelPath, LoadOptions, SockProbes},
         prereq,
         snapshot::{self, Scope},
     },
@@ -294,6 +294,8 @@ fn load(
         pids: pids.to_vec(),
         ringbuf_bytes: 8 << 20,
         data: true,
+        // A story names every call, its fd and return value: only syscalls say those.
+        path: KernelPath::Syscalls,
     });
     match loaded {
         Ok(probes) => Ok((probes, launched)),

@@ -171,6 +171,7 @@ fn attach(
         pids: plan.pids.clone(),
         ringbuf_bytes: config.ringbuf_bytes,
         data: false,
+        path: config.path,
     })?;
     let nat = match (nat_places, &config.nat) {
         (Some(places), Some((_, choice))) => Some(NatWatch::start(

@@ -6,8 +6,9 @@ use std::os::fd::AsFd;
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        cgroup_sock::CgroupSockLink, raw_trace_point::RawTracePointLink,
-        trace_point::TracePointLink, CgroupAttachMode, CgroupSock, RawTracePoint, TracePoint,
+        cgroup_sock::CgroupSockLink, cgroup_sock_addr::CgroupSockAddrLink,
+        raw_trace_point::RawTracePointLink, sock_ops::SockOpsLink, trace_point::TracePointLink,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, RawTracePoint, SockOps, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -15,6 +16,7 @@ use tracer_common::{counter, DataTotals, KernelFilter, KernelOffsets};
 
 use crate::error::{Error, Result};
 use crate::kernel::{btf::KernelBtf, prereq, tracefs};
+pub use crate::model::types::KernelPath;
 
 static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-sock"));
 
@@ -33,6 +35,11 @@ const SYSCALLS: &[&str] = &[
 /// The UDP data-path syscalls, attached only when UDP send/recv events are wanted.
 const UDP_SYSCALLS: &[&str] = &["sendto", "recvfrom", "sendmsg", "recvmsg"];
 
+/// The socket path's cgroup programs: (program name, what it is attached as).
+const SOCKET_HOOKS: &[&str] = &["sock_create", "bind4", "bind6", "post_bind4", "post_bind6"];
+/// The UDP datagram hooks, attached only when UDP send/recv events are wanted.
+const UDP_HOOKS: &[&str] = &["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6"];
+
 /// What the agent asks the kernel side to do.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -40,6 +47,8 @@ pub struct LoadOptions {
     /// Seed of the `--pid` set (the process and its descendants at start).
     pub pids: Vec<u32>,
     pub ringbuf_bytes: u32,
+    /// Socket hooks or syscall tracepoints.
+    pub path: KernelPath,
     /// Also sum each socket's sent and received bytes (`sock:sock_send_length` /
     /// `sock_recv_length`), delivered as DATA events at release. For `tracer trace`.
     pub data: bool,
@@ -63,6 +72,8 @@ struct Links {
     tracepoints: Vec<TracePointLink>,
     raw: Vec<RawTracePointLink>,
     cgroup: Vec<CgroupSockLink>,
+    addr: Vec<CgroupSockAddrLink>,
+    ops: Vec<SockOpsLink>,
 }
 
 impl Drop for Links {
@@ -70,6 +81,9 @@ impl Drop for Links {
         let tracepoints = std::mem::take(&mut self.tracepoints);
         let raw = std::mem::take(&mut self.raw);
         let cgroup = std::mem::take(&mut self.cgroup);
+        // Cgroup links detach at once (no RCU wait): dropped here, in order.
+        self.addr.clear();
+        self.ops.clear();
         std::thread::scope(|scope| {
             for link in tracepoints {
                 scope.spawn(move || drop(link));
@@ -112,7 +126,21 @@ impl SockProbes {
 
         let mut attached = Vec::new();
         let mut links = Links::default();
-        attach_syscalls(&mut ebpf, &mut links, &mut attached, &opts.filter)?;
+        match opts.path {
+            KernelPath::Syscalls => {
+                attach_syscalls(&mut ebpf, &mut links, &mut attached, &opts.filter)?
+            }
+            KernelPath::Sockets => {
+                if offsets.0.sk_userlocks == 0 || offsets.0.sk_max_ack_backlog == 0 {
+                    return Err(Error::BtfMissing(
+                        "plain struct sock.sk_userlocks and sk_max_ack_backlog for the socket \
+                         path (Linux 5.15+); use --syscalls"
+                            .into(),
+                    ));
+                }
+                attach_socket_hooks(&mut ebpf, &mut links, &mut attached, &opts.filter)?
+            }
+        }
         {
             let name = "inet_sock_set_state";
             let program: &mut RawTracePoint = program(&mut ebpf, name)?;
@@ -369,6 +397,53 @@ fn attach_syscalls(
     Ok(())
 }
 
+/// The socket path: cgroup socket programs and `sock_ops` on the cgroup v2 root (the UDP
+/// datagram hooks only when UDP send/recv events are selected).
+fn attach_socket_hooks(
+    ebpf: &mut aya::Ebpf,
+    links: &mut Links,
+    attached: &mut Vec<String>,
+    filter: &KernelFilter,
+) -> Result<()> {
+    let cgroup = prereq::cgroup2_root()?;
+    let cgroup_file = std::fs::File::open(&cgroup)
+        .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
+    let udp: &[&str] = if filter.udp_data != 0 { UDP_HOOKS } else { &[] };
+    for &name in SOCKET_HOOKS.iter().chain(udp) {
+        if name == "sock_create" || name.starts_with("post_bind") {
+            let program: &mut CgroupSock = program(ebpf, name)?;
+            program.load().map_err(prog_err(name))?;
+            let link = program
+                .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
+            links
+                .cgroup
+                .push(program.take_link(link).map_err(prog_err(name))?);
+        } else {
+            let program: &mut CgroupSockAddr = program(ebpf, name)?;
+            program.load().map_err(prog_err(name))?;
+            let link = program
+                .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
+            links
+                .addr
+                .push(program.take_link(link).map_err(prog_err(name))?);
+        }
+        attached.push(format!("cgroup/{name}"));
+    }
+    let name = "tcp_ops";
+    let program: &mut SockOps = program(ebpf, name)?;
+    program.load().map_err(prog_err(name))?;
+    let link = program
+        .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
+        .map_err(prog_err(name))?;
+    links
+        .ops
+        .push(program.take_link(link).map_err(prog_err(name))?);
+    attached.push(format!("sockops/{name} on {}", cgroup.display()));
+    Ok(())
+}
+
 /// `sock_release` on the cgroup v2 root, through a bpf_link: multi-attach semantics, so other
 /// cgroup programs are unaffected. Returns the hook's name.
 fn attach_release(ebpf: &mut aya::Ebpf, links: &mut Links) -> Result<String> {
@@ -434,6 +509,14 @@ fn attach_tracepoint(
         .tracepoints
         .push(tp.take_link(link).map_err(prog_err(name))?);
     Ok(())
+}
+
+/// A member's offset if it is a plain field of `size` bytes, else 0.
+fn sized(btf: &KernelBtf, strukt: &str, member: &str, size: usize) -> u32 {
+    match btf.member_size(strukt, member) {
+        Ok(n) if n == size => btf.offset(strukt, member).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Every offset the programs use: struct members from BTF, record fields from tracefs.
@@ -503,5 +586,9 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         tp_data_flags: data("flags", 4)?,
         task_group_leader: btf.offset("task_struct", "group_leader")?,
         task_comm: btf.offset("task_struct", "comm")?,
+        // The socket path's own: 0 (that path refuses to load) where they are not plain
+        // fields (`sk_userlocks` was a bitfield before Linux 5.15).
+        sk_userlocks: sized(btf, "sock", "sk_userlocks", 1),
+        sk_max_ack_backlog: sized(btf, "sock", "sk_max_ack_backlog", 4),
     })
 }

@@ -75,8 +75,9 @@ impl Scrape {
         }
     }
 
-    /// Counts a TCP transition the agent attributed to a followed process (the kernel counts
-    /// transitions itself only when no process filter is active).
+    /// Counts a TCP transition, or a socket hook's event from softirq (a connection completed
+    /// for a listener), that the agent attributed to a followed process (the kernel counts
+    /// those itself only when no process filter is active).
     pub fn count_state(&self, ev: &SockEvent) {
         use tracer_common::{stats, tcp_state};
         let bump = |i: u32| {
@@ -85,6 +86,9 @@ impl Scrape {
             }
         };
         bump(stats::event_index(ev.kind, ev.protocol, ev.family));
+        if ev.kind != tracer_common::kind::STATE {
+            return;
+        }
         bump(stats::TRANSITIONS + u32::from(ev.old_state & 15) * 16 + u32::from(ev.new_state & 15));
         if ev.old_state == tcp_state::SYN_SENT && ev.new_state == tcp_state::CLOSE && ev.sk_err > 0
         {

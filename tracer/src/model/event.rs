@@ -139,7 +139,8 @@ pub struct Event {
     pub lport: u16,
     pub raddr: IpAddr,
     pub rport: u16,
-    pub ret: i64,
+    /// The call's return value (None from a socket hook, which sees no call return).
+    pub ret: Option<i64>,
     pub errno: Option<String>,
     /// listen(2) backlog.
     pub backlog: Option<i64>,
@@ -181,6 +182,8 @@ impl Event {
             ev.lport
         };
         let (old_state, state) = states(ev);
+        // A socket hook's event: no fd, no return value, no byte count.
+        let hook = ev.flags & flag::FROM_HOOK != 0;
         let has_remote = ev.rport != 0 || ev.raddr != [0; 16];
         Event {
             record: "event",
@@ -199,17 +202,25 @@ impl Event {
             lport,
             raddr: ip(ev.family, &ev.raddr),
             rport: ev.rport,
-            ret: ev.ret,
-            errno: errno_name(ev.ret),
+            ret: (!hook).then_some(ev.ret),
+            errno: if hook {
+                None
+            } else if ev.kind == kind::STATE {
+                // A transition into CLOSE with the socket's pending error: a connect refused,
+                // reset or timed out (how the socket path sees a failed connect).
+                (ev.sk_err > 0)
+                    .then(|| errno_name(-i64::from(ev.sk_err)))
+                    .flatten()
+            } else {
+                errno_name(ev.ret)
+            },
             backlog: (ev.kind == kind::LISTEN).then_some(ev.arg),
             how: (ev.kind == kind::SHUTDOWN).then_some(match ev.arg {
                 0 => "SHUT_RD",
                 1 => "SHUT_WR",
                 _ => "SHUT_RDWR",
             }),
-            bytes: EventKind::from_number(ev.kind)
-                .is_transfer()
-                .then(|| ev.ret.max(0)),
+            bytes: (EventKind::from_number(ev.kind).is_transfer() && !hook).then(|| ev.ret.max(0)),
             old_state,
             state,
             lport_class: PortClass::of(lport).as_str(),
@@ -226,13 +237,19 @@ impl Event {
     }
 
     /// The call returned, or is a non-blocking connect still under way (EINPROGRESS).
+    /// The return value, 0 where none is known (a socket hook runs once the call took effect).
+    pub fn ret_or_zero(&self) -> i64 {
+        self.ret.unwrap_or(0)
+    }
+
     pub fn reached(&self) -> bool {
-        self.ret == 0 || self.in_progress()
+        // A socket hook runs once the call took effect.
+        self.ret.is_none_or(|ret| ret == 0) || self.in_progress()
     }
 
     /// A non-blocking connect returned EINPROGRESS: the handshake goes on.
     pub fn in_progress(&self) -> bool {
-        self.ret == -(libc::EINPROGRESS as i64)
+        self.ret == Some(-(libc::EINPROGRESS as i64))
     }
 
     /// The local end.
@@ -252,6 +269,9 @@ impl Event {
 
 /// The descriptor an event names: accept's new one, none for what the kernel did on its own.
 fn fd(ev: &SockEvent) -> Option<i32> {
+    if ev.flags & flag::FROM_HOOK != 0 {
+        return None;
+    }
     match ev.kind {
         kind::STATE | kind::RELEASE => None,
         kind::ACCEPT if ev.ret >= 0 => Some(ev.ret as i32),

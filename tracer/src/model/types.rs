@@ -366,6 +366,41 @@ impl SockKey {
     }
 }
 
+/// Where the socket events come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelPath {
+    /// cgroup socket programs and `sock_ops` at the cgroup v2 root: run only when a socket
+    /// does something, cost nothing to other syscalls; no fd, no return values, no close.
+    #[default]
+    Sockets,
+    /// Syscall tracepoints (enter/exit of socket, bind, listen, accept, connect, close …):
+    /// every fd and return value, at the price of every syscall on the machine taking the
+    /// kernel's slow tracing path.
+    Syscalls,
+}
+
+impl KernelPath {
+    /// Its one name (JSON `ready` records, `doctor`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Sockets => "sockets",
+            KernelPath::Syscalls => "syscalls",
+        }
+    }
+
+    /// The path a list of attached hooks took (as the ready record and captures list them):
+    /// None when it has no socket events (NAT alone).
+    pub fn of_hooks(hooks: &[String]) -> Option<Self> {
+        if hooks.iter().any(|h| h.starts_with("tracepoint/syscalls/")) {
+            Some(KernelPath::Syscalls)
+        } else if hooks.iter().any(|h| h.starts_with("cgroup/sock_create")) {
+            Some(KernelPath::Sockets)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

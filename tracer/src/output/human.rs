@@ -100,9 +100,20 @@ pub fn detail(e: &Event, names: PortNames) -> String {
                 e.old_state.map_or("?", TcpState::name),
                 e.state.map_or("?", TcpState::name)
             );
+            let never_sent = e.old_state == Some(TcpState::SynSent)
+                && e.state == Some(TcpState::Close)
+                && e.lport == 0
+                && e.errno.is_none();
+            if never_sent {
+                // What the socket path sees of a connect the kernel could give no port
+                // (EADDRNOTAVAIL on the syscall path).
+                d.push_str("ended before its SYN: no local port assigned ");
+            }
         }
         K::Sendto | K::Recvfrom | K::Sendmsg | K::Recvmsg if e.errno.is_none() => {
-            let _ = write!(d, "{} B ", e.bytes.unwrap_or(0));
+            if let Some(bytes) = e.bytes {
+                let _ = write!(d, "{bytes} B ");
+            }
         }
         _ => {}
     }
@@ -144,9 +155,17 @@ pub fn detail(e: &Event, names: PortNames) -> String {
 
 impl<W: Write, E: Write> Sink for HumanSink<W, E> {
     fn ready(&mut self, hooks: &[String]) -> io::Result<()> {
+        use crate::model::types::KernelPath;
+        let path = match KernelPath::of_hooks(hooks) {
+            Some(KernelPath::Sockets) => {
+                " on the socket path (--syscalls adds fds, return values and close)"
+            }
+            Some(KernelPath::Syscalls) => " on the syscall path",
+            None => "",
+        };
         writeln!(
             self.status,
-            "tracer: attached {} hooks; watching sockets (Ctrl-C to stop)",
+            "tracer: attached {} hooks{path}; watching sockets (Ctrl-C to stop)",
             hooks.len()
         )?;
         if self.header {

@@ -42,7 +42,12 @@ impl<W: Write> JsonSink<W> {
 
 impl<W: Write> Sink for JsonSink<W> {
     fn ready(&mut self, hooks: &[String]) -> io::Result<()> {
-        self.line(&json!({"type": "ready", "hooks": hooks}))?;
+        let mut ready = json!({"type": "ready", "hooks": hooks});
+        if let Some(path) = crate::model::types::KernelPath::of_hooks(hooks) {
+            // Which kernel path the socket events come from (none: NAT alone).
+            ready["path"] = path.name().into();
+        }
+        self.line(&ready)?;
         self.out.flush()
     }
 

@@ -52,7 +52,7 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, names: PortNames) {
     out.extend_from_slice(b",\"rport\":");
     int(out, e.rport);
     out.extend_from_slice(b",\"ret\":");
-    int(out, e.ret);
+    opt_int(out, e.ret);
     out.extend_from_slice(b",\"errno\":");
     opt_name(out, e.errno.as_deref());
     out.extend_from_slice(b",\"backlog\":");
@@ -240,7 +240,7 @@ mod tests {
             lport: 41234,
             raddr: "10.0.0.2".parse().unwrap(),
             rport: 80,
-            ret: -115,
+            ret: Some(-115),
             errno: Some("EINPROGRESS".into()),
             backlog: None,
             how: None,
@@ -285,7 +285,7 @@ mod tests {
             old_state: Some(TcpState::Listen),
             listener: Some("0xffff888100000000".into()),
             bad_sockaddr: true,
-            ret: i64::MIN,
+            ret: Some(i64::MIN),
             ..base()
         };
         assert_eq!(written(&unowned), reference(&unowned));
@@ -311,7 +311,7 @@ mod tests {
         fn any_comm_and_numbers_match(
             comm in "(?s).{0,16}",
             pid in any::<u32>(),
-            ret in any::<i64>(),
+            ret in any::<Option<i64>>(),
             ts in any::<u64>(),
             v4 in any::<[u8; 4]>(),
             v6 in any::<[u8; 16]>(),

@@ -11,7 +11,8 @@ pub struct LogSink;
 
 impl Sink for LogSink {
     fn ready(&mut self, hooks: &[String]) -> io::Result<()> {
-        tracing::info!(hooks = hooks.len(), "attached");
+        let path = crate::model::types::KernelPath::of_hooks(hooks).map_or("none", |p| p.name());
+        tracing::info!(hooks = hooks.len(), path, "attached");
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! tick, loss, ranges, gauges, warnings and the table's upkeep.
 use std::sync::Arc;
 
-use tracer_common::{kind, NatEvent, SockEvent};
+use tracer_common::{flag, kind, NatEvent, SockEvent};
 
 use super::{nat::NatStage, out_err, Flow, KernelInputs, Stage};
 use crate::{
@@ -97,7 +97,11 @@ impl WatchStage {
                 nat.socket(&raw, pid, || owner.map(|o| o.comm()).unwrap_or_default());
             }
             let allowed = self.filter.allows(&raw, &attribution);
-            if allowed && self.process_filter && raw.kind == kind::STATE {
+            // What ran outside its owner's context the kernel could not tell was selected:
+            // counted here, once attributed.
+            let unowned = raw.kind == kind::STATE
+                || (raw.flags & flag::FROM_HOOK != 0 && raw.flags & flag::OWNER_IN_CONTEXT == 0);
+            if allowed && self.process_filter && unowned {
                 if let Some(scrape) = &self.scrape {
                     scrape.count_state(&raw);
                 }

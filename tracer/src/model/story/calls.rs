@@ -23,7 +23,7 @@ impl StoryBook {
             self.name_predating(sk, e.laddr, e.lport, Some(e.rport));
         }
         match raw.kind {
-            kind::SOCKET if e.ret < 0 || sk == 0 => return,
+            kind::SOCKET if e.ret_or_zero() < 0 || sk == 0 => return,
             kind::SOCKET => self.socket(sk, e),
             kind::STATE => self.state_event(sk, e),
             kind::DATA => {
@@ -69,7 +69,7 @@ impl StoryBook {
         };
         let id = self.new_story(sk, e, role);
         let detail = StepDetail::Socket {
-            fd: e.ret,
+            fd: e.ret_or_zero(),
             proto: e.proto,
             family: e.family,
         };
@@ -99,10 +99,10 @@ impl StoryBook {
 
     fn accept(&mut self, raw: &SockEvent, e: &Event) {
         // -512…-516: the kernel's internal restart codes (a signal interrupted the wait).
-        if (-516..=-512).contains(&e.ret) {
+        if (-516..=-512).contains(&e.ret_or_zero()) {
             return;
         }
-        if e.ret < 0 {
+        if e.ret_or_zero() < 0 {
             if let Some(&l) = self.open.get(&raw.parent_sk) {
                 self.stories[l].failed(e, None);
             }
@@ -138,7 +138,7 @@ impl StoryBook {
             story.rport = e.rport;
             story.listener = listener;
             let detail = StepDetail::Accepted {
-                fd: e.ret,
+                fd: e.ret_or_zero(),
                 peer,
                 listener_traced: listener.is_some(),
             };
@@ -146,7 +146,7 @@ impl StoryBook {
         }
         if let Some(l) = listener {
             let detail = StepDetail::Accept {
-                fd: e.ret,
+                fd: e.ret_or_zero(),
                 peer,
                 peer_ephemeral: e.rport_in_ephemeral_range == Some(true),
                 socket: child,

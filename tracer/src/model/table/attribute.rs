@@ -2,7 +2,9 @@
 //! TCP transitions (often in softirq, under whoever was on the CPU) and releases are
 //! attributed through the table, and a connection the kernel builds from a listener belongs
 //! to the listener's holders until `accept()` names one.
-use tracer_common::{kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use tracer_common::{
+    flag, kind, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use super::sweep::{CLOSED_GRACE_NS, RELEASED_GRACE_NS};
 use super::{listen_key, Attribution, Owner, SocketTable, TrackedSocket};
@@ -23,6 +25,12 @@ impl SocketTable {
                 kernel_chose_port: chose,
                 lport: ev.lport,
             };
+        }
+        if ev.flags & flag::FROM_HOOK != 0 && ev.flags & flag::OWNER_IN_CONTEXT == 0 {
+            // A socket hook in softirq (the kernel completed a handshake for a listener): the
+            // task on the CPU is nobody's; the connection is the listener's holders' until
+            // one of them uses it.
+            return self.observe_queued(ev);
         }
         if !self.sockets.contains_key(&ev.sk) {
             self.make_room();
@@ -65,6 +73,31 @@ impl SocketTable {
         attribution
     }
 
+    /// A connection the kernel completed for a listener, seen by a socket hook in softirq.
+    fn observe_queued(&mut self, ev: &SockEvent) -> Attribution {
+        if !self.sockets.contains_key(&ev.sk) {
+            let Some(owners) = self.listener_owners(ev) else {
+                return nobody(ev);
+            };
+            self.adopt(
+                ev.sk,
+                TrackedSocket {
+                    owners,
+                    accepted: true,
+                    ..TrackedSocket::first_seen(ev)
+                },
+            );
+        }
+        let entry = self.sockets.get_mut(&ev.sk).expect("inserted above");
+        entry.accepted = true;
+        entry.last_seen = ev.ts_ns;
+        entry.take_ends(ev);
+        if ev.new_state != 0 {
+            entry.state = ev.new_state;
+        }
+        Attribution::of(entry)
+    }
+
     pub(super) fn observe_state(&mut self, ev: &SockEvent) -> Attribution {
         if !self.sockets.contains_key(&ev.sk) {
             // Either the transition ran inside the owner's own syscall on this socket, or it is
@@ -72,21 +105,12 @@ impl SocketTable {
             // belongs to whoever owns the listener.
             let in_context =
                 (ev.flags & tracer_common::flag::OWNER_IN_CONTEXT != 0).then(|| Owner::of(ev));
-            let from_listener = self
-                .listener_key_for(ev)
-                .map(|key| self.sockets[&key].owners.clone());
-            let owners = match (in_context, from_listener) {
+            let owners = match (in_context, self.listener_owners(ev)) {
                 (Some(owner), _) => vec![owner],
                 (None, Some(owners)) => owners,
-                (None, None) => {
-                    return Attribution {
-                        lport: ev.lport,
-                        ..Default::default()
-                    }
-                }
+                (None, None) => return nobody(ev),
             };
-            self.make_room();
-            self.sockets.insert(
+            self.adopt(
                 ev.sk,
                 TrackedSocket {
                     owners,
@@ -143,6 +167,18 @@ impl SocketTable {
             self.remove(ev.sk);
         }
         attribution
+    }
+
+    /// Who holds the listener a new connection came from.
+    fn listener_owners(&self, ev: &SockEvent) -> Option<Vec<Owner>> {
+        self.listener_key_for(ev)
+            .map(|key| self.sockets[&key].owners.clone())
+    }
+
+    /// A socket first seen now, owned by whoever the caller worked out.
+    fn adopt(&mut self, sk: u64, entry: TrackedSocket) {
+        self.make_room();
+        self.sockets.insert(sk, entry);
     }
 
     pub(super) fn start_listening(&mut self, ev: &SockEvent) {
@@ -228,5 +264,13 @@ impl TrackedSocket {
             self.rport = ev.rport;
             self.raddr = ev.raddr;
         }
+    }
+}
+
+/// An event about a socket nobody is known to own.
+fn nobody(ev: &SockEvent) -> Attribution {
+    Attribution {
+        lport: ev.lport,
+        ..Default::default()
     }
 }

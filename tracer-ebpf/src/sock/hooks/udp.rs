@@ -1,0 +1,81 @@
+//! UDP datagrams with an address: `cgroup/sendmsg4|6` (sendto/sendmsg with a destination; the
+//! socket already has its port — the kernel autobinds before this hook) and
+//! `cgroup/recvmsg4|6` (recvfrom/recvmsg that asked for the sender). Sends on a connected
+//! socket carry no address and reach neither hook. `serve` only counts them, except the first
+//! time a socket with a kernel-chosen port shows it (the socket table needs that port).
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use tracer_common::{flag, kind};
+use tracer_ebpf::mem::address_of;
+
+use super::{caller_selected, kernel_chose_port, report, Caller, Hook, Remote};
+use crate::{maps::REPORTED, sk::SkCommon};
+
+#[inline(always)]
+fn on_datagram(ctx: &SockAddrContext, ev_kind: u16, v6: bool) -> Option<()> {
+    if !caller_selected(Caller::Owner) {
+        return None;
+    }
+    // SAFETY: the context is the kernel's `bpf_sock_addr`; the verifier checks the access.
+    // The address is only handed to probe reads.
+    let sk = address_of(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk });
+    let mut common = SkCommon::empty();
+    common.load(sk)?;
+    let chose = kernel_chose_port(sk, &common);
+    // SAFETY: only whether the key is present is used.
+    let count_only = filt!(metrics_only) != 0 && (!chose || unsafe { REPORTED.get(sk) }.is_some());
+    let hook = Hook {
+        kind: ev_kind,
+        sk,
+        caller: Caller::Owner,
+        flags: if chose { flag::KERNEL_CHOSE_PORT } else { 0 },
+        arg: 0,
+        remote: peer(ctx, v6),
+    };
+    if report(&hook, &common, count_only) && !count_only && chose {
+        let _ = REPORTED.insert(sk, 1, 0);
+    }
+    Some(())
+}
+
+/// The datagram's other end as the hook was handed it: the send's destination, or the
+/// sender a receive reports. The v4 hooks may read only `user_ip4`, the v6 ones only
+/// `user_ip6` (the verifier checks each access against the attach type).
+#[inline(always)]
+fn peer(ctx: &SockAddrContext, v6: bool) -> Remote {
+    // SAFETY: the context is the kernel's `bpf_sock_addr`; the verifier checks each access.
+    unsafe {
+        let a = &*ctx.sock_addr;
+        let port = u16::from_be(core::ptr::read_volatile(&a.user_port) as u16);
+        let addr = if v6 {
+            let w = [0, 1, 2, 3].map(|i| core::ptr::read_volatile(&a.user_ip6[i]) as u64);
+            [w[0] | (w[1] << 32), w[2] | (w[3] << 32)]
+        } else {
+            [core::ptr::read_volatile(&a.user_ip4) as u64, 0]
+        };
+        Remote { addr, port }
+    }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    let _ = on_datagram(&ctx, kind::SENDMSG, false);
+    1 // always allow: 0 would fail the send with EPERM
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    let _ = on_datagram(&ctx, kind::SENDMSG, true);
+    1 // always allow
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    let _ = on_datagram(&ctx, kind::RECVMSG, false);
+    1 // always allow (the kernel requires 1 here)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    let _ = on_datagram(&ctx, kind::RECVMSG, true);
+    1 // always allow
+}
