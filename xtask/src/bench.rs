@@ -33,6 +33,14 @@ pub struct BenchArgs {
     /// Leave out bpftrace even when it is installed.
     #[arg(long)]
     pub no_bpftrace: bool,
+    /// Operations per second of the paced phase that follows each run (tcp and udp modes): CPU
+    /// time per operation of the load generator and the agent at that rate, which moves far
+    /// less than throughput on a shared machine. 0 leaves the phase out.
+    #[arg(long, default_value_t = 4000)]
+    pub paced: u64,
+    /// Seconds of the paced phase.
+    #[arg(long, default_value_t = 3.0)]
+    pub paced_seconds: f64,
 }
 
 /// One way of running the load.
@@ -42,17 +50,26 @@ enum Config {
     Serve,
     WatchJson,
     WatchHuman,
+    /// The same on the syscall path (`--syscalls`).
+    ServeSyscalls,
+    WatchJsonSyscalls,
     Bpftrace,
     Floor,
 }
 
 impl Config {
+    fn is_serve(self) -> bool {
+        matches!(self, Config::Serve | Config::ServeSyscalls)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
             Config::Serve => "tracer serve (metrics only)",
             Config::WatchJson => "tracer watch --json > file",
             Config::WatchHuman => "tracer watch > file",
+            Config::ServeSyscalls => "tracer serve --syscalls",
+            Config::WatchJsonSyscalls => "tracer watch --json --syscalls > file",
             Config::Bpftrace => "bpftrace printing the same tracepoints",
             Config::Floor => "floor: tracer's tracepoints, empty programs (bpftrace)",
         }
@@ -70,6 +87,44 @@ struct Run {
     peak_rss_kib: u64,
     /// `serve`: the records the agent decoded (the rest of `events` was counted in the kernel).
     records: u64,
+    /// Paced phase: CPU microseconds per operation (load generator + agent).
+    cpu_us_per_op: f64,
+}
+
+/// The paced phase: `rate` operations per second for `seconds`. Returns the CPU µs per
+/// operation of the load generator (its calls, and the kernel work and programs they run) and
+/// the agent together. (The whole machine's /proc/stat counters were tried first: on this VM
+/// they are tick-sampled and lumpy, 1 to 70 µs for the same untraced run.)
+fn paced(loadgen: &Path, args: &BenchArgs, agent: Option<u32>) -> Result<f64> {
+    // The agent finishes what the unpaced run left in the ring first.
+    std::thread::sleep(Duration::from_millis(500));
+    let agent_before = agent.map_or(0.0, |pid| usage_of(pid).0);
+    let child = Command::new(loadgen)
+        .args([
+            args.mode.as_str(),
+            &args.threads.to_string(),
+            &args.paced_seconds.to_string(),
+            &args.paced.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running loadgen (paced)")?;
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.context("loadgen stdout")?;
+    let mut text = String::new();
+    stdout.read_to_string(&mut text)?;
+    let mut status = 0;
+    // SAFETY: plain-data out-parameters that live across the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid || status != 0 {
+        bail!("loadgen (paced) failed: status {status}");
+    }
+    let agent_cpu = agent.map_or(0.0, |pid| usage_of(pid).0) - agent_before;
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let loadgen_cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+    let v: Value = serde_json::from_str(&text).context("loadgen output")?;
+    let ops = v["ops"].as_f64().context("ops")?;
+    Ok((loadgen_cpu + agent_cpu) * 1e6 / ops.max(1.0))
 }
 
 const BPFTRACE_SCRIPT: &str = r#"
@@ -175,14 +230,20 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
     let metrics_addr = format!("127.0.0.1:{port}");
     let mut command = match config {
         Config::Untraced => return Ok(None),
-        Config::Serve => {
+        Config::Serve | Config::ServeSyscalls => {
             let mut c = Command::new(tracer);
             c.args(["serve", "--listen", &metrics_addr]);
+            if config == Config::ServeSyscalls {
+                c.arg("--syscalls");
+            }
             c
         }
-        Config::WatchJson => {
+        Config::WatchJson | Config::WatchJsonSyscalls => {
             let mut c = Command::new(tracer);
             c.args(["watch", "--json"]);
+            if config == Config::WatchJsonSyscalls {
+                c.arg("--syscalls");
+            }
             c
         }
         Config::WatchHuman => {
@@ -210,15 +271,15 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
         child,
         out: out.clone(),
         err: err.clone(),
-        metrics_addr: (config == Config::Serve).then_some(metrics_addr),
+        metrics_addr: config.is_serve().then_some(metrics_addr),
     };
     let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
     match config {
-        Config::Serve => {
+        Config::Serve | Config::ServeSyscalls => {
             let addr = agent.metrics_addr.clone().unwrap();
             wait_for("tracer serve", || http_get(&addr, "/healthz").is_some())?
         }
-        Config::WatchJson => wait_for("tracer watch --json", || {
+        Config::WatchJson | Config::WatchJsonSyscalls => wait_for("tracer watch --json", || {
             read(&out).contains("\"type\":\"snapshot\"")
         })?,
         Config::WatchHuman => wait_for("tracer watch", || read(&err).contains("already open"))?,
@@ -251,7 +312,7 @@ fn stop_agent(config: Config, agent: Agent, run: &mut Run) -> Result<()> {
     let out = fs::read_to_string(&agent.out).unwrap_or_default();
     let err = fs::read_to_string(&agent.err).unwrap_or_default();
     match config {
-        Config::WatchJson => {
+        Config::WatchJson | Config::WatchJsonSyscalls => {
             let summary: Value = out
                 .lines()
                 .rev()
@@ -343,6 +404,8 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         Config::Serve,
         Config::WatchJson,
         Config::WatchHuman,
+        Config::ServeSyscalls,
+        Config::WatchJsonSyscalls,
     ];
     if bpftrace {
         configs.push(Config::Bpftrace);
@@ -367,19 +430,27 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             let agent = start_agent(config, &tracer, &dir)?;
             let started = Instant::now();
             let ops = load(&loadgen, args)?;
+            let seconds = started.elapsed().as_secs_f64();
+            let cpu_us_per_op = if args.paced > 0 && args.mode != "long" {
+                paced(&loadgen, args, agent.as_ref().map(|a| a.child.id()))?
+            } else {
+                0.0
+            };
             let mut run = Run {
                 ops_per_sec: ops,
-                seconds: started.elapsed().as_secs_f64(),
+                seconds,
+                cpu_us_per_op,
                 ..Default::default()
             };
             if let Some(agent) = agent {
                 stop_agent(config, agent, &mut run)?;
             }
             eprintln!(
-                "bench: round {} {:<40} {:>10.0} ops/s  events {:>9}  lost {}",
+                "bench: round {} {:<40} {:>10.0} ops/s  {:>6.1} µs CPU/op paced  events {:>9}  lost {}",
                 round + 1,
                 config.name(),
                 run.ops_per_sec,
+                run.cpu_us_per_op,
                 run.events,
                 run.lost
             );
@@ -392,7 +463,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut table = String::new();
     let mut serve_note = String::new();
-    table.push_str("| configuration | median ops/s | min–max | ratio to untraced (median of rounds) | events/s handled | events lost | agent CPU per 1,000 events | agent peak RSS |\n|---|---|---|---|---|---|---|---|\n");
+    table.push_str(&format!("| configuration | median ops/s | min–max | ratio to untraced (median of rounds) | CPU per op at {} ops/s, loadgen + agent (median) | events/s handled | events lost | agent CPU per 1,000 events | agent peak RSS |\n|---|---|---|---|---|---|---|---|---|\n", args.paced));
     for (config, runs) in configs.iter().zip(&runs) {
         let mut rates: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
         let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
@@ -403,7 +474,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
         let cpu: f64 = runs.iter().map(|r| r.cpu_seconds).sum();
         let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
-        if *config == Config::Serve && events > 0 {
+        if config.is_serve() && events > 0 {
             let records: u64 = runs.iter().map(|r| r.records).sum();
             // Per record only where there are enough records for it to mean something.
             let per_record = if records >= 100_000 {
@@ -414,8 +485,9 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             } else {
                 String::new()
             };
-            serve_note = format!(
-                "\n`serve` counts events in the kernel and decodes records only for what its socket table needs: {records} records for {events} events ({:.1} %){per_record}.\n",
+            serve_note += &format!(
+                "\n`{}` counts events in the kernel and decodes records only for what its socket table needs: {records} records for {events} events ({:.1} %){per_record}.\n",
+                config.name(),
                 records as f64 * 100.0 / events as f64,
             );
         }
@@ -428,13 +500,15 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             .map(|(r, u)| r.ops_per_sec / u.ops_per_sec)
             .collect();
         let ratio = median(&mut ratios);
+        let mut cpu_per_op: Vec<f64> = runs.iter().map(|r| r.cpu_us_per_op).collect();
+        let cpu_per_op = median(&mut cpu_per_op);
         let per_1000 = if events > 0 {
             cpu / events as f64 * 1000.0 * 1000.0
         } else {
             0.0
         };
         table.push_str(&format!(
-            "| {} | {:.0} | {:.0}–{:.0} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {:.0}–{:.0} | {} | {} | {} | {} | {} | {} |\n",
             config.name(),
             med,
             min,
@@ -443,6 +517,11 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
                 format!("{ratio:.2}")
             } else {
                 "1.00".into()
+            },
+            if cpu_per_op > 0.0 {
+                format!("{cpu_per_op:.1} µs")
+            } else {
+                "-".into()
             },
             if traced {
                 format!("{:.0}", events as f64 / seconds)
@@ -468,6 +547,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             "max_ops_per_sec": max,
             "ratio": ratio,
             "ratios_per_round": ratios,
+            "cpu_us_per_op_paced": cpu_per_op,
             "runs": runs.iter().map(|r| r.ops_per_sec).collect::<Vec<_>>(),
             "events": events,
             "events_per_sec": if seconds > 0.0 { events as f64 / seconds } else { 0.0 },
