@@ -22,6 +22,12 @@ use unicode_width::UnicodeWidthChar;
 /// Bytes from outside as text: valid UTF-8 as it is, each invalid byte as `\xNN`, each
 /// backslash doubled.
 pub fn decode(bytes: &[u8]) -> String {
+    // The common case (valid UTF-8 without a backslash: nothing to rewrite) in one copy.
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if !text.contains('\\') {
+            return text.to_owned();
+        }
+    }
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {

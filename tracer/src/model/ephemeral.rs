@@ -166,9 +166,11 @@ impl EphemeralUsage {
 
     /// Sets (or updates, after a `sysctl -w`) a namespace's range and recounts its ports.
     pub fn set_range(&mut self, netns: u32, range: (u16, u16)) {
-        if self.ranges.insert(netns, range) == Some(range) {
+        // Called for every event shown: a lookup, and a write only when the range moved.
+        if self.ranges.get(&netns) == Some(&range) {
             return;
         }
+        self.ranges.insert(netns, range);
         let keys: Vec<UsageKey> = self.keys.keys().filter(|k| k.0 == netns).copied().collect();
         for key in keys {
             let holders = self.keys.get_mut(&key).expect("listed above");

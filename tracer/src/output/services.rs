@@ -3,10 +3,13 @@
 //! taught. The sinks take the lookup as a [`PortNames`] value: [`system`] on a real run,
 //! [`standard`] (a fixed table) where output must not depend on the machine (snapshot tests).
 //!
-//! Any user can make tracer meet any port, so lookups are cached per (port, protocol): at most
-//! 65,536 × 2 keys, each resolved once. A machine without a services database gives no names
-//! and no error. Names are bytes from a file: they go through [`crate::text::decode`] here and
-//! are escaped at the sinks like every other name.
+//! The database is read once, whole, at the first lookup (`getservent_r`: a few hundred
+//! entries), so a port is one map lookup afterwards. (Looking each port up on its own,
+//! `getservbyport_r` scanned the file for every new ephemeral port — 15 % of `watch --json`'s
+//! CPU under a connection flood.) The first entry for a (port, protocol) wins, as it does for
+//! `getservbyport`. A machine without a services database gives no names and no error. Names
+//! are bytes from a file: they go through [`crate::text::decode`] here and are escaped at the
+//! sinks like every other name.
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int};
 use std::sync::{Mutex, OnceLock};
@@ -15,84 +18,96 @@ pub use crate::model::types::PortNames;
 use crate::model::types::Proto;
 
 /// The first buffer for one entry (name, aliases, protocol); doubled on ERANGE up to
-/// [`MAX_BUFFER`], past which the entry counts as unnamed.
+/// [`MAX_BUFFER`], past which the entry is skipped.
 const FIRST_BUFFER: usize = 1024;
 const MAX_BUFFER: usize = 64 * 1024;
+/// At most this many entries are kept (a services file is a few hundred lines; a huge or
+/// hostile one cannot make tracer grow without bound).
+const MAX_ENTRIES: usize = 16 * 1024;
 
 extern "C" {
-    // glibc's reentrant lookup (netdb.h); the libc crate declares only the non-reentrant
-    // `getservbyport`, whose static result another thread could overwrite.
-    fn getservbyport_r(
-        port: c_int,
-        proto: *const c_char,
+    // glibc's reentrant enumeration (netdb.h); the libc crate declares only the non-reentrant
+    // `getservent`, whose static result another thread could overwrite.
+    fn getservent_r(
         result_buf: *mut libc::servent,
         buf: *mut c_char,
         buflen: usize,
         result: *mut *mut libc::servent,
     ) -> c_int;
+    fn setservent(stayopen: c_int);
+    fn endservent();
 }
 
-/// Every (port, protocol) looked up so far and its name, if any.
-type Cache = HashMap<(u16, Proto), Option<&'static str>>;
+/// Every named (port, protocol) of the system's database.
+type Database = HashMap<(u16, Proto), &'static str>;
 
 /// The service the system's database names `port`/`proto` after (None: unnamed, not TCP or
-/// UDP, port 0, or no database). Cached: each (port, protocol) is looked up once.
+/// UDP, port 0, or no database).
 pub fn system(port: u16, proto: Proto) -> Option<&'static str> {
     if port == 0 || !matches!(proto, Proto::Tcp | Proto::Udp) {
         return None;
     }
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(known) = cache.lock().ok()?.get(&(port, proto)) {
-        return *known;
-    }
-    // Resolved outside the lock (a lookup reads a file); a race resolves a key twice, and the
-    // first answer stays.
-    let name = resolve(port, proto).map(|bytes| -> &'static str {
-        // Bounded: one name per (port, protocol) key, kept for the life of the process.
-        Box::leak(crate::text::decode(&bytes).into_boxed_str())
-    });
-    *cache.lock().ok()?.entry((port, proto)).or_insert(name)
+    static DATABASE: OnceLock<Database> = OnceLock::new();
+    DATABASE
+        .get_or_init(read_database)
+        .get(&(port, proto))
+        .copied()
 }
 
-/// The entry's official name as bytes, straight from glibc.
-fn resolve(port: u16, proto: Proto) -> Option<Vec<u8>> {
-    let proto: &[u8] = match proto {
-        Proto::Tcp => b"tcp\0",
-        Proto::Udp => b"udp\0",
-        Proto::Other(_) => return None,
-    };
-    let mut size = FIRST_BUFFER;
-    loop {
-        let mut buf = vec![0 as c_char; size];
+/// The whole database, read once.
+fn read_database() -> Database {
+    // Only one thread ever enumerates (this runs inside `OnceLock::get_or_init`), so glibc's
+    // shared enumeration position is ours.
+    static ENUMERATION: Mutex<()> = Mutex::new(());
+    let _only_us = ENUMERATION.lock();
+    let mut database = Database::new();
+    let mut buf = vec![0 as c_char; FIRST_BUFFER];
+    // SAFETY: no arguments but a flag; it (re)opens the database.
+    unsafe { setservent(0) };
+    while database.len() < MAX_ENTRIES {
         // SAFETY: servent is plain C data; all-zero is a valid (empty) value.
         let mut entry: libc::servent = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::servent = std::ptr::null_mut();
-        // SAFETY: `proto` is NUL-terminated; `entry`, `buf` (of `buf.len()` bytes) and `result`
-        // are ours and outlive the call; glibc writes the entry's strings into `buf` only.
-        // The port goes in network byte order, as getservbyport_r(3) wants.
-        let status = unsafe {
-            getservbyport_r(
-                c_int::from(port.to_be()),
-                proto.as_ptr().cast(),
-                &mut entry,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if status == libc::ERANGE && size < MAX_BUFFER {
-            size *= 2;
+        // SAFETY: `entry`, `buf` (of `buf.len()` bytes) and `result` are ours and outlive the
+        // call; glibc writes the entry's strings into `buf` only.
+        let status = unsafe { getservent_r(&mut entry, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if status == libc::ERANGE && buf.len() < MAX_BUFFER {
+            // The same entry again with room for it.
+            buf = vec![0 as c_char; buf.len() * 2];
             continue;
         }
-        if status != 0 || result.is_null() || entry.s_name.is_null() {
-            return None;
+        if status != 0 || result.is_null() {
+            break;
         }
-        // SAFETY: on success `s_name` points at a NUL-terminated string inside `buf`, which
-        // is still alive here.
-        let name = unsafe { std::ffi::CStr::from_ptr(entry.s_name) };
-        return Some(name.to_bytes().to_vec()).filter(|n| !n.is_empty());
+        if entry.s_name.is_null() || entry.s_proto.is_null() {
+            continue;
+        }
+        // SAFETY: on success `s_name` and `s_proto` point at NUL-terminated strings inside
+        // `buf`, which is alive here.
+        let (name, proto) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(entry.s_name).to_bytes(),
+                std::ffi::CStr::from_ptr(entry.s_proto).to_bytes(),
+            )
+        };
+        let proto = match proto {
+            b"tcp" => Proto::Tcp,
+            b"udp" => Proto::Udp,
+            _ => continue,
+        };
+        // `s_port` holds the port in network byte order in its low 16 bits.
+        let port = u16::from_be(entry.s_port as u16);
+        if name.is_empty() || port == 0 {
+            continue;
+        }
+        database.entry((port, proto)).or_insert_with(|| {
+            // Bounded: at most MAX_ENTRIES names, kept for the life of the process.
+            Box::leak(crate::text::decode(name).into_boxed_str())
+        });
     }
+    // SAFETY: closes what setservent opened.
+    unsafe { endservent() };
+    database
 }
 
 /// A fixed table of a few standard entries, spelled as Debian's `/etc/services` spells them:
@@ -131,7 +146,8 @@ mod tests {
         // Every Linux distribution's services database has these.
         assert_eq!(system(80, Proto::Tcp), Some("http"));
         assert_eq!(system(443, Proto::Tcp), Some("https"));
-        // Cached: the same answer again.
+        assert_eq!(system(53, Proto::Udp), Some("domain"));
+        // Read once: the same answer again.
         assert_eq!(system(443, Proto::Tcp), Some("https"));
     }
 
@@ -141,7 +157,7 @@ mod tests {
         assert_eq!(system(80, Proto::Other(1)), None);
         // No standard service lives on 65000 (IANA's dynamic range).
         assert_eq!(system(65000, Proto::Tcp), None);
-        assert_eq!(resolve(65000, Proto::Udp), None);
+        assert_eq!(system(65000, Proto::Udp), None);
     }
 
     #[test]
