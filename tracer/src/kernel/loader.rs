@@ -5,17 +5,16 @@ use std::os::fd::AsFd;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        cgroup_sock::CgroupSockLink, cgroup_sock_addr::CgroupSockAddrLink,
-        raw_trace_point::RawTracePointLink, sock_ops::SockOpsLink, trace_point::TracePointLink,
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, RawTracePoint, SockOps, TracePoint,
-    },
     Ebpf, EbpfLoader,
 };
 use tracer_common::{counter, DataTotals, KernelFilter, KernelOffsets};
 
 use crate::error::{Error, Result};
-use crate::kernel::{btf::KernelBtf, prereq, tracefs};
+use crate::kernel::{
+    attach::{attach, Links},
+    btf::KernelBtf,
+    prereq, tracefs,
+};
 pub use crate::model::types::KernelPath;
 
 static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-sock"));
@@ -27,18 +26,6 @@ static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct Global<T>(pub T);
 // SAFETY: T is bytemuck::Pod (plain bytes, no padding), which is what aya::Pod requires.
 unsafe impl<T: bytemuck::Pod> aya::Pod for Global<T> {}
-
-/// Syscall tracepoints: (program name, tracepoint). The program names match `tracer-ebpf`.
-const SYSCALLS: &[&str] = &[
-    "socket", "bind", "listen", "accept", "accept4", "connect", "close", "shutdown",
-];
-/// The UDP data-path syscalls, attached only when UDP send/recv events are wanted.
-const UDP_SYSCALLS: &[&str] = &["sendto", "recvfrom", "sendmsg", "recvmsg"];
-
-/// The socket path's cgroup programs: (program name, what it is attached as).
-const SOCKET_HOOKS: &[&str] = &["sock_create", "bind4", "bind6", "post_bind4", "post_bind6"];
-/// The UDP datagram hooks, attached only when UDP send/recv events are wanted.
-const UDP_HOOKS: &[&str] = &["sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6"];
 
 /// What the agent asks the kernel side to do.
 #[derive(Clone, Debug, Default)]
@@ -62,40 +49,6 @@ pub struct SockProbes {
     pub attached: Vec<String>,
     /// Pids user space put in `FILTER_PIDS` (the kernel counts only the ones it adds).
     selected_pids: u64,
-}
-
-/// The attachments, owned here rather than by aya's programs so they can be torn down
-/// concurrently: closing a tracepoint's perf event waits out an RCU grace period (~70 ms
-/// here). The kernel still serializes part of it, but this took Ctrl-C from 1.9 s to 1.3 s.
-#[derive(Default)]
-struct Links {
-    tracepoints: Vec<TracePointLink>,
-    raw: Vec<RawTracePointLink>,
-    cgroup: Vec<CgroupSockLink>,
-    addr: Vec<CgroupSockAddrLink>,
-    ops: Vec<SockOpsLink>,
-}
-
-impl Drop for Links {
-    fn drop(&mut self) {
-        let tracepoints = std::mem::take(&mut self.tracepoints);
-        let raw = std::mem::take(&mut self.raw);
-        let cgroup = std::mem::take(&mut self.cgroup);
-        // Cgroup links detach at once (no RCU wait): dropped here, in order.
-        self.addr.clear();
-        self.ops.clear();
-        std::thread::scope(|scope| {
-            for link in tracepoints {
-                scope.spawn(move || drop(link));
-            }
-            for link in raw {
-                scope.spawn(move || drop(link));
-            }
-            for link in cgroup {
-                scope.spawn(move || drop(link));
-            }
-        });
-    }
 }
 
 impl SockProbes {
@@ -126,51 +79,7 @@ impl SockProbes {
 
         let mut attached = Vec::new();
         let mut links = Links::default();
-        match opts.path {
-            KernelPath::Syscalls => {
-                attach_syscalls(&mut ebpf, &mut links, &mut attached, &opts.filter)?
-            }
-            KernelPath::Sockets => {
-                if offsets.0.sk_userlocks == 0 || offsets.0.sk_max_ack_backlog == 0 {
-                    return Err(Error::BtfMissing(
-                        "plain struct sock.sk_userlocks and sk_max_ack_backlog for the socket \
-                         path (Linux 5.15+); use --syscalls"
-                            .into(),
-                    ));
-                }
-                attach_socket_hooks(&mut ebpf, &mut links, &mut attached, &opts.filter)?
-            }
-        }
-        {
-            let name = "inet_sock_set_state";
-            let program: &mut RawTracePoint = program(&mut ebpf, name)?;
-            program.load().map_err(prog_err(name))?;
-            let link = program.attach(name).map_err(prog_err(name))?;
-            links
-                .raw
-                .push(program.take_link(link).map_err(prog_err(name))?);
-            attached.push("raw_tracepoint/sock/inet_sock_set_state".into());
-        }
-        if opts.data {
-            if offsets.0.tp_data_sk == 0 {
-                return Err(Error::MissingTracepoint(
-                    "sock:sock_send_length".into(),
-                    "data sizes need Linux 6.3 or later".into(),
-                ));
-            }
-            for event in ["sock_send_length", "sock_recv_length"] {
-                attach_tracepoint(&mut ebpf, &mut links, event, "sock", event)?;
-                attached.push(format!("tracepoint/sock/{event}"));
-            }
-        }
-        if opts.filter.by_pid != 0 {
-            // Fork adds children to the selection; a process leaves it once freed.
-            for event in ["sched_process_fork", "sched_process_free"] {
-                attach_tracepoint(&mut ebpf, &mut links, event, "sched", event)?;
-                attached.push(format!("tracepoint/sched/{event}"));
-            }
-        }
-        attached.push(attach_release(&mut ebpf, &mut links)?);
+        attach(&mut ebpf, &mut links, &mut attached, opts, &offsets.0)?;
         Ok(SockProbes {
             _links: links,
             ebpf,
@@ -361,124 +270,6 @@ impl KernelStats {
     }
 }
 
-/// Every socket syscall's enter and exit (the UDP send/recv ones only when selected).
-fn attach_syscalls(
-    ebpf: &mut aya::Ebpf,
-    links: &mut Links,
-    attached: &mut Vec<String>,
-    filter: &KernelFilter,
-) -> Result<()> {
-    let udp: &[&str] = if filter.udp_data != 0 {
-        UDP_SYSCALLS
-    } else {
-        &[]
-    };
-    for syscall in SYSCALLS.iter().chain(udp) {
-        for phase in ["enter", "exit"] {
-            let event = format!("sys_{phase}_{syscall}");
-            if !tracefs::exists("syscalls", &event) {
-                // accept(2) is absent on some architectures (accept4 covers them).
-                if *syscall == "accept" {
-                    continue;
-                }
-                return Err(Error::MissingTracepoint(
-                    format!("syscalls:{event}"),
-                    "CONFIG_FTRACE_SYSCALLS is off".into(),
-                ));
-            }
-            if filter.metrics_only != 0 && event == "sys_exit_close" {
-                // Counted at enter; nothing waits for the exit.
-                continue;
-            }
-            attach_tracepoint(ebpf, links, &event, "syscalls", &event)?;
-            attached.push(format!("tracepoint/syscalls/{event}"));
-        }
-    }
-    Ok(())
-}
-
-/// The socket path: cgroup socket programs and `sock_ops` on the cgroup v2 root (the UDP
-/// datagram hooks only when UDP send/recv events are selected).
-fn attach_socket_hooks(
-    ebpf: &mut aya::Ebpf,
-    links: &mut Links,
-    attached: &mut Vec<String>,
-    filter: &KernelFilter,
-) -> Result<()> {
-    let cgroup = prereq::cgroup2_root()?;
-    let cgroup_file = std::fs::File::open(&cgroup)
-        .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
-    let udp: &[&str] = if filter.udp_data != 0 { UDP_HOOKS } else { &[] };
-    for &name in SOCKET_HOOKS.iter().chain(udp) {
-        if name == "sock_create" || name.starts_with("post_bind") {
-            let program: &mut CgroupSock = program(ebpf, name)?;
-            program.load().map_err(prog_err(name))?;
-            let link = program
-                .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
-            links
-                .cgroup
-                .push(program.take_link(link).map_err(prog_err(name))?);
-        } else {
-            let program: &mut CgroupSockAddr = program(ebpf, name)?;
-            program.load().map_err(prog_err(name))?;
-            let link = program
-                .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
-            links
-                .addr
-                .push(program.take_link(link).map_err(prog_err(name))?);
-        }
-        attached.push(format!("cgroup/{name}"));
-    }
-    let name = "tcp_ops";
-    let program: &mut SockOps = program(ebpf, name)?;
-    program.load().map_err(prog_err(name))?;
-    let link = program
-        .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
-        .map_err(prog_err(name))?;
-    links
-        .ops
-        .push(program.take_link(link).map_err(prog_err(name))?);
-    attached.push(format!("sockops/{name} on {}", cgroup.display()));
-    Ok(())
-}
-
-/// `sock_release` on the cgroup v2 root, through a bpf_link: multi-attach semantics, so other
-/// cgroup programs are unaffected. Returns the hook's name.
-fn attach_release(ebpf: &mut aya::Ebpf, links: &mut Links) -> Result<String> {
-    let cgroup = prereq::cgroup2_root()?;
-    let cgroup_file = std::fs::File::open(&cgroup)
-        .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
-    let program: &mut CgroupSock = program(ebpf, "sock_release")?;
-    program.load().map_err(prog_err("sock_release"))?;
-    let link = program
-        .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
-        .map_err(prog_err("sock_release"))?;
-    links
-        .cgroup
-        .push(program.take_link(link).map_err(prog_err("sock_release"))?);
-    Ok(format!("cgroup/sock_release on {}", cgroup.display()))
-}
-
-fn prog_err(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error + '_ {
-    move |source| Error::Program {
-        name: name.to_string(),
-        source,
-    }
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let program = ebpf.program_mut(name).ok_or_else(|| Error::Program {
-        name: name.to_string(),
-        source: aya::programs::ProgramError::UnexpectedProgramType,
-    })?;
-    program.try_into().map_err(prog_err(name))
-}
-
 fn map<'a, K: aya::Pod, V: aya::Pod>(
     ebpf: &'a mut Ebpf,
     name: &str,
@@ -491,24 +282,6 @@ fn map<'a, K: aya::Pod, V: aya::Pod>(
         name: name.into(),
         source,
     })
-}
-
-/// Loads and attaches one tracepoint program; the link goes straight into `links`, so no
-/// caller can drop it (dropping a link detaches the program).
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    links: &mut Links,
-    name: &str,
-    category: &str,
-    event: &str,
-) -> Result<()> {
-    let tp: &mut TracePoint = program(ebpf, name)?;
-    tp.load().map_err(prog_err(name))?;
-    let link = tp.attach(category, event).map_err(prog_err(name))?;
-    links
-        .tracepoints
-        .push(tp.take_link(link).map_err(prog_err(name))?);
-    Ok(())
 }
 
 /// A member's offset if it is a plain field of `size` bytes, else 0.

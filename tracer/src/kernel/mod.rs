@@ -1,5 +1,6 @@
 //! Everything that touches the kernel: prerequisite checks and mounts, BTF offsets, tracepoint
 //! formats, loading and attaching, network namespaces.
+pub mod attach;
 pub mod btf;
 pub mod conntrack;
 pub mod evictions;

@@ -20,7 +20,7 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, names: PortNames) {
     let (lport_service, rport_service) = services(e, names);
     out.reserve(768);
     out.extend_from_slice(b"{\"type\":");
-    name(out, e.record);
+    name(out, "event");
     out.extend_from_slice(b",\"ts_ns\":");
     int(out, e.ts_ns);
     out.extend_from_slice(b",\"event\":");
@@ -210,7 +210,7 @@ mod tests {
     /// a comma) can only be a key.
     fn reference(e: &Event) -> String {
         let (l, r) = services(e, crate::output::services::standard);
-        let mut text = crate::text::json::to_string(e);
+        let mut text = crate::text::json::to_string(&crate::output::wire::Tagged::new("event", e));
         for (before, key, value) in [
             (",\"lport_in_ephemeral_range\":", "lport_service", l),
             (",\"rport_in_ephemeral_range\":", "rport_service", r),
@@ -224,7 +224,6 @@ mod tests {
 
     fn base() -> Event {
         Event {
-            record: "event",
             ts_ns: 1_795_288_817_103_144_754,
             event: EventKind::Connect,
             pid: Some(15476),
