@@ -436,9 +436,15 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             } else {
                 0.0
             };
+            // The agent's events and CPU cover both phases (and the pause between them).
+            let paced_seconds = if cpu_us_per_op > 0.0 {
+                args.paced_seconds + 0.5
+            } else {
+                0.0
+            };
             let mut run = Run {
                 ops_per_sec: ops,
-                seconds,
+                seconds: seconds + paced_seconds,
                 cpu_us_per_op,
                 ..Default::default()
             };

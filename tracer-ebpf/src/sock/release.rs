@@ -34,17 +34,17 @@ pub fn sock_release(ctx: SockContext) -> i32 {
 
 #[inline(always)]
 fn try_release(sk: u64, protocol: u8) -> Option<()> {
+    if filt!(metrics_only) != 0 && protocol == IPPROTO_UDP {
+        // The socket path's "already reported" mark must not outlive the socket (its
+        // address is soon another socket's), whoever releases it.
+        let _ = REPORTED.remove(sk);
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if !process_selected((pid_tgid >> 32) as u32) {
         return None;
     }
     let mut common = SkCommon::empty();
     common.load(sk)?;
-    if filt!(metrics_only) != 0 && protocol == IPPROTO_UDP {
-        // The socket path's "already reported" mark must not outlive the socket (its
-        // address is soon another socket's).
-        let _ = REPORTED.remove(sk);
-    }
     // SAFETY: the totals are copied out at once; a concurrent add can at worst be missed
     // (it would have come after the release anyway).
     if let Some(totals) = unsafe { DATA.get(sk) } {

@@ -17,7 +17,7 @@ use tracer_ebpf::{
 
 use crate::{
     emit::{count_state, wakeup},
-    filter::{process_comm, selected},
+    filter::{process_comm, process_selected, selected},
     maps::{bump, PENDING},
     sk::{addresses, netns_of, protocol_and_type, SkCommon},
 };
@@ -164,7 +164,11 @@ fn owner_in_context(pid_tgid: u64, sk: u64, old: u8, new: u8) -> Owner {
             return owner;
         }
     }
-    if old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN) {
+    // Only a selected process's own call (--pid/--comm): the flag tells user space to adopt
+    // the socket for the caller, which a filtered-out process must never get.
+    let own_call =
+        old == tcp_state::CLOSE && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN);
+    if own_call && process_selected((pid_tgid >> 32) as u32) {
         let mut comm = [0u8; 16];
         process_comm(&mut comm);
         owner.flags = flag::OWNER_IN_CONTEXT;

@@ -18,7 +18,8 @@ pub use crate::model::types::PortNames;
 use crate::model::types::Proto;
 
 /// The first buffer for one entry (name, aliases, protocol); doubled on ERANGE up to
-/// [`MAX_BUFFER`], past which the entry is skipped.
+/// [`MAX_BUFFER`]. An entry larger than that ends the read (glibc does not step past an entry
+/// it could not return), keeping the names read so far.
 const FIRST_BUFFER: usize = 1024;
 const MAX_BUFFER: usize = 64 * 1024;
 /// At most this many entries are kept (a services file is a few hundred lines; a huge or

@@ -4,7 +4,7 @@ use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
 use tracer_common::kind;
 
 use super::{caller_selected, report, Caller, Hook, Remote};
-use crate::sk::SkCommon;
+use crate::{maps::REPORTED, sk::SkCommon};
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
@@ -17,6 +17,10 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 fn on_create(sk: u64) -> Option<()> {
     if !caller_selected(Caller::Owner) {
         return None;
+    }
+    if filt!(metrics_only) != 0 {
+        // A new socket at an address a freed one had: not "already reported".
+        let _ = REPORTED.remove(sk);
     }
     let mut common = SkCommon::empty();
     common.load(sk)?;

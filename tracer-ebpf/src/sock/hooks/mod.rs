@@ -59,13 +59,23 @@ pub struct Hook {
 pub struct Remote {
     pub addr: [u64; 2],
     pub port: u16,
+    /// An IPv4 address (a v4 hook's `user_ip4`), which an IPv6 socket reports IPv4-mapped.
+    pub v4: bool,
 }
 
 impl Remote {
     pub const NONE: Remote = Remote {
         addr: [0; 2],
         port: 0,
+        v4: false,
     };
+}
+
+/// `::ffff:a.b.c.d` for the IPv4 address in the first word: an IPv6 socket sending to an IPv4
+/// peer runs the v4 hook with the IPv4 address.
+#[inline(always)]
+fn v4_mapped(addr: [u64; 2]) -> [u64; 2] {
+    [0, 0xffff_0000 | (addr[0] << 32)]
 }
 
 /// The socket's fields a record carries, read once.
@@ -140,7 +150,11 @@ pub fn report(hook: &Hook, common: &SkCommon, count_only: bool) -> bool {
     }
     if !count_only {
         if hook.remote.port != 0 {
-            f.raddr = hook.remote.addr;
+            f.raddr = if hook.remote.v4 && f.family == AF_INET6 {
+                v4_mapped(hook.remote.addr)
+            } else {
+                hook.remote.addr
+            };
             f.rport = hook.remote.port;
         }
         write(hook, &f);

@@ -31,7 +31,7 @@ fn on_datagram(ctx: &SockAddrContext, ev_kind: u16, v6: bool) -> Option<()> {
         arg: 0,
         remote: peer(ctx, v6),
     };
-    if report(&hook, &common, count_only) && !count_only && chose {
+    if report(&hook, &common, count_only) && !count_only && chose && filt!(metrics_only) != 0 {
         let _ = REPORTED.insert(sk, 1, 0);
     }
     Some(())
@@ -52,7 +52,11 @@ fn peer(ctx: &SockAddrContext, v6: bool) -> Remote {
         } else {
             [core::ptr::read_volatile(&a.user_ip4) as u64, 0]
         };
-        Remote { addr, port }
+        Remote {
+            addr,
+            port,
+            v4: !v6,
+        }
     }
 }
 
