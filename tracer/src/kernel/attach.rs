@@ -164,20 +164,11 @@ fn attach_socket_hooks(
     attached: &mut Vec<String>,
     filter: &KernelFilter,
 ) -> Result<()> {
-    let cgroup = prereq::cgroup2_root()?;
-    let cgroup_file = std::fs::File::open(&cgroup)
-        .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
+    let (cgroup, cgroup_file) = open_cgroup_root()?;
     let udp: &[&str] = if filter.udp_data != 0 { UDP_HOOKS } else { &[] };
     for &name in SOCKET_HOOKS.iter().chain(udp) {
         if name == "sock_create" || name.starts_with("post_bind") {
-            let program: &mut CgroupSock = program(ebpf, name)?;
-            program.load().map_err(prog_err(name))?;
-            let link = program
-                .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
-            links
-                .cgroup
-                .push(program.take_link(link).map_err(prog_err(name))?);
+            attach_cgroup_sock(ebpf, links, name, &cgroup_file)?;
         } else {
             let program: &mut CgroupSockAddr = program(ebpf, name)?;
             program.load().map_err(prog_err(name))?;
@@ -206,18 +197,35 @@ fn attach_socket_hooks(
 /// `sock_release` on the cgroup v2 root, through a bpf_link: multi-attach semantics, so other
 /// cgroup programs are unaffected. Returns the hook's name.
 fn attach_release(ebpf: &mut aya::Ebpf, links: &mut Links) -> Result<String> {
+    let (cgroup, cgroup_file) = open_cgroup_root()?;
+    attach_cgroup_sock(ebpf, links, "sock_release", &cgroup_file)?;
+    Ok(format!("cgroup/sock_release on {}", cgroup.display()))
+}
+
+/// The cgroup v2 root (found in mountinfo) and an fd on it to attach to.
+fn open_cgroup_root() -> Result<(std::path::PathBuf, std::fs::File)> {
     let cgroup = prereq::cgroup2_root()?;
-    let cgroup_file = std::fs::File::open(&cgroup)
+    let file = std::fs::File::open(&cgroup)
         .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
-    let program: &mut CgroupSock = program(ebpf, "sock_release")?;
-    program.load().map_err(prog_err("sock_release"))?;
+    Ok((cgroup, file))
+}
+
+/// Loads cgroup socket program `name` and links it to `cgroup` (a bpf_link: multi-attach).
+fn attach_cgroup_sock(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    name: &str,
+    cgroup: &std::fs::File,
+) -> Result<()> {
+    let program: &mut CgroupSock = program(ebpf, name)?;
+    program.load().map_err(prog_err(name))?;
     let link = program
-        .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
-        .map_err(prog_err("sock_release"))?;
+        .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+        .map_err(prog_err(name))?;
     links
         .cgroup
-        .push(program.take_link(link).map_err(prog_err("sock_release"))?);
-    Ok(format!("cgroup/sock_release on {}", cgroup.display()))
+        .push(program.take_link(link).map_err(prog_err(name))?);
+    Ok(())
 }
 
 fn prog_err(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error + '_ {

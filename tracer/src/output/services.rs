@@ -12,7 +12,7 @@
 //! sinks like every other name.
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 pub use crate::model::types::PortNames;
 use crate::model::types::Proto;
@@ -57,10 +57,8 @@ pub fn system(port: u16, proto: Proto) -> Option<&'static str> {
 
 /// The whole database, read once.
 fn read_database() -> Database {
-    // Only one thread ever enumerates (this runs inside `OnceLock::get_or_init`), so glibc's
-    // shared enumeration position is ours.
-    static ENUMERATION: Mutex<()> = Mutex::new(());
-    let _only_us = ENUMERATION.lock();
+    // Only one thread ever enumerates (this runs inside `OnceLock::get_or_init`, and nothing
+    // else in tracer calls getservent), so glibc's shared enumeration position is ours.
     let mut database = Database::new();
     let mut buf = vec![0 as c_char; FIRST_BUFFER];
     // SAFETY: no arguments but a flag; it (re)opens the database.
