@@ -17,25 +17,37 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use compact_str::CompactString;
+
 use unicode_width::UnicodeWidthChar;
 
 /// Bytes from outside as text: valid UTF-8 as it is, each invalid byte as `\xNN`, each
 /// backslash doubled.
 pub fn decode(bytes: &[u8]) -> String {
+    decode_as(bytes)
+}
+
+/// [`decode`] into an inline string: a name of up to 24 bytes (every kernel `comm`, unless it
+/// needs escaping) takes no allocation — the hot path of `watch --json` makes two per event.
+pub fn decode_inline(bytes: &[u8]) -> CompactString {
+    decode_as(bytes)
+}
+
+fn decode_as<T: for<'a> From<&'a str> + std::fmt::Write>(bytes: &[u8]) -> T {
     // The common case (valid UTF-8 without a backslash: nothing to rewrite) in one copy.
     if let Ok(text) = std::str::from_utf8(bytes) {
         if !text.contains('\\') {
-            return text.to_owned();
+            return T::from(text);
         }
     }
-    let mut out = String::with_capacity(bytes.len());
+    let mut out = T::from("");
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c == '\\' {
-                out.push_str("\\\\");
+            let _ = if c == '\\' {
+                out.write_str("\\\\")
             } else {
-                out.push(c);
-            }
+                out.write_char(c)
+            };
         }
         for b in chunk.invalid() {
             let _ = write!(out, "\\x{b:02x}");
@@ -46,8 +58,17 @@ pub fn decode(bytes: &[u8]) -> String {
 
 /// A kernel `comm` (NUL-padded, at most 16 bytes) as text, through [`decode`].
 pub fn comm(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    decode(&comm[..end])
+    decode(until_nul(comm))
+}
+
+/// [`comm`] without an allocation ([`decode_inline`]).
+pub fn comm_inline(comm: &[u8]) -> CompactString {
+    decode_inline(until_nul(comm))
+}
+
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
 }
 
 /// A character a terminal must not receive as it is.

@@ -2,7 +2,6 @@
 //! network-namespace file is accepted), and reading a namespace's `ip_local_port_range` from
 //! inside it.
 use std::{
-    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -172,11 +171,20 @@ pub fn candidate_paths() -> impl Iterator<Item = PathBuf> {
 /// looked up in that second (not a scan per namespace: any user can create thousands).
 pub struct PortRangeCache {
     own: u32,
-    known: HashMap<u32, (Option<(u16, u16)>, Instant)>,
+    /// Range and when it was read (coarse monotonic time: looked up for every event shown).
+    known: foldhash::HashMap<u32, (Option<(u16, u16)>, Duration)>,
     index: Option<(NetnsIndex, Instant)>,
 }
 
 const PORT_RANGE_TTL: Duration = Duration::from_secs(5);
+
+/// The kernel's coarse monotonic clock (a tick's resolution, a fraction of `Instant::now`'s
+/// cost): ample for a 5 s expiry checked once per event.
+fn coarse_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
 /// How old the namespace index may be before a lookup that misses it scans again.
 const INDEX_TTL: Duration = Duration::from_secs(1);
 /// Namespaces whose range is remembered, at most (beyond, expired entries are dropped).
@@ -186,7 +194,7 @@ impl Default for PortRangeCache {
     fn default() -> Self {
         PortRangeCache {
             own: own_inode().unwrap_or(0),
-            known: HashMap::new(),
+            known: foldhash::HashMap::default(),
             index: None,
         }
     }
@@ -199,8 +207,9 @@ impl PortRangeCache {
         if inode == 0 {
             return None;
         }
+        let now = coarse_now();
         if let Some((range, at)) = self.known.get(&inode) {
-            if at.elapsed() < PORT_RANGE_TTL {
+            if now.saturating_sub(*at) < PORT_RANGE_TTL {
                 return *range;
             }
         }
@@ -221,12 +230,12 @@ impl PortRangeCache {
             .ok();
         if self.known.len() >= MAX_KNOWN {
             self.known
-                .retain(|_, (_, at)| at.elapsed() < PORT_RANGE_TTL);
+                .retain(|_, (_, at)| now.saturating_sub(*at) < PORT_RANGE_TTL);
             if self.known.len() >= MAX_KNOWN {
                 self.known.clear();
             }
         }
-        self.known.insert(inode, (range, Instant::now()));
+        self.known.insert(inode, (range, now));
         range
     }
 

@@ -316,7 +316,7 @@ impl Metrics {
         }
         for errno in 1..stats::ERRNOS {
             let label = if errno == stats::ERRNOS - 1 {
-                "other".to_string()
+                "other".into()
             } else {
                 errno_name(-i64::from(errno)).unwrap_or_default()
             };

@@ -4,6 +4,7 @@
 //! JSON field names are stable; they are documented in the README.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use compact_str::{format_compact, CompactString};
 use serde::Serialize;
 use tracer_common::{flag, kind, tcp_state, PortClass, SockEvent, AF_INET6, IPPROTO_TCP};
 
@@ -72,13 +73,13 @@ pub const EVENT_NAMES: &[&str] = &[
     "sendmsg", "recvmsg", "state", "release",
 ];
 
-pub fn errno_name(ret: i64) -> Option<String> {
+pub fn errno_name(ret: i64) -> Option<CompactString> {
     use nix::errno::Errno;
     // No negation: a return of i64::MIN (only ever from a corrupt record) must not overflow.
     let code = ret.unsigned_abs();
     (ret < 0).then(|| match i32::try_from(code).map(Errno::from_raw) {
-        Ok(Errno::UnknownErrno) | Err(_) => format!("E{code}"),
-        Ok(e) => format!("{e:?}"),
+        Ok(Errno::UnknownErrno) | Err(_) => format_compact!("E{code}"),
+        Ok(e) => format_compact!("{e:?}"),
     })
 }
 
@@ -94,21 +95,42 @@ pub fn proto_name(protocol: u8) -> &'static str {
     Proto::from_number(protocol).name()
 }
 
-/// A kernel `comm` (NUL-padded) as text: [`crate::text::comm`], the one decoder of names.
-pub fn comm_str(comm: &[u8; 16]) -> String {
-    crate::text::comm(comm)
+/// A kernel `comm` (NUL-padded) as text: [`crate::text::comm_inline`], the one decoder of
+/// names, without an allocation.
+pub fn comm_str(comm: &[u8; 16]) -> CompactString {
+    crate::text::comm_inline(comm)
 }
 
-/// A kernel socket identity as text, `0x…` (what `{:#x}` writes, without the formatter).
-pub fn sock_id(sk: u64) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(18);
-    text.push_str("0x");
-    let digits = (64 - sk.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        text.push(DIGITS[(sk >> (i * 4)) as usize & 15] as char);
+/// A kernel socket identity (`struct sock *`), written `0x…` as `{:#x}` writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockId(pub u64);
+
+impl SockId {
+    /// Appends `0x` and the hex digits to `out`, in place (no formatter, no allocation).
+    pub fn write_hex(self, out: &mut Vec<u8>) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let digits = (64 - self.0.leading_zeros()).div_ceil(4).max(1) as usize;
+        let at = out.len();
+        out.extend_from_slice(b"0x0000000000000000");
+        out.truncate(at + 2 + digits);
+        for (i, byte) in out[at + 2..].iter_mut().enumerate() {
+            *byte = DIGITS[(self.0 >> ((digits - 1 - i) * 4)) as usize & 15];
+        }
     }
-    text
+}
+
+impl std::fmt::Display for SockId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = Vec::with_capacity(18);
+        self.write_hex(&mut text);
+        f.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+impl Serialize for SockId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Whether `port` lies in the namespace's ephemeral range (None: range unknown).
@@ -125,9 +147,9 @@ pub struct Event {
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     /// The process's name (thread-group leader), as `ps` and `ss` show it.
-    pub comm: Option<String>,
+    pub comm: Option<CompactString>,
     /// The name of the thread that made the call (`dig`'s sockets come from `isc-net-0000`).
-    pub thread: Option<String>,
+    pub thread: Option<CompactString>,
     pub uid: Option<u32>,
     pub netns: u32,
     pub fd: Option<i32>,
@@ -139,7 +161,7 @@ pub struct Event {
     pub rport: u16,
     /// The call's return value (None from a socket hook, which sees no call return).
     pub ret: Option<i64>,
-    pub errno: Option<String>,
+    pub errno: Option<CompactString>,
     /// listen(2) backlog.
     pub backlog: Option<i64>,
     /// shutdown(2) how: SHUT_RD, SHUT_WR, SHUT_RDWR.
@@ -159,9 +181,9 @@ pub struct Event {
     /// The netns's ephemeral port range `[low, high]`, when known.
     pub ephemeral_range: Option<(u16, u16)>,
     /// Kernel socket identity (`struct sock *`), the key that ties events together.
-    pub sock: String,
+    pub sock: SockId,
     /// accept: the listening socket the connection came from.
-    pub listener: Option<String>,
+    pub listener: Option<SockId>,
     /// The caller passed a sockaddr tracer could not read (wrong length or family).
     pub bad_sockaddr: bool,
 }
@@ -183,13 +205,19 @@ impl Event {
         // A socket hook's event: no fd, no return value, no byte count.
         let hook = ev.flags & flag::FROM_HOOK != 0;
         let has_remote = ev.rport != 0 || ev.raddr != [0; 16];
+        let comm = owner.map(|o| comm_str(&o.comm));
+        // A single-threaded process's thread has its name: decoded once.
+        let thread = owner.map(|o| match &comm {
+            Some(comm) if o.thread == o.comm => comm.clone(),
+            _ => comm_str(&o.thread),
+        });
         Event {
             ts_ns: clock.wall_ns(ev.ts_ns),
             event: EventKind::from_number(ev.kind),
             pid: owner.map(|o| o.pid),
             tid: owner.map(|o| o.tid),
-            comm: owner.map(|o| comm_str(&o.comm)),
-            thread: owner.map(|o| comm_str(&o.thread)),
+            comm,
+            thread,
             uid: owner.map(|o| o.uid),
             netns: ev.netns,
             fd: fd(ev),
@@ -227,8 +255,9 @@ impl Event {
             rport_class: has_remote.then(|| PortClass::of(ev.rport).as_str()),
             rport_in_ephemeral_range: in_range(ev.rport, port_range).filter(|_| has_remote),
             ephemeral_range: port_range,
-            sock: sock_id(ev.sk),
-            listener: (ev.kind == kind::ACCEPT && ev.parent_sk != 0).then(|| sock_id(ev.parent_sk)),
+            sock: SockId(ev.sk),
+            listener: (ev.kind == kind::ACCEPT && ev.parent_sk != 0)
+                .then_some(SockId(ev.parent_sk)),
             bad_sockaddr: ev.flags & flag::BAD_SOCKADDR != 0,
         }
     }
@@ -311,7 +340,7 @@ mod tests {
     #[test]
     fn sock_ids_are_what_the_formatter_writes() {
         for sk in [0, 1, 0xf, 0x10, 0xffff_8881_310f_8940, u64::MAX, 1 << 63] {
-            assert_eq!(sock_id(sk), format!("{sk:#x}"));
+            assert_eq!(SockId(sk).to_string(), format!("{sk:#x}"));
         }
     }
 

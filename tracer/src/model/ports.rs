@@ -414,7 +414,7 @@ impl RemoteLog {
                 lport: e.lport,
                 ephemeral: e.lport_kernel_chosen,
                 pid: e.pid,
-                comm: e.comm.clone(),
+                comm: e.comm.as_deref().map(str::to_string),
                 state: match (e.state, e.proto) {
                     (Some(state), _) => SockState::Tcp(state),
                     (None, Proto::Udp) => SockState::Connected,

@@ -6,10 +6,15 @@ use serde_json::json;
 use super::{ports::write_usage_json, services, Sink, SnapshotInfo, Summary};
 use crate::model::{ephemeral::Usage, ports::RemoteGroup, types::PortNames, Event};
 
+/// Event lines are handed to the writer once this many bytes are built (a `BufWriter` of
+/// 64 KiB passes a block this large straight through).
+const SPILL_AT: usize = 64 * 1024;
+
 pub struct JsonSink<W: Write> {
     out: W,
-    /// One event line, built here and written whole.
-    line: Vec<u8>,
+    /// Event lines, built here and handed to `out` in blocks of [`SPILL_AT`] bytes or more
+    /// (one copy per event fewer than writing each line through a `BufWriter`).
+    lines: Vec<u8>,
     /// Names the ports' services (`lport_service`, `rport_service`).
     names: PortNames,
 }
@@ -18,7 +23,7 @@ impl<W: Write> JsonSink<W> {
     pub fn new(out: W) -> Self {
         JsonSink {
             out,
-            line: Vec::with_capacity(1024),
+            lines: Vec::with_capacity(SPILL_AT + 1024),
             names: services::system,
         }
     }
@@ -30,11 +35,23 @@ impl<W: Write> JsonSink<W> {
     }
 
     /// The writer, with everything written so far.
-    pub fn into_inner(self) -> W {
+    pub fn into_inner(mut self) -> W {
+        // Nowhere to report a failure: a caller that cares flushes first.
+        let _ = self.spill();
         self.out
     }
 
+    /// The event lines built so far, to `out`.
+    fn spill(&mut self) -> io::Result<()> {
+        if !self.lines.is_empty() {
+            self.out.write_all(&self.lines)?;
+            self.lines.clear();
+        }
+        Ok(())
+    }
+
     fn line(&mut self, value: &impl serde::Serialize) -> io::Result<()> {
+        self.spill()?;
         crate::text::json::to_writer(&mut self.out, value)?;
         self.out.write_all(b"\n")
     }
@@ -52,10 +69,12 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn event(&mut self, event: &Event) -> io::Result<()> {
-        self.line.clear();
-        super::json_event::write_event(&mut self.line, event, self.names);
-        self.line.push(b'\n');
-        self.out.write_all(&self.line)
+        super::json_event::write_event(&mut self.lines, event, self.names);
+        self.lines.push(b'\n');
+        if self.lines.len() >= SPILL_AT {
+            self.spill()?;
+        }
+        Ok(())
     }
 
     fn lost(&mut self, new: u64, total: u64) -> io::Result<()> {
@@ -78,11 +97,13 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn ephemeral_warning(&mut self, usage: &Usage) -> io::Result<()> {
+        self.spill()?;
         write_usage_json(&mut self.out, "ephemeral_warning", usage)?;
         self.out.flush()
     }
 
     fn ephemeral_report(&mut self, usage: &[Usage]) -> io::Result<()> {
+        self.spill()?;
         for u in usage {
             write_usage_json(&mut self.out, "ephemeral", u)?;
         }
@@ -92,12 +113,14 @@ impl<W: Write> Sink for JsonSink<W> {
     fn remote_groups(&mut self, groups: &[RemoteGroup], last: bool) -> io::Result<()> {
         // JSON consumers get the whole picture once, at exit.
         if last {
+            self.spill()?;
             super::ports::write_groups_json(&mut self.out, groups, self.names)?;
         }
         Ok(())
     }
 
     fn nat(&mut self, item: &crate::model::nat::NatOutput) -> io::Result<()> {
+        self.spill()?;
         super::nat::write_json(&mut self.out, item, self.names)
     }
 
@@ -107,6 +130,7 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.spill()?;
         self.out.flush()
     }
 }

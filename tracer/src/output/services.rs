@@ -10,7 +10,6 @@
 //! `getservbyport`. A machine without a services database gives no names and no error. Names
 //! are bytes from a file: they go through [`crate::text::decode`] here and are escaped at the
 //! sinks like every other name.
-use std::collections::HashMap;
 use std::ffi::{c_char, c_int};
 use std::sync::OnceLock;
 
@@ -39,8 +38,46 @@ extern "C" {
     fn endservent();
 }
 
-/// Every named (port, protocol) of the system's database.
-type Database = HashMap<(u16, Proto), &'static str>;
+/// Every named (port, protocol) of the system's database, and a bit per (port, protocol) that
+/// says whether it is named: most ports an event shows (ephemeral ones) are not, and a bit test
+/// answers them without hashing.
+#[derive(Default)]
+struct Database {
+    names: foldhash::HashMap<(u16, Proto), &'static str>,
+    named: Vec<u64>,
+}
+
+impl Database {
+    /// The bit of `port`/`proto` (TCP or UDP) in `named`.
+    fn bit(port: u16, proto: Proto) -> (usize, u64) {
+        let at = usize::from(port) + if proto == Proto::Udp { 1 << 16 } else { 0 };
+        (at / 64, 1 << (at % 64))
+    }
+
+    fn get(&self, port: u16, proto: Proto) -> Option<&'static str> {
+        let (word, mask) = Self::bit(port, proto);
+        if self.named.get(word).is_none_or(|w| w & mask == 0) {
+            return None;
+        }
+        self.names.get(&(port, proto)).copied()
+    }
+
+    fn insert(&mut self, port: u16, proto: Proto, name: &[u8]) {
+        let (word, mask) = Self::bit(port, proto);
+        if self.named.is_empty() {
+            self.named = vec![0; (2 << 16) / 64];
+        }
+        self.named[word] |= mask;
+        self.names.entry((port, proto)).or_insert_with(|| {
+            // Bounded: at most MAX_ENTRIES names, kept for the life of the process.
+            Box::leak(crate::text::decode(name).into_boxed_str())
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+}
 
 /// The service the system's database names `port`/`proto` after (None: unnamed, not TCP or
 /// UDP, port 0, or no database).
@@ -49,17 +86,14 @@ pub fn system(port: u16, proto: Proto) -> Option<&'static str> {
         return None;
     }
     static DATABASE: OnceLock<Database> = OnceLock::new();
-    DATABASE
-        .get_or_init(read_database)
-        .get(&(port, proto))
-        .copied()
+    DATABASE.get_or_init(read_database).get(port, proto)
 }
 
 /// The whole database, read once.
 fn read_database() -> Database {
     // Only one thread ever enumerates (this runs inside `OnceLock::get_or_init`, and nothing
     // else in tracer calls getservent), so glibc's shared enumeration position is ours.
-    let mut database = Database::new();
+    let mut database = Database::default();
     let mut buf = vec![0 as c_char; FIRST_BUFFER];
     // SAFETY: no arguments but a flag; it (re)opens the database.
     unsafe { setservent(0) };
@@ -99,10 +133,7 @@ fn read_database() -> Database {
         if name.is_empty() || port == 0 {
             continue;
         }
-        database.entry((port, proto)).or_insert_with(|| {
-            // Bounded: at most MAX_ENTRIES names, kept for the life of the process.
-            Box::leak(crate::text::decode(name).into_boxed_str())
-        });
+        database.insert(port, proto, name);
     }
     // SAFETY: closes what setservent opened.
     unsafe { endservent() };

@@ -131,7 +131,7 @@ impl StoryBook {
             let story = &mut self.stories[child];
             story.role = Role::Accepted;
             story.pid = e.pid;
-            story.comm = e.comm.clone();
+            story.comm = e.comm.as_deref().map(str::to_string);
             story.laddr = Some(e.laddr);
             story.lport = e.lport;
             story.raddr = Some(e.raddr);
@@ -225,7 +225,7 @@ impl StoryBook {
 impl SocketStory {
     /// A call the kernel refused (to `end`, where the call names one).
     fn failed(&mut self, e: &Event, end: Option<Endpoint>) {
-        let errno = e.errno.clone().unwrap_or_default();
+        let errno = e.errno.as_deref().unwrap_or_default().to_string();
         self.errors.push(CallError {
             call: e.event,
             errno: errno.clone(),

@@ -310,7 +310,7 @@ impl StoryBook {
         self.stories.push(SocketStory::new(
             id,
             e.pid,
-            e.comm.clone(),
+            e.comm.as_deref().map(str::to_string),
             e.proto,
             role,
             e.ts_ns,
