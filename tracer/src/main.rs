@@ -100,6 +100,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         }
         Command::Replay(args) => tracer::commands::replay::run(args.validate()?)?,
         Command::Doctor => tracer::commands::doctor::run()?,
+        Command::Floor { syscalls } => tracer::commands::floor::run(syscalls)?,
     }
     Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: the loopback load generator untraced and with each way of running
-//! tracer attached (and bpftrace printing the same tracepoints, when installed), interleaved
+//! tracer attached, each path's floor (its hooks with empty programs: `tracer __floor`) and
+//! bpftrace printing the same tracepoints (when installed), interleaved
 //! round by round (forward, then backward: A B C C B A …) so drift on a shared machine cancels.
 //! Prints medians, min–max and ratios to the untraced rate, events handled and lost, the
 //! agent's CPU per 1,000 events and its peak RSS; writes JSON and Markdown to bench/results/.
@@ -54,7 +55,9 @@ enum Config {
     ServeSyscalls,
     WatchJsonSyscalls,
     Bpftrace,
-    Floor,
+    /// Each path's hooks with programs that do nothing (`tracer __floor`).
+    FloorSockets,
+    FloorSyscalls,
 }
 
 impl Config {
@@ -71,7 +74,8 @@ impl Config {
             Config::ServeSyscalls => "tracer serve --syscalls",
             Config::WatchJsonSyscalls => "tracer watch --json --syscalls > file",
             Config::Bpftrace => "bpftrace printing the same tracepoints",
-            Config::Floor => "floor: tracer's tracepoints, empty programs (bpftrace)",
+            Config::FloorSockets => "floor: the socket path's hooks, empty programs",
+            Config::FloorSyscalls => "floor: the syscall path's hooks, empty programs",
         }
     }
 }
@@ -138,25 +142,6 @@ tracepoint:sock:inet_sock_set_state
 { printf("%llu %d %s state %d %d %d -> %d\n", nsecs, pid, comm, args->sport, args->dport,
          args->oldstate, args->newstate); }
 "#;
-
-/// The syscalls whose enter and exit tracepoints tracer attaches (`SYSCALLS` and
-/// `UDP_SYSCALLS` in tracer/src/kernel/loader.rs).
-const TRACED_SYSCALLS: [&str; 12] = [
-    "socket", "bind", "listen", "accept", "accept4", "connect", "close", "shutdown", "sendto",
-    "recvfrom", "sendmsg", "recvmsg",
-];
-
-/// The price of the hooks themselves: every tracepoint tracer attaches, each with a program
-/// that does nothing. No tracer that uses these hooks can be faster than this row. (tracer's
-/// passive `cgroup/sock_release` program has no bpftrace equivalent and is left out.)
-fn floor_script() -> String {
-    let mut probes: Vec<String> = TRACED_SYSCALLS
-        .iter()
-        .flat_map(|s| ["enter", "exit"].map(|phase| format!("tracepoint:syscalls:sys_{phase}_{s}")))
-        .collect();
-    probes.push("tracepoint:sock:inet_sock_set_state".into());
-    format!("{}\n{{ }}\n", probes.join(",\n"))
-}
 
 fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -256,9 +241,12 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
             c.args(["-e", BPFTRACE_SCRIPT]);
             c
         }
-        Config::Floor => {
-            let mut c = Command::new("bpftrace");
-            c.args(["-e", &floor_script()]);
+        Config::FloorSockets | Config::FloorSyscalls => {
+            let mut c = Command::new(tracer);
+            c.arg("__floor");
+            if config == Config::FloorSyscalls {
+                c.arg("--syscalls");
+            }
             c
         }
     };
@@ -283,8 +271,9 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
             read(&out).contains("\"type\":\"snapshot\"")
         })?,
         Config::WatchHuman => wait_for("tracer watch", || read(&err).contains("already open"))?,
-        Config::Bpftrace | Config::Floor => {
-            wait_for("bpftrace", || read(&out).contains("Attaching"))?
+        Config::Bpftrace => wait_for("bpftrace", || read(&out).contains("Attaching"))?,
+        Config::FloorSockets | Config::FloorSyscalls => {
+            wait_for("tracer __floor", || read(&err).contains("floor:"))?
         }
         Config::Untraced => {}
     }
@@ -406,12 +395,13 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         Config::WatchHuman,
         Config::ServeSyscalls,
         Config::WatchJsonSyscalls,
+        Config::FloorSockets,
+        Config::FloorSyscalls,
     ];
     if bpftrace {
         configs.push(Config::Bpftrace);
-        configs.push(Config::Floor);
     } else {
-        eprintln!("bench: bpftrace is not installed: the peer and floor rows are left out");
+        eprintln!("bench: bpftrace is not installed: its row is left out");
     }
     // The agents' output files, in a private directory (mode 0700, a random name): a fixed
     // name in the shared /tmp would let any local user plant a symlink for root to write

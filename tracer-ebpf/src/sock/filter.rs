@@ -61,15 +61,18 @@ pub fn fill_names(ev: &mut SockEvent) {
     unsafe { gen::bpf_get_current_comm(ev.thread.as_mut_ptr() as *mut c_void, 16) };
 }
 
+/// The protocol and family filters (--proto, -4/-6) alone.
+#[inline(always)]
+pub fn selected_kind(protocol: u8, family: u16) -> bool {
+    let want_protocol = filt!(protocol);
+    let want_family = filt!(family);
+    (want_protocol == 0 || protocol == want_protocol) && (want_family == 0 || family == want_family)
+}
+
 /// Socket-level filters, checked once the endpoints are known.
 #[inline(always)]
 pub fn selected(protocol: u8, family: u16, netns: u32, lport: u16, rport: u16) -> bool {
-    let want_protocol = filt!(protocol);
-    if want_protocol != 0 && protocol != want_protocol {
-        return false;
-    }
-    let want_family = filt!(family);
-    if want_family != 0 && family != want_family {
+    if !selected_kind(protocol, family) {
         return false;
     }
     let want_netns = filt!(netns);

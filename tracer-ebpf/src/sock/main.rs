@@ -28,6 +28,8 @@ mod emit;
 #[cfg(target_arch = "bpf")]
 mod filter;
 #[cfg(target_arch = "bpf")]
+mod floor;
+#[cfg(target_arch = "bpf")]
 mod hooks;
 #[cfg(target_arch = "bpf")]
 mod pending;

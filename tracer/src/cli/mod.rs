@@ -58,6 +58,14 @@ pub enum Command {
     },
     /// Show which hooks this kernel offers and which of them tracer uses.
     Doctor,
+    /// Internal (the benchmark's floor row): attach a program that does nothing to every hook
+    /// `watch` attaches on its path, and hold them until SIGINT or SIGTERM.
+    #[command(hide = true, name = "__floor")]
+    Floor {
+        /// The syscall path's hooks instead of the socket path's.
+        #[arg(long)]
+        syscalls: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod closed_stdout;
 pub mod doctor;
+pub mod floor;
 pub mod nat;
 pub mod ports;
 pub mod replay;

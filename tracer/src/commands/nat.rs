@@ -119,6 +119,7 @@ fn flow_probes(ringbuf_bytes: u32) -> Result<SockProbes> {
         // Flows stitch a process's calls to its translated tuple; the socket path would do
         // (issue 16 left nat on the path it was tested with).
         path: KernelPath::Syscalls,
+        floor: false,
     })
 }
 

@@ -178,6 +178,7 @@ async fn live(plan: PortsPlan) -> Result<()> {
         // The live view names the worker that accept()ed a connection (as `ss` does): only
         // the syscall path sees accept() in the accepting process.
         path: KernelPath::Syscalls,
+        floor: false,
     })?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = std::sync::Arc::new(probes.take_counters()?);

@@ -296,6 +296,7 @@ fn load(
         data: true,
         // A story names every call, its fd and return value: only syscalls say those.
         path: KernelPath::Syscalls,
+        floor: false,
     });
     match loaded {
         Ok(probes) => Ok((probes, launched)),

@@ -172,6 +172,7 @@ fn attach(
         ringbuf_bytes: config.ringbuf_bytes,
         data: false,
         path: config.path,
+        floor: false,
     })?;
     let nat = match (nat_places, &config.nat) {
         (Some(places), Some((_, choice))) => Some(NatWatch::start(

@@ -74,6 +74,9 @@ pub fn attach(
     opts: &LoadOptions,
     offsets: &KernelOffsets,
 ) -> Result<()> {
+    if opts.floor {
+        return attach_floor(ebpf, links, attached, opts);
+    }
     match opts.path {
         KernelPath::Syscalls => attach_syscalls(ebpf, links, attached, &opts.filter)?,
         KernelPath::Sockets => {
@@ -84,19 +87,10 @@ pub fn attach(
                         .into(),
                 ));
             }
-            attach_socket_hooks(ebpf, links, attached, &opts.filter)?
+            attach_socket_hooks(ebpf, links, attached, &opts.filter, "")?
         }
     }
-    {
-        let name = "inet_sock_set_state";
-        let program: &mut RawTracePoint = program(ebpf, name)?;
-        program.load().map_err(prog_err(name))?;
-        let link = program.attach(name).map_err(prog_err(name))?;
-        links
-            .raw
-            .push(program.take_link(link).map_err(prog_err(name))?);
-        attached.push("raw_tracepoint/sock/inet_sock_set_state".into());
-    }
+    attached.push(attach_state(ebpf, links, "")?);
     if opts.data {
         if offsets.tp_data_sk == 0 {
             return Err(Error::MissingTracepoint(
@@ -116,8 +110,50 @@ pub fn attach(
             attached.push(format!("tracepoint/sched/{event}"));
         }
     }
-    attached.push(attach_release(ebpf, links)?);
+    attached.push(attach_release(ebpf, links, "")?);
     Ok(())
+}
+
+/// `tracer __floor` (the benchmark's floor row): the empty programs of tracer-ebpf's
+/// `floor.rs` on every hook `opts.path` uses, so the row measures the hooks alone.
+fn attach_floor(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    attached: &mut Vec<String>,
+    opts: &LoadOptions,
+) -> Result<()> {
+    match opts.path {
+        KernelPath::Syscalls => {
+            let name = "floor_syscall";
+            let tp: &mut TracePoint = program(ebpf, name)?;
+            tp.load().map_err(prog_err(name))?;
+            for event in syscall_events(&opts.filter)? {
+                let link = tp.attach("syscalls", &event).map_err(prog_err(name))?;
+                links
+                    .tracepoints
+                    .push(tp.take_link(link).map_err(prog_err(name))?);
+                attached.push(format!("tracepoint/syscalls/{event}"));
+            }
+        }
+        KernelPath::Sockets => attach_socket_hooks(ebpf, links, attached, &opts.filter, "floor_")?,
+    }
+    attached.push(attach_state(ebpf, links, "floor_")?);
+    attached.push(attach_release(ebpf, links, "floor_")?);
+    Ok(())
+}
+
+/// The raw `inet_sock_set_state` tracepoint (program `prefix` + its name). Returns the hook's
+/// name.
+fn attach_state(ebpf: &mut Ebpf, links: &mut Links, prefix: &str) -> Result<String> {
+    let event = "inet_sock_set_state";
+    let name = &format!("{prefix}{event}");
+    let program: &mut RawTracePoint = program(ebpf, name)?;
+    program.load().map_err(prog_err(name))?;
+    let link = program.attach(event).map_err(prog_err(name))?;
+    links
+        .raw
+        .push(program.take_link(link).map_err(prog_err(name))?);
+    Ok(format!("raw_tracepoint/sock/{event}"))
 }
 
 /// Every socket syscall's enter and exit (the UDP send/recv ones only when selected).
@@ -127,11 +163,22 @@ fn attach_syscalls(
     attached: &mut Vec<String>,
     filter: &KernelFilter,
 ) -> Result<()> {
+    for event in syscall_events(filter)? {
+        attach_tracepoint(ebpf, links, &event, "syscalls", &event)?;
+        attached.push(format!("tracepoint/syscalls/{event}"));
+    }
+    Ok(())
+}
+
+/// The syscall tracepoints the syscall path attaches for `filter` (each is also the name of
+/// its program in tracer-ebpf).
+fn syscall_events(filter: &KernelFilter) -> Result<Vec<String>> {
     let udp: &[&str] = if filter.udp_data != 0 {
         UDP_SYSCALLS
     } else {
         &[]
     };
+    let mut events = Vec::new();
     for syscall in SYSCALLS.iter().chain(udp) {
         for phase in ["enter", "exit"] {
             let event = format!("sys_{phase}_{syscall}");
@@ -149,11 +196,10 @@ fn attach_syscalls(
                 // Counted at enter; nothing waits for the exit.
                 continue;
             }
-            attach_tracepoint(ebpf, links, &event, "syscalls", &event)?;
-            attached.push(format!("tracepoint/syscalls/{event}"));
+            events.push(event);
         }
     }
-    Ok(())
+    Ok(events)
 }
 
 /// The socket path: cgroup socket programs and `sock_ops` on the cgroup v2 root (the UDP
@@ -163,11 +209,13 @@ fn attach_socket_hooks(
     links: &mut Links,
     attached: &mut Vec<String>,
     filter: &KernelFilter,
+    prefix: &str,
 ) -> Result<()> {
     let (cgroup, cgroup_file) = open_cgroup_root()?;
     let udp: &[&str] = if filter.udp_data != 0 { UDP_HOOKS } else { &[] };
-    for &name in SOCKET_HOOKS.iter().chain(udp) {
-        if name == "sock_create" || name.starts_with("post_bind") {
+    for &hook in SOCKET_HOOKS.iter().chain(udp) {
+        let name = &format!("{prefix}{hook}");
+        if hook == "sock_create" || hook.starts_with("post_bind") {
             attach_cgroup_sock(ebpf, links, name, &cgroup_file)?;
         } else {
             let program: &mut CgroupSockAddr = program(ebpf, name)?;
@@ -179,9 +227,9 @@ fn attach_socket_hooks(
                 .addr
                 .push(program.take_link(link).map_err(prog_err(name))?);
         }
-        attached.push(format!("cgroup/{name}"));
+        attached.push(format!("cgroup/{hook}"));
     }
-    let name = "tcp_ops";
+    let name = &format!("{prefix}tcp_ops");
     let program: &mut SockOps = program(ebpf, name)?;
     program.load().map_err(prog_err(name))?;
     let link = program
@@ -190,15 +238,15 @@ fn attach_socket_hooks(
     links
         .ops
         .push(program.take_link(link).map_err(prog_err(name))?);
-    attached.push(format!("sockops/{name} on {}", cgroup.display()));
+    attached.push(format!("sockops/tcp_ops on {}", cgroup.display()));
     Ok(())
 }
 
 /// `sock_release` on the cgroup v2 root, through a bpf_link: multi-attach semantics, so other
 /// cgroup programs are unaffected. Returns the hook's name.
-fn attach_release(ebpf: &mut aya::Ebpf, links: &mut Links) -> Result<String> {
+fn attach_release(ebpf: &mut aya::Ebpf, links: &mut Links, prefix: &str) -> Result<String> {
     let (cgroup, cgroup_file) = open_cgroup_root()?;
-    attach_cgroup_sock(ebpf, links, "sock_release", &cgroup_file)?;
+    attach_cgroup_sock(ebpf, links, &format!("{prefix}sock_release"), &cgroup_file)?;
     Ok(format!("cgroup/sock_release on {}", cgroup.display()))
 }
 

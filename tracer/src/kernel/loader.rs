@@ -39,6 +39,8 @@ pub struct LoadOptions {
     /// Also sum each socket's sent and received bytes (`sock:sock_send_length` /
     /// `sock_recv_length`), delivered as DATA events at release. For `tracer trace`.
     pub data: bool,
+    /// The benchmark's floor: empty programs on the same hooks, nothing else (`__floor`).
+    pub floor: bool,
 }
 
 pub struct SockProbes {

@@ -4,11 +4,15 @@
 //! socket carry no address and reach neither hook. `serve` only counts them, except the first
 //! time a socket with a kernel-chosen port shows it (the socket table needs that port).
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use tracer_common::{flag, kind};
+use tracer_common::{flag, kind, stats, AF_INET, AF_INET6, IPPROTO_UDP};
 use tracer_ebpf::mem::address_of;
 
 use super::{caller_selected, kernel_chose_port, report, Caller, Hook, Remote};
-use crate::{maps::REPORTED, sk::SkCommon};
+use crate::{
+    filter::selected_kind,
+    maps::{stat, REPORTED},
+    sk::SkCommon,
+};
 
 #[inline(always)]
 fn on_datagram(ctx: &SockAddrContext, ev_kind: u16, v6: bool) -> Option<()> {
@@ -18,11 +22,33 @@ fn on_datagram(ctx: &SockAddrContext, ev_kind: u16, v6: bool) -> Option<()> {
     // SAFETY: the context is the kernel's `bpf_sock_addr`; the verifier checks the access.
     // The address is only handed to probe reads.
     let sk = address_of(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk });
+    let metrics_only = filt!(metrics_only) != 0;
+    // SAFETY: only whether the key is present is used.
+    if metrics_only
+        && filt!(netns) == 0
+        && filt!(port_count) == 0
+        && unsafe { REPORTED.get(sk) }.is_some()
+    {
+        // Nothing left to report for this socket, and no filter that needs its fields: the
+        // count, from the context alone (the socket's own family and protocol).
+        // SAFETY: the context is the kernel's `bpf_sock_addr`; the verifier checks the access.
+        let (family, protocol) = unsafe {
+            let a = &*ctx.sock_addr;
+            (a.family as u16, a.protocol as u8)
+        };
+        if protocol == IPPROTO_UDP
+            && (family == AF_INET || family == AF_INET6)
+            && selected_kind(protocol, family)
+        {
+            stat(stats::event_index(ev_kind, protocol, family));
+        }
+        return Some(());
+    }
     let mut common = SkCommon::empty();
     common.load(sk)?;
     let chose = kernel_chose_port(sk, &common);
     // SAFETY: only whether the key is present is used.
-    let count_only = filt!(metrics_only) != 0 && (!chose || unsafe { REPORTED.get(sk) }.is_some());
+    let count_only = metrics_only && (!chose || unsafe { REPORTED.get(sk) }.is_some());
     let hook = Hook {
         kind: ev_kind,
         sk,
@@ -31,7 +57,9 @@ fn on_datagram(ctx: &SockAddrContext, ev_kind: u16, v6: bool) -> Option<()> {
         arg: 0,
         remote: peer(ctx, v6),
     };
-    if report(&hook, &common, count_only) && !count_only && chose && filt!(metrics_only) != 0 {
+    if report(&hook, &common, count_only) && metrics_only {
+        // Reported (a kernel-chosen port) or never to report (a bound one): counted only from
+        // now on.
         let _ = REPORTED.insert(sk, 1, 0);
     }
     Some(())
