@@ -270,3 +270,65 @@ fn soak_memory_stays_bounded() {
         "{tracked} socket-table entries outlived their sockets with {lost} events lost:\n{text}"
     );
 }
+
+/// The names of the BPF programs a process holds (bpftool shows the kernel's 15-byte names).
+fn program_names_of(pid: u32) -> Vec<String> {
+    let ids = bpf_programs_of(pid);
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The benchmark's floor (`tracer __floor`): on each path, an empty program on every hook the
+/// path uses and nothing else, all gone after SIGTERM.
+#[test]
+fn the_floor_attaches_empty_programs_only_and_detaches() {
+    let name = "the_floor_attaches_empty_programs_only_and_detaches";
+    if !prerequisites(name) || !tool(name, "bpftool", "bpftool") {
+        return;
+    }
+    for (args, hooks) in [(&[][..], 12), (&["--syscalls"][..], 24)] {
+        let mut floor = std::process::Command::new(tracer_bin())
+            .arg("__floor")
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tracer __floor");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(floor.stderr.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let attached: usize = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{args:?}: no count in {line:?}"));
+        // The syscall path leaves accept(2) out where the architecture has none.
+        assert!(attached >= hooks, "{args:?}: {line}");
+        let names = program_names_of(floor.id());
+        assert!(!names.is_empty(), "{args:?}: no programs");
+        assert!(
+            names.iter().all(|n| n.starts_with("floor_")),
+            "{args:?}: {names:?}"
+        );
+        let ids = bpf_programs_of(floor.id());
+        unsafe { libc::kill(floor.id() as i32, libc::SIGTERM) };
+        assert!(floor.wait().unwrap().success(), "{args:?}");
+        let deadline = Instant::now() + T;
+        while ids.iter().any(|id| bpf_program_ids().contains(id)) {
+            assert!(Instant::now() < deadline, "{args:?}: programs left loaded");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
