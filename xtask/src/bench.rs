@@ -159,7 +159,7 @@ fn metric(text: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ready() {
         if Instant::now() > deadline {
@@ -171,7 +171,7 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
 }
 
 /// CPU seconds (user + system) and peak RSS (KiB) of a live process.
-fn usage_of(pid: u32) -> (f64, u64) {
+pub(crate) fn usage_of(pid: u32) -> (f64, u64) {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime is the 14th field overall.
@@ -364,7 +364,7 @@ fn load(loadgen: &Path, args: &BenchArgs) -> Result<f64> {
     v["ops_per_sec"].as_f64().context("ops_per_sec")
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -377,6 +377,9 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
+    if args.mode == "nat" {
+        return crate::bench_nat::bench(root, args);
+    }
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs: run it as root (sudo -E cargo xtask bench)");
     }

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod bench_nat;
 mod direction;
 
 #[derive(Parser)]

@@ -4,6 +4,10 @@
 //! loadgen tcp  THREADS SECONDS [RATE]  connect → accept → close, in lockstep per thread
 //! loadgen udp  THREADS SECONDS [RATE]  a 64-byte request and its reply, unconnected sockets
 //! loadgen long THREADS SECONDS N       N connections held open, messages round-robin
+//! loadgen tcp-to ADDR THREADS SECONDS [RATE]  connect to ADDR (another host or namespace),
+//!                                       wait for the server's close, close
+//! loadgen tcp-server ADDR [THREADS]     accept on ADDR and close at once, until killed;
+//!                                       prints "ready" once listening
 //!
 //! RATE (operations per second per thread, 0 or absent: as fast as possible) paces the load.
 //!
@@ -40,6 +44,42 @@ fn tcp(deadline: Instant, rate: u64) -> u64 {
         pace(started, n, rate);
     }
     n
+}
+
+/// Connections to a server elsewhere (`tcp-server`, through a router): the client waits for
+/// the server's FIN before closing, so TIME_WAIT stays on the server's side and the client's
+/// ports come free at once, as in `tcp`.
+fn tcp_to(addr: SocketAddr, deadline: Instant, rate: u64) -> u64 {
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let mut client = TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("connect {addr}: {e} after {n} connections"));
+        while matches!(client.read(&mut buf), Ok(k) if k > 0) {}
+        drop(client);
+        n += 1;
+        pace(started, n, rate);
+    }
+    n
+}
+
+/// Accepts and closes at once (the server closes first), on `threads` threads, until killed.
+fn tcp_server(addr: &str, threads: usize) {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    println!("ready");
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let listener = listener.try_clone().unwrap();
+            std::thread::spawn(move || loop {
+                // A failed accept (a reset in the queue, a full fd table) loses one connection.
+                drop(listener.accept());
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
 }
 
 fn udp(deadline: Instant, rate: u64) -> u64 {
@@ -90,9 +130,18 @@ fn long(deadline: Instant, connections: usize) -> u64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: loadgen tcp|udp THREADS SECONDS [RATE] | loadgen long THREADS SECONDS [N]";
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: loadgen tcp|udp THREADS SECONDS [RATE] | loadgen long THREADS SECONDS [N] \
+                 | loadgen tcp-to ADDR THREADS SECONDS [RATE] | loadgen tcp-server ADDR [THREADS]";
     let mode = args.first().expect(usage).clone();
+    if mode == "tcp-server" {
+        let addr = args.get(1).expect(usage);
+        let threads = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2);
+        return tcp_server(addr, threads);
+    }
+    // `tcp-to ADDR …`: the address out, the rest as for the other modes.
+    let target: Option<SocketAddr> =
+        (mode == "tcp-to").then(|| args.remove(1).parse().expect(usage));
     let threads: usize = args.get(1).and_then(|a| a.parse().ok()).expect(usage);
     let seconds: f64 = args.get(2).and_then(|a| a.parse().ok()).expect(usage);
     let fourth: Option<u64> = args.get(3).and_then(|a| a.parse().ok());
@@ -106,6 +155,7 @@ fn main() {
             let per_thread = connections.div_ceil(threads);
             std::thread::spawn(move || match mode.as_str() {
                 "tcp" => tcp(deadline, rate),
+                "tcp-to" => tcp_to(target.unwrap(), deadline, rate),
                 "udp" => udp(deadline, rate),
                 "long" => long(deadline, per_thread),
                 other => panic!("unknown mode {other}; {usage}"),
