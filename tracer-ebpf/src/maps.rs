@@ -6,6 +6,23 @@ use aya_ebpf::{macros::map, maps::PerCpuArray, maps::RingBuf};
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
+/// Submit flags for a record into [`EVENTS`]: wake the agent only once `threshold` bytes wait
+/// in the ring (0: every record wakes it). The agent also drains on a timer, so a quiet ring
+/// is read within its poll interval; a busy one wakes it once per quarter ring, not per record.
+#[inline(always)]
+pub fn wakeup_flags(threshold: u64) -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    if threshold == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// `bpf_map_update_elem` flag: insert only when the key is absent.
 pub const BPF_NOEXIST: u64 = 1;
 

@@ -26,6 +26,11 @@ pub static NAT_OFFSETS: NatOffsets = NatOffsets {
     net_inum: 0,
 };
 
+/// Bytes that must wait in the ring before a binding's record wakes the agent (0: every
+/// record does): user space overrides this `.rodata` global at load time.
+#[no_mangle]
+pub static NAT_WAKEUP_BYTES: u32 = 0;
+
 /// Bindings already reported, with their packet and byte counters.
 #[map]
 pub static NAT_SEEN: LruHashMap<NatKey, NatCounters> = LruHashMap::with_max_entries(65536, 0);

@@ -8,7 +8,7 @@ use tracer_common::{
 };
 use tracer_ebpf::{
     atomic,
-    maps::{BPF_NOEXIST, EVENTS},
+    maps::{wakeup_flags, BPF_NOEXIST, EVENTS},
     time::now_ns,
     window::{read, Window},
 };
@@ -206,7 +206,9 @@ fn report(
     e.orig_dst = o.dst;
     e.reply_src = r.src;
     e.reply_dst = r.dst;
-    entry.submit(0);
+    entry.submit(wakeup_flags(
+        tracer_ebpf::global!(crate::maps::NAT_WAKEUP_BYTES) as u64,
+    ));
     Some(())
 }
 

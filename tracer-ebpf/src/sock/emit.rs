@@ -52,17 +52,7 @@ pub fn count_state(family: u16, old: u8, new: u8, sk_err: i32) {
 /// Submit flags: wake the agent only once `FILTER.wakeup_bytes` wait in the ring (when set).
 #[inline(always)]
 pub fn wakeup() -> u64 {
-    const BPF_RB_NO_WAKEUP: u64 = 1;
-    const BPF_RB_FORCE_WAKEUP: u64 = 2;
-    const BPF_RB_AVAIL_DATA: u64 = 0;
-    let threshold = filt!(wakeup_bytes) as u64;
-    if threshold == 0 {
-        0
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    }
+    tracer_ebpf::maps::wakeup_flags(filt!(wakeup_bytes) as u64)
 }
 
 /// Counts `ev` and copies it to the ring (the helper copies in the kernel: no per-byte copy

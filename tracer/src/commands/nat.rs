@@ -86,7 +86,9 @@ pub async fn run(plan: NatPlan) -> Result<()> {
         after: config.duration,
     };
     let cadence = Cadence {
-        poll: None,
+        // Records wake the agent per quarter ring (NAT_WAKEUP_BYTES, FILTER.wakeup_bytes):
+        // what a quiet ring holds is read on this timer.
+        poll: Some(Duration::from_millis(10)),
         tick: Duration::from_millis(250),
     };
     prereq::drop_privileges();
@@ -111,6 +113,7 @@ fn flow_probes(ringbuf_bytes: u32) -> Result<SockProbes> {
     SockProbes::load(&LoadOptions {
         filter: tracer_common::KernelFilter {
             udp_data: 1,
+            wakeup_bytes: ringbuf_bytes / 4,
             ..Default::default()
         },
         pids: Vec::new(),

@@ -85,10 +85,16 @@ impl NatProbes {
         let offsets = resolve_offsets(&btf)?;
         drop(btf);
         let mut obj = Object::parse(NAT_OBJECT).map_err(|e| nat_err("parsing", e))?;
-        obj.patch_map_data(HashMap::from([(
-            "NAT_OFFSETS",
-            (bytemuck::bytes_of(&offsets), true),
-        )]))
+        // A record wakes the agent once a quarter of the ring waits (the agent drains on a
+        // timer too): not once per binding.
+        let wakeup_bytes = ringbuf_bytes / 4;
+        obj.patch_map_data(HashMap::from([
+            ("NAT_OFFSETS", (bytemuck::bytes_of(&offsets), true)),
+            (
+                "NAT_WAKEUP_BYTES",
+                (bytemuck::bytes_of(&wakeup_bytes), true),
+            ),
+        ]))
         .map_err(|e| nat_err("setting offsets", e))?;
 
         let (mut maps, shared) = create_maps(&obj, shared_ring, ringbuf_bytes)?;
