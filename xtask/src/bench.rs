@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
     /// Load: tcp (connect/accept/close), udp (request/response), long (messages over held
-    /// connections).
+    /// connections), nat (TCP forwarded through a masquerading test router).
     #[arg(long, default_value = "tcp")]
     pub mode: String,
     /// Client threads.
