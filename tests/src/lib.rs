@@ -320,16 +320,19 @@ pub fn bpf_programs_of(pid: u32) -> Vec<u64> {
     ids
 }
 
-/// All BPF program ids loaded now.
-pub fn bpf_program_ids() -> Vec<u64> {
+/// Every BPF program loaded now, as `bpftool prog show --json` describes it.
+pub fn bpf_programs() -> Vec<Value> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
         .expect("bpftool");
     let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .as_array()
-        .unwrap()
+    progs.as_array().cloned().unwrap_or_default()
+}
+
+/// All BPF program ids loaded now.
+pub fn bpf_program_ids() -> Vec<u64> {
+    bpf_programs()
         .iter()
         .map(|p| p["id"].as_u64().unwrap())
         .collect()

@@ -274,14 +274,7 @@ fn soak_memory_stays_bounded() {
 /// The names of the BPF programs a process holds (bpftool shows the kernel's 15-byte names).
 fn program_names_of(pid: u32) -> Vec<String> {
     let ids = bpf_programs_of(pid);
-    let out = std::process::Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .expect("bpftool");
-    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    progs
-        .as_array()
-        .unwrap()
+    bpf_programs()
         .iter()
         .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .map(|p| p["name"].as_str().unwrap_or_default().to_string())
