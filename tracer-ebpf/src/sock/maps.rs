@@ -94,11 +94,11 @@ pub static DATA: LruHashMap<u64, DataTotals> = LruHashMap::with_max_entries(6553
 pub static BIND_PORTS: LruHashMap<u64, u16> = LruHashMap::with_max_entries(4096, 0);
 
 /// Socket path, `serve`: UDP sockets with nothing more to report (a kernel-chosen port
-/// reported once, or a port their owner bound): their datagrams are only counted, from the
-/// hook's context without reading the socket (unless --netns or --port needs its fields).
-/// Removed at creation and release; LRU.
+/// reported once, or a port their owner bound), with that port: while the socket keeps it,
+/// its datagrams are only counted, from the hook's context without reading the socket
+/// (unless --port needs its fields). Removed at creation and release; LRU.
 #[map]
-pub static REPORTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+pub static REPORTED: LruHashMap<u64, u16> = LruHashMap::with_max_entries(16384, 0);
 
 /// A syscall between its enter and exit: the event as far as the enter knew it, and what the
 /// exit needs to finish it.

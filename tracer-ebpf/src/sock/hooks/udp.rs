@@ -23,11 +23,19 @@ fn on_datagram(ctx: &SockAddrContext, ev_kind: u16, v6: bool) -> Option<()> {
     // The address is only handed to probe reads.
     let sk = address_of(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk });
     let metrics_only = filt!(metrics_only) != 0;
-    // SAFETY: only whether the key is present is used.
+    // The socket's port as the context hands it (`bpf_sock.src_port`, a direct load): a
+    // socket whose port changed since it was marked (disconnected, then autobound anew) is
+    // looked at again. A --netns filter may stay: only selected sockets are marked, and a
+    // socket never changes namespace; --port may not (each datagram has its own peer).
+    // SAFETY: the context's `sk` is a socket pointer the verifier lets us read fields of.
+    let port =
+        unsafe { core::ptr::read_volatile(&(*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port) }
+            as u16;
     if metrics_only
-        && filt!(netns) == 0
         && filt!(port_count) == 0
-        && unsafe { REPORTED.get(sk) }.is_some()
+        && port != 0
+        // SAFETY: the value is copied out at once.
+        && unsafe { REPORTED.get(sk) }.copied() == Some(port)
     {
         // Nothing left to report for this socket, and no filter that needs its fields: the
         // count, from the context alone (the socket's own family and protocol).
@@ -47,8 +55,8 @@ fn on_datagram(ctx: &SockAddrContext, ev_kind: u16, v6: bool) -> Option<()> {
     let mut common = SkCommon::empty();
     common.load(sk)?;
     let chose = kernel_chose_port(sk, &common);
-    // SAFETY: only whether the key is present is used.
-    let count_only = metrics_only && (!chose || unsafe { REPORTED.get(sk) }.is_some());
+    // SAFETY: the value is copied out at once.
+    let count_only = metrics_only && (!chose || unsafe { REPORTED.get(sk) }.copied() == Some(port));
     let hook = Hook {
         kind: ev_kind,
         sk,
@@ -57,10 +65,11 @@ fn on_datagram(ctx: &SockAddrContext, ev_kind: u16, v6: bool) -> Option<()> {
         arg: 0,
         remote: peer(ctx, v6),
     };
-    if report(&hook, &common, count_only) && metrics_only {
+    if report(&hook, &common, count_only) && metrics_only && port != 0 {
         // Reported (a kernel-chosen port) or never to report (a bound one): counted only from
-        // now on.
-        let _ = REPORTED.insert(sk, 1, 0);
+        // now on, while the socket keeps this port. A socket without one yet (a receive
+        // before any bind) is not marked: its autobind is still to be reported.
+        let _ = REPORTED.insert(sk, port, 0);
     }
     Some(())
 }
