@@ -142,7 +142,8 @@ fn through_every_sink(comm_bytes: &[u8], netns_bytes: &[u8]) {
     let mut table = SocketTable::default();
     let mut book = StoryBook::with_names(hostile_service);
     let mut human = HumanSink::new(Vec::new(), Vec::new(), false).with_names(hostile_service);
-    let mut json = JsonSink::new(Vec::new()).with_names(hostile_service);
+    let mut json_out = Vec::new();
+    let mut json = JsonSink::new(&mut json_out).with_names(hostile_service);
     let mut rows = Vec::new();
     for ev in &raw {
         let attribution = table.observe(ev);
@@ -165,7 +166,8 @@ fn through_every_sink(comm_bytes: &[u8], netns_bytes: &[u8]) {
     let (out, status) = human.into_parts();
     assert_safe("human table", &out);
     assert_safe("human status", &status);
-    assert_safe("json", &json.into_inner());
+    drop(json);
+    assert_safe("json", &json_out);
 
     assert!(!rows.is_empty(), "the connected socket has a ports row");
     let mut ports_out = Vec::new();

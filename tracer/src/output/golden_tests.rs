@@ -100,14 +100,16 @@ fn nat_items() -> Vec<NatOutput> {
 fn nat_records_as_text_and_json() {
     let items = nat_items();
     assert_eq!(items.len(), 5, "binding, flow, end; binding, end");
-    let mut json = JsonSink::new(Vec::new()).with_names(standard);
+    let mut json_out = Vec::new();
+    let mut json = JsonSink::new(&mut json_out).with_names(standard);
     let mut text = String::new();
     for item in &items {
         text.push_str(&super::nat::line(item, |ns| ns.to_string(), standard));
         text.push('\n');
         json.nat(item).unwrap();
     }
-    text.push_str(&String::from_utf8(json.into_inner()).unwrap());
+    drop(json);
+    text.push_str(&String::from_utf8(json_out).unwrap());
     insta::assert_snapshot!("nat_records", text);
 }
 
@@ -358,12 +360,11 @@ fn story_records_as_text_and_json() {
 #[test]
 fn remote_groups_as_json() {
     let groups = by_remote(&rows(&sample_table()));
-    let mut json = JsonSink::new(Vec::new()).with_names(standard);
+    let mut json_out = Vec::new();
+    let mut json = JsonSink::new(&mut json_out).with_names(standard);
     json.remote_groups(&groups, true).unwrap();
-    insta::assert_snapshot!(
-        "remote_groups_json",
-        String::from_utf8(json.into_inner()).unwrap()
-    );
+    drop(json);
+    insta::assert_snapshot!("remote_groups_json", String::from_utf8(json_out).unwrap());
 }
 
 #[test]
@@ -371,4 +372,20 @@ fn ports_rows_as_json() {
     let mut out = Vec::new();
     super::ports::write_json(&mut out, &rows(&sample_table()), &[], &[], standard).unwrap();
     insta::assert_snapshot!("ports_rows_json", String::from_utf8(out).unwrap());
+}
+
+#[test]
+fn json_event_lines_reach_the_writer_when_the_sink_goes_without_a_flush() {
+    let mut table = SocketTable::default();
+    let mut out = Vec::new();
+    let mut json = JsonSink::new(&mut out).with_names(standard);
+    let events = story_events();
+    for raw in &events {
+        let attribution = table.observe(raw);
+        let e = Event::new(raw, &attribution, Some((32768, 60999)), &Clock::identity());
+        json.event(&e).unwrap();
+    }
+    drop(json);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), events.len(), "{text}");
 }

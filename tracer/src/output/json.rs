@@ -34,13 +34,6 @@ impl<W: Write> JsonSink<W> {
         self
     }
 
-    /// The writer, with everything written so far.
-    pub fn into_inner(mut self) -> W {
-        // Nowhere to report a failure: a caller that cares flushes first.
-        let _ = self.spill();
-        self.out
-    }
-
     /// The event lines built so far, to `out`.
     fn spill(&mut self) -> io::Result<()> {
         if !self.lines.is_empty() {
@@ -132,5 +125,15 @@ impl<W: Write> Sink for JsonSink<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.spill()?;
         self.out.flush()
+    }
+}
+
+/// Lines still held are handed to the writer when the sink goes (an error path that returns
+/// without a flush loses no event; nowhere to report a failure here, so a caller that cares
+/// flushes first).
+impl<W: Write> Drop for JsonSink<W> {
+    fn drop(&mut self) {
+        let _ = self.spill();
+        let _ = self.out.flush();
     }
 }
