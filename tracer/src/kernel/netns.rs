@@ -337,8 +337,14 @@ mod tests {
             refused("/proc/self/ns/uts").as_deref(),
             Some("a UTS namespace")
         );
-        // A name is looked up under /run/netns, and is checked the same way.
-        assert_eq!(refused("..").as_deref(), Some("a directory"));
+        // A name is looked up under /run/netns, and is checked the same way (a machine
+        // where no namespace was ever named has no /run/netns: then the name is not found).
+        if std::path::Path::new("/run/netns").is_dir() {
+            assert_eq!(refused("..").as_deref(), Some("a directory"));
+        } else {
+            let e = refused("..").unwrap();
+            assert!(e.contains("not found"), "{e}");
+        }
     }
 
     #[test]
