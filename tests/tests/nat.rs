@@ -434,6 +434,64 @@ fn two_thousand_bindings_each_once() {
     assert_eq!(held.len(), N, "conntrack holds one entry per connection");
 }
 
+/// Connects N times from one source port; the server closes first, so the client's port is
+/// free again at once while the router's conntrack entry sits in TIME_WAIT (the next SYN
+/// ends it and makes a new one, usually at the same address).
+const TCP_CLIENT_ONE_PORT: &str = r#"
+import socket, sys
+for i in range(int(sys.argv[3])):
+    c = socket.socket(socket.AF_INET)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.bind(("0.0.0.0", 40999))
+    c.connect((sys.argv[1], int(sys.argv[2])))
+    print("port", c.getsockname()[1], flush=True)
+    c.sendall(b"hi")
+    while c.recv(100):
+        pass
+    c.close()
+"#;
+
+/// 7b. One client port reused for 30 connections in a row: each new conntrack entry for the
+///    same original tuple is a new binding (the kernel ended the old one in the same packet's
+///    path, before tracer could hear of it), and every earlier binding ends.
+#[test]
+fn a_reused_client_port_is_a_new_binding_each_time() {
+    if !ready("port_reuse") {
+        return;
+    }
+    const N: usize = 30;
+    let router = Router::up("tnr", "masquerade");
+    let mut tracer = start_nat(&router, &["--no-flows"]);
+    let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
+    let ports = Py::client(
+        &router.ns("lan"),
+        TCP_CLIENT_ONE_PORT,
+        "198.51.100.10",
+        80,
+        N,
+    );
+    assert_eq!(ports, vec![40999; N]);
+    let mine = |r: &[Value], t: &str| {
+        of_type(r, t)
+            .iter()
+            .filter(|b| b["original"]["sport"] == 40999)
+            .count()
+    };
+    tracer.wait_for("a binding per connection", T, |r| {
+        mine(r, "nat_binding") >= N && mine(r, "nat_end") >= N - 1
+    });
+    let (status, records) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success());
+    assert_eq!(
+        mine(&records, "nat_binding"),
+        N,
+        "one binding per connection"
+    );
+    // The last entry still lives (TIME_WAIT in the router); every earlier one ended.
+    assert_eq!(mine(&records, "nat_end"), N - 1);
+    assert_eq!(of_type(&records, "summary").last().unwrap()["lost"], 0);
+}
+
 /// 8. The watched router namespace is deleted mid-run: reported, and tracer keeps going.
 #[test]
 fn deleted_router_namespace_is_reported_not_fatal() {

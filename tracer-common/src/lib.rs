@@ -417,6 +417,9 @@ pub mod nat {
     pub const KIND_BINDING: u16 = 32;
 
     /// `enum ip_conntrack_status` bits (UAPI, `linux/netfilter/nf_conntrack_common.h`).
+    /// The entry is in the table: clear on a new entry's first packet, until the last
+    /// netfilter hook of its path confirms it.
+    pub const IPS_CONFIRMED: u64 = 1 << 3;
     pub const IPS_SRC_NAT: u64 = 1 << 4;
     pub const IPS_DST_NAT: u64 = 1 << 5;
     pub const IPS_SRC_NAT_DONE: u64 = 1 << 7;

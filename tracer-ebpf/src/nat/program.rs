@@ -8,7 +8,7 @@ use tracer_common::{
 };
 use tracer_ebpf::{
     atomic,
-    maps::{wakeup_flags, BPF_NOEXIST, EVENTS},
+    maps::{wakeup_flags, BPF_ANY, BPF_NOEXIST, EVENTS},
     time::now_ns,
     window::{read, Window},
 };
@@ -68,17 +68,28 @@ fn observe(ctx: *mut u64) -> Option<()> {
     let key = binding_key(ct, &o, protocol);
     let now = now_ns();
     let done = nat::IPS_SRC_NAT_DONE | nat::IPS_DST_NAT_DONE;
-    let counters = match NAT_SEEN.get_ptr_mut(&key) {
+    // A new entry's first packet (not yet confirmed: the program runs before conntrack's
+    // confirm hook). An entry under this key now is a predecessor's — an entry the kernel
+    // freed and allocated again at the same address for the same original tuple (a client
+    // reusing its port; a TCP SYN that ends a TIME_WAIT entry) whose destroy user space has
+    // not handled yet: the binding is new all the same (user space ends the old one).
+    let fresh = status & nat::IPS_CONFIRMED == 0 && status & done == done;
+    let found = NAT_SEEN.get_ptr_mut(&key);
+    let replaced = fresh && found.is_some();
+    let counters = match found.filter(|_| !fresh) {
         Some(c) => c,
         None => {
             // A binding is whole once both NAT hooks of its first packet's path have run.
             if status & done != done {
                 return None;
             }
-            let inserted = NAT_SEEN.insert(&key, &ZERO_COUNTERS, BPF_NOEXIST).is_ok();
+            let flags = if fresh { BPF_ANY } else { BPF_NOEXIST };
+            let inserted = NAT_SEEN.insert(&key, &ZERO_COUNTERS, flags).is_ok();
             if inserted {
-                // Counted so user space can tell what the LRU pushed out.
-                add(stats::SEEN_INSERTED, 1);
+                if !replaced {
+                    // Counted so user space can tell what the LRU pushed out.
+                    add(stats::SEEN_INSERTED, 1);
+                }
                 report(
                     state, ct, &w, base, &o, family, protocol, hook, manips, status, now,
                 );

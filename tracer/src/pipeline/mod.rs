@@ -141,7 +141,14 @@ pub async fn run<S: EventSource, G: Stage>(
                 stage.events(&mut batch, &mut nat, kernel)?;
             }
             ev = next(inputs.conntrack.as_mut()), if inputs.conntrack.is_some() => match ev {
-                Some(ev) => stage.conntrack(ev, kernel)?,
+                Some(ev) => {
+                    if ev.destroyed {
+                        // The entry's records in the ring (its binding) were written before
+                        // the kernel destroyed it: they go first, so the end finds its start.
+                        drain(&mut inputs.events, &mut batch, &mut nat, stage, kernel)?;
+                    }
+                    stage.conntrack(ev, kernel)?
+                }
                 None => inputs.conntrack = None,
             },
             x = next(inputs.extra.as_mut()), if inputs.extra.is_some() => {

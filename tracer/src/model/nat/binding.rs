@@ -96,6 +96,11 @@ pub struct Binding {
     pub protocol: u8,
     #[serde(skip)]
     pub key: Option<NatKey>,
+    /// Seen on its conntrack entry's first packet, before the kernel confirmed it: a new
+    /// entry even when a binding with the same original tuple is still live here (its
+    /// predecessor's destroy not handled yet).
+    #[serde(skip)]
+    pub fresh: bool,
 }
 
 impl Binding {
@@ -138,6 +143,7 @@ impl Binding {
             source,
             protocol,
             key: None,
+            fresh: false,
         }
     }
 
@@ -165,6 +171,7 @@ impl Binding {
         );
         b.ts_ns = ev.ts_ns;
         b.hook = Some(hook_name(ev.hook));
+        b.fresh = u64::from(ev.status) & knat::IPS_CONFIRMED == 0;
         b.key = Some(NatKey {
             ct: ev.ct,
             src: ev.orig_src,

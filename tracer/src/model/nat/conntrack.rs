@@ -99,7 +99,8 @@ impl From<NatCounters> for Counters {
 }
 
 impl NatTable {
-    /// kernel's counters of a binding.
+    /// A conntrack entry was destroyed: its binding ends (with the kernel's counters, when
+    /// `counters` finds them). Returns the key of the counters user space may now drop.
     pub fn destroyed(
         &mut self,
         ev: &CtEvent,
@@ -108,24 +109,39 @@ impl NatTable {
         out: &mut Vec<NatOutput>,
     ) -> Option<NatKey> {
         let id = (ev.netns, ev.protocol, Endpoints::from(ev.orig));
-        let live = self.forget(&id)?;
-        let b = live.binding;
+        if let Some(n) = self.owed.get_mut(&id) {
+            // The destroy of an entry a fresh one already replaced: the live binding (and
+            // the counters under the key) are the new entry's.
+            *n -= 1;
+            if *n == 0 {
+                self.owed.remove(&id);
+            }
+            return None;
+        }
+        let b = self.forget(&id)?.binding;
         let found = b.key.as_ref().and_then(counters);
+        out.push(NatOutput::End(b.end(ts_ns, found)));
+        b.key
+    }
+}
+
+impl Binding {
+    /// Its end at `ts_ns`, with the kernel's counters when there are any.
+    pub(super) fn end(&self, ts_ns: u64, found: Option<NatCounters>) -> BindingEnd {
         let first = found
             .map(|c| c.first_ns)
             .filter(|&f| f != 0)
-            .unwrap_or(b.ts_ns);
-        out.push(NatOutput::End(BindingEnd {
+            .unwrap_or(self.ts_ns);
+        BindingEnd {
             ts_ns,
-            netns: b.netns,
-            netns_name: b.netns_name.clone(),
-            proto: b.proto,
-            kind: b.kind,
-            original: b.original,
-            translated: b.translated,
+            netns: self.netns,
+            netns_name: self.netns_name.clone(),
+            proto: self.proto,
+            kind: self.kind,
+            original: self.original,
+            translated: self.translated,
             duration_s: ts_ns.saturating_sub(first) as f64 / 1e9,
             counters: found.map(Counters::from),
-        }));
-        b.key
+        }
     }
 }

@@ -58,6 +58,10 @@ pub struct NatTable {
     /// Bindings seen, by (kind, port translated, proto, netns name): for metrics. Bounded by
     /// the namespaces watched; a namespace's entries go with it ([`NatTable::forget_netns`]).
     pub counts: BindingCounts,
+    /// Bindings a fresh entry with the same original tuple ended before their own destroy
+    /// event arrived: how many such destroys are still to come, per binding id (they end
+    /// nothing). Bounded like the live bindings.
+    owed: BoundedMap<BindingId, u32>,
 }
 
 impl Default for NatTable {
@@ -76,6 +80,7 @@ impl NatTable {
             servers: BoundedMap::new(ends),
             names: HashMap::default(),
             counts: HashMap::default(),
+            owed: BoundedMap::new(bindings),
         }
     }
 
@@ -143,7 +148,18 @@ impl NatTable {
     pub fn binding(&mut self, mut b: Binding, out: &mut Vec<NatOutput>) {
         let id = b.id();
         if self.live.contains_key(&id) {
-            return;
+            if !b.fresh {
+                return;
+            }
+            // The kernel destroyed the entry and made a new one for the same tuple (a
+            // client reusing its port, a SYN ending a TIME_WAIT entry) before its destroy
+            // event reached us: the old binding ends here, and that event, when it comes,
+            // ends nothing. Its counters went to the new entry (the kernel reset them).
+            if let Some(old) = self.forget(&id) {
+                out.push(NatOutput::End(old.binding.end(b.ts_ns, None)));
+                let n = self.owed.get(&id).copied().unwrap_or(0) + 1;
+                self.owed.insert(id, n);
+            }
         }
         b.netns_name = self.name_of(b.netns);
         *self
@@ -255,7 +271,7 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::{kind, NatCounters};
+    use tracer_common::{kind, NatCounters, NatKey};
 
     use super::fixtures::*;
     use super::*;
@@ -333,7 +349,13 @@ mod tests {
                     t.socket_event(&s, 22, || "server".into(), &mut out);
                 }
             }
-            t.binding(b.clone(), &mut out); // duplicates are ignored
+            // A record again for the live entry (its counters were dropped and made anew):
+            // ignored.
+            let again = Binding {
+                fresh: false,
+                ..b.clone()
+            };
+            t.binding(again, &mut out);
             let flows: Vec<&Flow> = out
                 .iter()
                 .filter_map(|o| match o {
@@ -372,6 +394,60 @@ mod tests {
             }
             assert!(t.is_empty());
         }
+    }
+
+    #[test]
+    fn a_fresh_entry_for_a_live_tuple_ends_the_old_binding_and_its_late_destroy_ends_nothing() {
+        let mut t = NatTable::default();
+        let (orig, reply) = (
+            ct([192, 0, 2, 10], 40000, [198, 51, 100, 10], 80),
+            ct([198, 51, 100, 10], 80, [203, 0, 113, 1], 61000),
+        );
+        let mut out = Vec::new();
+        let first = Binding::from_event(&nat_event(orig, reply));
+        assert!(
+            first.fresh,
+            "a record without IPS_CONFIRMED is a new entry's"
+        );
+        t.binding(first.clone(), &mut out);
+        // The kernel destroyed the entry and made a new one at the same address for the same
+        // tuple; its record arrives before the old destroy event.
+        let second = Binding {
+            ts_ns: 9_000_000_000,
+            ..first.clone()
+        };
+        t.binding(second, &mut out);
+        match &out[..] {
+            [NatOutput::Binding(_), NatOutput::End(e), NatOutput::Binding(b)] => {
+                assert_eq!(e.ts_ns, 9_000_000_000);
+                assert!(
+                    e.counters.is_none(),
+                    "the kernel gave them to the new entry"
+                );
+                assert_eq!(b.ts_ns, 9_000_000_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.len(), 1);
+        let destroy = CtEvent {
+            netns: 7,
+            destroyed: true,
+            protocol: 6,
+            orig,
+            reply,
+            status: None,
+        };
+        let mut out = Vec::new();
+        let counters = |_: &NatKey| Some(NatCounters::default());
+        assert_eq!(t.destroyed(&destroy, 10, counters, &mut out), None);
+        assert!(
+            out.is_empty(),
+            "the old entry's destroy ends nothing: {out:?}"
+        );
+        assert_eq!(t.len(), 1, "the new binding lives on");
+        assert!(t.destroyed(&destroy, 11, counters, &mut out).is_some());
+        assert!(matches!(&out[..], [NatOutput::End(_)]));
+        assert!(t.is_empty());
     }
 
     /// `n` connections through a masquerading router within 10 s of event time, each a
