@@ -16,6 +16,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+mod phases;
+use phases::{load, paced, Paced};
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
     /// Load: tcp (connect/accept/close), udp (request/response), long (messages over held
@@ -93,42 +96,9 @@ struct Run {
     records: u64,
     /// Paced phase: CPU microseconds per operation (load generator + agent).
     cpu_us_per_op: f64,
-}
-
-/// The paced phase: `rate` operations per second for `seconds`. Returns the CPU µs per
-/// operation of the load generator (its calls, and the kernel work and programs they run) and
-/// the agent together. (The whole machine's /proc/stat counters were tried first: on this VM
-/// they are tick-sampled and lumpy, 1 to 70 µs for the same untraced run.)
-fn paced(loadgen: &Path, args: &BenchArgs, agent: Option<u32>) -> Result<f64> {
-    // The agent finishes what the unpaced run left in the ring first.
-    std::thread::sleep(Duration::from_millis(500));
-    let agent_before = agent.map_or(0.0, |pid| usage_of(pid).0);
-    let child = Command::new(loadgen)
-        .args([
-            args.mode.as_str(),
-            &args.threads.to_string(),
-            &args.paced_seconds.to_string(),
-            &args.paced.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running loadgen (paced)")?;
-    let pid = child.id() as i32;
-    let mut stdout = child.stdout.context("loadgen stdout")?;
-    let mut text = String::new();
-    stdout.read_to_string(&mut text)?;
-    let mut status = 0;
-    // SAFETY: plain-data out-parameters that live across the call.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid || status != 0 {
-        bail!("loadgen (paced) failed: status {status}");
-    }
-    let agent_cpu = agent.map_or(0.0, |pid| usage_of(pid).0) - agent_before;
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let loadgen_cpu = seconds(usage.ru_utime) + seconds(usage.ru_stime);
-    let v: Value = serde_json::from_str(&text).context("loadgen output")?;
-    let ops = v["ops"].as_f64().context("ops")?;
-    Ok((loadgen_cpu + agent_cpu) * 1e6 / ops.max(1.0))
+    /// Paced phase: the agent's own CPU per 1,000 events (its share of the events from the
+    /// operations: each operation makes the same events).
+    agent_ms_per_1000_paced: f64,
 }
 
 const BPFTRACE_SCRIPT: &str = r#"
@@ -349,21 +319,6 @@ fn stop_agent(config: Config, agent: Agent, run: &mut Run) -> Result<()> {
     Ok(())
 }
 
-fn load(loadgen: &Path, args: &BenchArgs) -> Result<f64> {
-    let mut c = Command::new(loadgen);
-    c.args([
-        args.mode.as_str(),
-        &args.threads.to_string(),
-        &args.seconds.to_string(),
-    ]);
-    let out = c.output().context("running loadgen")?;
-    if !out.status.success() {
-        bail!("loadgen failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).context("loadgen output")?;
-    v["ops_per_sec"].as_f64().context("ops_per_sec")
-}
-
 pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -422,13 +377,14 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             let config = configs[i];
             let agent = start_agent(config, &tracer, &dir)?;
             let started = Instant::now();
-            let ops = load(&loadgen, args)?;
+            let (ops, ops_unpaced) = load(&loadgen, args)?;
             let seconds = started.elapsed().as_secs_f64();
-            let cpu_us_per_op = if args.paced > 0 && args.mode != "long" {
+            let paced = if args.paced > 0 && args.mode != "long" {
                 paced(&loadgen, args, agent.as_ref().map(|a| a.child.id()))?
             } else {
-                0.0
+                Paced::default()
             };
+            let cpu_us_per_op = paced.cpu_us_per_op;
             // The agent's events and CPU cover both phases (and the pause between them).
             let paced_seconds = if cpu_us_per_op > 0.0 {
                 args.paced_seconds + 0.5
@@ -443,6 +399,10 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             };
             if let Some(agent) = agent {
                 stop_agent(config, agent, &mut run)?;
+                let paced_events = run.events as f64 * paced.ops / (ops_unpaced + paced.ops);
+                if paced_events >= 1.0 {
+                    run.agent_ms_per_1000_paced = paced.agent_cpu / paced_events * 1e6;
+                }
             }
             eprintln!(
                 "bench: round {} {:<40} {:>10.0} ops/s  {:>6.1} µs CPU/op paced  events {:>9}  lost {}",
@@ -462,7 +422,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut table = String::new();
     let mut serve_note = String::new();
-    table.push_str(&format!("| configuration | median ops/s | min–max | ratio to untraced (median of rounds) | CPU per op at {} ops/s, loadgen + agent (median) | events/s handled | events lost | agent CPU per 1,000 events | agent peak RSS |\n|---|---|---|---|---|---|---|---|---|\n", args.paced));
+    table.push_str(&format!("| configuration | median ops/s | min–max | ratio to untraced (median of rounds) | CPU per op at {} ops/s, loadgen + agent (median) | events/s handled | events lost | agent CPU per 1,000 events | same, paced (median) | agent peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n", args.paced));
     for (config, runs) in configs.iter().zip(&runs) {
         let mut rates: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
         let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
@@ -501,13 +461,15 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         let ratio = median(&mut ratios);
         let mut cpu_per_op: Vec<f64> = runs.iter().map(|r| r.cpu_us_per_op).collect();
         let cpu_per_op = median(&mut cpu_per_op);
+        let mut paced_1000: Vec<f64> = runs.iter().map(|r| r.agent_ms_per_1000_paced).collect();
+        let paced_1000 = median(&mut paced_1000);
         let per_1000 = if events > 0 {
             cpu / events as f64 * 1000.0 * 1000.0
         } else {
             0.0
         };
         table.push_str(&format!(
-            "| {} | {:.0} | {:.0}–{:.0} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {:.0}–{:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
             config.name(),
             med,
             min,
@@ -533,6 +495,11 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             } else {
                 "-".into()
             },
+            if paced_1000 > 0.0 {
+                format!("{paced_1000:.2} ms")
+            } else {
+                "-".into()
+            },
             if traced {
                 format!("{:.1} MiB", rss as f64 / 1024.0)
             } else {
@@ -552,6 +519,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             "events_per_sec": if seconds > 0.0 { events as f64 / seconds } else { 0.0 },
             "lost": lost,
             "agent_cpu_ms_per_1000_events": per_1000,
+            "agent_cpu_ms_per_1000_events_paced": paced_1000,
             "agent_peak_rss_kib": rss,
         }));
     }
