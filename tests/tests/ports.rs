@@ -111,19 +111,18 @@ fn ephemeral_port_exhaustion() {
     }
 }
 
-/// A connect the kernel could give no port: the syscall path sees its EADDRNOTAVAIL; the
-/// socket path sees the attempt end (SYN_SENT → CLOSE) with no local port ever assigned, no
-/// SYN sent and no error on the socket.
+/// A connect the kernel could give no port: the syscall path sees its EADDRNOTAVAIL; both
+/// paths see the attempt end (SYN_SENT → CLOSE) with no local port ever assigned and no error
+/// on the socket, which tracer names EADDRNOTAVAIL.
 fn got_no_port(path: Hooks, e: &Value) -> bool {
+    let transition = e["event"] == "state"
+        && e["old_state"] == "SYN_SENT"
+        && e["state"] == "CLOSE"
+        && e["lport"] == 0
+        && e["errno"] == "EADDRNOTAVAIL";
     match path {
-        Hooks::Syscalls => e["event"] == "connect" && e["errno"] == "EADDRNOTAVAIL",
-        Hooks::Sockets => {
-            e["event"] == "state"
-                && e["old_state"] == "SYN_SENT"
-                && e["state"] == "CLOSE"
-                && e["lport"] == 0
-                && e["errno"].is_null()
-        }
+        Hooks::Syscalls => transition || (e["event"] == "connect" && e["errno"] == "EADDRNOTAVAIL"),
+        Hooks::Sockets => transition,
     }
 }
 
@@ -152,12 +151,33 @@ fn ephemeral_port_exhaustion_on(path: Hooks) {
     let inode = netns.inode();
 
     let warnings = of_type(&records, "ephemeral_warning");
-    assert_eq!(warnings.len(), 1, "one warning per crossing: {warnings:#?}");
+    assert_eq!(
+        warnings.len(),
+        2,
+        "one warning for the crossing, one for the failed connect: {warnings:#?}"
+    );
     let w = warnings[0];
     assert_eq!(w["netns"], inode);
     assert_eq!(
-        (w["proto"].as_str(), w["laddr"].as_str()),
-        (Some("tcp"), Some("127.0.0.1"))
+        (
+            w["proto"].as_str(),
+            w["scope"].as_str(),
+            w["laddr"].as_str(),
+            w["raddr"].as_str(),
+            w["rport"].as_u64()
+        ),
+        (
+            Some("tcp"),
+            Some("destination"),
+            Some("127.0.0.1"),
+            Some("127.0.0.1"),
+            Some(5000)
+        )
+    );
+    assert_eq!(w["processes"], serde_json::json!(["sockdriver"]));
+    assert_eq!(
+        (&warnings[1]["failed"], &warnings[1]["headroom"]),
+        (&1.into(), &0.into())
     );
     assert_eq!(w["range"], serde_json::json!([40000, 40007]));
     assert_eq!(w["range_size"], 8);
@@ -166,9 +186,10 @@ fn ephemeral_port_exhaustion_on(path: Hooks) {
 
     let report = of_type(&records, "ephemeral")
         .into_iter()
-        .find(|u| u["netns"] == inode && u["laddr"] == "127.0.0.1")
+        .find(|u| u["netns"] == inode && u["rport"] == 5000)
         .unwrap_or_else(|| panic!("no usage report: {records:#?}"));
     assert_eq!(report["peak"], 8, "usage reached 100 %");
+    assert_eq!(report["failed"], 1, "the connect that found no port");
     assert_eq!(
         report["below_iana_dynamic"], 8,
         "all of 40000-40007 lies below 49152"
@@ -198,10 +219,97 @@ fn ephemeral_port_exhaustion_on(path: Hooks) {
         .all(|e| e["lport_kernel_chosen"] == true && e["lport_in_ephemeral_range"] == true));
     let failed = records
         .iter()
-        .find(|e| e["pid"] == dpid && got_no_port(path, e))
-        .expect("the failed connect");
+        .find(|e| e["pid"] == dpid && got_no_port(path, e) && e["event"] == "state")
+        .expect("the failed connect's transition");
+    assert_eq!(
+        (&failed["raddr"], &failed["rport"]),
+        (&"127.0.0.1".into(), &5000.into())
+    );
     if path.syscalls() {
-        assert_eq!(failed["ret"], -99);
+        let call = records
+            .iter()
+            .find(|e| e["pid"] == dpid && e["event"] == "connect" && e["errno"] == "EADDRNOTAVAIL")
+            .expect("the failed connect call");
+        assert_eq!(call["ret"], -99);
+    }
+}
+
+/// The kernel's rule for connect(): a local port is unique per destination, so a range of 8
+/// ports gives 8 connections to each of two servers (16 in all, every port used twice). Tracer
+/// counts the same way: a peak of 8 per destination, the second destination not reported near
+/// exhaustion while the first fills, and each failed connect named with its destination.
+#[test]
+fn ephemeral_ports_are_counted_per_destination() {
+    if !prerequisites("ephemeral_ports_are_counted_per_destination") {
+        return;
+    }
+    let netns = TestNetns::new("perdest");
+    netns.sysctl("net.ipv4.ip_local_port_range=40000 40007");
+    let mut tracer = Hooks::Sockets.watch(&["--netns", &netns.name]);
+    let mut driver =
+        Driver::spawn_in_netns(&netns.name, &["exhaust-two", "127.0.0.1", "5001", "5002"]);
+    driver.go();
+    let r = driver.report();
+    assert_eq!(
+        r["errnos"],
+        serde_json::json!([99, 99]),
+        "EADDRNOTAVAIL each: {r}"
+    );
+    let ports = |i: usize| -> Vec<u64> {
+        let mut p: Vec<u64> = r["ports"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        p.sort();
+        p
+    };
+    let all: Vec<u64> = (40000..=40007).collect();
+    assert_eq!(ports(0), all, "8 connections to the first server");
+    assert_eq!(ports(1), all, "and the same 8 ports again to the second");
+    let failed = |ev: &[Value], rport: u64| {
+        ev.iter()
+            .any(|e| e["type"] == "ephemeral_warning" && e["rport"] == rport && e["failed"] == 1)
+    };
+    tracer.wait_for("both failures", T, |ev| {
+        failed(ev, 5001) && failed(ev, 5002)
+    });
+    driver.wait();
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let warnings = of_type(&records, "ephemeral_warning");
+    let shown: Vec<(u64, u64, u64, u64)> = warnings
+        .iter()
+        .map(|w| {
+            let n = |k: &str| w[k].as_u64().unwrap();
+            (n("rport"), n("in_use"), n("headroom"), n("failed"))
+        })
+        .collect();
+    // In order: the first server crosses 80 % (7 of 8), its connect fails; then the second.
+    assert_eq!(
+        shown,
+        vec![
+            (5001, 7, 1, 0),
+            (5001, 8, 0, 1),
+            (5002, 7, 1, 0),
+            (5002, 8, 0, 1)
+        ],
+        "{warnings:#?}"
+    );
+    for w in &warnings {
+        assert_eq!(w["scope"], "destination");
+        assert_eq!(w["processes"], serde_json::json!(["sockdriver"]));
+    }
+    let report: Vec<&Value> = of_type(&records, "ephemeral")
+        .into_iter()
+        .filter(|u| u["netns"] == netns.inode())
+        .collect();
+    for rport in [5001, 5002] {
+        let u = report
+            .iter()
+            .find(|u| u["rport"] == rport)
+            .unwrap_or_else(|| panic!("no report for {rport}: {report:#?}"));
+        assert_eq!((&u["peak"], &u["failed"]), (&8.into(), &1.into()), "{u}");
     }
 }
 

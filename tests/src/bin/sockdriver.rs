@@ -198,24 +198,27 @@ fn main() {
         // kernel runs out of local ports, keeping every connection open; reports the ports used
         // and the errno of the connect that failed.
         "exhaust" => {
-            let port: u16 = args[2].parse().unwrap();
-            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
             let mut held = Vec::new();
-            let mut ports = Vec::new();
-            let errno = loop {
-                let s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
-                match s.connect(&SockAddr::from(SocketAddr::new(ip, port))) {
-                    Ok(()) => {
-                        ports.push(port_of(&s));
-                        held.push(listener.accept().unwrap().0);
-                        held.push(s.into());
-                    }
-                    Err(e) => break errno(&e),
-                }
-                assert!(ports.len() < 1000, "the range never ran out");
-            };
+            let (ports, errno) = connect_until_refused(ip, args[2].parse().unwrap(), &mut held);
             say(format!("{{\"ports\":{ports:?},\"errno\":{errno}}}"));
             // Keep them open until told to finish, so tracer sees the range full.
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            drop(held);
+        }
+        // Two servers of its own on PORT_A and PORT_B: connections to the first until the
+        // kernel finds no port, then to the second until it finds none either (connect()
+        // reuses a port for another destination); all held until told to finish.
+        "exhaust-two" => {
+            let mut held = Vec::new();
+            let mut ports = Vec::new();
+            let mut errnos = Vec::new();
+            for p in [&args[2], &args[3]] {
+                let (mine, errno) = connect_until_refused(ip, p.parse().unwrap(), &mut held);
+                ports.push(mine);
+                errnos.push(errno);
+            }
+            say(format!("{{\"ports\":{ports:?},\"errnos\":{errnos:?}}}"));
             let mut line = String::new();
             let _ = std::io::stdin().lock().read_line(&mut line);
             drop(held);
@@ -450,4 +453,30 @@ fn recv_fd(over: i32) -> i32 {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>())
     }
+}
+
+/// Connects to a listener of its own on `port` until the kernel finds no local port, keeping
+/// both ends of every connection (and the listener) in `held`. Returns the local ports the
+/// connections got and the errno of the connect that failed.
+fn connect_until_refused(
+    ip: std::net::IpAddr,
+    port: u16,
+    held: &mut Vec<Box<dyn std::any::Any>>,
+) -> (Vec<u16>, i32) {
+    let listener = std::net::TcpListener::bind(SocketAddr::new(ip, port)).unwrap();
+    let mut ports = Vec::new();
+    let errno = loop {
+        let s = Socket::new(domain(ip), Type::STREAM, Some(Protocol::TCP)).unwrap();
+        match s.connect(&SockAddr::from(SocketAddr::new(ip, port))) {
+            Ok(()) => {
+                ports.push(port_of(&s));
+                held.push(Box::new(listener.accept().unwrap().0));
+                held.push(Box::new(s));
+            }
+            Err(e) => break errno(&e),
+        }
+        assert!(ports.len() < 1000, "the range never ran out");
+    };
+    held.push(Box::new(listener));
+    (ports, errno)
 }

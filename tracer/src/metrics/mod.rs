@@ -13,6 +13,8 @@ use prometheus::{
 };
 use tracer_common::{stats, tcp_state_name, PortClass};
 
+mod ephemeral;
+
 use crate::model::{
     event::{errno_name, event_name},
     evicted::Evicted,
@@ -61,8 +63,7 @@ struct KernelSeries {
 struct TableSeries {
     listening: IntGaugeVec,
     listen_port_info: IntGaugeVec,
-    ephemeral_in_use: IntGaugeVec,
-    ephemeral_range_size: IntGaugeVec,
+    ephemeral: ephemeral::EphemeralSeries,
     sockets_tracked: IntGauge,
 }
 
@@ -166,18 +167,7 @@ impl TableSeries {
                 "Listening sockets now, by port and owning command (ports beyond the cap count under port=\"other\").",
                 &["port", "proto", "comm"],
             ),
-            ephemeral_in_use: gauge_vec(
-                r,
-                "tracer_ephemeral_ports_in_use",
-                "Ports of the namespace's ip_local_port_range in use now, on the busiest local address.",
-                &["netns", "proto"],
-            ),
-            ephemeral_range_size: gauge_vec(
-                r,
-                "tracer_ephemeral_port_range_size",
-                "Number of ports in the namespace's ip_local_port_range.",
-                &["netns"],
-            ),
+            ephemeral: ephemeral::EphemeralSeries::new(r),
             sockets_tracked: gauge(
                 r,
                 "tracer_sockets_tracked",
@@ -430,53 +420,6 @@ impl Metrics {
         self.update_ephemeral(table);
     }
 
-    /// The ephemeral-port gauges: rebuilt from the usage each time, so a namespace pruned
-    /// from the usage (gone) leaves no series; at most [`MAX_NETNS_SERIES`] namespaces (the
-    /// busiest) get their own, the rest show as `netns="other"` (their busiest figure).
-    fn update_ephemeral(&self, table: &SocketTable) {
-        self.table.ephemeral_in_use.reset();
-        self.table.ephemeral_range_size.reset();
-        let usage = table.usage();
-        let mut busiest: BTreeMap<(u32, &'static str), usize> = BTreeMap::new();
-        for u in usage.report() {
-            let entry = busiest.entry((u.netns, u.proto.name())).or_default();
-            *entry = (*entry).max(u.in_use);
-        }
-        let mut by_ns: BTreeMap<u32, usize> =
-            usage.namespaces().into_iter().map(|n| (n, 0)).collect();
-        for ((ns, _), in_use) in &busiest {
-            let entry = by_ns.entry(*ns).or_default();
-            *entry = (*entry).max(*in_use);
-        }
-        let mut ranked: Vec<(u32, usize)> = by_ns.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let shown: std::collections::HashSet<u32> = ranked
-            .iter()
-            .take(MAX_NETNS_SERIES)
-            .map(|(ns, _)| *ns)
-            .collect();
-        for ns in &shown {
-            if let Some((lo, hi)) = usage.range(*ns) {
-                self.table
-                    .ephemeral_range_size
-                    .with_label_values(&[&ns.to_string()])
-                    .set(i64::from(hi - lo) + 1);
-            }
-        }
-        for ((ns, proto), in_use) in busiest {
-            let gauge = if shown.contains(&ns) {
-                self.table
-                    .ephemeral_in_use
-                    .with_label_values(&[&ns.to_string(), proto])
-            } else {
-                self.table
-                    .ephemeral_in_use
-                    .with_label_values(&["other", proto])
-            };
-            gauge.set(gauge.get().max(in_use as i64));
-        }
-    }
-
     /// The text exposition format.
     pub fn render(&self) -> String {
         encode(&self.registry)
@@ -533,6 +476,8 @@ mod tests {
             text.contains("tracer_listening_sockets{port_class=\"registered\",proto=\"tcp\"} 1")
         );
         assert!(text.contains("tracer_ephemeral_ports_in_use{netns=\"1\",proto=\"tcp\"} 3"));
+        assert!(text.contains("tracer_ephemeral_destination_ports_in_use{destination=\"127.0.0.1:8080\",local=\"127.0.0.1\",netns=\"1\",proto=\"tcp\"} 3"));
+        assert!(text.contains("tracer_ephemeral_connect_failures_total 0"));
         assert!(text.contains("tracer_ephemeral_port_range_size{netns=\"1\"} 28232"));
     }
 }

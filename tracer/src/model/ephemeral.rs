@@ -1,21 +1,46 @@
-//! Ephemeral-port usage: per network namespace, how many ports of its `ip_local_port_range` are
-//! held right now by each (protocol, local address), the highest count seen, and a warning the
-//! moment usage passes [`WARN_PERCENT`]. Fed by the socket table as sockets gain, change and
-//! lose their local ports, so the figure is exact at every event, not sampled.
+//! Ephemeral-port usage, counted the way the kernel allocates ports, per network namespace
+//! and protocol:
+//!
+//! - **exclusive** ports: a port the kernel gave to `bind()` (0 or named), a listener, or a
+//!   UDP socket (autobind, connect) is taken for every destination: `connect()`'s search
+//!   skips a port whose bind bucket was made by `bind()`, and UDP's checks any socket on it.
+//! - **per destination** (local address, remote address and port): a port `connect()` chose
+//!   is unique only per 4-tuple, so the same port serves other destinations at once. The
+//!   headroom for a new connection to a destination is the range minus the exclusive ports
+//!   minus the ports already connected to it.
+//!
+//! Fed by the socket table as sockets gain, change and lose their local ports, so the figures
+//! are exact at every event, not sampled; a warning the moment a destination's (or the
+//! exclusive) usage passes [`WARN_PERCENT`]; `connect()`s the kernel found no port for
+//! (EADDRNOTAVAIL) counted per destination.
 //!
 //! Bounded: a namespace's entries go when the namespace is gone and nothing here holds a port
-//! in it ([`EphemeralUsage::retain_namespaces`]), and past [`MAX_KEYS`] addresses the ones
-//! holding no port are dropped (counted as evictions). Any user can create namespaces and
-//! addresses inside them.
-use foldhash::HashMap;
+//! in it ([`EphemeralUsage::retain_namespaces`]), and past [`MAX_KEYS`] keys the ones holding
+//! no port are dropped (counted as evictions). Any user can create namespaces, addresses and
+//! destinations.
+use std::net::IpAddr;
 
+use compact_str::CompactString;
+use foldhash::HashMap;
 use serde::Serialize;
 
 /// Usage above this share of the range is reported as a warning (once per crossing).
 pub const WARN_PERCENT: f64 = 80.0;
 
-/// (netns, protocol, family, local address): ports are unique per local address and protocol.
-pub type UsageKey = (u32, u8, u16, [u8; 16]);
+/// A connection's destination as the kernel's port search for `connect()` sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dest {
+    pub family: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub rport: u16,
+}
+
+/// (netns, protocol, None: ports held exclusively | Some: ports connected to a destination).
+pub type UsageKey = (u32, u8, Option<Dest>);
+
+/// Processes remembered per key (the most recent first).
+const MAX_PROCESSES: usize = 4;
 
 #[derive(Debug, Default)]
 struct Holders {
@@ -26,6 +51,15 @@ struct Holders {
     peak: usize,
     /// A warning was raised and usage has not dropped below the threshold since.
     warned: bool,
+    /// The processes that took ports here, the latest first.
+    processes: Vec<CompactString>,
+    /// `connect()`s to this destination the kernel found no port for (EADDRNOTAVAIL).
+    failed: u64,
+    /// Exclusive scope only: ports `connect()` holds to any destination (port → how many
+    /// destinations), and how many lie in the range. `bind()` to port 0 and UDP's autobind
+    /// pass over them too.
+    connected: HashMap<u16, u32>,
+    connected_in_range: usize,
 }
 
 /// One line of the usage report.
@@ -33,19 +67,57 @@ struct Holders {
 pub struct Usage {
     pub netns: u32,
     pub proto: super::types::Proto,
-    pub laddr: std::net::IpAddr,
+    /// `exclusive` (bound, listening and UDP sockets' ports: no one else may take them) or
+    /// `destination` (ports `connect()` chose to reach one destination).
+    pub scope: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub laddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rport: Option<u16>,
     /// The namespace's `ip_local_port_range`.
     pub range: (u16, u16),
     pub range_size: u32,
+    /// Ports of the range held in this scope, and the most at once.
     pub in_use: usize,
     pub peak: usize,
+    /// Ports of the range held exclusively in the namespace (for every destination).
+    pub exclusive: usize,
+    /// Ports left for a new connection to this destination (exclusive scope: for a new
+    /// `bind()` to port 0, which also passes over the ports connections hold).
+    pub headroom: u32,
+    /// Share of the range not available: (range − headroom) / range.
     pub percent: f64,
+    /// Processes that took these ports, the latest first (at most 4).
+    pub processes: Vec<CompactString>,
+    /// `connect()`s the kernel found no local port for (EADDRNOTAVAIL).
+    pub failed: u64,
     /// Ports of the kernel range that lie below IANA's dynamic range (49152-65535): Linux does
     /// not use IANA's range by default.
     pub below_iana_dynamic: u32,
 }
 
-/// (netns, protocol, address) entries kept before the ones holding no port are dropped.
+impl Usage {
+    /// `203.0.113.5:80 from 10.0.0.2`, or `exclusive` for the exclusive scope.
+    pub fn scope_label(&self) -> String {
+        match (self.raddr, self.rport) {
+            (Some(r), Some(p)) => {
+                let remote = match r {
+                    IpAddr::V6(_) => format!("[{r}]:{p}"),
+                    IpAddr::V4(_) => format!("{r}:{p}"),
+                };
+                match self.laddr.filter(|a| !a.is_unspecified()) {
+                    Some(l) => format!("to {remote} from {l}"),
+                    None => format!("to {remote}"),
+                }
+            }
+            _ => "held exclusively (bind, listen, UDP)".to_string(),
+        }
+    }
+}
+
+/// Keys kept before the ones holding no port are dropped.
 pub const MAX_KEYS: usize = 65_536;
 
 #[derive(Debug)]
@@ -55,6 +127,8 @@ pub struct EphemeralUsage {
     warnings: Vec<Usage>,
     /// Entries dropped by the cap (they held no port; their peak is forgotten).
     evicted: u64,
+    /// Every `connect()` that found no port, whatever its destination.
+    failed_total: u64,
     /// The key count at which the next pass drops idle keys: doubled past [`MAX_KEYS`] when a
     /// pass finds most keys busy, so passes stay amortised O(1) per new key.
     next_pass: usize,
@@ -67,6 +141,7 @@ impl Default for EphemeralUsage {
             ranges: HashMap::default(),
             warnings: Vec::new(),
             evicted: 0,
+            failed_total: 0,
             next_pass: MAX_KEYS,
         }
     }
@@ -85,24 +160,50 @@ fn in_range(port: u16, range: Option<&(u16, u16)>) -> bool {
     range.is_some_and(|(lo, hi)| (*lo..=*hi).contains(&port))
 }
 
+fn remember(processes: &mut Vec<CompactString>, comm: &str) {
+    if comm.is_empty() || processes.first().is_some_and(|p| p == comm) {
+        return;
+    }
+    processes.retain(|p| p != comm);
+    processes.insert(0, CompactString::from(comm));
+    processes.truncate(MAX_PROCESSES);
+}
+
 impl EphemeralUsage {
-    /// A socket started holding `port` on `key`.
-    pub fn add(&mut self, key: UsageKey, port: u16) {
+    fn holders(&mut self, key: UsageKey) -> &mut Holders {
         if self.keys.len() >= self.next_pass && !self.keys.contains_key(&key) {
             self.drop_idle_keys();
         }
+        self.keys.entry(key).or_default()
+    }
+
+    /// A socket of process `comm` started holding `port` in `key`'s scope.
+    pub fn add(&mut self, key: UsageKey, port: u16, comm: &str) {
         let range = self.ranges.get(&key.0).copied();
-        let holders = self.keys.entry(key).or_default();
+        let holders = self.holders(key);
+        remember(&mut holders.processes, comm);
         let count = holders.ports.entry(port).or_insert(0);
         *count += 1;
-        if *count == 1 && in_range(port, range.as_ref()) {
+        if *count != 1 {
+            return;
+        }
+        if key.2.is_some() {
+            let all = self.holders((key.0, key.1, None));
+            let n = all.connected.entry(port).or_insert(0);
+            *n += 1;
+            if *n == 1 && in_range(port, range.as_ref()) {
+                all.connected_in_range += 1;
+            }
+        }
+        if in_range(port, range.as_ref()) {
+            let holders = self.keys.get_mut(&key).expect("made above");
             holders.in_range += 1;
             holders.peak = holders.peak.max(holders.in_range);
             self.check(key);
         }
     }
 
-    /// A socket stopped holding `port` on `key`.
+    /// A socket stopped holding `port` in `key`'s scope.
     pub fn remove(&mut self, key: UsageKey, port: u16) {
         let range = self.ranges.get(&key.0).copied();
         let Some(holders) = self.keys.get_mut(&key) else {
@@ -117,17 +218,65 @@ impl EphemeralUsage {
             if in_range(port, range.as_ref()) {
                 holders.in_range -= 1;
             }
+            if key.2.is_some() {
+                if let Some(all) = self.keys.get_mut(&(key.0, key.1, None)) {
+                    if let Some(n) = all.connected.get_mut(&port) {
+                        *n -= 1;
+                        if *n == 0 {
+                            all.connected.remove(&port);
+                            if in_range(port, range.as_ref()) {
+                                all.connected_in_range -= 1;
+                            }
+                        }
+                    }
+                }
+            }
         }
         self.check(key);
+    }
+
+    /// A `connect()` of process `comm` to `dest` found no local port (EADDRNOTAVAIL). The
+    /// kernel had not settled the local address yet when it gave up (zero): the failure goes
+    /// to the busiest destination with that remote end, if one is known.
+    pub fn failed_connect(&mut self, netns: u32, proto: u8, mut dest: Dest, comm: &str) {
+        if dest.laddr == [0; 16] {
+            if let Some(known) = self
+                .keys
+                .iter()
+                .filter_map(|(k, h)| Some((k.2?, k, h.in_range)))
+                .filter(|(d, k, _)| {
+                    k.0 == netns && k.1 == proto && d.raddr == dest.raddr && d.rport == dest.rport
+                })
+                .max_by_key(|(_, _, n)| *n)
+                .map(|(d, _, _)| d)
+            {
+                dest = known;
+            }
+        }
+        self.failed_total += 1;
+        let key = (netns, proto, Some(dest));
+        let holders = self.holders(key);
+        holders.failed += 1;
+        remember(&mut holders.processes, comm);
+        if let Some(usage) = self.usage(&key) {
+            // Each failure is news: the destination is out of ports right now.
+            self.warnings.push(usage);
+        }
     }
 
     /// Past the cap: forgets every key that holds no port (one pass, paid for by the new keys
     /// that filled the table since the last one).
     fn drop_idle_keys(&mut self) {
         let before = self.keys.len();
-        self.keys.retain(|_, h| !h.ports.is_empty());
+        self.keys
+            .retain(|_, h| !h.ports.is_empty() || !h.connected.is_empty());
         self.evicted += (before - self.keys.len()) as u64;
         self.next_pass = MAX_KEYS.max(2 * self.keys.len());
+    }
+
+    /// `connect()`s that found no port so far (never decreases).
+    pub fn failed_total(&self) -> u64 {
+        self.failed_total
     }
 
     /// Keys dropped by the cap so far.
@@ -140,7 +289,7 @@ impl EphemeralUsage {
     /// Returns how many namespaces were forgotten whole.
     pub fn retain_namespaces(&mut self, alive: impl Fn(u32) -> bool) -> usize {
         self.keys
-            .retain(|key, h| alive(key.0) || !h.ports.is_empty());
+            .retain(|key, h| alive(key.0) || !h.ports.is_empty() || !h.connected.is_empty());
         let held: std::collections::HashSet<u32> = self.keys.keys().map(|k| k.0).collect();
         let before = self.ranges.len();
         self.ranges.retain(|ns, _| alive(*ns) || held.contains(ns));
@@ -171,7 +320,9 @@ impl EphemeralUsage {
             return;
         }
         self.ranges.insert(netns, range);
-        let keys: Vec<UsageKey> = self.keys.keys().filter(|k| k.0 == netns).copied().collect();
+        let mut keys: Vec<UsageKey> = self.keys.keys().filter(|k| k.0 == netns).copied().collect();
+        // The exclusive scope first: the destinations' figures include it.
+        keys.sort_by_key(|k| k.2.is_some());
         for key in keys {
             let holders = self.keys.get_mut(&key).expect("listed above");
             holders.in_range = holders
@@ -180,6 +331,11 @@ impl EphemeralUsage {
                 .filter(|p| in_range(**p, Some(&range)))
                 .count();
             holders.peak = holders.peak.max(holders.in_range);
+            holders.connected_in_range = holders
+                .connected
+                .keys()
+                .filter(|p| in_range(**p, Some(&range)))
+                .count();
             self.check(key);
         }
     }
@@ -188,48 +344,93 @@ impl EphemeralUsage {
         self.ranges.get(&netns).copied()
     }
 
+    /// Raises a warning when `key`'s usage crossed [`WARN_PERCENT`] (figures only: the
+    /// report line is built for a warning alone).
     fn check(&mut self, key: UsageKey) {
-        let Some(usage) = self.usage(&key) else {
+        let Some((exclusive, taken, size)) = self.figures(&key) else {
             return;
         };
-        let holders = self.keys.get_mut(&key).expect("usage() found it");
-        if usage.percent >= WARN_PERCENT && !holders.warned {
+        // The exclusive scope warns on its own ports: that connections fill the range is
+        // their destinations' warning.
+        let taken = if key.2.is_some() {
+            taken
+        } else {
+            exclusive as u32
+        };
+        let above = f64::from(taken) * 100.0 / f64::from(size) >= WARN_PERCENT;
+        let holders = self.keys.get_mut(&key).expect("figures() found it");
+        if above && !holders.warned {
             holders.warned = true;
-            self.warnings.push(usage);
-        } else if usage.percent < WARN_PERCENT {
+            if let Some(usage) = self.usage(&key) {
+                self.warnings.push(usage);
+            }
+        } else if !above {
             holders.warned = false;
         }
     }
 
-    fn usage(&self, key: &UsageKey) -> Option<Usage> {
+    /// (exclusive ports, ports taken for `key`'s next allocation, range size).
+    fn figures(&self, key: &UsageKey) -> Option<(usize, u32, u32)> {
         let holders = self.keys.get(key)?;
         let range = *self.ranges.get(&key.0)?;
         let size = u32::from(range.1 - range.0) + 1;
+        let exclusive = self.exclusive(key.0, key.1);
+        let taken = match key.2 {
+            Some(_) => exclusive + holders.in_range,
+            None => exclusive + holders.connected_in_range,
+        };
+        Some((exclusive, taken.min(size as usize) as u32, size))
+    }
+
+    /// Ports of the range held exclusively in (netns, protocol).
+    fn exclusive(&self, netns: u32, proto: u8) -> usize {
+        self.keys
+            .get(&(netns, proto, None))
+            .map_or(0, |h| h.in_range)
+    }
+
+    fn usage(&self, key: &UsageKey) -> Option<Usage> {
+        let (exclusive, taken, size) = self.figures(key)?;
+        let holders = &self.keys[key];
+        let range = self.ranges[&key.0];
+        let ip = |family, a: &[u8; 16]| super::event::ip(family, a);
         Some(Usage {
             netns: key.0,
             proto: super::types::Proto::from_number(key.1),
-            laddr: super::event::ip(key.2, &key.3),
+            scope: if key.2.is_some() {
+                "destination"
+            } else {
+                "exclusive"
+            },
+            laddr: key.2.map(|d| ip(d.family, &d.laddr)),
+            raddr: key.2.map(|d| ip(d.family, &d.raddr)),
+            rport: key.2.map(|d| d.rport),
             range,
             range_size: size,
             in_use: holders.in_range,
             peak: holders.peak,
-            percent: holders.in_range as f64 * 100.0 / f64::from(size),
+            exclusive,
+            headroom: size - taken,
+            percent: f64::from(taken) * 100.0 / f64::from(size),
+            processes: holders.processes.clone(),
+            failed: holders.failed,
             below_iana_dynamic: below_iana_dynamic(range),
         })
     }
 
-    /// Warnings raised since the last call: usage crossed [`WARN_PERCENT`].
+    /// Warnings raised since the last call: usage crossed [`WARN_PERCENT`], or a `connect()`
+    /// found no port.
     pub fn take_warnings(&mut self) -> Vec<Usage> {
         std::mem::take(&mut self.warnings)
     }
 
-    /// Every (netns, protocol, local address) with at least one ephemeral port in use, or that
-    /// had one, busiest first.
+    /// Every scope with at least one ephemeral port in use, or that had one, or a failed
+    /// `connect()`: the fullest first.
     pub fn report(&self) -> Vec<Usage> {
         let mut out: Vec<Usage> = self
             .keys
             .iter()
-            .filter(|(_, h)| h.peak > 0)
+            .filter(|(_, h)| h.peak > 0 || h.failed > 0)
             .filter_map(|(k, _)| self.usage(k))
             .collect();
         out.sort_by(|a, b| {
@@ -237,6 +438,8 @@ impl EphemeralUsage {
                 .total_cmp(&a.percent)
                 .then(a.netns.cmp(&b.netns))
                 .then(a.proto.cmp(&b.proto))
+                .then(a.raddr.cmp(&b.raddr))
+                .then(a.rport.cmp(&b.rport))
                 .then(a.laddr.cmp(&b.laddr))
         });
         out
@@ -244,109 +447,5 @@ impl EphemeralUsage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LO: [u8; 16] = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-
-    #[test]
-    fn usage_peak_and_one_warning_per_crossing() {
-        let mut u = EphemeralUsage::default();
-        u.set_range(1, (40000, 40004));
-        let key = (1, 6, 2, LO);
-        for port in 40000..40004 {
-            u.add(key, port);
-        }
-        u.add(key, 8080); // outside the range: not counted
-        let r = &u.report()[0];
-        assert_eq!((r.in_use, r.range_size, r.percent), (4, 5, 80.0));
-        let warned = u.take_warnings();
-        assert_eq!(warned.len(), 1, "crossing 80% warns once");
-        assert_eq!(warned[0].in_use, 4);
-        u.add(key, 40004);
-        assert!(u.take_warnings().is_empty(), "still above: no repeat");
-        assert_eq!(u.report()[0].percent, 100.0);
-        u.remove(key, 40004);
-        u.remove(key, 40003);
-        u.remove(key, 40002);
-        assert_eq!(u.report()[0].in_use, 2);
-        assert_eq!(u.report()[0].peak, 5);
-        u.add(key, 40002);
-        u.add(key, 40003);
-        assert_eq!(u.take_warnings().len(), 1, "a new crossing warns again");
-    }
-
-    #[test]
-    fn dead_namespaces_are_forgotten_unless_a_port_is_held() {
-        let mut u = EphemeralUsage::default();
-        for ns in 1..=3 {
-            u.set_range(ns, (40000, 40010));
-            u.add((ns, 6, 2, LO), 40001);
-        }
-        u.remove((1, 6, 2, LO), 40001);
-        u.remove((2, 6, 2, LO), 40001);
-        // 1 is gone and idle; 2 is alive; 3 is gone but a socket still holds a port there.
-        assert_eq!(u.retain_namespaces(|ns| ns == 2), 1);
-        assert_eq!(u.namespaces(), vec![2, 3]);
-        assert_eq!(u.range(1), None);
-        assert!(u.range(3).is_some());
-    }
-
-    #[test]
-    fn idle_keys_make_room_past_the_cap() {
-        let mut u = EphemeralUsage::default();
-        let key = |i: usize| {
-            (
-                1,
-                6,
-                2,
-                [
-                    (i >> 16) as u8,
-                    (i >> 8) as u8,
-                    i as u8,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-            )
-        };
-        for i in 0..MAX_KEYS + 10 {
-            u.add(key(i), 1000);
-            if i >= 10 {
-                u.remove(key(i), 1000);
-            }
-        }
-        assert!(u.keys.len() < MAX_KEYS, "{}", u.keys.len());
-        assert!(u.evicted() > 0);
-        assert_eq!(u.keys.values().filter(|h| !h.ports.is_empty()).count(), 10);
-    }
-
-    #[test]
-    fn shared_ports_count_once_and_ranges_recount() {
-        let mut u = EphemeralUsage::default();
-        let key = (1, 6, 2, LO);
-        u.add(key, 33000);
-        u.add(key, 33000);
-        assert!(u.report().is_empty(), "range unknown yet");
-        u.set_range(1, (32768, 60999));
-        let r = &u.report()[0];
-        assert_eq!(r.in_use, 1);
-        assert_eq!(r.range_size, 28232);
-        assert_eq!(r.below_iana_dynamic, 49152 - 32768);
-        u.remove(key, 33000);
-        assert_eq!(u.report()[0].in_use, 1, "the other holder remains");
-        u.set_range(1, (49152, 65535));
-        assert_eq!(u.report()[0].in_use, 0);
-        assert_eq!(u.report()[0].below_iana_dynamic, 0);
-    }
-}
+#[path = "ephemeral_tests.rs"]
+mod tests;

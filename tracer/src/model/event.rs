@@ -73,6 +73,20 @@ pub const EVENT_NAMES: &[&str] = &[
     "sendmsg", "recvmsg", "state", "release",
 ];
 
+/// A TCP `connect()` the kernel found no local port for: SYN_SENT → CLOSE without a port and
+/// without a socket error. `tcp_v4_connect`/`tcp_v6_connect` enter SYN_SENT before
+/// `inet_hash_connect` looks for a port and go back to CLOSE when it finds none
+/// (EADDRNOTAVAIL: every port of the range is taken for this destination); a refused, reset
+/// or timed-out handshake had a port and sets `sk_err`.
+pub fn found_no_port(ev: &SockEvent) -> bool {
+    ev.kind == kind::STATE
+        && ev.old_state == tcp_state::SYN_SENT
+        && ev.new_state == tcp_state::CLOSE
+        && ev.lport == 0
+        && ev.rport != 0
+        && ev.sk_err == 0
+}
+
 pub fn errno_name(ret: i64) -> Option<CompactString> {
     use nix::errno::Errno;
     // No negation: a return of i64::MIN (only ever from a corrupt record) must not overflow.
@@ -233,9 +247,13 @@ impl Event {
             } else if ev.kind == kind::STATE {
                 // A transition into CLOSE with the socket's pending error: a connect refused,
                 // reset or timed out (how the socket path sees a failed connect).
-                (ev.sk_err > 0)
-                    .then(|| errno_name(-i64::from(ev.sk_err)))
-                    .flatten()
+                if found_no_port(ev) {
+                    Some(CompactString::const_new("EADDRNOTAVAIL"))
+                } else {
+                    (ev.sk_err > 0)
+                        .then(|| errno_name(-i64::from(ev.sk_err)))
+                        .flatten()
+                }
             } else {
                 errno_name(ev.ret)
             },

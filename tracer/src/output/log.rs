@@ -51,9 +51,13 @@ impl Sink for LogSink {
         tracing::warn!(
             netns = u.netns,
             proto = u.proto.name(),
-            laddr = %u.laddr,
+            scope = %crate::text::escape_log(&u.scope_label()),
             in_use = u.in_use,
+            exclusive = u.exclusive,
+            headroom = u.headroom,
             range_size = u.range_size,
+            failed = u.failed,
+            processes = %crate::text::escape_log(&u.processes.join(",")),
             "ephemeral ports near exhaustion"
         );
         Ok(())

@@ -94,22 +94,37 @@ pub fn range_line(netns: u32, range: (u16, u16)) -> String {
     )
 }
 
-/// `tcp 127.0.0.1: 3 of 28232 in use (0.0%), peak 3`.
+/// `tcp to 127.0.0.1:8001 from 127.0.0.1: 8 of 8 in use, 0 left (100.0%), peak 8 · curl ·
+/// 2 connects found no port (EADDRNOTAVAIL)  ⚠ near exhaustion`. Process names are escaped.
 pub fn usage_line(u: &Usage) -> String {
-    format!(
-        "{} {}: {} of {} in use ({:.1}%), peak {}{}",
+    let mut line = format!(
+        "{} {}: {} of {} in use, {} left ({:.1}%), peak {}",
         u.proto,
-        u.laddr,
+        u.scope_label(),
         u.in_use,
         u.range_size,
+        u.headroom,
         u.percent,
-        u.peak,
-        if u.percent >= crate::model::ephemeral::WARN_PERCENT {
-            "  ⚠ near exhaustion"
-        } else {
-            ""
-        }
-    )
+        u.peak
+    );
+    if u.scope == "destination" && u.exclusive > 0 {
+        line += &format!(", {} held exclusively", u.exclusive);
+    }
+    if !u.processes.is_empty() {
+        let names: Vec<_> = u.processes.iter().map(|p| crate::text::escape(p)).collect();
+        line += &format!(" · {}", names.join(", "));
+    }
+    if u.failed > 0 {
+        line += &format!(
+            " · {} connect{} found no port (EADDRNOTAVAIL)",
+            u.failed,
+            if u.failed == 1 { "" } else { "s" }
+        );
+    }
+    if u.percent >= crate::model::ephemeral::WARN_PERCENT {
+        line += "  ⚠ near exhaustion";
+    }
+    line
 }
 
 /// The footer: each namespace's range, then usage per (protocol, local address).

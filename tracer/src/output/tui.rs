@@ -356,8 +356,18 @@ fn draw_footer(frame: &mut Frame, area: Rect, screen: &Screen) {
     ));
     for u in screen.usage.iter().take(3) {
         let text = format!(
-            " {} {}: {}/{} in use ({:.1}%), peak {} · netns {}",
-            u.proto, u.laddr, u.in_use, u.range_size, u.percent, u.peak, u.netns
+            " {} {}: {}/{} in use, {} left ({:.1}%), peak {} · netns {}",
+            u.proto,
+            match (u.raddr, u.rport) {
+                (Some(a), Some(p)) => format!("→{a}:{p}"),
+                _ => "bound".to_string(),
+            },
+            u.in_use,
+            u.range_size,
+            u.headroom,
+            u.percent,
+            u.peak,
+            u.netns
         );
         let style = if u.percent >= WARN_PERCENT {
             bold().add_modifier(Modifier::REVERSED)

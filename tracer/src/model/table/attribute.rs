@@ -54,6 +54,7 @@ impl SocketTable {
             entry.family = ev.family;
         }
         entry.kernel_chose_port |= chose;
+        entry.bound |= ev.kind == kind::BIND && ev.ret >= 0 && ev.lport != 0;
         entry.last_seen = ev.ts_ns;
         entry.take_ends(ev);
         if ev.protocol == IPPROTO_TCP && ev.new_state != 0 {
@@ -244,6 +245,7 @@ impl TrackedSocket {
             state: 0,
             kernel_chose_port: false,
             accepted: false,
+            bound: false,
             from_snapshot: false,
             listening_on: None,
             released: false,

@@ -5,6 +5,7 @@ use tracer_common::{kind, tcp_state, SockEvent, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::sweep::TIME_WAIT_NS;
 use super::{SocketTable, TrackedSocket};
+use crate::model::ephemeral::Dest;
 use crate::model::snapshot::{SnapSocket, Snapshot};
 use crate::model::types::{sock_key, SockKey};
 
@@ -36,8 +37,20 @@ impl SocketTable {
             }
             let time_wait = s.state == tcp_state::TIME_WAIT;
             if time_wait && !self.time_wait_rows {
-                let key = (s.netns, s.protocol, s.family, s.laddr);
-                self.usage.add(key, s.lport);
+                // A port in the range a TIME_WAIT socket still holds was, as a rule, one
+                // connect() chose: it is taken for that destination only.
+                let chose = self
+                    .usage
+                    .range(s.netns)
+                    .is_some_and(|(lo, hi)| (lo..=hi).contains(&s.lport));
+                let dest = chose.then_some(Dest {
+                    family: s.family,
+                    laddr: s.laddr,
+                    raddr: s.raddr,
+                    rport: s.rport,
+                });
+                let key = (s.netns, s.protocol, dest);
+                self.usage.add(key, s.lport, "");
                 self.time_wait_ports
                     .push((now_ns + TIME_WAIT_NS, key, s.lport));
                 continue;
@@ -57,6 +70,7 @@ impl SocketTable {
                 state: s.state,
                 kernel_chose_port: false,
                 accepted: false,
+                bound: false,
                 from_snapshot: true,
                 listening_on: None,
                 released: time_wait,
@@ -92,6 +106,9 @@ impl SocketTable {
             let entry = self.sockets.get_mut(&key).expect("added");
             entry.accepted = accepted;
             entry.kernel_chose_port = chose;
+            // The snapshot cannot tell bind() from connect(): a port the kernel chose is
+            // taken as connect()'s, one outside the range as bound.
+            entry.bound = !chose && !accepted;
             self.recount(key);
         }
     }

@@ -22,7 +22,7 @@ use foldhash::HashMap;
 
 use tracer_common::{kind, tcp_state, SockEvent};
 
-use super::ephemeral::{EphemeralUsage, UsageKey};
+use super::ephemeral::{Dest, EphemeralUsage, UsageKey};
 use super::types::{sock_key, SockKey};
 
 mod attribute;
@@ -85,6 +85,9 @@ pub struct TrackedSocket {
     pub kernel_chose_port: bool,
     /// A connection the kernel built from a listener (it shares the listener's port).
     pub accepted: bool,
+    /// `bind()` gave it its port (named or chosen): the port is held for every destination,
+    /// where one `connect()` chose is unique only per destination.
+    pub bound: bool,
     /// Known from the start-up snapshot, not yet seen by a live event.
     pub from_snapshot: bool,
     /// Where this socket listens, while it does.
@@ -115,6 +118,23 @@ impl TrackedSocket {
 
     fn tuple(&self) -> SockKey {
         sock_key!(self)
+    }
+
+    /// Where its local port counts in the ephemeral usage: per destination for a TCP
+    /// connection whose port `connect()` chose, exclusively for the rest.
+    fn usage_key(&self) -> UsageKey {
+        let per_destination = self.protocol == tracer_common::IPPROTO_TCP
+            && self.rport != 0
+            && !self.bound
+            && !self.accepted
+            && !self.is_listening();
+        let dest = per_destination.then_some(Dest {
+            family: self.family,
+            laddr: self.laddr,
+            raddr: self.raddr,
+            rport: self.rport,
+        });
+        (self.netns, self.protocol, dest)
     }
 }
 
@@ -235,6 +255,18 @@ impl SocketTable {
         if !self.unnamed.is_empty() {
             self.name_snapshot_socket(ev);
         }
+        if super::event::found_no_port(ev) {
+            let dest = Dest {
+                family: ev.family,
+                laddr: ev.laddr,
+                raddr: ev.raddr,
+                rport: ev.rport,
+            };
+            // The transition runs inside the caller's connect().
+            let comm = crate::text::comm_inline(Owner::of(ev).comm_bytes());
+            self.usage
+                .failed_connect(ev.netns, tracer_common::IPPROTO_TCP, dest, &comm);
+        }
         let attribution = match ev.kind {
             kind::STATE => self.observe_state(ev),
             kind::RELEASE => self.observe_release(ev),
@@ -251,19 +283,21 @@ impl SocketTable {
         let Some(entry) = self.sockets.get_mut(&sk) else {
             return;
         };
-        let wanted = (entry.lport != 0 && entry.protocol != 0).then_some((
-            (entry.netns, entry.protocol, entry.family, entry.laddr),
-            entry.lport,
-        ));
+        let wanted =
+            (entry.lport != 0 && entry.protocol != 0).then(|| (entry.usage_key(), entry.lport));
         if entry.counted == wanted {
             return;
         }
         let previous = std::mem::replace(&mut entry.counted, wanted);
+        let comm = entry
+            .owner()
+            .map(|o| crate::text::comm_inline(o.comm_bytes()))
+            .unwrap_or_default();
         if let Some((key, port)) = previous {
             self.usage.remove(key, port);
         }
         if let Some((key, port)) = wanted {
-            self.usage.add(key, port);
+            self.usage.add(key, port, &comm);
         }
     }
 
@@ -281,331 +315,4 @@ impl SocketTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::sweep::RELEASED_GRACE_NS;
-    use super::*;
-    use tracer_common::{flag, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
-
-    fn ev(kind: u16, sk: u64, pid: u32) -> SockEvent {
-        SockEvent {
-            kind,
-            sk,
-            pid,
-            tid: pid,
-            protocol: IPPROTO_TCP,
-            netns: 1,
-            ..Default::default()
-        }
-    }
-
-    fn state(sk: u64, old: u8, new: u8, lport: u16) -> SockEvent {
-        SockEvent {
-            old_state: old,
-            new_state: new,
-            lport,
-            pid: 0, // softirq: whoever was on the CPU
-            ..ev(kind::STATE, sk, 0)
-        }
-    }
-
-    /// `pid`'s listen() on `port`, socket `sk`.
-    fn listen(sk: u64, pid: u32, port: u16) -> SockEvent {
-        SockEvent {
-            lport: port,
-            new_state: tcp_state::LISTEN,
-            ..ev(kind::LISTEN, sk, pid)
-        }
-    }
-
-    #[test]
-    fn state_events_are_attributed_through_the_table() {
-        let mut t = SocketTable::default();
-        t.observe(&ev(kind::SOCKET, 0xa, 100));
-        let a = t.observe(&state(0xa, tcp_state::CLOSE, tcp_state::SYN_SENT, 0));
-        assert_eq!(a.owner.unwrap().pid, 100);
-        let unknown = t.observe(&state(0xb, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 9));
-        assert_eq!(unknown.owner, None);
-        let mut in_connect = state(0xc, tcp_state::CLOSE, tcp_state::SYN_SENT, 0);
-        in_connect.pid = 300;
-        in_connect.flags = flag::OWNER_IN_CONTEXT;
-        assert_eq!(t.observe(&in_connect).owner.unwrap().pid, 300);
-        let later = t.observe(&state(0xc, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 5));
-        assert_eq!(
-            later.owner.unwrap().pid,
-            300,
-            "remembered for softirq transitions"
-        );
-    }
-
-    #[test]
-    fn an_accepted_connection_belongs_to_the_accepting_worker_alone() {
-        let mut t = SocketTable::default();
-        // A master (10) and two workers (11, 12) share one listener, as nginx's do.
-        for pid in [10, 11, 12] {
-            t.observe(&listen(0x1, pid, 8080));
-        }
-        let before = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
-        assert_eq!(t.sockets[&0x2].owners.len(), 3, "{before:?}");
-        let mut accept = ev(kind::ACCEPT, 0x2, 12);
-        accept.ret = 7;
-        accept.parent_sk = 0x1;
-        accept.lport = 8080;
-        t.observe(&accept);
-        let owners: Vec<u32> = t.sockets[&0x2].owners.iter().map(|o| o.pid).collect();
-        assert_eq!(owners, vec![12]);
-        // A later fork that uses it joins, as before.
-        t.observe(&ev(kind::SENDTO, 0x2, 13));
-        let owners: Vec<u32> = t.sockets[&0x2].owners.iter().map(|o| o.pid).collect();
-        assert_eq!(owners, vec![13, 12]);
-    }
-
-    #[test]
-    fn a_reused_socket_address_is_a_new_socket() {
-        let mut t = SocketTable::default();
-        t.observe(&listen(0x1, 7, 8080));
-        // A connection pid 7 never accepts: closed with its listener, never released.
-        t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
-        t.observe(&state(
-            0x2,
-            tcp_state::SYN_RECV,
-            tcp_state::ESTABLISHED,
-            8080,
-        ));
-        t.observe(&state(0x1, tcp_state::LISTEN, tcp_state::CLOSE, 8080));
-        t.observe(&state(0x2, tcp_state::ESTABLISHED, tcp_state::CLOSE, 8080));
-        // Its memory goes to a connection on another process's listener.
-        t.observe(&listen(0x3, 9, 9090));
-        let child = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 9090));
-        assert_eq!(child.owner.unwrap().pid, 9);
-        let est = t.observe(&state(
-            0x2,
-            tcp_state::SYN_RECV,
-            tcp_state::ESTABLISHED,
-            9090,
-        ));
-        assert_eq!(est.owner.unwrap().pid, 9);
-        // And to a socket() of a third process: its owner alone.
-        t.observe(&state(0x2, tcp_state::ESTABLISHED, tcp_state::CLOSE, 9090));
-        let mut made = ev(kind::SOCKET, 0x2, 11);
-        made.new_state = tcp_state::CLOSE;
-        let a = t.observe(&made);
-        assert_eq!(a.owner.unwrap().pid, 11);
-        assert_eq!(t.sockets[&0x2].owners.len(), 1);
-    }
-
-    #[test]
-    fn connections_from_a_listener_belong_to_its_owner() {
-        let mut t = SocketTable::default();
-        t.observe(&listen(0x1, 7, 8080));
-        let child = t.observe(&state(0x2, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080));
-        assert_eq!(child.owner.unwrap().pid, 7);
-    }
-
-    #[test]
-    fn listeners_on_one_port_are_told_apart_by_address() {
-        // The kernel may give an IPv4 and an IPv6 server the same port number.
-        let mut t = SocketTable::default();
-        let listener = |sk, pid, family, addr: [u8; 16]| SockEvent {
-            lport: 40000,
-            new_state: tcp_state::LISTEN,
-            family,
-            laddr: addr,
-            ..ev(kind::LISTEN, sk, pid)
-        };
-        let mut v4 = [0u8; 16];
-        v4[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let mut v6 = [0u8; 16];
-        v6[15] = 1;
-        t.observe(&listener(0x10, 4, AF_INET, v4));
-        t.observe(&listener(0x20, 6, AF_INET6, v6));
-        t.observe(&listener(0x30, 9, AF_INET6, [0; 16])); // a wildcard [::]:40000
-        let child = |sk, family, addr| SockEvent {
-            family,
-            laddr: addr,
-            ..state(sk, tcp_state::LISTEN, tcp_state::SYN_RECV, 40000)
-        };
-        assert_eq!(t.observe(&child(0x11, AF_INET, v4)).owner.unwrap().pid, 4);
-        assert_eq!(t.observe(&child(0x21, AF_INET6, v6)).owner.unwrap().pid, 6);
-        // Another local address on that port: the wildcard listener takes it.
-        let mut other = [0u8; 16];
-        other[15] = 2;
-        assert_eq!(
-            t.observe(&child(0x31, AF_INET6, other)).owner.unwrap().pid,
-            9
-        );
-    }
-
-    #[test]
-    fn kernel_chosen_port_is_remembered() {
-        let mut t = SocketTable::default();
-        let mut c = ev(kind::CONNECT, 0x3, 5);
-        c.flags = flag::KERNEL_CHOSE_PORT;
-        c.lport = 40000;
-        t.observe(&c);
-        let a = t.observe(&state(
-            0x3,
-            tcp_state::SYN_SENT,
-            tcp_state::ESTABLISHED,
-            40000,
-        ));
-        assert!(a.kernel_chose_port);
-        assert_eq!(a.lport, 40000);
-    }
-
-    #[test]
-    fn released_tcp_socket_waits_for_close_then_goes() {
-        let mut t = SocketTable::default();
-        let mut s = ev(kind::CONNECT, 0x4, 5);
-        s.new_state = tcp_state::ESTABLISHED;
-        t.observe(&s);
-        t.observe(&ev(kind::RELEASE, 0x4, 5));
-        assert_eq!(t.len(), 1, "still closing");
-        let a = t.observe(&state(0x4, tcp_state::FIN_WAIT2, tcp_state::CLOSE, 1));
-        assert_eq!(a.owner.unwrap().pid, 5);
-        assert!(t.is_empty());
-    }
-
-    #[test]
-    fn udp_and_closed_sockets_go_at_release() {
-        let mut t = SocketTable::default();
-        let mut u = ev(kind::SOCKET, 0x5, 5);
-        u.protocol = IPPROTO_UDP;
-        t.observe(&u);
-        t.observe(&ev(kind::SOCKET, 0x6, 5));
-        t.observe(&ev(kind::RELEASE, 0x5, 5));
-        t.observe(&ev(kind::RELEASE, 0x6, 5));
-        assert!(t.is_empty());
-    }
-
-    #[test]
-    fn a_close_reported_after_release_does_not_resurrect_the_socket() {
-        // close() is reported at syscall exit, after the socket was released and closed.
-        let mut t = SocketTable::default();
-        t.observe(&listen(0x8, 5, 39309));
-        t.observe(&ev(kind::RELEASE, 0x8, 5));
-        t.observe(&state(0x8, tcp_state::LISTEN, tcp_state::CLOSE, 39309));
-        let mut close = ev(kind::CLOSE, 0x8, 5);
-        close.lport = 39309;
-        assert_eq!(t.observe(&close).owner.unwrap().pid, 5);
-        assert!(t.is_empty(), "no entry outlives its socket");
-        // The same struct sock * reused for a new socket starts clean.
-        let fresh = t.observe(&ev(kind::SOCKET, 0x8, 6));
-        assert_eq!(fresh.lport, 0);
-        assert!(!fresh.kernel_chose_port);
-    }
-
-    #[test]
-    fn snapshot_sockets_are_named_by_their_first_live_event() {
-        use crate::model::snapshot::{SnapNetns, SnapSocket, Snapshot};
-        let lo = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let server = Owner {
-            pid: 42,
-            tid: 42,
-            uid: 0,
-            comm: *b"server\0\0\0\0\0\0\0\0\0\0",
-            thread: *b"server\0\0\0\0\0\0\0\0\0\0",
-        };
-        let sock = |protocol, lport, state, inode| SnapSocket {
-            netns: 1,
-            protocol,
-            family: AF_INET,
-            laddr: lo,
-            lport,
-            raddr: [0; 16],
-            rport: 0,
-            state,
-            uid: 0,
-            inode,
-        };
-        let mut snapshot = Snapshot {
-            sockets: vec![
-                sock(IPPROTO_TCP, 8080, tcp_state::LISTEN, 10),
-                sock(IPPROTO_UDP, 40000, tcp_state::CLOSE, 11),
-            ],
-            namespaces: vec![SnapNetns {
-                inode: 1,
-                path: "/proc/self/ns/net".into(),
-                port_range: Some((32768, 60999)),
-            }],
-            ..Default::default()
-        };
-        snapshot.owners.insert(10, vec![server]);
-        snapshot.owners.insert(11, vec![server]);
-        let mut t = SocketTable::default();
-        t.merge_snapshot(&snapshot, 0);
-        assert_eq!(t.len(), 2);
-        assert_eq!(
-            t.usage().report()[0].in_use,
-            1,
-            "the UDP port is in the range"
-        );
-        // The handshake of a connection to the old listener belongs to its owner.
-        let child = SockEvent {
-            family: AF_INET,
-            laddr: lo,
-            netns: 1,
-            ..state(0xc1, tcp_state::LISTEN, tcp_state::SYN_RECV, 8080)
-        };
-        assert_eq!(t.observe(&child).owner.unwrap().pid, 42);
-        // accept() names the listener's struct sock.
-        let accept = SockEvent {
-            parent_sk: 0xa1,
-            lport: 8080,
-            family: AF_INET,
-            laddr: lo,
-            ..ev(kind::ACCEPT, 0xc1, 42)
-        };
-        t.observe(&accept);
-        let listener = SockEvent {
-            lport: 8080,
-            family: AF_INET,
-            laddr: lo,
-            ..state(0xa1, tcp_state::LISTEN, tcp_state::CLOSE, 8080)
-        };
-        assert_eq!(t.observe(&listener).owner.unwrap().pid, 42);
-        // A datagram to a peer names the unconnected UDP socket it left from.
-        let send = SockEvent {
-            protocol: IPPROTO_UDP,
-            family: AF_INET,
-            laddr: lo,
-            lport: 40000,
-            raddr: lo,
-            rport: 53,
-            ..ev(kind::SENDTO, 0xb1, 42)
-        };
-        t.observe(&send);
-        let release = SockEvent {
-            protocol: IPPROTO_UDP,
-            family: AF_INET,
-            laddr: lo,
-            lport: 40000,
-            ..ev(kind::RELEASE, 0xb1, 42)
-        };
-        t.observe(&release);
-        assert!(
-            t.sockets().all(|s| !s.from_snapshot),
-            "no placeholder outlives its socket"
-        );
-        assert_eq!(t.usage().report()[0].in_use, 0);
-    }
-
-    #[test]
-    fn sweep_and_cap_bound_memory() {
-        let mut t = SocketTable::with_capacity(100);
-        for sk in 1..=1000u64 {
-            t.observe(&ev(kind::SOCKET, sk, 1));
-        }
-        assert!(t.len() <= 100);
-        assert!(t.evicted() > 0);
-
-        let mut t = SocketTable::default();
-        let mut s = ev(kind::CONNECT, 0x7, 5);
-        s.new_state = tcp_state::ESTABLISHED;
-        t.observe(&s);
-        let mut r = ev(kind::RELEASE, 0x7, 5);
-        r.ts_ns = 1;
-        t.observe(&r);
-        t.sweep(RELEASED_GRACE_NS + 2);
-        assert!(t.is_empty());
-    }
-}
+mod tests;
