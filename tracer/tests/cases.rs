@@ -372,7 +372,8 @@ fn nat_binding_and_its_end() {
             orig_bytes: 400,
             reply_packets: 5,
             reply_bytes: 1500,
-            first_ns: T0,
+            // The kernel stamps the binding's first packet and its record alike.
+            first_ns: T0 + 1_000_000,
             last_ns: T0 + 5_000_000,
         }),
         ..Default::default()

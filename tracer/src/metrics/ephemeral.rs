@@ -103,18 +103,20 @@ impl Metrics {
             let ns = ns_label(u.netns);
             let proto = u.proto.name();
             let taken = i64::from(u.range_size - u.headroom);
+            // Every (namespace, protocol) with ports has its figure: at least the exclusive
+            // ones (UDP has no other), at most the fullest destination's.
+            let g = e.in_use.with_label_values(&[&ns, proto]);
+            g.set(g.get().max(taken.max(u.exclusive as i64)));
             if u.scope == "exclusive" {
                 let g = e.exclusive.with_label_values(&[&ns, proto]);
                 g.set(g.get().max(u.in_use as i64));
                 continue;
             }
-            let g = e.in_use.with_label_values(&[&ns, proto]);
-            g.set(g.get().max(taken));
             // The report is fullest first: the first destinations get series.
             let (local, dest) = if destinations < MAX_DESTINATION_SERIES && ns != "other" {
                 destinations += 1;
                 let local = u.laddr.map(|a| a.to_string()).unwrap_or_default();
-                (local, destination(u))
+                (local, u.remote().unwrap_or_default())
             } else {
                 (String::new(), "other".to_string())
             };
@@ -126,15 +128,6 @@ impl Metrics {
                 .with_label_values(&labels)
                 .add(u.failed as i64);
         }
-    }
-}
-
-/// `198.51.100.10:80`, `[2001:db8::1]:443`.
-fn destination(u: &Usage) -> String {
-    match (u.raddr, u.rport) {
-        (Some(std::net::IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
-        (Some(a), Some(p)) => format!("{a}:{p}"),
-        _ => String::new(),
     }
 }
 

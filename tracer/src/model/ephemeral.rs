@@ -36,6 +36,38 @@ pub struct Dest {
     pub rport: u16,
 }
 
+impl Dest {
+    /// The destination of a connection; an IPv6 socket talking IPv4 (both ends v4-mapped, or
+    /// a local end not chosen yet) shares the IPv4 4-tuples, and is keyed as IPv4.
+    pub fn new(family: u16, laddr: [u8; 16], raddr: [u8; 16], rport: u16) -> Self {
+        let mapped = |a: &[u8; 16]| a[..10] == [0; 10] && a[10..12] == [0xff, 0xff];
+        if family == tracer_common::AF_INET6
+            && mapped(&raddr)
+            && (mapped(&laddr) || laddr == [0; 16])
+        {
+            let v4 = |a: &[u8; 16]| {
+                let mut out = [0; 16];
+                if mapped(a) {
+                    out[..4].copy_from_slice(&a[12..]);
+                }
+                out
+            };
+            return Dest {
+                family: tracer_common::AF_INET,
+                laddr: v4(&laddr),
+                raddr: v4(&raddr),
+                rport,
+            };
+        }
+        Dest {
+            family,
+            laddr,
+            raddr,
+            rport,
+        }
+    }
+}
+
 /// (netns, protocol, None: ports held exclusively | Some: ports connected to a destination).
 pub type UsageKey = (u32, u8, Option<Dest>);
 
@@ -87,7 +119,8 @@ pub struct Usage {
     /// Ports left for a new connection to this destination (exclusive scope: for a new
     /// `bind()` to port 0, which also passes over the ports connections hold).
     pub headroom: u32,
-    /// Share of the range not available: (range − headroom) / range.
+    /// Share of the range not available to this scope's next allocation ((range − headroom)
+    /// / range); for the exclusive scope, the share held exclusively (what it warns on).
     pub percent: f64,
     /// Processes that took these ports, the latest first (at most 4).
     pub processes: Vec<CompactString>,
@@ -99,20 +132,22 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// `203.0.113.5:80 from 10.0.0.2`, or `exclusive` for the exclusive scope.
+    /// `198.51.100.10:80`, `[2001:db8::1]:443`; None for the exclusive scope.
+    pub fn remote(&self) -> Option<String> {
+        match (self.raddr?, self.rport?) {
+            (r @ IpAddr::V6(_), p) => Some(format!("[{r}]:{p}")),
+            (r, p) => Some(format!("{r}:{p}")),
+        }
+    }
+
+    /// `to 203.0.113.5:80 from 10.0.0.2`, or what the exclusive scope holds.
     pub fn scope_label(&self) -> String {
-        match (self.raddr, self.rport) {
-            (Some(r), Some(p)) => {
-                let remote = match r {
-                    IpAddr::V6(_) => format!("[{r}]:{p}"),
-                    IpAddr::V4(_) => format!("{r}:{p}"),
-                };
-                match self.laddr.filter(|a| !a.is_unspecified()) {
-                    Some(l) => format!("to {remote} from {l}"),
-                    None => format!("to {remote}"),
-                }
-            }
-            _ => "held exclusively (bind, listen, UDP)".to_string(),
+        match self.remote() {
+            Some(remote) => match self.laddr.filter(|a| !a.is_unspecified()) {
+                Some(l) => format!("to {remote} from {l}"),
+                None => format!("to {remote}"),
+            },
+            None => "held exclusively (bind, listen, UDP)".to_string(),
         }
     }
 }
@@ -120,9 +155,16 @@ impl Usage {
 /// Keys kept before the ones holding no port are dropped.
 pub const MAX_KEYS: usize = 65_536;
 
+/// (netns, protocol, family, remote address, remote port): a destination without its local
+/// address, as a `connect()` that found no port names it.
+type Remote = (u32, u8, u16, [u8; 16], u16);
+
 #[derive(Debug)]
 pub struct EphemeralUsage {
     keys: HashMap<UsageKey, Holders>,
+    /// The local address last connected from, per remote end (an index into `keys`: an
+    /// entry whose key is gone is dropped with it, or when looked up).
+    locals: HashMap<Remote, [u8; 16]>,
     ranges: HashMap<u32, (u16, u16)>,
     warnings: Vec<Usage>,
     /// Entries dropped by the cap (they held no port; their peak is forgotten).
@@ -138,6 +180,7 @@ impl Default for EphemeralUsage {
     fn default() -> Self {
         EphemeralUsage {
             keys: HashMap::default(),
+            locals: HashMap::default(),
             ranges: HashMap::default(),
             warnings: Vec::new(),
             evicted: 0,
@@ -187,7 +230,9 @@ impl EphemeralUsage {
         if *count != 1 {
             return;
         }
-        if key.2.is_some() {
+        if let Some(d) = key.2 {
+            self.locals
+                .insert((key.0, key.1, d.family, d.raddr, d.rport), d.laddr);
             let all = self.holders((key.0, key.1, None));
             let n = all.connected.entry(port).or_insert(0);
             *n += 1;
@@ -236,21 +281,20 @@ impl EphemeralUsage {
     }
 
     /// A `connect()` of process `comm` to `dest` found no local port (EADDRNOTAVAIL). The
-    /// kernel had not settled the local address yet when it gave up (zero): the failure goes
-    /// to the busiest destination with that remote end, if one is known.
+    /// kernel may not have settled the local address when it gave up (zero): the failure goes
+    /// to the destination last connected to from a local address, if one is known. Reported
+    /// at the 1st, 2nd, 4th, 8th … failure of a destination: a loop of failing calls (any
+    /// user can make one) costs a lookup each, and a warning only now and then.
     pub fn failed_connect(&mut self, netns: u32, proto: u8, mut dest: Dest, comm: &str) {
         if dest.laddr == [0; 16] {
-            if let Some(known) = self
-                .keys
-                .iter()
-                .filter_map(|(k, h)| Some((k.2?, k, h.in_range)))
-                .filter(|(d, k, _)| {
-                    k.0 == netns && k.1 == proto && d.raddr == dest.raddr && d.rport == dest.rport
-                })
-                .max_by_key(|(_, _, n)| *n)
-                .map(|(d, _, _)| d)
-            {
-                dest = known;
+            let remote = (netns, proto, dest.family, dest.raddr, dest.rport);
+            if let Some(&laddr) = self.locals.get(&remote) {
+                let known = Dest { laddr, ..dest };
+                if self.keys.contains_key(&(netns, proto, Some(known))) {
+                    dest = known;
+                } else {
+                    self.locals.remove(&remote);
+                }
             }
         }
         self.failed_total += 1;
@@ -258,9 +302,10 @@ impl EphemeralUsage {
         let holders = self.holders(key);
         holders.failed += 1;
         remember(&mut holders.processes, comm);
-        if let Some(usage) = self.usage(&key) {
-            // Each failure is news: the destination is out of ports right now.
-            self.warnings.push(usage);
+        if holders.failed.is_power_of_two() {
+            if let Some(usage) = self.usage(&key) {
+                self.warnings.push(usage);
+            }
         }
     }
 
@@ -271,7 +316,22 @@ impl EphemeralUsage {
         self.keys
             .retain(|_, h| !h.ports.is_empty() || !h.connected.is_empty());
         self.evicted += (before - self.keys.len()) as u64;
+        self.prune_locals();
         self.next_pass = MAX_KEYS.max(2 * self.keys.len());
+    }
+
+    /// Drops index entries whose destination is no longer kept.
+    fn prune_locals(&mut self) {
+        let keys = &self.keys;
+        self.locals.retain(|r, laddr| {
+            let dest = Dest {
+                family: r.2,
+                laddr: *laddr,
+                raddr: r.3,
+                rport: r.4,
+            };
+            keys.contains_key(&(r.0, r.1, Some(dest)))
+        });
     }
 
     /// `connect()`s that found no port so far (never decreases).
@@ -290,6 +350,7 @@ impl EphemeralUsage {
     pub fn retain_namespaces(&mut self, alive: impl Fn(u32) -> bool) -> usize {
         self.keys
             .retain(|key, h| alive(key.0) || !h.ports.is_empty() || !h.connected.is_empty());
+        self.prune_locals();
         let held: std::collections::HashSet<u32> = self.keys.keys().map(|k| k.0).collect();
         let before = self.ranges.len();
         self.ranges.retain(|ns, _| alive(*ns) || held.contains(ns));
@@ -411,7 +472,12 @@ impl EphemeralUsage {
             peak: holders.peak,
             exclusive,
             headroom: size - taken,
-            percent: f64::from(taken) * 100.0 / f64::from(size),
+            percent: f64::from(if key.2.is_some() {
+                taken
+            } else {
+                exclusive as u32
+            }) * 100.0
+                / f64::from(size),
             processes: holders.processes.clone(),
             failed: holders.failed,
             below_iana_dynamic: below_iana_dynamic(range),

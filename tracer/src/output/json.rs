@@ -37,8 +37,11 @@ impl<W: Write> JsonSink<W> {
     /// The event lines built so far, to `out`.
     fn spill(&mut self) -> io::Result<()> {
         if !self.lines.is_empty() {
-            self.out.write_all(&self.lines)?;
+            let written = self.out.write_all(&self.lines);
+            // Written or not, the block is gone: a retry (the drop) would repeat the part that
+            // got through.
             self.lines.clear();
+            written?;
         }
         Ok(())
     }

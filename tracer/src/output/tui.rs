@@ -358,10 +358,8 @@ fn draw_footer(frame: &mut Frame, area: Rect, screen: &Screen) {
         let text = format!(
             " {} {}: {}/{} in use, {} left ({:.1}%), peak {} · netns {}",
             u.proto,
-            match (u.raddr, u.rport) {
-                (Some(a), Some(p)) => format!("→{a}:{p}"),
-                _ => "bound".to_string(),
-            },
+            u.remote()
+                .map_or_else(|| "bound".to_string(), |r| format!("→{r}")),
             u.in_use,
             u.range_size,
             u.headroom,

@@ -37,10 +37,18 @@ impl NatStage {
         }
     }
 
-    /// Binding records from the ring.
-    pub fn records(&mut self, records: &mut Vec<NatEvent>) {
+    /// Binding records from the ring. `nat` gives the counters of a binding a fresh entry
+    /// replaced at another address (then dropped), when there are NAT inputs.
+    pub fn records(&mut self, records: &mut Vec<NatEvent>, mut nat: Option<&mut dyn NatInputs>) {
         for ev in records.drain(..) {
-            self.table.binding(Binding::from_event(&ev), &mut self.out);
+            let b = Binding::from_event(&ev);
+            let stale = match nat.as_deref_mut() {
+                Some(n) => self.table.replace(b, |k| n.counters(k), &mut self.out),
+                None => self.table.replace(b, |_| None, &mut self.out),
+            };
+            if let (Some(key), Some(n)) = (stale, nat.as_deref_mut()) {
+                n.forget(&key);
+            }
         }
     }
 
@@ -161,13 +169,13 @@ impl Stage for NatOnlyStage {
         &mut self,
         batch: &mut Vec<SockEvent>,
         records: &mut Vec<NatEvent>,
-        _kernel: &mut dyn KernelInputs,
+        kernel: &mut dyn KernelInputs,
     ) -> Result<()> {
         self.events += batch.len() as u64;
         for ev in batch.drain(..) {
             self.nat.socket(&ev, ev.pid, || crate::text::comm(&ev.comm));
         }
-        self.nat.records(records);
+        self.nat.records(records, kernel.nat());
         self.flush()
     }
 

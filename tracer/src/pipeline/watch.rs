@@ -282,7 +282,7 @@ impl Stage for WatchStage {
         self.sockets(batch, kernel)?;
         match self.nat.as_mut() {
             Some(nat) => {
-                nat.records(records);
+                nat.records(records, kernel.nat());
                 nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
             }
             None => records.clear(),

@@ -131,7 +131,7 @@ pub fn caller_selected(caller: Caller) -> bool {
 }
 
 /// Counts the event, then (unless `count_only`) writes it into the ring. Returns whether the
-/// socket passed the socket filters.
+/// socket passed the socket filters and its record (if one was due) reached the ring.
 #[inline(always)]
 pub fn report(hook: &Hook, common: &SkCommon, count_only: bool) -> bool {
     let Some(mut f) = fields(hook.sk, common) else {
@@ -157,17 +157,18 @@ pub fn report(hook: &Hook, common: &SkCommon, count_only: bool) -> bool {
             };
             f.rport = hook.remote.port;
         }
-        write(hook, &f);
+        return write(hook, &f);
     }
     true
 }
 
-/// Writes every field of the record straight into the ring: no event on the stack.
+/// Writes every field of the record straight into the ring: no event on the stack. False
+/// when the ring was full (counted as lost).
 #[inline(always)]
-fn write(hook: &Hook, f: &Fields) {
+fn write(hook: &Hook, f: &Fields) -> bool {
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
         bump(counter::LOST);
-        return;
+        return false;
     };
     // SAFETY: `reserve` returned room for one `SockEvent` in the ring (8-byte aligned), ours
     // alone until `submit`. Every field is written below before the record is submitted;
@@ -224,4 +225,5 @@ fn write(hook: &Hook, f: &Fields) {
     put16(&mut ev.laddr, f.laddr);
     put16(&mut ev.raddr, f.raddr);
     entry.submit(wakeup());
+    true
 }

@@ -109,19 +109,29 @@ impl NatTable {
         out: &mut Vec<NatOutput>,
     ) -> Option<NatKey> {
         let id = (ev.netns, ev.protocol, Endpoints::from(ev.orig));
-        if let Some(n) = self.owed.get_mut(&id) {
-            // The destroy of an entry a fresh one already replaced: the live binding (and
-            // the counters under the key) are the new entry's.
-            *n -= 1;
-            if *n == 0 {
-                self.owed.remove(&id);
+        if let Some((n, since)) = self.owed.get_mut(&id) {
+            if ts_ns.saturating_sub(*since) <= super::OWED_NS {
+                // The destroy of an entry a fresh one already replaced: the live binding
+                // (and the counters under the key) are the new entry's.
+                *n -= 1;
+                if *n == 0 {
+                    self.owed.remove(&id);
+                }
+                return None;
             }
-            return None;
+            // Too late to be the replaced entry's: that one was lost. This ends the live one.
+            self.owed.remove(&id);
         }
         let b = self.forget(&id)?.binding;
-        let found = b.key.as_ref().and_then(counters);
+        // The counters are this binding's only if they started with it: a fresh entry at the
+        // same address may have taken the key over since (the kernel reset them for it).
+        let found = b
+            .key
+            .as_ref()
+            .and_then(counters)
+            .filter(|c| c.first_ns == b.ts_ns);
         out.push(NatOutput::End(b.end(ts_ns, found)));
-        b.key
+        found.and(b.key)
     }
 }
 

@@ -9,6 +9,8 @@
 //! `conntrack`; socket ends and how they are stitched into a flow in `flow`.
 use foldhash::HashMap;
 
+use tracer_common::{NatCounters, NatKey};
+
 use super::{bounded::BoundedMap, types::Proto};
 
 mod binding;
@@ -20,6 +22,9 @@ pub use binding::{hook_name, Binding, Endpoints, NatKind, NatSource};
 pub use conntrack::{BindingEnd, Counters, CtEvent, CtTuple, GoneNetns};
 use flow::{client_key_of, server_key_of, EndKey};
 pub use flow::{Flow, FlowEnd};
+
+/// How long a destroy event owed for a replaced binding is waited for.
+pub const OWED_NS: u64 = 2_000_000_000;
 
 /// Bindings kept while they live, at most; the oldest go first past this (counted).
 pub const MAX_BINDINGS: usize = 65_536;
@@ -59,9 +64,11 @@ pub struct NatTable {
     /// the namespaces watched; a namespace's entries go with it ([`NatTable::forget_netns`]).
     pub counts: BindingCounts,
     /// Bindings a fresh entry with the same original tuple ended before their own destroy
-    /// event arrived: how many such destroys are still to come, per binding id (they end
-    /// nothing). Bounded like the live bindings.
-    owed: BoundedMap<BindingId, u32>,
+    /// event arrived: (how many such destroys are still to come, when the last was owed), per
+    /// binding id — they end nothing. The kernel sent each before it made the new entry, so
+    /// one not here within [`OWED_NS`] was lost (or never sent: an entry the kernel dropped
+    /// unconfirmed): the debt lapses. Bounded like the live bindings.
+    owed: BoundedMap<BindingId, (u32, u64)>,
 }
 
 impl Default for NatTable {
@@ -106,6 +113,7 @@ impl NatTable {
         for id in gone {
             self.forget(&id);
         }
+        // Destroys owed there will not come either: those debts lapse on their own.
     }
 
     /// Live bindings pushed out by the cap.
@@ -145,20 +153,36 @@ impl NatTable {
 
     /// A new binding. Returns what to show (the binding, and a flow if its two sockets are
     /// already known). A binding already known (same netns and original tuple) is ignored.
-    pub fn binding(&mut self, mut b: Binding, out: &mut Vec<NatOutput>) {
+    pub fn binding(&mut self, b: Binding, out: &mut Vec<NatOutput>) {
+        self.replace(b, |_| None, out);
+    }
+
+    /// A new binding, as [`NatTable::binding`]. When it is a fresh entry for a tuple whose
+    /// binding is still live here (the kernel destroyed the entry and made a new one — a
+    /// client reusing its port, a SYN ending a TIME_WAIT entry — before its destroy event
+    /// reached us), the old binding ends here and that event, when it comes, ends nothing.
+    /// Returns the old binding's counter key for the caller to drop when the new entry has
+    /// another (its counters, from `counters`, end it); at the same address the kernel gave
+    /// them to the new entry.
+    pub fn replace(
+        &mut self,
+        mut b: Binding,
+        counters: impl FnOnce(&NatKey) -> Option<NatCounters>,
+        out: &mut Vec<NatOutput>,
+    ) -> Option<NatKey> {
         let id = b.id();
+        let mut stale = None;
         if self.live.contains_key(&id) {
             if !b.fresh {
-                return;
+                return None;
             }
-            // The kernel destroyed the entry and made a new one for the same tuple (a
-            // client reusing its port, a SYN ending a TIME_WAIT entry) before its destroy
-            // event reached us: the old binding ends here, and that event, when it comes,
-            // ends nothing. Its counters went to the new entry (the kernel reset them).
             if let Some(old) = self.forget(&id) {
-                out.push(NatOutput::End(old.binding.end(b.ts_ns, None)));
-                let n = self.owed.get(&id).copied().unwrap_or(0) + 1;
-                self.owed.insert(id, n);
+                let other = old.binding.key.filter(|k| Some(*k) != b.key);
+                let found = other.as_ref().and_then(counters);
+                out.push(NatOutput::End(old.binding.end(b.ts_ns, found)));
+                stale = other;
+                let n = self.owed.get(&id).map_or(0, |o| o.0) + 1;
+                self.owed.insert(id, (n, b.ts_ns));
             }
         }
         b.netns_name = self.name_of(b.netns);
@@ -180,6 +204,7 @@ impl NatTable {
             self.unindex(&old_id, &old);
         }
         self.try_stitch(&id, out);
+        stale
     }
 
     fn forget(&mut self, id: &BindingId) -> Option<Live> {
@@ -271,7 +296,7 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::{kind, NatCounters, NatKey};
+    use tracer_common::kind;
 
     use super::fixtures::*;
     use super::*;
@@ -396,13 +421,25 @@ mod tests {
         }
     }
 
+    /// A masqueraded connection's tuples, and its entry's destroy event.
+    fn masquerade_and_destroy() -> (CtTuple, CtTuple, CtEvent) {
+        let orig = ct([192, 0, 2, 10], 40000, [198, 51, 100, 10], 80);
+        let reply = ct([198, 51, 100, 10], 80, [203, 0, 113, 1], 61000);
+        let destroy = CtEvent {
+            netns: 7,
+            destroyed: true,
+            protocol: 6,
+            orig,
+            reply,
+            status: None,
+        };
+        (orig, reply, destroy)
+    }
+
     #[test]
     fn a_fresh_entry_for_a_live_tuple_ends_the_old_binding_and_its_late_destroy_ends_nothing() {
         let mut t = NatTable::default();
-        let (orig, reply) = (
-            ct([192, 0, 2, 10], 40000, [198, 51, 100, 10], 80),
-            ct([198, 51, 100, 10], 80, [203, 0, 113, 1], 61000),
-        );
+        let (orig, reply, destroy) = masquerade_and_destroy();
         let mut out = Vec::new();
         let first = Binding::from_event(&nat_event(orig, reply));
         assert!(
@@ -429,16 +466,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(t.len(), 1);
-        let destroy = CtEvent {
-            netns: 7,
-            destroyed: true,
-            protocol: 6,
-            orig,
-            reply,
-            status: None,
-        };
         let mut out = Vec::new();
-        let counters = |_: &NatKey| Some(NatCounters::default());
+        let counters = |_: &NatKey| {
+            Some(NatCounters {
+                first_ns: 9_000_000_000,
+                ..NatCounters::default()
+            })
+        };
         assert_eq!(t.destroyed(&destroy, 10, counters, &mut out), None);
         assert!(
             out.is_empty(),
@@ -447,6 +481,48 @@ mod tests {
         assert_eq!(t.len(), 1, "the new binding lives on");
         assert!(t.destroyed(&destroy, 11, counters, &mut out).is_some());
         assert!(matches!(&out[..], [NatOutput::End(_)]));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_fresh_entry_elsewhere_ends_the_old_with_its_counters_and_late_debts_lapse() {
+        let mut t = NatTable::default();
+        let (orig, reply, destroy) = masquerade_and_destroy();
+        let mut out = Vec::new();
+        let first = Binding::from_event(&nat_event(orig, reply));
+        let old_key = first.key.unwrap();
+        t.binding(first.clone(), &mut out);
+        // The new entry lives at another address: the old binding's counters are its own.
+        let mut ev = nat_event(orig, reply);
+        ev.ct += 0x400;
+        ev.ts_ns = 7_000_000_000;
+        let second = Binding::from_event(&ev);
+        let own = NatCounters {
+            first_ns: 5,
+            orig_packets: 3,
+            ..NatCounters::default()
+        };
+        let stale = t.replace(second, |k| (*k == old_key).then_some(own), &mut out);
+        assert_eq!(stale, Some(old_key), "the old entry's counters are dropped");
+        match &out[..] {
+            [NatOutput::Binding(_), NatOutput::End(e), NatOutput::Binding(_)] => {
+                assert_eq!(e.counters.unwrap().orig_packets, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The old destroy never comes (lost); the new entry's, 10 s later, ends the binding.
+        let mut out = Vec::new();
+        // Counters under the key that started after the binding: a successor's, not used.
+        let later = NatCounters {
+            first_ns: 8_000_000_000,
+            ..NatCounters::default()
+        };
+        let key = t.destroyed(&destroy, 17_000_000_000, |_| Some(later), &mut out);
+        assert_eq!(key, None, "the successor's counters stay");
+        match &out[..] {
+            [NatOutput::End(e)] => assert!(e.counters.is_none()),
+            other => panic!("the lapsed debt must not swallow it: {other:?}"),
+        }
         assert!(t.is_empty());
     }
 

@@ -130,6 +130,10 @@ impl SocketTable {
         entry.state = ev.new_state;
         entry.last_seen = ev.ts_ns;
         entry.take_ends(ev);
+        // `tcp_set_state(CLOSE)` puts the port back unless it was bound by name
+        // (SOCK_BINDPORT_LOCK); a socket that connects again takes a new one.
+        let bound_by_name = entry.bound && !entry.kernel_chose_port;
+        entry.port_returned = ev.new_state == tcp_state::CLOSE && !bound_by_name;
         let attribution = Attribution::of(entry);
         let released = entry.released;
         if ev.new_state == tcp_state::LISTEN {
@@ -246,6 +250,7 @@ impl TrackedSocket {
             kernel_chose_port: false,
             accepted: false,
             bound: false,
+            port_returned: false,
             from_snapshot: false,
             listening_on: None,
             released: false,

@@ -43,12 +43,7 @@ impl SocketTable {
                     .usage
                     .range(s.netns)
                     .is_some_and(|(lo, hi)| (lo..=hi).contains(&s.lport));
-                let dest = chose.then_some(Dest {
-                    family: s.family,
-                    laddr: s.laddr,
-                    raddr: s.raddr,
-                    rport: s.rport,
-                });
+                let dest = chose.then(|| Dest::new(s.family, s.laddr, s.raddr, s.rport));
                 let key = (s.netns, s.protocol, dest);
                 self.usage.add(key, s.lport, "");
                 self.time_wait_ports
@@ -71,6 +66,7 @@ impl SocketTable {
                 kernel_chose_port: false,
                 accepted: false,
                 bound: false,
+                port_returned: false,
                 from_snapshot: true,
                 listening_on: None,
                 released: time_wait,

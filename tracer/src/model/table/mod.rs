@@ -88,6 +88,9 @@ pub struct TrackedSocket {
     /// `bind()` gave it its port (named or chosen): the port is held for every destination,
     /// where one `connect()` chose is unique only per destination.
     pub bound: bool,
+    /// A TCP transition into CLOSE gave its port back (the kernel keeps only a port bound
+    /// by name): the socket may linger until released, holding nothing.
+    port_returned: bool,
     /// Known from the start-up snapshot, not yet seen by a live event.
     pub from_snapshot: bool,
     /// Where this socket listens, while it does.
@@ -128,12 +131,8 @@ impl TrackedSocket {
             && !self.bound
             && !self.accepted
             && !self.is_listening();
-        let dest = per_destination.then_some(Dest {
-            family: self.family,
-            laddr: self.laddr,
-            raddr: self.raddr,
-            rport: self.rport,
-        });
+        let dest =
+            per_destination.then(|| Dest::new(self.family, self.laddr, self.raddr, self.rport));
         (self.netns, self.protocol, dest)
     }
 }
@@ -256,12 +255,7 @@ impl SocketTable {
             self.name_snapshot_socket(ev);
         }
         if super::event::found_no_port(ev) {
-            let dest = Dest {
-                family: ev.family,
-                laddr: ev.laddr,
-                raddr: ev.raddr,
-                rport: ev.rport,
-            };
+            let dest = Dest::new(ev.family, ev.laddr, ev.raddr, ev.rport);
             // The transition runs inside the caller's connect().
             let comm = crate::text::comm_inline(Owner::of(ev).comm_bytes());
             self.usage
@@ -283,8 +277,8 @@ impl SocketTable {
         let Some(entry) = self.sockets.get_mut(&sk) else {
             return;
         };
-        let wanted =
-            (entry.lport != 0 && entry.protocol != 0).then(|| (entry.usage_key(), entry.lport));
+        let wanted = (entry.lport != 0 && entry.protocol != 0 && !entry.port_returned)
+            .then(|| (entry.usage_key(), entry.lport));
         if entry.counted == wanted {
             return;
         }

@@ -324,3 +324,81 @@ fn sweep_and_cap_bound_memory() {
     t.sweep(RELEASED_GRACE_NS + 2);
     assert!(t.is_empty());
 }
+
+fn at(kind: u16, sk: u64, lport: u16, rport: u16) -> SockEvent {
+    let mut e = ev(kind, sk, 7);
+    e.family = AF_INET;
+    e.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    e.lport = lport;
+    if rport != 0 {
+        e.raddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.rport = rport;
+    }
+    e
+}
+
+/// Where a socket's port counts: per destination when connect() chose it; exclusively when
+/// bind() gave it (then connect() keeps it so); nowhere once a transition into CLOSE gave it
+/// back (a refused connect), unless it was bound by name.
+#[test]
+fn ports_count_where_the_kernel_holds_them() {
+    let mut t = SocketTable::default();
+    t.usage_mut().set_range(1, (40000, 40100));
+    let scopes = |t: &SocketTable| -> Vec<(&'static str, Option<u16>, usize)> {
+        let mut v: Vec<_> = t
+            .usage()
+            .report()
+            .into_iter()
+            .map(|u| (u.scope, u.rport, u.in_use))
+            .collect();
+        v.sort();
+        v
+    };
+    // connect() chose 40001 for :80.
+    t.observe(&ev(kind::SOCKET, 0xa, 7));
+    t.observe(&at(kind::CONNECT, 0xa, 40001, 80));
+    // bind(0) gave 40002, then connect() to :80 keeps it exclusively.
+    t.observe(&ev(kind::SOCKET, 0xb, 7));
+    t.observe(&at(kind::BIND, 0xb, 40002, 0));
+    t.observe(&at(kind::CONNECT, 0xb, 40002, 80));
+    assert_eq!(
+        scopes(&t),
+        vec![("destination", Some(80), 1), ("exclusive", None, 1)]
+    );
+    // A refused connect: SYN_SENT → CLOSE gives 40001 back though the socket lingers.
+    let mut refused = state(0xa, tcp_state::SYN_SENT, tcp_state::CLOSE, 40001);
+    refused.sk_err = 111;
+    t.observe(&refused);
+    assert_eq!(
+        scopes(&t),
+        vec![("destination", Some(80), 0), ("exclusive", None, 1)]
+    );
+    // A port bound by name stays held through CLOSE.
+    t.observe(&ev(kind::SOCKET, 0xc, 7));
+    t.observe(&at(kind::BIND, 0xc, 40050, 0));
+    t.observe(&state(0xc, tcp_state::SYN_SENT, tcp_state::CLOSE, 40050));
+    assert_eq!(scopes(&t)[1], ("exclusive", None, 2));
+}
+
+/// A connect() the kernel found no port for counts against its destination, which the
+/// failure names without a local address; an IPv6 socket talking IPv4 counts as IPv4.
+#[test]
+fn failed_connects_and_mapped_addresses_find_their_destination() {
+    let mut t = SocketTable::default();
+    t.usage_mut().set_range(1, (40000, 40000));
+    t.observe(&ev(kind::SOCKET, 0xa, 7));
+    t.observe(&at(kind::CONNECT, 0xa, 40000, 80));
+    let mut failed = state(0xd, tcp_state::SYN_SENT, tcp_state::CLOSE, 0);
+    failed.family = AF_INET6;
+    failed.raddr[10..12].copy_from_slice(&[0xff, 0xff]);
+    failed.raddr[12..].copy_from_slice(&[127, 0, 0, 1]);
+    failed.rport = 80;
+    failed.pid = 7;
+    failed.comm[..4].copy_from_slice(b"curl");
+    t.observe(&failed);
+    let report = t.usage().report();
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!((report[0].in_use, report[0].failed), (1, 1));
+    assert_eq!(report[0].laddr.unwrap().to_string(), "127.0.0.1");
+    assert_eq!(report[0].processes[0], "curl");
+}
