@@ -313,6 +313,65 @@ fn ephemeral_ports_are_counted_per_destination() {
     }
 }
 
+/// A client that closes first leaves a TIME_WAIT socket holding its port for that destination
+/// (60 s with `tcp_tw_reuse` 0): tracer keeps the port counted after the socket is gone, as
+/// `ss` shows it, and names the process that closed.
+#[test]
+fn time_wait_keeps_the_port_and_names_who_closed() {
+    if !prerequisites("time_wait_keeps_the_port_and_names_who_closed")
+        || !tool(
+            "time_wait_keeps_the_port_and_names_who_closed",
+            "python3",
+            "python3",
+        )
+    {
+        return;
+    }
+    let netns = TestNetns::new("twait");
+    netns.sysctl("net.ipv4.tcp_tw_reuse=0");
+    let tracer = Hooks::Sockets.watch(&["--netns", &netns.name]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns.name, "python3", "-c"])
+        .arg(
+            "import socket\n\
+             l = socket.socket(); l.bind(('127.0.0.1', 7070)); l.listen(1)\n\
+             c = socket.create_connection(('127.0.0.1', 7070)); s, _ = l.accept()\n\
+             print(c.getsockname()[1], flush=True)\n\
+             c.close(); s.recv(1); s.close()\n\
+             import time; time.sleep(0.3)",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let port: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let u = of_type(&records, "ephemeral")
+        .into_iter()
+        .find(|u| u["rport"] == 7070)
+        .unwrap_or_else(|| panic!("no usage for 127.0.0.1:7070: {records:#?}"));
+    assert_eq!(
+        (&u["in_use"], &u["time_wait"]),
+        (&1.into(), &1.into()),
+        "{u}"
+    );
+    assert_eq!(u["processes"], serde_json::json!(["python3"]));
+    // The kernel agrees: the client's port is in TIME_WAIT.
+    let ss = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            "ss",
+            "-tanH",
+            "state",
+            "time-wait",
+        ])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(ss.contains(&format!("127.0.0.1:{port}")), "{ss}");
+}
+
 /// `ss -tnp` lines of established connections: (local port, remote port, pid, comm).
 fn ss_connections() -> Vec<(u64, u64, u64, String)> {
     let out = Command::new("ss")

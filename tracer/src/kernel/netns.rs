@@ -118,8 +118,19 @@ pub fn own_inode() -> Result<u32> {
 /// Reads `net.ipv4.ip_local_port_range` as seen inside the namespace `ns` (an open handle to
 /// it). Net sysctls answer for the reading thread's namespace, so a short-lived thread enters
 /// it.
-pub fn port_range_in(ns: fs::File) -> Result<(u16, u16)> {
-    run_in(ns, read_port_range)
+pub fn port_range_in(ns: fs::File) -> Result<Sysctls> {
+    run_in(ns, read_sysctls)
+}
+
+/// A namespace's `ip_local_port_range` and `tcp_tw_reuse` (None where unreadable).
+type Sysctls = ((u16, u16), Option<u8>);
+
+/// This namespace's `ip_local_port_range` and `tcp_tw_reuse`.
+fn read_sysctls() -> Result<Sysctls> {
+    let tw_reuse = fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse")
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    Ok((read_port_range()?, tw_reuse))
 }
 
 /// Runs `f` on a short-lived thread inside namespace `ns` (netlink sockets and net sysctls
@@ -171,8 +182,9 @@ pub fn candidate_paths() -> impl Iterator<Item = PathBuf> {
 /// looked up in that second (not a scan per namespace: any user can create thousands).
 pub struct PortRangeCache {
     own: u32,
-    /// Range and when it was read (coarse monotonic time: looked up for every event shown).
-    known: foldhash::HashMap<u32, (Option<(u16, u16)>, Duration)>,
+    /// Range, `tcp_tw_reuse` and when they were read (coarse monotonic time: looked up for
+    /// every event shown).
+    known: foldhash::HashMap<u32, (Option<Sysctls>, Duration)>,
     index: Option<(NetnsIndex, Instant)>,
 }
 
@@ -208,13 +220,13 @@ impl PortRangeCache {
             return None;
         }
         let now = coarse_now();
-        if let Some((range, at)) = self.known.get(&inode) {
+        if let Some((read, at)) = self.known.get(&inode) {
             if now.saturating_sub(*at) < PORT_RANGE_TTL {
-                return *range;
+                return read.map(|r| r.0);
             }
         }
         let range = if inode == self.own {
-            read_port_range()
+            read_sysctls()
         } else {
             match self.open_handle(inode, pid) {
                 Some(ns) => port_range_in(ns),
@@ -236,7 +248,12 @@ impl PortRangeCache {
             }
         }
         self.known.insert(inode, (range, now));
-        range
+        range.map(|r| r.0)
+    }
+
+    /// Namespace `inode`'s `tcp_tw_reuse`, as read with its range by [`PortRangeCache::get`].
+    pub fn tw_reuse(&self, inode: u32) -> Option<u8> {
+        self.known.get(&inode)?.0?.1
     }
 
     /// Forgets the namespaces that are gone and returns which of `candidates` are gone (the

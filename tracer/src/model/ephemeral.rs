@@ -92,6 +92,9 @@ struct Holders {
     /// pass over them too.
     connected: HashMap<u16, u32>,
     connected_in_range: usize,
+    /// Of `ports`, how many a TIME_WAIT socket holds (the connection closed, the port not
+    /// free yet).
+    time_wait: usize,
 }
 
 /// One line of the usage report.
@@ -126,6 +129,8 @@ pub struct Usage {
     pub processes: Vec<CompactString>,
     /// `connect()`s the kernel found no local port for (EADDRNOTAVAIL).
     pub failed: u64,
+    /// Of `in_use`, ports TIME_WAIT sockets hold (closed connections, ports not yet free).
+    pub time_wait: usize,
     /// Ports of the kernel range that lie below IANA's dynamic range (49152-65535): Linux does
     /// not use IANA's range by default.
     pub below_iana_dynamic: u32,
@@ -162,6 +167,8 @@ type Remote = (u32, u8, u16, [u8; 16], u16);
 #[derive(Debug)]
 pub struct EphemeralUsage {
     keys: HashMap<UsageKey, Holders>,
+    /// `net.ipv4.tcp_tw_reuse` per namespace, where known (the kernel's default, 2, if not).
+    tw_reuse: HashMap<u32, u8>,
     /// The local address last connected from, per remote end (an index into `keys`: an
     /// entry whose key is gone is dropped with it, or when looked up).
     locals: HashMap<Remote, [u8; 16]>,
@@ -180,6 +187,7 @@ impl Default for EphemeralUsage {
     fn default() -> Self {
         EphemeralUsage {
             keys: HashMap::default(),
+            tw_reuse: HashMap::default(),
             locals: HashMap::default(),
             ranges: HashMap::default(),
             warnings: Vec::new(),
@@ -354,6 +362,8 @@ impl EphemeralUsage {
         let held: std::collections::HashSet<u32> = self.keys.keys().map(|k| k.0).collect();
         let before = self.ranges.len();
         self.ranges.retain(|ns, _| alive(*ns) || held.contains(ns));
+        let ranges = &self.ranges;
+        self.tw_reuse.retain(|ns, _| ranges.contains_key(ns));
         before - self.ranges.len()
     }
 
@@ -403,6 +413,42 @@ impl EphemeralUsage {
 
     pub fn range(&self, netns: u32) -> Option<(u16, u16)> {
         self.ranges.get(&netns).copied()
+    }
+
+    /// Sets a namespace's `net.ipv4.tcp_tw_reuse` (bounded with the ranges: kept only for
+    /// namespaces that have one).
+    pub fn set_tw_reuse(&mut self, netns: u32, value: u8) {
+        if self.ranges.contains_key(&netns) && self.tw_reuse.get(&netns) != Some(&value) {
+            self.tw_reuse.insert(netns, value);
+        }
+    }
+
+    /// How long a TIME_WAIT socket keeps the port of a connection in `key`'s scope from a new
+    /// connection to the same destination: TCP_TIMEWAIT_LEN (60 s), or one second where
+    /// `tcp_tw_reuse` lets `connect()` take it over (1: every destination; 2, the default:
+    /// loopback ones) once the peer's timestamps have moved on.
+    pub fn time_wait_hold_ns(&self, key: &UsageKey) -> u64 {
+        const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
+        let Some(d) = key.2 else {
+            return TIMEWAIT_LEN_NS;
+        };
+        let loopback = super::event::ip(d.family, &d.raddr).is_loopback();
+        match self.tw_reuse.get(&key.0).copied().unwrap_or(2) {
+            1 => 1_000_000_000,
+            2 if loopback => 1_000_000_000,
+            _ => TIMEWAIT_LEN_NS,
+        }
+    }
+
+    /// A port of `key`'s scope went to (`true`) or left (`false`) a TIME_WAIT socket.
+    pub fn time_wait(&mut self, key: UsageKey, holds: bool) {
+        if let Some(h) = self.keys.get_mut(&key) {
+            if holds {
+                h.time_wait += 1;
+            } else {
+                h.time_wait = h.time_wait.saturating_sub(1);
+            }
+        }
     }
 
     /// Raises a warning when `key`'s usage crossed [`WARN_PERCENT`] (figures only: the
@@ -480,6 +526,7 @@ impl EphemeralUsage {
                 / f64::from(size),
             processes: holders.processes.clone(),
             failed: holders.failed,
+            time_wait: holders.time_wait,
             below_iana_dynamic: below_iana_dynamic(range),
         })
     }

@@ -107,6 +107,9 @@ pub fn usage_line(u: &Usage) -> String {
         u.percent,
         u.peak
     );
+    if u.time_wait > 0 {
+        line += &format!(", {} in TIME_WAIT", u.time_wait);
+    }
     if u.scope == "destination" && u.exclusive > 0 {
         line += &format!(", {} held exclusively", u.exclusive);
     }

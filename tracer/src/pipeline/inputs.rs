@@ -29,6 +29,11 @@ pub trait KernelInputs {
     /// Namespace `netns`'s ephemeral port range; `pid` (the socket's owner) is the first place
     /// to look for a way into it.
     fn port_range(&mut self, netns: u32, pid: Option<u32>) -> Option<(u16, u16)>;
+    /// Namespace `netns`'s `net.ipv4.tcp_tw_reuse`, when [`KernelInputs::port_range`] read it
+    /// (recordings and fakes: unknown, the kernel's default then applies).
+    fn tw_reuse(&mut self, _netns: u32) -> Option<u8> {
+        None
+    }
     /// Which of `candidates` no longer exist. One scan of /proc: every few seconds.
     fn gone_namespaces(&mut self, candidates: &[u32]) -> Vec<u32>;
     /// The sockets the kernel has now, without owners (to drop entries whose close was lost).
@@ -100,6 +105,10 @@ impl KernelInputs for LiveKernel {
 
     fn port_range(&mut self, netns: u32, pid: Option<u32>) -> Option<(u16, u16)> {
         self.ranges.get(netns, pid)
+    }
+
+    fn tw_reuse(&mut self, netns: u32) -> Option<u8> {
+        self.ranges.tw_reuse(netns)
     }
 
     fn gone_namespaces(&mut self, candidates: &[u32]) -> Vec<u32> {

@@ -133,6 +133,9 @@ impl<B: Backend> Stage for PortsLiveStage<B> {
         for ns in self.table.usage().namespaces() {
             if let Some(range) = kernel.port_range(ns, None) {
                 self.table.usage_mut().set_range(ns, range);
+                if let Some(v) = kernel.tw_reuse(ns) {
+                    self.table.usage_mut().set_tw_reuse(ns, v);
+                }
             }
         }
         self.table.usage_mut().take_warnings();

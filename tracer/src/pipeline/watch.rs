@@ -113,6 +113,9 @@ impl WatchStage {
             let range = kernel.port_range(raw.netns, pid);
             if let Some(range) = range {
                 self.table.usage_mut().set_range(raw.netns, range);
+                if let Some(v) = kernel.tw_reuse(raw.netns) {
+                    self.table.usage_mut().set_tw_reuse(raw.netns, v);
+                }
             }
             let event = Event::new(&raw, &attribution, range, &self.clock);
             match self.groups.as_mut() {
@@ -130,7 +133,7 @@ impl WatchStage {
     fn evicted(&self, kernel: &mut dyn KernelInputs) -> Evicted {
         let mut evicted = kernel.evicted();
         evicted.sockets = self.table.evicted();
-        evicted.ephemeral = self.table.usage().evicted();
+        evicted.ephemeral = self.table.usage_evicted();
         evicted.remote_log = self.groups.as_ref().map_or(0, |g| g.untracked);
         if let Some(nat) = &self.nat {
             evicted.raise_to(&nat.evicted());
@@ -143,6 +146,9 @@ impl WatchStage {
         for ns in self.table.usage().namespaces() {
             if let Some(range) = kernel.port_range(ns, None) {
                 self.table.usage_mut().set_range(ns, range);
+                if let Some(v) = kernel.tw_reuse(ns) {
+                    self.table.usage_mut().set_tw_reuse(ns, v);
+                }
             }
         }
     }

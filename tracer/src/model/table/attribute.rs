@@ -8,6 +8,7 @@ use tracer_common::{
 
 use super::sweep::{CLOSED_GRACE_NS, RELEASED_GRACE_NS};
 use super::{listen_key, Attribution, Owner, SocketTable, TrackedSocket};
+use crate::model::types::TcpState;
 
 impl SocketTable {
     pub(super) fn observe_syscall(&mut self, ev: &SockEvent) -> Attribution {
@@ -136,6 +137,15 @@ impl SocketTable {
         entry.port_returned = ev.new_state == tcp_state::CLOSE && !bound_by_name;
         let attribution = Attribution::of(entry);
         let released = entry.released;
+        if crate::model::event::state_after(ev) == TcpState::TimeWait {
+            // The connection lives on as a timewait socket that holds its port for the same
+            // destination: the hold moves there, with who left it.
+            entry.port_returned = true;
+            if let Some((key, port)) = entry.counted.take() {
+                let owner = entry.owner().copied();
+                self.hold_time_wait(key, port, owner, ev.ts_ns);
+            }
+        }
         if ev.new_state == tcp_state::LISTEN {
             self.start_listening(ev);
         }

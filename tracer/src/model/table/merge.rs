@@ -46,8 +46,8 @@ impl SocketTable {
                 let dest = chose.then(|| Dest::new(s.family, s.laddr, s.raddr, s.rport));
                 let key = (s.netns, s.protocol, dest);
                 self.usage.add(key, s.lport, "");
-                self.time_wait_ports
-                    .push((now_ns + TIME_WAIT_NS, key, s.lport));
+                // Closed before tracer started: who left it is unknown.
+                self.hold_time_wait(key, s.lport, None, now_ns);
                 continue;
             }
             self.make_room();

@@ -28,6 +28,7 @@ use super::types::{sock_key, SockKey};
 mod attribute;
 mod merge;
 mod sweep;
+pub mod time_wait;
 
 /// A process holding a socket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -158,8 +159,11 @@ pub struct SocketTable {
     /// Keep snapshot TIME_WAIT sockets as rows (`ports`), or only count their ports until they
     /// expire (`watch`, `serve`: a busy host has tens of thousands of them).
     time_wait_rows: bool,
-    /// (expiry, usage key, port) of TIME_WAIT sockets counted without a row.
-    time_wait_ports: Vec<(u64, UsageKey, u16)>,
+    /// Ports TIME_WAIT sockets hold (closed while tracer ran, or counted without a row from
+    /// the snapshot), oldest first; bounded by [`time_wait::MAX_TIME_WAIT`].
+    time_wait_ports: std::collections::VecDeque<time_wait::TimeWaitHold>,
+    /// Holds pushed out by that cap.
+    time_wait_evicted: u64,
     capacity: usize,
     evicted: u64,
 }
@@ -199,7 +203,8 @@ impl SocketTable {
             next_placeholder: 1,
             usage: EphemeralUsage::default(),
             time_wait_rows: true,
-            time_wait_ports: Vec::new(),
+            time_wait_ports: std::collections::VecDeque::new(),
+            time_wait_evicted: 0,
             capacity,
             evicted: 0,
         }

@@ -14,14 +14,7 @@ impl SocketTable {
     /// Drops entries past their expiry: released sockets whose final CLOSE never arrived (lost
     /// events), snapshot TIME_WAIT sockets. Call periodically.
     pub fn sweep(&mut self, now_ns: u64) {
-        let usage = &mut self.usage;
-        self.time_wait_ports.retain(|(expires, key, port)| {
-            let keep = *expires >= now_ns;
-            if !keep {
-                usage.remove(*key, *port);
-            }
-            keep
-        });
+        self.sweep_time_wait(now_ns);
         let stale: Vec<u64> = self
             .sockets
             .iter()

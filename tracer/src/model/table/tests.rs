@@ -402,3 +402,59 @@ fn failed_connects_and_mapped_addresses_find_their_destination() {
     assert_eq!(report[0].laddr.unwrap().to_string(), "127.0.0.1");
     assert_eq!(report[0].processes[0], "curl");
 }
+
+/// A connection that closed first leaves a TIME_WAIT socket holding its port for its
+/// destination: 60 s, or a second on loopback (`tcp_tw_reuse` 2, the default) where
+/// `connect()` may take it over. Who left it is remembered.
+#[test]
+fn time_wait_holds_the_port_for_its_destination() {
+    let mut t = SocketTable::default();
+    t.usage_mut().set_range(1, (40000, 40100));
+    let remote = [198, 51, 100, 10];
+    for (sk, lport, raddr) in [(0xa, 40001, remote), (0xb, 40002, [127, 0, 0, 1])] {
+        t.observe(&ev(kind::SOCKET, sk, 7));
+        let mut c = at(kind::CONNECT, sk, lport, 80);
+        c.raddr[..4].copy_from_slice(&raddr);
+        c.comm[..4].copy_from_slice(b"curl");
+        c.new_state = tcp_state::ESTABLISHED;
+        t.observe(&c);
+        t.observe(&ev(kind::RELEASE, sk, 7));
+        let mut closed = state(sk, tcp_state::FIN_WAIT2, tcp_state::CLOSE, lport);
+        closed.ts_ns = 1_000;
+        t.observe(&closed);
+    }
+    assert!(t.is_empty(), "the full sockets are gone");
+    let held = |t: &SocketTable| -> Vec<(String, usize, usize)> {
+        let mut v: Vec<_> = t
+            .usage()
+            .report()
+            .into_iter()
+            .map(|u| (u.remote().unwrap(), u.in_use, u.time_wait))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        held(&t),
+        vec![
+            ("127.0.0.1:80".to_string(), 1, 1),
+            ("198.51.100.10:80".to_string(), 1, 1)
+        ]
+    );
+    let owners: Vec<u32> = t
+        .time_wait()
+        .filter_map(|h| h.owner.map(|o| o.pid))
+        .collect();
+    assert_eq!(owners, vec![7, 7]);
+    t.sweep(1_000 + 2_000_000_000);
+    assert_eq!(
+        held(&t),
+        vec![
+            ("127.0.0.1:80".to_string(), 0, 0),
+            ("198.51.100.10:80".to_string(), 1, 1)
+        ],
+        "loopback's port is free for connect() after a second"
+    );
+    t.sweep(1_000 + 61_000_000_000);
+    assert_eq!(held(&t)[1], ("198.51.100.10:80".to_string(), 0, 0));
+}

@@ -1,0 +1,78 @@
+//! Ports TIME_WAIT sockets hold. A connection that closed first lives on in the kernel as a
+//! timewait socket keeping its 4-tuple — and so its port, for that destination — for
+//! TCP_TIMEWAIT_LEN (60 s), or about a second where `tcp_tw_reuse` lets `connect()` take it
+//! over ([`EphemeralUsage::time_wait_hold_ns`](crate::model::ephemeral::EphemeralUsage)).
+//! tracer sees the full socket leave (FIN_WAIT2/CLOSING → CLOSE) and keeps the port counted,
+//! with the process that left it, until then.
+//!
+//! Bounded: at most [`MAX_TIME_WAIT`] holds (the kernel itself keeps at most
+//! `tcp_max_tw_buckets` per namespace); past it the oldest goes, its port no longer counted,
+//! and the eviction is counted with the ephemeral usage's.
+use super::{Owner, SocketTable};
+use crate::model::ephemeral::UsageKey;
+
+/// TIME_WAIT holds kept at most.
+pub const MAX_TIME_WAIT: usize = 65_536;
+
+/// A port a TIME_WAIT socket holds, until when, and who left it (None: it closed before
+/// tracer started).
+#[derive(Clone, Debug)]
+pub struct TimeWaitHold {
+    pub expires: u64,
+    pub key: UsageKey,
+    pub port: u16,
+    pub owner: Option<Owner>,
+}
+
+impl SocketTable {
+    /// A TIME_WAIT socket took over `port` (counted under `key`) at `now_ns`.
+    pub(super) fn hold_time_wait(
+        &mut self,
+        key: UsageKey,
+        port: u16,
+        owner: Option<Owner>,
+        now_ns: u64,
+    ) {
+        if self.time_wait_ports.len() >= MAX_TIME_WAIT {
+            if let Some(old) = self.time_wait_ports.pop_front() {
+                self.release_time_wait(&old);
+                self.time_wait_evicted += 1;
+            }
+        }
+        let expires = now_ns + self.usage.time_wait_hold_ns(&key);
+        self.usage.time_wait(key, true);
+        self.time_wait_ports.push_back(TimeWaitHold {
+            expires,
+            key,
+            port,
+            owner,
+        });
+    }
+
+    fn release_time_wait(&mut self, hold: &TimeWaitHold) {
+        self.usage.time_wait(hold.key, false);
+        self.usage.remove(hold.key, hold.port);
+    }
+
+    /// Gives back the ports of TIME_WAIT sockets past their time.
+    pub(super) fn sweep_time_wait(&mut self, now_ns: u64) {
+        let (gone, kept): (Vec<TimeWaitHold>, Vec<TimeWaitHold>) = self
+            .time_wait_ports
+            .drain(..)
+            .partition(|h| h.expires < now_ns);
+        self.time_wait_ports.extend(kept);
+        for hold in &gone {
+            self.release_time_wait(hold);
+        }
+    }
+
+    /// The ports TIME_WAIT sockets hold now, oldest first.
+    pub fn time_wait(&self) -> impl Iterator<Item = &TimeWaitHold> {
+        self.time_wait_ports.iter()
+    }
+
+    /// Holds pushed out by the cap, and ephemeral usage keys dropped by theirs.
+    pub fn usage_evicted(&self) -> u64 {
+        self.usage.evicted() + self.time_wait_evicted
+    }
+}
