@@ -105,6 +105,32 @@ impl PortRow {
     }
 }
 
+impl PortRow {
+    /// A TIME_WAIT socket that closed while tracer ran, with the process that closed it (or
+    /// from the snapshot, nobody known).
+    pub fn time_wait(
+        hold: &crate::model::table::time_wait::TimeWaitHold,
+        range: Option<(u16, u16)>,
+    ) -> Self {
+        PortRow::new(&hold.socket(), range)
+    }
+}
+
+/// The rows of every socket with a local port, and of the ports TIME_WAIT sockets hold,
+/// sorted by [`SortKey::Proto`] (the live view: a TIME_WAIT socket names who closed it).
+pub fn rows_with_time_wait(table: &SocketTable) -> Vec<PortRow> {
+    let mut out = rows(table);
+    // Those from the snapshot are rows of their own already.
+    out.extend(
+        table
+            .time_wait()
+            .filter(|h| h.owner.is_some())
+            .map(|h| PortRow::time_wait(h, table.usage().range(h.key.0))),
+    );
+    sort(&mut out, SortKey::Proto, false);
+    out
+}
+
 /// The rows of every socket with a local port, sorted by [`SortKey::Proto`].
 pub fn rows(table: &SocketTable) -> Vec<PortRow> {
     let mut out: Vec<PortRow> = table

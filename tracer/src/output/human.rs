@@ -261,7 +261,9 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
     }
 
     fn ephemeral_report(&mut self, usage: &[Usage]) -> io::Result<()> {
-        for u in usage {
+        // The fullest first; the rest in one line (`--json` has every record).
+        const SHOWN: usize = 20;
+        for u in usage.iter().take(SHOWN) {
             writeln!(
                 self.status,
                 "tracer: ephemeral ports, netns {} range {}-{}: {}",
@@ -269,6 +271,13 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
                 u.range.0,
                 u.range.1,
                 text::usage_line(u)
+            )?;
+        }
+        if usage.len() > SHOWN {
+            writeln!(
+                self.status,
+                "tracer: ephemeral ports: {} more scopes, none fuller",
+                usage.len() - SHOWN
             )?;
         }
         Ok(())

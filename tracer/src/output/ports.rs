@@ -130,7 +130,10 @@ pub fn usage_line(u: &Usage) -> String {
     line
 }
 
-/// The footer: each namespace's range, then usage per (protocol, local address).
+/// Usage lines per namespace in the footer, at most.
+const FOOTER_LINES: usize = 8;
+
+/// The footer: each namespace's range, then its usage, the fullest scopes first.
 pub fn write_usage(
     out: &mut impl Write,
     ranges: &[(u32, (u16, u16))],
@@ -146,8 +149,20 @@ pub fn write_usage(
     )?;
     for (netns, range) in ranges {
         writeln!(out, "  {}", range_line(*netns, *range))?;
-        for u in usage.iter().filter(|u| u.netns == *netns) {
+        let here: Vec<&Usage> = usage.iter().filter(|u| u.netns == *netns).collect();
+        // The fullest first (the report's order); a host talking to thousands of
+        // destinations gets a line for the rest.
+        for u in here.iter().take(FOOTER_LINES) {
             writeln!(out, "    {}", usage_line(u))?;
+        }
+        if here.len() > FOOTER_LINES {
+            let rest = &here[FOOTER_LINES..];
+            let ports: usize = rest.iter().map(|u| u.in_use).sum();
+            writeln!(
+                out,
+                "    … {} more (destinations or protocols), {ports} ports in use among them (--json lists all)",
+                rest.len()
+            )?;
         }
     }
     Ok(())

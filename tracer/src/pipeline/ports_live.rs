@@ -55,7 +55,7 @@ impl<B: Backend> PortsLiveStage<B> {
         let usage = usage_of(&self.table, &self.filter);
         let netns = self.filter.netns;
         let screen = Screen {
-            rows: ports::rows(&self.table),
+            rows: ports::rows_with_time_wait(&self.table),
             ranges: self
                 .table
                 .usage()

@@ -143,7 +143,8 @@ impl SocketTable {
             entry.port_returned = true;
             if let Some((key, port)) = entry.counted.take() {
                 let owner = entry.owner().copied();
-                self.hold_time_wait(key, port, owner, ev.ts_ns);
+                let tuple = (entry.family, entry.laddr, entry.raddr, entry.rport);
+                self.hold_time_wait(key, port, owner, tuple, ev.ts_ns);
             }
         }
         if ev.new_state == tcp_state::LISTEN {

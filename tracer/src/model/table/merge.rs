@@ -36,7 +36,7 @@ impl SocketTable {
                 continue;
             }
             let time_wait = s.state == tcp_state::TIME_WAIT;
-            if time_wait && !self.time_wait_rows {
+            if time_wait {
                 // A port in the range a TIME_WAIT socket still holds was, as a rule, one
                 // connect() chose: it is taken for that destination only.
                 let chose = self
@@ -47,8 +47,11 @@ impl SocketTable {
                 let key = (s.netns, s.protocol, dest);
                 self.usage.add(key, s.lport, "");
                 // Closed before tracer started: who left it is unknown.
-                self.hold_time_wait(key, s.lport, None, now_ns);
-                continue;
+                let tuple = (s.family, s.laddr, s.raddr, s.rport);
+                self.hold_time_wait(key, s.lport, None, tuple, now_ns);
+                if !self.time_wait_rows {
+                    continue;
+                }
             }
             self.make_room();
             let key = self.next_placeholder;
@@ -66,7 +69,8 @@ impl SocketTable {
                 kernel_chose_port: false,
                 accepted: false,
                 bound: false,
-                port_returned: false,
+                // A TIME_WAIT row's port is counted by its hold (above).
+                port_returned: time_wait,
                 from_snapshot: true,
                 listening_on: None,
                 released: time_wait,

@@ -446,6 +446,20 @@ fn time_wait_holds_the_port_for_its_destination() {
         .filter_map(|h| h.owner.map(|o| o.pid))
         .collect();
     assert_eq!(owners, vec![7, 7]);
+    // The live view lists them, each with the process that closed it.
+    let rows = crate::model::ports::rows_with_time_wait(&t);
+    let mut shown: Vec<(u16, String, Option<u32>)> = rows
+        .iter()
+        .map(|r| (r.lport, r.state.to_string(), r.pid))
+        .collect();
+    shown.sort();
+    assert_eq!(
+        shown,
+        vec![
+            (40001, "TIME_WAIT".to_string(), Some(7)),
+            (40002, "TIME_WAIT".to_string(), Some(7))
+        ]
+    );
     t.sweep(1_000 + 2_000_000_000);
     assert_eq!(
         held(&t),

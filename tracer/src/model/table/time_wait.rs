@@ -8,7 +8,9 @@
 //! Bounded: at most [`MAX_TIME_WAIT`] holds (the kernel itself keeps at most
 //! `tcp_max_tw_buckets` per namespace); past it the oldest goes, its port no longer counted,
 //! and the eviction is counted with the ephemeral usage's.
-use super::{Owner, SocketTable};
+use tracer_common::tcp_state;
+
+use super::{Owner, SocketTable, TrackedSocket};
 use crate::model::ephemeral::UsageKey;
 
 /// TIME_WAIT holds kept at most.
@@ -22,6 +24,37 @@ pub struct TimeWaitHold {
     pub key: UsageKey,
     pub port: u16,
     pub owner: Option<Owner>,
+    /// The connection: (family, local address, remote address, remote port).
+    pub tuple: (u16, [u8; 16], [u8; 16], u16),
+}
+
+impl TimeWaitHold {
+    /// The TIME_WAIT socket, as the table would hold it.
+    pub fn socket(&self) -> TrackedSocket {
+        let (family, laddr, raddr, rport) = self.tuple;
+        TrackedSocket {
+            owners: self.owner.into_iter().collect(),
+            netns: self.key.0,
+            protocol: self.key.1,
+            family,
+            laddr,
+            lport: self.port,
+            raddr,
+            rport,
+            state: tcp_state::TIME_WAIT,
+            // Held for its destination: connect() chose the port.
+            kernel_chose_port: self.key.2.is_some(),
+            accepted: false,
+            bound: false,
+            port_returned: true,
+            from_snapshot: self.owner.is_none(),
+            listening_on: None,
+            released: true,
+            expires_at: Some(self.expires),
+            last_seen: 0,
+            counted: None,
+        }
+    }
 }
 
 impl SocketTable {
@@ -31,6 +64,7 @@ impl SocketTable {
         key: UsageKey,
         port: u16,
         owner: Option<Owner>,
+        tuple: (u16, [u8; 16], [u8; 16], u16),
         now_ns: u64,
     ) {
         if self.time_wait_ports.len() >= MAX_TIME_WAIT {
@@ -46,6 +80,7 @@ impl SocketTable {
             key,
             port,
             owner,
+            tuple,
         });
     }
 
