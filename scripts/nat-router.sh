@@ -6,13 +6,15 @@
 #            2001:db8:1::10          2001:db8:1::1 | 2001:db8:2::1         2001:db8:2::10
 #                                                                        198.51.100.10 (server)
 #
-#   nat-router.sh up   [PREFIX] [MODE]   MODE: masquerade (default), snat, dnat, all
+#   nat-router.sh up   [PREFIX] [MODE]   MODE: masquerade (default), pool4, snat, dnat, all
 #   nat-router.sh down [PREFIX]
 #
 # masquerade: LAN → WAN leaves as 203.0.113.1 with source ports forced into 61000-61099
 #             (and IPv6 as 2001:db8:2::1, ports 62000-62099): SNAT with port translation.
 # snat:       192.0.2.10 → 203.0.113.7, one address to one, ports kept (static NAT).
 # dnat:       WAN → 203.0.113.1:8080 is forwarded to the LAN server 192.0.2.10:80.
+# pool4:      TCP masquerade with a pool of four ports (61000-61003): the fifth connection
+#             held at once gets no translation and is dropped (conntrack's insert_failed).
 # all:        masquerade and dnat.
 set -eu
 cmd=${1:-}
@@ -77,13 +79,18 @@ up() {
     dnat='table ip nat {
         chain pre { type nat hook prerouting priority dstnat; iifname "rwan" tcp dport 8080 dnat to 192.0.2.10:80; }
     }'
+    # A masquerade pool of four ports (TCP): a fifth connection at once finds none.
+    pool4='table ip nat {
+        chain post { type nat hook postrouting priority srcnat; oifname "rwan" meta l4proto tcp masquerade to :61000-61003; }
+    }'
     case "$MODE" in
         masquerade) rules=$masq ;;
+        pool4) rules=$pool4 ;;
         snat) rules=$snat ;;
         dnat) rules=$dnat ;;
         all) rules="$masq
 $dnat" ;;
-        *) echo "unknown mode $MODE (masquerade, snat, dnat, all)" >&2; down; exit 2 ;;
+        *) echo "unknown mode $MODE (masquerade, pool4, snat, dnat, all)" >&2; down; exit 2 ;;
     esac
     printf '%s\n' "$rules" | ip netns exec "$ROUTER" nft -f -
     echo "router up: netns $LAN, $ROUTER, $WAN ($MODE)"

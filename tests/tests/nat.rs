@@ -492,6 +492,104 @@ fn a_reused_client_port_is_a_new_binding_each_time() {
     assert_eq!(of_type(&records, "summary").last().unwrap()["lost"], 0);
 }
 
+/// Holds N connections open at once (each with a 2 s connect timeout); prints how many got
+/// through and how many did not.
+const TCP_CLIENT_HOLD: &str = r#"
+import socket, sys
+held, failed = [], 0
+for i in range(int(sys.argv[3])):
+    c = socket.socket(socket.AF_INET)
+    c.settimeout(2)
+    try:
+        c.connect((sys.argv[1], int(sys.argv[2])))
+        held.append(c)
+    except OSError:
+        failed += 1
+print("connected", len(held), "failed", failed, flush=True)
+"#;
+
+/// The router's conntrack statistics as `conntrack -S` prints them, summed over CPUs.
+fn conntrack_stats(router: &Router) -> std::collections::HashMap<String, u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &router.ns("router"), "conntrack", "-S"])
+        .output()
+        .expect("conntrack -S");
+    let mut sums = std::collections::HashMap::new();
+    for field in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Some((k, v)) = field.split_once('=') {
+            if let Ok(v) = v.parse::<u64>() {
+                *sums.entry(k.to_string()).or_default() += v;
+            }
+        }
+    }
+    sums
+}
+
+/// 7c. A masquerade pool of four ports and six connections held at once: four bindings, two
+///    connections that got none — the conntrack table's statistics, as `tracer nat` reports
+///    them for the router, equal what `conntrack -S` prints inside it.
+#[test]
+fn a_full_nat_pool_shows_in_the_conntrack_statistics() {
+    if !ready("nat_pool") {
+        return;
+    }
+    let router = Router::up("tnp", "pool4");
+    let mut tracer = start_nat(&router, &["--no-flows"]);
+    let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
+    let mut client = Py::start(
+        &router.ns("lan"),
+        TCP_CLIENT_HOLD,
+        &["198.51.100.10", "80", "6"],
+    );
+    assert_eq!(client.line(), "connected 4 failed 2");
+    // Quiet now (the client is done): what conntrack -S prints is final. tracer reads the
+    // table every few seconds and reports it when it changed.
+    let expected = conntrack_stats(&router);
+    assert!(expected["insert_failed"] >= 2, "{expected:?}");
+    tracer.wait_for("a conntrack record with the failures", T, |r| {
+        of_type(r, "conntrack")
+            .last()
+            .is_some_and(|h| h["stat"]["insert_failed"].as_u64() == Some(expected["insert_failed"]))
+    });
+    let (status, records) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success());
+    let h = of_type(&records, "conntrack")
+        .last()
+        .cloned()
+        .cloned()
+        .unwrap();
+    assert_eq!(h["netns_name"], router.ns("router"));
+    for stat in [
+        "insert_failed",
+        "drop",
+        "early_drop",
+        "search_restart",
+        "insert",
+        "invalid",
+    ] {
+        assert_eq!(
+            h["stat"][stat].as_u64(),
+            expected.get(stat).copied(),
+            "{stat}: tracer {h} vs conntrack -S {expected:?}"
+        );
+    }
+    let bindings = of_type(&records, "nat_binding");
+    let translated: std::collections::HashSet<u64> = bindings
+        .iter()
+        .map(|b| b["translated"]["sport"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        bindings.len(),
+        4,
+        "one binding per connection that got a port"
+    );
+    assert!(
+        translated.iter().all(|p| (61000..=61003).contains(p)),
+        "{translated:?}"
+    );
+    drop(client);
+}
+
 /// 8. The watched router namespace is deleted mid-run: reported, and tracer keeps going.
 #[test]
 fn deleted_router_namespace_is_reported_not_fatal() {
@@ -569,17 +667,41 @@ fn serve_exports_nat_metrics() {
     let series = format!(
         "tracer_nat_bindings_total{{kind=\"snat\",netns=\"{ns}\",port_translated=\"true\",proto=\"tcp\"}} {N}"
     );
+    // The router's conntrack table too (read every few seconds): its entries as
+    // `conntrack -C` counts them.
+    let entries = format!("tracer_nf_conntrack_entries{{netns=\"{ns}\"}} ");
     let mut body = String::new();
     while Instant::now() < deadline {
         body = scrape().unwrap_or_default();
-        if body.contains(&series) {
+        if body.contains(&series) && body.contains(&entries) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let counted = Command::new("ip")
+        .args(["netns", "exec", &ns, "conntrack", "-C"])
+        .output()
+        .expect("conntrack -C");
     let _ = unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
     let _ = serve.wait();
     assert!(body.contains(&series), "no {series} in:\n{body}");
+    let shown: Option<u64> = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&entries))
+        .and_then(|v| v.parse().ok());
+    let counted: u64 = String::from_utf8_lossy(&counted.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(shown, Some(counted), "conntrack entries:\n{body}");
+    assert!(body.contains(&format!(
+        "tracer_nf_conntrack_stat_insert_failed{{netns=\"{ns}\"}} 0"
+    )));
+    assert!(body.contains("# TYPE tracer_nf_conntrack_entries_limit gauge"));
+    if tool("nat_metrics", "promtool", "prometheus") {
+        let problems = promtool_problems(&body);
+        assert!(problems.is_empty(), "{problems}");
+    }
     let packets: u64 = body
         .lines()
         .find_map(|l| l.strip_prefix("tracer_nat_packets_total{kind=\"snat\"} "))

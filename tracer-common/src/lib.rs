@@ -416,6 +416,10 @@ pub mod nat {
     /// kinds, stable.
     pub const KIND_BINDING: u16 = 32;
 
+    /// [`super::NatEvent::flags`]: a new conntrack entry (its first packet started the
+    /// binding's counters), not an entry seen again after its counters were dropped.
+    pub const EV_FRESH: u8 = 1;
+
     /// `enum ip_conntrack_status` bits (UAPI, `linux/netfilter/nf_conntrack_common.h`).
     /// The entry is in the table: clear on a new entry's first packet, until the last
     /// netfilter hook of its path confirms it.
@@ -453,7 +457,10 @@ pub mod nat {
         /// `NAT_SEEN` entries created (an LRU map: user space counts what it pushed out as
         /// inserted − removed by user space − entries now).
         pub const SEEN_INSERTED: u32 = 8;
-        pub const COUNT: u32 = 9;
+        /// `NAT_SEEN` entries the program itself removed (a predecessor's, when a new entry
+        /// took its address and tuple).
+        pub const SEEN_REMOVED: u32 = 9;
+        pub const COUNT: u32 = 10;
 
         /// 0 source NAT only, 1 destination NAT only, 2 both.
         pub const fn kind_slot(manips: u8) -> u32 {
@@ -482,7 +489,8 @@ pub struct NatEvent {
     pub hook: u8,
     /// Bits of `nat::MANIP_*`: which translations the conntrack entry carries.
     pub manips: u8,
-    pub _pad: u8,
+    /// Bits of `nat::EV_*`.
+    pub flags: u8,
     /// Inode of the network namespace whose conntrack table holds the entry (the router).
     pub netns: u32,
     pub orig_sport: u16,
@@ -534,6 +542,17 @@ pub struct NatCounters {
     pub reply_bytes: u64,
     pub first_ns: u64,
     pub last_ns: u64,
+}
+
+/// A new conntrack entry's first packet, kept until the kernel confirms the entry (then the
+/// binding is reported, with it) — a first packet the kernel drops (no NAT port left, a
+/// lost race) makes no binding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct NatPending {
+    pub first_ns: u64,
+    pub bytes: u64,
 }
 
 /// Kernel offsets the netfilter programs need, from BTF at load time.

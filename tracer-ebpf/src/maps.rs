@@ -23,8 +23,7 @@ pub fn wakeup_flags(threshold: u64) -> u64 {
     }
 }
 
-/// `bpf_map_update_elem` flags: create or replace; create only (the key is absent).
-pub const BPF_ANY: u64 = 0;
+/// `bpf_map_update_elem` flag: insert only when the key is absent.
 pub const BPF_NOEXIST: u64 = 1;
 
 /// Adds `value` to slot `index` of a per-CPU counter array (this CPU's copy: no atomics

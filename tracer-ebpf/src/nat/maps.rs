@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use tracer_common::{nat::stats, NatCounters, NatKey, NatOffsets};
+use tracer_common::{nat::stats, NatCounters, NatKey, NatOffsets, NatPending};
 
 /// Kernel struct offsets (`sk_buff`, `nf_conn`, `nf_conntrack_tuple`, `nf_hook_state`,
 /// `net`), from BTF: user space overrides this `.rodata` global at load time.
@@ -34,6 +34,11 @@ pub static NAT_WAKEUP_BYTES: u32 = 0;
 /// Bindings already reported, with their packet and byte counters.
 #[map]
 pub static NAT_SEEN: LruHashMap<NatKey, NatCounters> = LruHashMap::with_max_entries(65536, 0);
+
+/// New entries' first packets, until the kernel confirms the entry (LRU: one the kernel
+/// dropped is pushed out in time).
+#[map]
+pub static NAT_PENDING: LruHashMap<NatKey, NatPending> = LruHashMap::with_max_entries(16384, 0);
 
 /// Per-CPU counters for metrics (layout in `tracer_common::nat::stats`).
 #[map]

@@ -4,18 +4,18 @@ use core::mem::{align_of, offset_of, MaybeUninit};
 
 use tracer_common::{
     nat::{self, stats},
-    NatCounters, NatEvent, NatKey, AF_INET,
+    NatCounters, NatEvent, NatKey, NatPending, AF_INET,
 };
 use tracer_ebpf::{
     atomic,
-    maps::{wakeup_flags, BPF_ANY, BPF_NOEXIST, EVENTS},
+    maps::{wakeup_flags, BPF_NOEXIST, EVENTS},
     time::now_ns,
     window::{read, Window},
 };
 
 use crate::{
     conntrack::{ct_window_base, tuple, CtWindow, Tuple},
-    maps::{add, NAT_SEEN, ZERO_COUNTERS},
+    maps::{add, NAT_PENDING, NAT_SEEN, ZERO_COUNTERS},
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -28,9 +28,6 @@ pub extern "C" fn tracer_nat(ctx: *mut u64) -> i32 {
     NF_ACCEPT
 }
 
-// Keys and values go to the map helpers by reference: by value, each call would first
-// copy them onto a stack the conntrack window already fills.
-#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn observe(ctx: *mut u64) -> Option<()> {
     // SAFETY: `ctx` is the program's context, a `struct bpf_nf_ctx`: two pointers, both of
@@ -65,50 +62,102 @@ fn observe(ctx: *mut u64) -> Option<()> {
     let protocol: u8 = w.get(orig + off!(tuple_dst_protonum))?;
     let v4 = family == AF_INET;
     let o = tuple(&w, orig, v4)?;
-    let key = binding_key(ct, &o, protocol);
     let now = now_ns();
-    let done = nat::IPS_SRC_NAT_DONE | nat::IPS_DST_NAT_DONE;
-    // A new entry's first packet (not yet confirmed: the program runs before conntrack's
-    // confirm hook). An entry under this key now is a predecessor's — an entry the kernel
-    // freed and allocated again at the same address for the same original tuple (a client
-    // reusing its port; a TCP SYN that ends a TIME_WAIT entry) whose destroy user space has
-    // not handled yet: the binding is new all the same (user space ends the old one).
-    let fresh = status & nat::IPS_CONFIRMED == 0 && status & done == done;
-    let found = NAT_SEEN.get_ptr_mut(&key);
-    let replaced = fresh && found.is_some();
-    let counters = match found.filter(|_| !fresh) {
-        Some(c) => c,
-        None => {
-            // A binding is whole once both NAT hooks of its first packet's path have run.
-            if status & done != done {
-                return None;
-            }
-            let flags = if fresh { BPF_ANY } else { BPF_NOEXIST };
-            let inserted = NAT_SEEN.insert(&key, &ZERO_COUNTERS, flags).is_ok();
-            if inserted {
-                if !replaced {
-                    // Counted so user space can tell what the LRU pushed out.
-                    add(stats::SEEN_INSERTED, 1);
-                }
-                report(
-                    state, ct, &w, base, &o, family, protocol, hook, manips, status, now,
-                );
-            }
-            let Some(c) = NAT_SEEN.get_ptr_mut(&key) else {
-                add(stats::UNTRACKED, 1);
-                return None;
-            };
-            if inserted {
-                // SAFETY: `c` is this binding's value in `NAT_SEEN`, just taken from the map:
-                // valid for the program's run.
-                unsafe { (*c).first_ns = now };
-            }
-            c
-        }
-    };
     let len: u32 = skb_fields.get(len_off - skb_base)?;
+    let entry = Entry {
+        state,
+        ct,
+        w: &w,
+        base,
+        o: &o,
+        family,
+        protocol,
+        hook,
+        manips,
+        status,
+    };
+    let counters = binding_counters(&entry, now, len)?;
     count_packet(counters, manips, nfct, len, now);
     Some(())
+}
+
+/// The binding's counters for this packet, reporting the binding the first time the kernel
+/// has confirmed its entry. None when the packet counts toward no binding (yet).
+///
+/// A new entry's first packet (the program runs before conntrack's confirm hook) is kept in
+/// `NAT_PENDING`: a first packet the kernel then drops — no NAT port left, a lost race —
+/// makes no binding. Counters under this key are a predecessor's (an entry freed and
+/// allocated again at the same address for the same original tuple: a client reusing its
+/// port, a SYN ending a TIME_WAIT entry): they go. The first packet after confirmation
+/// creates the counters (one CPU wins the insert) and reports the binding, as new.
+// Keys and values go to the map helpers by reference: by value, each call would first
+// copy them onto a stack the conntrack window already fills.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[inline(always)]
+fn binding_counters(e: &Entry, now: u64, len: u32) -> Option<*mut NatCounters> {
+    let Entry {
+        ct,
+        o,
+        protocol,
+        manips,
+        status,
+        ..
+    } = *e;
+    let key = binding_key(ct, o, protocol);
+    let done = nat::IPS_SRC_NAT_DONE | nat::IPS_DST_NAT_DONE;
+    if status & done != done {
+        // A binding is whole once both NAT hooks of its first packet's path have run.
+        return NAT_SEEN.get_ptr_mut(&key);
+    }
+    if status & nat::IPS_CONFIRMED == 0 {
+        if NAT_SEEN.remove(&key).is_ok() {
+            add(stats::SEEN_REMOVED, 1);
+        }
+        let first = NatPending {
+            first_ns: now,
+            bytes: len as u64,
+        };
+        let _ = NAT_PENDING.insert(&key, &first, 0);
+        // Counted in the totals now; in the binding's own counters once it is confirmed.
+        let slot = stats::kind_slot(manips);
+        add(stats::PACKETS + slot, 1);
+        add(stats::BYTES + slot, len as u64);
+        return None;
+    }
+    if let Some(c) = NAT_SEEN.get_ptr_mut(&key) {
+        return Some(c);
+    }
+    if NAT_SEEN.insert(&key, &ZERO_COUNTERS, BPF_NOEXIST).is_err() {
+        // Another CPU made them (and reported), or the map is full of live ones.
+        return NAT_SEEN.get_ptr_mut(&key).or_else(|| {
+            add(stats::UNTRACKED, 1);
+            None
+        });
+    }
+    // Counted so user space can tell what the LRU pushed out.
+    add(stats::SEEN_INSERTED, 1);
+    // SAFETY: the value is copied out at once.
+    let pending = unsafe { NAT_PENDING.get(&key) }.copied();
+    let c = NAT_SEEN.get_ptr_mut(&key)?;
+    // Without a first packet kept, an entry that predates the program or whose counters
+    // were dropped (by user space, the LRU): reported now, not as a new entry.
+    let (since, flags) = match pending {
+        Some(p) => {
+            let _ = NAT_PENDING.remove(&key);
+            // SAFETY: `c` is this binding's value in `NAT_SEEN`, just taken from the map:
+            // valid for the program's run; no other CPU writes it before this packet counts.
+            unsafe {
+                (*c).orig_packets = 1;
+                (*c).orig_bytes = p.bytes;
+            }
+            (p.first_ns, nat::EV_FRESH)
+        }
+        None => (now, 0),
+    };
+    // SAFETY: as above.
+    unsafe { (*c).first_ns = since };
+    report(e, since, flags);
+    Some(c)
 }
 
 /// Which translations (`nat::MANIP_*`) a conntrack entry's `status` carries.
@@ -170,22 +219,39 @@ fn count_packet(counters: *mut NatCounters, manips: u8, nfct: u64, len: u32, now
     }
 }
 
-/// Writes the binding's `NatEvent` into the ring.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn report(
+/// What one run read of a packet's conntrack entry.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    /// The hook's `nf_hook_state`.
     state: u64,
+    /// The entry (`struct nf_conn *`), and the window read from it at `base`.
     ct: u64,
-    w: &CtWindow,
+    w: &'a CtWindow,
     base: u64,
-    o: &Tuple,
+    /// Its original tuple.
+    o: &'a Tuple,
     family: u16,
     protocol: u8,
     hook: u8,
     manips: u8,
     status: u64,
-    now: u64,
-) -> Option<()> {
+}
+
+/// Writes the binding's `NatEvent` into the ring.
+#[inline(always)]
+fn report(e: &Entry, now: u64, flags: u8) -> Option<()> {
+    let Entry {
+        state,
+        ct,
+        w,
+        base,
+        o,
+        family,
+        protocol,
+        hook,
+        manips,
+        status,
+    } = *e;
     let r = tuple(w, off!(ct_tuple_reply) - base, family == AF_INET)?;
     let net: u64 = read(state, off!(state_net))?;
     let netns: u32 = read(net, off!(net_inum))?;
@@ -204,7 +270,7 @@ fn report(
     e.protocol = protocol;
     e.hook = hook;
     e.manips = manips;
-    e._pad = 0;
+    e.flags = flags;
     e.netns = netns;
     e.orig_sport = o.sport;
     e.orig_dport = o.dport;

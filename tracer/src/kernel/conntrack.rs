@@ -242,3 +242,64 @@ fn tuple(parts: &[Tuple], protocol: &mut u8) -> Option<CtTuple> {
 fn protocol_number(p: &Protocol) -> u8 {
     u8::from(*p)
 }
+
+/// A namespace's conntrack table files, opened from inside it while tracer may still enter it
+/// (at link time, before capabilities are dropped) and read later from anywhere: an open
+/// `/proc/sys/net/...` or `/proc/net/...` file answers for the namespace it was opened in.
+pub struct CtFiles {
+    count: std::fs::File,
+    max: Option<std::fs::File>,
+    stat: Option<std::fs::File>,
+}
+
+impl CtFiles {
+    /// Opens them in namespace `path` (None: tracer's own). Err when the namespace has no
+    /// conntrack table (the module not loaded there).
+    pub fn open(path: Option<&std::path::Path>) -> Result<CtFiles> {
+        fn here() -> Result<CtFiles> {
+            let count = "/proc/sys/net/netfilter/nf_conntrack_count";
+            Ok(CtFiles {
+                count: std::fs::File::open(count)
+                    .map_err(|e| Error::io(format!("opening {count}"), e))?,
+                max: std::fs::File::open("/proc/sys/net/netfilter/nf_conntrack_max").ok(),
+                // This thread's namespace (/proc/net follows the process's first thread).
+                stat: std::fs::File::open("/proc/thread-self/net/stat/nf_conntrack").ok(),
+            })
+        }
+        match path {
+            Some(path) => {
+                let ns = super::netns::open(path, &path.display().to_string())?;
+                netns::run_in(ns, here)
+            }
+            None => here(),
+        }
+    }
+
+    /// The table now: (`nf_conntrack_count`, `nf_conntrack_max`, the statistics summed).
+    pub fn read(&self) -> Result<(u64, Option<u64>, Option<crate::model::nat::health::CtStat>)> {
+        fn text(f: &std::fs::File) -> std::io::Result<String> {
+            use std::io::{Read, Seek};
+            let mut f = f;
+            f.rewind()?;
+            let mut s = String::new();
+            f.read_to_string(&mut s)?;
+            Ok(s)
+        }
+        let count = text(&self.count)
+            .map_err(|e| Error::io("reading nf_conntrack_count", e))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let max = self
+            .max
+            .as_ref()
+            .and_then(|f| text(f).ok())
+            .and_then(|t| t.trim().parse().ok());
+        let stat = self
+            .stat
+            .as_ref()
+            .and_then(|f| text(f).ok())
+            .and_then(|t| crate::model::nat::health::CtStat::parse(&t));
+        Ok((count, max, stat))
+    }
+}

@@ -289,8 +289,9 @@ impl NatCounterMap {
     /// (see `kernel::evictions`). Walks the map: call it every few seconds.
     pub fn evicted(&self) -> u64 {
         let created = self.stat(stats::SEEN_INSERTED);
+        let removed = self.removed + self.stat(stats::SEEN_REMOVED);
         let present = self.seen.keys().filter(Result::is_ok).count() as u64;
-        let now = created.saturating_sub(self.removed).saturating_sub(present);
+        let now = created.saturating_sub(removed).saturating_sub(present);
         self.evicted
             .fetch_max(now, std::sync::atomic::Ordering::Relaxed)
             .max(now)

@@ -23,7 +23,7 @@ use crate::{
         nat::{NatCounterMap, NatProbes},
         netns,
     },
-    model::nat::{CtEvent, GoneNetns},
+    model::nat::{health::CtHealth, CtEvent, GoneNetns},
 };
 
 /// Where NAT is watched (names resolved to paths).
@@ -57,6 +57,8 @@ struct Watched {
     path: Option<PathBuf>,
     /// Tells its conntrack reader to stop.
     stop: Arc<AtomicBool>,
+    /// Its conntrack table's files (None: it has none).
+    ct_files: Option<conntrack::CtFiles>,
 }
 
 impl Watched {
@@ -87,7 +89,15 @@ pub struct NatWatch {
     max_netns: usize,
     cap_reported: bool,
     unwatched: HashSet<u32>,
+    /// When the conntrack tables were last read, and where the next read starts (a few
+    /// namespaces at a time: any user can make thousands).
+    health_read: Option<std::time::Instant>,
+    health_cursor: usize,
 }
+
+/// How often the watched namespaces' conntrack tables are read, and how many at a time.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const HEALTH_BATCH: usize = 32;
 
 /// What starting NAT watching gives: the watcher, its conntrack event stream, and (when the
 /// NAT object has its own ring, no shared one given) that ring.
@@ -120,6 +130,8 @@ impl NatWatch {
             max_netns,
             cap_reported: false,
             unwatched: HashSet::new(),
+            health_read: None,
+            health_cursor: 0,
         };
         let mut ring = None;
         match source {
@@ -205,11 +217,15 @@ impl NatWatch {
                 "tracer: no conntrack events in {why}; binding ends will not be reported there"
             );
         }
+        let ct_files = conntrack::CtFiles::open(path.as_deref())
+            .inspect_err(|e| tracing::debug!("conntrack table of netns {inode}: {e}"))
+            .ok();
         self.watched.push(Watched {
             inode,
             name: name.to_string(),
             path,
             stop,
+            ct_files,
         });
         self.named.push((inode, name.to_string()));
         Ok(())
@@ -294,6 +310,38 @@ impl NatWatch {
             self.discover();
         }
         gone
+    }
+
+    /// Every few seconds, the conntrack tables of (up to [`HEALTH_BATCH`] of) the watched
+    /// namespaces; empty in between. A namespace without a conntrack table is skipped.
+    pub fn health(&mut self) -> Vec<CtHealth> {
+        if self
+            .health_read
+            .is_some_and(|at| at.elapsed() < HEALTH_EVERY)
+        {
+            return Vec::new();
+        }
+        self.health_read = Some(std::time::Instant::now());
+        let n = self.watched.len();
+        let mut out = Vec::new();
+        for i in 0..n.min(HEALTH_BATCH) {
+            let w = &self.watched[(self.health_cursor + i) % n];
+            let Some(files) = &w.ct_files else {
+                continue;
+            };
+            match files.read() {
+                Ok((entries, max, stat)) => out.push(CtHealth::new(
+                    w.inode,
+                    w.name.clone(),
+                    entries,
+                    max,
+                    stat.unwrap_or_default(),
+                )),
+                Err(e) => tracing::debug!("conntrack table of netns {}: {e}", w.inode),
+            }
+        }
+        self.health_cursor = (self.health_cursor + HEALTH_BATCH) % n.max(1);
+        out
     }
 
     /// The kernel's packet and byte counts for a binding.

@@ -13,6 +13,7 @@ use prometheus::{
 };
 use tracer_common::{stats, tcp_state_name, PortClass};
 
+mod conntrack;
 mod ephemeral;
 
 use crate::model::{
@@ -76,6 +77,7 @@ struct NatSeries {
     lost: std::sync::atomic::AtomicU64,
     /// The `tracer_nat_bindings_total` series exported, to remove those of namespaces gone.
     series: std::sync::Mutex<std::collections::HashSet<NatLabels>>,
+    conntrack: conntrack::ConntrackSeries,
 }
 
 /// The agent's own work: events processed, entries evicted by a cap.
@@ -200,6 +202,7 @@ impl NatSeries {
             ),
             lost: std::sync::atomic::AtomicU64::new(0),
             series: std::sync::Mutex::default(),
+            conntrack: conntrack::ConntrackSeries::new(r),
         }
     }
 }

@@ -82,6 +82,14 @@ impl Sink for LogSink {
                 b.translated
             );
         }
+        if let crate::model::nat::NatOutput::Health(h) = item {
+            let line = crate::text::escape_log(&super::nat::health_line(h)).into_owned();
+            if h.near_full() || h.stat.failures() > 0 {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        }
         Ok(())
     }
 

@@ -25,7 +25,31 @@ pub fn line(item: &NatOutput, time: impl Fn(u64) -> String, names: PortNames) ->
         NatOutput::Binding(b) => binding_line(b, &time, names),
         NatOutput::End(e) => end_line(e, &time),
         NatOutput::Flow(f) => flow_line(f, &time, names),
+        NatOutput::Health(h) => health_line(h),
     }
+}
+
+/// `conntrack in router: 12 of 262144 entries (0.0%) · insert_failed 0, drop 0, early_drop 0,
+/// search_restart 0`, with a warning past 80 % full. The namespace's name is escaped.
+pub fn health_line(h: &crate::model::nat::health::CtHealth) -> String {
+    let fill = match (h.max, h.percent) {
+        (Some(max), Some(p)) => format!("{} of {max} entries ({p:.1}%)", h.entries),
+        _ => format!("{} entries", h.entries),
+    };
+    let s = &h.stat;
+    format!(
+        "conntrack in {}: {fill} · insert_failed {}, drop {}, early_drop {}, search_restart {}{}",
+        text::escape(&h.netns_name),
+        s.insert_failed,
+        s.drop,
+        s.early_drop,
+        s.search_restart,
+        if h.near_full() {
+            "  ⚠ table near full: new connections will be dropped"
+        } else {
+            ""
+        }
+    )
 }
 
 /// `http, well-known`: a port's service and IANA class, escaped (the name comes from a file).
@@ -192,6 +216,20 @@ pub fn write_json(out: &mut impl Write, item: &NatOutput, names: PortNames) -> i
                 client: &f.client,
                 nat: NatRecord::<Binding>::binding("nat", &f.nat, names),
                 server: &f.server,
+            };
+            text::json::to_writer(&mut *out, &record)?;
+        }
+        NatOutput::Health(h) => {
+            #[derive(Serialize)]
+            struct Record<'a> {
+                #[serde(rename = "type")]
+                record: &'static str,
+                #[serde(flatten)]
+                health: &'a crate::model::nat::health::CtHealth,
+            }
+            let record = Record {
+                record: "conntrack",
+                health: h,
             };
             text::json::to_writer(&mut *out, &record)?;
         }

@@ -62,6 +62,10 @@ pub trait NatInputs {
     fn kernel_totals(&mut self) -> Option<[(u64, u64); 3]>;
     /// Bindings come from conntrack "new" events (no eBPF).
     fn fallback(&mut self) -> bool;
+    /// Every few seconds, the watched namespaces' conntrack tables (empty in between).
+    fn conntrack_health(&mut self) -> Vec<crate::model::nat::health::CtHealth> {
+        Vec::new()
+    }
 }
 
 /// The live kernel: the socket probes' counters, the namespaces' ranges, sock_diag.
@@ -160,6 +164,10 @@ impl NatInputs for NatWatch {
 
     fn fallback(&mut self) -> bool {
         self.fallback
+    }
+
+    fn conntrack_health(&mut self) -> Vec<crate::model::nat::health::CtHealth> {
+        NatWatch::health(self)
     }
 }
 

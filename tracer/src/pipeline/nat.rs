@@ -8,7 +8,7 @@ use crate::{
     error::Result,
     model::{
         evicted::Evicted,
-        nat::{Binding, CtEvent, NatOutput, NatTable},
+        nat::{health::CtHealth, Binding, CtEvent, NatOutput, NatTable},
         Clock,
     },
     output::{Sink, Summary},
@@ -19,6 +19,9 @@ pub struct NatStage {
     pub table: NatTable,
     clock: Clock,
     out: Vec<NatOutput>,
+    /// Each watched namespace's conntrack table as last shown (bounded by the namespaces
+    /// watched; a namespace's goes with it).
+    pub health: foldhash::HashMap<u32, CtHealth>,
 }
 
 impl NatStage {
@@ -27,6 +30,22 @@ impl NatStage {
             table: NatTable::default(),
             clock,
             out: Vec::new(),
+            health: Default::default(),
+        }
+    }
+
+    /// The conntrack tables read now: a status record for each that changed since shown.
+    fn conntrack_health(&mut self, nat: &mut dyn NatInputs) {
+        for mut h in nat.conntrack_health() {
+            // The name the namespace was linked under (escaped where shown).
+            if let Some(name) = self.table.netns_name(h.netns) {
+                h.netns_name = name;
+            }
+            let changed = self.health.get(&h.netns).is_none_or(|b| h.changed_from(b));
+            if changed {
+                self.out.push(NatOutput::Health(h.clone()));
+                self.health.insert(h.netns, h);
+            }
         }
     }
 
@@ -85,9 +104,11 @@ impl NatStage {
         for gone in nat.tick() {
             // Its bindings, counts and metric series go with it.
             self.table.forget_netns(gone.inode);
+            self.health.remove(&gone.inode);
             sink.netns_gone(&gone.name, gone.inode)?;
         }
         self.learn_names(nat);
+        self.conntrack_health(nat);
         self.table.sweep(now_ns);
         Ok(())
     }
@@ -102,6 +123,7 @@ impl NatStage {
                     f.ts_ns = self.clock.wall_ns(f.ts_ns);
                     f.nat.ts_ns = self.clock.wall_ns(f.nat.ts_ns);
                 }
+                NatOutput::Health(_) => {}
             }
             sink.nat(&item)?;
         }

@@ -203,6 +203,7 @@ impl WatchStage {
                     kernel_totals: inputs.kernel_totals(),
                     lost: inputs.lost(),
                 });
+                scrape.metrics.update_conntrack(nat.health.values());
             }
             nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
         }

@@ -96,9 +96,8 @@ pub struct Binding {
     pub protocol: u8,
     #[serde(skip)]
     pub key: Option<NatKey>,
-    /// Seen on its conntrack entry's first packet, before the kernel confirmed it: a new
-    /// entry even when a binding with the same original tuple is still live here (its
-    /// predecessor's destroy not handled yet).
+    /// A new conntrack entry (the kernel's record says so): new even when a binding with the
+    /// same original tuple is still live here (its predecessor's destroy not handled yet).
     #[serde(skip)]
     pub fresh: bool,
 }
@@ -171,7 +170,7 @@ impl Binding {
         );
         b.ts_ns = ev.ts_ns;
         b.hook = Some(hook_name(ev.hook));
-        b.fresh = u64::from(ev.status) & knat::IPS_CONFIRMED == 0;
+        b.fresh = ev.flags & knat::EV_FRESH != 0;
         b.key = Some(NatKey {
             ct: ev.ct,
             src: ev.orig_src,

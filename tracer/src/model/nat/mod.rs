@@ -16,6 +16,7 @@ use super::{bounded::BoundedMap, types::Proto};
 mod binding;
 mod conntrack;
 mod flow;
+pub mod health;
 
 use binding::BindingId;
 pub use binding::{hook_name, Binding, Endpoints, NatKind, NatSource};
@@ -38,6 +39,8 @@ pub enum NatOutput {
     Binding(Binding),
     End(BindingEnd),
     Flow(Box<Flow>),
+    /// A watched namespace's conntrack table, when it changed.
+    Health(health::CtHealth),
 }
 
 struct Live {
@@ -142,6 +145,11 @@ impl NatTable {
 
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
+    }
+
+    /// A watched namespace's name, when it was linked under one.
+    pub fn netns_name(&self, inode: u32) -> Option<String> {
+        self.names.get(&inode).cloned()
     }
 
     fn name_of(&self, inode: u32) -> String {
@@ -273,6 +281,7 @@ pub(crate) mod fixtures {
             reply_src: bytes(reply.src),
             reply_dst: bytes(reply.dst),
             ts_ns: 5,
+            flags: knat::EV_FRESH,
             ..NatEvent::default()
         }
     }
@@ -442,10 +451,7 @@ mod tests {
         let (orig, reply, destroy) = masquerade_and_destroy();
         let mut out = Vec::new();
         let first = Binding::from_event(&nat_event(orig, reply));
-        assert!(
-            first.fresh,
-            "a record without IPS_CONFIRMED is a new entry's"
-        );
+        assert!(first.fresh, "a record the kernel marked as a new entry's");
         t.binding(first.clone(), &mut out);
         // The kernel destroyed the entry and made a new one at the same address for the same
         // tuple; its record arrives before the old destroy event.
