@@ -590,6 +590,59 @@ fn a_full_nat_pool_shows_in_the_conntrack_statistics() {
     drop(client);
 }
 
+/// 7d. One UDP datagram nobody answers: the entry sees one packet, so the program never sees
+///    it confirmed — its binding is reported when the entry ends (here `conntrack -D`), with
+///    that one packet counted.
+#[test]
+fn a_flow_of_one_packet_is_reported_at_its_end() {
+    if !ready("one_packet") {
+        return;
+    }
+    let router = Router::up("tno", "masquerade");
+    let mut tracer = start_nat(&router, &["--no-flows"]);
+    // A sink: it takes the datagram and answers nothing (not even an ICMP port unreachable,
+    // which would be a second packet of the entry).
+    const UDP_SINK: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    s.recvfrom(2048)
+"#;
+    let _sink = Py::server(&router.ns("wan"), UDP_SINK, "198.51.100.10", 5999);
+    let sent = Command::new("ip")
+        .args(["netns", "exec", &router.ns("lan"), "python3", "-c"])
+        .arg(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('192.0.2.10', 41999)); s.sendto(b'x' * 20, ('198.51.100.10', 5999))",
+        )
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let entries = router.conntrack(&["-p", "udp", "--orig-port-src", "41999"]);
+    assert_eq!(entries.len(), 1, "conntrack holds the entry: {entries:?}");
+    let deleted = Command::new("ip")
+        .args(["netns", "exec", &router.ns("router"), "conntrack", "-D"])
+        .args(["-p", "udp", "--orig-port-src", "41999"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    tracer.wait_for("the binding and its end", T, |r| {
+        for_port(r, "nat_end", 41999).is_some()
+    });
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let b = for_port(&records, "nat_binding", 41999).expect("the binding");
+    assert_eq!(tuple(&b["original"]), entries[0].0);
+    assert_eq!(tuple(&b["reply"]), entries[0].1);
+    let end = for_port(&records, "nat_end", 41999).unwrap();
+    assert_eq!(end["counters"]["orig_packets"], 1, "{end}");
+    assert_eq!(end["counters"]["reply_packets"], 0, "{end}");
+}
+
 /// 8. The watched router namespace is deleted mid-run: reported, and tracer keeps going.
 #[test]
 fn deleted_router_namespace_is_reported_not_fatal() {
@@ -670,30 +723,31 @@ fn serve_exports_nat_metrics() {
     // The router's conntrack table too (read every few seconds): its entries as
     // `conntrack -C` counts them.
     let entries = format!("tracer_nf_conntrack_entries{{netns=\"{ns}\"}} ");
-    let mut body = String::new();
-    while Instant::now() < deadline {
-        body = scrape().unwrap_or_default();
-        if body.contains(&series) && body.contains(&entries) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let counted = Command::new("ip")
         .args(["netns", "exec", &ns, "conntrack", "-C"])
         .output()
         .expect("conntrack -C");
-    let _ = unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
-    let _ = serve.wait();
-    assert!(body.contains(&series), "no {series} in:\n{body}");
-    let shown: Option<u64> = body
-        .lines()
-        .find_map(|l| l.strip_prefix(&entries))
-        .and_then(|v| v.parse().ok());
     let counted: u64 = String::from_utf8_lossy(&counted.stdout)
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(shown, Some(counted), "conntrack entries:\n{body}");
+    let shown = |body: &str| -> Option<u64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&entries))
+            .and_then(|v| v.parse().ok())
+    };
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        body = scrape().unwrap_or_default();
+        if body.contains(&series) && shown(&body) == Some(counted) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let _ = serve.wait();
+    assert!(body.contains(&series), "no {series} in:\n{body}");
+    assert_eq!(shown(&body), Some(counted), "conntrack entries:\n{body}");
     assert!(body.contains(&format!(
         "tracer_nf_conntrack_stat_insert_failed{{netns=\"{ns}\"}} 0"
     )));

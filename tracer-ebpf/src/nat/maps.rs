@@ -35,8 +35,9 @@ pub static NAT_WAKEUP_BYTES: u32 = 0;
 #[map]
 pub static NAT_SEEN: LruHashMap<NatKey, NatCounters> = LruHashMap::with_max_entries(65536, 0);
 
-/// New entries' first packets, until the kernel confirms the entry (LRU: one the kernel
-/// dropped is pushed out in time).
+/// New entries' first packets, until a later packet of the confirmed entry (or user space,
+/// at the entry's destroy: a flow of one packet) takes them; keyed by namespace, not entry
+/// (LRU: one the kernel dropped is pushed out in time).
 #[map]
 pub static NAT_PENDING: LruHashMap<NatKey, NatPending> = LruHashMap::with_max_entries(16384, 0);
 

@@ -103,7 +103,9 @@ fn binding_counters(e: &Entry, now: u64, len: u32) -> Option<*mut NatCounters> {
         status,
         ..
     } = *e;
-    let key = binding_key(ct, o, protocol);
+    // One key on the stack (the conntrack window fills most of it): the binding's, then
+    // turned into the first packet's (`pending_key`).
+    let mut key = binding_key(ct, o, protocol);
     let done = nat::IPS_SRC_NAT_DONE | nat::IPS_DST_NAT_DONE;
     if status & done != done {
         // A binding is whole once both NAT hooks of its first packet's path have run.
@@ -117,6 +119,7 @@ fn binding_counters(e: &Entry, now: u64, len: u32) -> Option<*mut NatCounters> {
             first_ns: now,
             bytes: len as u64,
         };
+        key.ct = netns_of(e)?;
         let _ = NAT_PENDING.insert(&key, &first, 0);
         // Counted in the totals now; in the binding's own counters once it is confirmed.
         let slot = stats::kind_slot(manips);
@@ -136,19 +139,21 @@ fn binding_counters(e: &Entry, now: u64, len: u32) -> Option<*mut NatCounters> {
     }
     // Counted so user space can tell what the LRU pushed out.
     add(stats::SEEN_INSERTED, 1);
+    let c = NAT_SEEN.get_ptr_mut(&key)?;
+    key.ct = netns_of(e)?;
     // SAFETY: the value is copied out at once.
     let pending = unsafe { NAT_PENDING.get(&key) }.copied();
-    let c = NAT_SEEN.get_ptr_mut(&key)?;
     // Without a first packet kept, an entry that predates the program or whose counters
     // were dropped (by user space, the LRU): reported now, not as a new entry.
     let (since, flags) = match pending {
         Some(p) => {
             let _ = NAT_PENDING.remove(&key);
             // SAFETY: `c` is this binding's value in `NAT_SEEN`, just taken from the map:
-            // valid for the program's run; no other CPU writes it before this packet counts.
+            // valid for the program's run. Added, not stored: another CPU may have found the
+            // counters already and counted its packet.
             unsafe {
-                (*c).orig_packets = 1;
-                (*c).orig_bytes = p.bytes;
+                atomic::add(&raw mut (*c).orig_packets, 1);
+                atomic::add(&raw mut (*c).orig_bytes, p.bytes);
             }
             (p.first_ns, nat::EV_FRESH)
         }
@@ -158,6 +163,16 @@ fn binding_counters(e: &Entry, now: u64, len: u32) -> Option<*mut NatCounters> {
     unsafe { (*c).first_ns = since };
     report(e, since, flags);
     Some(c)
+}
+
+/// What a first packet's key in `NAT_PENDING` has in place of the entry's address: the
+/// namespace's inode, so user space can find it from a destroy event (which names no
+/// address) — the entry of a flow of one packet, confirmed but never seen again here.
+#[inline(always)]
+fn netns_of(e: &Entry) -> Option<u64> {
+    let net: u64 = read(e.state, off!(state_net))?;
+    let netns: u32 = read(net, off!(net_inum))?;
+    Some(netns as u64)
 }
 
 /// Which translations (`nat::MANIP_*`) a conntrack entry's `status` carries.

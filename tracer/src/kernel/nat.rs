@@ -20,7 +20,7 @@ use aya_obj::{
 };
 use tracer_common::{
     nat::{self, stats},
-    NatCounters, NatKey, NatOffsets,
+    NatCounters, NatKey, NatOffsets, NatPending,
 };
 
 use crate::error::{Error, Result};
@@ -64,6 +64,7 @@ pub struct NatProbes {
     events: Option<MapData>,
     seen: Option<MapData>,
     stats: Option<MapData>,
+    pending: Option<MapData>,
     /// `.rodata` and any other data maps the program references.
     _data: Vec<MapData>,
 }
@@ -126,12 +127,14 @@ impl NatProbes {
         let events = take("EVENTS");
         let seen = take("NAT_SEEN");
         let stats = take("NAT_STATS");
+        let pending = take("NAT_PENDING");
         Ok(NatProbes {
             attached: Vec::new(),
             prog,
             events,
             seen,
             stats,
+            pending,
             _data: maps.into_iter().map(|(_, m)| m).collect(),
         })
     }
@@ -199,6 +202,7 @@ impl NatProbes {
     pub fn take_counters(&mut self) -> Result<NatCounterMap> {
         let map = self.seen.take().ok_or_else(|| missing("NAT_SEEN"))?;
         let stats = self.stats.take().ok_or_else(|| missing("NAT_STATS"))?;
+        let pending = self.pending.take().ok_or_else(|| missing("NAT_PENDING"))?;
         Ok(NatCounterMap {
             seen: BpfHashMap::try_from(Map::LruHashMap(map)).map_err(|source| Error::Map {
                 name: "NAT_SEEN".into(),
@@ -207,6 +211,12 @@ impl NatProbes {
             stats: PerCpuArray::try_from(Map::PerCpuArray(stats)).map_err(|source| Error::Map {
                 name: "NAT_STATS".into(),
                 source,
+            })?,
+            pending: BpfHashMap::try_from(Map::LruHashMap(pending)).map_err(|source| {
+                Error::Map {
+                    name: "NAT_PENDING".into(),
+                    source,
+                }
             })?,
             removed: 0,
             evicted: std::sync::atomic::AtomicU64::new(0),
@@ -267,6 +277,7 @@ fn missing(name: &str) -> Error {
 pub struct NatCounterMap {
     seen: BpfHashMap<MapData, Global<NatKey>, Global<NatCounters>>,
     stats: PerCpuArray<MapData, u64>,
+    pending: BpfHashMap<MapData, Global<NatKey>, Global<NatPending>>,
     /// Entries user space removed (bindings that ended), and the evictions reported so far.
     removed: u64,
     evicted: std::sync::atomic::AtomicU64,
@@ -275,6 +286,14 @@ pub struct NatCounterMap {
 impl NatCounterMap {
     pub fn get(&self, key: &NatKey) -> Option<NatCounters> {
         self.seen.get(&Global(*key), 0).ok().map(|g| g.0)
+    }
+
+    /// The first packet of an entry the program saw once only, taken (key: the namespace's
+    /// inode and the original tuple).
+    pub fn take_pending(&mut self, key: &NatKey) -> Option<NatPending> {
+        let found = self.pending.get(&Global(*key), 0).ok().map(|g| g.0)?;
+        let _ = self.pending.remove(&Global(*key));
+        Some(found)
     }
 
     /// Forgets a binding that ended (the LRU would evict it anyway, later).

@@ -312,6 +312,11 @@ impl NatWatch {
         gone
     }
 
+    /// The first packet the program kept of an entry it saw once only, taken.
+    pub fn take_pending(&mut self, key: &NatKey) -> Option<tracer_common::NatPending> {
+        self.counters.as_mut()?.take_pending(key)
+    }
+
     /// Every few seconds, the conntrack tables of (up to [`HEALTH_BATCH`] of) the watched
     /// namespaces; empty in between. A namespace without a conntrack table is skipped.
     pub fn health(&mut self) -> Vec<CtHealth> {

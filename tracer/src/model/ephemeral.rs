@@ -424,9 +424,10 @@ impl EphemeralUsage {
     }
 
     /// How long a TIME_WAIT socket keeps the port of a connection in `key`'s scope from a new
-    /// connection to the same destination: TCP_TIMEWAIT_LEN (60 s), or one second where
-    /// `tcp_tw_reuse` lets `connect()` take it over (1: every destination; 2, the default:
-    /// loopback ones) once the peer's timestamps have moved on.
+    /// connection to the same destination: TCP_TIMEWAIT_LEN (60 s), or about two seconds
+    /// where `tcp_tw_reuse` lets `connect()` take it over (1: every destination; 2, the
+    /// default: loopback ones) — when the peer used TCP timestamps, which tracer does not see:
+    /// without them the port stays taken longer than counted here.
     pub fn time_wait_hold_ns(&self, key: &UsageKey) -> u64 {
         const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
         let Some(d) = key.2 else {
@@ -434,8 +435,8 @@ impl EphemeralUsage {
         };
         let loopback = super::event::ip(d.family, &d.raddr).is_loopback();
         match self.tw_reuse.get(&key.0).copied().unwrap_or(2) {
-            1 => 1_000_000_000,
-            2 if loopback => 1_000_000_000,
+            1 => 2_000_000_000,
+            2 if loopback => 2_000_000_000,
             _ => TIMEWAIT_LEN_NS,
         }
     }

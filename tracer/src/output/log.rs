@@ -84,7 +84,7 @@ impl Sink for LogSink {
         }
         if let crate::model::nat::NatOutput::Health(h) = item {
             let line = crate::text::escape_log(&super::nat::health_line(h)).into_owned();
-            if h.near_full() || h.stat.failures() > 0 {
+            if h.near_full() {
                 tracing::warn!("{line}");
             } else {
                 tracing::info!("{line}");

@@ -45,7 +45,7 @@ pub fn health_line(h: &crate::model::nat::health::CtHealth) -> String {
         s.early_drop,
         s.search_restart,
         if h.near_full() {
-            "  ⚠ table near full: new connections will be dropped"
+            "  ⚠ table near full: when it is, new connections are dropped"
         } else {
             ""
         }

@@ -62,6 +62,10 @@ pub trait NatInputs {
     fn kernel_totals(&mut self) -> Option<[(u64, u64); 3]>;
     /// Bindings come from conntrack "new" events (no eBPF).
     fn fallback(&mut self) -> bool;
+    /// The first packet the netfilter program kept of an entry it saw once only, taken.
+    fn take_pending(&mut self, _key: &NatKey) -> Option<tracer_common::NatPending> {
+        None
+    }
     /// Every few seconds, the watched namespaces' conntrack tables (empty in between).
     fn conntrack_health(&mut self) -> Vec<crate::model::nat::health::CtHealth> {
         Vec::new()
@@ -168,6 +172,10 @@ impl NatInputs for NatWatch {
 
     fn conntrack_health(&mut self) -> Vec<crate::model::nat::health::CtHealth> {
         NatWatch::health(self)
+    }
+
+    fn take_pending(&mut self, key: &NatKey) -> Option<tracer_common::NatPending> {
+        NatWatch::take_pending(self, key)
     }
 }
 

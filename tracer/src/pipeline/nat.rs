@@ -19,8 +19,9 @@ pub struct NatStage {
     pub table: NatTable,
     clock: Clock,
     out: Vec<NatOutput>,
-    /// Each watched namespace's conntrack table as last shown (bounded by the namespaces
-    /// watched; a namespace's goes with it).
+    /// Each watched namespace's conntrack table as last shown, and as last read (the
+    /// metrics); bounded by the namespaces watched, a namespace's go with it.
+    shown_health: foldhash::HashMap<u32, CtHealth>,
     pub health: foldhash::HashMap<u32, CtHealth>,
 }
 
@@ -30,6 +31,7 @@ impl NatStage {
             table: NatTable::default(),
             clock,
             out: Vec::new(),
+            shown_health: Default::default(),
             health: Default::default(),
         }
     }
@@ -41,11 +43,15 @@ impl NatStage {
             if let Some(name) = self.table.netns_name(h.netns) {
                 h.netns_name = name;
             }
-            let changed = self.health.get(&h.netns).is_none_or(|b| h.changed_from(b));
+            let changed = self
+                .shown_health
+                .get(&h.netns)
+                .is_none_or(|b| h.changed_from(b));
             if changed {
                 self.out.push(NatOutput::Health(h.clone()));
-                self.health.insert(h.netns, h);
+                self.shown_health.insert(h.netns, h.clone());
             }
+            self.health.insert(h.netns, h);
         }
     }
 
@@ -80,11 +86,18 @@ impl NatStage {
     /// fallback a new binding.
     pub fn conntrack(&mut self, ev: CtEvent, now_ns: u64, nat: &mut dyn NatInputs) {
         if ev.destroyed {
+            let known = self.table.knows(&ev);
             let key = self
                 .table
                 .destroyed(&ev, now_ns, |k| nat.counters(k), &mut self.out);
             if let Some(key) = key {
                 nat.forget(&key);
+            }
+            if !known {
+                // An entry the program saw one packet of: reported at its end.
+                if let Some(first) = nat.take_pending(&ev.pending_key()) {
+                    self.table.one_packet(&ev, now_ns, first, &mut self.out);
+                }
             }
         } else if nat.fallback() {
             if let Some(b) = Binding::from_conntrack(&ev, now_ns) {
@@ -105,6 +118,7 @@ impl NatStage {
             // Its bindings, counts and metric series go with it.
             self.table.forget_netns(gone.inode);
             self.health.remove(&gone.inode);
+            self.shown_health.remove(&gone.inode);
             sink.netns_gone(&gone.name, gone.inode)?;
         }
         self.learn_names(nat);

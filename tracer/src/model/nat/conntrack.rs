@@ -98,7 +98,64 @@ impl From<NatCounters> for Counters {
     }
 }
 
+impl CtEvent {
+    /// Where the netfilter program keeps the first packet of this entry (`NAT_PENDING`):
+    /// the namespace's inode in place of the entry's address, and the original tuple.
+    pub fn pending_key(&self) -> NatKey {
+        let bytes = |a: IpAddr| {
+            let mut out = [0u8; 16];
+            match a {
+                IpAddr::V4(v) => out[..4].copy_from_slice(&v.octets()),
+                IpAddr::V6(v) => out = v.octets(),
+            }
+            out
+        };
+        NatKey {
+            ct: u64::from(self.netns),
+            src: bytes(self.orig.src),
+            dst: bytes(self.orig.dst),
+            sport: self.orig.sport,
+            dport: self.orig.dport,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
 impl NatTable {
+    /// Whether a destroy event for this entry ends (or was owed to) a binding known here.
+    pub fn knows(&self, ev: &CtEvent) -> bool {
+        let id = (ev.netns, ev.protocol, Endpoints::from(ev.orig));
+        self.live.contains_key(&id) || self.owed.contains_key(&id)
+    }
+
+    /// An entry destroyed that the netfilter program saw one packet of — confirmed, never seen
+    /// again (a UDP datagram nobody answered): its binding and its end, now.
+    pub fn one_packet(
+        &mut self,
+        ev: &CtEvent,
+        ts_ns: u64,
+        first: tracer_common::NatPending,
+        out: &mut Vec<NatOutput>,
+    ) {
+        let Some(mut b) = Binding::from_conntrack(ev, first.first_ns) else {
+            return;
+        };
+        b.source = NatSource::Ebpf;
+        let id = b.id();
+        self.binding(b, out);
+        if let Some(live) = self.forget(&id) {
+            let counters = NatCounters {
+                orig_packets: 1,
+                orig_bytes: first.bytes,
+                first_ns: first.first_ns,
+                last_ns: first.first_ns,
+                ..NatCounters::default()
+            };
+            out.push(NatOutput::End(live.binding.end(ts_ns, Some(counters))));
+        }
+    }
+
     /// A conntrack entry was destroyed: its binding ends (with the kernel's counters, when
     /// `counters` finds them). Returns the key of the counters user space may now drop.
     pub fn destroyed(

@@ -101,11 +101,12 @@ impl CtHealth {
         self.percent.is_some_and(|p| p >= WARN_PERCENT)
     }
 
-    /// Worth a new status line after `before`: the statistics moved, or the table's fill by
-    /// at least a percent of its size (entries come and go all the time).
+    /// Worth a new status line after `before`: connections got no entry since (failed
+    /// inserts, drops), or the table's fill moved by a percent of its size or across the
+    /// warning line. (The other statistics move all the time on a busy router.)
     pub fn changed_from(&self, before: &CtHealth) -> bool {
         let step = self.max.unwrap_or(100).max(100) / 100;
-        self.stat != before.stat
+        self.stat.failures() != before.stat.failures()
             || self.entries.abs_diff(before.entries) >= step
             || self.near_full() != before.near_full()
     }
@@ -144,6 +145,10 @@ mod tests {
         let mut c = a.clone();
         c.stat.drop = 1;
         assert!(c.changed_from(&a));
+        let mut d = a.clone();
+        d.stat.found = 1000;
+        d.stat.search_restart = 3;
+        assert!(!d.changed_from(&a), "lookups move all the time");
         let full = CtHealth::new(1, "r".into(), 850, Some(1000), CtStat::default());
         assert!(full.near_full());
         assert_eq!(full.percent, Some(85.0));

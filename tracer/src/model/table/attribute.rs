@@ -140,8 +140,11 @@ impl SocketTable {
         if crate::model::event::state_after(ev) == TcpState::TimeWait {
             // The connection lives on as a timewait socket that holds its port for the same
             // destination: the hold moves there, with who left it.
+            // (A server's side holds its listener's port anyway: only a port connect()
+            // chose is held for its destination.)
             entry.port_returned = true;
-            if let Some((key, port)) = entry.counted.take() {
+            if entry.counted.is_some_and(|(key, _)| key.2.is_some()) {
+                let (key, port) = entry.counted.take().expect("checked");
                 let owner = entry.owner().copied();
                 let tuple = (entry.family, entry.laddr, entry.raddr, entry.rport);
                 self.hold_time_wait(key, port, owner, tuple, ev.ts_ns);

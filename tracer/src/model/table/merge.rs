@@ -43,12 +43,18 @@ impl SocketTable {
                     .usage
                     .range(s.netns)
                     .is_some_and(|(lo, hi)| (lo..=hi).contains(&s.lport));
-                let dest = chose.then(|| Dest::new(s.family, s.laddr, s.raddr, s.rport));
-                let key = (s.netns, s.protocol, dest);
-                self.usage.add(key, s.lport, "");
-                // Closed before tracer started: who left it is unknown.
-                let tuple = (s.family, s.laddr, s.raddr, s.rport);
-                self.hold_time_wait(key, s.lport, None, tuple, now_ns);
+                // (A server's side, on its listener's port, holds nothing more.)
+                if chose {
+                    let key = (
+                        s.netns,
+                        s.protocol,
+                        Some(Dest::new(s.family, s.laddr, s.raddr, s.rport)),
+                    );
+                    self.usage.add(key, s.lport, "");
+                    // Closed before tracer started: who left it is unknown.
+                    let tuple = (s.family, s.laddr, s.raddr, s.rport);
+                    self.hold_time_wait(key, s.lport, None, tuple, now_ns);
+                }
                 if !self.time_wait_rows {
                     continue;
                 }

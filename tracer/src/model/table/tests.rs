@@ -460,14 +460,14 @@ fn time_wait_holds_the_port_for_its_destination() {
             (40002, "TIME_WAIT".to_string(), Some(7))
         ]
     );
-    t.sweep(1_000 + 2_000_000_000);
+    t.sweep(1_000 + 3_000_000_000);
     assert_eq!(
         held(&t),
         vec![
             ("127.0.0.1:80".to_string(), 0, 0),
             ("198.51.100.10:80".to_string(), 1, 1)
         ],
-        "loopback's port is free for connect() after a second"
+        "loopback's port is free for connect() after two seconds"
     );
     t.sweep(1_000 + 61_000_000_000);
     assert_eq!(held(&t)[1], ("198.51.100.10:80".to_string(), 0, 0));

@@ -1,6 +1,6 @@
 //! Ports TIME_WAIT sockets hold. A connection that closed first lives on in the kernel as a
 //! timewait socket keeping its 4-tuple — and so its port, for that destination — for
-//! TCP_TIMEWAIT_LEN (60 s), or about a second where `tcp_tw_reuse` lets `connect()` take it
+//! TCP_TIMEWAIT_LEN (60 s), or about two seconds where `tcp_tw_reuse` lets `connect()` take it
 //! over ([`EphemeralUsage::time_wait_hold_ns`](crate::model::ephemeral::EphemeralUsage)).
 //! tracer sees the full socket leave (FIN_WAIT2/CLOSING → CLOSE) and keeps the port counted,
 //! with the process that left it, until then.
