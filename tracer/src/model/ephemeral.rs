@@ -24,6 +24,9 @@ use compact_str::CompactString;
 use foldhash::HashMap;
 use serde::Serialize;
 
+/// The kernel's TCP_TIMEWAIT_LEN: how long a TIME_WAIT socket keeps its port.
+pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
+
 /// Usage above this share of the range is reported as a warning (once per crossing).
 pub const WARN_PERCENT: f64 = 80.0;
 
@@ -429,7 +432,6 @@ impl EphemeralUsage {
     /// default: loopback ones) — when the peer used TCP timestamps, which tracer does not see:
     /// without them the port stays taken longer than counted here.
     pub fn time_wait_hold_ns(&self, key: &UsageKey) -> u64 {
-        const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
         let Some(d) = key.2 else {
             return TIMEWAIT_LEN_NS;
         };

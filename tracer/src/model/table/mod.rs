@@ -162,6 +162,8 @@ pub struct SocketTable {
     /// Ports TIME_WAIT sockets hold (closed while tracer ran, or counted without a row from
     /// the snapshot), oldest first; bounded by [`time_wait::MAX_TIME_WAIT`].
     time_wait_ports: std::collections::VecDeque<time_wait::TimeWaitHold>,
+    /// The same for holds `tcp_tw_reuse` shortens (seconds).
+    time_wait_short: std::collections::VecDeque<time_wait::TimeWaitHold>,
     /// Holds pushed out by that cap.
     time_wait_evicted: u64,
     capacity: usize,
@@ -204,6 +206,7 @@ impl SocketTable {
             usage: EphemeralUsage::default(),
             time_wait_rows: true,
             time_wait_ports: std::collections::VecDeque::new(),
+            time_wait_short: std::collections::VecDeque::new(),
             time_wait_evicted: 0,
             capacity,
             evicted: 0,

@@ -11,7 +11,7 @@
 use tracer_common::tcp_state;
 
 use super::{Owner, SocketTable, TrackedSocket};
-use crate::model::ephemeral::UsageKey;
+use crate::model::ephemeral::{UsageKey, TIMEWAIT_LEN_NS};
 
 /// TIME_WAIT holds kept at most.
 pub const MAX_TIME_WAIT: usize = 65_536;
@@ -67,21 +67,33 @@ impl SocketTable {
         tuple: (u16, [u8; 16], [u8; 16], u16),
         now_ns: u64,
     ) {
-        if self.time_wait_ports.len() >= MAX_TIME_WAIT {
-            if let Some(old) = self.time_wait_ports.pop_front() {
+        if self.time_wait_ports.len() + self.time_wait_short.len() >= MAX_TIME_WAIT {
+            // The oldest of the long holds (short ones end within seconds anyway).
+            let old = self
+                .time_wait_ports
+                .pop_front()
+                .or_else(|| self.time_wait_short.pop_front());
+            if let Some(old) = old {
                 self.release_time_wait(&old);
                 self.time_wait_evicted += 1;
             }
         }
-        let expires = now_ns + self.usage.time_wait_hold_ns(&key);
+        let hold_ns = self.usage.time_wait_hold_ns(&key);
         self.usage.time_wait(key, true);
-        self.time_wait_ports.push_back(TimeWaitHold {
-            expires,
+        let hold = TimeWaitHold {
+            expires: now_ns + hold_ns,
             key,
             port,
             owner,
             tuple,
-        });
+        };
+        // Two queues, each in expiry order (every hold in one is as long): the sweep takes
+        // from their fronts, the work of the holds that ended.
+        if hold_ns < TIMEWAIT_LEN_NS {
+            self.time_wait_short.push_back(hold);
+        } else {
+            self.time_wait_ports.push_back(hold);
+        }
     }
 
     fn release_time_wait(&mut self, hold: &TimeWaitHold) {
@@ -91,19 +103,25 @@ impl SocketTable {
 
     /// Gives back the ports of TIME_WAIT sockets past their time.
     pub(super) fn sweep_time_wait(&mut self, now_ns: u64) {
-        let (gone, kept): (Vec<TimeWaitHold>, Vec<TimeWaitHold>) = self
-            .time_wait_ports
-            .drain(..)
-            .partition(|h| h.expires < now_ns);
-        self.time_wait_ports.extend(kept);
-        for hold in &gone {
-            self.release_time_wait(hold);
+        while let Some(h) = self.time_wait_ports.front() {
+            if h.expires >= now_ns {
+                break;
+            }
+            let h = self.time_wait_ports.pop_front().expect("looked");
+            self.release_time_wait(&h);
+        }
+        while let Some(h) = self.time_wait_short.front() {
+            if h.expires >= now_ns {
+                break;
+            }
+            let h = self.time_wait_short.pop_front().expect("looked");
+            self.release_time_wait(&h);
         }
     }
 
-    /// The ports TIME_WAIT sockets hold now, oldest first.
+    /// The ports TIME_WAIT sockets hold now.
     pub fn time_wait(&self) -> impl Iterator<Item = &TimeWaitHold> {
-        self.time_wait_ports.iter()
+        self.time_wait_ports.iter().chain(&self.time_wait_short)
     }
 
     /// Holds pushed out by the cap, and ephemeral usage keys dropped by theirs.
