@@ -372,6 +372,95 @@ fn time_wait_keeps_the_port_and_names_who_closed() {
     assert!(ss.contains(&format!("127.0.0.1:{port}")), "{ss}");
 }
 
+/// The allocation rules tracer's counting rests on, checked on this kernel with a range of
+/// four ports — and tracer counting by them:
+/// - a socket bound to an address with `IP_BIND_ADDRESS_NO_PORT` has no port until connect()
+///   chooses one, per destination like any connect();
+/// - with every port of the range connected to one destination, `bind()` to port 0 finds none
+///   (it passes over ports connections hold): the exclusive scope's headroom is 0;
+/// - UDP's autobind takes a port exclusively (UDP's own port space): a fifth socket finds none.
+#[test]
+fn ephemeral_rules_hold_on_this_kernel() {
+    if !prerequisites("ephemeral_rules_hold_on_this_kernel")
+        || !tool("ephemeral_rules_hold_on_this_kernel", "python3", "python3")
+    {
+        return;
+    }
+    let netns = TestNetns::new("rules");
+    netns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let tracer = Hooks::Sockets.watch(&["--netns", &netns.name]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns.name, "python3", "-c"])
+        .arg(RULES)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The kernel's side.
+    assert_eq!(r["no_port_after_bind"], 0, "{r}");
+    assert_eq!(r["tcp_ports"].as_array().unwrap().len(), 4, "{r}");
+    assert_eq!(
+        r["bind0_errno"], 98,
+        "bind(0) with the range connected: EADDRINUSE: {r}"
+    );
+    assert_eq!(r["udp_ports"].as_array().unwrap().len(), 4, "{r}");
+    assert_eq!(r["udp5_errno"], 11, "a fifth UDP autobind: EAGAIN: {r}");
+    // tracer's.
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let report: Vec<&Value> = of_type(&records, "ephemeral")
+        .into_iter()
+        .filter(|u| u["netns"] == netns.inode())
+        .collect();
+    let find = |proto: &str, scope: &str| {
+        report
+            .iter()
+            .find(|u| u["proto"] == proto && u["scope"] == scope)
+            .unwrap_or_else(|| panic!("no {proto} {scope} record: {report:#?}"))
+    };
+    let dest = find("tcp", "destination");
+    assert_eq!(
+        (&dest["rport"], &dest["peak"]),
+        (&5000.into(), &4.into()),
+        "{dest}"
+    );
+    let udp = find("udp", "exclusive");
+    assert_eq!(udp["peak"], 4, "{udp}");
+}
+
+const RULES: &str = r#"
+import errno, json, socket
+IP_BIND_ADDRESS_NO_PORT = 24
+srv = socket.socket(); srv.bind(("127.0.0.1", 5000)); srv.listen(16)
+held = []
+s = socket.socket()
+s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+s.bind(("127.0.0.1", 0))
+no_port = s.getsockname()[1]
+s.connect(("127.0.0.1", 5000)); held.append(s)
+for _ in range(3):
+    c = socket.create_connection(("127.0.0.1", 5000)); held.append(c)
+tcp_ports = [c.getsockname()[1] for c in held]
+b = socket.socket()
+try:
+    b.bind(("0.0.0.0", 0)); bind0 = 0
+except OSError as e:
+    bind0 = e.errno
+udp = []
+for _ in range(4):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("127.0.0.1", 9)); udp.append(u)
+u5 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    u5.sendto(b"x", ("127.0.0.1", 9)); udp5 = 0
+except OSError as e:
+    udp5 = e.errno
+print(json.dumps({"no_port_after_bind": no_port, "tcp_ports": tcp_ports, "bind0_errno": bind0,
+                  "udp_ports": [u.getsockname()[1] for u in udp], "udp5_errno": udp5}))
+"#;
+
 /// `ss -tnp` lines of established connections: (local port, remote port, pid, comm).
 fn ss_connections() -> Vec<(u64, u64, u64, String)> {
     let out = Command::new("ss")
