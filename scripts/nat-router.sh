@@ -6,7 +6,8 @@
 #            2001:db8:1::10          2001:db8:1::1 | 2001:db8:2::1         2001:db8:2::10
 #                                                                        198.51.100.10 (server)
 #
-#   nat-router.sh up   [PREFIX] [MODE]   MODE: masquerade (default), pool4, snat, dnat, all
+#   nat-router.sh up   [PREFIX] [MODE]   MODE: masquerade (default), pool4, pool4-legacy, snat,
+#                                         dnat, all
 #   nat-router.sh down [PREFIX]
 #
 # masquerade: LAN → WAN leaves as 203.0.113.1 with source ports forced into 61000-61099
@@ -15,6 +16,7 @@
 # dnat:       WAN → 203.0.113.1:8080 is forwarded to the LAN server 192.0.2.10:80.
 # pool4:      TCP masquerade with a pool of four ports (61000-61003): the fifth connection
 #             held at once gets no translation and is dropped (conntrack's insert_failed).
+# pool4-legacy: the same rule made with iptables-legacy instead of nft.
 # all:        masquerade and dnat.
 set -eu
 cmd=${1:-}
@@ -83,6 +85,12 @@ up() {
     pool4='table ip nat {
         chain post { type nat hook postrouting priority srcnat; oifname "rwan" meta l4proto tcp masquerade to :61000-61003; }
     }'
+    if [ "$MODE" = pool4-legacy ]; then
+        ip netns exec "$ROUTER" iptables-legacy -t nat -A POSTROUTING -o rwan -p tcp \
+            -j MASQUERADE --to-ports 61000-61003
+        echo "router up: netns $LAN, $ROUTER, $WAN ($MODE)"
+        return
+    fi
     case "$MODE" in
         masquerade) rules=$masq ;;
         pool4) rules=$pool4 ;;
@@ -90,7 +98,7 @@ up() {
         dnat) rules=$dnat ;;
         all) rules="$masq
 $dnat" ;;
-        *) echo "unknown mode $MODE (masquerade, pool4, snat, dnat, all)" >&2; down; exit 2 ;;
+        *) echo "unknown mode $MODE (masquerade, pool4, pool4-legacy, snat, dnat, all)" >&2; down; exit 2 ;;
     esac
     printf '%s\n' "$rules" | ip netns exec "$ROUTER" nft -f -
     echo "router up: netns $LAN, $ROUTER, $WAN ($MODE)"

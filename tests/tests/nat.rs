@@ -530,10 +530,20 @@ fn conntrack_stats(router: &Router) -> std::collections::HashMap<String, u64> {
 ///    them for the router, equal what `conntrack -S` prints inside it.
 #[test]
 fn a_full_nat_pool_shows_in_the_conntrack_statistics() {
-    if !ready("nat_pool") {
+    if !ready("nat_pool") || !tool("nat_pool", "iptables-legacy", "iptables") {
         return;
     }
-    let router = Router::up("tnp", "pool4");
+    // The pool's rule made with nft, then with iptables-legacy: its size read from each.
+    for (prefix, mode, from) in [
+        ("tnp", "pool4", "nftables"),
+        ("tnq", "pool4-legacy", "iptables"),
+    ] {
+        full_pool(prefix, mode, from);
+    }
+}
+
+fn full_pool(prefix: &str, mode: &str, from: &str) {
+    let router = Router::up(prefix, mode);
     let mut tracer = start_nat(&router, &["--no-flows"]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
     let mut client = Py::start(
@@ -587,6 +597,22 @@ fn a_full_nat_pool_shows_in_the_conntrack_statistics() {
         translated.iter().all(|p| (61000..=61003).contains(p)),
         "{translated:?}"
     );
+    // The pool: 4 of 4 ports to that server, its size from the rule; warned past 80 %.
+    let pool = of_type(&records, "nat_pool")
+        .into_iter()
+        .find(|p| p["daddr"] == "198.51.100.10" && p["dport"] == 80)
+        .unwrap_or_else(|| panic!("no nat_pool record: {records:#?}"));
+    assert_eq!(pool["translated_addr"], "203.0.113.1", "{pool}");
+    assert_eq!(
+        (&pool["peak"], &pool["size"]),
+        (&4.into(), &4.into()),
+        "{pool}"
+    );
+    assert_eq!(pool["range"], serde_json::json!([61000, 61003]), "{pool}");
+    assert_eq!(pool["range_from"], from, "{pool}");
+    let warned = of_type(&records, "nat_pool_warning");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["in_use"], 4);
     drop(client);
 }
 

@@ -46,14 +46,14 @@ enum Task {
     /// ratios and writes bench/results/ (run as root).
     Bench(bench::BenchArgs),
     /// The test router for NAT (scripts/nat-router.sh, as root): `cargo xtask router up
-    /// [masquerade|pool4|snat|dnat|all]` makes namespaces trlan, trrouter, trwan; `router down`
+    /// [masquerade|pool4|pool4-legacy|snat|dnat|all]` makes namespaces trlan, trrouter, trwan; `router down`
     /// removes them. Then: `sudo tracer nat --netns trrouter`.
     Router {
         /// up or down
         #[arg(value_parser = ["up", "down"])]
         action: String,
         /// NAT rules for `up`.
-        #[arg(default_value = "all", value_parser = ["masquerade", "pool4", "snat", "dnat", "all"])]
+        #[arg(default_value = "all", value_parser = ["masquerade", "pool4", "pool4-legacy", "snat", "dnat", "all"])]
         mode: String,
     },
     /// Everything CI runs: setup (everything the tests use), build, lint, unit tests, and the
@@ -89,6 +89,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     "prometheus",
     "nftables",
+    // iptables-legacy: NAT rules made the other way, for the pool-size test.
+    "iptables",
     "conntrack",
     // A real pre-forking server (master + workers), for the live view's attribution test.
     "nginx",

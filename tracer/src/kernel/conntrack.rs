@@ -303,3 +303,55 @@ impl CtFiles {
         Ok((count, max, stat))
     }
 }
+
+/// The port range source NAT rules in namespace `path` (None: tracer's own) pick from, as
+/// `nft -j list ruleset` or else `iptables-save -t nat` (legacy, then nft backend) shows them;
+/// None when no rule names one (the kernel's default then applies) or no tool is there. Run
+/// inside the namespace, at link time (the tools answer for their own namespace). At most
+/// 4 MiB of a tool's output is read: any user can fill a namespace of their own with rules.
+pub fn pool_range(path: Option<&std::path::Path>) -> Option<crate::model::nat::pool::PoolRange> {
+    fn here() -> Result<Option<crate::model::nat::pool::PoolRange>> {
+        use crate::model::nat::pool::{iptables_range, nft_range, PoolRange};
+        let run = |cmd: &str, args: &[&str]| -> Option<Vec<u8>> {
+            use std::io::Read;
+            let mut child = std::process::Command::new(cmd)
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()?;
+            let mut out = Vec::new();
+            let _ = child.stdout.take()?.take(4 << 20).read_to_end(&mut out);
+            let _ = child.kill();
+            child.wait().ok()?.success().then_some(out)
+        };
+        if let Some(out) = run("nft", &["-j", "list", "ruleset"]) {
+            if let Some(range) = serde_json::from_slice(&out)
+                .ok()
+                .and_then(|v| nft_range(&v))
+            {
+                return Ok(Some(PoolRange {
+                    range,
+                    from: "nftables",
+                }));
+            }
+        }
+        for tool in ["iptables-legacy-save", "iptables-save"] {
+            if let Some(out) = run(tool, &["-t", "nat"]) {
+                if let Some(range) = iptables_range(&String::from_utf8_lossy(&out)) {
+                    return Ok(Some(PoolRange {
+                        range,
+                        from: "iptables",
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+    let found = match path {
+        Some(path) => super::netns::open(path, &path.display().to_string())
+            .and_then(|ns| netns::run_in(ns, here)),
+        None => here(),
+    };
+    found.ok().flatten()
+}

@@ -294,6 +294,11 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
     }
 
     fn nat(&mut self, item: &crate::model::nat::NatOutput) -> io::Result<()> {
+        if let crate::model::nat::NatOutput::Pool(p, warning) = item {
+            let (on, off) = self.paint(if *warning { RED } else { CYAN });
+            self.out.flush()?;
+            return writeln!(self.status, "{on}tracer: {}{off}", super::nat::pool_line(p));
+        }
         if let crate::model::nat::NatOutput::Health(h) = item {
             // A status line, beside the records.
             let (on, off) = self.paint(if h.near_full() { RED } else { CYAN });

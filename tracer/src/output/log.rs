@@ -82,6 +82,10 @@ impl Sink for LogSink {
                 b.translated
             );
         }
+        if let crate::model::nat::NatOutput::Pool(p, true) = item {
+            let line = crate::text::escape_log(&super::nat::pool_line(p)).into_owned();
+            tracing::warn!("{line}");
+        }
         if let crate::model::nat::NatOutput::Health(h) = item {
             let line = crate::text::escape_log(&super::nat::health_line(h)).into_owned();
             if h.near_full() {

@@ -26,7 +26,36 @@ pub fn line(item: &NatOutput, time: impl Fn(u64) -> String, names: PortNames) ->
         NatOutput::End(e) => end_line(e, &time),
         NatOutput::Flow(f) => flow_line(f, &time, names),
         NatOutput::Health(h) => health_line(h),
+        NatOutput::Pool(p, _) => pool_line(p),
     }
+}
+
+/// `NAT pool in router, tcp 203.0.113.1 → 198.51.100.10:80: 4 of 4 ports in use (100.0%), peak
+/// 4 (61000-61003, from nftables)`, with a warning past 80 %. The namespace's name is escaped.
+pub fn pool_line(p: &crate::model::nat::pool::PoolReport) -> String {
+    let daddr = match p.daddr {
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+        a => a.to_string(),
+    };
+    format!(
+        "NAT pool in {}, {} {} → {daddr}:{}: {} of {} ports in use ({:.1}%), peak {} ({}-{}, from {}){}",
+        text::escape(&p.netns_name),
+        p.proto,
+        p.translated_addr,
+        p.dport,
+        p.in_use,
+        p.size,
+        p.percent,
+        p.peak,
+        p.range.0,
+        p.range.1,
+        p.range_from,
+        if p.percent >= crate::model::nat::pool::WARN_PERCENT {
+            "  ⚠ near exhaustion: new connections to it may get no port"
+        } else {
+            ""
+        }
+    )
 }
 
 /// `conntrack in router: 12 of 262144 entries (0.0%) · insert_failed 0, drop 0, early_drop 0,
@@ -216,6 +245,24 @@ pub fn write_json(out: &mut impl Write, item: &NatOutput, names: PortNames) -> i
                 client: &f.client,
                 nat: NatRecord::<Binding>::binding("nat", &f.nat, names),
                 server: &f.server,
+            };
+            text::json::to_writer(&mut *out, &record)?;
+        }
+        NatOutput::Pool(p, warning) => {
+            #[derive(Serialize)]
+            struct Record<'a> {
+                #[serde(rename = "type")]
+                record: &'static str,
+                #[serde(flatten)]
+                pool: &'a crate::model::nat::pool::PoolReport,
+            }
+            let record = Record {
+                record: if *warning {
+                    "nat_pool_warning"
+                } else {
+                    "nat_pool"
+                },
+                pool: p,
             };
             text::json::to_writer(&mut *out, &record)?;
         }

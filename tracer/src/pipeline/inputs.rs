@@ -62,6 +62,10 @@ pub trait NatInputs {
     fn kernel_totals(&mut self) -> Option<[(u64, u64); 3]>;
     /// Bindings come from conntrack "new" events (no eBPF).
     fn fallback(&mut self) -> bool;
+    /// NAT port pool ranges read from the rules of namespaces linked into since the last call.
+    fn take_pool_ranges(&mut self) -> Vec<(u32, crate::model::nat::pool::PoolRange)> {
+        Vec::new()
+    }
     /// The first packet the netfilter program kept of an entry it saw once only, taken.
     fn take_pending(&mut self, _key: &NatKey) -> Option<tracer_common::NatPending> {
         None
@@ -176,6 +180,10 @@ impl NatInputs for NatWatch {
 
     fn take_pending(&mut self, key: &NatKey) -> Option<tracer_common::NatPending> {
         NatWatch::take_pending(self, key)
+    }
+
+    fn take_pool_ranges(&mut self) -> Vec<(u32, crate::model::nat::pool::PoolRange)> {
+        std::mem::take(&mut self.pool_ranges)
     }
 }
 

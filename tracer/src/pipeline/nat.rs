@@ -55,10 +55,14 @@ impl NatStage {
         }
     }
 
-    /// Learns the names of namespaces linked into since the last look.
+    /// Learns the names of namespaces linked into since the last look, and their NAT port
+    /// pools' ranges as their rules give them.
     pub fn learn_names(&mut self, nat: &mut dyn NatInputs) {
         for (inode, name) in nat.take_named() {
             self.table.name_netns(inode, &name);
+        }
+        for (inode, range) in nat.take_pool_ranges() {
+            self.table.pools.set_range(inode, range);
         }
     }
 
@@ -74,6 +78,16 @@ impl NatStage {
             if let (Some(key), Some(n)) = (stale, nat.as_deref_mut()) {
                 n.forget(&key);
             }
+        }
+        for p in self.table.pool_warnings() {
+            self.out.push(NatOutput::Pool(p, true));
+        }
+    }
+
+    /// Every NAT port pool's figures (at the end of a run).
+    pub fn report_pools(&mut self) {
+        for p in self.table.pool_report() {
+            self.out.push(NatOutput::Pool(p, false));
         }
     }
 
@@ -137,7 +151,7 @@ impl NatStage {
                     f.ts_ns = self.clock.wall_ns(f.ts_ns);
                     f.nat.ts_ns = self.clock.wall_ns(f.nat.ts_ns);
                 }
-                NatOutput::Health(_) => {}
+                NatOutput::Health(_) | NatOutput::Pool(..) => {}
             }
             sink.nat(&item)?;
         }
@@ -240,6 +254,7 @@ impl Stage for NatOnlyStage {
     }
 
     fn finish(&mut self, kernel: &mut dyn KernelInputs, undecodable: u64) -> Result<()> {
+        self.nat.report_pools();
         self.flush()?;
         let mut evicted = self.nat.evicted();
         evicted.raise_to(&kernel.evicted());

@@ -343,6 +343,10 @@ impl Stage for WatchStage {
         self.sink
             .ephemeral_report(&self.table.usage().report())
             .map_err(out_err)?;
+        if let Some(nat) = self.nat.as_mut() {
+            nat.report_pools();
+            nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
+        }
         self.sink.summary(&summary).map_err(out_err)?;
         self.sink.flush().map_err(out_err)
     }

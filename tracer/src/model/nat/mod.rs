@@ -17,6 +17,7 @@ mod binding;
 mod conntrack;
 mod flow;
 pub mod health;
+pub mod pool;
 
 use binding::BindingId;
 pub use binding::{hook_name, Binding, Endpoints, NatKind, NatSource};
@@ -41,6 +42,8 @@ pub enum NatOutput {
     Flow(Box<Flow>),
     /// A watched namespace's conntrack table, when it changed.
     Health(health::CtHealth),
+    /// A NAT port pool: past 80 % (`true`), or its final figures.
+    Pool(pool::PoolReport, bool),
 }
 
 struct Live {
@@ -72,6 +75,8 @@ pub struct NatTable {
     /// one not here within [`OWED_NS`] was lost (or never sent: an entry the kernel dropped
     /// unconfirmed): the debt lapses. Bounded like the live bindings.
     owed: BoundedMap<BindingId, (u32, u64)>,
+    /// Translated ports in use per pool.
+    pub pools: pool::Pools,
 }
 
 impl Default for NatTable {
@@ -91,6 +96,7 @@ impl NatTable {
             names: HashMap::default(),
             counts: HashMap::default(),
             owed: BoundedMap::new(bindings),
+            pools: pool::Pools::default(),
         }
     }
 
@@ -116,6 +122,7 @@ impl NatTable {
         for id in gone {
             self.forget(&id);
         }
+        self.pools.forget_netns(inode);
         // Destroys owed there will not come either: those debts lapse on their own.
     }
 
@@ -201,6 +208,7 @@ impl NatTable {
         self.by_client.insert(client_key_of(&b), id);
         self.by_translated.insert(server_key_of(&b), id);
         out.push(NatOutput::Binding(b.clone()));
+        self.pools.taken(&b);
         let pushed_out = self.live.insert(
             id,
             Live {
@@ -210,6 +218,7 @@ impl NatTable {
         );
         if let Some((old_id, old)) = pushed_out {
             self.unindex(&old_id, &old);
+            self.pools.freed(&old.binding);
         }
         self.try_stitch(&id, out);
         stale
@@ -218,7 +227,25 @@ impl NatTable {
     fn forget(&mut self, id: &BindingId) -> Option<Live> {
         let live = self.live.remove(id)?;
         self.unindex(id, &live);
+        self.pools.freed(&live.binding);
         Some(live)
+    }
+
+    /// Pools past 80 % since the last call, named.
+    pub fn pool_warnings(&mut self) -> Vec<pool::PoolReport> {
+        let names = &self.names;
+        self.pools
+            .take_warnings(&|ns| names.get(&ns).cloned().unwrap_or_else(|| ns.to_string()))
+    }
+
+    /// Every pool's figures, named.
+    pub fn pool_report(&self) -> Vec<pool::PoolReport> {
+        self.pools.report(&|ns| {
+            self.names
+                .get(&ns)
+                .cloned()
+                .unwrap_or_else(|| ns.to_string())
+        })
     }
 
     /// Drops a binding's index keys, unless a newer binding took them over.
