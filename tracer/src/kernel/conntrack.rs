@@ -304,54 +304,106 @@ impl CtFiles {
     }
 }
 
-/// The port range source NAT rules in namespace `path` (None: tracer's own) pick from, as
-/// `nft -j list ruleset` or else `iptables-save -t nat` (legacy, then nft backend) shows them;
-/// None when no rule names one (the kernel's default then applies) or no tool is there. Run
-/// inside the namespace, at link time (the tools answer for their own namespace). At most
-/// 4 MiB of a tool's output is read: any user can fill a namespace of their own with rules.
-pub fn pool_range(path: Option<&std::path::Path>) -> Option<crate::model::nat::pool::PoolRange> {
-    fn here() -> Result<Option<crate::model::nat::pool::PoolRange>> {
-        use crate::model::nat::pool::{iptables_range, nft_range, PoolRange};
-        let run = |cmd: &str, args: &[&str]| -> Option<Vec<u8>> {
-            use std::io::Read;
-            let mut child = std::process::Command::new(cmd)
-                .args(args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .ok()?;
-            let mut out = Vec::new();
-            let _ = child.stdout.take()?.take(4 << 20).read_to_end(&mut out);
-            let _ = child.kill();
-            child.wait().ok()?.success().then_some(out)
-        };
-        if let Some(out) = run("nft", &["-j", "list", "ruleset"]) {
-            if let Some(range) = serde_json::from_slice(&out)
-                .ok()
-                .and_then(|v| nft_range(&v))
-            {
-                return Ok(Some(PoolRange {
-                    range,
-                    from: "nftables",
-                }));
-            }
-        }
-        for tool in ["iptables-legacy-save", "iptables-save"] {
-            if let Some(out) = run(tool, &["-t", "nat"]) {
-                if let Some(range) = iptables_range(&String::from_utf8_lossy(&out)) {
-                    return Ok(Some(PoolRange {
-                        range,
-                        from: "iptables",
-                    }));
+/// The port ranges source NAT rules in namespace `path` (None: tracer's own) pick from, per
+/// address family, as `nft -j list ruleset` shows them, else (IPv4) `iptables-save -t nat`:
+/// legacy only when the namespace already has a legacy nat table (listing one would load the
+/// module and make it), then the nft backend. Run inside the namespace (the tools answer for
+/// their own), at link time; `read` false when no tool could list the rules (after tracer gave
+/// up its privileges, for a namespace found later). Each tool gets 5 s and 4 MiB of output:
+/// any user can fill a namespace of their own with rules.
+pub fn pool_rules(path: Option<&std::path::Path>) -> crate::model::nat::pool::RulesRead {
+    use crate::model::nat::pool::{iptables_range, nft_ranges, PoolRange, RulesRead};
+    fn here() -> Result<RulesRead> {
+        let mut read = false;
+        if let Some(out) = run_capped("nft", &["-j", "list", "ruleset"]) {
+            read = true;
+            if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out) {
+                let ranges: Vec<_> = nft_ranges(&json)
+                    .into_iter()
+                    .map(|(f, range)| {
+                        (
+                            f,
+                            PoolRange {
+                                range,
+                                from: "nftables",
+                            },
+                        )
+                    })
+                    .collect();
+                if !ranges.is_empty() {
+                    return Ok(RulesRead { read, ranges });
                 }
             }
         }
-        Ok(None)
+        let legacy_nat = std::fs::read_to_string("/proc/thread-self/net/ip_tables_names")
+            .is_ok_and(|t| t.lines().any(|l| l.trim() == "nat"));
+        let tools: &[&str] = if legacy_nat {
+            &["iptables-legacy-save", "iptables-nft-save"]
+        } else {
+            &["iptables-nft-save"]
+        };
+        for tool in tools {
+            if let Some(out) = run_capped(tool, &["-t", "nat"]) {
+                read = true;
+                if let Some(range) = iptables_range(&String::from_utf8_lossy(&out)) {
+                    let range = PoolRange {
+                        range,
+                        from: "iptables",
+                    };
+                    return Ok(RulesRead {
+                        read,
+                        ranges: vec![(tracer_common::AF_INET, range)],
+                    });
+                }
+            }
+        }
+        Ok(RulesRead {
+            read,
+            ranges: Vec::new(),
+        })
     }
     let found = match path {
         Some(path) => super::netns::open(path, &path.display().to_string())
             .and_then(|ns| netns::run_in(ns, here)),
         None => here(),
     };
-    found.ok().flatten()
+    found.unwrap_or_default()
+}
+
+/// Runs `cmd args` and returns its output when it succeeds within 5 s: at most 4 MiB read,
+/// no input, the child killed and reaped past the deadline (its reader left to a thread).
+fn run_capped(cmd: &str, args: &[&str]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.take(4 << 20).read_to_end(&mut out);
+        let _ = tx.send(out);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                // Still ours to kill: not reaped yet.
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let out = rx.recv_timeout(Duration::from_secs(1)).ok()?;
+    status.filter(|s| s.success()).map(|_| out)
 }

@@ -93,8 +93,8 @@ pub struct NatWatch {
     /// namespaces at a time: any user can make thousands).
     health_read: Option<std::time::Instant>,
     health_cursor: usize,
-    /// Pool ranges read from the rules of namespaces linked into, not yet taken.
-    pub pool_ranges: Vec<(u32, crate::model::nat::pool::PoolRange)>,
+    /// NAT rules read in namespaces linked into, not yet taken.
+    pub pool_rules: Vec<(u32, crate::model::nat::pool::RulesRead)>,
 }
 
 /// How often the watched namespaces' conntrack tables are read, and how many at a time.
@@ -134,7 +134,7 @@ impl NatWatch {
             unwatched: HashSet::new(),
             health_read: None,
             health_cursor: 0,
-            pool_ranges: Vec::new(),
+            pool_rules: Vec::new(),
         };
         let mut ring = None;
         match source {
@@ -220,9 +220,8 @@ impl NatWatch {
                 "tracer: no conntrack events in {why}; binding ends will not be reported there"
             );
         }
-        if let Some(range) = conntrack::pool_range(path.as_deref()) {
-            self.pool_ranges.push((inode, range));
-        }
+        self.pool_rules
+            .push((inode, conntrack::pool_rules(path.as_deref())));
         let ct_files = conntrack::CtFiles::open(path.as_deref())
             .inspect_err(|e| tracing::debug!("conntrack table of netns {inode}: {e}"))
             .ok();

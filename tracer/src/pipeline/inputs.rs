@@ -62,8 +62,8 @@ pub trait NatInputs {
     fn kernel_totals(&mut self) -> Option<[(u64, u64); 3]>;
     /// Bindings come from conntrack "new" events (no eBPF).
     fn fallback(&mut self) -> bool;
-    /// NAT port pool ranges read from the rules of namespaces linked into since the last call.
-    fn take_pool_ranges(&mut self) -> Vec<(u32, crate::model::nat::pool::PoolRange)> {
+    /// NAT rules read in namespaces linked into since the last call.
+    fn take_pool_rules(&mut self) -> Vec<(u32, crate::model::nat::pool::RulesRead)> {
         Vec::new()
     }
     /// The first packet the netfilter program kept of an entry it saw once only, taken.
@@ -182,8 +182,8 @@ impl NatInputs for NatWatch {
         NatWatch::take_pending(self, key)
     }
 
-    fn take_pool_ranges(&mut self) -> Vec<(u32, crate::model::nat::pool::PoolRange)> {
-        std::mem::take(&mut self.pool_ranges)
+    fn take_pool_rules(&mut self) -> Vec<(u32, crate::model::nat::pool::RulesRead)> {
+        std::mem::take(&mut self.pool_rules)
     }
 }
 

@@ -61,8 +61,8 @@ impl NatStage {
         for (inode, name) in nat.take_named() {
             self.table.name_netns(inode, &name);
         }
-        for (inode, range) in nat.take_pool_ranges() {
-            self.table.pools.set_range(inode, range);
+        for (inode, rules) in nat.take_pool_rules() {
+            self.table.pools.set_rules(inode, rules);
         }
     }
 
@@ -137,6 +137,10 @@ impl NatStage {
         }
         self.learn_names(nat);
         self.conntrack_health(nat);
+        // Also here: the conntrack fallback makes bindings outside `records`.
+        for p in self.table.pool_warnings() {
+            self.out.push(NatOutput::Pool(p, true));
+        }
         self.table.sweep(now_ns);
         Ok(())
     }

@@ -143,8 +143,12 @@ impl NatTable {
         };
         b.source = NatSource::Ebpf;
         let id = b.id();
+        // Over before it was seen: it held no pool port while tracer could count it.
+        let pools = std::mem::take(&mut self.pools);
         self.binding(b, out);
-        if let Some(live) = self.forget(&id) {
+        let live = self.forget(&id);
+        self.pools = pools;
+        if let Some(live) = live {
             let counters = NatCounters {
                 orig_packets: 1,
                 orig_bytes: first.bytes,

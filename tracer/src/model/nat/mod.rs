@@ -208,7 +208,6 @@ impl NatTable {
         self.by_client.insert(client_key_of(&b), id);
         self.by_translated.insert(server_key_of(&b), id);
         out.push(NatOutput::Binding(b.clone()));
-        self.pools.taken(&b);
         let pushed_out = self.live.insert(
             id,
             Live {
@@ -219,6 +218,9 @@ impl NatTable {
         if let Some((old_id, old)) = pushed_out {
             self.unindex(&old_id, &old);
             self.pools.freed(&old.binding);
+        }
+        if let Some(live) = self.live.get(&id) {
+            self.pools.taken(&live.binding);
         }
         self.try_stitch(&id, out);
         stale

@@ -1,15 +1,21 @@
 //! The NAT port pool: per router namespace, translated source address, protocol and
 //! destination, how many translated ports live bindings hold now and at most. A masquerade or
-//! SNAT rule picks a source port unique per destination, so that is where a router runs out:
-//! the pool's size is the port range of the rules (read from nftables or iptables), or the
-//! kernel's default when they name none. A warning when a pool passes 80 %.
+//! SNAT rule picks a source port unique per destination (the kernel checks the reply tuple),
+//! so that is where a router runs out: the pool's size is the port range of the namespace's
+//! source NAT rules for that address family (read from nftables or iptables), the kernel's
+//! default when they name none, and said `unread` when no tool could list them. A warning when
+//! a pool passes 80 %.
+//!
+//! What it counts: bindings tracer saw start. Connections older than tracer, and (where
+//! conntrack events are not available) ends it never hears of, make the figures low or high.
 //!
 //! Bounded: pools with no binding left are dropped past [`MAX_POOLS`] (their peak with them,
-//! counted).
+//! counted), in amortised O(1) per new pool.
 use std::net::IpAddr;
 
 use foldhash::HashMap;
 use serde::Serialize;
+use tracer_common::{AF_INET, AF_INET6};
 
 use super::{Binding, NatKind};
 use crate::model::types::Proto;
@@ -19,16 +25,26 @@ pub const MAX_POOLS: usize = 65_536;
 /// A pool this full is warned about (once per crossing).
 pub const WARN_PERCENT: f64 = 80.0;
 
-/// Source ports a source NAT rule without a range picks from: the kernel keeps a
-/// client's port when it can, else takes one of 1024-65535 (for client ports above 1023).
+/// Source ports a source NAT rule without a range picks from for a client port above 1023
+/// (the kernel keeps the client's port when it can; ports below 1024 map to 1-511 or
+/// 600-1023).
 pub const KERNEL_DEFAULT: (u16, u16) = (1024, 65535);
 
-/// Where a namespace's pool size came from.
+/// Where a pool's size came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PoolRange {
     pub range: (u16, u16),
-    /// `nftables`, `iptables` or `kernel default`.
+    /// `nftables`, `iptables`, `kernel default` (the rules name no range) or `unread` (no
+    /// tool could list them: the kernel's default is assumed).
     pub from: &'static str,
+}
+
+/// What reading a namespace's NAT rules found: the first source NAT range per address
+/// family (`AF_INET`, `AF_INET6`); `read` false when no tool could list them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RulesRead {
+    pub read: bool,
+    pub ranges: Vec<(u16, PoolRange)>,
 }
 
 /// (netns, protocol, translated source address, destination address, destination port).
@@ -56,16 +72,32 @@ pub struct PoolReport {
     pub size: u32,
     pub percent: f64,
     pub range: (u16, u16),
-    /// Where the size came from: `nftables`, `iptables` or `kernel default`.
+    /// Where the size came from: `nftables`, `iptables`, `kernel default` or `unread`.
     pub range_from: &'static str,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pools {
     usage: HashMap<PoolKey, Usage>,
-    ranges: HashMap<u32, PoolRange>,
+    /// Per namespace: its rules as read (bounded by the namespaces watched).
+    rules: HashMap<u32, RulesRead>,
     warnings: Vec<PoolKey>,
     evicted: u64,
+    /// The pool count at which the next pass drops idle pools (doubled when a pass finds
+    /// most busy).
+    next_pass: usize,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            usage: HashMap::default(),
+            rules: HashMap::default(),
+            warnings: Vec::new(),
+            evicted: 0,
+            next_pass: MAX_POOLS,
+        }
+    }
 }
 
 fn key_of(b: &Binding) -> Option<PoolKey> {
@@ -79,16 +111,29 @@ fn key_of(b: &Binding) -> Option<PoolKey> {
 }
 
 impl Pools {
-    /// The pool range of namespace `netns`, as read from its rules.
-    pub fn set_range(&mut self, netns: u32, range: PoolRange) {
-        self.ranges.insert(netns, range);
+    /// Namespace `netns`'s NAT rules, as read.
+    pub fn set_rules(&mut self, netns: u32, rules: RulesRead) {
+        self.rules.insert(netns, rules);
     }
 
-    fn range(&self, netns: u32) -> PoolRange {
-        self.ranges.get(&netns).cloned().unwrap_or(PoolRange {
+    fn range_of(&self, key: &PoolKey) -> PoolRange {
+        let family = if key.2.is_ipv6() { AF_INET6 } else { AF_INET };
+        let rules = self.rules.get(&key.0);
+        if let Some((_, r)) = rules.and_then(|r| r.ranges.iter().find(|(f, _)| *f == family)) {
+            return r.clone();
+        }
+        PoolRange {
             range: KERNEL_DEFAULT,
-            from: "kernel default",
-        })
+            from: if rules.is_some_and(|r| r.read) {
+                "kernel default"
+            } else {
+                "unread"
+            },
+        }
+    }
+
+    fn percent(&self, key: &PoolKey, in_use: usize) -> f64 {
+        in_use as f64 * 100.0 / f64::from(size_of(self.range_of(key).range))
     }
 
     /// A live binding took a port of its pool.
@@ -96,16 +141,20 @@ impl Pools {
         let Some(key) = key_of(b) else {
             return;
         };
-        if self.usage.len() >= MAX_POOLS && !self.usage.contains_key(&key) {
+        if self.usage.len() >= self.next_pass && !self.usage.contains_key(&key) {
             let before = self.usage.len();
             self.usage.retain(|_, u| u.in_use > 0);
             self.evicted += (before - self.usage.len()) as u64;
+            self.next_pass = MAX_POOLS.max(2 * self.usage.len());
         }
-        let size = size_of(self.range(key.0).range);
-        let u = self.usage.entry(key).or_default();
-        u.in_use += 1;
-        u.peak = u.peak.max(u.in_use);
-        let above = u.in_use as f64 * 100.0 / f64::from(size) >= WARN_PERCENT;
+        let in_use = {
+            let u = self.usage.entry(key).or_default();
+            u.in_use += 1;
+            u.peak = u.peak.max(u.in_use);
+            u.in_use
+        };
+        let above = self.percent(&key, in_use) >= WARN_PERCENT;
+        let u = self.usage.get_mut(&key).expect("made above");
         if above && !u.warned {
             u.warned = true;
             self.warnings.push(key);
@@ -117,10 +166,14 @@ impl Pools {
         let Some(key) = key_of(b) else {
             return;
         };
-        let size = size_of(self.range(key.0).range);
-        if let Some(u) = self.usage.get_mut(&key) {
+        let Some(in_use) = self.usage.get_mut(&key).map(|u| {
             u.in_use = u.in_use.saturating_sub(1);
-            if (u.in_use as f64 * 100.0 / f64::from(size)) < WARN_PERCENT {
+            u.in_use
+        }) else {
+            return;
+        };
+        if self.percent(&key, in_use) < WARN_PERCENT {
+            if let Some(u) = self.usage.get_mut(&key) {
                 u.warned = false;
             }
         }
@@ -129,7 +182,8 @@ impl Pools {
     /// A namespace went away: its pools go.
     pub fn forget_netns(&mut self, netns: u32) {
         self.usage.retain(|k, _| k.0 != netns);
-        self.ranges.remove(&netns);
+        self.rules.remove(&netns);
+        self.warnings.retain(|k| k.0 != netns);
     }
 
     pub fn evicted(&self) -> u64 {
@@ -138,7 +192,7 @@ impl Pools {
 
     fn report_of(&self, key: &PoolKey, name: &dyn Fn(u32) -> String) -> Option<PoolReport> {
         let u = self.usage.get(key)?;
-        let range = self.range(key.0);
+        let range = self.range_of(key);
         let size = size_of(range.range);
         Some(PoolReport {
             netns: key.0,
@@ -156,11 +210,14 @@ impl Pools {
         })
     }
 
-    /// Pools that passed 80 % since the last call.
+    /// Pools that passed 80 % since the last call and still are, once each.
     pub fn take_warnings(&mut self, name: &dyn Fn(u32) -> String) -> Vec<PoolReport> {
-        let keys = std::mem::take(&mut self.warnings);
+        let mut keys = std::mem::take(&mut self.warnings);
+        keys.sort_unstable();
+        keys.dedup();
         keys.iter()
             .filter_map(|k| self.report_of(k, name))
+            .filter(|r| r.percent >= WARN_PERCENT)
             .collect()
     }
 
@@ -187,48 +244,76 @@ fn size_of(range: (u16, u16)) -> u32 {
     u32::from(range.1.saturating_sub(range.0)) + 1
 }
 
-/// A source NAT rule's port range in `nft -j list ruleset`: the first `masquerade` or `snat`
-/// statement that names one (`"port": {"range": [lo, hi]}` or `"port": N`).
-pub fn nft_range(json: &serde_json::Value) -> Option<(u16, u16)> {
-    fn walk(v: &serde_json::Value) -> Option<(u16, u16)> {
-        match v {
-            serde_json::Value::Object(m) => {
-                for stmt in ["masquerade", "snat"] {
-                    if let Some(port) = m.get(stmt).and_then(|s| s.get("port")) {
-                        let n =
-                            |v: &serde_json::Value| v.as_u64().and_then(|p| u16::try_from(p).ok());
-                        if let Some([lo, hi]) = port
-                            .get("range")
-                            .and_then(|r| r.as_array())
-                            .map(|a| a.as_slice())
-                        {
-                            if let (Some(lo), Some(hi)) = (n(lo), n(hi)) {
-                                return Some((lo.min(hi), lo.max(hi)));
-                            }
-                        }
-                        if let Some(p) = n(port) {
-                            return Some((p, p));
-                        }
+/// A statement's port range: `"port": {"range": [lo, hi]}` or `"port": N` of the first
+/// `masquerade` or `snat` inside `v`.
+fn nft_port(v: &serde_json::Value) -> Option<(u16, u16)> {
+    let n = |v: &serde_json::Value| v.as_u64().and_then(|p| u16::try_from(p).ok());
+    match v {
+        serde_json::Value::Object(m) => {
+            for stmt in ["masquerade", "snat"] {
+                let Some(port) = m.get(stmt).and_then(|s| s.get("port")) else {
+                    continue;
+                };
+                if let Some([lo, hi]) = port
+                    .get("range")
+                    .and_then(|r| r.as_array())
+                    .map(|a| a.as_slice())
+                {
+                    if let (Some(lo), Some(hi)) = (n(lo), n(hi)) {
+                        return Some((lo.min(hi), lo.max(hi)));
                     }
                 }
-                m.values().find_map(walk)
+                if let Some(p) = n(port) {
+                    return Some((p, p));
+                }
             }
-            serde_json::Value::Array(a) => a.iter().find_map(walk),
-            _ => None,
+            m.values().find_map(nft_port)
         }
+        serde_json::Value::Array(a) => a.iter().find_map(nft_port),
+        _ => None,
     }
-    walk(json)
 }
 
-/// A source NAT rule's port range in `iptables-save -t nat` output: `--to-ports LO[-HI]`
-/// (MASQUERADE) or `--to-source ADDR:LO[-HI]` (SNAT).
+/// The source NAT rules' port ranges in `nft -j list ruleset`: per address family, the first
+/// rule's `masquerade` or `snat` that names one; an `inet` table's rule counts for both.
+pub fn nft_ranges(json: &serde_json::Value) -> Vec<(u16, (u16, u16))> {
+    let mut out: Vec<(u16, (u16, u16))> = Vec::new();
+    let rules = json
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule"));
+    for rule in rules {
+        let families: &[u16] = match rule.get("family").and_then(|f| f.as_str()) {
+            Some("ip") => &[AF_INET],
+            Some("ip6") => &[AF_INET6],
+            Some("inet") => &[AF_INET, AF_INET6],
+            _ => &[],
+        };
+        let Some(range) = rule.get("expr").and_then(nft_port) else {
+            continue;
+        };
+        for &f in families {
+            if !out.iter().any(|(known, _)| *known == f) {
+                out.push((f, range));
+            }
+        }
+    }
+    out
+}
+
+/// A source NAT rule's port range in `iptables-save -t nat` output (IPv4): `-j MASQUERADE
+/// --to-ports LO[-HI]` or `-j SNAT --to-source ADDR:LO[-HI]` (a REDIRECT's `--to-ports` is a
+/// local port, not a pool).
 pub fn iptables_range(text: &str) -> Option<(u16, u16)> {
     let range = |s: &str| -> Option<(u16, u16)> {
         let (lo, hi) = s.split_once('-').unwrap_or((s, s));
         let (lo, hi) = (lo.parse().ok()?, hi.parse().ok()?);
         Some((u16::min(lo, hi), u16::max(lo, hi)))
     };
-    for line in text.lines().filter(|l| l.starts_with("-A ")) {
+    let snat = |l: &&str| l.contains("-j MASQUERADE") || l.contains("-j SNAT");
+    for line in text.lines().filter(|l| l.starts_with("-A ")).filter(snat) {
         let words: Vec<&str> = line.split_whitespace().collect();
         for pair in words.windows(2) {
             match pair[0] {
@@ -253,11 +338,15 @@ mod tests {
     #[test]
     fn ports_per_destination_peak_and_one_warning_past_80_percent() {
         let mut pools = Pools::default();
-        pools.set_range(
+        let nft = PoolRange {
+            range: (61000, 61003),
+            from: "nftables",
+        };
+        pools.set_rules(
             7,
-            PoolRange {
-                range: (61000, 61003),
-                from: "nftables",
+            RulesRead {
+                read: true,
+                ranges: vec![(AF_INET, nft)],
             },
         );
         let binding = |sport: u16, tport: u16, dport: u16| {
@@ -276,36 +365,53 @@ mod tests {
         pools.taken(&binding(40010, 61000, 443));
         let report = pools.report(&name);
         assert_eq!(report.len(), 2);
-        assert_eq!(
-            (report[0].in_use, report[0].peak, report[0].size),
-            (4, 4, 4)
-        );
-        assert_eq!((report[0].dport, report[0].range_from), (80, "nftables"));
+        let r = &report[0];
+        assert_eq!((r.in_use, r.peak, r.size), (4, 4, 4));
+        assert_eq!((r.dport, r.range_from), (80, "nftables"));
         pools.freed(&binding(40000, 61000, 80));
         let r = &pools.report(&name)[0];
         assert_eq!((r.in_use, r.peak), (3, 4));
+        // Rules never read: the kernel's default, said so.
+        let mut unread = Pools::default();
+        unread.taken(&binding(40000, 61000, 80));
+        let r = &unread.report(&name)[0];
+        assert_eq!((r.range, r.range_from), (KERNEL_DEFAULT, "unread"));
     }
 
     #[test]
     fn rule_ranges_are_read_from_nft_and_iptables() {
         let nft: serde_json::Value = serde_json::from_str(
-            r#"{"nftables":[{"rule":{"expr":[{"match":{}},{"masquerade":{"port":{"range":[61000,61003]}}}]}}]}"#,
+            r#"{"nftables":[
+                {"rule":{"family":"ip","expr":[{"match":{}},{"masquerade":{"port":{"range":[61000,61003]}}}]}},
+                {"rule":{"family":"ip6","expr":[{"masquerade":{"port":{"range":[62000,62099]}}}]}},
+                {"rule":{"family":"ip","expr":[{"masquerade":{"port":{"range":[1,2]}}}]}}]}"#,
         )
         .unwrap();
-        assert_eq!(nft_range(&nft), Some((61000, 61003)));
+        assert_eq!(
+            nft_ranges(&nft),
+            vec![(AF_INET, (61000, 61003)), (AF_INET6, (62000, 62099))],
+            "the first rule per family"
+        );
         let snat: serde_json::Value = serde_json::from_str(
-            r#"{"nftables":[{"rule":{"expr":[{"snat":{"addr":"203.0.113.7","port":5000}}]}}]}"#,
+            r#"{"nftables":[{"rule":{"family":"inet","expr":[{"snat":{"addr":"203.0.113.7","port":5000}}]}}]}"#,
         )
         .unwrap();
-        assert_eq!(nft_range(&snat), Some((5000, 5000)));
-        let none: serde_json::Value =
-            serde_json::from_str(r#"{"nftables":[{"rule":{"expr":[{"masquerade":null}]}}]}"#)
-                .unwrap();
-        assert_eq!(nft_range(&none), None);
+        assert_eq!(
+            nft_ranges(&snat),
+            vec![(AF_INET, (5000, 5000)), (AF_INET6, (5000, 5000))]
+        );
+        let none: serde_json::Value = serde_json::from_str(
+            r#"{"nftables":[{"rule":{"family":"ip","expr":[{"masquerade":null}]}}]}"#,
+        )
+        .unwrap();
+        assert!(nft_ranges(&none).is_empty());
         let ipt = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o rwan -p tcp -j MASQUERADE --to-ports 61000-61003\nCOMMIT\n";
         assert_eq!(iptables_range(ipt), Some((61000, 61003)));
         let snat = "-A POSTROUTING -j SNAT --to-source 203.0.113.7:7000-7009\n";
         assert_eq!(iptables_range(snat), Some((7000, 7009)));
         assert_eq!(iptables_range("-A POSTROUTING -j MASQUERADE\n"), None);
+        let redirect =
+            "-A PREROUTING -p tcp -j REDIRECT --to-ports 3128\n-A POSTROUTING -j MASQUERADE\n";
+        assert_eq!(iptables_range(redirect), None, "a REDIRECT is no pool");
     }
 }
