@@ -160,6 +160,14 @@ impl Usage {
     }
 }
 
+/// A scope's figures against its namespace's range (see [`Usage`]).
+struct Figures {
+    exclusive: usize,
+    headroom: u32,
+    size: u32,
+    percent: f64,
+}
+
 /// Keys kept before the ones holding no port are dropped.
 pub const MAX_KEYS: usize = 65_536;
 
@@ -388,10 +396,11 @@ impl EphemeralUsage {
     }
 
     /// Sets (or updates, after a `sysctl -w`) a namespace's range and recounts its ports.
-    pub fn set_range(&mut self, netns: u32, range: (u16, u16)) {
+    /// Returns whether the range was new or moved.
+    pub fn set_range(&mut self, netns: u32, range: (u16, u16)) -> bool {
         // Called for every event shown: a lookup, and a write only when the range moved.
         if self.ranges.get(&netns) == Some(&range) {
-            return;
+            return false;
         }
         self.ranges.insert(netns, range);
         let mut keys: Vec<UsageKey> = self.keys.keys().filter(|k| k.0 == netns).copied().collect();
@@ -412,6 +421,7 @@ impl EphemeralUsage {
                 .count();
             self.check(key);
         }
+        true
     }
 
     pub fn range(&self, netns: u32) -> Option<(u16, u16)> {
@@ -457,17 +467,10 @@ impl EphemeralUsage {
     /// Raises a warning when `key`'s usage crossed [`WARN_PERCENT`] (figures only: the
     /// report line is built for a warning alone).
     fn check(&mut self, key: UsageKey) {
-        let Some((exclusive, taken, size)) = self.figures(&key) else {
+        let Some(f) = self.figures(&key) else {
             return;
         };
-        // The exclusive scope warns on its own ports: that connections fill the range is
-        // their destinations' warning.
-        let taken = if key.2.is_some() {
-            taken
-        } else {
-            exclusive as u32
-        };
-        let above = f64::from(taken) * 100.0 / f64::from(size) >= WARN_PERCENT;
+        let above = f.percent >= WARN_PERCENT;
         let holders = self.keys.get_mut(&key).expect("figures() found it");
         if above && !holders.warned {
             holders.warned = true;
@@ -479,8 +482,7 @@ impl EphemeralUsage {
         }
     }
 
-    /// (exclusive ports, ports taken for `key`'s next allocation, range size).
-    fn figures(&self, key: &UsageKey) -> Option<(usize, u32, u32)> {
+    fn figures(&self, key: &UsageKey) -> Option<Figures> {
         let holders = self.keys.get(key)?;
         let range = *self.ranges.get(&key.0)?;
         let size = u32::from(range.1 - range.0) + 1;
@@ -488,8 +490,21 @@ impl EphemeralUsage {
         let taken = match key.2 {
             Some(_) => exclusive + holders.in_range,
             None => exclusive + holders.connected_in_range,
+        }
+        .min(size as usize) as u32;
+        // The exclusive scope's share is its own ports: that connections fill the range is
+        // their destinations' warning.
+        let share = if key.2.is_some() {
+            taken
+        } else {
+            exclusive as u32
         };
-        Some((exclusive, taken.min(size as usize) as u32, size))
+        Some(Figures {
+            exclusive,
+            headroom: size - taken,
+            size,
+            percent: f64::from(share) * 100.0 / f64::from(size),
+        })
     }
 
     /// Ports of the range held exclusively in (netns, protocol).
@@ -500,7 +515,7 @@ impl EphemeralUsage {
     }
 
     fn usage(&self, key: &UsageKey) -> Option<Usage> {
-        let (exclusive, taken, size) = self.figures(key)?;
+        let f = self.figures(key)?;
         let holders = &self.keys[key];
         let range = self.ranges[&key.0];
         let ip = |family, a: &[u8; 16]| super::event::ip(family, a);
@@ -516,17 +531,12 @@ impl EphemeralUsage {
             raddr: key.2.map(|d| ip(d.family, &d.raddr)),
             rport: key.2.map(|d| d.rport),
             range,
-            range_size: size,
+            range_size: f.size,
             in_use: holders.in_range,
             peak: holders.peak,
-            exclusive,
-            headroom: size - taken,
-            percent: f64::from(if key.2.is_some() {
-                taken
-            } else {
-                exclusive as u32
-            }) * 100.0
-                / f64::from(size),
+            exclusive: f.exclusive,
+            headroom: f.headroom,
+            percent: f.percent,
             processes: holders.processes.clone(),
             failed: holders.failed,
             time_wait: holders.time_wait,

@@ -249,36 +249,15 @@ pub fn write_json(out: &mut impl Write, item: &NatOutput, names: PortNames) -> i
             text::json::to_writer(&mut *out, &record)?;
         }
         NatOutput::Pool(p, warning) => {
-            #[derive(Serialize)]
-            struct Record<'a> {
-                #[serde(rename = "type")]
-                record: &'static str,
-                #[serde(flatten)]
-                pool: &'a crate::model::nat::pool::PoolReport,
-            }
-            let record = Record {
-                record: if *warning {
-                    "nat_pool_warning"
-                } else {
-                    "nat_pool"
-                },
-                pool: p,
+            let tag = if *warning {
+                "nat_pool_warning"
+            } else {
+                "nat_pool"
             };
-            text::json::to_writer(&mut *out, &record)?;
+            text::json::to_writer(&mut *out, &Tagged::new(tag, p))?;
         }
         NatOutput::Health(h) => {
-            #[derive(Serialize)]
-            struct Record<'a> {
-                #[serde(rename = "type")]
-                record: &'static str,
-                #[serde(flatten)]
-                health: &'a crate::model::nat::health::CtHealth,
-            }
-            let record = Record {
-                record: "conntrack",
-                health: h,
-            };
-            text::json::to_writer(&mut *out, &record)?;
+            text::json::to_writer(&mut *out, &Tagged::new("conntrack", h))?;
         }
     }
     out.write_all(b"\n")

@@ -111,8 +111,9 @@ impl WatchStage {
             }
             let pid = attribution.owner.map(|o| o.pid);
             let range = kernel.port_range(raw.netns, pid);
-            if let Some(range) = range {
-                self.table.usage_mut().set_range(raw.netns, range);
+            // `tcp_tw_reuse` is read with the range: looked up here only when the range is new
+            // (the per-second refresh follows a change of its own).
+            if range.is_some_and(|r| self.table.usage_mut().set_range(raw.netns, r)) {
                 if let Some(v) = kernel.tw_reuse(raw.netns) {
                     self.table.usage_mut().set_tw_reuse(raw.netns, v);
                 }

@@ -160,10 +160,7 @@ impl NatTable {
     }
 
     fn name_of(&self, inode: u32) -> String {
-        self.names
-            .get(&inode)
-            .cloned()
-            .unwrap_or_else(|| inode.to_string())
+        name_in(&self.names, inode)
     }
 
     /// A new binding. Returns what to show (the binding, and a flow if its two sockets are
@@ -236,18 +233,12 @@ impl NatTable {
     /// Pools past 80 % since the last call, named.
     pub fn pool_warnings(&mut self) -> Vec<pool::PoolReport> {
         let names = &self.names;
-        self.pools
-            .take_warnings(&|ns| names.get(&ns).cloned().unwrap_or_else(|| ns.to_string()))
+        self.pools.take_warnings(&|ns| name_in(names, ns))
     }
 
     /// Every pool's figures, named.
     pub fn pool_report(&self) -> Vec<pool::PoolReport> {
-        self.pools.report(&|ns| {
-            self.names
-                .get(&ns)
-                .cloned()
-                .unwrap_or_else(|| ns.to_string())
-        })
+        self.pools.report(&|ns| self.name_of(ns))
     }
 
     /// Drops a binding's index keys, unless a newer binding took them over.
@@ -261,6 +252,14 @@ impl NatTable {
             }
         }
     }
+}
+
+/// A watched namespace's name, or its inode when it was linked under none.
+fn name_in(names: &HashMap<u32, String>, inode: u32) -> String {
+    names
+        .get(&inode)
+        .cloned()
+        .unwrap_or_else(|| inode.to_string())
 }
 
 /// Binding records and socket events for the tests here and of the sinks.
