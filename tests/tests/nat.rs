@@ -722,6 +722,23 @@ fn conntrack_fallback_reports_bindings() {
 
 /// Issue 5's NAT families: `serve --nat-netns` counts bindings by kind, port translation,
 /// protocol and namespace, and the packets through them.
+/// `tracer serve --nat-netns NS` on a free loopback port, once it answers: (child, address).
+fn serve_nat(ns: &str) -> (Child, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let serve = Command::new(tracer_bin())
+        .args(["serve", "--listen", &addr, "--nat-netns", ns])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tracer serve");
+    let deadline = Instant::now() + T;
+    while http_get(&addr, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (serve, addr)
+}
+
 #[test]
 fn serve_exports_nat_metrics() {
     if !ready("nat_metrics") {
@@ -730,19 +747,9 @@ fn serve_exports_nat_metrics() {
     const N: usize = 3;
     let router = Router::up("tn6", "masquerade");
     let ns = router.ns("router");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut serve = Command::new(tracer_bin())
-        .args(["serve", "--listen", &addr, "--nat-netns", &ns])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn tracer serve");
+    let (mut serve, addr) = serve_nat(&ns);
     let scrape = || http_get(&addr, "/metrics").map(|(_, body)| body);
     let deadline = Instant::now() + T;
-    while scrape().is_none() {
-        assert!(Instant::now() < deadline, "serve did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
     Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, N);
     let series = format!(
@@ -792,4 +799,85 @@ fn serve_exports_nat_metrics() {
     // Each connection: handshake, request, response, close — at least 7 packets each way
     // in total, all counted once after the router's last NAT hook.
     assert!(packets >= 7 * N as u64, "{packets} packets:\n{body}");
+}
+
+/// `tracer nat --who … --agent`: a server operator sees only the router's address and port;
+/// the agent (`tracer serve --nat-netns`) names the client behind it — process, namespace,
+/// own address and port — a minute after the binding ended, asked by an unprivileged user.
+#[test]
+fn who_finds_the_client_of_a_binding_that_ended_a_minute_ago() {
+    if !ready("nat_who") {
+        return;
+    }
+    let router = Router::up("tnw", "masquerade");
+    let ns = router.ns("router");
+    let (mut serve, addr) = serve_nat(&ns);
+    let mut server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
+    let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
+    // All the server's operator knows: the peer it logged.
+    let peer = server.line();
+    let translated = peer
+        .strip_prefix("peer ")
+        .expect("the server's peer line")
+        .replace(' ', ":");
+    // The connection is closed; its conntrack entry goes (as a flush or its timeout would
+    // take it): the binding ends.
+    let deleted = Command::new("ip")
+        .args(["netns", "exec", &ns, "conntrack", "-D", "-p", "tcp"])
+        .args(["--orig-port-src", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(deleted.success(), "conntrack -D found no entry for {port}");
+    let ask = |who: &str, json: bool| {
+        let mut c = as_nobody(tracer_bin().to_str().unwrap());
+        c.args(["nat", "--who", who, "--agent", &addr]);
+        if json {
+            c.arg("--json");
+        }
+        c.output().expect("tracer nat --who")
+    };
+    let ended = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["state"] == "ended")
+    };
+    let deadline = Instant::now() + T;
+    while ended(&ask(&translated, true)).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the binding never ended at the agent"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(60));
+    let json = ask(&translated, true);
+    assert!(json.status.success(), "{json:?}");
+    let a = ended(&json).expect("still known a minute later");
+    assert_eq!(a["asked"], translated.as_str());
+    assert_eq!(a["binding"]["netns_name"], ns.as_str());
+    assert_eq!(a["binding"]["original"]["sport"], port);
+    assert_eq!(a["client"]["comm"], "python3");
+    assert_eq!(a["client"]["addr"], "192.0.2.10");
+    assert_eq!(a["client"]["port"], port);
+    assert_eq!(a["server"]["comm"], "python3");
+    assert_eq!(a["server"]["port"], 80);
+    // The same answer as a line to read.
+    let text = ask(&translated, false);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with("ended ")
+            && text.contains("client python3[")
+            && text.contains(&format!("at 192.0.2.10:{port}"))
+            && text.contains("became 203.0.113.1:"),
+        "{text}"
+    );
+    // An endpoint nobody was behind: said so, status 1.
+    let none = ask("203.0.113.1:1", false);
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    assert!(String::from_utf8_lossy(&none.stdout).contains("no binding for 203.0.113.1:1"));
+    let _ = unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let _ = serve.wait();
 }

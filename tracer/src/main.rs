@@ -87,7 +87,18 @@ fn run(command: Command) -> anyhow::Result<u8> {
         }
         Command::ExecWhenReady { .. } => unreachable!("handled in main"),
         Command::Nat(args) => {
-            let plan = nat::prepare(args.validate()?)?;
+            let config = args.validate()?;
+            if let (Some(agent), Some(who)) = (config.agent, config.who) {
+                // A question for a running agent: no root, nothing loaded. None found is
+                // status 1, as grep has it.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let found =
+                    runtime.block_on(tracer::commands::who::ask_agent(agent, &who, config.json))?;
+                return Ok(u8::from(!found));
+            }
+            let plan = nat::prepare(config)?;
             let keep = match &plan.places {
                 NatPlaces::All => Keep::nat(true, false),
                 NatPlaces::Named(list) => {

@@ -16,7 +16,7 @@ use tracer::{
     output::{human::HumanSink, json::JsonSink, services::standard, tui::ViewState, Sink},
     pipeline::{
         fake::{FakeKernel, FakeNat, SharedBuf},
-        nat::NatOnlyStage,
+        nat::{NatOnlyStage, WhoAsk, WhoReply},
         ports_live::PortsLiveStage,
         record,
         trace::{StoryFormat, TraceStage},
@@ -245,6 +245,8 @@ fn watch_stage(sink: Box<dyn Sink>, events: &[&str]) -> WatchStage {
         group_by_remote: false,
         process_filter: false,
         nat: false,
+        who: None,
+        nat_history: (0, 0),
         sink,
         scrape: None,
         hooks: vec!["tracepoint/syscalls/* (test)".into()],
@@ -295,6 +297,8 @@ fn serve_fills_the_registry() {
         group_by_remote: false,
         process_filter: false,
         nat: false,
+        who: None,
+        nat_history: (0, 0),
         sink: Box::new(JsonSink::new(out.clone()).with_names(standard)),
         scrape: Some(scrape.clone()),
         hooks: Vec::new(),
@@ -354,15 +358,9 @@ fn trace_tells_each_socket_s_story() {
     insta::assert_snapshot!("trace_stories", out.text());
 }
 
-/// `nat`: a binding and its end with the kernel's counters.
-#[test]
-fn nat_binding_and_its_end() {
-    let out = SharedBuf::default();
-    let mut stage = NatOnlyStage::new(
-        Clock::with_offset(1_700_000_000_000_000_000),
-        Box::new(JsonSink::new(out.clone()).with_names(standard)),
-        Some(vec!["netfilter (test)".into()]),
-    );
+/// A masquerade through namespace "router": curl's connect from 192.168.1.10:40000 to
+/// 198.51.100.10:80, its binding (as 203.0.113.7:61000) and the binding's end.
+fn masquerade() -> (FakeKernel, SockEvent, NatEvent, tracer::model::nat::CtEvent) {
     let router_ns = 4026532000;
     let mut kernel = FakeKernel::at(T0);
     kernel.nat = Some(FakeNat {
@@ -420,10 +418,6 @@ fn nat_binding_and_its_end() {
         thread: comm("curl"),
         ..Default::default()
     };
-    stage.start(&mut kernel).unwrap();
-    stage
-        .events(&mut vec![client], &mut vec![binding], &mut kernel)
-        .unwrap();
     let end = tracer::model::nat::CtEvent {
         netns: router_ns,
         destroyed: true,
@@ -442,9 +436,114 @@ fn nat_binding_and_its_end() {
         },
         status: None,
     };
+    (kernel, client, binding, end)
+}
+
+/// `nat`: a binding and its end with the kernel's counters.
+#[test]
+fn nat_binding_and_its_end() {
+    let out = SharedBuf::default();
+    let mut stage = NatOnlyStage::new(
+        Clock::with_offset(1_700_000_000_000_000_000),
+        Box::new(JsonSink::new(out.clone()).with_names(standard)),
+        Some(vec!["netfilter (test)".into()]),
+        None,
+    );
+    let (mut kernel, client, binding, end) = masquerade();
+    stage.start(&mut kernel).unwrap();
+    stage
+        .events(&mut vec![client], &mut vec![binding], &mut kernel)
+        .unwrap();
     stage.conntrack(end, &mut kernel).unwrap();
     stage.finish(&mut kernel, 0).unwrap();
     insta::assert_snapshot!("nat_json", out.text());
+}
+
+/// `nat --who`: only what is about that endpoint is shown.
+#[test]
+fn nat_who_shows_only_that_endpoint() {
+    for (who, shown) in [("203.0.113.7:61000", true), ("203.0.113.7:61001", false)] {
+        let out = SharedBuf::default();
+        let mut stage = NatOnlyStage::new(
+            Clock::with_offset(1_700_000_000_000_000_000),
+            Box::new(JsonSink::new(out.clone()).with_names(standard)),
+            None,
+            Some(who.parse().unwrap()),
+        );
+        let (mut kernel, client, binding, end) = masquerade();
+        stage.start(&mut kernel).unwrap();
+        stage
+            .events(&mut vec![client], &mut vec![binding], &mut kernel)
+            .unwrap();
+        stage.conntrack(end, &mut kernel).unwrap();
+        stage.finish(&mut kernel, 0).unwrap();
+        let text = out.text();
+        assert_eq!(
+            text.contains("\"type\":\"nat_binding\""),
+            shown,
+            "{who}: {text}"
+        );
+        assert_eq!(
+            text.contains("\"type\":\"nat_end\""),
+            shown,
+            "{who}: {text}"
+        );
+    }
+}
+
+/// The agent (`watch`/`serve` with NAT) answers who was behind an endpoint whose binding
+/// ended a minute ago — the client process and its own address and port — and forgets it
+/// once its history has passed.
+#[test]
+fn the_agent_answers_who_was_behind_an_ended_binding() {
+    let out = SharedBuf::default();
+    let mut stage = WatchStage::new(WatchSetup {
+        mode: WatchMode::Serve,
+        filter: Filter::new(&[], false, None),
+        group_by_remote: false,
+        process_filter: false,
+        nat: true,
+        who: None,
+        nat_history: (600_000_000_000, 16),
+        sink: Box::new(JsonSink::new(out.clone())),
+        scrape: None,
+        hooks: Vec::new(),
+        snapshot: None,
+        clock: Clock::with_offset(1_700_000_000_000_000_000),
+    });
+    let (mut kernel, client, binding, end) = masquerade();
+    stage.start(&mut kernel).unwrap();
+    stage
+        .events(&mut vec![client], &mut vec![binding], &mut kernel)
+        .unwrap();
+    stage.conntrack(end, &mut kernel).unwrap();
+    let mut ask = |kernel: &mut FakeKernel, who: &str| {
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        let who = who.parse().unwrap();
+        stage.extra(WhoAsk { who, reply }, kernel).unwrap();
+        match answered.blocking_recv().unwrap() {
+            WhoReply::Answers(answers, kept) => {
+                assert_eq!(kept.as_secs(), 600);
+                answers
+            }
+            WhoReply::NoNat => panic!("the stage watches NAT"),
+        }
+    };
+    kernel.now_ns += 60_000_000_000;
+    let found = ask(&mut kernel, "203.0.113.7:61000");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let a = &found[0];
+    assert!(a.ended_ns.is_some(), "it ended");
+    let c = a.client.as_ref().expect("curl's socket was seen");
+    assert_eq!((c.comm.as_str(), c.pid, c.port), ("curl", 200, 40000));
+    assert_eq!(c.addr.to_string(), "192.168.1.10");
+    assert_eq!(a.binding.netns_name, "router");
+    assert!(ask(&mut kernel, "203.0.113.7:61001").is_empty());
+    kernel.now_ns += 600_000_000_000;
+    assert!(
+        ask(&mut kernel, "203.0.113.7:61000").is_empty(),
+        "past the history"
+    );
 }
 
 /// `ports --live`: the view drawn from the live table.
@@ -481,6 +580,8 @@ fn recorded_captures_replay_to_their_output() {
             group_by_remote: false,
             process_filter: header.by_pid || header.comm.is_some(),
             nat: header.nat,
+            who: None,
+            nat_history: (0, 0),
             sink: Box::new(JsonSink::new(out.clone()).with_names(standard)),
             scrape: None,
             hooks: header.hooks.clone(),

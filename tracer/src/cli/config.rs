@@ -74,6 +74,10 @@ pub struct NatConfig {
     pub duration: Option<std::time::Duration>,
     /// `--all-netns`: namespaces followed at once, at most.
     pub max_netns: usize,
+    /// `--who`: only bindings for this endpoint.
+    pub who: Option<crate::model::nat::who::Who>,
+    /// `--agent`: ask the agent there about `who` instead of watching.
+    pub agent: Option<std::net::SocketAddr>,
 }
 
 impl NatArgs {
@@ -98,8 +102,29 @@ impl NatArgs {
             ringbuf_bytes: ringbuf_bytes(self.ringbuf_kib)?,
             duration: duration(self.duration)?,
             max_netns: max_netns(self.max_netns)?,
+            who: self.who,
+            agent: self.agent,
         })
     }
+}
+
+/// `--nat-history` and `--nat-history-max`: (nanoseconds, entries).
+fn nat_history(nat: &WatchNatArgs) -> Result<(u64, usize)> {
+    const MAX_S: u64 = 7 * 86_400;
+    const MAX_ENTRIES: usize = 1 << 20;
+    if nat.nat_history > MAX_S {
+        return Err(Error::Invalid(format!(
+            "--nat-history {}: at most {MAX_S} seconds (a week)",
+            nat.nat_history
+        )));
+    }
+    if nat.nat_history_max > MAX_ENTRIES {
+        return Err(Error::Invalid(format!(
+            "--nat-history-max {}: at most {MAX_ENTRIES} (each costs about half a KiB)",
+            nat.nat_history_max
+        )));
+    }
+    Ok((nat.nat_history * 1_000_000_000, nat.nat_history_max))
 }
 
 /// What `trace` follows.
@@ -186,6 +211,7 @@ impl PortsArgs {
                 time_wait: self.time_wait,
                 netns: None,
                 text: String::new(),
+                who: self.who,
             },
             netns,
             sort: self.sort,
@@ -239,6 +265,10 @@ pub struct WatchConfig {
     pub nat_max_netns: usize,
     /// `--record`: the capture to write.
     pub record: Option<std::path::PathBuf>,
+    /// `--who`: only sockets and NAT bindings for this endpoint.
+    pub who: Option<crate::model::nat::who::Who>,
+    /// How long and how many ended NAT bindings are kept for `--who` questions: (ns, entries).
+    pub nat_history: (u64, usize),
     /// Socket hooks (the default) or syscall tracepoints (`--syscalls`, or events only
     /// syscalls give).
     pub path: KernelPath,
@@ -250,7 +280,9 @@ impl WatchArgs {
         config.output = self.output.validate();
         config.metrics = self.metrics;
         config.record = self.record;
+        config.who = self.who;
         config.nat_max_netns = max_netns(self.nat.max_netns)?;
+        config.nat_history = nat_history(&self.nat)?;
         config.nat = self.nat.validate()?;
         Ok(config)
     }
@@ -263,6 +295,7 @@ impl ServeArgs {
         config.mode = WatchMode::Serve;
         config.max_listen_ports = self.max_listen_ports;
         config.nat_max_netns = max_netns(self.nat.max_netns)?;
+        config.nat_history = nat_history(&self.nat)?;
         config.nat = self.nat.validate()?;
         Ok(config)
     }
@@ -336,6 +369,8 @@ impl FilterArgs {
             nat_max_netns: DEFAULT_MAX_NETNS,
             nat: None,
             record: None,
+            who: None,
+            nat_history: (0, 0),
             path,
         })
     }

@@ -5,6 +5,7 @@
 use clap::{builder::PossibleValuesParser, Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::event::EVENT_NAMES;
+use crate::model::nat::who::{self, Who};
 use crate::model::ports::SortKey;
 
 mod config;
@@ -104,6 +105,10 @@ pub struct WatchArgs {
     /// only; never overwrites).
     #[arg(long, value_name = "FILE")]
     pub record: Option<std::path::PathBuf>,
+    /// Only sockets with this endpoint at either end, and NAT bindings that translated a
+    /// connection to or from it (ADDR or ADDR:PORT: who is behind a router's address).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub who: Option<Who>,
     #[command(flatten)]
     pub nat: WatchNatArgs,
     #[command(flatten)]
@@ -131,6 +136,12 @@ pub struct WatchNatArgs {
     /// counters), conntrack netlink events, or auto (eBPF when the kernel has it).
     #[arg(long, value_enum, default_value = "auto")]
     pub nat_source: NatSourceChoice,
+    /// Keep ended NAT bindings this many seconds, for `tracer nat --who … --agent` (0: none).
+    #[arg(long, value_name = "SECONDS", default_value_t = who::DEFAULT_HISTORY_S)]
+    pub nat_history: u64,
+    /// Keep at most this many ended NAT bindings (the oldest go first, counted as evicted).
+    #[arg(long, value_name = "N", default_value_t = who::DEFAULT_HISTORY_MAX)]
+    pub nat_history_max: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -174,6 +185,16 @@ pub struct NatArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
+    /// Who is behind this translated endpoint (ADDR or ADDR:PORT, e.g. a router's address as a
+    /// server logged it): only bindings that translated a connection to or from it, with the
+    /// client process, its namespace, its own address and port, and the server.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub who: Option<Who>,
+    /// With --who: ask the tracer agent serving at this address (`tracer serve`, or `watch
+    /// --metrics`) instead of watching: it answers from its live bindings and those that
+    /// ended within its --nat-history.
+    #[arg(long, value_name = "HOST:PORT", requires = "who")]
+    pub agent: Option<std::net::SocketAddr>,
 }
 
 /// `tracer serve`: metrics only, no per-event output.
@@ -302,6 +323,9 @@ pub struct PortsArgs {
     /// Print connections grouped by remote endpoint instead of one row per socket.
     #[arg(long, value_enum, value_name = "WHAT", conflicts_with = "live")]
     pub group_by: Option<GroupBy>,
+    /// Only sockets with this endpoint (ADDR or ADDR:PORT) at either end.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub who: Option<Who>,
 }
 
 /// `tracer replay FILE`: the output flags of `watch`.

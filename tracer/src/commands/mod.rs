@@ -8,3 +8,4 @@ pub mod replay;
 pub mod resolve;
 pub mod trace;
 pub mod watch;
+pub mod who;

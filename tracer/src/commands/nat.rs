@@ -79,7 +79,7 @@ pub async fn run(plan: NatPlan) -> Result<()> {
         announce(nat.watched(), config.flows);
     }
     let clock = Clock::now();
-    let mut stage = NatOnlyStage::new(clock, sink, config.json.then_some(hooks));
+    let mut stage = NatOnlyStage::new(clock, sink, config.json.then_some(hooks), config.who);
     let kernel = Box::new(LiveKernel::new(counters, Scope::All, Some(nat)));
     let stop = Stop {
         signals: true,

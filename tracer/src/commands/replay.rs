@@ -26,6 +26,8 @@ pub fn run(config: ReplayConfig) -> Result<()> {
         group_by_remote: output.group_by == Some(GroupBy::Remote),
         process_filter: header.by_pid || header.comm.is_some(),
         nat: header.nat,
+        who: None,
+        nat_history: (0, 0),
         sink: stdout_sink(output.json, output.color, output.group_by.is_some()),
         scrape: None,
         hooks: header.hooks.clone(),

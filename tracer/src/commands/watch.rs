@@ -87,9 +87,14 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
     let (mut probes, nat) = attach(&plan, nat_places)?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = Arc::new(probes.take_counters()?);
-    let scrape = match listener {
-        Some(listener) => Some(serve_metrics(listener, config, &mut probes, &counters)?),
-        None => None,
+    // Questions for the agent (`/nat/who`) reach the stage on this channel.
+    let (who_tx, who_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (scrape, questions) = match listener {
+        Some(listener) => {
+            let scrape = serve_metrics(listener, config, &mut probes, &counters, who_tx)?;
+            (Some(scrape), Some(who_rx))
+        }
+        None => (None, None),
     };
     let snapshot = start_up_snapshot(&plan);
     let mut hooks = probes.attached.clone();
@@ -124,7 +129,7 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
             nat_watch,
         )),
         conntrack,
-        extra: None,
+        extra: questions,
         clock,
         stop: Stop {
             signals: true,
@@ -193,6 +198,7 @@ fn serve_metrics(
     config: &WatchConfig,
     probes: &mut SockProbes,
     counters: &Arc<KernelCounters>,
+    questions: tokio::sync::mpsc::UnboundedSender<crate::pipeline::nat::WhoAsk>,
 ) -> Result<Arc<Scrape>> {
     let addr = listener.local_addr().ok();
     let scrape = Arc::new(Scrape::new(
@@ -202,7 +208,8 @@ fn serve_metrics(
             counters: counters.clone(),
         }),
     ));
-    metrics::server::spawn(listener, scrape.clone(), prereq::drop_privileges)?;
+    let ask = super::who::asker(questions);
+    metrics::server::spawn(listener, scrape.clone(), Some(ask), prereq::drop_privileges)?;
     if let Some(addr) = addr {
         tracing::info!("serving metrics on http://{addr}/metrics");
     }
@@ -267,10 +274,13 @@ fn setup(config: &WatchConfig) -> WatchSetup {
             &config.output.events,
             !config.pids.is_empty(),
             config.comm.as_deref(),
-        ),
+        )
+        .with_who(config.who),
         group_by_remote: config.output.group_by == Some(GroupBy::Remote),
         process_filter: !config.pids.is_empty() || config.comm.is_some(),
         nat: false,
+        who: config.who,
+        nat_history: config.nat_history,
         sink: sink(config),
         scrape: None,
         hooks: Vec::new(),

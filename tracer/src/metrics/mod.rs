@@ -214,7 +214,7 @@ impl AgentSeries {
             evicted: counter_vec(
                 r,
                 "tracer_evicted_total",
-                "Entries pushed out of a bounded table to keep it under its cap, by table (sockets, ephemeral, remote_log, nat_bindings, nat_ends; kernel maps: pending, data, filter_pids, nat_seen).",
+                "Entries pushed out of a bounded table to keep it under its cap, by table (sockets, ephemeral, remote_log, nat_bindings, nat_ends, nat_history; kernel maps: pending, data, filter_pids, nat_seen).",
                 &["table"],
             ),
             processed: counter_vec(

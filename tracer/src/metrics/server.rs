@@ -1,5 +1,6 @@
 //! The metrics endpoint: `/metrics` (Prometheus text format, counters read from the kernel at
-//! each scrape), `/healthz`, and 404 for anything else; GET and HEAD only. hyper runs on a
+//! each scrape), `/healthz`, `/nat/who` (questions for the agent, when it watches NAT), and
+//! 404 for anything else; GET and HEAD only. hyper runs on a
 //! thread and a single-threaded tokio runtime of its own, so neither a scrape nor a flood of
 //! connections can stall the thread that drains the ring buffer; what anyone who reaches the
 //! port can grow is bounded (`limits`), and the endpoint's own health is served with the rest.
@@ -140,23 +141,46 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
 pub fn spawn(
     listener: std::net::TcpListener,
     scrape: Arc<Scrape>,
+    ask: Option<Ask>,
     drop_privileges: fn(),
 ) -> Result<()> {
     let health = scrape.health.clone();
     let render: Render = Arc::new(move || scrape.render());
-    start(listener, Limits::default(), health, render, drop_privileges)
+    let routes = Routes { render, ask };
+    start(listener, Limits::default(), health, routes, drop_privileges)
         .map_err(|e| Error::io("starting the metrics endpoint", e))
 }
 
 /// What `/metrics` serves.
 type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// An answer the agent's loop gives: status, content type and body.
+pub type Answer = (u16, &'static str, String);
+
+/// Asks the agent's loop a question (`GET /nat/who`) from the request's query string.
+pub type Ask = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Questions take the agent's loop away from the ring: one at a time, and at most this often
+/// whoever asks (a flood of them costs the loop a bounded share).
+pub const ASK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What the endpoint serves besides its own health.
+#[derive(Clone)]
+pub struct Routes {
+    pub render: Render,
+    pub ask: Option<Ask>,
+}
+
 /// Starts the endpoint's thread and runtime, and returns once it accepts (or could not start).
 fn start(
     listener: std::net::TcpListener,
     limits: Limits,
     health: Arc<Health>,
-    render: Render,
+    routes: Routes,
     before_serving: fn(),
 ) -> io::Result<()> {
     let (ready, started) = std::sync::mpsc::channel();
@@ -177,7 +201,7 @@ fn start(
             match listener {
                 Ok((runtime, listener)) => {
                     let _ = ready.send(Ok(()));
-                    runtime.block_on(serve(listener, limits, health, render));
+                    runtime.block_on(serve(listener, limits, health, routes));
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -192,7 +216,8 @@ fn start(
 /// The accept loop: every connection is counted and, at the cap, makes room for itself;
 /// failed accepts are counted, and those that say the process is out of descriptors or
 /// memory pause the loop instead of retrying in a spin.
-async fn serve(listener: TcpListener, limits: Limits, health: Arc<Health>, render: Render) {
+async fn serve(listener: TcpListener, limits: Limits, health: Arc<Health>, routes: Routes) {
+    let asking = Arc::new(tokio::sync::Semaphore::new(1));
     let connections = Arc::new(Connections::new(limits.max_connections, health.clone()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -235,7 +260,8 @@ async fn serve(listener: TcpListener, limits: Limits, health: Arc<Health>, rende
             http.clone(),
             limits,
             Served {
-                render: render.clone(),
+                routes: routes.clone(),
+                asking: asking.clone(),
                 activity: activity.clone(),
                 health: health.clone(),
                 _slot: slot,
@@ -260,7 +286,9 @@ impl Drop for SlotGuard {
 
 /// What one connection's task holds besides its socket.
 struct Served {
-    render: Render,
+    routes: Routes,
+    /// One question at a time ([`ASK_INTERVAL`]).
+    asking: Arc<tokio::sync::Semaphore>,
     activity: Activity,
     health: Arc<Health>,
     _slot: SlotGuard,
@@ -269,11 +297,32 @@ struct Served {
 /// Serves one connection for at most the connection lifetime, and counts why tracer closed
 /// it when it did.
 async fn connection(stream: TcpStream, http: http1::Builder, limits: Limits, served: Served) {
-    let (render, activity) = (served.render.clone(), served.activity.clone());
+    let (routes, activity) = (served.routes.clone(), served.activity.clone());
+    let asking = served.asking.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         activity.touch();
-        let reply = respond(&req, render.as_ref());
-        async move { Ok::<_, Infallible>(reply) }
+        let ready = respond(&req, &routes);
+        let question = match (&ready, &routes.ask) {
+            (None, Some(ask)) => Some((ask.clone(), req.uri().query().unwrap_or("").to_string())),
+            _ => None,
+        };
+        let asking = asking.clone();
+        async move {
+            let answer = match (ready, question) {
+                (Some(r), _) => r,
+                (None, Some((ask, query))) => {
+                    // Closed only if the runtime is going away: nothing to answer then.
+                    let Ok(_turn) = asking.acquire().await else {
+                        return Ok(reply_text(503, "shutting down\n"));
+                    };
+                    let (status, content_type, body) = ask(query).await;
+                    tokio::time::sleep(ASK_INTERVAL).await;
+                    reply(status, content_type, body)
+                }
+                (None, None) => reply_text(404, "not found\n"),
+            };
+            Ok::<_, Infallible>(answer)
+        }
     });
     let conn = http.serve_connection(TokioIo::new(stream), service);
     let closed = match tokio::time::timeout(limits.lifetime, conn).await {
@@ -299,32 +348,40 @@ fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Fu
         .expect("valid response")
 }
 
-fn respond(
-    req: &Request<Incoming>,
-    render: &(dyn Fn() -> String + Send + Sync),
-) -> Response<Full<Bytes>> {
+fn reply_text(status: u16, body: &'static str) -> Response<Full<Bytes>> {
+    reply(status, "text/plain", body)
+}
+
+/// The answer to a request, or None for a question to ask the agent (`/nat/who`, when there
+/// is an agent to ask).
+fn respond(req: &Request<Incoming>, routes: &Routes) -> Option<Response<Full<Bytes>>> {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut r = reply(405, "text/plain", "only GET and HEAD\n");
+        let mut r = reply_text(405, "only GET and HEAD\n");
         r.headers_mut().insert(
             "allow",
             hyper::header::HeaderValue::from_static("GET, HEAD"),
         );
-        return r;
+        return Some(r);
     }
     // A body is never read: one that was announced ends the connection after this answer.
     if !req.body().is_end_stream() {
-        return reply(413, "text/plain", "no request body accepted\n");
+        return Some(reply_text(413, "no request body accepted\n"));
     }
-    match req.uri().path() {
-        "/metrics" => reply(200, "text/plain; version=0.0.4; charset=utf-8", render()),
-        "/healthz" => reply(200, "text/plain", "ok\n"),
+    Some(match req.uri().path() {
+        "/metrics" => reply(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            (routes.render)(),
+        ),
+        "/healthz" => reply_text(200, "ok\n"),
+        "/nat/who" if routes.ask.is_some() => return None,
         "/" => reply(
             200,
             "text/html",
             "<html><body><a href=\"/metrics\">/metrics</a></body></html>\n",
         ),
-        _ => reply(404, "text/plain", "not found\n"),
-    }
+        _ => reply_text(404, "not found\n"),
+    })
 }
 
 #[cfg(test)]

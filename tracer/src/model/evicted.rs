@@ -3,8 +3,10 @@
 //! The table names are a fixed set, so the metric's cardinality is too.
 use serde::Serialize;
 
-/// Entries evicted by a cap (never by normal pruning of things that are gone).
+/// Entries evicted by a cap (never by normal pruning of things that are gone). A table newer
+/// than a capture reads as 0 from it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Evicted {
     /// The socket table (its hard cap; normal removal follows the socket's release).
     pub sockets: u64,
@@ -16,6 +18,8 @@ pub struct Evicted {
     pub nat_bindings: u64,
     /// Socket ends waiting for their NAT binding.
     pub nat_ends: u64,
+    /// Ended NAT bindings kept for `--who`, pushed out before their time.
+    pub nat_history: u64,
     /// Kernel: syscalls whose enter record was pushed out before their exit (LRU).
     pub pending: u64,
     /// Kernel: per-socket data totals pushed out (LRU, `trace`).
@@ -28,13 +32,14 @@ pub struct Evicted {
 
 impl Evicted {
     /// (table, count) for every table, in a fixed order.
-    pub fn tables(&self) -> [(&'static str, u64); 9] {
+    pub fn tables(&self) -> [(&'static str, u64); 10] {
         [
             ("sockets", self.sockets),
             ("ephemeral", self.ephemeral),
             ("remote_log", self.remote_log),
             ("nat_bindings", self.nat_bindings),
             ("nat_ends", self.nat_ends),
+            ("nat_history", self.nat_history),
             ("pending", self.pending),
             ("data", self.data),
             ("filter_pids", self.filter_pids),
@@ -65,6 +70,7 @@ impl Evicted {
             (&mut self.remote_log, other.remote_log),
             (&mut self.nat_bindings, other.nat_bindings),
             (&mut self.nat_ends, other.nat_ends),
+            (&mut self.nat_history, other.nat_history),
             (&mut self.pending, other.pending),
             (&mut self.data, other.data),
             (&mut self.filter_pids, other.filter_pids),

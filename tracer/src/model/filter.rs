@@ -14,6 +14,8 @@ pub struct Filter {
     needs_owner: bool,
     /// Only owners with this command name (NUL-padded as the kernel keeps it).
     comm: Option<[u8; 16]>,
+    /// `--who`: only sockets with this endpoint at either end.
+    who: Option<super::nat::who::Who>,
 }
 
 impl Filter {
@@ -33,12 +35,25 @@ impl Filter {
             kinds,
             needs_owner: process_filter || comm.is_some(),
             comm,
+            who: None,
         }
+    }
+
+    /// Only sockets with this endpoint at either end.
+    pub fn with_who(mut self, who: Option<super::nat::who::Who>) -> Self {
+        self.who = who;
+        self
     }
 
     pub fn allows(&self, raw: &SockEvent, attribution: &Attribution) -> bool {
         if self.kinds != 0 && self.kinds & (1 << raw.kind) == 0 {
             return false;
+        }
+        if let Some(who) = &self.who {
+            let ip = |bytes| super::event::ip(raw.family, bytes);
+            if !who.names(ip(&raw.laddr), raw.lport) && !who.names(ip(&raw.raddr), raw.rport) {
+                return false;
+            }
         }
         match (&attribution.owner, &self.comm) {
             (None, _) if self.needs_owner => false,
@@ -74,6 +89,27 @@ mod tests {
             kind: k,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn who_keeps_sockets_with_that_endpoint_at_either_end() {
+        let f = Filter::new(&[], false, None).with_who(Some("203.0.113.1:61000".parse().unwrap()));
+        let mut ev = of_kind(kind::ACCEPT);
+        ev.family = tracer_common::AF_INET;
+        ev.laddr[..4].copy_from_slice(&[198, 51, 100, 10]);
+        ev.lport = 80;
+        ev.raddr[..4].copy_from_slice(&[203, 0, 113, 1]);
+        ev.rport = 61000;
+        assert!(f.allows(&ev, &Attribution::default()), "the peer");
+        ev.rport = 61001;
+        assert!(!f.allows(&ev, &Attribution::default()), "another port");
+        // An IPv6 socket talking IPv4 (v4-mapped) is the same endpoint.
+        let mut v6 = of_kind(kind::CONNECT);
+        v6.family = tracer_common::AF_INET6;
+        v6.laddr[10..12].copy_from_slice(&[0xff, 0xff]);
+        v6.laddr[12..].copy_from_slice(&[203, 0, 113, 1]);
+        v6.lport = 61000;
+        assert!(f.allows(&v6, &Attribution::default()), "v4-mapped");
     }
 
     #[test]

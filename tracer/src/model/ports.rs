@@ -231,6 +231,8 @@ pub struct RowFilter {
     pub time_wait: bool,
     /// Free text (the live view's `/`): every word must appear in the row's text.
     pub text: String,
+    /// `--who`: this endpoint at either end.
+    pub who: Option<super::nat::who::Who>,
 }
 
 impl RowFilter {
@@ -243,6 +245,9 @@ impl RowFilter {
             && (!self.listening || row.listening)
             && (self.time_wait || row.state != SockState::Tcp(TcpState::TimeWait))
             && self.netns.is_none_or(|n| n == row.netns)
+            && self
+                .who
+                .is_none_or(|w| w.names(row.laddr, row.lport) || w.names(row.raddr, row.rport))
             && (self.text.is_empty() || {
                 let haystack = format!(
                     "{} {}:{} {}:{} {} {} {}",

@@ -65,7 +65,7 @@ impl<W: Write, E: Write> HumanSink<W, E> {
 pub const HEADER: &str = "TIME            PID     COMM            EVENT     PROTO LADDR           LPORT RADDR           RPORT DETAIL";
 
 /// Local time of day with microseconds.
-fn time_of_day(ts_ns: u64) -> String {
+pub(crate) fn time_of_day(ts_ns: u64) -> String {
     let secs = (ts_ns / 1_000_000_000) as libc::time_t;
     let micros = (ts_ns % 1_000_000_000) / 1000;
     // SAFETY: localtime_r writes into the tm we own.

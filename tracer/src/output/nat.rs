@@ -12,7 +12,7 @@ use crate::text;
 
 use super::services;
 use super::wire::Tagged;
-use crate::model::nat::{Binding, BindingEnd, Endpoints, Flow, FlowEnd, NatOutput};
+use crate::model::nat::{who::WhoAnswer, Binding, BindingEnd, Endpoints, Flow, FlowEnd, NatOutput};
 use crate::model::types::{Endpoint, PortNames, Proto};
 
 pub const HEADER: &str =
@@ -261,4 +261,70 @@ pub fn write_json(out: &mut impl Write, item: &NatOutput, names: PortNames) -> i
         }
     }
     out.write_all(b"\n")
+}
+
+/// An answer to "who is behind this endpoint?", one line: whether the binding is live or when
+/// it ended, its router namespace and translation, both tuples, and the client and server
+/// sockets (process, namespace, own address and port) when tracer saw them. `now_ns`:
+/// wall-clock now, for the age. Every name is escaped.
+pub fn who_line(a: &WhoAnswer, now_ns: u64) -> String {
+    let b = &a.binding;
+    let when = match a.ended_ns {
+        Some(t) => format!(
+            "ended {} ({} s ago)",
+            super::human::time_of_day(t),
+            now_ns.saturating_sub(t) / 1_000_000_000
+        ),
+        None => format!("live since {}", super::human::time_of_day(b.ts_ns)),
+    };
+    let side = |role: &str, end: &Option<FlowEnd>| match end {
+        Some(e) => format!(
+            "{role} {} in netns {} at {}",
+            who(e),
+            e.netns,
+            Endpoint::new(e.addr, e.port)
+        ),
+        None => format!("{role} socket not seen"),
+    };
+    format!(
+        "{when} · {} {} {} {} · {} became {} · {} · {}",
+        text::escape(&b.netns_name),
+        b.proto,
+        b.kind.as_str(),
+        b.translation(),
+        b.original,
+        b.translated,
+        side("client", &a.client),
+        side("server", &a.server),
+    )
+}
+
+/// An answer as a JSON record (`nat_who`): `state` live or ended, `ended_ns` when it ended,
+/// the binding as `nat_binding` carries it, and the client and server sockets (null when not
+/// seen).
+pub fn who_json(a: &WhoAnswer, asked: &str) -> String {
+    #[derive(Serialize)]
+    struct WhoRecord<'a> {
+        #[serde(rename = "type")]
+        record: &'static str,
+        asked: &'a str,
+        state: &'static str,
+        ended_ns: Option<u64>,
+        binding: &'a Binding,
+        client: &'a Option<FlowEnd>,
+        server: &'a Option<FlowEnd>,
+    }
+    text::json::to_string(&WhoRecord {
+        record: "nat_who",
+        asked,
+        state: if a.ended_ns.is_some() {
+            "ended"
+        } else {
+            "live"
+        },
+        ended_ns: a.ended_ns,
+        binding: &a.binding,
+        client: &a.client,
+        server: &a.server,
+    })
 }

@@ -8,7 +8,11 @@ use crate::{
     error::Result,
     model::{
         evicted::Evicted,
-        nat::{health::CtHealth, Binding, CtEvent, NatOutput, NatTable},
+        nat::{
+            health::CtHealth,
+            who::{Who, WhoAnswer},
+            Binding, CtEvent, NatOutput, NatTable,
+        },
         Clock,
     },
     output::{Sink, Summary},
@@ -23,6 +27,25 @@ pub struct NatStage {
     /// metrics); bounded by the namespaces watched, a namespace's go with it.
     shown_health: foldhash::HashMap<u32, CtHealth>,
     pub health: foldhash::HashMap<u32, CtHealth>,
+    /// `--who`: only bindings, ends and flows for this endpoint are shown.
+    who: Option<Who>,
+    history_ns: u64,
+}
+
+/// A question for the running agent: who is behind this endpoint (`GET /nat/who`).
+pub struct WhoAsk {
+    pub who: Who,
+    pub reply: tokio::sync::oneshot::Sender<WhoReply>,
+}
+
+/// The agent's answer.
+#[derive(Debug)]
+pub enum WhoReply {
+    /// This run watches no NAT.
+    NoNat,
+    /// Live bindings and ended ones within the history, the newest first, in wall-clock
+    /// time; and how long the history keeps them.
+    Answers(Vec<WhoAnswer>, std::time::Duration),
 }
 
 impl NatStage {
@@ -33,7 +56,31 @@ impl NatStage {
             out: Vec::new(),
             shown_health: Default::default(),
             health: Default::default(),
+            who: None,
+            history_ns: 0,
         }
+    }
+
+    /// Shows only what is about this endpoint; keeps ended bindings (`history`: how long in
+    /// ns, how many) for [`NatStage::who`].
+    pub fn with_who(mut self, who: Option<Who>, history: (u64, usize)) -> Self {
+        self.who = who;
+        self.table.keep_history(history.0, history.1);
+        self.history_ns = history.0;
+        self
+    }
+
+    /// Who is behind `who`, now or within the history, in wall-clock time.
+    pub fn who(&self, who: &Who, now_ns: u64) -> WhoReply {
+        let mut answers = self.table.who(who, now_ns);
+        for a in &mut answers {
+            a.binding.ts_ns = self.clock.wall_ns(a.binding.ts_ns);
+            a.ended_ns = a.ended_ns.map(|t| self.clock.wall_ns(t));
+            for end in [a.client.as_mut(), a.server.as_mut()].into_iter().flatten() {
+                end.ts_ns = self.clock.wall_ns(end.ts_ns);
+            }
+        }
+        WhoReply::Answers(answers, std::time::Duration::from_nanos(self.history_ns))
     }
 
     /// The conntrack tables read now: a status record for each that changed since shown.
@@ -148,6 +195,9 @@ impl NatStage {
     /// Writes what the table produced, in wall-clock time.
     pub fn flush_out(&mut self, sink: &mut dyn Sink) -> std::io::Result<()> {
         for mut item in self.out.drain(..) {
+            if self.who.is_some_and(|w| !w.allows(&item)) {
+                continue;
+            }
             match &mut item {
                 NatOutput::Binding(b) => b.ts_ns = self.clock.wall_ns(b.ts_ns),
                 NatOutput::End(e) => e.ts_ns = self.clock.wall_ns(e.ts_ns),
@@ -168,6 +218,7 @@ impl NatStage {
         Evicted {
             nat_bindings: self.table.evicted_bindings(),
             nat_ends: self.table.evicted_ends(),
+            nat_history: self.table.evicted_history(),
             ..Default::default()
         }
     }
@@ -187,9 +238,14 @@ pub struct NatOnlyStage {
 }
 
 impl NatOnlyStage {
-    pub fn new(clock: Clock, sink: Box<dyn Sink>, ready: Option<Vec<String>>) -> Self {
+    pub fn new(
+        clock: Clock,
+        sink: Box<dyn Sink>,
+        ready: Option<Vec<String>>,
+        who: Option<Who>,
+    ) -> Self {
         NatOnlyStage {
-            nat: NatStage::new(clock),
+            nat: NatStage::new(clock).with_who(who, (0, 0)),
             sink,
             ready,
             events: 0,

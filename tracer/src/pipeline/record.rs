@@ -138,10 +138,15 @@ impl<G: Stage> Recording<G> {
     }
 }
 
-/// Only stages without inputs of their own are recorded (`watch`): a capture holds no keys or
-/// child exits to give back.
-impl<G: Stage<Extra = ()>> Stage for Recording<G> {
-    type Extra = ();
+/// A stage's own inputs are not recorded: the only one recorded (`watch`) has questions
+/// asked of it (`/nat/who`), which read its tables and change nothing a replay would show. They
+/// reach the stage past the recorder, so their clock readings stay out of the capture.
+impl<G: Stage> Stage for Recording<G> {
+    type Extra = G::Extra;
+
+    fn extra(&mut self, input: G::Extra, kernel: &mut dyn KernelInputs) -> Result<Flow> {
+        self.stage.extra(input, kernel)
+    }
 
     fn start(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
         self.with(kernel, |stage, k| stage.start(k))

@@ -5,13 +5,17 @@ use std::sync::Arc;
 
 use tracer_common::{flag, kind, NatEvent, SockEvent};
 
-use super::{nat::NatStage, out_err, Flow, KernelInputs, Stage};
+use super::{
+    nat::{NatStage, WhoAsk, WhoReply},
+    out_err, Flow, KernelInputs, Stage,
+};
 use crate::{
     cli::WatchMode,
     error::Result,
     metrics::{self, server::Scrape},
     model::{
-        evicted::Evicted, ports::RemoteLog, snapshot::Snapshot, Clock, Event, Filter, SocketTable,
+        evicted::Evicted, nat::who::Who, ports::RemoteLog, snapshot::Snapshot, Clock, Event,
+        Filter, SocketTable,
     },
     output::{Sink, SnapshotInfo, Summary},
 };
@@ -51,6 +55,10 @@ pub struct WatchSetup {
     pub group_by_remote: bool,
     pub process_filter: bool,
     pub nat: bool,
+    /// `--who` for NAT records, and how long and how many ended bindings are kept to answer
+    /// questions ([`super::nat::WhoAsk`]).
+    pub who: Option<Who>,
+    pub nat_history: (u64, usize),
     pub sink: Box<dyn Sink>,
     pub scrape: Option<Arc<Scrape>>,
     /// The hooks attached, for the sink's `ready`.
@@ -70,7 +78,9 @@ impl WatchStage {
             groups: setup.group_by_remote.then(RemoteLog::default),
             mode: setup.mode,
             process_filter: setup.process_filter,
-            nat: setup.nat.then(|| NatStage::new(setup.clock)),
+            nat: setup
+                .nat
+                .then(|| NatStage::new(setup.clock).with_who(setup.who, setup.nat_history)),
             sink: setup.sink,
             scrape: setup.scrape,
             hooks: setup.hooks,
@@ -259,7 +269,18 @@ fn trim_heap() {
 }
 
 impl Stage for WatchStage {
-    type Extra = ();
+    type Extra = WhoAsk;
+
+    /// A question for the agent (`GET /nat/who`), answered from the binding table.
+    fn extra(&mut self, ask: WhoAsk, kernel: &mut dyn KernelInputs) -> Result<Flow> {
+        let reply = match &self.nat {
+            Some(nat) => nat.who(&ask.who, kernel.now_ns()),
+            None => WhoReply::NoNat,
+        };
+        // The asker may have given up (its deadline passed): nothing to do then.
+        let _ = ask.reply.send(reply);
+        Ok(Flow::Continue)
+    }
 
     fn start(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
         self.started_ns = kernel.now_ns();

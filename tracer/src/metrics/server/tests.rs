@@ -25,7 +25,11 @@ fn server(
     let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let health = Arc::new(Health::new());
-    start(listener, limits, health.clone(), Arc::new(render), || {}).unwrap();
+    let routes = Routes {
+        render: Arc::new(render),
+        ask: None,
+    };
+    start(listener, limits, health.clone(), routes, || {}).unwrap();
     (addr, health)
 }
 
@@ -229,4 +233,55 @@ fn a_slow_reader_is_closed_after_the_lifetime() {
         ) == 1
     });
     eventually("the connection gone", || value(&health, OPEN) == 0);
+}
+
+/// `/nat/who` reaches the agent's asker with its query, one question at a time; without an
+/// asker it is not found.
+#[test]
+fn questions_reach_the_agent_one_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (inside, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (i, m) = (inside.clone(), most.clone());
+    let ask: Ask = Arc::new(move |query: String| {
+        let (i, m) = (i.clone(), m.clone());
+        Box::pin(async move {
+            let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            i.fetch_sub(1, Ordering::SeqCst);
+            (200, "text/plain", format!("asked {query}\n"))
+        })
+    });
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = Routes {
+        render: Arc::new(String::new),
+        ask: Some(ask),
+    };
+    start(listener, limits(), Arc::new(Health::new()), routes, || {}).unwrap();
+    let askers: Vec<_> = (0..4)
+        .map(|n| {
+            std::thread::spawn(move || {
+                exchange(
+                    addr,
+                    &format!("GET /nat/who?addr=10.0.0.{n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                )
+            })
+        })
+        .collect();
+    for (n, asker) in askers.into_iter().enumerate() {
+        let answer = asker.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.ends_with(&format!("asked addr=10.0.0.{n}\n")),
+            "{answer}"
+        );
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 1, "one question at a time");
+    let (plain, _) = server(limits(), String::new);
+    let answer = exchange(
+        plain,
+        "GET /nat/who?addr=10.0.0.1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }

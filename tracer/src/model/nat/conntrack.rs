@@ -157,6 +157,7 @@ impl NatTable {
                 ..NatCounters::default()
             };
             out.push(NatOutput::End(live.binding.end(ts_ns, Some(counters))));
+            self.ended(live, ts_ns);
         }
     }
 
@@ -183,7 +184,8 @@ impl NatTable {
             // Too late to be the replaced entry's: that one was lost. This ends the live one.
             self.owed.remove(&id);
         }
-        let b = self.forget(&id)?.binding;
+        let live = self.forget(&id)?;
+        let b = &live.binding;
         // The counters are this binding's only if they started with it: a fresh entry at the
         // same address may have taken the key over since (the kernel reset them for it).
         let found = b
@@ -192,7 +194,9 @@ impl NatTable {
             .and_then(counters)
             .filter(|c| c.first_ns == b.ts_ns);
         out.push(NatOutput::End(b.end(ts_ns, found)));
-        found.and(b.key)
+        let key = found.and(b.key);
+        self.ended(live, ts_ns);
+        key
     }
 }
 

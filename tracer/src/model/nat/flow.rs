@@ -107,13 +107,28 @@ impl NatTable {
         let expired = |e: &FlowEnd| e.ts_ns.saturating_add(END_TTL_NS) <= now_ns;
         self.clients.pop_while(expired);
         self.servers.pop_while(expired);
+        self.history.expire(now_ns);
+    }
+
+    /// The client and server sockets seen for a binding not stitched (yet), each when it
+    /// matches as stitching would take it.
+    pub(super) fn ends_of(&self, b: &Binding) -> (Option<FlowEnd>, Option<FlowEnd>) {
+        let client = self
+            .clients
+            .get(&client_key_of(b))
+            .filter(|c| c.addr.is_unspecified() || c.addr == b.original.src);
+        let server = self
+            .servers
+            .get(&server_key_of(b))
+            .filter(|s| s.addr.is_unspecified() || s.addr == b.translated.dst);
+        (client.cloned(), server.cloned())
     }
 
     pub(super) fn try_stitch(&mut self, id: &BindingId, out: &mut Vec<NatOutput>) {
         let Some(live) = self.live.get_mut(id) else {
             return;
         };
-        if live.stitched {
+        if live.stitched.is_some() {
             return;
         }
         let b = &live.binding;
@@ -130,7 +145,7 @@ impl NatTable {
         if !server.addr.is_unspecified() && server.addr != b.translated.dst {
             return;
         }
-        live.stitched = true;
+        live.stitched = Some(Box::new((client.clone(), server.clone())));
         out.push(NatOutput::Flow(Box::new(Flow {
             ts_ns: b.ts_ns.max(client.ts_ns).max(server.ts_ns),
             proto: b.proto,

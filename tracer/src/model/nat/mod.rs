@@ -18,6 +18,7 @@ mod conntrack;
 mod flow;
 pub mod health;
 pub mod pool;
+pub mod who;
 
 use binding::BindingId;
 pub use binding::{hook_name, Binding, Endpoints, NatKind, NatSource};
@@ -48,7 +49,8 @@ pub enum NatOutput {
 
 struct Live {
     binding: Binding,
-    stitched: bool,
+    /// Its client and server sockets, once stitched into a flow.
+    stitched: Option<Box<(FlowEnd, FlowEnd)>>,
 }
 
 /// Bindings seen, by (kind, port translated, protocol, namespace name).
@@ -77,6 +79,8 @@ pub struct NatTable {
     owed: BoundedMap<BindingId, (u32, u64)>,
     /// Translated ports in use per pool.
     pub pools: pool::Pools,
+    /// Ended bindings kept for `--who` (none unless [`NatTable::keep_history`]).
+    history: who::History,
 }
 
 impl Default for NatTable {
@@ -97,6 +101,7 @@ impl NatTable {
             counts: HashMap::default(),
             owed: BoundedMap::new(bindings),
             pools: pool::Pools::default(),
+            history: who::History::default(),
         }
     }
 
@@ -123,6 +128,7 @@ impl NatTable {
             self.forget(&id);
         }
         self.pools.forget_netns(inode);
+        self.history.forget_netns(inode);
         // Destroys owed there will not come either: those debts lapse on their own.
     }
 
@@ -192,6 +198,7 @@ impl NatTable {
                 let other = old.binding.key.filter(|k| Some(*k) != b.key);
                 let found = other.as_ref().and_then(counters);
                 out.push(NatOutput::End(old.binding.end(b.ts_ns, found)));
+                self.ended(old, b.ts_ns);
                 stale = other;
                 let n = self.owed.get(&id).map_or(0, |o| o.0) + 1;
                 self.owed.insert(id, (n, b.ts_ns));
@@ -209,7 +216,7 @@ impl NatTable {
             id,
             Live {
                 binding: b,
-                stitched: false,
+                stitched: None,
             },
         );
         if let Some((old_id, old)) = pushed_out {
@@ -228,6 +235,24 @@ impl NatTable {
         self.unindex(id, &live);
         self.pools.freed(&live.binding);
         Some(live)
+    }
+
+    /// A binding that ended at `ts_ns` goes to the history, with the sockets at its ends
+    /// when they were seen.
+    fn ended(&mut self, live: Live, ts_ns: u64) {
+        let (client, server) = match live.stitched {
+            Some(ends) => {
+                let (c, s) = *ends;
+                (Some(c), Some(s))
+            }
+            None => self.ends_of(&live.binding),
+        };
+        self.history.push(who::Ended {
+            binding: live.binding,
+            ended_ns: ts_ns,
+            client,
+            server,
+        });
     }
 
     /// Pools past 80 % since the last call, named.
@@ -312,6 +337,21 @@ pub(crate) mod fixtures {
             flags: knat::EV_FRESH,
             ..NatEvent::default()
         }
+    }
+
+    /// A masqueraded connection's tuples, and its entry's destroy event.
+    pub fn masquerade_and_destroy() -> (CtTuple, CtTuple, super::CtEvent) {
+        let orig = ct([192, 0, 2, 10], 40000, [198, 51, 100, 10], 80);
+        let reply = ct([198, 51, 100, 10], 80, [203, 0, 113, 1], 61000);
+        let destroy = super::CtEvent {
+            netns: 7,
+            destroyed: true,
+            protocol: 6,
+            orig,
+            reply,
+            status: None,
+        };
+        (orig, reply, destroy)
     }
 
     pub fn sock(kind: u16, laddr: [u8; 4], lport: u16, raddr: [u8; 4], rport: u16) -> SockEvent {
@@ -456,21 +496,6 @@ mod tests {
             }
             assert!(t.is_empty());
         }
-    }
-
-    /// A masqueraded connection's tuples, and its entry's destroy event.
-    fn masquerade_and_destroy() -> (CtTuple, CtTuple, CtEvent) {
-        let orig = ct([192, 0, 2, 10], 40000, [198, 51, 100, 10], 80);
-        let reply = ct([198, 51, 100, 10], 80, [203, 0, 113, 1], 61000);
-        let destroy = CtEvent {
-            netns: 7,
-            destroyed: true,
-            protocol: 6,
-            orig,
-            reply,
-            status: None,
-        };
-        (orig, reply, destroy)
     }
 
     #[test]
