@@ -553,3 +553,78 @@ pub fn promtool_problems(text: &str) -> String {
         format!("promtool failed: {}", said.trim())
     }
 }
+
+/// Prometheus on loopback with a 1 s scrape interval, a temporary data dir, killed on drop.
+pub struct Prometheus {
+    child: Child,
+    addr: String,
+    /// Removed (data and config) when the Prometheus is dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(target: &str) -> Prometheus {
+        // Private (mode 0700, a random name), removed on drop.
+        let dir = tempfile::Builder::new()
+            .prefix("tracer-prom-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http_get(&p.addr, "/-/ready").is_some_and(|(s, _)| s == 200) {
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// An instant query's single value (None: no series).
+    pub fn value(&self, query: &str) -> Option<f64> {
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (_, body) = http_get(&self.addr, &format!("/api/v1/query?query={encoded}"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        assert_eq!(v["status"], "success", "{query}: {body}");
+        let result = v["data"]["result"].as_array()?;
+        let first = result.first()?;
+        first["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

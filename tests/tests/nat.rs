@@ -722,21 +722,37 @@ fn conntrack_fallback_reports_bindings() {
 
 /// Issue 5's NAT families: `serve --nat-netns` counts bindings by kind, port translation,
 /// protocol and namespace, and the packets through them.
-/// `tracer serve --nat-netns NS` on a free loopback port, once it answers: (child, address).
-fn serve_nat(ns: &str) -> (Child, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let serve = Command::new(tracer_bin())
-        .args(["serve", "--listen", &addr, "--nat-netns", ns])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn tracer serve");
-    let deadline = Instant::now() + T;
-    while http_get(&addr, "/healthz").is_none() {
-        assert!(Instant::now() < deadline, "serve did not come up");
-        std::thread::sleep(Duration::from_millis(100));
+/// `tracer serve --nat-netns NS` on a free loopback port, once it answers; stopped (SIGTERM)
+/// when dropped, so a failed assertion leaves no agent behind.
+struct ServeNat {
+    child: Child,
+    addr: String,
+}
+
+impl ServeNat {
+    fn start(ns: &str) -> ServeNat {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(tracer_bin())
+            .args(["serve", "--listen", &addr, "--nat-netns", ns])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tracer serve");
+        let serve = ServeNat { child, addr };
+        let deadline = Instant::now() + T;
+        while http_get(&serve.addr, "/healthz").is_none() {
+            assert!(Instant::now() < deadline, "serve did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        serve
     }
-    (serve, addr)
+}
+
+impl Drop for ServeNat {
+    fn drop(&mut self) {
+        let _ = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -747,7 +763,8 @@ fn serve_exports_nat_metrics() {
     const N: usize = 3;
     let router = Router::up("tn6", "masquerade");
     let ns = router.ns("router");
-    let (mut serve, addr) = serve_nat(&ns);
+    let serve = ServeNat::start(&ns);
+    let addr = serve.addr.clone();
     let scrape = || http_get(&addr, "/metrics").map(|(_, body)| body);
     let deadline = Instant::now() + T;
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
@@ -779,14 +796,58 @@ fn serve_exports_nat_metrics() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
-    let _ = serve.wait();
     assert!(body.contains(&series), "no {series} in:\n{body}");
     assert_eq!(shown(&body), Some(counted), "conntrack entries:\n{body}");
     assert!(body.contains(&format!(
         "tracer_nf_conntrack_stat_insert_failed{{netns=\"{ns}\"}} 0"
     )));
     assert!(body.contains("# TYPE tracer_nf_conntrack_entries_limit gauge"));
+    // The masquerade's pool to the server: its size from the rule (61000-61099), and the
+    // connections it held (closed one by one: at least one at a time).
+    // (Labels in the order the exposition writes them: by name.)
+    let (dest, tail) = (
+        format!("destination=\"198.51.100.10:80\",netns=\"{ns}\",proto=\"tcp\""),
+        "translated=\"203.0.113.1\"",
+    );
+    let pool = format!("{dest},{tail}");
+    let size = format!("tracer_nat_pool_size{{{dest},range_from=\"nftables\",{tail}}} 100");
+    assert!(body.contains(&size), "no {size}:\n{body}");
+    let peak: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("tracer_nat_pool_ports_peak{{{pool}}} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=N as u64).contains(&peak), "pool peak {peak}:\n{body}");
+    // A real Prometheus scrapes the NAT, conntrack and pool families.
+    if tool("nat_metrics", "prometheus", "prometheus") {
+        let prom = Prometheus::start(&addr);
+        let queries = [
+            (
+                format!("tracer_nat_bindings_total{{netns=\"{ns}\"}}"),
+                N as f64,
+            ),
+            (format!("tracer_nat_pool_size{{{pool}}}"), 100.0),
+            (format!("tracer_nat_pool_ports_peak{{{pool}}}"), peak as f64),
+            (
+                format!("tracer_nf_conntrack_entries_limit{{netns=\"{ns}\"}} > 0"),
+                -1.0,
+            ),
+        ];
+        let deadline = Instant::now() + T;
+        for (q, want) in &queries {
+            loop {
+                let got = prom.value(q);
+                if got.is_some_and(|v| *want < 0.0 || v == *want) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Prometheus: {q} = {got:?}, want {want}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
     if tool("nat_metrics", "promtool", "prometheus") {
         let problems = promtool_problems(&body);
         assert!(problems.is_empty(), "{problems}");
@@ -799,6 +860,7 @@ fn serve_exports_nat_metrics() {
     // Each connection: handshake, request, response, close — at least 7 packets each way
     // in total, all counted once after the router's last NAT hook.
     assert!(packets >= 7 * N as u64, "{packets} packets:\n{body}");
+    drop(serve);
 }
 
 /// `tracer nat --who … --agent`: a server operator sees only the router's address and port;
@@ -811,7 +873,8 @@ fn who_finds_the_client_of_a_binding_that_ended_a_minute_ago() {
     }
     let router = Router::up("tnw", "masquerade");
     let ns = router.ns("router");
-    let (mut serve, addr) = serve_nat(&ns);
+    let serve = ServeNat::start(&ns);
+    let addr = serve.addr.clone();
     let mut server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
     let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
     // All the server's operator knows: the peer it logged.
@@ -878,6 +941,5 @@ fn who_finds_the_client_of_a_binding_that_ended_a_minute_ago() {
     let none = ask("203.0.113.1:1", false);
     assert_eq!(none.status.code(), Some(1), "{none:?}");
     assert!(String::from_utf8_lossy(&none.stdout).contains("no binding for 203.0.113.1:1"));
-    let _ = unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
-    let _ = serve.wait();
+    drop(serve);
 }

@@ -15,6 +15,7 @@ use tracer_common::{stats, tcp_state_name, PortClass};
 
 mod conntrack;
 mod ephemeral;
+pub mod pool;
 
 use crate::model::{
     event::{errno_name, event_name},
@@ -78,6 +79,7 @@ struct NatSeries {
     /// The `tracer_nat_bindings_total` series exported, to remove those of namespaces gone.
     series: std::sync::Mutex<std::collections::HashSet<NatLabels>>,
     conntrack: conntrack::ConntrackSeries,
+    pools: pool::PoolSeries,
 }
 
 /// The agent's own work: events processed, entries evicted by a cap.
@@ -203,6 +205,7 @@ impl NatSeries {
             lost: std::sync::atomic::AtomicU64::new(0),
             series: std::sync::Mutex::default(),
             conntrack: conntrack::ConntrackSeries::new(r),
+            pools: pool::PoolSeries::new(r),
         }
     }
 }

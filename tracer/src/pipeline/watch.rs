@@ -215,6 +215,8 @@ impl WatchStage {
                     lost: inputs.lost(),
                 });
                 scrape.metrics.update_conntrack(nat.health.values());
+                let (fullest, rest) = nat.table.pool_fullest(metrics::pool::MAX_POOL_SERIES);
+                scrape.metrics.update_nat_pools(&fullest, rest);
             }
             nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
         }

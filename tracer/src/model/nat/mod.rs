@@ -261,6 +261,11 @@ impl NatTable {
         self.pools.take_warnings(&|ns| name_in(names, ns))
     }
 
+    /// The `n` fullest pools' figures, named, and the ports in use in the rest.
+    pub fn pool_fullest(&self, n: usize) -> (Vec<pool::PoolReport>, usize) {
+        self.pools.fullest(n, &|ns| self.name_of(ns))
+    }
+
     /// Every pool's figures, named.
     pub fn pool_report(&self) -> Vec<pool::PoolReport> {
         self.pools.report(&|ns| self.name_of(ns))

@@ -210,6 +210,30 @@ impl Pools {
         })
     }
 
+    /// The `n` fullest pools (ports in use now, then peak), and the ports in use in all the
+    /// others summed: for metrics of bounded cardinality. O(pools), no sort of them all.
+    pub fn fullest(&self, n: usize, name: &dyn Fn(u32) -> String) -> (Vec<PoolReport>, usize) {
+        let mut keys: Vec<(usize, usize, &PoolKey)> = self
+            .usage
+            .iter()
+            .map(|(k, u)| (u.in_use, u.peak, k))
+            .collect();
+        let fuller = |a: &(usize, usize, &PoolKey), b: &(usize, usize, &PoolKey)| {
+            (b.0, b.1, a.2).cmp(&(a.0, a.1, b.2))
+        };
+        if keys.len() > n && n > 0 {
+            keys.select_nth_unstable_by(n - 1, fuller);
+        }
+        let rest = keys.iter().skip(n).map(|k| k.0).sum();
+        keys.truncate(n);
+        keys.sort_unstable_by(fuller);
+        let top = keys
+            .iter()
+            .filter_map(|(_, _, k)| self.report_of(k, name))
+            .collect();
+        (top, rest)
+    }
+
     /// Pools that passed 80 % since the last call and still are, once each.
     pub fn take_warnings(&mut self, name: &dyn Fn(u32) -> String) -> Vec<PoolReport> {
         let mut keys = std::mem::take(&mut self.warnings);
@@ -371,6 +395,16 @@ mod tests {
         pools.freed(&binding(40000, 61000, 80));
         let r = &pools.report(&name)[0];
         assert_eq!((r.in_use, r.peak), (3, 4));
+        // For metrics: the fullest first, the rest summed.
+        for dport in 1000..1010 {
+            pools.taken(&binding(40020, 61001, dport));
+        }
+        let (top, rest) = pools.fullest(2, &name);
+        let shown: Vec<(u16, usize)> = top.iter().map(|r| (r.dport, r.in_use)).collect();
+        assert_eq!(shown, [(80, 3), (443, 1)]);
+        assert_eq!(rest, 10, "ten pools of one port each");
+        assert_eq!(pools.fullest(0, &name).1, 14);
+        assert_eq!(pools.fullest(50, &name).0.len(), 12);
         // Rules never read: the kernel's default, said so.
         let mut unread = Pools::default();
         unread.taken(&binding(40000, 61000, 80));
