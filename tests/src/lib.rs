@@ -595,7 +595,7 @@ impl Prometheus {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !http_get(&p.addr, "/-/ready").is_some_and(|(s, _)| s == 200) {
+        while http_get(&p.addr, "/-/ready").is_none_or(|(s, _)| s != 200) {
             assert!(Instant::now() < deadline, "prometheus did not become ready");
             std::thread::sleep(Duration::from_millis(100));
         }
