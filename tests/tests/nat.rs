@@ -863,6 +863,26 @@ fn serve_exports_nat_metrics() {
     drop(serve);
 }
 
+/// 2,000 questions for `/nat/who`, each connection closed right after its request is sent
+/// (the asking future is dropped by the server), as fast as they go; prints how many.
+const QUESTION_FLOOD: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+addr, tport = sys.argv[2].rsplit(":", 1)
+req = ("GET /nat/who?addr=%s&port=%s HTTP/1.1\r\nHost: x\r\n\r\n" % (addr, tport)).encode()
+sent = 0
+for i in range(2000):
+    try:
+        s = socket.create_connection((host, int(port)), timeout=2)
+        s.sendall(req)
+        s.shutdown(socket.SHUT_WR)
+        s.close()
+        sent += 1
+    except OSError:
+        pass
+print("sent", sent, flush=True)
+"#;
+
 /// `tracer nat --who … --agent`: a server operator sees only the router's address and port;
 /// the agent (`tracer serve --nat-netns`) names the client behind it — process, namespace,
 /// own address and port — a minute after the binding ended, asked by an unprivileged user.
@@ -937,9 +957,32 @@ fn who_finds_the_client_of_a_binding_that_ended_a_minute_ago() {
             && text.contains("became 203.0.113.1:"),
         "{text}"
     );
-    // An endpoint nobody was behind: said so, status 1.
+    // An endpoint nobody was behind: said so, status 1; no agent there: status 2.
     let none = ask("203.0.113.1:1", false);
     assert_eq!(none.status.code(), Some(1), "{none:?}");
     assert!(String::from_utf8_lossy(&none.stdout).contains("no binding for 203.0.113.1:1"));
+    let nowhere = as_nobody(tracer_bin().to_str().unwrap())
+        .args(["nat", "--who", "203.0.113.1", "--agent", "localhost:1"])
+        .output()
+        .unwrap();
+    assert_eq!(nowhere.status.code(), Some(2), "{nowhere:?}");
+    // An unprivileged user floods the endpoint with questions it drops at once (each one
+    // cancelled as it is sent): the agent still answers a question asked properly, at most
+    // one pass over its tables per 50 ms whatever the flood.
+    let flood = as_nobody("/usr/bin/python3")
+        .args(["-c", QUESTION_FLOOD, &addr, &translated])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let during = Instant::now();
+    let mut answered = false;
+    while !answered && during.elapsed() < T {
+        answered = ended(&ask(&translated, true)).is_some();
+    }
+    let flood = flood.wait_with_output().unwrap();
+    assert!(answered, "no answer during the flood");
+    let sent = String::from_utf8_lossy(&flood.stdout);
+    assert!(sent.starts_with("sent "), "the flood ran: {sent}");
     drop(serve);
 }

@@ -88,15 +88,21 @@ fn run(command: Command) -> anyhow::Result<u8> {
         Command::ExecWhenReady { .. } => unreachable!("handled in main"),
         Command::Nat(args) => {
             let config = args.validate()?;
-            if let (Some(agent), Some(who)) = (config.agent, config.who) {
+            if let (Some(agent), Some(who)) = (config.agent.clone(), config.who) {
                 // A question for a running agent: no root, nothing loaded. None found is
                 // status 1, as grep has it.
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                let found =
-                    runtime.block_on(tracer::commands::who::ask_agent(agent, &who, config.json))?;
-                return Ok(u8::from(!found));
+                let asked = tracer::commands::who::ask_agent(&agent, &who, config.json);
+                return match runtime.block_on(asked) {
+                    Ok(found) => Ok(u8::from(!found)),
+                    // Not "nobody" (1): could not ask, as grep says 2.
+                    Err(e) => {
+                        eprintln!("tracer: {}", tracer::text::escape_log(&e.to_string()));
+                        Ok(2)
+                    }
+                };
             }
             let plan = nat::prepare(config)?;
             let keep = match &plan.places {

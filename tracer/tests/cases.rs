@@ -520,14 +520,25 @@ fn the_agent_answers_who_was_behind_an_ended_binding() {
     let mut ask = |kernel: &mut FakeKernel, who: &str| {
         let (reply, answered) = tokio::sync::oneshot::channel();
         let who = who.parse().unwrap();
-        stage.extra(WhoAsk { who, reply }, kernel).unwrap();
+        let turn = None;
+        stage.extra(WhoAsk { who, reply, turn }, kernel).unwrap();
         match answered.blocking_recv().unwrap() {
-            WhoReply::Answers(answers, kept) => {
+            WhoReply::Answers { answers, kept, .. } => {
                 assert_eq!(kept.as_secs(), 600);
-                answers
+                assert_eq!((answers.truncated, answers.evicted), (false, 0));
+                Some(answers.answers)
             }
+            WhoReply::Busy => None,
             WhoReply::NoNat => panic!("the stage watches NAT"),
         }
+    };
+    let mut ask = |kernel: &mut FakeKernel, who: &str| {
+        // The next question after the 50 ms between answers.
+        kernel.now_ns += 50_000_000;
+        let answer = ask(kernel, who).expect("answered");
+        kernel.now_ns += 1_000_000;
+        assert!(ask(kernel, who).is_none(), "asked again at once: busy");
+        answer
     };
     kernel.now_ns += 60_000_000_000;
     let found = ask(&mut kernel, "203.0.113.7:61000");

@@ -76,8 +76,8 @@ pub struct NatConfig {
     pub max_netns: usize,
     /// `--who`: only bindings for this endpoint.
     pub who: Option<crate::model::nat::who::Who>,
-    /// `--agent`: ask the agent there about `who` instead of watching.
-    pub agent: Option<std::net::SocketAddr>,
+    /// `--agent`: ask the agent there (`HOST:PORT`) about `who` instead of watching.
+    pub agent: Option<String>,
 }
 
 impl NatArgs {

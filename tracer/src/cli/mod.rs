@@ -193,8 +193,13 @@ pub struct NatArgs {
     /// With --who: ask the tracer agent serving at this address (`tracer serve`, or `watch
     /// --metrics`) instead of watching: it answers from its live bindings and those that
     /// ended within its --nat-history.
-    #[arg(long, value_name = "HOST:PORT", requires = "who")]
-    pub agent: Option<std::net::SocketAddr>,
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "who",
+        conflicts_with_all = ["netns", "all_netns", "no_flows", "duration"]
+    )]
+    pub agent: Option<String>,
 }
 
 /// `tracer serve`: metrics only, no per-event output.

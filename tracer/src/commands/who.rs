@@ -4,7 +4,6 @@
 //! (`tracer nat --who ADDR[:PORT] --agent HOST:PORT`).
 use std::{
     io::{self, Write},
-    net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
@@ -18,7 +17,7 @@ use crate::{
     error::{Error, Result},
     metrics::server::{Answer, Ask},
     model::nat::who::Who,
-    output::nat::{who_json, who_line},
+    output::nat::{who_json, who_line, who_summary_json},
     pipeline::nat::{WhoAsk, WhoReply},
     text,
 };
@@ -54,7 +53,10 @@ fn parse(query: &str) -> std::result::Result<Question, String> {
             }
         }
     }
-    let addr = addr.ok_or("addr=ADDR is missing")?;
+    let addr = addr
+        .ok_or("addr=ADDR is missing")?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let endpoint = match port {
         Some(p) => {
             let p: u16 = p
@@ -85,70 +87,97 @@ fn query(who: &Who, json: bool) -> String {
 /// The agent's side: each question goes to the pipeline on `tx` (its loop answers between
 /// ring drains) and comes back rendered as text lines or JSON records.
 pub fn asker(tx: mpsc::UnboundedSender<WhoAsk>) -> Ask {
+    // One question on its way to the loop at a time (its permit travels with it).
+    let turn = Arc::new(tokio::sync::Semaphore::new(1));
     Arc::new(move |query: String| {
-        let tx = tx.clone();
-        Box::pin(async move { answer(&query, &tx).await })
+        let (tx, turn) = (tx.clone(), turn.clone());
+        Box::pin(async move { answer(&query, &tx, turn).await })
     })
 }
 
-async fn answer(query: &str, tx: &mpsc::UnboundedSender<WhoAsk>) -> Answer {
+async fn answer(
+    query: &str,
+    tx: &mpsc::UnboundedSender<WhoAsk>,
+    turn: Arc<tokio::sync::Semaphore>,
+) -> Answer {
     let plain = "text/plain; charset=utf-8";
+    let busy = || {
+        let why = "the agent is answering another question: ask again\n";
+        (503, plain, why.to_string())
+    };
     let question = match parse(query) {
         Ok(q) => q,
         Err(e) => return (400, plain, format!("{e}\n")),
+    };
+    let Ok(turn) = turn.try_acquire_owned() else {
+        return busy();
     };
     let (reply, answered) = oneshot::channel();
     let asked = WhoAsk {
         who: question.who,
         reply,
+        turn: Some(turn),
     };
     if tx.send(asked).is_err() {
         return (503, plain, "the agent is stopping\n".into());
     }
-    let (answers, kept) =
-        match tokio::time::timeout(ANSWER_WITHIN, answered).await {
-            Ok(Ok(WhoReply::Answers(answers, kept))) => (answers, kept),
-            Ok(Ok(WhoReply::NoNat)) => return (
-                404,
-                plain,
-                "this agent watches no NAT: start it with --nat, --nat-netns or --nat-all-netns\n"
-                    .into(),
-            ),
-            Ok(Err(_)) => return (503, plain, "the agent is stopping\n".into()),
-            Err(_) => return (503, plain, "the agent did not answer in time\n".into()),
-        };
+    let (found, kept, now) = match tokio::time::timeout(ANSWER_WITHIN, answered).await {
+        Ok(Ok(WhoReply::Answers {
+            answers,
+            kept,
+            now_wall_ns,
+        })) => (answers, kept, now_wall_ns),
+        Ok(Ok(WhoReply::Busy)) => return busy(),
+        Ok(Ok(WhoReply::NoNat)) => {
+            let why =
+                "this agent watches no NAT: start it with --nat, --nat-netns or --nat-all-netns\n";
+            return (404, plain, why.into());
+        }
+        Ok(Err(_)) => return (503, plain, "the agent is stopping\n".into()),
+        Err(_) => return (503, plain, "the agent did not answer in time\n".into()),
+    };
     let asked = question.who.to_string();
     let mut body = String::new();
     if question.json {
-        for a in &answers {
+        for a in &found.answers {
             body.push_str(&who_json(a, &asked));
             body.push('\n');
         }
+        body.push_str(&who_summary_json(&found, &asked, kept));
+        body.push('\n');
         return (200, "application/x-ndjson", body);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    if answers.is_empty() {
+    if found.answers.is_empty() {
         body = format!(
             "no binding for {asked} now or in the last {} s\n",
             kept.as_secs()
         );
     }
-    for a in &answers {
+    for a in &found.answers {
         body.push_str(&who_line(a, now));
         body.push('\n');
+    }
+    if found.truncated {
+        body.push_str("note: more bindings matched; the newest are shown\n");
+    }
+    if found.evicted > 0 {
+        body.push_str(&format!(
+            "note: tracer's tables pushed out {} bindings since it started \
+             (tracer_evicted_total): one may be missing here\n",
+            found.evicted
+        ));
     }
     (200, plain, body)
 }
 
 /// The asking side: one GET to the agent, its answer on stdout (each line escaped: the agent
 /// is whatever listens at that address). None found is exit status 1, like grep.
-pub async fn ask_agent(agent: SocketAddr, who: &Who, json: bool) -> Result<bool> {
+pub async fn ask_agent(agent: &str, who: &Who, json: bool) -> Result<bool> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         Error::Invalid(format!("asking the agent at {agent}: {what}: {e}"))
     };
     let exchange = async {
+        // A name is resolved here (`localhost:9464`).
         let stream = tokio::net::TcpStream::connect(agent)
             .await
             .map_err(|e| failed("connect", &e))?;
@@ -157,7 +186,7 @@ pub async fn ask_agent(agent: SocketAddr, who: &Who, json: bool) -> Result<bool>
             .map_err(|e| failed("HTTP", &e))?;
         tokio::spawn(conn);
         let request = hyper::Request::get(format!("/nat/who?{}", query(who, json)))
-            .header("host", agent.to_string())
+            .header("host", agent)
             .body(Empty::<Bytes>::new())
             .map_err(|e| failed("request", &e))?;
         let response = sender
@@ -187,7 +216,10 @@ pub async fn ask_agent(agent: SocketAddr, who: &Who, json: bool) -> Result<bool>
     let mut found = false;
     for line in body.lines() {
         // A JSON record is one per answer; the text answer says so when there is none.
-        found |= json || !line.starts_with("no binding for ");
+        found |= match json {
+            true => line.starts_with("{\"type\":\"nat_who\","),
+            false => line.starts_with("live since ") || line.starts_with("ended "),
+        };
         writeln!(out, "{}", text::escape(line)).map_err(|e| Error::io("writing output", e))?;
     }
     out.flush().map_err(|e| Error::io("writing output", e))?;
@@ -219,5 +251,9 @@ mod tests {
             .unwrap_err()
             .contains('\u{1b}'));
         assert!(parse("addr=%31.2.3.4").is_err());
+        assert_eq!(
+            parse("addr=[2001:db8::1]&port=80").unwrap().who,
+            "[2001:db8::1]:80".parse().unwrap()
+        );
     }
 }

@@ -12,7 +12,10 @@ use crate::text;
 
 use super::services;
 use super::wire::Tagged;
-use crate::model::nat::{who::WhoAnswer, Binding, BindingEnd, Endpoints, Flow, FlowEnd, NatOutput};
+use crate::model::nat::{
+    who::{Answers, WhoAnswer},
+    Binding, BindingEnd, Endpoints, Flow, FlowEnd, NatOutput,
+};
 use crate::model::types::{Endpoint, PortNames, Proto};
 
 pub const HEADER: &str =
@@ -277,6 +280,10 @@ pub fn who_line(a: &WhoAnswer, now_ns: u64) -> String {
         ),
         None => format!("live since {}", super::human::time_of_day(b.ts_ns)),
     };
+    let when = match a.evicted {
+        true => format!("{when}, when tracer's full table stopped following it"),
+        false => when,
+    };
     let side = |role: &str, end: &Option<FlowEnd>| match end {
         Some(e) => format!(
             "{role} {} in netns {} at {}",
@@ -299,6 +306,20 @@ pub fn who_line(a: &WhoAnswer, now_ns: u64) -> String {
     )
 }
 
+/// The end of a JSON answer (`nat_who_summary`): how many answers, whether more matched
+/// (`truncated`), the bindings tracer's caps pushed out since it started (`evicted`: an
+/// answer may be missing when not 0) and how long ended bindings are kept (`history_s`).
+pub fn who_summary_json(found: &Answers, asked: &str, kept: std::time::Duration) -> String {
+    text::json::to_string(&serde_json::json!({
+        "type": "nat_who_summary",
+        "asked": asked,
+        "answers": found.answers.len(),
+        "truncated": found.truncated,
+        "evicted": found.evicted,
+        "history_s": kept.as_secs(),
+    }))
+}
+
 /// An answer as a JSON record (`nat_who`): `state` live or ended, `ended_ns` when it ended,
 /// the binding as `nat_binding` carries it, and the client and server sockets (null when not
 /// seen).
@@ -308,6 +329,7 @@ pub fn who_json(a: &WhoAnswer, asked: &str) -> String {
         #[serde(rename = "type")]
         record: &'static str,
         asked: &'a str,
+        /// `live`, `ended`, or `evicted` (tracer's full table stopped following it then).
         state: &'static str,
         ended_ns: Option<u64>,
         binding: &'a Binding,
@@ -317,10 +339,10 @@ pub fn who_json(a: &WhoAnswer, asked: &str) -> String {
     text::json::to_string(&WhoRecord {
         record: "nat_who",
         asked,
-        state: if a.ended_ns.is_some() {
-            "ended"
-        } else {
-            "live"
+        state: match (a.ended_ns, a.evicted) {
+            (None, _) => "live",
+            (Some(_), false) => "ended",
+            (Some(_), true) => "evicted",
         },
         ended_ns: a.ended_ns,
         binding: &a.binding,

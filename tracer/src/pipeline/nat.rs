@@ -10,7 +10,7 @@ use crate::{
         evicted::Evicted,
         nat::{
             health::CtHealth,
-            who::{Who, WhoAnswer},
+            who::{Answers, Who},
             Binding, CtEvent, NatOutput, NatTable,
         },
         Clock,
@@ -30,22 +30,36 @@ pub struct NatStage {
     /// `--who`: only bindings, ends and flows for this endpoint are shown.
     who: Option<Who>,
     history_ns: u64,
+    last_answer_ns: Option<u64>,
 }
 
 /// A question for the running agent: who is behind this endpoint (`GET /nat/who`).
 pub struct WhoAsk {
     pub who: Who,
     pub reply: tokio::sync::oneshot::Sender<WhoReply>,
+    /// Held until the question is answered (or dropped unanswered): whoever asks can have
+    /// one question waiting here at a time, however many connections they open and drop.
+    pub turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// Questions are answered at most this often: each is a pass over the binding tables on the
+/// loop that drains the ring.
+pub const ANSWER_INTERVAL_NS: u64 = 50_000_000;
 
 /// The agent's answer.
 #[derive(Debug)]
 pub enum WhoReply {
     /// This run watches no NAT.
     NoNat,
+    /// Asked within [`ANSWER_INTERVAL_NS`] of the last answer: ask again.
+    Busy,
     /// Live bindings and ended ones within the history, the newest first, in wall-clock
-    /// time; and how long the history keeps them.
-    Answers(Vec<WhoAnswer>, std::time::Duration),
+    /// time; how long the history keeps them; the wall-clock time of the answer.
+    Answers {
+        answers: Answers,
+        kept: std::time::Duration,
+        now_wall_ns: u64,
+    },
 }
 
 impl NatStage {
@@ -58,6 +72,7 @@ impl NatStage {
             health: Default::default(),
             who: None,
             history_ns: 0,
+            last_answer_ns: None,
         }
     }
 
@@ -70,17 +85,29 @@ impl NatStage {
         self
     }
 
-    /// Who is behind `who`, now or within the history, in wall-clock time.
-    pub fn who(&self, who: &Who, now_ns: u64) -> WhoReply {
+    /// Who is behind `who`, now or within the history, in wall-clock time; [`WhoReply::Busy`]
+    /// when the last answer was less than [`ANSWER_INTERVAL_NS`] ago.
+    pub fn who(&mut self, who: &Who, now_ns: u64) -> WhoReply {
+        if self
+            .last_answer_ns
+            .is_some_and(|t| now_ns.saturating_sub(t) < ANSWER_INTERVAL_NS)
+        {
+            return WhoReply::Busy;
+        }
+        self.last_answer_ns = Some(now_ns);
         let mut answers = self.table.who(who, now_ns);
-        for a in &mut answers {
+        for a in &mut answers.answers {
             a.binding.ts_ns = self.clock.wall_ns(a.binding.ts_ns);
             a.ended_ns = a.ended_ns.map(|t| self.clock.wall_ns(t));
             for end in [a.client.as_mut(), a.server.as_mut()].into_iter().flatten() {
                 end.ts_ns = self.clock.wall_ns(end.ts_ns);
             }
         }
-        WhoReply::Answers(answers, std::time::Duration::from_nanos(self.history_ns))
+        WhoReply::Answers {
+            answers,
+            kept: std::time::Duration::from_nanos(self.history_ns),
+            now_wall_ns: self.clock.wall_ns(now_ns),
+        }
     }
 
     /// The conntrack tables read now: a status record for each that changed since shown.

@@ -275,7 +275,11 @@ impl Stage for WatchStage {
 
     /// A question for the agent (`GET /nat/who`), answered from the binding table.
     fn extra(&mut self, ask: WhoAsk, kernel: &mut dyn KernelInputs) -> Result<Flow> {
-        let reply = match &self.nat {
+        if ask.reply.is_closed() {
+            // Its asker is gone: no pass over the tables for nobody.
+            return Ok(Flow::Continue);
+        }
+        let reply = match self.nat.as_mut() {
             Some(nat) => nat.who(&ask.who, kernel.now_ns()),
             None => WhoReply::NoNat,
         };

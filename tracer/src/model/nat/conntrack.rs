@@ -157,7 +157,7 @@ impl NatTable {
                 ..NatCounters::default()
             };
             out.push(NatOutput::End(live.binding.end(ts_ns, Some(counters))));
-            self.ended(live, ts_ns);
+            self.ended(live, ts_ns, false);
         }
     }
 
@@ -195,7 +195,7 @@ impl NatTable {
             .filter(|c| c.first_ns == b.ts_ns);
         out.push(NatOutput::End(b.end(ts_ns, found)));
         let key = found.and(b.key);
-        self.ended(live, ts_ns);
+        self.ended(live, ts_ns, false);
         key
     }
 }

@@ -47,7 +47,7 @@ pub enum NatOutput {
     Pool(pool::PoolReport, bool),
 }
 
-struct Live {
+pub(super) struct Live {
     binding: Binding,
     /// Its client and server sockets, once stitched into a flow.
     stitched: Option<Box<(FlowEnd, FlowEnd)>>,
@@ -198,7 +198,7 @@ impl NatTable {
                 let other = old.binding.key.filter(|k| Some(*k) != b.key);
                 let found = other.as_ref().and_then(counters);
                 out.push(NatOutput::End(old.binding.end(b.ts_ns, found)));
-                self.ended(old, b.ts_ns);
+                self.ended(old, b.ts_ns, false);
                 stale = other;
                 let n = self.owed.get(&id).map_or(0, |o| o.0) + 1;
                 self.owed.insert(id, (n, b.ts_ns));
@@ -212,6 +212,7 @@ impl NatTable {
         self.by_client.insert(client_key_of(&b), id);
         self.by_translated.insert(server_key_of(&b), id);
         out.push(NatOutput::Binding(b.clone()));
+        let b_ts = b.ts_ns;
         let pushed_out = self.live.insert(
             id,
             Live {
@@ -222,6 +223,8 @@ impl NatTable {
         if let Some((old_id, old)) = pushed_out {
             self.unindex(&old_id, &old);
             self.pools.freed(&old.binding);
+            // No longer followed: kept for `--who` as pushed out now, not as ended.
+            self.ended(old, b_ts, true);
         }
         if let Some(live) = self.live.get(&id) {
             self.pools.taken(&live.binding);
@@ -239,7 +242,10 @@ impl NatTable {
 
     /// A binding that ended at `ts_ns` goes to the history, with the sockets at its ends
     /// when they were seen.
-    fn ended(&mut self, live: Live, ts_ns: u64) {
+    fn ended(&mut self, live: Live, ts_ns: u64, evicted: bool) {
+        if !self.history.keeps() {
+            return;
+        }
         let (client, server) = match live.stitched {
             Some(ends) => {
                 let (c, s) = *ends;
@@ -250,6 +256,7 @@ impl NatTable {
         self.history.push(who::Ended {
             binding: live.binding,
             ended_ns: ts_ns,
+            evicted,
             client,
             server,
         });

@@ -7,7 +7,7 @@ use std::{collections::VecDeque, net::IpAddr, str::FromStr};
 
 use serde::Serialize;
 
-use super::{Binding, FlowEnd, NatKind, NatOutput, NatTable};
+use super::{Binding, FlowEnd, Live, NatKind, NatOutput, NatTable};
 
 /// How long ended bindings are kept for `--who`, by default.
 pub const DEFAULT_HISTORY_S: u64 = 600;
@@ -104,7 +104,9 @@ impl Who {
 #[derive(Clone, Debug)]
 pub struct Ended {
     pub binding: Binding,
+    /// When it ended, or was pushed out of the live table by its cap (`evicted`).
     pub ended_ns: u64,
+    pub evicted: bool,
     pub client: Option<FlowEnd>,
     pub server: Option<FlowEnd>,
 }
@@ -114,6 +116,9 @@ pub struct Ended {
 pub struct WhoAnswer {
     /// When it ended (None: live now).
     pub ended_ns: Option<u64>,
+    /// tracer stopped following it then (its live table was full), not the kernel: it may
+    /// have lived on.
+    pub evicted: bool,
     pub binding: Binding,
     /// The socket that sent the original packet (the process behind the endpoint).
     pub client: Option<FlowEnd>,
@@ -142,8 +147,13 @@ impl History {
         }
     }
 
+    /// Whether anything is kept at all.
+    pub fn keeps(&self) -> bool {
+        self.cap > 0 && self.keep_ns > 0
+    }
+
     pub fn push(&mut self, e: Ended) {
-        if self.cap == 0 || self.keep_ns == 0 {
+        if !self.keeps() {
             return;
         }
         if self.entries.len() >= self.cap {
@@ -203,12 +213,24 @@ impl NatTable {
 
     /// Bindings for this endpoint: live ones first, then ended ones within the history, the
     /// newest first in each; [`MAX_ANSWERS`] at most. The work is one pass over both tables
-    /// (bounded by their caps), done only when someone asks.
-    pub fn who(&self, who: &Who, now_ns: u64) -> Vec<WhoAnswer> {
-        let mut live: Vec<WhoAnswer> = self
+    /// (bounded by their caps), done only when someone asks; only the answers given are
+    /// copied.
+    pub fn who(&self, who: &Who, now_ns: u64) -> Answers {
+        let mut live: Vec<&Live> = self
             .live
             .values()
             .filter(|l| who.matches(&l.binding))
+            .collect();
+        let newest = |l: &&Live| std::cmp::Reverse(l.binding.ts_ns);
+        let mut truncated = false;
+        if live.len() > MAX_ANSWERS {
+            live.select_nth_unstable_by_key(MAX_ANSWERS - 1, newest);
+            live.truncate(MAX_ANSWERS);
+            truncated = true;
+        }
+        live.sort_unstable_by_key(newest);
+        let mut answers: Vec<WhoAnswer> = live
+            .into_iter()
             .map(|l| {
                 let (client, server) = match &l.stitched {
                     Some(ends) => (Some(ends.0.clone()), Some(ends.1.clone())),
@@ -216,28 +238,47 @@ impl NatTable {
                 };
                 WhoAnswer {
                     ended_ns: None,
+                    evicted: false,
                     binding: l.binding.clone(),
                     client,
                     server,
                 }
             })
             .collect();
-        live.sort_by_key(|a| std::cmp::Reverse(a.binding.ts_ns));
-        let ended = self
+        let mut ended = self
             .history
             .entries
             .iter()
             .rev()
             .filter(|e| e.ended_ns.saturating_add(self.history.keep_ns) > now_ns)
-            .filter(|e| who.matches(&e.binding))
-            .map(|e| WhoAnswer {
+            .filter(|e| who.matches(&e.binding));
+        for e in ended.by_ref().take(MAX_ANSWERS - answers.len()) {
+            answers.push(WhoAnswer {
                 ended_ns: Some(e.ended_ns),
+                evicted: e.evicted,
                 binding: e.binding.clone(),
                 client: e.client.clone(),
                 server: e.server.clone(),
             });
-        live.into_iter().chain(ended).take(MAX_ANSWERS).collect()
+        }
+        truncated |= ended.next().is_some();
+        Answers {
+            answers,
+            truncated,
+            evicted: self.live.evicted() + self.history.evicted(),
+        }
     }
+}
+
+/// The answers to one question, and what may be missing from them.
+#[derive(Clone, Debug, Default)]
+pub struct Answers {
+    pub answers: Vec<WhoAnswer>,
+    /// More matched than [`MAX_ANSWERS`]: the oldest were left out.
+    pub truncated: bool,
+    /// Bindings tracer's caps pushed out since it started (live ones to make room, ended ones
+    /// before their time): an answer may be missing when this is not 0.
+    pub evicted: u64,
 }
 
 #[cfg(test)]
@@ -307,7 +348,7 @@ mod tests {
         ended_flow(&mut t);
         assert!(t.is_empty());
         let who: Who = "203.0.113.1:61000".parse().unwrap();
-        let found = t.who(&who, 62_000_000_000);
+        let found = t.who(&who, 62_000_000_000).answers;
         assert_eq!(found.len(), 1);
         let a = &found[0];
         assert_eq!(a.ended_ns, Some(2_000_000_000));
@@ -319,14 +360,17 @@ mod tests {
         assert_eq!(a.server.as_ref().unwrap().comm, "nginx");
         // Any port of that address; not another port.
         assert_eq!(
-            t.who(&"203.0.113.1".parse().unwrap(), 62_000_000_000).len(),
+            t.who(&"203.0.113.1".parse().unwrap(), 62_000_000_000)
+                .answers
+                .len(),
             1
         );
         assert!(t
             .who(&"203.0.113.1:61001".parse().unwrap(), 62_000_000_000)
+            .answers
             .is_empty());
         // Ten minutes after its end it is gone, asked or expired.
-        assert!(t.who(&who, 602_000_000_000).is_empty());
+        assert!(t.who(&who, 602_000_000_000).answers.is_empty());
         t.history.expire(602_000_000_000);
         assert!(t.history.is_empty());
     }
@@ -350,9 +394,30 @@ mod tests {
         }
         assert_eq!(t.history.len(), 3);
         assert_eq!(t.evicted_history(), 2);
-        let all = t.who(&"203.0.113.1".parse().unwrap(), 2_000);
+        let all = t.who(&"203.0.113.1".parse().unwrap(), 2_000).answers;
         let ports: Vec<u16> = all.iter().map(|a| a.binding.translated.sport).collect();
         assert_eq!(ports, [61004, 61003, 61002], "the newest first");
+    }
+
+    #[test]
+    fn a_binding_the_full_live_table_pushed_out_is_still_found_and_said_so() {
+        let mut t = NatTable::with_caps(1, 16);
+        t.keep_history(600_000_000_000, 16);
+        let mut out = Vec::new();
+        for i in 0..2u16 {
+            let (mut orig, mut reply, _) = masquerade_and_destroy();
+            orig.sport += i;
+            reply.dport += i;
+            let mut ev = nat_event(orig, reply);
+            ev.ts_ns = 100 + u64::from(i);
+            t.binding(Binding::from_event(&ev), &mut out);
+        }
+        let found = t.who(&"203.0.113.1:61000".parse().unwrap(), 200);
+        assert_eq!(found.evicted, 1);
+        match &found.answers[..] {
+            [a] => assert!(a.evicted && a.ended_ns == Some(101), "{a:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -367,12 +432,15 @@ mod tests {
             )),
             &mut out,
         );
-        let found = t.who(&"203.0.113.1:8080".parse().unwrap(), 10);
+        let found = t.who(&"203.0.113.1:8080".parse().unwrap(), 10).answers;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].ended_ns, None);
         assert_eq!(found[0].binding.translated.dst, v4([192, 0, 2, 10]));
         // The same address as a source is not this binding's.
-        assert!(t.who(&"198.51.100.7:50000".parse().unwrap(), 10).is_empty());
+        assert!(t
+            .who(&"198.51.100.7:50000".parse().unwrap(), 10)
+            .answers
+            .is_empty());
         assert!(out
             .iter()
             .all(|o| "203.0.113.1:8080".parse::<Who>().unwrap().allows(o)));
