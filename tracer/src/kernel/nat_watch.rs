@@ -21,9 +21,9 @@ use crate::{
     kernel::{
         conntrack::{self, CtStats},
         nat::{NatCounterMap, NatProbes},
-        netns,
+        netns, prereq,
     },
-    model::nat::{health::CtHealth, CtEvent, GoneNetns},
+    model::nat::{health::CtHealth, pool::RulesRead, CtEvent, GoneNetns},
 };
 
 /// Where NAT is watched (names resolved to paths).
@@ -93,8 +93,63 @@ pub struct NatWatch {
     /// namespaces at a time: any user can make thousands).
     health_read: Option<std::time::Instant>,
     health_cursor: usize,
-    /// NAT rules read in namespaces linked into, not yet taken.
-    pub pool_rules: Vec<(u32, crate::model::nat::pool::RulesRead)>,
+    /// NAT rules read in namespaces linked into, not yet taken; and the thread that reads
+    /// them (the tools it runs may take seconds: never on the loop that drains the ring).
+    pool_rules: Vec<(u32, RulesRead)>,
+    rules: RulesReader,
+}
+
+/// What the rules reader is asked to do.
+enum RulesJob {
+    /// Read a namespace's NAT rules (None: tracer's own).
+    Read(u32, Option<PathBuf>),
+    /// The namespaces given at start are read: give up the privileges the rest of tracer
+    /// gave up (this thread was started before they were).
+    Restrict,
+}
+
+/// A thread of its own that runs `nft`/`iptables-save` inside namespaces, one at a time; at
+/// most [`RULES_QUEUE`] namespaces wait for it (past that a namespace's rules are "unread").
+struct RulesReader {
+    jobs: Option<std::sync::mpsc::SyncSender<RulesJob>>,
+    done: std::sync::mpsc::Receiver<(u32, RulesRead)>,
+}
+
+const RULES_QUEUE: usize = 64;
+/// How long start-up waits for the rules of the namespaces it was given.
+const RULES_AT_START: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl RulesReader {
+    fn start() -> RulesReader {
+        let (jobs, todo) = std::sync::mpsc::sync_channel::<RulesJob>(RULES_QUEUE);
+        let (found, done) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tracer-nat-rules".into())
+            .spawn(move || {
+                for job in todo {
+                    match job {
+                        RulesJob::Read(inode, path) => {
+                            let rules = conntrack::pool_rules(path.as_deref());
+                            if found.send((inode, rules)).is_err() {
+                                return;
+                            }
+                        }
+                        RulesJob::Restrict => prereq::drop_privileges(),
+                    }
+                }
+            });
+        RulesReader {
+            jobs: spawned.ok().map(|_| jobs),
+            done,
+        }
+    }
+
+    /// Queues a namespace; false when it cannot be read (queue full, no thread).
+    fn read(&self, inode: u32, path: Option<PathBuf>) -> bool {
+        self.jobs
+            .as_ref()
+            .is_some_and(|j| j.try_send(RulesJob::Read(inode, path)).is_ok())
+    }
 }
 
 /// How often the watched namespaces' conntrack tables are read, and how many at a time.
@@ -135,6 +190,7 @@ impl NatWatch {
             health_read: None,
             health_cursor: 0,
             pool_rules: Vec::new(),
+            rules: RulesReader::start(),
         };
         let mut ring = None;
         match source {
@@ -169,6 +225,21 @@ impl NatWatch {
         }
         if w.places == NatPlaces::All {
             w.discover();
+        }
+        // The rules of the namespaces given are wanted before the first binding (a pool's
+        // size): waited for, a little.
+        let asked = w.watched.len();
+        let deadline = std::time::Instant::now() + RULES_AT_START;
+        while w.pool_rules.len() < asked {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match w.rules.done.recv_timeout(left) {
+                Ok(found) => w.pool_rules.push(found),
+                Err(_) => break,
+            }
+        }
+        if let Some(jobs) = &w.rules.jobs {
+            // Blocks only while the queue is full: the thread is working through it.
+            let _ = jobs.send(RulesJob::Restrict);
         }
         Ok(NatStarted {
             watch: w,
@@ -220,8 +291,9 @@ impl NatWatch {
                 "tracer: no conntrack events in {why}; binding ends will not be reported there"
             );
         }
-        self.pool_rules
-            .push((inode, conntrack::pool_rules(path.as_deref())));
+        if !self.rules.read(inode, path.clone()) {
+            self.pool_rules.push((inode, RulesRead::default()));
+        }
         let ct_files = conntrack::CtFiles::open(path.as_deref())
             .inspect_err(|e| tracing::debug!("conntrack table of netns {inode}: {e}"))
             .ok();
@@ -390,6 +462,16 @@ impl NatWatch {
     /// Namespaces found but not watched because of `--max-netns` (at the last look).
     pub fn unwatched(&self) -> usize {
         self.unwatched.len()
+    }
+}
+
+impl NatWatch {
+    /// NAT rules read since the last call.
+    pub fn take_pool_rules(&mut self) -> Vec<(u32, RulesRead)> {
+        while let Ok(found) = self.rules.done.try_recv() {
+            self.pool_rules.push(found);
+        }
+        std::mem::take(&mut self.pool_rules)
     }
 }
 

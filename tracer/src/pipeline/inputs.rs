@@ -183,7 +183,7 @@ impl NatInputs for NatWatch {
     }
 
     fn take_pool_rules(&mut self) -> Vec<(u32, crate::model::nat::pool::RulesRead)> {
-        std::mem::take(&mut self.pool_rules)
+        NatWatch::take_pool_rules(self)
     }
 }
 
