@@ -461,6 +461,171 @@ print(json.dumps({"no_port_after_bind": no_port, "tcp_ports": tcp_ports, "bind0_
                   "udp_ports": [u.getsockname()[1] for u in udp], "udp5_errno": udp5}))
 "#;
 
+/// The rest of the allocation rules, on this kernel, in a range of 4 ports (40000-40003):
+/// - `SO_REUSEADDR`: bind(0) still takes a port of its own (a fifth finds none); a port named
+///   in bind() is shared by sockets that all set it — tracer counts it once (ports, not
+///   sockets).
+/// - UDP `connect()` autobinds exclusively, like a first `sendto`: four connected sockets to
+///   four destinations hold four ports, a fifth finds none (EAGAIN). (The socket path sees a
+///   connected UDP socket's port with its first datagram: the cgroup connect hook runs before
+///   the autobind.)
+/// - `tcp_tw_reuse` 2 (the default): a loopback TIME_WAIT port is not reused at once (connect
+///   fails, EADDRNOTAVAIL) but is a second or so later; tracer holds it about 2 s.
+/// Each with tracer's figures beside the kernel's.
+#[test]
+fn more_ephemeral_rules_hold_on_this_kernel() {
+    if !prerequisites("more_ephemeral_rules_hold_on_this_kernel")
+        || !tool(
+            "more_ephemeral_rules_hold_on_this_kernel",
+            "python3",
+            "python3",
+        )
+    {
+        return;
+    }
+    for hooks in Hooks::BOTH {
+        more_rules_on(hooks);
+    }
+}
+
+fn more_rules_on(hooks: Hooks) {
+    let netns = TestNetns::new("rules2");
+    netns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    netns.sysctl("net.ipv4.tcp_tw_reuse=2");
+    let tracer = hooks.watch(&["--netns", &netns.name]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns.name, "python3", "-c"])
+        .arg(MORE_RULES)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The kernel's side.
+    assert_eq!(
+        r["reuseaddr_bind0_5_errno"], 98,
+        "SO_REUSEADDR does not let bind(0) share: a fifth finds none, EADDRINUSE: {r}"
+    );
+    assert_eq!(
+        r["named_shared"],
+        serde_json::json!([40001, 40001, 40001]),
+        "{r}"
+    );
+    assert_eq!(
+        r["plain_named_errno"], 98,
+        "the named port is shared only with SO_REUSEADDR: {r}"
+    );
+    assert_eq!(r["udp_connected_ports"].as_array().unwrap().len(), 4, "{r}");
+    assert_eq!(
+        r["udp_connect5_errno"], 11,
+        "a fifth UDP connect: EAGAIN: {r}"
+    );
+    assert_eq!(
+        r["tw_at_once_errno"], 99,
+        "TIME_WAIT not reused at once: {r}"
+    );
+    assert_eq!(
+        r["tw_later_errno"], 0,
+        "TIME_WAIT reused a little later: {r}"
+    );
+    // tracer's.
+    let (_, records) = tracer.stop_with(libc::SIGINT);
+    let report: Vec<&Value> = of_type(&records, "ephemeral")
+        .into_iter()
+        .filter(|u| u["netns"] == netns.inode())
+        .collect();
+    let find = |proto: &str, scope: &str| {
+        report
+            .iter()
+            .find(|u| u["proto"] == proto && u["scope"] == scope)
+            .unwrap_or_else(|| panic!("no {proto} {scope} record: {report:#?}"))
+    };
+    let tcp = find("tcp", "exclusive");
+    assert_eq!(
+        tcp["peak"], 4,
+        "four bind(0)s; the shared named port once: {tcp}"
+    );
+    if hooks.syscalls() {
+        // No socket hook runs after a UDP connect()'s autobind (the cgroup connect hook runs
+        // before it, and a connected socket's send has no address for sendmsg4): only the
+        // syscall path sees those ports while they are held.
+        let udp = find("udp", "exclusive");
+        assert_eq!(udp["peak"], 4, "{udp}");
+    }
+    // The TIME_WAIT case: one failure to its destination, and the later connect counted.
+    let dest = find("tcp", "destination");
+    assert_eq!(dest["rport"], 5001, "{dest}");
+    assert_eq!(dest["failed"], 1, "the connect made at once: {dest}");
+    assert_eq!(dest["peak"], 4, "{dest}");
+}
+
+const MORE_RULES: &str = r#"
+import errno, json, socket, time
+def bind0(reuse):
+    s = socket.socket()
+    if reuse:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+held = [bind0(True) for _ in range(4)]
+try:
+    bind0(True); reuse5 = 0
+except OSError as e:
+    reuse5 = e.errno
+for s in held:
+    s.close()
+# A port named in bind(): sockets that all set SO_REUSEADDR share it.
+named = []
+for _ in range(3):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 40001)); named.append(s)
+try:
+    s = socket.socket(); s.bind(("127.0.0.1", 40001)); plain = 0
+except OSError as e:
+    plain = e.errno
+reuse_ports = [s.getsockname()[1] for s in named]
+time.sleep(0.2)
+for s in named:
+    s.close()
+udp = []
+for i in range(4):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(("127.0.0.1", 9 + i))
+    u.send(b"x"); udp.append(u)
+u5 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    u5.connect(("127.0.0.1", 20)); udp5 = 0
+except OSError as e:
+    udp5 = e.errno
+udp_ports = [u.getsockname()[1] for u in udp]
+for u in udp:
+    u.close()
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 5001)); srv.listen(16)
+conns = []
+for _ in range(4):
+    c = socket.create_connection(("127.0.0.1", 5001)); a, _ = srv.accept(); conns.append((c, a))
+for c, a in conns:
+    c.close()      # the client closes first: its port goes to TIME_WAIT
+    a.close()
+time.sleep(0.2)
+def attempt():
+    c = socket.socket()
+    try:
+        c.connect(("127.0.0.1", 5001)); srv.accept()[0].close(); c.close(); return 0
+    except OSError as e:
+        return e.errno
+at_once = attempt()
+time.sleep(2.5)
+later = attempt()
+print(json.dumps({"reuseaddr_bind0_5_errno": reuse5, "named_shared": reuse_ports,
+                  "plain_named_errno": plain,
+                  "udp_connected_ports": udp_ports, "udp_connect5_errno": udp5,
+                  "tw_at_once_errno": at_once, "tw_later_errno": later}))
+"#;
+
 /// `ss -tnp` lines of established connections: (local port, remote port, pid, comm).
 fn ss_connections() -> Vec<(u64, u64, u64, String)> {
     let out = Command::new("ss")
