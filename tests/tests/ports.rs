@@ -471,6 +471,7 @@ print(json.dumps({"no_port_after_bind": no_port, "tcp_ports": tcp_ports, "bind0_
 ///   the autobind.)
 /// - `tcp_tw_reuse` 2 (the default): a loopback TIME_WAIT port is not reused at once (connect
 ///   fails, EADDRNOTAVAIL) but is a second or so later; tracer holds it about 2 s.
+///
 /// Each with tracer's figures beside the kernel's.
 #[test]
 fn more_ephemeral_rules_hold_on_this_kernel() {
