@@ -542,7 +542,8 @@ fn a_full_nat_pool_shows_in_the_conntrack_statistics() {
 
 fn full_pool(prefix: &str, mode: &str, from: &str) {
     let router = Router::up(prefix, mode);
-    let mut tracer = start_nat(&router, &["--no-flows"]);
+    // With flows: the socket probes see the clients' handshakes too.
+    let mut tracer = start_nat(&router, &[]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
     let mut client = Py::start(
         &router.ns("lan"),
@@ -612,6 +613,9 @@ fn full_pool(prefix: &str, mode: &str, from: &str) {
         pool["in_use"], 4,
         "the four connections are still held: {pool}"
     );
+    // The two connections that got no port, from the client's side: their SYNs went
+    // unanswered (the client gave up after 2 s), tied to the pool's destination.
+    assert_eq!(pool["unanswered_clients"], 2, "{pool}");
     let warned = of_type(&records, "nat_pool_warning");
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert_eq!(warned[0]["in_use"], 4);

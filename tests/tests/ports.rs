@@ -466,9 +466,8 @@ print(json.dumps({"no_port_after_bind": no_port, "tcp_ports": tcp_ports, "bind0_
 ///   in bind() is shared by sockets that all set it — tracer counts it once (ports, not
 ///   sockets).
 /// - UDP `connect()` autobinds exclusively, like a first `sendto`: four connected sockets to
-///   four destinations hold four ports, a fifth finds none (EAGAIN). (The socket path sees a
-///   connected UDP socket's port with its first datagram: the cgroup connect hook runs before
-///   the autobind.)
+///   four destinations hold four ports, a fifth finds none (EAGAIN). Only the syscall path sees
+///   those ports while they are held: no socket hook runs after the autobind.
 /// - `tcp_tw_reuse` 2 (the default): a loopback TIME_WAIT port is not reused at once (connect
 ///   fails, EADDRNOTAVAIL) but is a second or so later; tracer holds it about 2 s.
 ///

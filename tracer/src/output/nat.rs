@@ -41,7 +41,7 @@ pub fn pool_line(p: &crate::model::nat::pool::PoolReport) -> String {
         a => a.to_string(),
     };
     format!(
-        "NAT pool in {}, {} {} → {daddr}:{}: {} of {} ports in use ({:.1}%), peak {} ({}-{}, from {}){}",
+        "NAT pool in {}, {} {} → {daddr}:{}: {} of {} ports in use ({:.1}%), peak {} ({}-{}, from {}){}{}",
         text::escape(&p.netns_name),
         p.proto,
         p.translated_addr,
@@ -53,6 +53,10 @@ pub fn pool_line(p: &crate::model::nat::pool::PoolReport) -> String {
         p.range.0,
         p.range.1,
         p.range_from,
+        match p.unanswered_clients {
+            0 => String::new(),
+            n => format!(" · {n} client connection(s) to it unanswered past a second"),
+        },
         if p.percent >= crate::model::nat::pool::WARN_PERCENT {
             "  ⚠ near exhaustion: new connections to it may get no port"
         } else {

@@ -56,6 +56,7 @@ impl NatTable {
         comm: impl FnOnce() -> String,
         out: &mut Vec<NatOutput>,
     ) {
+        self.handshakes.observe(ev);
         let ok = ev.ret >= 0 || ev.ret == -(libc::EINPROGRESS as i64);
         if !ok || ev.lport == 0 || ev.rport == 0 || ev.family == 0 {
             return;
@@ -108,6 +109,7 @@ impl NatTable {
         self.clients.pop_while(expired);
         self.servers.pop_while(expired);
         self.history.expire(now_ns);
+        self.handshakes.sweep(now_ns);
     }
 
     /// The client and server sockets seen for a binding not stitched (yet), each when it

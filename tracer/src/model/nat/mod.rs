@@ -16,6 +16,7 @@ use super::{bounded::BoundedMap, types::Proto};
 mod binding;
 mod conntrack;
 mod flow;
+pub mod handshake;
 pub mod health;
 pub mod pool;
 pub mod who;
@@ -81,6 +82,8 @@ pub struct NatTable {
     pub pools: pool::Pools,
     /// Ended bindings kept for `--who` (none unless [`NatTable::keep_history`]).
     history: who::History,
+    /// Client handshakes in progress and those left unanswered, per destination.
+    handshakes: handshake::Handshakes,
 }
 
 impl Default for NatTable {
@@ -102,6 +105,7 @@ impl NatTable {
             owed: BoundedMap::new(bindings),
             pools: pool::Pools::default(),
             history: who::History::default(),
+            handshakes: handshake::Handshakes::default(),
         }
     }
 
@@ -139,7 +143,7 @@ impl NatTable {
 
     /// Socket ends pushed out by the cap (both sides).
     pub fn evicted_ends(&self) -> u64 {
-        self.clients.evicted() + self.servers.evicted()
+        self.clients.evicted() + self.servers.evicted() + self.handshakes.evicted()
     }
 
     /// Entries held now: (bindings, client ends, server ends).
@@ -265,17 +269,19 @@ impl NatTable {
     /// Pools past 80 % since the last call, named.
     pub fn pool_warnings(&mut self) -> Vec<pool::PoolReport> {
         let names = &self.names;
-        self.pools.take_warnings(&|ns| name_in(names, ns))
+        let warned = self.pools.take_warnings(&|ns| name_in(names, ns));
+        self.with_unanswered(warned)
     }
 
     /// The `n` fullest pools' figures, named, and the ports in use in the rest.
     pub fn pool_fullest(&self, n: usize) -> (Vec<pool::PoolReport>, usize) {
-        self.pools.fullest(n, &|ns| self.name_of(ns))
+        let (top, rest) = self.pools.fullest(n, &|ns| self.name_of(ns));
+        (self.with_unanswered(top), rest)
     }
 
     /// Every pool's figures, named.
     pub fn pool_report(&self) -> Vec<pool::PoolReport> {
-        self.pools.report(&|ns| self.name_of(ns))
+        self.with_unanswered(self.pools.report(&|ns| self.name_of(ns)))
     }
 
     /// Drops a binding's index keys, unless a newer binding took them over.

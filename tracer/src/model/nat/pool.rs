@@ -74,6 +74,9 @@ pub struct PoolReport {
     pub range: (u16, u16),
     /// Where the size came from: `nftables`, `iptables`, `kernel default` or `unread`.
     pub range_from: &'static str,
+    /// Client connections to this destination (TCP, from sockets tracer saw) whose SYN went
+    /// unanswered for more than a second: ended so, or waiting now.
+    pub unanswered_clients: u64,
 }
 
 #[derive(Debug)]
@@ -207,6 +210,7 @@ impl Pools {
             percent: u.in_use as f64 * 100.0 / f64::from(size),
             range: range.range,
             range_from: range.from,
+            unanswered_clients: 0,
         })
     }
 
