@@ -469,7 +469,8 @@ print(json.dumps({"no_port_after_bind": no_port, "tcp_ports": tcp_ports, "bind0_
 ///   four destinations hold four ports, a fifth finds none (EAGAIN). Only the syscall path sees
 ///   those ports while they are held: no socket hook runs after the autobind.
 /// - `tcp_tw_reuse` 2 (the default): a loopback TIME_WAIT port is not reused at once (connect
-///   fails, EADDRNOTAVAIL) but is a second or so later; tracer holds it about 2 s.
+///   fails, EADDRNOTAVAIL) but is a second or so later (with TCP timestamps, on here);
+///   tracer holds it about 2 s (released at its next sweep).
 ///
 /// Each with tracer's figures beside the kernel's.
 #[test]
@@ -492,6 +493,7 @@ fn more_rules_on(hooks: Hooks) {
     let netns = TestNetns::new("rules2");
     netns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
     netns.sysctl("net.ipv4.tcp_tw_reuse=2");
+    netns.sysctl("net.ipv4.tcp_timestamps=1");
     let tracer = hooks.watch(&["--netns", &netns.name]);
     let out = Command::new("ip")
         .args(["netns", "exec", &netns.name, "python3", "-c"])

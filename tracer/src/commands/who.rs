@@ -176,7 +176,7 @@ pub async fn ask_agent(agent: &str, who: &Who, json: bool) -> Result<bool> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         Error::Invalid(format!("asking the agent at {agent}: {what}: {e}"))
     };
-    let exchange = async {
+    let exchange = || async {
         // A name is resolved here (`localhost:9464`).
         let stream = tokio::net::TcpStream::connect(agent)
             .await
@@ -201,7 +201,25 @@ pub async fn ask_agent(agent: &str, who: &Who, json: bool) -> Result<bool> {
             .to_bytes();
         Ok::<_, Error>((status, body))
     };
-    let (status, body) = tokio::time::timeout(ASK_WITHIN, exchange)
+    // The agent takes one question at a time (503 while busy): asked again, a little later
+    // each time, with jitter so that askers spread out, until the deadline.
+    let asking = async {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let (status, body) = exchange().await?;
+            if status != hyper::StatusCode::SERVICE_UNAVAILABLE
+                || !body.starts_with(b"the agent is answering another question")
+            {
+                return Ok::<_, Error>((status, body));
+            }
+            let jitter = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() % 50_000_000);
+            tokio::time::sleep(pause + Duration::from_nanos(u64::from(jitter))).await;
+            pause = (pause * 2).min(Duration::from_millis(800));
+        }
+    };
+    let (status, body) = tokio::time::timeout(ASK_WITHIN, asking)
         .await
         .map_err(|_| failed("no answer", &format!("within {} s", ASK_WITHIN.as_secs())))??;
     let body = String::from_utf8_lossy(&body);

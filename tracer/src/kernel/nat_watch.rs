@@ -113,6 +113,9 @@ enum RulesJob {
 struct RulesReader {
     jobs: Option<std::sync::mpsc::SyncSender<RulesJob>>,
     done: std::sync::mpsc::Receiver<(u32, RulesRead)>,
+    /// Set when start-up stops waiting: the thread drops its privileges before its next job
+    /// (it was started before the rest of tracer dropped them), even with reads still queued.
+    restrict: Arc<AtomicBool>,
 }
 
 const RULES_QUEUE: usize = 64;
@@ -123,10 +126,17 @@ impl RulesReader {
     fn start() -> RulesReader {
         let (jobs, todo) = std::sync::mpsc::sync_channel::<RulesJob>(RULES_QUEUE);
         let (found, done) = std::sync::mpsc::channel();
+        let restrict = Arc::new(AtomicBool::new(false));
+        let told = restrict.clone();
         let spawned = std::thread::Builder::new()
             .name("tracer-nat-rules".into())
             .spawn(move || {
+                let mut restricted = false;
                 for job in todo {
+                    if !restricted && told.load(Ordering::Acquire) {
+                        prereq::drop_privileges();
+                        restricted = true;
+                    }
                     match job {
                         RulesJob::Read(inode, path) => {
                             let rules = conntrack::pool_rules(path.as_deref());
@@ -134,13 +144,18 @@ impl RulesReader {
                                 return;
                             }
                         }
-                        RulesJob::Restrict => prereq::drop_privileges(),
+                        RulesJob::Restrict if !restricted => {
+                            prereq::drop_privileges();
+                            restricted = true;
+                        }
+                        RulesJob::Restrict => {}
                     }
                 }
             });
         RulesReader {
             jobs: spawned.ok().map(|_| jobs),
             done,
+            restrict,
         }
     }
 
@@ -237,9 +252,11 @@ impl NatWatch {
                 Err(_) => break,
             }
         }
+        // Past here the thread keeps no more than the rest of tracer: at once when idle, else
+        // before its next job (what it reads then, it reads with those privileges).
+        w.rules.restrict.store(true, Ordering::Release);
         if let Some(jobs) = &w.rules.jobs {
-            // Blocks only while the queue is full: the thread is working through it.
-            let _ = jobs.send(RulesJob::Restrict);
+            let _ = jobs.try_send(RulesJob::Restrict);
         }
         Ok(NatStarted {
             watch: w,
@@ -471,7 +488,11 @@ impl NatWatch {
         while let Ok(found) = self.rules.done.try_recv() {
             self.pool_rules.push(found);
         }
-        std::mem::take(&mut self.pool_rules)
+        // Rules read for a namespace that went away since: not kept for whoever reuses its
+        // inode.
+        let mut rules = std::mem::take(&mut self.pool_rules);
+        rules.retain(|(inode, _)| self.watched.iter().any(|w| w.inode == *inode));
+        rules
     }
 }
 

@@ -104,6 +104,19 @@ impl Scrape {
         self.metrics.update_table(table);
     }
 
+    /// Sets the NAT gauges rebuilt from scratch each time (conntrack tables, port pools),
+    /// never while a scrape reads them.
+    pub fn update_nat_gauges<'a>(
+        &self,
+        health: impl Iterator<Item = &'a crate::model::nat::health::CtHealth>,
+        pools: &[crate::model::nat::pool::PoolReport],
+        rest_in_use: usize,
+    ) {
+        let _gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        self.metrics.update_conntrack(health);
+        self.metrics.update_nat_pools(pools, rest_in_use);
+    }
+
     /// Runs on the endpoint's one thread only: raising the kernel counters (read, compare,
     /// add) is then never done by two scrapes at once.
     pub fn render(&self) -> String {

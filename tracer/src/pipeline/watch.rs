@@ -214,9 +214,8 @@ impl WatchStage {
                     kernel_totals: inputs.kernel_totals(),
                     lost: inputs.lost(),
                 });
-                scrape.metrics.update_conntrack(nat.health.values());
                 let (fullest, rest) = nat.table.pool_fullest(metrics::pool::MAX_POOL_SERIES);
-                scrape.metrics.update_nat_pools(&fullest, rest);
+                scrape.update_nat_gauges(nat.health.values(), &fullest, rest);
             }
             nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
         }

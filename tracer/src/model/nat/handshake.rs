@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use tracer_common::{kind, tcp_state, SockEvent, IPPROTO_TCP};
 
-use super::NatTable;
+use super::{who::canonical, NatTable};
 use crate::model::{bounded::BoundedMap, event::ip, types::Proto};
 
 /// A SYN unanswered this long was retransmitted at least once.
@@ -16,7 +16,8 @@ pub const UNANSWERED_NS: u64 = 1_000_000_000;
 pub const MAX_HANDSHAKES: usize = 65_536;
 pub const MAX_DESTINATIONS: usize = 4_096;
 /// A handshake whose end was never seen (a lost record) is forgotten after this.
-const FORGET_NS: u64 = 300_000_000_000;
+/// (The kernel gives up a SYN after about 127 s of retransmissions by default.)
+const FORGET_NS: u64 = 130_000_000_000;
 
 /// (protocol, destination address, destination port) as the client asked for it.
 pub type Destination = (u8, IpAddr, u16);
@@ -24,10 +25,12 @@ pub type Destination = (u8, IpAddr, u16);
 pub struct Handshakes {
     /// Sockets in SYN_SENT: where to, since when.
     pending: BoundedMap<u64, (Destination, u64)>,
-    /// Per destination, handshakes that ended after more than [`UNANSWERED_NS`] unanswered.
+    /// Per destination, handshakes that left SYN_SENT after more than [`UNANSWERED_NS`] (their
+    /// SYN retransmitted), unless refused: given up, timed out, or answered late.
     unanswered: BoundedMap<Destination, u64>,
-    /// The latest event time seen (for what is pending now).
-    now_ns: u64,
+    /// Per destination, handshakes waiting more than [`UNANSWERED_NS`] at the last sweep
+    /// (one pass a second over `pending`, not one per report).
+    waiting: foldhash::HashMap<Destination, u64>,
 }
 
 impl Default for Handshakes {
@@ -35,7 +38,7 @@ impl Default for Handshakes {
         Handshakes {
             pending: BoundedMap::new(MAX_HANDSHAKES),
             unanswered: BoundedMap::new(MAX_DESTINATIONS),
-            now_ns: 0,
+            waiting: Default::default(),
         }
     }
 }
@@ -46,16 +49,16 @@ impl Handshakes {
         if ev.kind != kind::STATE || ev.protocol != IPPROTO_TCP {
             return;
         }
-        self.now_ns = self.now_ns.max(ev.ts_ns);
         if ev.new_state == tcp_state::SYN_SENT {
-            let to = (ev.protocol, ip(ev.family, &ev.raddr), ev.rport);
+            let to = (ev.protocol, canonical(ip(ev.family, &ev.raddr)), ev.rport);
             self.pending.insert(ev.sk, (to, ev.ts_ns));
         } else if ev.old_state == tcp_state::SYN_SENT {
             let Some((to, since)) = self.pending.remove(&ev.sk) else {
                 return;
             };
-            let answered = ev.new_state == tcp_state::ESTABLISHED;
-            if !answered && ev.ts_ns.saturating_sub(since) > UNANSWERED_NS {
+            // A refusal (RST) is an answer; a late SYN-ACK came after a retransmission.
+            let refused = ev.sk_err == libc::ECONNREFUSED;
+            if !refused && ev.ts_ns.saturating_sub(since) > UNANSWERED_NS {
                 let n = self.unanswered.get(&to).copied().unwrap_or(0) + 1;
                 self.unanswered.insert(to, n);
             }
@@ -63,21 +66,23 @@ impl Handshakes {
     }
 
     /// Client connections to `to` unanswered for more than a second: ended so, and waiting
-    /// now. The pending ones are counted by a pass over them (at a report, not per event).
+    /// at the last [`Handshakes::sweep`].
     pub fn unanswered_to(&self, to: &Destination) -> u64 {
         let ended = self.unanswered.get(to).copied().unwrap_or(0);
-        let waiting = self
-            .pending
-            .values()
-            .filter(|(d, since)| d == to && self.now_ns.saturating_sub(*since) > UNANSWERED_NS)
-            .count() as u64;
-        ended + waiting
+        ended + self.waiting.get(to).copied().unwrap_or(0)
     }
 
-    /// Forgets handshakes whose end never came.
+    /// Once a second: forgets handshakes whose end never came, and counts those waiting past
+    /// a second per destination (one pass, bounded by the cap).
     pub fn sweep(&mut self, now_ns: u64) {
         self.pending
             .pop_while(|(_, since)| since.saturating_add(FORGET_NS) <= now_ns);
+        self.waiting.clear();
+        for (to, since) in self.pending.values() {
+            if now_ns.saturating_sub(*since) > UNANSWERED_NS {
+                *self.waiting.entry(*to).or_default() += 1;
+            }
+        }
     }
 
     /// Entries the caps pushed out.
@@ -126,38 +131,46 @@ mod tests {
         let mut h = Handshakes::default();
         let to = (IPPROTO_TCP, "198.51.100.10".parse().unwrap(), 80);
         let s = 1_000_000_000;
-        // Answered at once; answered late (still answered); given up after 2 s; waiting.
-        h.observe(&state(1, tcp_state::CLOSE, tcp_state::SYN_SENT, s));
-        h.observe(&state(
-            1,
+        let (close, syn, est) = (
+            tcp_state::CLOSE,
             tcp_state::SYN_SENT,
             tcp_state::ESTABLISHED,
-            s + 1_000,
-        ));
-        h.observe(&state(2, tcp_state::CLOSE, tcp_state::SYN_SENT, s));
-        h.observe(&state(
-            2,
-            tcp_state::SYN_SENT,
-            tcp_state::ESTABLISHED,
-            3 * s,
-        ));
-        h.observe(&state(3, tcp_state::CLOSE, tcp_state::SYN_SENT, s));
-        h.observe(&state(3, tcp_state::SYN_SENT, tcp_state::CLOSE, 3 * s));
-        h.observe(&state(4, tcp_state::CLOSE, tcp_state::SYN_SENT, 2 * s));
-        assert_eq!(
-            h.unanswered_to(&to),
-            1,
-            "the one given up; the waiting one is young"
         );
-        h.observe(&state(5, tcp_state::CLOSE, tcp_state::SYN_SENT, 4 * s));
-        assert_eq!(h.unanswered_to(&to), 2, "and the one waiting for 2 s now");
+        // Answered at once: not counted.
+        h.observe(&state(1, close, syn, s));
+        h.observe(&state(1, syn, est, s + 1_000));
+        // Answered after 2 s (its SYN was retransmitted): counted.
+        h.observe(&state(2, close, syn, s));
+        h.observe(&state(2, syn, est, 3 * s));
+        // Given up after 2 s: counted.
+        h.observe(&state(3, close, syn, s));
+        h.observe(&state(3, syn, close, 3 * s));
+        // Refused after 2 s (a RST is an answer): not counted.
+        let mut refused = state(6, syn, close, 3 * s);
+        refused.sk_err = libc::ECONNREFUSED;
+        h.observe(&state(6, close, syn, s));
+        h.observe(&refused);
+        // An IPv6 socket to the IPv4 destination (v4-mapped), given up: counted for it.
+        let mut mapped = state(7, close, syn, s);
+        mapped.family = tracer_common::AF_INET6;
+        mapped.raddr = [0; 16];
+        mapped.raddr[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped.raddr[12..].copy_from_slice(&[198, 51, 100, 10]);
+        h.observe(&mapped);
+        h.observe(&state(7, syn, close, 3 * s));
+        // Waiting since 2 s.
+        h.observe(&state(4, close, syn, 2 * s));
+        h.sweep(3 * s);
+        assert_eq!(h.unanswered_to(&to), 3, "the waiting one is young yet");
+        h.sweep(4 * s);
+        assert_eq!(h.unanswered_to(&to), 4, "and waiting for 2 s now");
         let other = (IPPROTO_TCP, "198.51.100.11".parse().unwrap(), 80);
         assert_eq!(h.unanswered_to(&other), 0);
         h.sweep(400 * s);
         assert_eq!(
             h.unanswered_to(&to),
-            1,
-            "handshakes whose end never came are forgotten"
+            3,
+            "a handshake whose end never came is forgotten"
         );
     }
 }

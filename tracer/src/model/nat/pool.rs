@@ -214,26 +214,40 @@ impl Pools {
         })
     }
 
-    /// The `n` fullest pools (ports in use now, then peak), and the ports in use in all the
-    /// others summed: for metrics of bounded cardinality. O(pools), no sort of them all.
+    /// The `n` fullest pools (the largest share of their range in use now, then the most
+    /// ports in use, then the highest peak), and the ports in use in all the others summed:
+    /// for metrics of bounded cardinality. O(pools), no sort of them all.
     pub fn fullest(&self, n: usize, name: &dyn Fn(u32) -> String) -> (Vec<PoolReport>, usize) {
-        let mut keys: Vec<(usize, usize, &PoolKey)> = self
+        // (in use, size, peak, key); compared as in_use / size without division.
+        type Row<'a> = (usize, u64, usize, &'a PoolKey);
+        let mut rows: Vec<Row> = self
             .usage
             .iter()
-            .map(|(k, u)| (u.in_use, u.peak, k))
+            .map(|(k, u)| {
+                (
+                    u.in_use,
+                    u64::from(size_of(self.range_of(k).range)),
+                    u.peak,
+                    k,
+                )
+            })
             .collect();
-        let fuller = |a: &(usize, usize, &PoolKey), b: &(usize, usize, &PoolKey)| {
-            (b.0, b.1, a.2).cmp(&(a.0, a.1, b.2))
+        let fuller = |a: &Row, b: &Row| {
+            let share = (b.0 as u64 * a.1).cmp(&(a.0 as u64 * b.1));
+            share
+                .then(b.0.cmp(&a.0))
+                .then(b.2.cmp(&a.2))
+                .then(a.3.cmp(b.3))
         };
-        if keys.len() > n && n > 0 {
-            keys.select_nth_unstable_by(n - 1, fuller);
+        if rows.len() > n && n > 0 {
+            rows.select_nth_unstable_by(n - 1, fuller);
         }
-        let rest = keys.iter().skip(n).map(|k| k.0).sum();
-        keys.truncate(n);
-        keys.sort_unstable_by(fuller);
-        let top = keys
+        let rest = rows.iter().skip(n).map(|r| r.0).sum();
+        rows.truncate(n);
+        rows.sort_unstable_by(fuller);
+        let top = rows
             .iter()
-            .filter_map(|(_, _, k)| self.report_of(k, name))
+            .filter_map(|(_, _, _, k)| self.report_of(k, name))
             .collect();
         (top, rest)
     }

@@ -65,7 +65,7 @@ impl std::fmt::Display for Who {
 }
 
 /// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is the IPv4 address.
-fn canonical(a: IpAddr) -> IpAddr {
+pub(super) fn canonical(a: IpAddr) -> IpAddr {
     match a {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
