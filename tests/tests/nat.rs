@@ -996,3 +996,55 @@ fn who_finds_the_client_of_a_binding_that_ended_a_minute_ago() {
     assert!(sent.starts_with("sent "), "the flood ran: {sent}");
     drop(serve);
 }
+
+/// A connection through the router made before tracer started: found in the router's
+/// conntrack table when tracer links in, reported as a binding older than tracer, counted in
+/// its pool — as conntrack -L shows it.
+#[test]
+fn a_binding_older_than_tracer_is_found_in_the_table() {
+    if !ready("nat_existing") {
+        return;
+    }
+    let router = Router::up("tne", "masquerade");
+    let _server = Py::server(&router.ns("wan"), TCP_SERVER_HOLD, "198.51.100.10", 80);
+    let mut client = Py::start(
+        &router.ns("lan"),
+        TCP_CLIENT_HOLD,
+        &["198.51.100.10", "80", "1"],
+    );
+    assert_eq!(client.line(), "connected 1 failed 0");
+    let entries = router.conntrack(&["-p", "tcp", "--orig-dst", "198.51.100.10"]);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let port: u64 = entries[0].0[2].parse().unwrap();
+    let mut tracer = start_nat(&router, &[]);
+    tracer.wait_for("the binding from the table", T, |r| {
+        for_port(r, "nat_binding", port as u16).is_some()
+    });
+    let (status, records) = tracer.stop_with(libc::SIGINT);
+    assert!(status.success());
+    let b = for_port(&records, "nat_binding", port as u16).unwrap();
+    assert_eq!(b["existing"], true, "{b}");
+    assert_eq!(b["source"], "conntrack", "{b}");
+    assert_eq!(tuple(&b["original"]), entries[0].0);
+    assert_eq!(tuple(&b["reply"]), entries[0].1);
+    let pool = of_type(&records, "nat_pool")
+        .into_iter()
+        .find(|p| p["daddr"] == "198.51.100.10" && p["dport"] == 80)
+        .unwrap_or_else(|| panic!("no pool: {records:#?}"));
+    assert_eq!(pool["in_use"], 1, "{pool}");
+    drop(client);
+}
+
+/// Accepts connections and holds them open (reads nothing, closes nothing).
+const TCP_SERVER_HOLD: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+print("ready", flush=True)
+held = []
+while True:
+    c, a = s.accept()
+    held.append(c)
+"#;

@@ -101,6 +101,7 @@ fn nat_items(netns_name: &str, comm: &str) -> Vec<NatOutput> {
             orig: tuple([192, 0, 2, 10], 40001, [198, 51, 100, 1], 80),
             reply: tuple([198, 51, 100, 1], 80, [203, 0, 113, 1], 40001),
             status: Some(0),
+            existing: false,
         },
         1,
     )

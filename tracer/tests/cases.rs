@@ -435,6 +435,7 @@ fn masquerade() -> (FakeKernel, SockEvent, NatEvent, tracer::model::nat::CtEvent
             dport: 61000,
         },
         status: None,
+        existing: false,
     };
     (kernel, client, binding, end)
 }

@@ -236,7 +236,7 @@ pub async fn ask_agent(agent: &str, who: &Who, json: bool) -> Result<bool> {
         // A JSON record is one per answer; the text answer says so when there is none.
         found |= match json {
             true => line.starts_with("{\"type\":\"nat_who\","),
-            false => line.starts_with("live since ") || line.starts_with("ended "),
+            false => line.starts_with("live") || line.starts_with("ended "),
         };
         writeln!(out, "{}", text::escape(line)).map_err(|e| Error::io("writing output", e))?;
     }

@@ -47,7 +47,7 @@ pub fn listen(
     stop: Arc<AtomicBool>,
     stats: Arc<CtStats>,
 ) -> Result<()> {
-    let open = move || -> Result<Socket> {
+    let open = move || -> Result<(Socket, Option<Socket>)> {
         let mut socket = Socket::new(NETLINK_NETFILTER)
             .map_err(|e| Error::io("opening a conntrack netlink socket", e))?;
         socket
@@ -68,9 +68,14 @@ pub fn listen(
             })?;
         }
         let _ = socket.set_rx_buf_sz(4 << 20);
-        Ok(socket)
+        // Subscribed first, then the table asked for: an entry made meanwhile is in the dump,
+        // or its event is queued, or both (the second one is then a binding already known).
+        let dump = ask_for_table().inspect_err(|e| {
+            tracing::debug!("conntrack table dump in netns {inode}: {e}");
+        });
+        Ok((socket, dump.ok()))
     };
-    let socket = match path {
+    let (socket, dump) = match path {
         Some(path) => {
             let ns = super::netns::open(&path, &path.display().to_string())
                 .map_err(|_| Error::NoSuchNetns(path.display().to_string()))?;
@@ -87,10 +92,90 @@ pub fn listen(
             if let Err(e) = prereq::restrict_thread(prereq::Keep::NOTHING) {
                 tracing::warn!("conntrack reader: dropping capabilities: {e}");
             }
+            if let Some(dump) = dump {
+                read_table(dump, inode, &tx);
+            }
             read_loop(socket, inode, tx, stop, stats)
         })
         .map_err(|e| Error::io("starting the conntrack reader", e))?;
     Ok(())
+}
+
+/// Entries of a namespace's table read when tracer links in, at most (the rest are not
+/// known until they end or, on the fallback, until they are replaced).
+pub const MAX_TABLE_DUMP: usize = 65_536;
+
+/// Asks the namespace's conntrack table for every entry (IPv4 and IPv6), on a socket of its
+/// own: sent here, while the calling thread holds CAP_NET_ADMIN in the namespace (ctnetlink
+/// checks it on the request); the answer is read later, without privileges.
+fn ask_for_table() -> Result<Socket> {
+    use netlink_packet_core::{NetlinkHeader, NLM_F_DUMP, NLM_F_REQUEST};
+    use netlink_packet_netfilter::{NetfilterHeader, NetfilterProtoFamily};
+    let mut socket = Socket::new(NETLINK_NETFILTER)
+        .map_err(|e| Error::io("opening a conntrack netlink socket", e))?;
+    socket
+        .bind(&SocketAddr::new(0, 0))
+        .map_err(|e| Error::io("binding the conntrack netlink socket", e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| Error::io("connecting the conntrack netlink socket", e))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut request = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+            ConntrackMessage::Get(vec![]),
+        )),
+    );
+    request.finalize();
+    let mut buf = vec![0u8; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket
+        .send(&buf, 0)
+        .map_err(|e| Error::io("asking for the conntrack table", e))?;
+    set_timeout(&socket, Duration::from_secs(1));
+    Ok(socket)
+}
+
+/// Reads the table's entries asked for by [`ask_for_table`] and forwards them as `existing`
+/// entries, [`MAX_TABLE_DUMP`] at most; stops at the end of the dump, an error, a second of
+/// silence or a closed channel.
+fn read_table(socket: Socket, inode: u32, tx: &tokio::sync::mpsc::UnboundedSender<CtEvent>) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut read = 0;
+    while read < MAX_TABLE_DUMP {
+        let n = match socket.recv_from(&mut &mut buf[..], 0) {
+            Ok((n, from)) if from.port_number() == 0 => n,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!("conntrack table of netns {inode}: {e}");
+                return;
+            }
+        };
+        let mut offset = 0;
+        while offset < n {
+            let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..n]) else {
+                return;
+            };
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => return,
+                _ => {}
+            }
+            if let Some(mut entry) = decode(inode, msg) {
+                entry.existing = true;
+                read += 1;
+                if tx.send(entry).is_err() || read >= MAX_TABLE_DUMP {
+                    return;
+                }
+            }
+            if len == 0 {
+                break;
+            }
+            offset += (len + 3) & !3;
+        }
+    }
 }
 
 fn set_timeout(socket: &Socket, timeout: Duration) {
@@ -202,6 +287,7 @@ pub fn decode(netns: u32, msg: NetlinkMessage<NetfilterMessage>) -> Option<CtEve
         orig: orig?,
         reply: reply?,
         status,
+        existing: false,
     })
 }
 

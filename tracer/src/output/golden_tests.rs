@@ -77,6 +77,7 @@ fn nat_items() -> Vec<NatOutput> {
         orig,
         reply,
         status: None,
+        existing: false,
     };
     t.destroyed(&end(orig, reply), 9_500_000, |_| Some(counters), &mut out);
     // A port forward seen by conntrack: 198.51.100.20:50000 → 203.0.113.1:8080 reaches

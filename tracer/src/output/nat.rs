@@ -131,7 +131,7 @@ fn netns(name: &str) -> String {
 
 fn binding_line(b: &Binding, time: &impl Fn(u64) -> String, names: PortNames) -> String {
     format!(
-        "{:<15} {} {:<5} {:<4} {:<12} {:<45} {}{}",
+        "{:<15} {} {:<5} {:<4} {:<12} {:<45} {}{}{}",
         time(b.ts_ns),
         netns(&b.netns_name),
         b.proto,
@@ -139,19 +139,25 @@ fn binding_line(b: &Binding, time: &impl Fn(u64) -> String, names: PortNames) ->
         b.translation(),
         b.original.to_string(),
         b.translated,
-        binding_service(b, names)
+        binding_service(b, names),
+        if b.existing {
+            " (older than tracer: found in the conntrack table)"
+        } else {
+            ""
+        }
     )
 }
 
 fn end_line(e: &BindingEnd, time: &impl Fn(u64) -> String) -> String {
     let mut s = format!(
-        "{:<15} {} {:<5} {:<4} {:<12} {:<45} ended after {:.1} s",
+        "{:<15} {} {:<5} {:<4} {:<12} {:<45} ended after {}{:.1} s",
         time(e.ts_ns),
         netns(&e.netns_name),
         e.proto,
         "END",
         e.kind.as_str(),
         e.original.to_string(),
+        if e.existing { "more than " } else { "" },
         e.duration_s
     );
     if let Some(c) = e.counters {
@@ -281,6 +287,10 @@ pub fn who_line(a: &WhoAnswer, now_ns: u64) -> String {
             "ended {} ({} s ago)",
             super::human::time_of_day(t),
             now_ns.saturating_sub(t) / 1_000_000_000
+        ),
+        None if b.existing => format!(
+            "live, older than tracer (found {})",
+            super::human::time_of_day(b.ts_ns)
         ),
         None => format!("live since {}", super::human::time_of_day(b.ts_ns)),
     };

@@ -187,7 +187,8 @@ impl NatStage {
                     self.table.one_packet(&ev, now_ns, first, &mut self.out);
                 }
             }
-        } else if nat.fallback() {
+        } else if nat.fallback() || ev.existing {
+            // A new entry (the fallback), or one older than tracer from the table's dump.
             if let Some(b) = Binding::from_conntrack(&ev, now_ns) {
                 self.table.binding(b, &mut self.out);
             }

@@ -100,6 +100,10 @@ pub struct Binding {
     /// same original tuple is still live here (its predecessor's destroy not handled yet).
     #[serde(skip)]
     pub fresh: bool,
+    /// Found in the conntrack table when tracer linked in: the connection is older than
+    /// tracer, and `ts_ns` is when tracer found it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
 }
 
 impl Binding {
@@ -143,6 +147,7 @@ impl Binding {
             protocol,
             key: None,
             fresh: false,
+            existing: false,
         }
     }
 

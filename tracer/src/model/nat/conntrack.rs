@@ -36,6 +36,10 @@ pub struct CtEvent {
     pub reply: CtTuple,
     /// The `IPS_*` status bits, when the message carried them.
     pub status: Option<u32>,
+    /// An entry of the table as tracer found it when it linked in (a dump), not an event:
+    /// a connection older than tracer.
+    #[serde(default)]
+    pub existing: bool,
 }
 
 impl Binding {
@@ -58,6 +62,7 @@ impl Binding {
             NatSource::Conntrack,
         );
         b.ts_ns = ts_ns;
+        b.existing = ev.existing;
         (nat || b.address_translated || b.port_translated).then_some(b)
     }
 }
@@ -77,6 +82,9 @@ pub struct BindingEnd {
     /// Packets and bytes each way (eBPF source only; conntrack events carry none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<Counters>,
+    /// The binding was older than tracer: `duration_s` counts from when tracer found it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -217,6 +225,7 @@ impl Binding {
             translated: self.translated,
             duration_s: ts_ns.saturating_sub(first) as f64 / 1e9,
             counters: found.map(Counters::from),
+            existing: self.existing,
         }
     }
 }

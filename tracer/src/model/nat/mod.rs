@@ -368,6 +368,7 @@ pub(crate) mod fixtures {
             orig,
             reply,
             status: None,
+            existing: false,
         };
         (orig, reply, destroy)
     }
@@ -495,6 +496,7 @@ mod tests {
                 orig: ct([192, 0, 2, 10], 40000, [198, 51, 100, 10], 80),
                 reply: ct([198, 51, 100, 10], 80, [203, 0, 113, 1], 61000),
                 status: None,
+                existing: false,
             };
             let mut out = Vec::new();
             let counters = NatCounters {
@@ -676,6 +678,7 @@ mod tests {
             orig: ct([192, 0, 2, 10], 5000, [198, 51, 100, 10], 53),
             reply: ct([198, 51, 100, 10], 53, [192, 0, 2, 10], 5000),
             status: Some(0),
+            existing: false,
         };
         assert!(Binding::from_conntrack(&ev, 1).is_none());
     }
