@@ -48,17 +48,7 @@ pub fn listen(
     stats: Arc<CtStats>,
 ) -> Result<()> {
     let open = move || -> Result<(Socket, Option<Socket>)> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)
-            .map_err(|e| Error::io("opening a conntrack netlink socket", e))?;
-        socket
-            .bind(&SocketAddr::new(0, 0))
-            .map_err(|e| Error::io("binding the conntrack netlink socket", e))?;
-        // Connected to the kernel: the kernel then refuses unicast messages to this socket
-        // from anyone else — in a namespace a user made with `unshare -rn` they hold
-        // CAP_NET_ADMIN and could otherwise forge conntrack events at tracer.
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| Error::io("connecting the conntrack netlink socket", e))?;
+        let socket = kernel_socket()?;
         for group in new.then_some(GROUP_NEW).into_iter().chain([GROUP_DESTROY]) {
             socket.add_membership(group).map_err(|e| {
                 Error::io(
@@ -101,6 +91,45 @@ pub fn listen(
     Ok(())
 }
 
+/// A ctnetlink socket in the calling thread's namespace, connected to the kernel: the kernel
+/// then refuses unicast messages to it from anyone else — in a namespace a user made with
+/// `unshare -rn` they hold CAP_NET_ADMIN and could otherwise forge conntrack messages at
+/// tracer.
+fn kernel_socket() -> Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)
+        .map_err(|e| Error::io("opening a conntrack netlink socket", e))?;
+    socket
+        .bind(&SocketAddr::new(0, 0))
+        .map_err(|e| Error::io("binding the conntrack netlink socket", e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| Error::io("connecting the conntrack netlink socket", e))?;
+    Ok(socket)
+}
+
+/// Each whole netlink message in `buf`, in order, until `each` says stop (false) or the
+/// bytes end; false when `each` stopped.
+fn each_message(
+    buf: &[u8],
+    mut each: impl FnMut(NetlinkMessage<NetfilterMessage>) -> bool,
+) -> bool {
+    let mut offset = 0;
+    while offset < buf.len() {
+        let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..]) else {
+            break;
+        };
+        let len = msg.header.length as usize;
+        if !each(msg) {
+            return false;
+        }
+        if len == 0 {
+            break;
+        }
+        offset += (len + 3) & !3;
+    }
+    true
+}
+
 /// Entries of a namespace's table read when tracer links in, at most (the rest are not
 /// known until they end or, on the fallback, until they are replaced).
 pub const MAX_TABLE_DUMP: usize = 65_536;
@@ -111,14 +140,7 @@ pub const MAX_TABLE_DUMP: usize = 65_536;
 fn ask_for_table() -> Result<Socket> {
     use netlink_packet_core::{NetlinkHeader, NLM_F_DUMP, NLM_F_REQUEST};
     use netlink_packet_netfilter::{NetfilterHeader, NetfilterProtoFamily};
-    let mut socket = Socket::new(NETLINK_NETFILTER)
-        .map_err(|e| Error::io("opening a conntrack netlink socket", e))?;
-    socket
-        .bind(&SocketAddr::new(0, 0))
-        .map_err(|e| Error::io("binding the conntrack netlink socket", e))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(|e| Error::io("connecting the conntrack netlink socket", e))?;
+    let socket = kernel_socket()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut request = NetlinkMessage::new(
@@ -153,27 +175,22 @@ fn read_table(socket: Socket, inode: u32, tx: &tokio::sync::mpsc::UnboundedSende
                 return;
             }
         };
-        let mut offset = 0;
-        while offset < n {
-            let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..n]) else {
-                return;
-            };
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => return,
-                _ => {}
+        let more = each_message(&buf[..n], |msg| {
+            if matches!(
+                msg.payload,
+                NetlinkPayload::Done(_) | NetlinkPayload::Error(_)
+            ) {
+                return false;
             }
             if let Some(mut entry) = decode(inode, msg) {
                 entry.existing = true;
                 read += 1;
-                if tx.send(entry).is_err() || read >= MAX_TABLE_DUMP {
-                    return;
-                }
+                return tx.send(entry).is_ok() && read < MAX_TABLE_DUMP;
             }
-            if len == 0 {
-                break;
-            }
-            offset += (len + 3) & !3;
+            true
+        });
+        if !more {
+            return;
         }
     }
 }
@@ -236,21 +253,12 @@ fn read_loop(
                 return;
             }
         };
-        let mut offset = 0;
-        while offset < n {
-            let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..n]) else {
-                break;
-            };
-            let len = msg.header.length as usize;
-            if let Some(event) = decode(inode, msg) {
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-            if len == 0 {
-                break;
-            }
-            offset += (len + 3) & !3;
+        let open = each_message(&buf[..n], |msg| match decode(inode, msg) {
+            Some(event) => tx.send(event).is_ok(),
+            None => true,
+        });
+        if !open {
+            return;
         }
     }
 }
