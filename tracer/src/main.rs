@@ -89,8 +89,14 @@ fn run(command: Command) -> anyhow::Result<u8> {
         Command::Nat(args) => {
             let config = args.validate()?;
             if let (Some(agent), Some(who)) = (config.agent.clone(), config.who) {
-                // A question for a running agent: no root, nothing loaded. None found is
-                // status 1, as grep has it.
+                // A question for a running agent: no root, nothing loaded, and nothing of
+                // root kept to talk to whatever listens there. None found is status 1, as
+                // grep has it.
+                prereq::plan(Keep::NOTHING);
+                if let Err(e) = prereq::restrict_thread(Keep::NOTHING) {
+                    eprintln!("tracer: dropping capabilities: {e}");
+                    return Ok(2);
+                }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
