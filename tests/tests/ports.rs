@@ -389,17 +389,7 @@ fn ephemeral_rules_hold_on_this_kernel() {
     let netns = TestNetns::new("rules");
     netns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
     let tracer = Hooks::Sockets.watch(&["--netns", &netns.name]);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &netns.name, "python3", "-c"])
-        .arg(RULES)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = run_in(&netns, RULES);
     // The kernel's side.
     assert_eq!(r["no_port_after_bind"], 0, "{r}");
     assert_eq!(r["tcp_ports"].as_array().unwrap().len(), 4, "{r}");
@@ -411,16 +401,7 @@ fn ephemeral_rules_hold_on_this_kernel() {
     assert_eq!(r["udp5_errno"], 11, "a fifth UDP autobind: EAGAIN: {r}");
     // tracer's.
     let (_, records) = tracer.stop_with(libc::SIGINT);
-    let report: Vec<&Value> = of_type(&records, "ephemeral")
-        .into_iter()
-        .filter(|u| u["netns"] == netns.inode())
-        .collect();
-    let find = |proto: &str, scope: &str| {
-        report
-            .iter()
-            .find(|u| u["proto"] == proto && u["scope"] == scope)
-            .unwrap_or_else(|| panic!("no {proto} {scope} record: {report:#?}"))
-    };
+    let find = |proto: &str, scope: &str| ephemeral_record(&records, netns.inode(), proto, scope);
     let dest = find("tcp", "destination");
     assert_eq!(
         (&dest["rport"], &dest["peak"]),
@@ -429,6 +410,33 @@ fn ephemeral_rules_hold_on_this_kernel() {
     );
     let udp = find("udp", "exclusive");
     assert_eq!(udp["peak"], 4, "{udp}");
+}
+
+/// A Python script run in the namespace; the JSON it prints.
+fn run_in(netns: &TestNetns, script: &str) -> Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns.name, "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The final `ephemeral` record of a namespace for (protocol, scope).
+fn ephemeral_record(records: &[Value], inode: u64, proto: &str, scope: &str) -> Value {
+    let report: Vec<&Value> = of_type(records, "ephemeral")
+        .into_iter()
+        .filter(|u| u["netns"] == inode)
+        .collect();
+    report
+        .iter()
+        .find(|u| u["proto"] == proto && u["scope"] == scope)
+        .map(|u| (*u).clone())
+        .unwrap_or_else(|| panic!("no {proto} {scope} record: {report:#?}"))
 }
 
 const RULES: &str = r#"
@@ -495,17 +503,7 @@ fn more_rules_on(hooks: Hooks) {
     netns.sysctl("net.ipv4.tcp_tw_reuse=2");
     netns.sysctl("net.ipv4.tcp_timestamps=1");
     let tracer = hooks.watch(&["--netns", &netns.name]);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &netns.name, "python3", "-c"])
-        .arg(MORE_RULES)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = run_in(&netns, MORE_RULES);
     // The kernel's side.
     assert_eq!(
         r["reuseaddr_bind0_5_errno"], 98,
@@ -535,16 +533,7 @@ fn more_rules_on(hooks: Hooks) {
     );
     // tracer's.
     let (_, records) = tracer.stop_with(libc::SIGINT);
-    let report: Vec<&Value> = of_type(&records, "ephemeral")
-        .into_iter()
-        .filter(|u| u["netns"] == netns.inode())
-        .collect();
-    let find = |proto: &str, scope: &str| {
-        report
-            .iter()
-            .find(|u| u["proto"] == proto && u["scope"] == scope)
-            .unwrap_or_else(|| panic!("no {proto} {scope} record: {report:#?}"))
-    };
+    let find = |proto: &str, scope: &str| ephemeral_record(&records, netns.inode(), proto, scope);
     let tcp = find("tcp", "exclusive");
     assert_eq!(
         tcp["peak"], 4,

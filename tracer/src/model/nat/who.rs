@@ -7,7 +7,7 @@ use std::{collections::VecDeque, net::IpAddr, str::FromStr};
 
 use serde::Serialize;
 
-use super::{Binding, FlowEnd, Live, NatKind, NatOutput, NatTable};
+use super::{Binding, Endpoints, FlowEnd, Live, NatKind, NatOutput, NatTable};
 
 /// How long ended bindings are kept for `--who`, by default.
 pub const DEFAULT_HISTORY_S: u64 = 600;
@@ -82,8 +82,13 @@ impl Who {
     /// destination NAT its original destination (the public endpoint a port forward hides a
     /// server behind), is this endpoint.
     pub fn matches(&self, b: &Binding) -> bool {
-        (b.kind != NatKind::Dnat && self.names(b.translated.src, b.translated.sport))
-            || (b.kind != NatKind::Snat && self.names(b.original.dst, b.original.dport))
+        self.about(b.kind, &b.original, &b.translated)
+    }
+
+    /// [`Who::matches`] on a binding's kind and tuples (a binding's end carries them too).
+    fn about(&self, kind: NatKind, original: &Endpoints, translated: &Endpoints) -> bool {
+        (kind != NatKind::Dnat && self.names(translated.src, translated.sport))
+            || (kind != NatKind::Snat && self.names(original.dst, original.dport))
     }
 
     /// Whether a record of the binding table is about this endpoint (status lines are).
@@ -91,10 +96,7 @@ impl Who {
         match item {
             NatOutput::Binding(b) => self.matches(b),
             NatOutput::Flow(f) => self.matches(&f.nat),
-            NatOutput::End(e) => {
-                (e.kind != NatKind::Dnat && self.names(e.translated.src, e.translated.sport))
-                    || (e.kind != NatKind::Snat && self.names(e.original.dst, e.original.dport))
-            }
+            NatOutput::End(e) => self.about(e.kind, &e.original, &e.translated),
             NatOutput::Health(_) | NatOutput::Pool(..) => true,
         }
     }
