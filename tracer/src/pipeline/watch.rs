@@ -102,9 +102,12 @@ impl WatchStage {
             // shown are enriched.
             let attribution = self.table.observe(&raw);
             if let Some(nat) = self.nat.as_mut() {
+                // The owner as the table attributes it; never the task that happened to be on
+                // the CPU for a record made outside its owner's call (0 and no name then).
                 let owner = attribution.owner;
-                let pid = owner.map_or(raw.pid, |o| o.pid);
-                nat.socket(&raw, pid, || owner.map(|o| o.comm()).unwrap_or_default());
+                nat.socket(&raw, owner.map_or(0, |o| o.pid), || {
+                    owner.map(|o| o.comm()).unwrap_or_default()
+                });
             }
             let allowed = self.filter.allows(&raw, &attribution);
             // What ran outside its owner's context the kernel could not tell was selected:

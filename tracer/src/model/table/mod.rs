@@ -20,7 +20,7 @@
 //! `merge`, expiry and the hard cap in `sweep`.
 use foldhash::HashMap;
 
-use tracer_common::{kind, tcp_state, SockEvent};
+use tracer_common::{flag, kind, tcp_state, SockEvent};
 
 use super::ephemeral::{Dest, EphemeralUsage, UsageKey};
 use super::types::{sock_key, SockKey};
@@ -255,7 +255,8 @@ impl SocketTable {
         let born = (ev.kind == kind::SOCKET && ev.sk != 0)
             || (ev.kind == kind::STATE
                 && ev.old_state == tcp_state::LISTEN
-                && ev.new_state == tcp_state::SYN_RECV);
+                && ev.new_state == tcp_state::SYN_RECV)
+            || self.outlived(ev);
         if born {
             self.remove(ev.sk);
         }
@@ -278,6 +279,34 @@ impl SocketTable {
             self.recount(ev.sk);
         }
         attribution
+    }
+
+    /// Whether the entry at the event's address belongs to a socket that is gone: the
+    /// address was reused by one whose birth was not reported (`serve` only counts
+    /// `socket()` and the transitions before CLOSE, so a TIME_WAIT hold, a released socket
+    /// waiting for its CLOSE or one whose release was lost can still sit there).
+    /// - a connection the kernel just completed for a listener (a socket hook in softirq)
+    ///   is new unless the entry is that very connection, made at LISTEN → SYN_RECV;
+    /// - nothing but close()/shutdown() (reported at exit, after the release) happens in a
+    ///   process on a socket already released;
+    /// - a socket hook's connect() runs before the SYN leaves: a socket past SYN_SENT
+    ///   cannot be the one connecting.
+    fn outlived(&self, ev: &SockEvent) -> bool {
+        let Some(entry) = self.sockets.get(&ev.sk) else {
+            return false;
+        };
+        let hook = ev.flags & flag::FROM_HOOK != 0;
+        // Syscall records are made in their caller's call; hooks say whether they were.
+        let in_context = !hook || ev.flags & flag::OWNER_IN_CONTEXT != 0;
+        match ev.kind {
+            kind::ACCEPT if hook && !in_context => entry.state != tcp_state::SYN_RECV,
+            kind::STATE | kind::RELEASE | kind::CLOSE | kind::SHUTDOWN => false,
+            kind::CONNECT if hook && entry.released => true,
+            kind::CONNECT if hook && ev.protocol == tracer_common::IPPROTO_TCP => {
+                !matches!(entry.state, 0 | tcp_state::CLOSE | tcp_state::SYN_SENT)
+            }
+            _ => entry.released && in_context,
+        }
     }
 
     /// Keeps the ephemeral usage in step with the socket's local port.

@@ -109,6 +109,88 @@ fn a_reused_socket_address_is_a_new_socket() {
     assert_eq!(t.sockets[&0x2].owners.len(), 1);
 }
 
+/// `serve` reports neither `socket()` nor the transitions before CLOSE: a socket born at the
+/// address of one the table still holds (a TIME_WAIT hold, a socket released and waiting for
+/// its CLOSE) is told apart by what cannot happen to the old one.
+#[test]
+fn without_births_a_reused_address_is_still_a_new_socket() {
+    let hook = |kind, sk, pid, in_context: bool| SockEvent {
+        flags: flag::FROM_HOOK
+            | if in_context {
+                flag::OWNER_IN_CONTEXT
+            } else {
+                0
+            },
+        ..ev(kind, sk, pid)
+    };
+    let established = |mut e: SockEvent| {
+        e.new_state = tcp_state::ESTABLISHED;
+        e
+    };
+    let mut t = SocketTable::default();
+    // The agent (1) accepted a scrape and closed it: released, its CLOSE still to come.
+    t.observe(&listen(0x1, 1, 9090));
+    t.observe(&established(SockEvent {
+        lport: 9090,
+        ..hook(kind::ACCEPT, 0x2, 0, false)
+    }));
+    t.observe(&ev(kind::RELEASE, 0x2, 1));
+    assert_eq!(t.len(), 2, "waits for its CLOSE");
+    // Its memory goes to a connection on another process's listener.
+    t.observe(&listen(0x3, 7, 80));
+    let child = t.observe(&established(SockEvent {
+        lport: 80,
+        ..hook(kind::ACCEPT, 0x2, 0, false)
+    }));
+    assert_eq!(
+        child.owner.unwrap().pid,
+        7,
+        "the new listener's, not the agent's"
+    );
+    assert_eq!(t.sockets[&0x2].owners.len(), 1);
+    // Left in TIME_WAIT's hold by a client (8), then reused by another client's connect.
+    let mut c = hook(kind::CONNECT, 0x4, 8, true);
+    c.lport = 40000;
+    c.rport = 80;
+    t.observe(&c);
+    t.observe(&state(
+        0x4,
+        tcp_state::SYN_SENT,
+        tcp_state::ESTABLISHED,
+        40000,
+    ));
+    t.observe(&state(
+        0x4,
+        tcp_state::ESTABLISHED,
+        tcp_state::FIN_WAIT1,
+        40000,
+    ));
+    let mut again = hook(kind::CONNECT, 0x4, 9, true);
+    again.lport = 40001;
+    let a = t.observe(&again);
+    assert_eq!(a.owner.unwrap().pid, 9);
+    assert_eq!(
+        t.sockets[&0x4].owners.len(),
+        1,
+        "the old owner is not a holder"
+    );
+    // A released socket's address reused by a datagram socket's first send.
+    t.observe(&ev(kind::RELEASE, 0x4, 9));
+    let mut send = hook(kind::SENDMSG, 0x4, 10, true);
+    send.protocol = IPPROTO_UDP;
+    assert_eq!(t.observe(&send).owner.unwrap().pid, 10);
+    assert_eq!(t.sockets[&0x4].owners.len(), 1);
+    // A listener's own connection is the one made at SYN_RECV: kept.
+    let syn = t.observe(&state(0x5, tcp_state::LISTEN, tcp_state::SYN_RECV, 80));
+    assert_eq!(syn.owner.unwrap().pid, 7);
+    t.observe(&ev(kind::SENDTO, 0x5, 7));
+    let queued = t.observe(&established(SockEvent {
+        lport: 80,
+        ..hook(kind::ACCEPT, 0x5, 0, false)
+    }));
+    assert_eq!(queued.owner.unwrap().pid, 7);
+}
+
 #[test]
 fn connections_from_a_listener_belong_to_its_owner() {
     let mut t = SocketTable::default();
