@@ -628,3 +628,49 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// A python3 program run in a network namespace (`ip netns exec`), read line by line; killed
+/// on drop.
+pub struct Py {
+    pub child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Py {
+    pub fn start(ns: &str, code: &str, args: &[&str]) -> Py {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", code])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Py { child, out }
+    }
+
+    /// A server that prints `ready` once it listens on ADDR PORT (its two arguments).
+    pub fn server(ns: &str, code: &str, addr: &str, port: u16) -> Py {
+        let mut py = Py::start(ns, code, &[addr, &port.to_string()]);
+        assert_eq!(py.line(), "ready", "server in {ns} did not start");
+        py
+    }
+
+    /// Its next line, trimmed ("" at the end of its output).
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read helper output");
+        line.trim().to_string()
+    }
+
+    pub fn pid(&self) -> u64 {
+        u64::from(self.child.id())
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

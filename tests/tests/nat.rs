@@ -3,9 +3,8 @@
 //! DNAT port forward, UDP, IPv6, exact packet counters, 2,000 bindings, a router namespace
 //! deleted mid-run, and the conntrack fallback. Each test builds its own router (its own
 //! namespace prefix) and tears it down on drop, pass or fail.
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -133,60 +132,22 @@ print("port", s.getsockname()[1], flush=True)
 "#;
 
 /// A python helper inside a namespace, its stdout read line by line.
-struct Py {
-    child: Child,
-    out: BufReader<ChildStdout>,
-}
-
-impl Py {
-    fn start(ns: &str, code: &str, args: &[&str]) -> Py {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", code])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python3");
-        let out = BufReader::new(child.stdout.take().unwrap());
-        Py { child, out }
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.out.read_line(&mut line).expect("read helper output");
-        line.trim().to_string()
-    }
-
-    fn server(ns: &str, code: &str, addr: &str, port: u16) -> Py {
-        let mut py = Py::start(ns, code, &[addr, &port.to_string()]);
-        assert_eq!(py.line(), "ready", "server in {ns} did not start");
-        py
-    }
-
-    /// Runs a client to completion; returns the local ports it printed.
-    fn client(ns: &str, code: &str, addr: &str, port: u16, count: usize) -> Vec<u16> {
-        let mut py = Py::start(ns, code, &[addr, &port.to_string(), &count.to_string()]);
-        let mut ports = Vec::new();
-        loop {
-            let line = py.line();
-            if line.is_empty() {
-                break;
-            }
-            if let Some(p) = line.strip_prefix("port ") {
-                ports.push(p.parse().unwrap());
-            }
+/// Runs a python client to completion; returns the local ports it printed.
+fn py_client(ns: &str, code: &str, addr: &str, port: u16, count: usize) -> Vec<u16> {
+    let mut py = Py::start(ns, code, &[addr, &port.to_string(), &count.to_string()]);
+    let mut ports = Vec::new();
+    loop {
+        let line = py.line();
+        if line.is_empty() {
+            break;
         }
-        let status = py.child.wait().unwrap();
-        assert!(status.success(), "client in {ns} failed");
-        ports
+        if let Some(p) = line.strip_prefix("port ") {
+            ports.push(p.parse().unwrap());
+        }
     }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let status = py.child.wait().unwrap();
+    assert!(status.success(), "client in {ns} failed");
+    ports
 }
 
 fn ready(test: &str) -> bool {
@@ -237,7 +198,7 @@ fn masquerade_binding_matches_conntrack_and_stitches_the_flow() {
     let router = Router::up("tn1", "masquerade");
     let mut tracer = start_nat(&router, &[]);
     let mut server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
-    let ports = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1);
+    let ports = py_client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1);
     let port = ports[0];
     let peer = server.line();
     tracer.wait_for("the stitched flow", T, |r| {
@@ -287,7 +248,7 @@ fn static_snat_is_address_only() {
     let router = Router::up("tn2", "snat");
     let mut tracer = start_nat(&router, &["--no-flows"]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
-    let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
+    let port = py_client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
     tracer.wait_for("the binding", T, |r| {
         for_port(r, "nat_binding", port).is_some()
     });
@@ -310,7 +271,7 @@ fn dnat_port_forward_in_watch() {
     let ns = router.ns("router");
     let mut tracer = Tracer::watch(&["--nat-netns", &ns, "--proto", "tcp"]);
     let mut server = Py::server(&router.ns("lan"), TCP_SERVER, "192.0.2.10", 80);
-    let port = Py::client(&router.ns("wan"), TCP_CLIENT, "203.0.113.1", 8080, 1)[0];
+    let port = py_client(&router.ns("wan"), TCP_CLIENT, "203.0.113.1", 8080, 1)[0];
     assert_eq!(server.line(), format!("peer 203.0.113.10 {port}"));
     tracer.wait_for("the stitched flow", T, |r| {
         for_port(r, "flow", port).is_some()
@@ -343,7 +304,7 @@ fn udp_masquerade_counts_every_datagram() {
     let router = Router::up("tn4", "masquerade");
     let mut tracer = start_nat(&router, &[]);
     let mut server = Py::server(&router.ns("wan"), UDP_SERVER, "198.51.100.10", 53);
-    let port = Py::client(
+    let port = py_client(
         &router.ns("lan"),
         UDP_CLIENT,
         "198.51.100.10",
@@ -387,7 +348,7 @@ fn ipv6_masquerade() {
     let router = Router::up("tn5", "masquerade");
     let mut tracer = start_nat(&router, &[]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "2001:db8:2::10", 80);
-    let port = Py::client(&router.ns("lan"), TCP_CLIENT, "2001:db8:2::10", 80, 1)[0];
+    let port = py_client(&router.ns("lan"), TCP_CLIENT, "2001:db8:2::10", 80, 1)[0];
     tracer.wait_for("the IPv6 flow", T, |r| for_port(r, "flow", port).is_some());
     let b = for_port(&tracer.events, "nat_binding", port).unwrap();
     assert_eq!(b["family"], "ipv6");
@@ -408,7 +369,7 @@ fn two_thousand_bindings_each_once() {
     let router = Router::up("tn7", "snat");
     let mut tracer = start_nat(&router, &["--no-flows"]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
-    let ports = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, N);
+    let ports = py_client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, N);
     assert_eq!(ports.len(), N);
     let wanted: std::collections::HashSet<u64> = ports.iter().map(|&p| p as u64).collect();
     tracer.wait_for("2,000 bindings", T, |r| {
@@ -463,7 +424,7 @@ fn a_reused_client_port_is_a_new_binding_each_time() {
     let router = Router::up("tnr", "masquerade");
     let mut tracer = start_nat(&router, &["--no-flows"]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
-    let ports = Py::client(
+    let ports = py_client(
         &router.ns("lan"),
         TCP_CLIENT_ONE_PORT,
         "198.51.100.10",
@@ -713,7 +674,7 @@ fn conntrack_fallback_reports_bindings() {
     let router = Router::up("tn9", "masquerade");
     let mut tracer = start_nat(&router, &["--source", "conntrack", "--no-flows"]);
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
-    let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
+    let port = py_client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
     tracer.wait_for("a conntrack-sourced binding", T, |r| {
         for_port(r, "nat_binding", port).is_some()
     });
@@ -772,7 +733,7 @@ fn serve_exports_nat_metrics() {
     let scrape = || http_get(&addr, "/metrics").map(|(_, body)| body);
     let deadline = Instant::now() + T;
     let _server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
-    Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, N);
+    py_client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, N);
     let series = format!(
         "tracer_nat_bindings_total{{kind=\"snat\",netns=\"{ns}\",port_translated=\"true\",proto=\"tcp\"}} {N}"
     );
@@ -901,7 +862,7 @@ fn who_finds_the_client_of_a_binding_that_ended_a_minute_ago() {
     let serve = ServeNat::start(&ns);
     let addr = serve.addr.clone();
     let mut server = Py::server(&router.ns("wan"), TCP_SERVER, "198.51.100.10", 80);
-    let port = Py::client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
+    let port = py_client(&router.ns("lan"), TCP_CLIENT, "198.51.100.10", 80, 1)[0];
     // All the server's operator knows: the peer it logged.
     let peer = server.line();
     let translated = peer

@@ -25,8 +25,47 @@ pub mod kind {
     /// Just before RELEASE, when data totals were kept for the socket (`tracer trace`): how
     /// much it sent and received. See [`super::DataTotals`].
     pub const DATA: u16 = 14;
-    /// One past the highest socket-event kind; used to size per-kind tables.
-    pub const COUNT: u16 = 15;
+    /// `tcp:tcp_retransmit_skb` / `tcp:tcp_retransmit_synack`: a segment sent again.
+    /// `new_state` is the socket's state (SYN_SENT: the SYN), `arg` 1 for a SYN-ACK resent for
+    /// a connection still in its listener's queue (`sk` is then the listener), `ret` the
+    /// kernel's result of the resend (0 or a negative errno).
+    pub const RETRANSMIT: u16 = 15;
+    /// `tcp:tcp_send_reset` / `tcp:tcp_receive_reset`: an RST. `ret` 0 sent, 1 received; `arg`
+    /// the kernel's `enum sk_rst_reason` of a sent one; `new_state` the socket's state (0 when
+    /// no socket: a segment for a port nobody listens on, endpoints from the segment).
+    pub const RESET: u16 = 16;
+    /// `skb:kfree_skb` for a TCP or UDP packet: dropped, `arg` the kernel's
+    /// `enum skb_drop_reason`; `sk` the socket it was for or from (0: none, e.g. NO_SOCKET),
+    /// endpoints from the packet (local = its destination when received).
+    pub const DROP: u16 = 17;
+    /// One past the highest kind; used to size per-kind tables.
+    pub const COUNT: u16 = 18;
+}
+
+/// TCP health counters in the kernel's `HEALTH` per-CPU hash (keys from [`health::key`]),
+/// summed whether or not the ring had room.
+pub mod health {
+    pub const RETRANSMIT: u8 = 1;
+    pub const RESET: u8 = 2;
+    pub const DROP: u8 = 3;
+    /// Keys the map can hold: every (class, a, b, c) below fits (3 × 256 × 3 × 3 at most).
+    pub const MAX_KEYS: u32 = 8192;
+
+    /// RETRANSMIT: (state, 1 for a queued connection's SYN-ACK, family slot);
+    /// RESET: (0 sent / 1 received, state, family slot);
+    /// DROP: (reason, capped at 255; protocol slot; family slot).
+    pub const fn key(class: u8, a: u8, b: u8, c: u8) -> u32 {
+        (class as u32) << 24 | (a as u32) << 16 | (b as u32) << 8 | c as u32
+    }
+
+    pub const fn parts(key: u32) -> (u8, u8, u8, u8) {
+        (
+            (key >> 24) as u8,
+            (key >> 16) as u8,
+            (key >> 8) as u8,
+            key as u8,
+        )
+    }
 }
 
 /// Bits of [`SockEvent::flags`].
@@ -69,7 +108,11 @@ pub mod counter {
     /// user space adds the pids it inserted itself).
     pub const FILTER_INSERTED: u32 = 6;
     pub const FILTER_REMOVED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Sockets whose handshake start was kept for a latency (`STARTS`, LRU, counted the same
+    /// way).
+    pub const STARTS_INSERTED: u32 = 8;
+    pub const STARTS_REMOVED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Layout of the kernel's per-CPU statistics array (`STATS`): counters summed in the kernel at
@@ -90,7 +133,26 @@ pub mod stats {
     pub const CONNECT_ERRNOS: u32 = TRANSITIONS + 16 * 16;
     pub const BIND_ERRNOS: u32 = CONNECT_ERRNOS + ERRNOS;
     pub const ERRNOS: u32 = 256;
-    pub const COUNT: u32 = BIND_ERRNOS + ERRNOS;
+    /// Latency histograms: bucket `b` counts durations under 2^b µs (the last: the rest).
+    pub const LATENCY_BUCKETS: u32 = 32;
+    /// A connect's first SYN to its end: `CONNECT_SECONDS + (result * FAMILIES + family) *
+    /// LATENCY_BUCKETS + bucket`, result 0 established, 1 failed.
+    pub const CONNECT_SECONDS: u32 = BIND_ERRNOS + ERRNOS;
+    /// A completed handshake to accept() (syscall path): `ACCEPT_WAIT_SECONDS + family *
+    /// LATENCY_BUCKETS + bucket`.
+    pub const ACCEPT_WAIT_SECONDS: u32 = CONNECT_SECONDS + 2 * FAMILIES * LATENCY_BUCKETS;
+    pub const COUNT: u32 = ACCEPT_WAIT_SECONDS + FAMILIES * LATENCY_BUCKETS;
+
+    /// The histogram bucket of a duration in nanoseconds.
+    pub const fn latency_bucket(ns: u64) -> u32 {
+        let us = ns / 1000;
+        let bucket = 64 - us.leading_zeros();
+        if bucket >= LATENCY_BUCKETS {
+            LATENCY_BUCKETS - 1
+        } else {
+            bucket
+        }
+    }
 
     pub const fn proto_slot(protocol: u8) -> u32 {
         match protocol {
@@ -276,6 +338,16 @@ pub struct KernelOffsets {
     /// `sock.sk_max_ack_backlog` (a listener's backlog in effect), for the socket path.
     pub sk_userlocks: u32,
     pub sk_max_ack_backlog: u32,
+    /// `struct sk_buff` (`head`, `network_header`, `transport_header`, `protocol`, `sk`, `dev`)
+    /// and `net_device.nd_net`: a dropped or reset packet's endpoints and namespace when no
+    /// socket names them. 0 where not plain fields: the health hooks are not loaded then.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_protocol: u32,
+    pub skb_sk: u32,
+    pub skb_dev: u32,
+    pub netdev_nd_net: u32,
 }
 
 /// What the kernel side filters before an event reaches the ring buffer. Zero means "any".
@@ -309,7 +381,9 @@ pub struct KernelFilter {
     /// `STATS`, never sent: the socket table, all `serve` keeps, learns a socket's end from its
     /// release and its CLOSE transition. `sys_exit_close` is then not attached at all.
     pub metrics_only: u8,
-    pub _reserved: [u8; 3],
+    /// 1: the syscall path (accept() is seen, so the accept-queue wait can be measured).
+    pub syscall_path: u8,
+    pub _reserved: [u8; 2],
 }
 
 /// The IANA class of a port number.

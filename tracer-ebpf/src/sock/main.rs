@@ -30,7 +30,11 @@ mod filter;
 #[cfg(target_arch = "bpf")]
 mod floor;
 #[cfg(target_arch = "bpf")]
+mod health;
+#[cfg(target_arch = "bpf")]
 mod hooks;
+#[cfg(target_arch = "bpf")]
+mod latency;
 #[cfg(target_arch = "bpf")]
 mod pending;
 #[cfg(target_arch = "bpf")]

@@ -4,7 +4,7 @@ use core::mem::{align_of, offset_of, size_of};
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use tracer_common::{counter, DataTotals, KernelFilter, KernelOffsets, SockEvent};
 
@@ -46,6 +46,13 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_comm: 0,
     sk_userlocks: 0,
     sk_max_ack_backlog: 0,
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_transport_header: 0,
+    skb_protocol: 0,
+    skb_sk: 0,
+    skb_dev: 0,
+    netdev_nd_net: 0,
 };
 
 /// What the kernel side filters before an event reaches the ring (user space overrides this
@@ -63,7 +70,8 @@ pub static FILTER: KernelFilter = KernelFilter {
     ports: [0; tracer_common::MAX_PORT_FILTERS],
     comm: [0; 16],
     metrics_only: 0,
-    _reserved: [0; 3],
+    syscall_path: 0,
+    _reserved: [0; 2],
 };
 
 /// Counters of things that went wrong in the kernel side (see `tracer_common::counter`).
@@ -73,6 +81,18 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// Counters summed in the kernel for metrics (layout in `tracer_common::stats`).
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tracer_common::stats::COUNT, 0);
+
+/// TCP health counters (keys: `tracer_common::health::key`): retransmits, resets and drops
+/// by state, direction, reason, protocol and family. At most a few thousand keys exist.
+#[map]
+pub static HEALTH: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(tracer_common::health::MAX_KEYS, 0);
+
+/// When a socket's handshake began, for latency histograms: its connect's first SYN, or (syscall
+/// path) the kernel completing it for a listener, until accept() takes it. LRU; what it
+/// pushes out is counted (`counter::STARTS_INSERTED`/`STARTS_REMOVED`).
+#[map]
+pub static STARTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// Processes selected by `--pid`, and their descendants as they fork.
 /// LRU: a fork storm inside a traced process tree cannot make the map refuse new children;

@@ -18,6 +18,7 @@ use tracer_ebpf::{
 use crate::{
     emit::{count_state, wakeup},
     filter::{process_comm, process_selected, selected},
+    latency,
     maps::{bump, PENDING},
     sk::{addresses, netns_of, protocol_and_type, SkCommon},
 };
@@ -47,6 +48,7 @@ fn count_transition_only(sk: u64, old: u8, new: u8) {
     };
     if selected(IPPROTO_TCP, family, netns, lport, rport) {
         count_state(family, old, new, 0);
+        latency::transition(sk, family, old, new);
     }
 }
 
@@ -121,6 +123,7 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
         // A transition in softirq cannot be told to belong to a --pid/--comm process here;
         // with such a filter the agent counts transitions after attributing them.
         count_state(family, old, new, sk_err);
+        latency::transition(sk, family, old, new);
     }
     let (laddr, raddr) = addresses(&common, family);
     let transition = Transition {

@@ -6,7 +6,7 @@ use tracer_common::{KernelFilter, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, M
 use super::*;
 use crate::error::{Error, Result};
 use crate::model::ports::RowFilter;
-pub use crate::model::types::KernelPath;
+pub use crate::model::types::{Health, KernelPath};
 
 impl WatchNatArgs {
     fn validate(self) -> Result<Option<(NatTargets, NatSourceChoice)>> {
@@ -272,6 +272,8 @@ pub struct WatchConfig {
     /// Socket hooks (the default) or syscall tracepoints (`--syscalls`, or events only
     /// syscalls give).
     pub path: KernelPath,
+    /// Retransmits, resets and drops: on by default, required when named in `--events`.
+    pub health: Health,
 }
 
 impl WatchArgs {
@@ -304,6 +306,9 @@ impl ServeArgs {
 /// Events only the syscall path reports: the socket path sees no close(2) or shutdown(2),
 /// and names every UDP datagram with an address sendmsg/recvmsg, whichever call made it.
 pub const SYSCALL_ONLY: &[&str] = &["close", "shutdown", "sendto", "recvfrom"];
+
+/// Events of the TCP health hooks (either path).
+pub const HEALTH_EVENTS: &[&str] = &["retransmit", "reset", "drop"];
 
 impl FilterArgs {
     /// The kernel filter and the rest of a watch configuration (output options at defaults).
@@ -350,6 +355,13 @@ impl FilterArgs {
         } else {
             KernelPath::Sockets
         };
+        let health = if events.is_empty() {
+            Health::IfPresent
+        } else if events.iter().any(|e| HEALTH_EVENTS.contains(&e.as_str())) {
+            Health::Required
+        } else {
+            Health::Off
+        };
         Ok(WatchConfig {
             output: OutputOptions {
                 json: false,
@@ -372,6 +384,7 @@ impl FilterArgs {
             who: None,
             nat_history: (0, 0),
             path,
+            health,
         })
     }
 }

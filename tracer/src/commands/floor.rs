@@ -30,6 +30,7 @@ pub fn run(syscalls: bool) -> Result<()> {
         path,
         data: false,
         floor: true,
+        health: crate::model::types::Health::Off,
     })?;
     eprintln!(
         "tracer: floor: {} empty programs attached on the {} path (Ctrl-C detaches)",

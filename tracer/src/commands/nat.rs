@@ -123,6 +123,7 @@ fn flow_probes(ringbuf_bytes: u32) -> Result<SockProbes> {
         // (issue 16 left nat on the path it was tested with).
         path: KernelPath::Syscalls,
         floor: false,
+        health: crate::model::types::Health::Off,
     })
 }
 

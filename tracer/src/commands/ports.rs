@@ -179,6 +179,7 @@ async fn live(plan: PortsPlan) -> Result<()> {
         // the syscall path sees accept() in the accepting process.
         path: KernelPath::Syscalls,
         floor: false,
+        health: crate::model::types::Health::Off,
     })?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = std::sync::Arc::new(probes.take_counters()?);

@@ -297,6 +297,7 @@ fn load(
         // A story names every call, its fd and return value: only syscalls say those.
         path: KernelPath::Syscalls,
         floor: false,
+        health: crate::model::types::Health::IfPresent,
     });
     match loaded {
         Ok(probes) => Ok((probes, launched)),

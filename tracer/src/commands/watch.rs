@@ -178,6 +178,7 @@ fn attach(
         data: false,
         path: config.path,
         floor: false,
+        health: config.health,
     })?;
     let nat = match (nat_places, &config.nat) {
         (Some(places), Some((_, choice))) => Some(NatWatch::start(

@@ -16,7 +16,7 @@ use tracer_common::{KernelFilter, KernelOffsets};
 
 use crate::error::{Error, Result};
 use crate::kernel::{
-    loader::{KernelPath, LoadOptions},
+    loader::{Health, KernelPath, LoadOptions},
     prereq, tracefs,
 };
 
@@ -111,6 +111,74 @@ pub fn attach(
         }
     }
     attached.push(attach_release(ebpf, links, "")?);
+    if opts.health != Health::Off {
+        attach_health(ebpf, links, attached, opts.health, offsets)?;
+    }
+    Ok(())
+}
+
+/// The TCP health tracepoints (category, event; each also its program's name).
+pub const HEALTH_HOOKS: &[(&str, &str)] = &[
+    ("tcp", "tcp_retransmit_skb"),
+    ("tcp", "tcp_retransmit_synack"),
+    ("tcp", "tcp_send_reset"),
+    ("tcp", "tcp_receive_reset"),
+    ("skb", "kfree_skb"),
+];
+
+/// Retransmits, resets and drops, as raw tracepoints. A kernel without one of them (or
+/// without the `sk_buff` fields they read) fails `Required` and leaves `IfPresent` without
+/// the health events, said once.
+fn attach_health(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    attached: &mut Vec<String>,
+    health: Health,
+    offsets: &KernelOffsets,
+) -> Result<()> {
+    let missing = HEALTH_HOOKS
+        .iter()
+        .find(|(category, event)| !tracefs::exists(category, event))
+        .map(|(category, event)| {
+            (
+                format!("{category}:{event}"),
+                "not in this kernel".to_string(),
+            )
+        })
+        .or_else(|| {
+            let fields = [
+                offsets.skb_head,
+                offsets.skb_network_header,
+                offsets.skb_transport_header,
+                offsets.skb_protocol,
+                offsets.skb_sk,
+                offsets.skb_dev,
+                offsets.netdev_nd_net,
+            ];
+            fields.contains(&0).then(|| {
+                (
+                    "skb:kfree_skb".to_string(),
+                    "struct sk_buff's header fields are not plain fields in this kernel's BTF"
+                        .to_string(),
+                )
+            })
+        });
+    if let Some((hook, why)) = missing {
+        if health == Health::Required {
+            return Err(Error::MissingTracepoint(hook, why));
+        }
+        tracing::warn!("retransmits, resets and drops are not shown: {hook} {why}");
+        return Ok(());
+    }
+    for (category, event) in HEALTH_HOOKS {
+        let program: &mut RawTracePoint = program(ebpf, event)?;
+        program.load().map_err(prog_err(event))?;
+        let link = program.attach(event).map_err(prog_err(event))?;
+        links
+            .raw
+            .push(program.take_link(link).map_err(prog_err(event))?);
+        attached.push(format!("raw_tracepoint/{category}/{event}"));
+    }
     Ok(())
 }
 

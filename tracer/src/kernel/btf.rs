@@ -65,6 +65,25 @@ impl KernelBtf {
         }
     }
 
+    /// The members of `enum name` as (value, name without `prefix`), e.g. the kernel's drop
+    /// reasons. Empty when this kernel has no such enum.
+    pub fn enum_values(&self, name: &str, prefix: &str) -> Vec<(u32, String)> {
+        let Ok(types) = self.btf.resolve_types_by_name(name) else {
+            return Vec::new();
+        };
+        let Some(Type::Enum(e)) = types.into_iter().find(|t| matches!(t, Type::Enum(_))) else {
+            return Vec::new();
+        };
+        e.members
+            .iter()
+            .filter_map(|m| {
+                let full = self.btf.resolve_name(m).ok()?;
+                let short = full.strip_prefix(prefix).unwrap_or(&full).to_string();
+                Some((m.val(), short))
+            })
+            .collect()
+    }
+
     fn struct_named(&self, name: &str) -> Option<Type> {
         self.btf
             .resolve_types_by_name(name)

@@ -4,7 +4,7 @@
 use std::os::fd::AsFd;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf, EbpfLoader,
 };
 use tracer_common::{counter, DataTotals, KernelFilter, KernelOffsets};
@@ -15,7 +15,7 @@ use crate::kernel::{
     btf::KernelBtf,
     prereq, tracefs,
 };
-pub use crate::model::types::KernelPath;
+pub use crate::model::types::{Health, KernelPath};
 
 static SOCK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-sock"));
 
@@ -41,6 +41,8 @@ pub struct LoadOptions {
     pub data: bool,
     /// The benchmark's floor: empty programs on the same hooks, nothing else (`__floor`).
     pub floor: bool,
+    /// TCP health: retransmits, resets and drops ([`super::attach::HEALTH_HOOKS`]).
+    pub health: Health,
 }
 
 pub struct SockProbes {
@@ -60,9 +62,19 @@ impl SockProbes {
         }
         prereq::raise_memlock();
         prereq::ensure_tracefs()?;
-        let offsets = resolve_offsets(&KernelBtf::load()?)?;
+        let btf = KernelBtf::load()?;
+        let offsets = resolve_offsets(&btf)?;
+        if opts.health != Health::Off {
+            crate::model::health::set_names(crate::model::health::ReasonNames {
+                drop: btf.enum_values("skb_drop_reason", "SKB_DROP_REASON_"),
+                reset: btf.enum_values("sk_rst_reason", "SK_RST_REASON_"),
+            });
+        }
         let offsets = Global(offsets);
-        let filter = Global(opts.filter);
+        let filter = Global(KernelFilter {
+            syscall_path: u8::from(opts.path == KernelPath::Syscalls),
+            ..opts.filter
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
@@ -121,10 +133,12 @@ impl SockProbes {
         self.take_map("DATA")
     }
 
-    /// The kernel's metric counters (layout in `tracer_common::stats`).
+    /// The kernel's metric counters (layout in `tracer_common::stats`, and the health
+    /// counters keyed as `tracer_common::health`).
     pub fn take_stats(&mut self) -> Result<KernelStats> {
         Ok(KernelStats {
             array: self.take_map("STATS")?,
+            health: self.take_map("HEALTH")?,
         })
     }
 
@@ -144,6 +158,7 @@ impl SockProbes {
             pending: MapCount::of(&self.ebpf, "PENDING", 8, 16384),
             data: MapCount::of(&self.ebpf, "DATA", 8, 65536),
             filter_pids: MapCount::of(&self.ebpf, "FILTER_PIDS", 4, 8192),
+            starts: MapCount::of(&self.ebpf, "STARTS", 8, 65536),
             selected_pids: self.selected_pids,
         })
     }
@@ -174,6 +189,7 @@ pub struct KernelCounters {
     pending: Option<super::evictions::MapCount>,
     data: Option<super::evictions::MapCount>,
     filter_pids: Option<super::evictions::MapCount>,
+    starts: Option<super::evictions::MapCount>,
     selected_pids: u64,
 }
 
@@ -240,6 +256,12 @@ impl KernelCounters {
                 counter::FILTER_REMOVED,
                 self.selected_pids,
             ),
+            latency: lru(
+                &self.starts,
+                counter::STARTS_INSERTED,
+                counter::STARTS_REMOVED,
+                0,
+            ),
             ..Default::default()
         }
     }
@@ -256,6 +278,7 @@ impl KernelCounters {
 /// The kernel's per-CPU metric counters.
 pub struct KernelStats {
     array: PerCpuArray<MapData, u64>,
+    health: PerCpuHashMap<MapData, u32, u64>,
 }
 
 impl KernelStats {
@@ -268,6 +291,16 @@ impl KernelStats {
                     .map(|values| values.iter().sum())
                     .unwrap_or(0)
             })
+            .collect()
+    }
+
+    /// The health counters there are, summed over CPUs: (key, total), keys as
+    /// `tracer_common::health::key` makes them (a few hundred at most).
+    pub fn health(&self) -> Vec<(u32, u64)> {
+        self.health
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .map(|(key, values)| (key, values.iter().sum()))
             .collect()
     }
 }
@@ -365,5 +398,13 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         // fields (`sk_userlocks` was a bitfield before Linux 5.15).
         sk_userlocks: sized(btf, "sock", "sk_userlocks", 1),
         sk_max_ack_backlog: sized(btf, "sock", "sk_max_ack_backlog", 4),
+        // The health hooks' own (0: they are not loaded).
+        skb_head: sized(btf, "sk_buff", "head", 8),
+        skb_network_header: sized(btf, "sk_buff", "network_header", 2),
+        skb_transport_header: sized(btf, "sk_buff", "transport_header", 2),
+        skb_protocol: sized(btf, "sk_buff", "protocol", 2),
+        skb_sk: sized(btf, "sk_buff", "sk", 8),
+        skb_dev: sized(btf, "sk_buff", "dev", 8),
+        netdev_nd_net: sized(btf, "net_device", "nd_net", 8),
     })
 }

@@ -204,6 +204,8 @@ fn convert(netns: u32, protocol: u8, r: &InetResponse) -> Option<SnapSocket> {
         state: h.state,
         uid: h.uid,
         inode: h.inode,
+        recv_q: h.recv_queue,
+        send_q: h.send_queue,
     })
 }
 

@@ -15,6 +15,8 @@ use tracer_common::{stats, tcp_state_name, PortClass};
 
 mod conntrack;
 mod ephemeral;
+mod health;
+mod latency;
 pub mod pool;
 
 use crate::model::{
@@ -59,6 +61,8 @@ struct KernelSeries {
     bind_errors: IntCounterVec,
     transitions: IntCounterVec,
     lost: IntCounter,
+    health: health::HealthSeries,
+    latency: latency::LatencySeries,
 }
 
 /// Gauges set from the socket table.
@@ -152,6 +156,8 @@ impl KernelSeries {
                 "tracer_events_lost_total",
                 "Events the kernel could not deliver (ring buffer full, no room to record a syscall).",
             ),
+            health: health::HealthSeries::new(r),
+            latency: latency::LatencySeries::new(r),
         }
     }
 }
@@ -217,7 +223,7 @@ impl AgentSeries {
             evicted: counter_vec(
                 r,
                 "tracer_evicted_total",
-                "Entries pushed out of a bounded table to keep it under its cap, by table (sockets, ephemeral, remote_log, nat_bindings, nat_ends, nat_history; kernel maps: pending, data, filter_pids, nat_seen).",
+                "Entries pushed out of a bounded table to keep it under its cap, by table (sockets, ephemeral, remote_log, nat_bindings, nat_ends, nat_history; kernel maps: pending, data, filter_pids, nat_seen, latency).",
                 &["table"],
             ),
             processed: counter_vec(
@@ -264,6 +270,12 @@ impl Metrics {
         }
     }
 
+    /// Brings the retransmit, reset and drop counters up to their totals (keyed as
+    /// `tracer_common::health::key`).
+    pub fn update_health(&self, totals: &[(u32, u64)]) {
+        self.kernel.health.update(totals);
+    }
+
     /// Brings the counters up to the kernel's totals (`stats` laid out as
     /// `tracer_common::stats`) and the lost-event count.
     pub fn update_kernel(&self, totals: &[u64], lost: u64) {
@@ -271,10 +283,12 @@ impl Metrics {
             &self.kernel.lost,
             lost + self.nat.lost.load(std::sync::atomic::Ordering::Relaxed),
         );
+        self.kernel.latency.update(totals);
         let get = |i: u32| totals.get(i as usize).copied().unwrap_or(0);
         for kind in 1..stats::KINDS as u16 {
             let name = event_name(kind);
-            if name == "unknown" || name == "data" {
+            // Health events have counters of their own (`update_health`).
+            if name == "unknown" || kind >= tracer_common::kind::DATA {
                 continue;
             }
             for (p, proto) in PROTO_NAMES.iter().enumerate() {

@@ -47,6 +47,10 @@ pub trait KernelReadings: Send + Sync {
     fn stats(&self) -> Vec<u64>;
     /// Events the kernel could not queue (ring full).
     fn lost(&self) -> u64;
+    /// Retransmit, reset and drop counts, keyed as `tracer_common::health::key`.
+    fn health(&self) -> Vec<(u32, u64)> {
+        Vec::new()
+    }
 }
 
 /// What a scrape reads: the registry, the kernel's counters, and the counts the agent keeps
@@ -55,6 +59,9 @@ pub struct Scrape {
     pub metrics: Metrics,
     kernel: Box<dyn KernelReadings>,
     pub agent_stats: Vec<AtomicU64>,
+    /// Retransmits, resets and drops the agent attributed to a followed process itself
+    /// (keyed as `tracer_common::health::key`: a few thousand keys at most).
+    agent_health: Mutex<std::collections::BTreeMap<u32, u64>>,
     /// The endpoint's own counters (connections, accept errors).
     health: Arc<Health>,
     /// Held while a scrape reads the registry and while the agent rewrites the socket-table
@@ -71,6 +78,7 @@ impl Scrape {
             agent_stats: (0..tracer_common::stats::COUNT)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            agent_health: Mutex::default(),
             health: Arc::new(Health::new()),
             gauges: Mutex::new(()),
         }
@@ -95,6 +103,61 @@ impl Scrape {
         {
             bump(stats::CONNECT_ERRNOS + stats::errno_slot(-i64::from(ev.sk_err)));
         }
+    }
+
+    /// Counts a connect's or an accept-queue wait's latency the agent measured for a
+    /// followed process (the kernel counts those itself only without a process filter).
+    pub fn count_latency(&self, latency: &crate::model::table::Latency, ev: &SockEvent) {
+        use tracer_common::{stats, tcp_state};
+        let family = stats::family_slot(ev.family);
+        let bump = |i: u32| {
+            if let Some(c) = self.agent_stats.get(i as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        if let Some(ns) = latency.connect_ns {
+            let result = u32::from(ev.new_state != tcp_state::ESTABLISHED);
+            bump(
+                stats::CONNECT_SECONDS
+                    + (result * stats::FAMILIES + family) * stats::LATENCY_BUCKETS
+                    + stats::latency_bucket(ns),
+            );
+        }
+        if let Some(ns) = latency.accept_wait_ns {
+            bump(
+                stats::ACCEPT_WAIT_SECONDS
+                    + family * stats::LATENCY_BUCKETS
+                    + stats::latency_bucket(ns),
+            );
+        }
+    }
+
+    /// Counts a retransmit, reset or drop the agent attributed to a followed process (the
+    /// kernel counts those itself only when no process filter is active).
+    pub fn count_health(&self, ev: &SockEvent) {
+        use tracer_common::{health, kind, stats};
+        let family = stats::family_slot(ev.family) as u8;
+        let key = match ev.kind {
+            kind::RETRANSMIT => health::key(
+                health::RETRANSMIT,
+                ev.new_state,
+                u8::from(ev.arg == 1),
+                family,
+            ),
+            kind::RESET => health::key(health::RESET, u8::from(ev.ret == 1), ev.new_state, family),
+            kind::DROP => health::key(
+                health::DROP,
+                ev.arg.clamp(0, 255) as u8,
+                stats::proto_slot(ev.protocol) as u8,
+                family,
+            ),
+            _ => return,
+        };
+        let mut counts = self
+            .agent_health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *counts.entry(key).or_default() += 1;
     }
 
     /// Sets the socket-table gauges (from the draining thread), never while a scrape reads
@@ -125,6 +188,24 @@ impl Scrape {
             *total += agent.load(Ordering::Relaxed);
         }
         self.metrics.update_kernel(&totals, self.kernel.lost());
+        let mut health = self.kernel.health();
+        {
+            let agent = self
+                .agent_health
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            health.extend(agent.iter().map(|(k, v)| (*k, *v)));
+        }
+        // A key both counted may appear twice: summed.
+        health.sort_unstable();
+        health.dedup_by(|next, kept| {
+            let same = next.0 == kept.0;
+            if same {
+                kept.1 += next.1;
+            }
+            same
+        });
+        self.metrics.update_health(&health);
         let mut text = {
             let _gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
             self.metrics.render()

@@ -8,6 +8,7 @@ use compact_str::{format_compact, CompactString};
 use serde::Serialize;
 use tracer_common::{flag, kind, tcp_state, PortClass, SockEvent, AF_INET6, IPPROTO_TCP};
 
+use super::health;
 use super::table::{Attribution, Owner};
 use super::types::{Endpoint, EventKind, Family, Proto, TcpState};
 
@@ -69,8 +70,22 @@ pub fn event_kind(name: &str) -> Option<u16> {
 
 /// Every event name `--events` accepts, in kind order.
 pub const EVENT_NAMES: &[&str] = &[
-    "socket", "bind", "listen", "accept", "connect", "close", "shutdown", "sendto", "recvfrom",
-    "sendmsg", "recvmsg", "state", "release",
+    "socket",
+    "bind",
+    "listen",
+    "accept",
+    "connect",
+    "close",
+    "shutdown",
+    "sendto",
+    "recvfrom",
+    "sendmsg",
+    "recvmsg",
+    "state",
+    "release",
+    "retransmit",
+    "reset",
+    "drop",
 ];
 
 /// A TCP `connect()` the kernel found no local port for: SYN_SENT → CLOSE without a port and
@@ -200,6 +215,22 @@ pub struct Event {
     pub listener: Option<SockId>,
     /// The caller passed a sockaddr tracer could not read (wrong length or family).
     pub bad_sockaddr: bool,
+    /// retransmit: what was sent again — `syn`, `synack` or `data`.
+    pub retransmit: Option<&'static str>,
+    /// reset: `sent` or `received`.
+    pub reset: Option<&'static str>,
+    /// drop: the kernel's drop reason (`NO_SOCKET`, `TCP_LISTEN_OVERFLOW` …); a sent reset:
+    /// the kernel's reset reason. Names as this kernel's BTF spells them.
+    pub reason: Option<CompactString>,
+    /// The transition that ended a connect's handshake (ESTABLISHED, or CLOSE when it
+    /// failed): nanoseconds since its first SYN, and how many SYNs were sent again.
+    pub connect_ns: Option<u64>,
+    pub syn_retransmits: Option<u16>,
+    /// accept (syscall path): nanoseconds the connection waited in the accept queue.
+    pub accept_wait_ns: Option<u64>,
+    /// The transition into CLOSE: nanoseconds since the socket's first SYN, its completed
+    /// handshake or its first event (unknown for a socket older than tracer).
+    pub lifetime_ns: Option<u64>,
 }
 
 impl Event {
@@ -241,8 +272,9 @@ impl Event {
             lport,
             raddr: ip(ev.family, &ev.raddr),
             rport: ev.rport,
-            ret: (!hook).then_some(ev.ret),
-            errno: if hook {
+            // A health event's only result is a retransmit's (the resend may fail).
+            ret: (!hook && !matches!(ev.kind, kind::RESET | kind::DROP)).then_some(ev.ret),
+            errno: if hook || matches!(ev.kind, kind::RESET | kind::DROP) {
                 None
             } else if ev.kind == kind::STATE {
                 // A transition into CLOSE with the socket's pending error: a connect refused,
@@ -277,6 +309,17 @@ impl Event {
             listener: (ev.kind == kind::ACCEPT && ev.parent_sk != 0)
                 .then_some(SockId(ev.parent_sk)),
             bad_sockaddr: ev.flags & flag::BAD_SOCKADDR != 0,
+            retransmit: (ev.kind == kind::RETRANSMIT).then(|| health::retransmitted(ev)),
+            reset: (ev.kind == kind::RESET).then(|| health::reset_direction(ev)),
+            reason: match ev.kind {
+                kind::DROP => Some(health::drop_reason(ev.arg as u32)),
+                kind::RESET if ev.ret == 0 => Some(health::reset_reason(ev.arg as u32)),
+                _ => None,
+            },
+            connect_ns: attribution.latency.connect_ns,
+            syn_retransmits: attribution.latency.syn_retransmits,
+            accept_wait_ns: attribution.latency.accept_wait_ns,
+            lifetime_ns: attribution.latency.lifetime_ns,
         }
     }
 
@@ -317,7 +360,7 @@ fn fd(ev: &SockEvent) -> Option<i32> {
         return None;
     }
     match ev.kind {
-        kind::STATE | kind::RELEASE => None,
+        kind::STATE | kind::RELEASE | kind::RETRANSMIT | kind::RESET | kind::DROP => None,
         kind::ACCEPT if ev.ret >= 0 => Some(ev.ret as i32),
         _ => Some(ev.fd),
     }
@@ -384,6 +427,7 @@ mod tests {
             }),
             kernel_chose_port: false,
             lport: 0,
+            latency: Default::default(),
         }
     }
 

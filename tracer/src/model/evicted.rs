@@ -28,11 +28,13 @@ pub struct Evicted {
     pub filter_pids: u64,
     /// Kernel: per-binding NAT packet counters pushed out (LRU).
     pub nat_seen: u64,
+    /// Kernel: handshake starts kept for latency histograms, pushed out (LRU).
+    pub latency: u64,
 }
 
 impl Evicted {
     /// (table, count) for every table, in a fixed order.
-    pub fn tables(&self) -> [(&'static str, u64); 10] {
+    pub fn tables(&self) -> [(&'static str, u64); 11] {
         [
             ("sockets", self.sockets),
             ("ephemeral", self.ephemeral),
@@ -44,6 +46,7 @@ impl Evicted {
             ("data", self.data),
             ("filter_pids", self.filter_pids),
             ("nat_seen", self.nat_seen),
+            ("latency", self.latency),
         ]
     }
 
@@ -75,6 +78,7 @@ impl Evicted {
             (&mut self.data, other.data),
             (&mut self.filter_pids, other.filter_pids),
             (&mut self.nat_seen, other.nat_seen),
+            (&mut self.latency, other.latency),
         ];
         for (mine, theirs) in fields {
             *mine = (*mine).max(theirs);

@@ -5,6 +5,7 @@ pub mod ephemeral;
 pub mod event;
 pub mod evicted;
 pub mod filter;
+pub mod health;
 pub mod nat;
 pub mod ports;
 pub mod snapshot;

@@ -45,6 +45,10 @@ pub struct PortRow {
     pub accepted: bool,
     /// Known from the start-up snapshot (it predates tracer) and not seen live since.
     pub from_snapshot: bool,
+    /// Recv-Q and Send-Q as `ss` shows them (a listener: connections waiting to be accepted
+    /// and its backlog), when sock_diag reported them.
+    pub recv_q: Option<u32>,
+    pub send_q: Option<u32>,
 }
 
 impl PortRow {
@@ -88,6 +92,8 @@ impl PortRow {
             listening: s.is_listening() || (s.protocol == IPPROTO_UDP && s.rport == 0),
             accepted: s.accepted,
             from_snapshot: s.from_snapshot,
+            recv_q: s.queues.map(|q| q.0),
+            send_q: s.queues.map(|q| q.1),
         }
     }
 
@@ -624,6 +630,8 @@ pub(crate) mod fixtures {
             state,
             uid: 0,
             inode,
+            recv_q: 0,
+            send_q: 0,
         };
         let mut snapshot = Snapshot {
             namespaces: vec![SnapNetns {

@@ -21,6 +21,12 @@ pub struct SnapSocket {
     pub uid: u32,
     /// The socket's inode (0 for TIME_WAIT sockets, which no process holds).
     pub inode: u32,
+    /// What `ss` shows as Recv-Q and Send-Q: for a listener, the connections waiting in its
+    /// accept queue and the backlog; otherwise bytes not yet read and not yet acknowledged.
+    #[serde(default)]
+    pub recv_q: u32,
+    #[serde(default)]
+    pub send_q: u32,
 }
 
 /// A network namespace the snapshot looked into.

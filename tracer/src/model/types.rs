@@ -231,12 +231,15 @@ pub enum EventKind {
     State,
     Release,
     Data,
+    Retransmit,
+    Reset,
+    Drop,
     Unknown(u16),
 }
 
 impl EventKind {
     /// Every kind a user can select (`--events`), in kind order.
-    pub const SELECTABLE: [EventKind; 13] = [
+    pub const SELECTABLE: [EventKind; 16] = [
         EventKind::Socket,
         EventKind::Bind,
         EventKind::Listen,
@@ -250,6 +253,9 @@ impl EventKind {
         EventKind::Recvmsg,
         EventKind::State,
         EventKind::Release,
+        EventKind::Retransmit,
+        EventKind::Reset,
+        EventKind::Drop,
     ];
 
     pub fn from_number(k: u16) -> Self {
@@ -269,6 +275,9 @@ impl EventKind {
             kind::STATE => State,
             kind::RELEASE => Release,
             kind::DATA => Data,
+            kind::RETRANSMIT => Retransmit,
+            kind::RESET => Reset,
+            kind::DROP => Drop,
             other => Unknown(other),
         }
     }
@@ -291,6 +300,9 @@ impl EventKind {
             State => "state",
             Release => "release",
             Data => "data",
+            Retransmit => "retransmit",
+            Reset => "reset",
+            Drop => "drop",
             Unknown(_) => "unknown",
         }
     }
@@ -364,6 +376,18 @@ impl SockKey {
             ..self
         }
     }
+}
+
+/// Whether the TCP health hooks (retransmits, resets, drops) are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Health {
+    #[default]
+    Off,
+    /// Asked for by name (`--events retransmit,…`): a kernel without them is an error.
+    Required,
+    /// Part of what is shown by default: a kernel without them is said once, then gone
+    /// without.
+    IfPresent,
 }
 
 /// Where the socket events come from.

@@ -77,6 +77,18 @@ pub(crate) fn time_of_day(ts_ns: u64) -> String {
     )
 }
 
+/// A duration as a person reads it: `850 µs`, `12.3 ms`, `1.02 s`.
+pub fn seconds(ns: u64) -> String {
+    let s = ns as f64 / 1e9;
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else if s >= 1e-3 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{:.0} µs", s * 1e6)
+    }
+}
+
 /// What the DETAIL column says about an event; `names` names a port whose class it shows.
 pub fn detail(e: &Event, names: PortNames) -> String {
     let mut d = String::new();
@@ -104,11 +116,52 @@ pub fn detail(e: &Event, names: PortNames) -> String {
                 && e.state == Some(TcpState::Close)
                 && e.lport == 0
                 && e.errno.is_none();
+            if let Some(ns) = e.connect_ns {
+                let verb = if e.state == Some(TcpState::Established) {
+                    "connected"
+                } else {
+                    "gave up"
+                };
+                let _ = write!(d, "{verb} after {} ", seconds(ns));
+                match e.syn_retransmits {
+                    Some(0) | None => {}
+                    Some(1) => d.push_str("(1 SYN retransmit) "),
+                    Some(n) => {
+                        let _ = write!(d, "({n} SYN retransmits) ");
+                    }
+                }
+            }
+            if let Some(ns) = e.lifetime_ns {
+                let _ = write!(d, "lived {} ", seconds(ns));
+            }
             if never_sent {
                 // What the socket path sees of a connect the kernel could give no port
                 // (EADDRNOTAVAIL on the syscall path).
                 d.push_str("ended before its SYN: no local port assigned ");
             }
+        }
+        K::Retransmit => {
+            let what = match e.retransmit {
+                Some("syn") => "SYN",
+                Some("synack") => "SYN-ACK",
+                _ => "data",
+            };
+            let _ = write!(d, "{what} sent again ");
+            if let (Some(state), "data") = (e.state, what) {
+                let _ = write!(d, "in {state} ");
+            }
+        }
+        K::Reset => {
+            let _ = write!(d, "RST {} ", e.reset.unwrap_or("?"));
+            if let Some(state) = e.state {
+                let _ = write!(d, "in {state} ");
+            }
+            if let Some(reason) = &e.reason {
+                let _ = write!(d, "({reason}) ");
+            }
+        }
+        K::Drop => {
+            let _ = write!(d, "packet dropped: {} ", e.reason.as_deref().unwrap_or("?"));
         }
         K::Sendto | K::Recvfrom | K::Sendmsg | K::Recvmsg if e.errno.is_none() => {
             if let Some(bytes) = e.bytes {
@@ -138,6 +191,9 @@ pub fn detail(e: &Event, names: PortNames) -> String {
         if let Some(state) = e.state {
             let _ = write!(d, "{state} ");
         }
+    }
+    if let Some(ns) = e.accept_wait_ns {
+        let _ = write!(d, "waited {} in the accept queue ", seconds(ns));
     }
     if e.event == K::Release {
         d.push_str("socket freed (last reference gone) ");

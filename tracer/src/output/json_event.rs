@@ -75,6 +75,20 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, names: PortNames) {
     }
     out.extend_from_slice(b",\"bad_sockaddr\":");
     boolean(out, e.bad_sockaddr);
+    out.extend_from_slice(b",\"retransmit\":");
+    opt_name(out, e.retransmit);
+    out.extend_from_slice(b",\"reset\":");
+    opt_name(out, e.reset);
+    out.extend_from_slice(b",\"reason\":");
+    opt_string(out, e.reason.as_deref());
+    out.extend_from_slice(b",\"connect_ns\":");
+    opt_uint(out, e.connect_ns);
+    out.extend_from_slice(b",\"syn_retransmits\":");
+    opt_int(out, e.syn_retransmits);
+    out.extend_from_slice(b",\"accept_wait_ns\":");
+    opt_uint(out, e.accept_wait_ns);
+    out.extend_from_slice(b",\"lifetime_ns\":");
+    opt_uint(out, e.lifetime_ns);
     out.push(b'}');
 }
 
@@ -179,6 +193,13 @@ fn sock(out: &mut Vec<u8>, id: SockId) {
 fn opt_int(out: &mut Vec<u8>, n: Option<impl Into<i64>>) {
     match n {
         Some(n) => int(out, n),
+        None => null(out),
+    }
+}
+
+fn opt_uint(out: &mut Vec<u8>, n: Option<u64>) {
+    match n {
+        Some(n) => uint(out, n),
         None => null(out),
     }
 }
@@ -307,6 +328,13 @@ mod tests {
             sock: SockId(0xffff_8881_310f_8940),
             listener: None,
             bad_sockaddr: false,
+            retransmit: None,
+            reset: None,
+            reason: None,
+            connect_ns: Some(1_020_345_678),
+            syn_retransmits: Some(1),
+            accept_wait_ns: None,
+            lifetime_ns: None,
         }
     }
 
@@ -337,6 +365,13 @@ mod tests {
             listener: Some(SockId(0xffff_8881_0000_0000)),
             bad_sockaddr: true,
             ret: Some(i64::MIN),
+            retransmit: Some("synack"),
+            reset: Some("received"),
+            reason: Some("TCP_\"odd\u{1b}".into()),
+            connect_ns: None,
+            syn_retransmits: None,
+            accept_wait_ns: Some(u64::MAX),
+            lifetime_ns: Some(0),
             ..base()
         };
         assert_eq!(written(&unowned), reference(&unowned));

@@ -12,7 +12,7 @@ use crate::model::{
 };
 
 pub const HEADER: &str =
-    "PROTO LADDR           LPORT RADDR           RPORT STATE       PID     COMM            SERVICE      CLASS";
+    "PROTO LADDR           LPORT RADDR           RPORT STATE       RECV-Q SEND-Q PID     COMM            SERVICE      CLASS";
 
 /// The SERVICE column: the service of the connection's server port, the local port for
 /// listeners and accepted connections, the remote port for outgoing ones.
@@ -53,14 +53,17 @@ pub fn row_line(r: &PortRow, names: PortNames) -> String {
     } else {
         (addr(&r.raddr), r.rport.to_string())
     };
+    let queue = |q: Option<u32>| q.map_or("-".to_string(), |n| n.to_string());
     format!(
-        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:<7} {} {} {}",
+        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:>6} {:>6} {:<7} {} {} {}",
         r.proto,
         addr(&r.laddr),
         r.lport,
         raddr,
         rport,
         r.state,
+        queue(r.recv_q),
+        queue(r.send_q),
         pids,
         crate::text::pad(r.comm.as_deref().unwrap_or("-"), 15),
         // From a file: escaped and cut like the command name.
@@ -225,7 +228,7 @@ struct SocketRecord<'a> {
 impl Serialize for SocketRecord<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.row;
-        let mut out = s.serialize_struct("SocketRecord", 22)?;
+        let mut out = s.serialize_struct("SocketRecord", 24)?;
         out.serialize_field("type", "socket")?;
         out.serialize_field("netns", &r.netns)?;
         out.serialize_field("proto", &r.proto)?;
@@ -239,6 +242,8 @@ impl Serialize for SocketRecord<'_> {
         out.serialize_field("comm", &r.comm)?;
         out.serialize_field("owners", &r.owners)?;
         out.serialize_field("class", &r.class)?;
+        out.serialize_field("recv_q", &r.recv_q)?;
+        out.serialize_field("send_q", &r.send_q)?;
         out.serialize_field("lport_class", r.lport_class)?;
         out.serialize_field("lport_service", &self.lport_service)?;
         out.serialize_field("rport_service", &self.rport_service)?;

@@ -78,6 +78,9 @@ pub fn explain(what: StepKind, role: Role) -> &'static str {
         Release => "The kernel freed the socket: no descriptor refers to it any more.",
         Error => "The kernel refused the call; the errno says why.",
         Snapshot => "This socket was already open when tracing began (found in the kernel's socket table).",
+        Retransmit => "No acknowledgement came in time, so the kernel sent the segment again; a SYN's waits double each time (1 s, 2 s, 4 s …), which is what a slow connect is made of.",
+        Reset => "An RST ends a connection at once, without the 4-way close: a port with no listener, data left unread at close(), or an abort.",
+        Drop => "The kernel dropped a packet of this socket; its reason names the place (a firewall rule, a full queue, no socket).",
     }
 }
 
@@ -128,11 +131,68 @@ pub fn summary_line(s: &SocketStory) -> String {
         (Some(first), None) => parts.push(format!("{first} closed first")),
         _ => {}
     }
+    if let Some(ns) = s.connect_ns {
+        let failed = s
+            .errors
+            .iter()
+            .any(|e| e.call == crate::model::types::EventKind::Connect);
+        let what = if failed {
+            "handshake failed after"
+        } else {
+            "connected in"
+        };
+        parts.push(format!("{what} {}", super::human::seconds(ns)));
+    }
+    if let Some(ns) = s.accept_wait_ns {
+        parts.push(format!(
+            "waited {} to be accepted",
+            super::human::seconds(ns)
+        ));
+    }
+    if let Some(health) = health_text(&s.health) {
+        parts.push(health);
+    }
     if !s.errors.is_empty() {
         let errors: Vec<String> = s.errors.iter().map(error_text).collect();
         parts.push(format!("errors: {}", errors.join(", ")));
     }
     parts.join("; ")
+}
+
+/// `2 retransmits (1 SYN), 1 reset received, 1 drop`, or None when all are 0.
+fn health_text(h: &crate::model::story::Health) -> Option<String> {
+    if h.is_empty() {
+        return None;
+    }
+    let plural = |n: u32, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let mut parts = Vec::new();
+    if h.retransmits > 0 {
+        let mut text = plural(h.retransmits, "retransmit", "retransmits");
+        if h.syn_retransmits > 0 {
+            text.push_str(&format!(" ({} SYN)", h.syn_retransmits));
+        }
+        parts.push(text);
+    }
+    if h.resets_sent > 0 {
+        parts.push(plural(h.resets_sent, "reset sent", "resets sent"));
+    }
+    if h.resets_received > 0 {
+        parts.push(plural(
+            h.resets_received,
+            "reset received",
+            "resets received",
+        ));
+    }
+    if h.drops > 0 {
+        parts.push(plural(h.drops, "packet dropped", "packets dropped"));
+    }
+    Some(parts.join(", "))
 }
 
 pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::Result<()> {
@@ -194,6 +254,9 @@ pub fn write_program(out: &mut impl Write, p: &ProgramSummary) -> io::Result<()>
         bytes(p.sent_bytes),
         bytes(p.received_bytes)
     ));
+    if let Some(health) = health_text(&p.health) {
+        parts.push(health);
+    }
     writeln!(
         out,
         "{} (pid {}): {}",

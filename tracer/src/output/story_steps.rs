@@ -63,13 +63,17 @@ pub fn step_text(step: &Step) -> String {
             fd,
             peer,
             listener_traced,
+            waited_ns,
         } => {
             let untraced = if listener_traced {
                 ""
             } else {
                 " — listener not traced"
             };
-            format!("accepted as fd {fd} from {peer} (the client's port{untraced})")
+            let waited = waited_ns.map_or(String::new(), |ns| {
+                format!(", {} after the handshake", super::human::seconds(ns))
+            });
+            format!("accepted as fd {fd} from {peer} (the client's port{untraced}){waited}")
         }
         &D::Connect {
             remote,
@@ -98,6 +102,34 @@ pub fn step_text(step: &Step) -> String {
             format!("already open when tracing began: {proto} {local} {state}{remote}")
         }
         D::Data { udp, data, peers } => data_text(*udp, data, peers),
+        &D::Retransmit {
+            what,
+            count,
+            waited_ns,
+        } => {
+            let what = match what {
+                "syn" => "SYN",
+                "synack" => "SYN-ACK",
+                _ => "data",
+            };
+            match waited_ns {
+                Some(ns) => format!(
+                    "{what} retransmitted ({count}) — no answer for {}",
+                    super::human::seconds(ns)
+                ),
+                None => format!("{what} retransmitted ({count})"),
+            }
+        }
+        D::Reset {
+            direction,
+            state,
+            reason,
+        } => {
+            let state = state.map_or(String::new(), |s| format!(" in {s}"));
+            let reason = reason.as_ref().map_or(String::new(), |r| format!(" ({r})"));
+            format!("RST {direction}{state}{reason}")
+        }
+        D::Drop { reason } => format!("a packet dropped by the kernel: {reason}"),
     }
 }
 

@@ -201,4 +201,8 @@ impl KernelReadings for LiveReadings {
     fn lost(&self) -> u64 {
         self.counters.lost()
     }
+
+    fn health(&self) -> Vec<(u32, u64)> {
+        self.stats.health()
+    }
 }

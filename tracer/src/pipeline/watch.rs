@@ -114,9 +114,14 @@ impl WatchStage {
             // counted here, once attributed.
             let unowned = raw.kind == kind::STATE
                 || (raw.flags & flag::FROM_HOOK != 0 && raw.flags & flag::OWNER_IN_CONTEXT == 0);
-            if allowed && self.process_filter && unowned {
+            if allowed && self.process_filter {
                 if let Some(scrape) = &self.scrape {
-                    scrape.count_state(&raw);
+                    if crate::model::health::is_health(raw.kind) {
+                        scrape.count_health(&raw);
+                    } else if unowned {
+                        scrape.count_state(&raw);
+                    }
+                    scrape.count_latency(&attribution.latency, &raw);
                 }
             }
             if self.mode == WatchMode::Serve || !allowed {

@@ -7,6 +7,7 @@ use tracer_common::{flag, kind};
 
 use super::{arg, args, enter_on_fd, exit_on_same_fd, ret_of};
 use crate::{
+    latency,
     pending::{begin, complete, end_pending, finish, pending_sock},
     sk::{sock_of_fd, SkCommon},
 };
@@ -52,7 +53,13 @@ fn exit_accept(ctx: &TracePointContext) {
     p.ev.parent_sk = p.ev.sk;
     let mut common = SkCommon::empty();
     match sock_of_fd(ret, &mut common) {
-        Some(sk) => complete(id, p, ret, sk, &common),
+        Some(sk) => {
+            if filt!(by_pid) == 0 && filt!(by_comm) == 0 {
+                // Counted here only without a process filter, as transitions are.
+                latency::accepted(sk, common.get(off!(skc_family)).unwrap_or(0));
+            }
+            complete(id, p, ret, sk, &common)
+        }
         None => {
             // Failed accept: describe the listener.
             let listener = pending_sock(p, &mut common);

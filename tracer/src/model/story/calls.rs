@@ -16,7 +16,13 @@ impl StoryBook {
                 self.pids.insert(pid);
             }
         }
-        if e.event == EventKind::Accept && raw.parent_sk != 0 {
+        // A reset sent for a segment, a drop, a SYN-ACK for a queued connection: the
+        // endpoints are the packet's, the socket maybe its listener: they name no story.
+        let packet = matches!(raw.kind, kind::DROP)
+            || (raw.kind == kind::RESET && raw.ret == 0)
+            || (raw.kind == kind::RETRANSMIT && raw.arg == 1);
+        if packet {
+        } else if e.event == EventKind::Accept && raw.parent_sk != 0 {
             // The listener may predate tracing: name it through the connection's local end.
             self.name_predating(raw.parent_sk, e.laddr, e.lport, None);
         } else if sk != 0 && raw.kind != kind::SOCKET {
@@ -38,6 +44,11 @@ impl StoryBook {
                 }
             }
             kind::ACCEPT => self.accept(raw, e),
+            kind::RETRANSMIT | kind::RESET | kind::DROP => {
+                if let Some(&id) = self.open.get(&sk) {
+                    self.health(id, e);
+                }
+            }
             _ => {
                 let late = || {
                     matches!(raw.kind, kind::CLOSE | kind::SHUTDOWN)
@@ -59,6 +70,65 @@ impl StoryBook {
                 self.settling.push((sk, id));
             }
         }
+    }
+
+    /// A retransmit, reset or drop on a story's socket: counted, and told as a step (data
+    /// retransmits only the first few: a lossy link makes many).
+    fn health(&mut self, id: usize, e: &Event) {
+        const DATA_RETRANSMIT_STEPS: u32 = 3;
+        let story = &mut self.stories[id];
+        let h = &mut story.health;
+        let (what, detail) = match e.event {
+            EventKind::Retransmit => {
+                let what = e.retransmit.unwrap_or("data");
+                h.retransmits += 1;
+                let count = if what == "syn" {
+                    h.syn_retransmits += 1;
+                    h.syn_retransmits
+                } else {
+                    h.retransmits - h.syn_retransmits
+                };
+                if what == "data" && count > DATA_RETRANSMIT_STEPS {
+                    return;
+                }
+                let first_syn = story
+                    .steps
+                    .iter()
+                    .find(|s| s.what == StepKind::SynSent)
+                    .map(|s| s.ts_ns);
+                let waited_ns = first_syn
+                    .filter(|_| what == "syn")
+                    .map(|t| e.ts_ns.saturating_sub(t));
+                (
+                    StepKind::Retransmit,
+                    StepDetail::Retransmit {
+                        what,
+                        count,
+                        waited_ns,
+                    },
+                )
+            }
+            EventKind::Reset => {
+                let direction = e.reset.unwrap_or("sent");
+                if direction == "received" {
+                    h.resets_received += 1;
+                } else {
+                    h.resets_sent += 1;
+                }
+                let detail = StepDetail::Reset {
+                    direction,
+                    state: e.state,
+                    reason: e.reason.as_deref().map(str::to_string),
+                };
+                (StepKind::Reset, detail)
+            }
+            _ => {
+                h.drops += 1;
+                let reason = e.reason.as_deref().unwrap_or("?").to_string();
+                (StepKind::Drop, StepDetail::Drop { reason })
+            }
+        };
+        story.step(e.ts_ns, what, detail);
     }
 
     /// socket(): a new story.
@@ -137,10 +207,12 @@ impl StoryBook {
             story.raddr = Some(e.raddr);
             story.rport = e.rport;
             story.listener = listener;
+            story.accept_wait_ns = e.accept_wait_ns;
             let detail = StepDetail::Accepted {
                 fd: e.ret_or_zero(),
                 peer,
                 listener_traced: listener.is_some(),
+                waited_ns: e.accept_wait_ns,
             };
             story.step(e.ts_ns, StepKind::Accepted, detail);
         }
@@ -165,6 +237,9 @@ impl StoryBook {
             return; // the kernel re-sets a state on some paths (a second FIN_WAIT1)
         }
         story.last_state = Some(SockState::Tcp(new));
+        if e.connect_ns.is_some() {
+            story.connect_ns = e.connect_ns;
+        }
         if e.lport != 0 && story.lport == 0 {
             story.lport = e.lport;
             story.laddr = Some(e.laddr);

@@ -78,8 +78,38 @@ pub struct SocketStory {
     /// "short-lived" (opened and closed within the trace, at most one exchange each way),
     /// "persistent" (still open at the end, or several exchanges), for connections.
     pub lifetime: Option<&'static str>,
+    /// Retransmits, resets and drops on this socket.
+    pub health: Health,
+    /// A connect: its first SYN to the handshake's end, and the SYNs sent again meanwhile.
+    pub connect_ns: Option<u64>,
+    /// An accepted connection: how long it waited in the accept queue.
+    pub accept_wait_ns: Option<u64>,
     #[serde(skip)]
     released: bool,
+}
+
+/// Retransmits, resets and drops, counted per socket and per program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub retransmits: u32,
+    pub syn_retransmits: u32,
+    pub resets_sent: u32,
+    pub resets_received: u32,
+    pub drops: u32,
+}
+
+impl Health {
+    fn add(&mut self, other: &Health) {
+        self.retransmits += other.retransmits;
+        self.syn_retransmits += other.syn_retransmits;
+        self.resets_sent += other.resets_sent;
+        self.resets_received += other.resets_received;
+        self.drops += other.drops;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Health::default()
+    }
 }
 
 impl SocketStory {
@@ -115,6 +145,9 @@ impl SocketStory {
             listener: None,
             accepted: Vec::new(),
             lifetime: None,
+            health: Health::default(),
+            connect_ns: None,
+            accept_wait_ns: None,
             released: false,
         }
     }
@@ -153,7 +186,11 @@ fn tell_in_call_order(steps: &mut Vec<Step>) {
     let mut i = 1;
     while i < steps.len() {
         let inside = |s: &Step, call: StepKind| match call {
-            K::Connect => matches!(s.what, K::SynSent | K::Handshake),
+            K::Connect => {
+                matches!(s.what, K::SynSent | K::Handshake)
+                    || (s.what == K::Retransmit
+                        && matches!(s.detail, StepDetail::Retransmit { what: "syn", .. }))
+            }
             K::Listen => s.transition() == Some((T::Close, T::Listen)),
             K::Close | K::Shutdown => {
                 // Not CLOSE_WAIT: the peer's FIN arrives on its own, before our close.
@@ -198,6 +235,8 @@ pub struct ProgramSummary {
     pub ephemeral_ports: Vec<u16>,
     pub sent_bytes: u64,
     pub received_bytes: u64,
+    /// Retransmits, resets and drops on its sockets.
+    pub health: Health,
 }
 
 /// How a story names ports (no names unless the book was given a lookup).
@@ -443,6 +482,7 @@ impl StoryBook {
             }
             p.sent_bytes += s.data.sent_bytes;
             p.received_bytes += s.data.received_bytes;
+            p.health.add(&s.health);
         }
         by_pid.into_values().collect()
     }

@@ -37,6 +37,12 @@ pub enum StepKind {
     Error,
     /// Open before tracing began.
     Snapshot,
+    /// The kernel sent a segment again (no answer in time).
+    Retransmit,
+    /// An RST, sent or received.
+    Reset,
+    /// A packet of this socket the kernel dropped.
+    Drop,
 }
 
 impl StepKind {
@@ -67,6 +73,9 @@ impl StepKind {
             Close => "close",
             Release => "release",
             Error => "error",
+            Retransmit => "retransmit",
+            Reset => "reset",
+            Drop => "drop",
         }
     }
 }
@@ -131,6 +140,8 @@ pub enum StepDetail {
         fd: i64,
         peer: Endpoint,
         listener_traced: bool,
+        /// How long it waited in the accept queue after its handshake.
+        waited_ns: Option<u64>,
     },
     /// connect() to `remote` from `local` (`kernel_chose`: the kernel picked the local port).
     Connect {
@@ -170,6 +181,23 @@ pub enum StepDetail {
         local: Endpoint,
         state: SockState,
         remote: Option<Endpoint>,
+    },
+    /// A segment sent again: `what` is syn, synack or data; the `count`th of its kind on
+    /// this socket; `waited_ns`: since the connect's first SYN (a SYN's only).
+    Retransmit {
+        what: &'static str,
+        count: u32,
+        waited_ns: Option<u64>,
+    },
+    /// An RST `direction` (sent, received) in `state`, with the kernel's reason when sent.
+    Reset {
+        direction: &'static str,
+        state: Option<TcpState>,
+        reason: Option<String>,
+    },
+    /// A packet dropped, with the kernel's reason.
+    Drop {
+        reason: String,
     },
     /// Bytes each way over the socket's life; UDP's with its peers.
     Data {

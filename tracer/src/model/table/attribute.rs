@@ -7,7 +7,7 @@ use tracer_common::{
 };
 
 use super::sweep::{CLOSED_GRACE_NS, RELEASED_GRACE_NS};
-use super::{listen_key, Attribution, Owner, SocketTable, TrackedSocket};
+use super::{listen_key, Attribution, Owner, SocketTable, Timing, TrackedSocket};
 use crate::model::types::TcpState;
 
 impl SocketTable {
@@ -25,6 +25,7 @@ impl SocketTable {
                 owner: Some(Owner::of(ev)),
                 kernel_chose_port: chose,
                 lport: ev.lport,
+                ..Default::default()
             };
         }
         if ev.flags & flag::FROM_HOOK != 0 && ev.flags & flag::OWNER_IN_CONTEXT == 0 {
@@ -173,6 +174,7 @@ impl SocketTable {
                 owner: Some(Owner::of(ev)),
                 kernel_chose_port: false,
                 lport: ev.lport,
+                ..Default::default()
             };
         };
         let attribution = Attribution::of(entry);
@@ -186,6 +188,29 @@ impl SocketTable {
             self.remove(ev.sk);
         }
         attribution
+    }
+
+    /// A retransmit, reset or drop: charged to its socket's owners, changing nothing. A
+    /// socket the table does not hold (a connection still being made, whose request socket
+    /// only the kernel sees) is its listener's holders'; no socket at all (a segment for a
+    /// port nobody listens on) is nobody's — never the task that was on the CPU.
+    pub(super) fn observe_health(&mut self, ev: &SockEvent) -> Attribution {
+        if let Some(entry) = self.sockets.get(&ev.sk) {
+            return Attribution::of(entry);
+        }
+        if let Some(owner) = self.departed_owner(ev) {
+            return Attribution {
+                owner: Some(owner),
+                lport: ev.lport,
+                ..Default::default()
+            };
+        }
+        if ev.sk != 0 {
+            if let Some(key) = self.listener_key_for(ev) {
+                return Attribution::of(&self.sockets[&key]);
+            }
+        }
+        nobody(ev)
     }
 
     /// Who holds the listener a new connection came from.
@@ -271,6 +296,8 @@ impl TrackedSocket {
             expires_at: None,
             last_seen: ev.ts_ns,
             counted: None,
+            timing: Timing::default(),
+            queues: None,
         }
     }
 

@@ -83,6 +83,8 @@ impl SocketTable {
                 expires_at: time_wait.then_some(now_ns + TIME_WAIT_NS),
                 last_seen: now_ns,
                 counted: None,
+                timing: super::Timing::default(),
+                queues: Some((s.recv_q, s.send_q)),
             };
             self.sockets.insert(key, entry);
             self.unnamed.insert(tuple, key);

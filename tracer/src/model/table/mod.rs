@@ -22,6 +22,7 @@ use foldhash::HashMap;
 
 use tracer_common::{flag, kind, tcp_state, SockEvent};
 
+use super::bounded::BoundedMap;
 use super::ephemeral::{Dest, EphemeralUsage, UsageKey};
 use super::types::{sock_key, SockKey};
 
@@ -103,9 +104,96 @@ pub struct TrackedSocket {
     last_seen: u64,
     /// The (key, port) this socket is counted under in the ephemeral usage.
     counted: Option<(UsageKey, u16)>,
+    /// When its handshake and life began, for the latencies events carry.
+    timing: Timing,
+    /// (Recv-Q, Send-Q) as sock_diag last reported them (a listener: its accept queue and
+    /// backlog); None when not read.
+    pub queues: Option<(u32, u32)>,
+}
+
+/// Monotonic moments of a socket's life (0: not seen).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// CLOSE → SYN_SENT: its connect's first SYN.
+    syn_sent_ns: u64,
+    /// The kernel completed its handshake for a listener: it waits in the accept queue.
+    queued_ns: u64,
+    /// Its life began (the first SYN, the completed handshake, or its first event); 0 for a
+    /// socket from the start-up snapshot, whose start is unknown.
+    opened_ns: u64,
+    /// SYNs its connect sent again.
+    syn_retransmits: u16,
+}
+
+/// Latencies an event completes (None: not this event's, or not known).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// The first SYN to the handshake's end (ESTABLISHED, or the connect's failure).
+    pub connect_ns: Option<u64>,
+    /// SYNs sent again during that connect.
+    pub syn_retransmits: Option<u16>,
+    /// The handshake completed to `accept()` returning the connection (syscall path).
+    pub accept_wait_ns: Option<u64>,
+    /// Opened to CLOSE.
+    pub lifetime_ns: Option<u64>,
 }
 
 impl TrackedSocket {
+    /// What `ev` completes, and the moments it starts (folded in before its attribution).
+    fn time(&mut self, ev: &SockEvent) -> Latency {
+        let t = &mut self.timing;
+        let since = |start: u64| (start != 0).then(|| ev.ts_ns.saturating_sub(start));
+        let mut latency = Latency::default();
+        match ev.kind {
+            kind::STATE if ev.new_state == tcp_state::SYN_SENT => {
+                *t = Timing {
+                    syn_sent_ns: ev.ts_ns,
+                    opened_ns: ev.ts_ns,
+                    ..Timing::default()
+                };
+            }
+            kind::STATE if ev.old_state == tcp_state::SYN_SENT => {
+                latency.connect_ns = since(t.syn_sent_ns);
+                latency.syn_retransmits = latency.connect_ns.map(|_| t.syn_retransmits);
+                t.syn_sent_ns = 0;
+            }
+            // The kernel completed the handshake for a listener (the transition, or a socket
+            // hook's view of the same moment): the first of the two starts the wait.
+            kind::STATE
+                if ev.old_state == tcp_state::SYN_RECV
+                    && ev.new_state == tcp_state::ESTABLISHED
+                    && t.queued_ns == 0 =>
+            {
+                t.queued_ns = ev.ts_ns;
+            }
+            kind::ACCEPT if ev.flags & flag::FROM_HOOK != 0 => {
+                t.queued_ns = if t.queued_ns == 0 {
+                    ev.ts_ns
+                } else {
+                    t.queued_ns
+                };
+            }
+            kind::ACCEPT if ev.ret >= 0 => {
+                latency.accept_wait_ns = since(t.queued_ns);
+                t.queued_ns = 0;
+            }
+            kind::RETRANSMIT if ev.new_state == tcp_state::SYN_SENT => {
+                t.syn_retransmits = t.syn_retransmits.saturating_add(1);
+            }
+            _ => {}
+        }
+        if t.opened_ns == 0 && !self.from_snapshot && ev.kind != kind::RELEASE {
+            t.opened_ns = if t.queued_ns != 0 {
+                t.queued_ns
+            } else {
+                ev.ts_ns
+            };
+        }
+        if ev.kind == kind::STATE && ev.new_state == tcp_state::CLOSE {
+            latency.lifetime_ns = since(t.opened_ns);
+        }
+        latency
+    }
     pub fn owner(&self) -> Option<&Owner> {
         self.owners.first()
     }
@@ -168,6 +256,23 @@ pub struct SocketTable {
     time_wait_evicted: u64,
     capacity: usize,
     evicted: u64,
+    /// Sockets removed in the last [`DEPARTED_NS`], with their owner and ports: a reset or a
+    /// drop the kernel reports just after the CLOSE that removed its socket (a close() with
+    /// data unread sends its RST after moving to CLOSE) is still charged to its owner. Capped
+    /// at [`DEPARTED_MAX`]; what the cap pushes out counts with the table's evictions.
+    departed: BoundedMap<u64, Departed>,
+}
+
+/// How long, and how many, removed sockets are remembered for late health events.
+const DEPARTED_NS: u64 = 2_000_000_000;
+const DEPARTED_MAX: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct Departed {
+    owner: Owner,
+    lport: u16,
+    rport: u16,
+    ts_ns: u64,
 }
 
 /// What the table knows about the socket an event concerns.
@@ -178,6 +283,8 @@ pub struct Attribution {
     pub kernel_chose_port: bool,
     /// The socket's local port as last known (a refused connect's port is gone by its exit).
     pub lport: u16,
+    /// What this event completes: connect latency, accept-queue wait, lifetime.
+    pub latency: Latency,
 }
 
 impl Attribution {
@@ -186,6 +293,7 @@ impl Attribution {
             owner: entry.owner().copied(),
             kernel_chose_port: entry.kernel_chose_port,
             lport: entry.lport,
+            latency: Latency::default(),
         }
     }
 }
@@ -210,6 +318,7 @@ impl SocketTable {
             time_wait_evicted: 0,
             capacity,
             evicted: 0,
+            departed: BoundedMap::new(DEPARTED_MAX),
         }
     }
 
@@ -228,7 +337,7 @@ impl SocketTable {
 
     /// Entries dropped by the hard cap (never by normal operation).
     pub fn evicted(&self) -> u64 {
-        self.evicted
+        self.evicted + self.departed.evicted()
     }
 
     /// Every socket the table holds.
@@ -260,7 +369,7 @@ impl SocketTable {
         if born {
             self.remove(ev.sk);
         }
-        if !self.unnamed.is_empty() {
+        if !self.unnamed.is_empty() && Self::names_its_socket(ev) {
             self.name_snapshot_socket(ev);
         }
         if super::event::found_no_port(ev) {
@@ -270,14 +379,28 @@ impl SocketTable {
             self.usage
                 .failed_connect(ev.netns, tracer_common::IPPROTO_TCP, dest, &comm);
         }
-        let attribution = match ev.kind {
+        // The moments this event starts or ends: before it may remove the entry, or once it
+        // made one.
+        let existed = ev.sk != 0 && self.sockets.contains_key(&ev.sk);
+        let mut latency = match self.sockets.get_mut(&ev.sk) {
+            Some(entry) if existed => entry.time(ev),
+            _ => Latency::default(),
+        };
+        let mut attribution = match ev.kind {
             kind::STATE => self.observe_state(ev),
             kind::RELEASE => self.observe_release(ev),
+            kind::RETRANSMIT | kind::RESET | kind::DROP => self.observe_health(ev),
             _ => self.observe_syscall(ev),
         };
         if self.sockets.contains_key(&ev.sk) {
             self.recount(ev.sk);
         }
+        if !existed && ev.sk != 0 {
+            if let Some(entry) = self.sockets.get_mut(&ev.sk) {
+                latency = entry.time(ev);
+            }
+        }
+        attribution.latency = latency;
         attribution
     }
 
@@ -301,11 +424,33 @@ impl SocketTable {
         match ev.kind {
             kind::ACCEPT if hook && !in_context => entry.state != tcp_state::SYN_RECV,
             kind::STATE | kind::RELEASE | kind::CLOSE | kind::SHUTDOWN => false,
+            kind::RETRANSMIT | kind::RESET | kind::DROP => false,
             kind::CONNECT if hook && entry.released => true,
             kind::CONNECT if hook && ev.protocol == tracer_common::IPPROTO_TCP => {
                 !matches!(entry.state, 0 | tcp_state::CLOSE | tcp_state::SYN_SENT)
             }
             _ => entry.released && in_context,
+        }
+    }
+
+    /// The owner of a socket removed a moment ago, if `ev` is about that very socket (same
+    /// ports, within [`DEPARTED_NS`]).
+    fn departed_owner(&self, ev: &SockEvent) -> Option<Owner> {
+        let d = self.departed.get(&ev.sk)?;
+        let recent = ev.ts_ns <= d.ts_ns.saturating_add(DEPARTED_NS);
+        (recent && d.lport == ev.lport && d.rport == ev.rport).then_some(d.owner)
+    }
+
+    /// Whether the event's endpoints are its socket's own, so it can name a socket known only
+    /// from the start-up snapshot: not a SYN-ACK resent for a listener's queued connection, a
+    /// reset sent for a segment, or a dropped packet (their endpoints are the packet's, and the
+    /// socket may be its listener).
+    fn names_its_socket(ev: &SockEvent) -> bool {
+        match ev.kind {
+            kind::RETRANSMIT => ev.arg == 0,
+            kind::RESET => ev.ret == 1,
+            kind::DROP => false,
+            _ => true,
         }
     }
 
@@ -335,6 +480,17 @@ impl SocketTable {
     fn remove(&mut self, sk: u64) {
         self.stop_listening(sk);
         if let Some(entry) = self.sockets.remove(&sk) {
+            if let Some(owner) = entry.owner() {
+                let departed = Departed {
+                    owner: *owner,
+                    lport: entry.lport,
+                    rport: entry.rport,
+                    ts_ns: entry.last_seen,
+                };
+                self.departed
+                    .pop_while(|d| d.ts_ns + DEPARTED_NS < departed.ts_ns);
+                self.departed.insert(sk, departed);
+            }
             if let Some((key, port)) = entry.counted {
                 self.usage.remove(key, port);
             }

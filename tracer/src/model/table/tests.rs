@@ -314,6 +314,8 @@ fn snapshot_sockets_are_named_by_their_first_live_event() {
         state,
         uid: 0,
         inode,
+        recv_q: 0,
+        send_q: 0,
     };
     let mut snapshot = Snapshot {
         sockets: vec![
@@ -553,4 +555,37 @@ fn time_wait_holds_the_port_for_its_destination() {
     );
     t.sweep(1_000 + 61_000_000_000);
     assert_eq!(held(&t)[1], ("198.51.100.10:80".to_string(), 0, 0));
+}
+
+/// Retransmits, resets and drops run in softirq and timers: charged to the socket's owner,
+/// a queued connection's to its listener's, none to the task that was on the CPU.
+#[test]
+fn health_events_are_charged_to_the_socket_owner_never_the_cpu() {
+    let mut t = SocketTable::default();
+    let mut c = ev(kind::CONNECT, 0x1, 8);
+    c.flags = flag::FROM_HOOK | flag::OWNER_IN_CONTEXT;
+    c.lport = 40000;
+    c.rport = 80;
+    t.observe(&c);
+    t.observe(&listen(0x2, 7, 80));
+    let health = |kind, sk, lport| SockEvent {
+        lport,
+        pid: 99, // whoever was on the CPU: never used
+        ..ev(kind, sk, 99)
+    };
+    let retransmit = t.observe(&health(kind::RETRANSMIT, 0x1, 40000));
+    assert_eq!(retransmit.owner.unwrap().pid, 8);
+    // A SYN-ACK resent for a connection in the listener's queue: `sk` is the listener.
+    let mut synack = health(kind::RETRANSMIT, 0x2, 80);
+    synack.arg = 1;
+    assert_eq!(t.observe(&synack).owner.unwrap().pid, 7);
+    // A drop at a request socket only the kernel knows: the listener's holders.
+    assert_eq!(
+        t.observe(&health(kind::DROP, 0x3, 80)).owner.unwrap().pid,
+        7
+    );
+    // No socket at all: nobody.
+    assert_eq!(t.observe(&health(kind::RESET, 0, 81)).owner, None);
+    assert_eq!(t.observe(&health(kind::DROP, 0x4, 81)).owner, None);
+    assert_eq!(t.len(), 2, "nothing added");
 }

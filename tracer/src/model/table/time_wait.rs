@@ -53,6 +53,8 @@ impl TimeWaitHold {
             expires_at: Some(self.expires),
             last_seen: 0,
             counted: None,
+            timing: super::Timing::default(),
+            queues: None,
         }
     }
 }
