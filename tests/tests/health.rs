@@ -146,10 +146,7 @@ fn a_dropped_syn_is_retransmitted_and_charged_to_the_client() {
         &[SERVER, "8080", "16", "polite"],
     );
     assert_eq!(server.line(), "ready");
-    wire.nft(
-        "table inet tracer_health {\n chain input {\n type filter hook input priority 0;\n \
-         tcp dport 8080 tcp flags syn drop\n }\n}\n",
-    );
+    wire.nft(DROP_SYNS);
     let mut client = Py::start(&wire.client.name, CLIENT_PY, &[SERVER, "8080"]);
     std::thread::sleep(Duration::from_millis(400));
     wire.nft("delete table inet tracer_health");
@@ -193,7 +190,66 @@ fn a_dropped_syn_is_retransmitted_and_charged_to_the_client() {
     assert_eq!(drop["laddr"], SERVER, "{drop}");
     assert_eq!(drop["lport"], 8080, "{drop}");
     assert_eq!(drop["rport"], port, "{drop}");
+    // The handshake's end carries its latency and the SYNs it took.
+    let syn_count = syn.len() as u64;
+    tracer.wait_for("the client's handshake", T, |records| {
+        events(records, "state")
+            .iter()
+            .any(|e| e["lport"] == port && e["state"] == "ESTABLISHED")
+    });
+    let done = events(&tracer.events, "state")
+        .into_iter()
+        .find(|e| e["lport"] == port && e["state"] == "ESTABLISHED")
+        .unwrap();
+    assert!(
+        done["connect_ns"].as_u64().unwrap() >= 900_000_000,
+        "{done}"
+    );
+    assert_eq!(done["syn_retransmits"].as_u64(), Some(syn_count), "{done}");
+    // `trace` tells the same connect as a story that says why it took a second.
+    wire.nft(DROP_SYNS);
+    let trace = Command::new(tracer_bin())
+        .args(["trace", "--json", "--user", "root", "--"])
+        .args(["ip", "netns", "exec", &wire.client.name])
+        .args(["python3", "-c", CLIENT_PY, SERVER, "8080"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tracer trace");
+    std::thread::sleep(Duration::from_millis(1500));
+    wire.nft("delete table inet tracer_health");
+    let out = trace.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let story = records
+        .iter()
+        .find(|r| r["type"] == "socket_story" && r["role"] == "client")
+        .unwrap_or_else(|| panic!("the client's story: {records:?}"));
+    let steps = story["steps"].as_array().unwrap();
+    let retransmit = steps
+        .iter()
+        .find(|s| s["what"] == "retransmit")
+        .unwrap_or_else(|| panic!("a retransmit step: {story}"));
+    let text = retransmit["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("SYN retransmitted (1) — no answer for 1."),
+        "{text}"
+    );
+    assert!(
+        story["health"]["syn_retransmits"].as_u64().unwrap() >= 1,
+        "{story}"
+    );
+    assert!(
+        story["connect_ns"].as_u64().unwrap() >= 1_000_000_000,
+        "{story}"
+    );
 }
+
+/// Drops every SYN to port 8080 in the server's namespace.
+const DROP_SYNS: &str = "table inet tracer_health {\n chain input {\n type filter hook input \
+                         priority 0;\n tcp dport 8080 tcp flags syn drop\n }\n}\n";
 
 /// A server closes a connection whose data it never read: its kernel sends a reset, charged
 /// to the server; the client's kernel receives it, charged to the client, whose next read
@@ -262,24 +318,9 @@ fn a_port_nobody_listens_on_answers_with_a_reset() {
     }
     let wire = Wire::up("hn");
     let addr = format!("127.0.0.1:{}", free_port());
-    let serve = Command::new(tracer_bin())
-        .args(["serve", "--listen", &addr, "--port", "8081"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tracer serve");
-    let _serve = KillOnDrop(serve);
+    let _serve = serve(&addr, "8081");
     let mut tracer = Tracer::watch(&["--port", "8081"]);
-    let scrape = || -> String {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some((200, body)) = http_get(&addr, "/metrics") {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "serve never answered");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let before = scrape();
+    let before = scrape(&addr);
     const N: u64 = 3;
     let mut pids = Vec::new();
     for _ in 0..N {
@@ -312,15 +353,9 @@ fn a_port_nobody_listens_on_answers_with_a_reset() {
     }
     // The metrics count each exactly once.
     let delta = |series: &str| {
-        let value = |text: &str| {
-            text.lines()
-                .find(|l| l.starts_with(series))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
         let deadline = Instant::now() + T;
         loop {
-            let d = value(&scrape()) - value(&before);
+            let d = metric(&scrape(&addr), series) - metric(&before, series);
             if d >= N || Instant::now() > deadline {
                 return d;
             }
@@ -339,7 +374,7 @@ fn a_port_nobody_listens_on_answers_with_a_reset() {
         delta(r#"tracer_packet_drops_total{family="ipv4",proto="tcp",reason="NO_SOCKET"}"#),
         N
     );
-    assert!(promtool_problems(&scrape()).is_empty());
+    assert!(promtool_problems(&scrape(&addr)).is_empty());
 }
 
 struct KillOnDrop(Child);
@@ -349,4 +384,151 @@ impl Drop for KillOnDrop {
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }
+}
+
+/// Opens 20 connections at once without waiting for any, then holds them.
+const FLOOD_PY: &str = r#"
+import socket, sys, time
+socks = []
+for i in range(20):
+    c = socket.socket()
+    c.setblocking(False)
+    c.connect_ex((sys.argv[1], int(sys.argv[2])))
+    socks.append(c)
+print("sent", flush=True)
+time.sleep(float(sys.argv[3]))
+"#;
+
+/// A listener with backlog 1 that never accepts, flooded by 20 connects: the kernel refuses
+/// the rest (SYNs dropped without a drop reason: only the listener's own counter knows),
+/// reported for that listener and its owner; the clients' SYNs are sent again; `ports`
+/// shows the queue as `ss` does (Recv-Q 2 waiting, Send-Q the backlog 1).
+#[test]
+fn a_full_accept_queue_refuses_connections_charged_to_its_listener() {
+    if !ready("listen_overflow") || !tool("listen_overflow", "promtool", "prometheus") {
+        return;
+    }
+    let wire = Wire::up("hq");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _serve = serve(&addr, "8082");
+    let mut tracer = Tracer::watch(&["--port", "8082"]);
+    let mut server = Py::start(
+        &wire.server.name,
+        SERVER_PY,
+        &[SERVER, "8082", "1", "never-accept"],
+    );
+    assert_eq!(server.line(), "ready");
+    let mut flood = Py::start(&wire.client.name, FLOOD_PY, &[SERVER, "8082", "8"]);
+    assert_eq!(flood.line(), "sent");
+    let server_pid = server.pid();
+    tracer.wait_for("an overflow of the listener", T, |records| {
+        records
+            .iter()
+            .any(|r| r["type"] == "listen_overflow" && r["lport"] == 8082)
+    });
+    let overflow = tracer
+        .events
+        .iter()
+        .find(|r| r["type"] == "listen_overflow")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        overflow["pid"], server_pid,
+        "the listener's owner: {overflow}"
+    );
+    assert_eq!(overflow["comm"], "python3", "{overflow}");
+    assert_eq!(overflow["netns"], wire.server.inode(), "{overflow}");
+    assert_eq!(overflow["backlog"], 1, "{overflow}");
+    assert_eq!(
+        overflow["queue"], 2,
+        "backlog + 1 wait, as the kernel allows: {overflow}"
+    );
+    assert!(overflow["dropped"].as_u64().unwrap() >= 1, "{overflow}");
+    tracer.wait_for("the clients' SYNs sent again", T, |records| {
+        events(records, "retransmit")
+            .iter()
+            .any(|e| e["retransmit"] == "syn" && e["pid"] == flood.pid())
+    });
+    let ports = tracer_json(&["ports", "--json", "--netns", &wire.server.name]);
+    let row = ports
+        .iter()
+        .find(|r| r["type"] == "socket" && r["lport"] == 8082 && r["state"] == "LISTEN")
+        .expect("the listener in ports");
+    assert_eq!(
+        (row["recv_q"].as_u64(), row["send_q"].as_u64()),
+        (Some(2), Some(1)),
+        "{row}"
+    );
+    assert_eq!(row["pid"], server_pid, "{row}");
+    // Once the clients are gone the listener's own count stops; the metric says the same
+    // number (serve saw the listener start: every drop is one it saw).
+    drop(flood);
+    let ss = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &wire.server.name,
+            "ss",
+            "-tlnmH",
+            "sport",
+            "= :8082",
+        ])
+        .output()
+        .expect("ss");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let drops: u64 = ss
+        .split(['(', ',', ')'])
+        .find_map(|f| f.trim().strip_prefix('d')?.parse().ok())
+        .unwrap_or_else(|| panic!("ss -m shows the listener's drops: {ss}"));
+    let series = r#"tracer_listen_overflows_total{comm="python3",port="8082"}"#;
+    let deadline = Instant::now() + T;
+    let counted = loop {
+        let counted = metric(&scrape(&addr), series);
+        if counted >= drops || Instant::now() > deadline {
+            break counted;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(counted, drops, "{series} against ss -m");
+    let text = scrape(&addr);
+    assert!(
+        text.contains("tracer_tcp_connect_seconds_bucket{family=\"ipv4\",result=\"established\""),
+        "the connect histogram"
+    );
+    assert!(
+        text.contains("tracer_listen_queue_length{comm=\"python3\",port=\"8082\",proto=\"tcp\"} 2")
+    );
+    assert!(promtool_problems(&text).is_empty());
+}
+
+/// `tracer serve` on `addr`, only port `port`, stopped on drop.
+fn serve(addr: &str, port: &str) -> KillOnDrop {
+    let child = Command::new(tracer_bin())
+        .args(["serve", "--listen", addr, "--port", port])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tracer serve");
+    let serve = KillOnDrop(child);
+    scrape(addr);
+    serve
+}
+
+/// `/metrics` once it answers.
+fn scrape(addr: &str) -> String {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some((200, body)) = http_get(addr, "/metrics") {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "serve never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A series' value in an exposition (0 when absent).
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0)
 }

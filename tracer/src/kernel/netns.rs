@@ -275,6 +275,23 @@ impl PortRangeCache {
     /// An open handle to namespace `inode`: from the owner's `/proc/PID/ns/net`, else from the
     /// namespace index (rescanned when older than a second). Opened, not just looked at: a
     /// process may exit between the two, and the open fd keeps the namespace.
+    /// The TCP listeners of namespace `inode` (queues, backlogs, drops); `pid` holds a socket
+    /// there, the first way in to try.
+    pub fn listeners(
+        &mut self,
+        inode: u32,
+        pid: Option<u32>,
+    ) -> Result<Vec<crate::model::snapshot::SnapSocket>> {
+        use crate::kernel::snapshot::listeners_here;
+        if inode == self.own {
+            return listeners_here(inode);
+        }
+        let ns = self
+            .open_handle(inode, pid)
+            .ok_or_else(|| Error::NoSuchNetns(format!("inode {inode}")))?;
+        run_in(ns, move || listeners_here(inode))
+    }
+
     fn open_handle(&mut self, inode: u32, pid: Option<u32>) -> Option<fs::File> {
         let opens_it = |path: &Path| {
             open(path, "")

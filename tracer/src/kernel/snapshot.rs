@@ -8,7 +8,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
-    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -100,8 +100,8 @@ fn every_netns() -> Vec<(u32, PathBuf)> {
         .collect()
 }
 
-/// Dumps TCP and UDP sockets of both families in the calling thread's namespace.
-fn dump_here(netns: u32) -> Result<Vec<SnapSocket>> {
+/// A sock_diag socket of the calling thread's namespace.
+fn diag_socket() -> Result<Socket> {
     let mut socket =
         Socket::new(NETLINK_SOCK_DIAG).map_err(|e| Error::io("sock_diag socket", e))?;
     socket
@@ -110,13 +110,46 @@ fn dump_here(netns: u32) -> Result<Vec<SnapSocket>> {
     socket
         .connect(&SocketAddr::new(0, 0))
         .map_err(|e| Error::io("connecting the sock_diag socket", e))?;
+    Ok(socket)
+}
+
+/// Dumps TCP and UDP sockets of both families in the calling thread's namespace.
+fn dump_here(netns: u32) -> Result<Vec<SnapSocket>> {
+    let mut socket = diag_socket()?;
     let mut out = Vec::new();
     for family in [AF_INET, AF_INET6] {
         for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
-            dump_one(&mut socket, netns, family, protocol, &mut out)?;
+            dump_one(&mut socket, netns, family, protocol, Dump::All, &mut out)?;
         }
     }
     Ok(out)
+}
+
+/// The TCP listeners of the calling thread's namespace, with their accept queue (`recv_q`),
+/// backlog (`send_q`) and the packets each dropped (`drops`: SYNs and ACKs refused while its
+/// queue was full, as `ss -m` shows them). What `watch` reads every few seconds.
+pub fn listeners_here(netns: u32) -> Result<Vec<SnapSocket>> {
+    let mut socket = diag_socket()?;
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        dump_one(
+            &mut socket,
+            netns,
+            family,
+            IPPROTO_TCP,
+            Dump::Listeners,
+            &mut out,
+        )?;
+    }
+    Ok(out)
+}
+
+/// What a dump asks the kernel for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dump {
+    All,
+    /// Listening sockets only, with their memory counters (drops).
+    Listeners,
 }
 
 fn dump_one(
@@ -124,6 +157,7 @@ fn dump_one(
     netns: u32,
     family: u16,
     protocol: u8,
+    what: Dump,
     out: &mut Vec<SnapSocket>,
 ) -> Result<()> {
     let io = |what: &str, e| Error::io(format!("sock_diag {what}"), e);
@@ -134,8 +168,14 @@ fn dump_one(
         SockDiagMessage::InetRequest(InetRequest {
             family: family as u8,
             protocol,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::all(),
+            extensions: match what {
+                Dump::All => ExtensionFlags::empty(),
+                Dump::Listeners => ExtensionFlags::SKMEMINFO,
+            },
+            states: match what {
+                Dump::All => StateFlags::all(),
+                Dump::Listeners => StateFlags::LISTEN,
+            },
             socket_id: if family == AF_INET {
                 SocketId::new_v4()
             } else {
@@ -206,6 +246,10 @@ fn convert(netns: u32, protocol: u8, r: &InetResponse) -> Option<SnapSocket> {
         inode: h.inode,
         recv_q: h.recv_queue,
         send_q: h.send_queue,
+        drops: r.nlas.iter().find_map(|nla| match nla {
+            Nla::MemInfo(m) => Some(m.drops),
+            _ => None,
+        }),
     })
 }
 

@@ -69,6 +69,13 @@ struct KernelSeries {
 struct TableSeries {
     listening: IntGaugeVec,
     listen_port_info: IntGaugeVec,
+    /// A listener's accept queue now and its backlog (from sock_diag every 2 s).
+    listen_queue: IntGaugeVec,
+    listen_backlog: IntGaugeVec,
+    /// Connections refused while a listener's queue was full, and the (port, comm) series
+    /// made so far (capped like `listen_port_info`).
+    listen_overflows: IntCounterVec,
+    overflow_series: std::sync::Mutex<std::collections::HashSet<(u16, String)>>,
     ephemeral: ephemeral::EphemeralSeries,
     sockets_tracked: IntGauge,
 }
@@ -177,6 +184,25 @@ impl TableSeries {
                 "Listening sockets now, by port and owning command (ports beyond the cap count under port=\"other\").",
                 &["port", "proto", "comm"],
             ),
+            listen_queue: gauge_vec(
+                r,
+                "tracer_listen_queue_length",
+                "Connections waiting in a listener's accept queue (ss's Recv-Q for a listener), read every 2 s, by port and owning command (capped like tracer_listen_port_info).",
+                &["port", "proto", "comm"],
+            ),
+            listen_backlog: gauge_vec(
+                r,
+                "tracer_listen_backlog",
+                "A listener's backlog in effect (ss's Send-Q for a listener), by port and owning command.",
+                &["port", "proto", "comm"],
+            ),
+            listen_overflows: counter_vec(
+                r,
+                "tracer_listen_overflows_total",
+                "Connection attempts (SYNs, handshake-completing ACKs) a listener refused while its accept queue was full, from its sk_drops, by port and owning command (ports beyond the cap count under port=\"other\").",
+                &["port", "comm"],
+            ),
+            overflow_series: std::sync::Mutex::default(),
             ephemeral: ephemeral::EphemeralSeries::new(r),
             sockets_tracked: gauge(
                 r,
@@ -410,7 +436,10 @@ impl Metrics {
         self.table.sockets_tracked.set(table.len() as i64);
         self.table.listening.reset();
         self.table.listen_port_info.reset();
+        self.table.listen_queue.reset();
+        self.table.listen_backlog.reset();
         let mut ports: BTreeMap<(u16, &'static str, String), i64> = BTreeMap::new();
+        let mut queues: BTreeMap<(u16, &'static str, String), (i64, i64)> = BTreeMap::new();
         for s in table.sockets().filter(|s| s.is_listening()) {
             let proto = crate::model::event::proto_name(s.protocol);
             self.table
@@ -422,7 +451,33 @@ impl Metrics {
                 || "-".into(),
                 |o| crate::text::escape(&o.comm()).into_owned(),
             );
+            if let Some((queue, backlog)) = s.queues {
+                let q = queues.entry((s.lport, proto, comm.clone())).or_default();
+                q.0 += i64::from(queue);
+                q.1 += i64::from(backlog);
+            }
             *ports.entry((s.lport, proto, comm)).or_default() += 1;
+        }
+        for (i, ((port, proto, comm), (queue, backlog))) in queues.into_iter().enumerate() {
+            let port = if i < self.listen_port_cap {
+                port.to_string()
+            } else {
+                "other".into()
+            };
+            let comm = if i < self.listen_port_cap {
+                comm
+            } else {
+                "other".into()
+            };
+            let labels = [port.as_str(), proto, comm.as_str()];
+            self.table
+                .listen_queue
+                .with_label_values(&labels)
+                .add(queue);
+            self.table
+                .listen_backlog
+                .with_label_values(&labels)
+                .add(backlog);
         }
         for (i, ((port, proto, comm), n)) in ports.into_iter().enumerate() {
             if i < self.listen_port_cap {
@@ -438,6 +493,34 @@ impl Metrics {
             }
         }
         self.update_ephemeral(table);
+    }
+
+    /// Counts the connections listeners refused while full.
+    pub fn count_overflows(&self, overflows: &[crate::model::listen::ListenOverflow]) {
+        let mut series = self
+            .table
+            .overflow_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for o in overflows {
+            // A label value any user names: escaped like every other place it is shown.
+            let comm = crate::text::escape(o.comm.as_deref().unwrap_or("-")).into_owned();
+            let key = (o.lport, comm);
+            let known = series.contains(&key);
+            if !known && series.len() < self.listen_port_cap {
+                series.insert(key.clone());
+            }
+            let counter = if series.contains(&key) {
+                self.table
+                    .listen_overflows
+                    .with_label_values(&[&key.0.to_string(), &key.1])
+            } else {
+                self.table
+                    .listen_overflows
+                    .with_label_values(&["other", "other"])
+            };
+            counter.inc_by(o.dropped);
+        }
     }
 
     /// The text exposition format.

@@ -160,6 +160,17 @@ impl Scrape {
         *counts.entry(key).or_default() += 1;
     }
 
+    /// A reading of the listen queues: the refused connections counted, the queue gauges
+    /// refreshed from the table (which took the reading).
+    pub fn listen_queues(
+        &self,
+        overflows: &[crate::model::listen::ListenOverflow],
+        table: &SocketTable,
+    ) {
+        self.metrics.count_overflows(overflows);
+        self.update_table(table);
+    }
+
     /// Sets the socket-table gauges (from the draining thread), never while a scrape reads
     /// them.
     pub fn update_table(&self, table: &SocketTable) {

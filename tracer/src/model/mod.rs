@@ -6,6 +6,7 @@ pub mod event;
 pub mod evicted;
 pub mod filter;
 pub mod health;
+pub mod listen;
 pub mod nat;
 pub mod ports;
 pub mod snapshot;

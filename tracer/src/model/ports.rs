@@ -632,6 +632,7 @@ pub(crate) mod fixtures {
             inode,
             recv_q: 0,
             send_q: 0,
+            drops: None,
         };
         let mut snapshot = Snapshot {
             namespaces: vec![SnapNetns {

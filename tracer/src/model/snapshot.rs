@@ -27,6 +27,10 @@ pub struct SnapSocket {
     pub recv_q: u32,
     #[serde(default)]
     pub send_q: u32,
+    /// Packets the socket dropped (`sk_drops`; a listener's are connections refused while its
+    /// accept queue was full), when asked for.
+    #[serde(default)]
+    pub drops: Option<u32>,
 }
 
 /// A network namespace the snapshot looked into.

@@ -382,6 +382,16 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
         )
     }
 
+    fn listen_overflow(&mut self, o: &crate::model::listen::ListenOverflow) -> io::Result<()> {
+        let (on, off) = self.paint(RED);
+        self.out.flush()?;
+        writeln!(
+            self.status,
+            "{on}tracer: {}{off}",
+            crate::text::escape(&text::overflow_line(o))
+        )
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }

@@ -125,6 +125,11 @@ impl<W: Write> Sink for JsonSink<W> {
         self.out.flush()
     }
 
+    fn listen_overflow(&mut self, o: &crate::model::listen::ListenOverflow) -> io::Result<()> {
+        self.line(&super::wire::Tagged::new("listen_overflow", o))?;
+        self.out.flush()
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.spill()?;
         self.out.flush()

@@ -104,6 +104,11 @@ impl Sink for LogSink {
         Ok(())
     }
 
+    fn listen_overflow(&mut self, o: &crate::model::listen::ListenOverflow) -> io::Result<()> {
+        tracing::warn!("{}", super::ports::overflow_line(o));
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

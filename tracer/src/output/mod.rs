@@ -63,5 +63,11 @@ pub trait Sink {
     fn nat(&mut self, item: &NatOutput) -> io::Result<()>;
     /// A watched network namespace went away: its NAT hooks were dropped.
     fn netns_gone(&mut self, name: &str, inode: u32) -> io::Result<()>;
+    /// A listener's accept queue was full: the kernel refused connections since the last
+    /// reading.
+    fn listen_overflow(
+        &mut self,
+        overflow: &crate::model::listen::ListenOverflow,
+    ) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
 }

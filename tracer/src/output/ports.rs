@@ -347,6 +347,26 @@ pub fn write_usage_json(out: &mut impl Write, record: &str, u: &Usage) -> io::Re
     out.write_all(b"\n")
 }
 
+/// `listen queue of 203.0.113.2:8082 (python3, pid 41) full: 12 connections refused (queue
+/// 2, backlog 1; 126 since it opened)` — not escaped (the caller does, for its terminal).
+pub fn overflow_line(o: &crate::model::listen::ListenOverflow) -> String {
+    let owner = match (&o.comm, o.pid) {
+        (Some(comm), Some(pid)) => format!(" ({comm}, pid {pid})"),
+        _ => String::new(),
+    };
+    let endpoint = crate::model::types::Endpoint::new(o.laddr, o.lport);
+    format!(
+        "listen queue of {endpoint}{owner} in netns {} full: {} connection attempt{} refused \
+         (queue {}, backlog {}; {} since it opened)",
+        o.netns,
+        o.dropped,
+        if o.dropped == 1 { "" } else { "s" },
+        o.queue,
+        o.backlog,
+        o.dropped_total
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,12 @@ use crate::{
         snapshot::{self, Scope},
     },
     metrics::server::KernelReadings,
-    model::{event::monotonic_ns, evicted::Evicted, nat::GoneNetns, snapshot::Snapshot},
+    model::{
+        event::monotonic_ns,
+        evicted::Evicted,
+        nat::GoneNetns,
+        snapshot::{SnapSocket, Snapshot},
+    },
 };
 
 /// The kernel side of a run, as a stage sees it.
@@ -38,6 +43,11 @@ pub trait KernelInputs {
     fn gone_namespaces(&mut self, candidates: &[u32]) -> Vec<u32>;
     /// The sockets the kernel has now, without owners (to drop entries whose close was lost).
     fn sockets_now(&mut self) -> Option<Snapshot>;
+    /// The TCP listeners of these namespaces now (each with a process holding a socket
+    /// there, a way in), with their queues and drops.
+    fn listeners(&mut self, _places: &[(u32, Option<u32>)]) -> Vec<SnapSocket> {
+        Vec::new()
+    }
     /// Whether any of these processes still exists.
     fn any_alive(&mut self, pids: &[u32]) -> bool;
     /// The NAT side, when the run watches NAT.
@@ -129,6 +139,17 @@ impl KernelInputs for LiveKernel {
 
     fn sockets_now(&mut self) -> Option<Snapshot> {
         snapshot::take_sockets(&self.scope).ok()
+    }
+
+    fn listeners(&mut self, places: &[(u32, Option<u32>)]) -> Vec<SnapSocket> {
+        let mut out = Vec::new();
+        for &(netns, pid) in places {
+            match self.ranges.listeners(netns, pid) {
+                Ok(found) => out.extend(found),
+                Err(e) => tracing::debug!("listeners of netns {netns}: {e}"),
+            }
+        }
+        out
     }
 
     fn any_alive(&mut self, pids: &[u32]) -> bool {

@@ -10,7 +10,7 @@ use crate::{
     model::{
         evicted::Evicted,
         nat::{CtEvent, GoneNetns},
-        snapshot::Snapshot,
+        snapshot::{SnapSocket, Snapshot},
     },
     source::capture::{Answer, CaptureReader, CaptureWriter, Frame, Header},
 };
@@ -67,6 +67,10 @@ impl KernelInputs for Recorder<'_> {
     fn any_alive(&mut self, pids: &[u32]) -> bool {
         let v = self.inner.any_alive(pids);
         self.note(v, |v| Answer::AnyAlive(*v))
+    }
+    fn listeners(&mut self, places: &[(u32, Option<u32>)]) -> Vec<SnapSocket> {
+        let v = self.inner.listeners(places);
+        self.note(v, |v| Answer::Listeners(v.clone()))
     }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         match self.inner.nat() {
@@ -284,6 +288,13 @@ impl KernelInputs for Replayer {
             _ => None,
         })
         .unwrap_or(false)
+    }
+    fn listeners(&mut self, _places: &[(u32, Option<u32>)]) -> Vec<SnapSocket> {
+        self.take(|a| match a {
+            Answer::Listeners(v) => Some(v.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
     }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         if self.nat {

@@ -14,11 +14,16 @@ use crate::{
     error::Result,
     metrics::{self, server::Scrape},
     model::{
-        evicted::Evicted, nat::who::Who, ports::RemoteLog, snapshot::Snapshot, Clock, Event,
-        Filter, SocketTable,
+        evicted::Evicted, listen::ListenQueues, nat::who::Who, ports::RemoteLog,
+        snapshot::Snapshot, Clock, Event, Filter, SocketTable,
     },
     output::{Sink, SnapshotInfo, Summary},
 };
+
+/// Listen queues are read every this many ticks (100 ms each), in at most this many
+/// namespaces per reading.
+const LISTEN_EVERY_TICKS: u32 = 20;
+const LISTEN_NAMESPACES_PER_ROUND: usize = 32;
 
 /// How often, at most, the socket table is checked against the kernel after lost events.
 const RECONCILE_EVERY_NS: u64 = 10_000_000_000;
@@ -46,6 +51,9 @@ pub struct WatchStage {
     last_reconcile_ns: u64,
     ticks: u32,
     groups_printed: usize,
+    /// Listen queues: the last drop count of each listener read.
+    listen: ListenQueues,
+    listen_rounds: usize,
 }
 
 /// What a [`WatchStage`] is built from.
@@ -91,6 +99,8 @@ impl WatchStage {
             last_reconcile_ns: 0,
             ticks: 0,
             groups_printed: 0,
+            listen: ListenQueues::default(),
+            listen_rounds: 0,
         }
     }
 
@@ -144,6 +154,36 @@ impl WatchStage {
         }
         for usage in self.table.usage_mut().take_warnings() {
             self.sink.ephemeral_warning(&usage).map_err(out_err)?;
+        }
+        Ok(())
+    }
+
+    /// Every two seconds: the listeners' queues (for `ports`' columns and the metrics) and
+    /// the connections each refused while full, charged to its owner.
+    fn read_listen_queues(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
+        let places = self
+            .table
+            .listener_places(LISTEN_NAMESPACES_PER_ROUND, self.listen_rounds);
+        self.listen_rounds = self.listen_rounds.wrapping_add(1);
+        if places.is_empty() {
+            return Ok(());
+        }
+        let reading = kernel.listeners(&places);
+        tracing::debug!(
+            "listen queues: {} listeners read in {} namespaces",
+            reading.len(),
+            places.len()
+        );
+        let asked: Vec<u32> = places.iter().map(|(ns, _)| *ns).collect();
+        let overflows = self.listen.observe(&asked, &reading, &mut self.table);
+        if let Some(scrape) = &self.scrape {
+            scrape.listen_queues(&overflows, &self.table);
+        }
+        if self.mode == WatchMode::Serve {
+            return Ok(());
+        }
+        for overflow in &overflows {
+            self.sink.listen_overflow(overflow).map_err(out_err)?;
         }
         Ok(())
     }
@@ -357,6 +397,9 @@ impl Stage for WatchStage {
         }
         if self.ticks.is_multiple_of(50) {
             self.print_groups()?;
+        }
+        if self.ticks.is_multiple_of(LISTEN_EVERY_TICKS) {
+            self.read_listen_queues(kernel)?;
         }
         Ok(Flow::Continue)
     }

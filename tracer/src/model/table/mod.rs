@@ -433,6 +433,38 @@ impl SocketTable {
         }
     }
 
+    /// A sock_diag reading of a listener: its queue and backlog go on its entry (for
+    /// `ports`); returns its owner, and whether tracer saw it start listening (so every drop
+    /// it has is one tracer saw happen). None: not a listener the table knows.
+    pub fn set_listener_queues(
+        &mut self,
+        s: &crate::model::snapshot::SnapSocket,
+    ) -> Option<(Option<Owner>, bool)> {
+        let sk = self.listener_on(s.netns, s.family, s.laddr, s.lport)?;
+        let entry = self.sockets.get_mut(&sk)?;
+        entry.queues = Some((s.recv_q, s.send_q));
+        Some((entry.owner().copied(), !entry.from_snapshot))
+    }
+
+    /// Where the table's listeners are: (namespace, a process holding one there), one per
+    /// namespace; `max` of them from the `round`th on (any user can make namespaces: every
+    /// one gets its turn, none is read more often for it).
+    pub fn listener_places(&self, max: usize, round: usize) -> Vec<(u32, Option<u32>)> {
+        let mut places: std::collections::BTreeMap<u32, Option<u32>> = Default::default();
+        for sk in self.listeners.values() {
+            if let Some(entry) = self.sockets.get(sk) {
+                let pid = entry.owner().map(|o| o.pid);
+                places.entry(entry.netns).or_insert(pid);
+            }
+        }
+        let all: Vec<(u32, Option<u32>)> = places.into_iter().collect();
+        if all.len() <= max {
+            return all;
+        }
+        let start = (round * max) % all.len();
+        all.iter().cycle().skip(start).take(max).copied().collect()
+    }
+
     /// The owner of a socket removed a moment ago, if `ev` is about that very socket (same
     /// ports, within [`DEPARTED_NS`]).
     fn departed_owner(&self, ev: &SockEvent) -> Option<Owner> {

@@ -316,6 +316,7 @@ fn snapshot_sockets_are_named_by_their_first_live_event() {
         inode,
         recv_q: 0,
         send_q: 0,
+        drops: None,
     };
     let mut snapshot = Snapshot {
         sockets: vec![
