@@ -15,6 +15,7 @@ use ratatui::{
 use crate::model::{
     ephemeral::{Usage, WARN_PERCENT},
     ports::{self, PortRow, ProcessLine, RowFilter, SortKey},
+    types::Proto,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,7 +268,13 @@ fn draw_sockets(frame: &mut Frame, area: Rect, rows: &[PortRow], scroll: usize) 
                 } else {
                     endpoint(&r.raddr, r.rport)
                 }),
-                Cell::from(r.state.name()),
+                // A listener's accept queue and backlog, as ss's Recv-Q/Send-Q.
+                Cell::from(match (r.listening, r.recv_q, r.send_q) {
+                    (true, Some(queue), Some(backlog)) if r.proto == Proto::Tcp => {
+                        format!("{} {queue}/{backlog}", r.state.name())
+                    }
+                    _ => r.state.name().to_string(),
+                }),
                 Cell::from(format!(
                     "{}/{}{}",
                     r.pid.map_or("-".to_string(), |p| p.to_string()),
@@ -281,13 +288,20 @@ fn draw_sockets(frame: &mut Frame, area: Rect, rows: &[PortRow], scroll: usize) 
             ])
         })
         .collect();
-    let header = Row::new(["PROTO", "LOCAL", "REMOTE", "STATE", "PID/COMM", "CLASS"]);
+    let header = Row::new([
+        "PROTO",
+        "LOCAL",
+        "REMOTE",
+        "STATE Q/BL",
+        "PID/COMM",
+        "CLASS",
+    ]);
     let widths = [
         Constraint::Length(5),
-        Constraint::Length(17),
-        Constraint::Length(17),
-        Constraint::Length(11),
-        Constraint::Length(17),
+        Constraint::Length(16),
+        Constraint::Length(16),
+        Constraint::Length(15),
+        Constraint::Length(15),
         Constraint::Min(7),
     ];
     render_table(frame, area, header, lines, &widths, scroll);

@@ -192,6 +192,34 @@ pub(crate) fn out_err(e: std::io::Error) -> Error {
 }
 
 /// Tells the sink when the loss counter moved past `seen` (then `seen` follows it).
+/// Listen queues are read every this many ticks (100 ms each), in at most this many
+/// namespaces per reading.
+pub(crate) const LISTEN_EVERY_TICKS: u32 = 20;
+const LISTEN_NAMESPACES_PER_ROUND: usize = 32;
+
+/// One reading of the listen queues where the table has listeners (`round`: whose turn it
+/// is, when there are more namespaces than one reading takes): the table's listeners learn
+/// their queues; the listeners that refused connections since the last reading come back.
+pub(crate) fn read_listen_queues(
+    table: &mut crate::model::SocketTable,
+    queues: &mut crate::model::listen::ListenQueues,
+    round: usize,
+    kernel: &mut dyn KernelInputs,
+) -> Vec<crate::model::listen::ListenOverflow> {
+    let places = table.listener_places(LISTEN_NAMESPACES_PER_ROUND, round);
+    if places.is_empty() {
+        return Vec::new();
+    }
+    let reading = kernel.listeners(&places);
+    tracing::debug!(
+        "listen queues: {} listeners read in {} namespaces",
+        reading.len(),
+        places.len()
+    );
+    let asked: Vec<u32> = places.iter().map(|(ns, _)| *ns).collect();
+    queues.observe(&asked, &reading, table)
+}
+
 pub(crate) fn report_loss(
     sink: &mut dyn crate::output::Sink,
     lost: u64,

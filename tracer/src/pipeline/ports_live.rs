@@ -25,6 +25,8 @@ pub struct PortsLiveStage<B: Backend> {
     events: u64,
     dirty: bool,
     ticks: u32,
+    /// Listen queues, read every 2 s for the RECV-Q/SEND-Q columns.
+    listen: crate::model::listen::ListenQueues,
 }
 
 impl<B: Backend> PortsLiveStage<B> {
@@ -43,6 +45,7 @@ impl<B: Backend> PortsLiveStage<B> {
             events: 0,
             dirty: true,
             ticks: 0,
+            listen: Default::default(),
         }
     }
 
@@ -139,6 +142,11 @@ impl<B: Backend> Stage for PortsLiveStage<B> {
             }
         }
         self.table.usage_mut().take_warnings();
+        if self.ticks.is_multiple_of(super::LISTEN_EVERY_TICKS) {
+            let round = (self.ticks / super::LISTEN_EVERY_TICKS) as usize;
+            super::read_listen_queues(&mut self.table, &mut self.listen, round, kernel);
+            self.dirty = true;
+        }
         if self.dirty {
             let lost = kernel.lost();
             self.draw(lost)?;

@@ -20,11 +20,6 @@ use crate::{
     output::{Sink, SnapshotInfo, Summary},
 };
 
-/// Listen queues are read every this many ticks (100 ms each), in at most this many
-/// namespaces per reading.
-const LISTEN_EVERY_TICKS: u32 = 20;
-const LISTEN_NAMESPACES_PER_ROUND: usize = 32;
-
 /// How often, at most, the socket table is checked against the kernel after lost events.
 const RECONCILE_EVERY_NS: u64 = 10_000_000_000;
 
@@ -161,21 +156,9 @@ impl WatchStage {
     /// Every two seconds: the listeners' queues (for `ports`' columns and the metrics) and
     /// the connections each refused while full, charged to its owner.
     fn read_listen_queues(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
-        let places = self
-            .table
-            .listener_places(LISTEN_NAMESPACES_PER_ROUND, self.listen_rounds);
+        let round = self.listen_rounds;
         self.listen_rounds = self.listen_rounds.wrapping_add(1);
-        if places.is_empty() {
-            return Ok(());
-        }
-        let reading = kernel.listeners(&places);
-        tracing::debug!(
-            "listen queues: {} listeners read in {} namespaces",
-            reading.len(),
-            places.len()
-        );
-        let asked: Vec<u32> = places.iter().map(|(ns, _)| *ns).collect();
-        let overflows = self.listen.observe(&asked, &reading, &mut self.table);
+        let overflows = super::read_listen_queues(&mut self.table, &mut self.listen, round, kernel);
         if let Some(scrape) = &self.scrape {
             scrape.listen_queues(&overflows, &self.table);
         }
@@ -398,7 +381,7 @@ impl Stage for WatchStage {
         if self.ticks.is_multiple_of(50) {
             self.print_groups()?;
         }
-        if self.ticks.is_multiple_of(LISTEN_EVERY_TICKS) {
+        if self.ticks.is_multiple_of(super::LISTEN_EVERY_TICKS) {
             self.read_listen_queues(kernel)?;
         }
         Ok(Flow::Continue)
