@@ -461,6 +461,12 @@ fn deploy_files_are_valid() {
             "config",
             deploy("prometheus/prometheus.yml").to_str().unwrap(),
         ],
+        // The alert rules' own unit tests (each rule fires above its threshold, not below).
+        vec![
+            "test",
+            "rules",
+            deploy("prometheus/alerts_test.yml").to_str().unwrap(),
+        ],
     ] {
         let out = Command::new("promtool").args(&args).output().unwrap();
         assert!(
@@ -520,6 +526,15 @@ fn deploy_files_are_valid() {
         "tracer_events_lost_total",
         "tracer_events_processed_total",
         "tracer_build_info",
+        "tracer_tcp_retransmits_total",
+        "tracer_tcp_resets_total",
+        "tracer_packet_drops_total",
+        "tracer_tcp_connect_seconds_bucket",
+        "tracer_tcp_connect_seconds_count",
+        "tracer_tcp_accept_wait_seconds_bucket",
+        "tracer_listen_queue_length",
+        "tracer_listen_backlog",
+        "tracer_listen_overflows_total",
     ];
     let mut queries = 0;
     for panel in dash["panels"].as_array().unwrap() {

@@ -384,6 +384,10 @@ pub struct KernelFilter {
     /// 1: the syscall path (accept() is seen, so the accept-queue wait can be measured).
     pub syscall_path: u8,
     pub _reserved: [u8; 2],
+    /// Drop reasons `kfree_skb` passes over at once (this kernel's values of QUEUE_PURGE and
+    /// SOCKET_CLOSE: data a socket's own close discards, once per connection, not packets
+    /// lost); 0 = unused slot.
+    pub quiet_drops: [u32; 2],
 }
 
 /// The IANA class of a port number.

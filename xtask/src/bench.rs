@@ -52,6 +52,8 @@ pub struct BenchArgs {
 enum Config {
     Untraced,
     Serve,
+    /// `serve` without the retransmit/reset/drop tracepoints: their cost, side by side.
+    ServeNoHealth,
     WatchJson,
     WatchHuman,
     /// The same on the syscall path (`--syscalls`).
@@ -65,13 +67,17 @@ enum Config {
 
 impl Config {
     fn is_serve(self) -> bool {
-        matches!(self, Config::Serve | Config::ServeSyscalls)
+        matches!(
+            self,
+            Config::Serve | Config::ServeNoHealth | Config::ServeSyscalls
+        )
     }
 
     fn name(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
             Config::Serve => "tracer serve (metrics only)",
+            Config::ServeNoHealth => "tracer serve --no-health",
             Config::WatchJson => "tracer watch --json > file",
             Config::WatchHuman => "tracer watch > file",
             Config::ServeSyscalls => "tracer serve --syscalls",
@@ -185,11 +191,14 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
     let metrics_addr = format!("127.0.0.1:{port}");
     let mut command = match config {
         Config::Untraced => return Ok(None),
-        Config::Serve | Config::ServeSyscalls => {
+        Config::Serve | Config::ServeNoHealth | Config::ServeSyscalls => {
             let mut c = Command::new(tracer);
             c.args(["serve", "--listen", &metrics_addr]);
             if config == Config::ServeSyscalls {
                 c.arg("--syscalls");
+            }
+            if config == Config::ServeNoHealth {
+                c.arg("--no-health");
             }
             c
         }
@@ -233,7 +242,7 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
     };
     let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
     match config {
-        Config::Serve | Config::ServeSyscalls => {
+        Config::Serve | Config::ServeNoHealth | Config::ServeSyscalls => {
             let addr = agent.metrics_addr.clone().unwrap();
             wait_for("tracer serve", || http_get(&addr, "/healthz").is_some())?
         }
@@ -349,6 +358,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
     let mut configs = vec![
         Config::Untraced,
         Config::Serve,
+        Config::ServeNoHealth,
         Config::WatchJson,
         Config::WatchHuman,
         Config::ServeSyscalls,

@@ -332,6 +332,10 @@ pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let reason = ctx.arg::<u64>(2) as u32;
+    let quiet = filt!(quiet_drops);
+    if reason != 0 && (reason == quiet[0] || reason == quiet[1]) {
+        return 0;
+    }
     let rx_sk: u64 = ctx.arg(3);
     let Some(p) = packet(skb) else {
         return 0;

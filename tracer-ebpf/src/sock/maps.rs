@@ -72,6 +72,7 @@ pub static FILTER: KernelFilter = KernelFilter {
     metrics_only: 0,
     syscall_path: 0,
     _reserved: [0; 2],
+    quiet_drops: [0; 2],
 };
 
 /// Counters of things that went wrong in the kernel side (see `tracer_common::counter`).

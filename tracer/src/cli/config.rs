@@ -355,9 +355,18 @@ impl FilterArgs {
         } else {
             KernelPath::Sockets
         };
-        let health = if events.is_empty() {
+        let names_health = events.iter().any(|e| HEALTH_EVENTS.contains(&e.as_str()));
+        let health = if self.no_health {
+            if names_health {
+                return Err(bad(
+                    "--no-health leaves off the retransmit, reset and drop events --events asks for"
+                        .into(),
+                ));
+            }
+            Health::Off
+        } else if events.is_empty() {
             Health::IfPresent
-        } else if events.iter().any(|e| HEALTH_EVENTS.contains(&e.as_str())) {
+        } else if names_health {
             Health::Required
         } else {
             Health::Off

@@ -255,6 +255,10 @@ pub struct FilterArgs {
     /// close, shutdown, sendto or recvfrom.
     #[arg(long)]
     pub syscalls: bool,
+    /// Leave the retransmit, reset and drop tracepoints (and their metrics) off; they are on
+    /// by default.
+    #[arg(long)]
+    pub no_health: bool,
 }
 
 #[derive(Debug, Args)]

@@ -161,17 +161,23 @@ fn tracepoints() -> Vec<Check> {
         ("sock", "sock_send_length"),
         ("sock", "sock_recv_length"),
     ];
+    let health = crate::kernel::attach::HEALTH_HOOKS;
     USED.iter()
+        .chain(health)
         .map(|&(category, event)| {
             // The data tracepoints (Linux 6.3+) serve `tracer trace` only; without them the
             // rest of tracer runs.
+            let is_health = health.contains(&(category, event));
             let note = if event.ends_with("_length") {
                 "tracer trace: bytes per socket (optional)"
+            } else if is_health {
+                "retransmits, resets, drops (optional: shown when present)"
             } else {
                 ""
             };
-            // The TCP state machine is read through a raw tracepoint (no record built).
-            let kind = if event == "inet_sock_set_state" {
+            // The TCP state machine and the health events are read through raw tracepoints
+            // (no record built).
+            let kind = if event == "inet_sock_set_state" || is_health {
                 "raw tracepoint"
             } else {
                 "tracepoint"

@@ -64,15 +64,23 @@ impl SockProbes {
         prereq::ensure_tracefs()?;
         let btf = KernelBtf::load()?;
         let offsets = resolve_offsets(&btf)?;
+        let drop_reasons = btf.enum_values("skb_drop_reason", "SKB_DROP_REASON_");
         if opts.health != Health::Off {
             crate::model::health::set_names(crate::model::health::ReasonNames {
-                drop: btf.enum_values("skb_drop_reason", "SKB_DROP_REASON_"),
+                drop: drop_reasons.clone(),
                 reset: btf.enum_values("sk_rst_reason", "SK_RST_REASON_"),
             });
         }
+        let quiet = |name: &str| {
+            drop_reasons
+                .iter()
+                .find(|(_, n)| n == name)
+                .map_or(0, |(v, _)| *v)
+        };
         let offsets = Global(offsets);
         let filter = Global(KernelFilter {
             syscall_path: u8::from(opts.path == KernelPath::Syscalls),
+            quiet_drops: [quiet("QUEUE_PURGE"), quiet("SOCKET_CLOSE")],
             ..opts.filter
         });
         let mut ebpf = EbpfLoader::new()

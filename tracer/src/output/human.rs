@@ -62,7 +62,7 @@ impl<W: Write, E: Write> HumanSink<W, E> {
     }
 }
 
-pub const HEADER: &str = "TIME            PID     COMM            EVENT     PROTO LADDR           LPORT RADDR           RPORT DETAIL";
+pub const HEADER: &str = "TIME            PID     COMM            EVENT      PROTO LADDR           LPORT RADDR           RPORT DETAIL";
 
 /// Local time of day with microseconds.
 pub(crate) fn time_of_day(ts_ns: u64) -> String {
@@ -131,7 +131,8 @@ pub fn detail(e: &Event, names: PortNames) -> String {
                     }
                 }
             }
-            if let Some(ns) = e.lifetime_ns {
+            // A connect that failed lived as long as it tried: said once.
+            if let Some(ns) = e.lifetime_ns.filter(|_| e.connect_ns.is_none()) {
                 let _ = write!(d, "lived {} ", seconds(ns));
             }
             if never_sent {
@@ -252,7 +253,7 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
         self.line.clear();
         let _ = write!(
             self.line,
-            "{:<15} {:<7} {comm} {:<9} {:<5} {:<15} {:<5} {:<15} {:<5} {c0}{}{c1}",
+            "{:<15} {:<7} {comm} {:<10} {:<5} {:<15} {:<5} {:<15} {:<5} {c0}{}{c1}",
             time_of_day(e.ts_ns),
             pid,
             e.event,
