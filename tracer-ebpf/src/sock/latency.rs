@@ -32,7 +32,11 @@ pub fn transition(sk: u64, family: u16, old: u8, new: u8) {
     if new == tcp_state::SYN_SENT {
         start(sk);
     } else if old == tcp_state::SYN_SENT {
-        if let Some(ns) = since_start(sk) {
+        let started = since_start(sk);
+        // No port was ever found (EADDRNOTAVAIL): no SYN left, no handshake to time.
+        let no_port = new == tcp_state::CLOSE
+            && tracer_ebpf::window::read::<u16>(sk, off!(inet_sport)).unwrap_or(0) == 0;
+        if let Some(ns) = started.filter(|_| !no_port) {
             let result = u32::from(new != tcp_state::ESTABLISHED);
             stat(
                 stats::CONNECT_SECONDS

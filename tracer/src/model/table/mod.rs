@@ -24,6 +24,7 @@ use tracer_common::{flag, kind, tcp_state, SockEvent};
 
 use super::bounded::BoundedMap;
 use super::ephemeral::{Dest, EphemeralUsage, UsageKey};
+use super::event::found_no_port;
 use super::types::{sock_key, SockKey};
 
 mod attribute;
@@ -152,6 +153,10 @@ impl TrackedSocket {
                     ..Timing::default()
                 };
             }
+            // A connect the kernel found no port for sent no SYN: no handshake to time.
+            kind::STATE if ev.old_state == tcp_state::SYN_SENT && found_no_port(ev) => {
+                t.syn_sent_ns = 0;
+            }
             kind::STATE if ev.old_state == tcp_state::SYN_SENT => {
                 latency.connect_ns = since(t.syn_sent_ns);
                 latency.syn_retransmits = latency.connect_ns.map(|_| t.syn_retransmits);
@@ -189,7 +194,7 @@ impl TrackedSocket {
                 ev.ts_ns
             };
         }
-        if ev.kind == kind::STATE && ev.new_state == tcp_state::CLOSE {
+        if ev.kind == kind::STATE && ev.new_state == tcp_state::CLOSE && !found_no_port(ev) {
             latency.lifetime_ns = since(t.opened_ns);
         }
         latency
