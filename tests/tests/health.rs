@@ -439,6 +439,7 @@ fn a_full_accept_queue_refuses_connections_charged_to_its_listener() {
     assert_eq!(overflow["comm"], "python3", "{overflow}");
     assert_eq!(overflow["netns"], wire.server.inode(), "{overflow}");
     assert_eq!(overflow["backlog"], 1, "{overflow}");
+    assert_eq!(overflow["full"], true, "{overflow}");
     assert_eq!(
         overflow["queue"], 2,
         "backlog + 1 wait, as the kernel allows: {overflow}"

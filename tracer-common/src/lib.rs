@@ -27,8 +27,8 @@ pub mod kind {
     pub const DATA: u16 = 14;
     /// `tcp:tcp_retransmit_skb` / `tcp:tcp_retransmit_synack`: a segment sent again.
     /// `new_state` is the socket's state (SYN_SENT: the SYN), `arg` 1 for a SYN-ACK resent for
-    /// a connection still in its listener's queue (`sk` is then the listener), `ret` the
-    /// kernel's result of the resend (0 or a negative errno).
+    /// a connection still in its listener's queue (`sk` is then the listener). Only resends
+    /// that left are reported (`ret` 0).
     pub const RETRANSMIT: u16 = 15;
     /// `tcp:tcp_send_reset` / `tcp:tcp_receive_reset`: an RST. `ret` 0 sent, 1 received; `arg`
     /// the kernel's `enum sk_rst_reason` of a sent one; `new_state` the socket's state (0 when
@@ -112,7 +112,10 @@ pub mod counter {
     /// way).
     pub const STARTS_INSERTED: u32 = 8;
     pub const STARTS_REMOVED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Resets and drops for packets no socket had (a port scan makes two per SYN) beyond
+    /// [`super::UNOWNED_PER_SECOND`] per CPU: counted in the metrics, not sent (a lost event).
+    pub const UNOWNED_LIMITED: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Layout of the kernel's per-CPU statistics array (`STATS`): counters summed in the kernel at
@@ -191,6 +194,22 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+
+/// Tracepoint arguments newer kernels added, which a raw tracepoint program may read only
+/// where they exist (the kernel refuses to attach a program that reads past them).
+pub mod tp_args {
+    /// `tcp_retransmit_skb`'s `err` (Linux 6.17).
+    pub const RETRANSMIT_ERR: u8 = 1 << 0;
+    /// `tcp_send_reset`'s `reason` (Linux 6.10).
+    pub const RESET_REASON: u8 = 1 << 1;
+    /// `kfree_skb`'s `rx_sk` (Linux 6.11).
+    pub const DROP_RX_SK: u8 = 1 << 2;
+}
+
+/// Reset and drop records for packets no socket had, at most, per CPU and second: a flood of
+/// them (a port scan, a SYN flood to a closed port) cannot fill the ring the socket events
+/// share. Beyond, they are counted (metrics exact) and reported as lost.
+pub const UNOWNED_PER_SECOND: u64 = 1000;
 
 /// Maximum number of ports `--port` can select in the kernel.
 pub const MAX_PORT_FILTERS: usize = 8;
@@ -383,7 +402,9 @@ pub struct KernelFilter {
     pub metrics_only: u8,
     /// 1: the syscall path (accept() is seen, so the accept-queue wait can be measured).
     pub syscall_path: u8,
-    pub _reserved: [u8; 2],
+    /// Bits of [`tp_args`]: the optional tracepoint arguments this kernel passes.
+    pub tp_args: u8,
+    pub _reserved: [u8; 1],
     /// Drop reasons `kfree_skb` passes over at once (this kernel's values of QUEUE_PURGE and
     /// SOCKET_CLOSE: data a socket's own close discards, once per connection, not packets
     /// lost); 0 = unused slot.

@@ -367,3 +367,74 @@ fn threads_parked_in_accept_do_not_starve_other_processes() {
         "pending evictions counted: {evicted}"
     );
 }
+
+/// Connects to a closed loopback port as fast as it can for SECONDS: each attempt makes a
+/// reset and a drop no socket owns (what a remote port scan makes too). Prints the attempts.
+const REFUSED_STORM: &str = r#"
+import socket, sys, time
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < end:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", int(sys.argv[1])))
+    except OSError:
+        pass
+    s.close()
+    n += 1
+print(n, flush=True)
+"#;
+
+/// Resets and drops nobody owns are sent to the agent at a bounded rate per CPU — beyond it
+/// they are counted as lost, never silently — while the metrics count every one of them.
+#[test]
+fn a_flood_of_ownerless_resets_is_rate_limited_and_counted() {
+    if !can_run("a_flood_of_ownerless_resets_is_rate_limited_and_counted") {
+        return;
+    }
+    const SECONDS: f64 = 3.0;
+    let closed = free_port().to_string();
+    let serve = Serve::start();
+    let before = serve.total("tracer_tcp_resets_total", "{direction=\"received\"");
+    let mut watch = Tracer::watch(&["--port", &closed, "--events", "reset,drop"]);
+    let storm = as_nobody("/usr/bin/python3")
+        .args(["-c", REFUSED_STORM, &closed, &SECONDS.to_string()])
+        .output()
+        .expect("run the storm");
+    let attempts: u64 = String::from_utf8_lossy(&storm.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let (_, records) = watch.stop_with(libc::SIGINT);
+    let unowned = records
+        .iter()
+        .filter(|r| r["type"] == "event" && r["pid"].is_null())
+        .count() as u64;
+    let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    // Per CPU and second at most 1,000 (one second more for the window the storm began in).
+    let budget = 1000 * cpus * (SECONDS as u64 + 2);
+    println!("{attempts} refused connects: {unowned} ownerless records shown, {summary}");
+    assert!(
+        attempts > budget / 2,
+        "the storm was too slow to test the limit: {attempts}"
+    );
+    assert!(
+        unowned <= budget,
+        "{unowned} ownerless records for a budget of {budget}"
+    );
+    assert!(
+        summary["lost"].as_u64().unwrap() > 0,
+        "what was held back is counted as lost: {summary}"
+    );
+    // The metrics count them all: each attempt's reset received in SYN_SENT.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let now = serve.total("tracer_tcp_resets_total", "{direction=\"received\"") - before;
+        if now >= attempts || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(counted, attempts, "every reset counted in the metrics");
+}

@@ -6,7 +6,8 @@
 //! `serve` only counts.
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{
-    counter, health, kind, stats, tcp_state, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+    counter, health, kind, stats, tcp_state, tp_args, SockEvent, AF_INET, AF_INET6, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 use tracer_ebpf::{
     maps::EVENTS,
@@ -19,7 +20,7 @@ use tracer_ebpf::{
 use crate::{
     emit::wakeup,
     filter::selected,
-    maps::{bump, HEALTH},
+    maps::{bump, HEALTH, UNOWNED},
     sk::{addresses, netns_of, SkCommon},
 };
 
@@ -201,6 +202,24 @@ fn count(key: u32) {
     }
 }
 
+/// Whether this CPU may send another record for a packet no socket had this second.
+#[inline(always)]
+fn within_unowned_budget() -> bool {
+    let Some(slot) = UNOWNED.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = now_ns();
+    // SAFETY: this CPU's slot, valid for the program's run; a program nested in softirq on
+    // this CPU may interleave, which at worst lets one record more through.
+    let slot = unsafe { &mut *slot };
+    if now.saturating_sub(slot[0]) >= 1_000_000_000 {
+        slot[0] = now;
+        slot[1] = 0;
+    }
+    slot[1] += 1;
+    slot[1] <= tracer_common::UNOWNED_PER_SECOND
+}
+
 /// Counts the record (unless a process filter waits for user space's attribution) and,
 /// unless `serve` only counts, writes it to the ring.
 #[inline(always)]
@@ -214,10 +233,19 @@ fn report(seen: &Seen, key: u32) {
     ) {
         return;
     }
-    if filt!(by_pid) == 0 && filt!(by_comm) == 0 {
+    let process_filter = filt!(by_pid) != 0 || filt!(by_comm) != 0;
+    if seen.sk == 0 && process_filter {
+        // No socket, no owner: no selected process's.
+        return;
+    }
+    if !process_filter {
         count(key);
     }
     if filt!(metrics_only) != 0 {
+        return;
+    }
+    if seen.sk == 0 && !within_unowned_budget() {
+        bump(counter::UNOWNED_LIMITED);
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
@@ -263,9 +291,17 @@ fn report(seen: &Seen, key: u32) {
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let err = ctx.arg::<u64>(2) as i32;
-    if let Some(mut seen) = Seen::of_socket(kind::RETRANSMIT, sk, sk) {
-        seen.ret = err as i64;
+    let err = if filt!(tp_args) & tp_args::RETRANSMIT_ERR != 0 {
+        ctx.arg::<u64>(2) as i32
+    } else {
+        0
+    };
+    // Linux 6.17 also reports attempts that sent nothing (the segment still queued below:
+    // EBUSY …): a retransmit is one that left.
+    if err != 0 {
+        return 0;
+    }
+    if let Some(seen) = Seen::of_socket(kind::RETRANSMIT, sk, sk) {
         let key = health::key(health::RETRANSMIT, seen.state, 0, family_slot(seen.family));
         report(&seen, key);
     }
@@ -293,7 +329,11 @@ pub fn tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
 pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
-    let reason = ctx.arg::<u64>(2) as u32;
+    let reason = if filt!(tp_args) & tp_args::RESET_REASON != 0 {
+        ctx.arg::<u64>(2) as u32
+    } else {
+        0
+    };
     let seen = if skb != 0 {
         packet(skb).map(|p| {
             let mut seen = p.seen(kind::RESET, sk, true);
@@ -326,6 +366,25 @@ pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Whether packet `p` leaves from socket `sk`'s own endpoint.
+#[inline(always)]
+fn sent_by(sk: u64, p: &Packet) -> bool {
+    let mut common = SkCommon::empty();
+    if common.load(sk).is_none() {
+        return false;
+    }
+    let own_port: u16 = common.get(off!(skc_num)).unwrap_or(0);
+    if own_port != p.sport {
+        return false;
+    }
+    let (laddr, raddr) = addresses(&common, p.family);
+    if laddr != [0; 2] {
+        p.src == laddr
+    } else {
+        raddr != [0; 2] && p.dst == raddr
+    }
+}
+
 /// `(skb, location, reason, rx_sk)`: a packet dropped (`kfree_skb` with a reason; a packet
 /// consumed normally goes to `consume_skb` instead). Only TCP and UDP over IP are reported.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
@@ -336,7 +395,11 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     if reason != 0 && (reason == quiet[0] || reason == quiet[1]) {
         return 0;
     }
-    let rx_sk: u64 = ctx.arg(3);
+    let rx_sk: u64 = if filt!(tp_args) & tp_args::DROP_RX_SK != 0 {
+        ctx.arg(3)
+    } else {
+        0
+    };
     let Some(p) = packet(skb) else {
         return 0;
     };
@@ -345,9 +408,10 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     } else {
         read::<u64>(skb, off!(skb_sk)).unwrap_or(0)
     };
-    // Received when no socket sent it: its destination port is the socket's own.
-    let own_port: u16 = read(sk, off!(skc_num)).unwrap_or(0);
-    let received = sk == 0 || rx_sk != 0 || own_port == p.dport;
+    // Received, unless it leaves from the socket's own endpoint (its port and address as
+    // the source; a socket bound to the wildcard: sent to its peer). Ports alone cannot tell:
+    // NTP, mDNS or IKE send from the port they send to.
+    let received = rx_sk != 0 || sk == 0 || !sent_by(sk, &p);
     let mut seen = p.seen(kind::DROP, sk, received);
     seen.state = read::<u8>(sk, off!(skc_state)).unwrap_or(0);
     if seen.netns == 0 {

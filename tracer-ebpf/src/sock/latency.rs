@@ -9,7 +9,10 @@ use crate::maps::{bump, stat, STARTS};
 
 #[inline(always)]
 fn start(sk: u64) {
-    if STARTS.insert(sk, now_ns(), 0).is_ok() {
+    // SAFETY: only whether the key is present is used.
+    let fresh = unsafe { STARTS.get(sk) }.is_none();
+    // A connect again on the same socket restarts its clock (counted once: its removal is).
+    if STARTS.insert(sk, now_ns(), 0).is_ok() && fresh {
         bump(counter::STARTS_INSERTED);
     }
 }

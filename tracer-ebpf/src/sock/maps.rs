@@ -71,7 +71,8 @@ pub static FILTER: KernelFilter = KernelFilter {
     comm: [0; 16],
     metrics_only: 0,
     syscall_path: 0,
-    _reserved: [0; 2],
+    tp_args: 0,
+    _reserved: [0; 1],
     quiet_drops: [0; 2],
 };
 
@@ -94,6 +95,11 @@ pub static HEALTH: PerCpuHashMap<u32, u64> =
 /// pushes out is counted (`counter::STARTS_INSERTED`/`STARTS_REMOVED`).
 #[map]
 pub static STARTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per CPU: (start of the current second, ownerless health records sent in it), for
+/// `tracer_common::UNOWNED_PER_SECOND`.
+#[map]
+pub static UNOWNED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Processes selected by `--pid`, and their descendants as they fork.
 /// LRU: a fork storm inside a traced process tree cannot make the map refuse new children;

@@ -171,13 +171,21 @@ fn attach_health(
         return Ok(());
     }
     for (category, event) in HEALTH_HOOKS {
-        let program: &mut RawTracePoint = program(ebpf, event)?;
-        program.load().map_err(prog_err(event))?;
-        let link = program.attach(event).map_err(prog_err(event))?;
-        links
-            .raw
-            .push(program.take_link(link).map_err(prog_err(event))?);
-        attached.push(format!("raw_tracepoint/{category}/{event}"));
+        let attach_one = |ebpf: &mut Ebpf, links: &mut Links| -> Result<()> {
+            let program: &mut RawTracePoint = program(ebpf, event)?;
+            program.load().map_err(prog_err(event))?;
+            let link = program.attach(event).map_err(prog_err(event))?;
+            links
+                .raw
+                .push(program.take_link(link).map_err(prog_err(event))?);
+            Ok(())
+        };
+        match attach_one(ebpf, links) {
+            Ok(()) => attached.push(format!("raw_tracepoint/{category}/{event}")),
+            Err(e) if health == Health::Required => return Err(e),
+            // Shown by default, never a reason not to watch: said once, then gone without.
+            Err(e) => tracing::warn!("{category}:{event} is not watched on this kernel: {e}"),
+        }
     }
     Ok(())
 }

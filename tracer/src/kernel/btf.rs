@@ -84,6 +84,23 @@ impl KernelBtf {
             .collect()
     }
 
+    /// How many arguments tracepoint `event` hands a raw tracepoint program (its
+    /// `btf_trace_<event>` prototype, less the leading context pointer): tracepoints gain
+    /// arguments across kernel versions, and a program may read only what this kernel passes.
+    pub fn tracepoint_args(&self, event: &str) -> Option<usize> {
+        let name = format!("btf_trace_{event}");
+        let types = self.btf.resolve_types_by_name(&name).ok()?;
+        let typedef = types.into_iter().find(|t| matches!(t, Type::Typedef(_)))?;
+        let Type::Ptr(ptr) = self.strip(typedef)? else {
+            return None;
+        };
+        let target = self.btf.resolve_chained_type(&ptr).ok()?;
+        match self.strip(target)? {
+            Type::FuncProto(proto) => Some(proto.parameters.len().saturating_sub(1)),
+            _ => None,
+        }
+    }
+
     fn struct_named(&self, name: &str) -> Option<Type> {
         self.btf
             .resolve_types_by_name(name)

@@ -81,6 +81,7 @@ impl SockProbes {
         let filter = Global(KernelFilter {
             syscall_path: u8::from(opts.path == KernelPath::Syscalls),
             quiet_drops: [quiet("QUEUE_PURGE"), quiet("SOCKET_CLOSE")],
+            tp_args: tracepoint_args(&btf),
             ..opts.filter
         });
         let mut ebpf = EbpfLoader::new()
@@ -239,7 +240,10 @@ impl KernelCounters {
     /// Events the kernel saw but could not deliver: ring buffer full, or no room to record a
     /// syscall's enter.
     pub fn lost(&self) -> u64 {
-        self.read(counter::LOST) + self.read(counter::PENDING_FULL) + self.skipped_runs()
+        self.read(counter::LOST)
+            + self.read(counter::PENDING_FULL)
+            + self.read(counter::UNOWNED_LIMITED)
+            + self.skipped_runs()
     }
 
     /// What the kernel's LRU maps pushed out so far (`pending`, `data`, `filter_pids`). Walks
@@ -325,6 +329,23 @@ fn map<'a, K: aya::Pod, V: aya::Pod>(
         name: name.into(),
         source,
     })
+}
+
+/// Which optional tracepoint arguments this kernel passes (`tracer_common::tp_args`).
+fn tracepoint_args(btf: &KernelBtf) -> u8 {
+    use tracer_common::tp_args;
+    let has = |event: &str, n: usize| btf.tracepoint_args(event).is_some_and(|a| a >= n);
+    let mut bits = 0;
+    if has("tcp_retransmit_skb", 3) {
+        bits |= tp_args::RETRANSMIT_ERR;
+    }
+    if has("tcp_send_reset", 3) {
+        bits |= tp_args::RESET_REASON;
+    }
+    if has("kfree_skb", 4) {
+        bits |= tp_args::DROP_RX_SK;
+    }
+    bits
 }
 
 /// A member's offset if it is a plain field of `size` bytes, else 0.

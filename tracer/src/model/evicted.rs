@@ -30,11 +30,13 @@ pub struct Evicted {
     pub nat_seen: u64,
     /// Kernel: handshake starts kept for latency histograms, pushed out (LRU).
     pub latency: u64,
+    /// Sockets removed a moment ago, kept to charge a late reset or drop to their owner.
+    pub closed_sockets: u64,
 }
 
 impl Evicted {
     /// (table, count) for every table, in a fixed order.
-    pub fn tables(&self) -> [(&'static str, u64); 11] {
+    pub fn tables(&self) -> [(&'static str, u64); 12] {
         [
             ("sockets", self.sockets),
             ("ephemeral", self.ephemeral),
@@ -47,6 +49,7 @@ impl Evicted {
             ("filter_pids", self.filter_pids),
             ("nat_seen", self.nat_seen),
             ("latency", self.latency),
+            ("closed_sockets", self.closed_sockets),
         ]
     }
 
@@ -79,6 +82,7 @@ impl Evicted {
             (&mut self.filter_pids, other.filter_pids),
             (&mut self.nat_seen, other.nat_seen),
             (&mut self.latency, other.latency),
+            (&mut self.closed_sockets, other.closed_sockets),
         ];
         for (mine, theirs) in fields {
             *mine = (*mine).max(theirs);

@@ -272,7 +272,7 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
         let (c0, c1) = self.paint(RED);
         writeln!(
             self.status,
-            "{c0}tracer: {new} events lost (ring buffer full; {total} so far){c1}"
+            "{c0}tracer: {new} events lost (ring buffer full, or ownerless resets and drops over their rate; {total} so far){c1}"
         )
     }
 

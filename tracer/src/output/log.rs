@@ -105,7 +105,10 @@ impl Sink for LogSink {
     }
 
     fn listen_overflow(&mut self, o: &crate::model::listen::ListenOverflow) -> io::Result<()> {
-        tracing::warn!("{}", super::ports::overflow_line(o));
+        tracing::warn!(
+            "{}",
+            crate::text::escape_log(&super::ports::overflow_line(o))
+        );
         Ok(())
     }
 

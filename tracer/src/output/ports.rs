@@ -355,15 +355,16 @@ pub fn overflow_line(o: &crate::model::listen::ListenOverflow) -> String {
         _ => String::new(),
     };
     let endpoint = crate::model::types::Endpoint::new(o.laddr, o.lport);
+    let plural = if o.dropped == 1 { "" } else { "s" };
+    let what = if o.full {
+        format!("full: {} connection attempt{plural} refused", o.dropped)
+    } else {
+        format!("{} connection attempt{plural} dropped", o.dropped)
+    };
     format!(
-        "listen queue of {endpoint}{owner} in netns {} full: {} connection attempt{} refused \
-         (queue {}, backlog {}; {} since it opened)",
-        o.netns,
-        o.dropped,
-        if o.dropped == 1 { "" } else { "s" },
-        o.queue,
-        o.backlog,
-        o.dropped_total
+        "listen queue of {endpoint}{owner} in netns {}: {what} (queue {}, backlog {}; {} since \
+         it opened)",
+        o.netns, o.queue, o.backlog, o.dropped_total
     )
 }
 

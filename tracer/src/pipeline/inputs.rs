@@ -44,9 +44,9 @@ pub trait KernelInputs {
     /// The sockets the kernel has now, without owners (to drop entries whose close was lost).
     fn sockets_now(&mut self) -> Option<Snapshot>;
     /// The TCP listeners of these namespaces now (each with a process holding a socket
-    /// there, a way in), with their queues and drops.
-    fn listeners(&mut self, _places: &[(u32, Option<u32>)]) -> Vec<SnapSocket> {
-        Vec::new()
+    /// there, a way in), with their queues and drops; and which namespaces could be read.
+    fn listeners(&mut self, _places: &[(u32, Option<u32>)]) -> (Vec<u32>, Vec<SnapSocket>) {
+        (Vec::new(), Vec::new())
     }
     /// Whether any of these processes still exists.
     fn any_alive(&mut self, pids: &[u32]) -> bool;
@@ -141,15 +141,19 @@ impl KernelInputs for LiveKernel {
         snapshot::take_sockets(&self.scope).ok()
     }
 
-    fn listeners(&mut self, places: &[(u32, Option<u32>)]) -> Vec<SnapSocket> {
+    fn listeners(&mut self, places: &[(u32, Option<u32>)]) -> (Vec<u32>, Vec<SnapSocket>) {
+        let mut read = Vec::new();
         let mut out = Vec::new();
         for &(netns, pid) in places {
             match self.ranges.listeners(netns, pid) {
-                Ok(found) => out.extend(found),
+                Ok(found) => {
+                    read.push(netns);
+                    out.extend(found);
+                }
                 Err(e) => tracing::debug!("listeners of netns {netns}: {e}"),
             }
         }
-        out
+        (read, out)
     }
 
     fn any_alive(&mut self, pids: &[u32]) -> bool {

@@ -191,35 +191,47 @@ pub(crate) fn out_err(e: std::io::Error) -> Error {
     Error::io("writing output", e)
 }
 
-/// Tells the sink when the loss counter moved past `seen` (then `seen` follows it).
 /// Listen queues are read every this many ticks (100 ms each), in at most this many
 /// namespaces per reading.
 pub(crate) const LISTEN_EVERY_TICKS: u32 = 20;
 const LISTEN_NAMESPACES_PER_ROUND: usize = 32;
 
-/// One reading of the listen queues where the table has listeners (`round`: whose turn it
-/// is, when there are more namespaces than one reading takes): the table's listeners learn
-/// their queues; the listeners that refused connections since the last reading come back.
+/// One reading of the listen queues where the table follows listeners, `cursor` the last
+/// namespace read (the next reading goes on from there, wrapping: when there are more
+/// namespaces than one reading takes, each gets its turn whatever others come and go): the
+/// table's listeners learn their queues; the ones that dropped connection attempts since the
+/// last reading come back.
 pub(crate) fn read_listen_queues(
     table: &mut crate::model::SocketTable,
     queues: &mut crate::model::listen::ListenQueues,
-    round: usize,
+    cursor: &mut u32,
     kernel: &mut dyn KernelInputs,
 ) -> Vec<crate::model::listen::ListenOverflow> {
-    let places = table.listener_places(LISTEN_NAMESPACES_PER_ROUND, round);
-    if places.is_empty() {
+    let all = table.listener_namespaces();
+    if all.is_empty() {
         return Vec::new();
     }
-    let reading = kernel.listeners(&places);
+    let after = cursor.saturating_add(1);
+    let places: Vec<(u32, Option<u32>)> = all
+        .range(after..)
+        .chain(all.range(..after))
+        .take(LISTEN_NAMESPACES_PER_ROUND)
+        .map(|(ns, pid)| (*ns, *pid))
+        .collect();
+    if let Some(&(last, _)) = places.last() {
+        *cursor = last;
+    }
+    let (read, reading) = kernel.listeners(&places);
     tracing::debug!(
-        "listen queues: {} listeners read in {} namespaces",
+        "listen queues: {} listeners read in {} of {} namespaces",
         reading.len(),
+        read.len(),
         places.len()
     );
-    let asked: Vec<u32> = places.iter().map(|(ns, _)| *ns).collect();
-    queues.observe(&asked, &reading, table)
+    queues.observe(&read, &reading, table)
 }
 
+/// Tells the sink when the loss counter moved past `seen` (then `seen` follows it).
 pub(crate) fn report_loss(
     sink: &mut dyn crate::output::Sink,
     lost: u64,

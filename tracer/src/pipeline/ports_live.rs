@@ -27,6 +27,7 @@ pub struct PortsLiveStage<B: Backend> {
     ticks: u32,
     /// Listen queues, read every 2 s for the RECV-Q/SEND-Q columns.
     listen: crate::model::listen::ListenQueues,
+    listen_cursor: u32,
 }
 
 impl<B: Backend> PortsLiveStage<B> {
@@ -46,6 +47,7 @@ impl<B: Backend> PortsLiveStage<B> {
             dirty: true,
             ticks: 0,
             listen: Default::default(),
+            listen_cursor: 0,
         }
     }
 
@@ -143,8 +145,12 @@ impl<B: Backend> Stage for PortsLiveStage<B> {
         }
         self.table.usage_mut().take_warnings();
         if self.ticks.is_multiple_of(super::LISTEN_EVERY_TICKS) {
-            let round = (self.ticks / super::LISTEN_EVERY_TICKS) as usize;
-            super::read_listen_queues(&mut self.table, &mut self.listen, round, kernel);
+            super::read_listen_queues(
+                &mut self.table,
+                &mut self.listen,
+                &mut self.listen_cursor,
+                kernel,
+            );
             self.dirty = true;
         }
         if self.dirty {

@@ -68,9 +68,9 @@ impl KernelInputs for Recorder<'_> {
         let v = self.inner.any_alive(pids);
         self.note(v, |v| Answer::AnyAlive(*v))
     }
-    fn listeners(&mut self, places: &[(u32, Option<u32>)]) -> Vec<SnapSocket> {
+    fn listeners(&mut self, places: &[(u32, Option<u32>)]) -> (Vec<u32>, Vec<SnapSocket>) {
         let v = self.inner.listeners(places);
-        self.note(v, |v| Answer::Listeners(v.clone()))
+        self.note(v, |v| Answer::Listeners(v.0.clone(), v.1.clone()))
     }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         match self.inner.nat() {
@@ -289,9 +289,9 @@ impl KernelInputs for Replayer {
         })
         .unwrap_or(false)
     }
-    fn listeners(&mut self, _places: &[(u32, Option<u32>)]) -> Vec<SnapSocket> {
+    fn listeners(&mut self, _places: &[(u32, Option<u32>)]) -> (Vec<u32>, Vec<SnapSocket>) {
         self.take(|a| match a {
-            Answer::Listeners(v) => Some(v.clone()),
+            Answer::Listeners(read, v) => Some((read.clone(), v.clone())),
             _ => None,
         })
         .unwrap_or_default()

@@ -48,7 +48,8 @@ pub struct WatchStage {
     groups_printed: usize,
     /// Listen queues: the last drop count of each listener read.
     listen: ListenQueues,
-    listen_rounds: usize,
+    /// The namespace the last listen-queue reading ended with.
+    listen_cursor: u32,
 }
 
 /// What a [`WatchStage`] is built from.
@@ -73,8 +74,12 @@ pub struct WatchSetup {
 
 impl WatchStage {
     pub fn new(setup: WatchSetup) -> Self {
+        let mut table = SocketTable::default();
+        if setup.mode == WatchMode::Serve && !setup.process_filter {
+            table.without_departed();
+        }
         WatchStage {
-            table: SocketTable::default(),
+            table,
             filter: setup.filter,
             clock: setup.clock,
             summary: Summary::default(),
@@ -95,7 +100,7 @@ impl WatchStage {
             ticks: 0,
             groups_printed: 0,
             listen: ListenQueues::default(),
-            listen_rounds: 0,
+            listen_cursor: 0,
         }
     }
 
@@ -154,11 +159,14 @@ impl WatchStage {
     }
 
     /// Every two seconds: the listeners' queues (for `ports`' columns and the metrics) and
-    /// the connections each refused while full, charged to its owner.
+    /// the connection attempts each dropped, charged to its owner.
     fn read_listen_queues(&mut self, kernel: &mut dyn KernelInputs) -> Result<()> {
-        let round = self.listen_rounds;
-        self.listen_rounds = self.listen_rounds.wrapping_add(1);
-        let overflows = super::read_listen_queues(&mut self.table, &mut self.listen, round, kernel);
+        let overflows = super::read_listen_queues(
+            &mut self.table,
+            &mut self.listen,
+            &mut self.listen_cursor,
+            kernel,
+        );
         if let Some(scrape) = &self.scrape {
             scrape.listen_queues(&overflows, &self.table);
         }
@@ -175,6 +183,7 @@ impl WatchStage {
     fn evicted(&self, kernel: &mut dyn KernelInputs) -> Evicted {
         let mut evicted = kernel.evicted();
         evicted.sockets = self.table.evicted();
+        evicted.closed_sockets = self.table.departed_evicted();
         evicted.ephemeral = self.table.usage_evicted();
         evicted.remote_log = self.groups.as_ref().map_or(0, |g| g.untracked);
         if let Some(nat) = &self.nat {

@@ -79,8 +79,8 @@ pub enum Answer {
     NatLost(u64),
     NatEvictedSeen(u64),
     NatTotals(Option<[(u64, u64); 3]>),
-    /// The listeners read in some namespaces (queues, backlogs, drops).
-    Listeners(Vec<crate::model::snapshot::SnapSocket>),
+    /// The listeners read (queues, backlogs, drops), and the namespaces that could be read.
+    Listeners(Vec<u32>, Vec<crate::model::snapshot::SnapSocket>),
 }
 
 /// One step of a run.

@@ -73,9 +73,12 @@ impl StoryBook {
     }
 
     /// A retransmit, reset or drop on a story's socket: counted, and told as a step (data
-    /// retransmits only the first few: a lossy link makes many).
+    /// retransmits, resets and drops only the first few of each: a lossy link or a peer
+    /// flooding the socket makes any number).
     fn health(&mut self, id: usize, e: &Event) {
         const DATA_RETRANSMIT_STEPS: u32 = 3;
+        const RESET_STEPS: u32 = 3;
+        const DROP_STEPS: u32 = 3;
         let story = &mut self.stories[id];
         let h = &mut story.health;
         let (what, detail) = match e.event {
@@ -115,6 +118,9 @@ impl StoryBook {
                 } else {
                     h.resets_sent += 1;
                 }
+                if h.resets_received + h.resets_sent > RESET_STEPS {
+                    return;
+                }
                 let detail = StepDetail::Reset {
                     direction,
                     state: e.state,
@@ -124,6 +130,9 @@ impl StoryBook {
             }
             _ => {
                 h.drops += 1;
+                if h.drops > DROP_STEPS {
+                    return;
+                }
                 let reason = e.reason.as_deref().unwrap_or("?").to_string();
                 (StepKind::Drop, StepDetail::Drop { reason })
             }

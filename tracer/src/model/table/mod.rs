@@ -266,11 +266,12 @@ pub struct SocketTable {
     /// data unread sends its RST after moving to CLOSE) is still charged to its owner. Capped
     /// at [`DEPARTED_MAX`]; what the cap pushes out counts with the table's evictions.
     departed: BoundedMap<u64, Departed>,
+    keep_departed: bool,
 }
 
 /// How long, and how many, removed sockets are remembered for late health events.
 const DEPARTED_NS: u64 = 2_000_000_000;
-const DEPARTED_MAX: usize = 4096;
+const DEPARTED_MAX: usize = 16_384;
 
 #[derive(Clone, Copy, Debug)]
 struct Departed {
@@ -324,6 +325,7 @@ impl SocketTable {
             capacity,
             evicted: 0,
             departed: BoundedMap::new(DEPARTED_MAX),
+            keep_departed: true,
         }
     }
 
@@ -342,7 +344,18 @@ impl SocketTable {
 
     /// Entries dropped by the hard cap (never by normal operation).
     pub fn evicted(&self) -> u64 {
-        self.evicted + self.departed.evicted()
+        self.evicted
+    }
+
+    /// Removed sockets the memo for late resets and drops pushed out early.
+    pub fn departed_evicted(&self) -> u64 {
+        self.departed.evicted()
+    }
+
+    /// No memo of removed sockets: nothing will ask it (`serve` without a process filter
+    /// receives no reset or drop records).
+    pub fn without_departed(&mut self) {
+        self.keep_departed = false;
     }
 
     /// Every socket the table holds.
@@ -373,6 +386,8 @@ impl SocketTable {
             || self.outlived(ev);
         if born {
             self.remove(ev.sk);
+            // A new socket at this address: nothing late can be the old one's any more.
+            self.departed.remove(&ev.sk);
         }
         if !self.unnamed.is_empty() && Self::names_its_socket(ev) {
             self.name_snapshot_socket(ev);
@@ -438,36 +453,36 @@ impl SocketTable {
         }
     }
 
-    /// A sock_diag reading of a listener: its queue and backlog go on its entry (for
-    /// `ports`); returns its owner, and whether tracer saw it start listening (so every drop
-    /// it has is one tracer saw happen). None: not a listener the table knows.
+    /// A sock_diag reading of a listening endpoint (its queue and backlog, summed over the
+    /// sockets listening there with SO_REUSEPORT) goes on the listener the table follows at
+    /// exactly that endpoint (for `ports`); returns its owner, and whether tracer saw it
+    /// start listening (so every drop it has is one tracer saw happen). None: not a listener
+    /// the table follows — one the filters left out, or another user's the table never saw.
     pub fn set_listener_queues(
         &mut self,
-        s: &crate::model::snapshot::SnapSocket,
+        endpoint: (u32, u16, [u8; 16], u16),
+        queues: (u32, u32),
     ) -> Option<(Option<Owner>, bool)> {
-        let sk = self.listener_on(s.netns, s.family, s.laddr, s.lport)?;
+        let sk = *self.listeners.get(&endpoint)?;
         let entry = self.sockets.get_mut(&sk)?;
-        entry.queues = Some((s.recv_q, s.send_q));
+        entry.queues = Some(queues);
         Some((entry.owner().copied(), !entry.from_snapshot))
     }
 
-    /// Where the table's listeners are: (namespace, a process holding one there), one per
-    /// namespace; `max` of them from the `round`th on (any user can make namespaces: every
-    /// one gets its turn, none is read more often for it).
-    pub fn listener_places(&self, max: usize, round: usize) -> Vec<(u32, Option<u32>)> {
+    /// Namespaces where the table follows listeners, each with a process holding one there
+    /// (a way in), in inode order.
+    pub fn listener_namespaces(&self) -> std::collections::BTreeMap<u32, Option<u32>> {
         let mut places: std::collections::BTreeMap<u32, Option<u32>> = Default::default();
         for sk in self.listeners.values() {
             if let Some(entry) = self.sockets.get(sk) {
                 let pid = entry.owner().map(|o| o.pid);
-                places.entry(entry.netns).or_insert(pid);
+                let place = places.entry(entry.netns).or_insert(pid);
+                if place.is_none() {
+                    *place = pid;
+                }
             }
         }
-        let all: Vec<(u32, Option<u32>)> = places.into_iter().collect();
-        if all.len() <= max {
-            return all;
-        }
-        let start = (round * max) % all.len();
-        all.iter().cycle().skip(start).take(max).copied().collect()
+        places
     }
 
     /// The owner of a socket removed a moment ago, if `ev` is about that very socket (same
@@ -475,7 +490,9 @@ impl SocketTable {
     fn departed_owner(&self, ev: &SockEvent) -> Option<Owner> {
         let d = self.departed.get(&ev.sk)?;
         let recent = ev.ts_ns <= d.ts_ns.saturating_add(DEPARTED_NS);
-        (recent && d.lport == ev.lport && d.rport == ev.rport).then_some(d.owner)
+        // The socket itself says it is closed: a live socket at a reused address is not.
+        let closed = ev.new_state == tcp_state::CLOSE;
+        (recent && closed && d.lport == ev.lport && d.rport == ev.rport).then_some(d.owner)
     }
 
     /// Whether the event's endpoints are its socket's own, so it can name a socket known only
@@ -517,7 +534,7 @@ impl SocketTable {
     fn remove(&mut self, sk: u64) {
         self.stop_listening(sk);
         if let Some(entry) = self.sockets.remove(&sk) {
-            if let Some(owner) = entry.owner() {
+            if let Some(owner) = entry.owner().filter(|_| self.keep_departed) {
                 let departed = Departed {
                     owner: *owner,
                     lport: entry.lport,
