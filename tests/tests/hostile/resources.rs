@@ -396,7 +396,7 @@ fn a_flood_of_ownerless_resets_is_rate_limited_and_counted() {
     let closed = free_port().to_string();
     let serve = Serve::start();
     let before = serve.total("tracer_tcp_resets_total", "{direction=\"received\"");
-    let mut watch = Tracer::watch(&["--port", &closed, "--events", "reset,drop"]);
+    let watch = Tracer::watch(&["--port", &closed, "--events", "reset,drop"]);
     let storm = as_nobody("/usr/bin/python3")
         .args(["-c", REFUSED_STORM, &closed, &SECONDS.to_string()])
         .output()

@@ -134,19 +134,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_is_charged_to_the_listener_owner() {
-        let mut table = SocketTable::default();
-        table.observe(&SockEvent {
-            kind: kind::LISTEN,
-            sk: 0x1,
-            pid: 42,
-            comm: *b"server\0\0\0\0\0\0\0\0\0\0",
-            protocol: IPPROTO_TCP,
-            family: AF_INET,
-            netns: 1,
-            lport: 8082,
-            new_state: tcp_state::LISTEN,
-            ..Default::default()
-        });
+        let mut table = table_with_listener();
         let mut queues = ListenQueues::default();
         // Seen to start listening: its drops are all new.
         let first = queues.observe(&[1], &[listener(3, 0)], &mut table);
