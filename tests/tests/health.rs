@@ -139,6 +139,8 @@ fn a_dropped_syn_is_retransmitted_and_charged_to_the_client() {
         return;
     }
     let wire = Wire::up("hr");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _serve = serve(&addr, "8080");
     let mut tracer = Tracer::watch(&["--port", "8080"]);
     let mut server = Py::start(
         &wire.server.name,
@@ -206,6 +208,36 @@ fn a_dropped_syn_is_retransmitted_and_charged_to_the_client() {
         "{done}"
     );
     assert_eq!(done["syn_retransmits"].as_u64(), Some(syn_count), "{done}");
+    // The server's side of the same handshake: its SYN-ACK's round trip, as the kernel timed it.
+    tracer.wait_for("the server's handshake", T, |records| {
+        events(records, "state").iter().any(|e| {
+            e["rport"] == port && e["old_state"] == "SYN_RECV" && e["state"] == "ESTABLISHED"
+        })
+    });
+    let accepted = events(&tracer.events, "state")
+        .into_iter()
+        .find(|e| e["rport"] == port && e["old_state"] == "SYN_RECV")
+        .unwrap();
+    let rtt = accepted["handshake_ns"].as_u64().unwrap_or(0);
+    assert!(rtt > 0 && rtt < 1_000_000_000, "{accepted}");
+    // The metrics say what the events said, exactly.
+    let drops = events(&tracer.events, "drop")
+        .iter()
+        .filter(|e| e["reason"] == "NETFILTER_DROP")
+        .count() as u64;
+    let series = [
+        (
+            r#"tracer_tcp_retransmits_total{family="ipv4",kind="syn",state="SYN_SENT"}"#,
+            syn_count,
+        ),
+        (
+            r#"tracer_packet_drops_total{family="ipv4",proto="tcp",reason="NETFILTER_DROP"}"#,
+            drops,
+        ),
+    ];
+    for (series, want) in series {
+        assert_eq!(settled(&addr, series, want), want, "{series}");
+    }
     // `trace` tells the same connect as a story that says why it took a second.
     wire.nft(DROP_SYNS);
     let trace = Command::new(tracer_bin())
@@ -260,14 +292,16 @@ fn a_server_closing_with_unread_data_resets_the_connection() {
         return;
     }
     let wire = Wire::up("hc");
-    let mut tracer = Tracer::watch(&["--port", "8080"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _serve = serve(&addr, "8083");
+    let mut tracer = Tracer::watch(&["--port", "8083"]);
     let mut server = Py::start(
         &wire.server.name,
         SERVER_PY,
-        &[SERVER, "8080", "16", "rude"],
+        &[SERVER, "8083", "16", "rude"],
     );
     assert_eq!(server.line(), "ready");
-    let mut client = Py::start(&wire.client.name, CLIENT_PY, &[SERVER, "8080"]);
+    let mut client = Py::start(&wire.client.name, CLIENT_PY, &[SERVER, "8083"]);
     let connected = client.line();
     assert!(connected.starts_with("connected "), "{connected}");
     let port: u64 = connected
@@ -297,7 +331,7 @@ fn a_server_closing_with_unread_data_resets_the_connection() {
         "the server's kernel sent it: {sent}"
     );
     assert_eq!(sent["netns"], wire.server.inode(), "{sent}");
-    assert_eq!(sent["lport"], 8080, "{sent}");
+    assert_eq!(sent["lport"], 8083, "{sent}");
     assert!(sent["reason"].is_string(), "the kernel's reason: {sent}");
     let received = resets
         .iter()
@@ -306,6 +340,13 @@ fn a_server_closing_with_unread_data_resets_the_connection() {
     assert_eq!(received["pid"], client_pid, "{received}");
     assert_eq!(received["state"], "ESTABLISHED", "{received}");
     assert_eq!(received["netns"], wire.client.inode(), "{received}");
+    // One reset each way, counted as such.
+    for series in [
+        r#"tracer_tcp_resets_total{direction="sent",family="ipv4",state="CLOSE"}"#,
+        r#"tracer_tcp_resets_total{direction="received",family="ipv4",state="ESTABLISHED"}"#,
+    ] {
+        assert_eq!(settled(&addr, series, 1), 1, "{series}");
+    }
 }
 
 /// A connect to a port nobody listens on: the server's kernel finds no socket (the drop, with
@@ -523,6 +564,18 @@ fn scrape(addr: &str) -> String {
         }
         assert!(Instant::now() < deadline, "serve never answered");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A series' value once it reaches `want` (or after a while: what it is then).
+fn settled(addr: &str, series: &str, want: u64) -> u64 {
+    let deadline = Instant::now() + T;
+    loop {
+        let now = metric(&scrape(addr), series);
+        if now >= want || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

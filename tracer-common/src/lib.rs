@@ -18,7 +18,8 @@ pub mod kind {
     pub const RECVFROM: u16 = 9;
     pub const SENDMSG: u16 = 10;
     pub const RECVMSG: u16 = 11;
-    /// `sock:inet_sock_set_state`: a TCP state transition.
+    /// `sock:inet_sock_set_state`: a TCP state transition. `arg`: SYN_RECV → ESTABLISHED,
+    /// the handshake's SYN-ACK round trip in µs (0 when not measured).
     pub const STATE: u16 = 12;
     /// The socket itself was released (last reference to its file gone).
     pub const RELEASE: u16 = 13;
@@ -367,6 +368,9 @@ pub struct KernelOffsets {
     pub skb_sk: u32,
     pub skb_dev: u32,
     pub netdev_nd_net: u32,
+    /// `tcp_sock.srtt_us`: a passive handshake's SYN-ACK round trip, read as it completes
+    /// (0: not a plain field; the handshake time is then not reported).
+    pub tcp_srtt_us: u32,
 }
 
 /// What the kernel side filters before an event reaches the ring buffer. Zero means "any".

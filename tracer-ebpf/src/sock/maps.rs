@@ -53,6 +53,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     skb_sk: 0,
     skb_dev: 0,
     netdev_nd_net: 0,
+    tcp_srtt_us: 0,
 };
 
 /// What the kernel side filters before an event reaches the ring (user space overrides this

@@ -72,6 +72,8 @@ struct Transition {
     rport: u16,
     netns: u32,
     sk_err: i32,
+    /// SYN_RECV → ESTABLISHED: the handshake's SYN-ACK round trip in µs (0: not measured).
+    handshake_us: u32,
     laddr: [u64; 2],
     raddr: [u64; 2],
 }
@@ -126,6 +128,13 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
         latency::transition(sk, family, old, new);
     }
     let (laddr, raddr) = addresses(&common, family);
+    // The kernel has just timed the SYN-ACK's round trip (`srtt_us`, 8 times the first
+    // sample; none when the SYN-ACK was sent again: Karn's rule).
+    let handshake_us = if old == tcp_state::SYN_RECV && new == tcp_state::ESTABLISHED {
+        read::<u32>(sk, off!(tcp_srtt_us)).unwrap_or(0) >> 3
+    } else {
+        0
+    };
     let transition = Transition {
         sk,
         old,
@@ -135,6 +144,7 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
         rport,
         netns,
         sk_err,
+        handshake_us,
         laddr,
         raddr,
     };
@@ -219,7 +229,7 @@ fn send(t: &Transition, owner: &Owner, pid_tgid: u64) -> Option<()> {
     set!(ev.sk, t.sk);
     set!(ev.parent_sk, 0);
     set!(ev.ret, 0);
-    set!(ev.arg, 0);
+    set!(ev.arg, t.handshake_us as i64);
     put16(&mut ev.laddr, t.laddr);
     put16(&mut ev.raddr, t.raddr);
     put16(&mut ev.comm, owner.comm);

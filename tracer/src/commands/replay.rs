@@ -20,6 +20,9 @@ pub fn run(config: ReplayConfig) -> Result<()> {
     let (mut reader, header) = CaptureReader::open(&config.file)?;
     let output = &config.output;
     let clock = Clock::with_offset(header.clock_offset_ns);
+    if let Some(names) = header.reasons.clone() {
+        crate::model::health::set_names(names);
+    }
     let mut stage = WatchStage::new(WatchSetup {
         mode: WatchMode::Watch,
         filter: Filter::new(&output.events, header.by_pid, header.comm.as_deref()),

@@ -264,6 +264,7 @@ fn capture_header(
         nat: nat.is_some(),
         nat_fallback: nat.is_some_and(|n| n.fallback),
         snapshot: snapshot.clone(),
+        reasons: crate::model::health::names(),
     }
 }
 

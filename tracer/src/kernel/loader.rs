@@ -435,5 +435,6 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         skb_sk: sized(btf, "sk_buff", "sk", 8),
         skb_dev: sized(btf, "sk_buff", "dev", 8),
         netdev_nd_net: sized(btf, "net_device", "nd_net", 8),
+        tcp_srtt_us: sized(btf, "tcp_sock", "srtt_us", 4),
     })
 }

@@ -228,6 +228,9 @@ pub struct Event {
     pub syn_retransmits: Option<u16>,
     /// accept (syscall path): nanoseconds the connection waited in the accept queue.
     pub accept_wait_ns: Option<u64>,
+    /// A server's `SYN_RECV -> ESTABLISHED`: the handshake's SYN-ACK round trip as the kernel
+    /// timed it (none when its SYN-ACK had to be sent again).
+    pub handshake_ns: Option<u64>,
     /// The transition into CLOSE: nanoseconds since the socket's first SYN, its completed
     /// handshake or its first event (unknown for a socket older than tracer).
     pub lifetime_ns: Option<u64>,
@@ -319,6 +322,11 @@ impl Event {
             connect_ns: attribution.latency.connect_ns,
             syn_retransmits: attribution.latency.syn_retransmits,
             accept_wait_ns: attribution.latency.accept_wait_ns,
+            handshake_ns: (ev.kind == kind::STATE
+                && ev.old_state == tcp_state::SYN_RECV
+                && ev.new_state == tcp_state::ESTABLISHED
+                && ev.arg > 0)
+                .then(|| ev.arg as u64 * 1000),
             lifetime_ns: attribution.latency.lifetime_ns,
         }
     }

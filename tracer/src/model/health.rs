@@ -7,7 +7,7 @@ use compact_str::{format_compact, CompactString};
 use tracer_common::{kind, tcp_state, SockEvent};
 
 /// The kernel's reason names by value (prefix stripped: `NO_SOCKET`, `TCP_LISTEN_OVERFLOW`).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReasonNames {
     pub drop: Vec<(u32, String)>,
     pub reset: Vec<(u32, String)>,
@@ -18,6 +18,11 @@ static NAMES: OnceLock<ReasonNames> = OnceLock::new();
 /// Sets the names for this run (the first call wins).
 pub fn set_names(names: ReasonNames) {
     let _ = NAMES.set(names);
+}
+
+/// The names set for this run (to record them with a capture).
+pub fn names() -> Option<ReasonNames> {
+    NAMES.get().cloned()
 }
 
 fn lookup(table: &[(u32, String)], value: u32) -> CompactString {

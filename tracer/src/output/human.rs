@@ -131,6 +131,9 @@ pub fn detail(e: &Event, names: PortNames) -> String {
                     }
                 }
             }
+            if let Some(ns) = e.handshake_ns {
+                let _ = write!(d, "SYN-ACK answered after {} ", seconds(ns));
+            }
             // A connect that failed lived as long as it tried: said once.
             if let Some(ns) = e.lifetime_ns.filter(|_| e.connect_ns.is_none()) {
                 let _ = write!(d, "lived {} ", seconds(ns));

@@ -87,6 +87,8 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, names: PortNames) {
     opt_int(out, e.syn_retransmits);
     out.extend_from_slice(b",\"accept_wait_ns\":");
     opt_uint(out, e.accept_wait_ns);
+    out.extend_from_slice(b",\"handshake_ns\":");
+    opt_uint(out, e.handshake_ns);
     out.extend_from_slice(b",\"lifetime_ns\":");
     opt_uint(out, e.lifetime_ns);
     out.push(b'}');
@@ -334,6 +336,7 @@ mod tests {
             connect_ns: Some(1_020_345_678),
             syn_retransmits: Some(1),
             accept_wait_ns: None,
+            handshake_ns: None,
             lifetime_ns: None,
         }
     }
@@ -371,6 +374,7 @@ mod tests {
             connect_ns: None,
             syn_retransmits: None,
             accept_wait_ns: Some(u64::MAX),
+            handshake_ns: Some(120_000),
             lifetime_ns: Some(0),
             ..base()
         };

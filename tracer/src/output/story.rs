@@ -143,6 +143,12 @@ pub fn summary_line(s: &SocketStory) -> String {
         };
         parts.push(format!("{what} {}", super::human::seconds(ns)));
     }
+    if let Some(ns) = s.handshake_ns {
+        parts.push(format!(
+            "SYN-ACK answered after {}",
+            super::human::seconds(ns)
+        ));
+    }
     if let Some(ns) = s.accept_wait_ns {
         parts.push(format!(
             "waited {} to be accepted",

@@ -58,6 +58,10 @@ pub struct Header {
     pub nat_fallback: bool,
     /// The sockets that predated the run (already narrowed to the selection).
     pub snapshot: Option<Snapshot>,
+    /// The recording kernel's names for drop and reset reasons (another kernel numbers them
+    /// differently).
+    #[serde(default)]
+    pub reasons: Option<crate::model::health::ReasonNames>,
 }
 
 /// An answer the system gave while the run went on, one per question asked.
@@ -402,6 +406,7 @@ mod tests {
             nat: false,
             nat_fallback: false,
             snapshot: None,
+            reasons: None,
         }
     }
 

@@ -249,6 +249,9 @@ impl StoryBook {
         if e.connect_ns.is_some() {
             story.connect_ns = e.connect_ns;
         }
+        if e.handshake_ns.is_some() {
+            story.handshake_ns = e.handshake_ns;
+        }
         if e.lport != 0 && story.lport == 0 {
             story.lport = e.lport;
             story.laddr = Some(e.laddr);

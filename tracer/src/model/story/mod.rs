@@ -84,6 +84,8 @@ pub struct SocketStory {
     pub connect_ns: Option<u64>,
     /// An accepted connection: how long it waited in the accept queue.
     pub accept_wait_ns: Option<u64>,
+    /// An accepted connection: its SYN-ACK's round trip (the handshake on the server's side).
+    pub handshake_ns: Option<u64>,
     #[serde(skip)]
     released: bool,
 }
@@ -148,6 +150,7 @@ impl SocketStory {
             health: Health::default(),
             connect_ns: None,
             accept_wait_ns: None,
+            handshake_ns: None,
             released: false,
         }
     }
