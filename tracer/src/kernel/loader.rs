@@ -155,15 +155,30 @@ impl SockProbes {
         // Copies of the program fds: the kernel counts, per program, the runs it skipped
         // because another program was already running on that CPU (a transition in softirq
         // interrupting a syscall program). Those events are lost too.
-        let programs = self
-            .ebpf
-            .programs()
-            .filter_map(|(_, p)| p.fd().ok()?.try_clone().ok())
+        // The health hooks' skipped runs are kept apart: `kfree_skb` nests in itself on any
+        // busy host (a close purging its queue interrupted by softirq freeing a packet), and
+        // a skipped run there is a possible drop, not a socket event lost.
+        let health: Vec<&str> = super::attach::HEALTH_HOOKS
+            .iter()
+            .map(|(_, e)| *e)
             .collect();
+        let mut programs = Vec::new();
+        let mut health_programs = Vec::new();
+        for (name, p) in self.ebpf.programs() {
+            let Some(fd) = p.fd().ok().and_then(|fd| fd.try_clone().ok()) else {
+                continue;
+            };
+            if health.contains(&name) {
+                health_programs.push(fd);
+            } else {
+                programs.push(fd);
+            }
+        }
         use super::evictions::MapCount;
         Ok(KernelCounters {
             array: self.take_map("COUNTERS")?,
             programs,
+            health_programs,
             pending: MapCount::of(&self.ebpf, "PENDING", 8, 16384),
             data: MapCount::of(&self.ebpf, "DATA", 8, 65536),
             filter_pids: MapCount::of(&self.ebpf, "FILTER_PIDS", 4, 8192),
@@ -194,6 +209,7 @@ impl SockProbes {
 pub struct KernelCounters {
     array: PerCpuArray<MapData, u64>,
     programs: Vec<aya::programs::ProgramFd>,
+    health_programs: Vec<aya::programs::ProgramFd>,
     /// The LRU maps, to count what they pushed out.
     pending: Option<super::evictions::MapCount>,
     data: Option<super::evictions::MapCount>,
@@ -281,6 +297,15 @@ impl KernelCounters {
     /// Program runs the kernel skipped (recursion protection): their events never existed.
     pub fn skipped_runs(&self) -> u64 {
         self.programs
+            .iter()
+            .map(|p| recursion_misses(std::os::fd::AsFd::as_fd(p)))
+            .sum()
+    }
+
+    /// Runs of the retransmit, reset and drop hooks the kernel skipped (nested in
+    /// themselves): each a retransmit, reset or drop perhaps not counted.
+    pub fn health_skipped(&self) -> u64 {
+        self.health_programs
             .iter()
             .map(|p| recursion_misses(std::os::fd::AsFd::as_fd(p)))
             .sum()

@@ -11,6 +11,7 @@ pub struct HealthSeries {
     retransmits: IntCounterVec,
     resets: IntCounterVec,
     drops: IntCounterVec,
+    skipped: prometheus::IntCounter,
 }
 
 impl HealthSeries {
@@ -34,11 +35,17 @@ impl HealthSeries {
                 "TCP and UDP packets the kernel dropped (skb:kfree_skb), by its drop reason (its enum skb_drop_reason, SKB_DROP_REASON_ prefix removed), protocol and family.",
                 &["reason", "proto", "family"],
             ),
+            skipped: super::counter(
+                r,
+                "tracer_health_runs_skipped_total",
+                "Runs of the retransmit, reset and drop hooks the kernel skipped because the same program was running on that CPU already (kfree_skb nests in itself on busy hosts): each a retransmit, reset or drop perhaps not counted. Socket events lost are tracer_events_lost_total.",
+            ),
         }
     }
 
     /// Raises each series to its total, `totals` keyed as `tracer_common::health::key`.
-    pub fn update(&self, totals: &[(u32, u64)]) {
+    pub fn update(&self, totals: &[(u32, u64)], skipped: u64) {
+        catch_up(&self.skipped, skipped);
         for &(key, total) in totals {
             let (class, a, b, c) = health::parts(key);
             let family = FAMILY_NAMES.get(c as usize).copied().unwrap_or("other");

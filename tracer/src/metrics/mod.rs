@@ -298,8 +298,8 @@ impl Metrics {
 
     /// Brings the retransmit, reset and drop counters up to their totals (keyed as
     /// `tracer_common::health::key`).
-    pub fn update_health(&self, totals: &[(u32, u64)]) {
-        self.kernel.health.update(totals);
+    pub fn update_health(&self, totals: &[(u32, u64)], skipped: u64) {
+        self.kernel.health.update(totals, skipped);
     }
 
     /// Brings the counters up to the kernel's totals (`stats` laid out as

@@ -51,6 +51,10 @@ pub trait KernelReadings: Send + Sync {
     fn health(&self) -> Vec<(u32, u64)> {
         Vec::new()
     }
+    /// Runs of the health hooks the kernel skipped (nested in themselves).
+    fn health_skipped(&self) -> u64 {
+        0
+    }
 }
 
 /// What a scrape reads: the registry, the kernel's counters, and the counts the agent keeps
@@ -216,7 +220,8 @@ impl Scrape {
             }
             same
         });
-        self.metrics.update_health(&health);
+        self.metrics
+            .update_health(&health, self.kernel.health_skipped());
         let mut text = {
             let _gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
             self.metrics.render()

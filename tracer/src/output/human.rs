@@ -286,6 +286,13 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             "tracer: {} events in {:.1}s, {} lost",
             s.events, s.seconds, s.lost
         )?;
+        if s.health_skipped > 0 {
+            writeln!(
+                self.status,
+                "tracer: {} runs of the retransmit/reset/drop hooks skipped by the kernel (nested in themselves): some of those may be missing",
+                s.health_skipped
+            )?;
+        }
         match s.evicted.describe() {
             Some(tables) => writeln!(
                 self.status,

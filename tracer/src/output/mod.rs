@@ -42,6 +42,14 @@ pub struct Summary {
     pub sockets_tracked: usize,
     /// Entries the bounded tables pushed out to stay under their caps, by table.
     pub evicted: crate::model::evicted::Evicted,
+    /// Runs of the retransmit, reset and drop hooks the kernel skipped (nested in
+    /// themselves): not socket events lost, but health events perhaps missed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub health_skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub trait Sink {

@@ -29,6 +29,10 @@ pub trait KernelInputs {
     fn now_ns(&mut self) -> u64;
     /// Events the kernel could not deliver so far, over every ring this run reads.
     fn lost(&mut self) -> u64;
+    /// Runs of the health hooks the kernel skipped (nested in themselves).
+    fn health_skipped(&mut self) -> u64 {
+        0
+    }
     /// What the kernel's bounded maps pushed out. Walks them: every few seconds.
     fn evicted(&mut self) -> Evicted;
     /// Namespace `netns`'s ephemeral port range; `pid` (the socket's owner) is the first place
@@ -113,6 +117,10 @@ impl KernelInputs for LiveKernel {
 
     fn lost(&mut self) -> u64 {
         self.counters.as_ref().map_or(0, |c| c.lost()) + self.nat.as_ref().map_or(0, NatWatch::lost)
+    }
+
+    fn health_skipped(&mut self) -> u64 {
+        self.counters.as_ref().map_or(0, |c| c.health_skipped())
     }
 
     fn evicted(&mut self) -> Evicted {
@@ -229,5 +237,9 @@ impl KernelReadings for LiveReadings {
 
     fn health(&self) -> Vec<(u32, u64)> {
         self.stats.health()
+    }
+
+    fn health_skipped(&self) -> u64 {
+        self.counters.health_skipped()
     }
 }

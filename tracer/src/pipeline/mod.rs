@@ -221,12 +221,14 @@ pub(crate) fn read_listen_queues(
     if let Some(&(last, _)) = places.last() {
         *cursor = last;
     }
+    let started = std::time::Instant::now();
     let (read, reading) = kernel.listeners(&places);
     tracing::debug!(
-        "listen queues: {} listeners read in {} of {} namespaces",
+        "listen queues: {} listeners read in {} of {} namespaces in {:?}",
         reading.len(),
         read.len(),
-        places.len()
+        places.len(),
+        started.elapsed()
     );
     queues.observe(&read, &reading, table)
 }

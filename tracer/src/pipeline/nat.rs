@@ -353,6 +353,7 @@ impl Stage for NatOnlyStage {
             seconds: kernel.now_ns().saturating_sub(self.started_ns) as f64 / 1e9,
             sockets_tracked: 0,
             evicted,
+            health_skipped: 0,
         };
         self.sink.summary(&summary).map_err(out_err)
     }

@@ -48,6 +48,10 @@ impl KernelInputs for Recorder<'_> {
         let v = self.inner.lost();
         self.note(v, |v| Answer::Lost(*v))
     }
+    fn health_skipped(&mut self) -> u64 {
+        let v = self.inner.health_skipped();
+        self.note(v, |v| Answer::HealthSkipped(*v))
+    }
     fn evicted(&mut self) -> Evicted {
         let v = self.inner.evicted();
         self.note(v, |v| Answer::Evicted(*v))
@@ -247,6 +251,13 @@ impl KernelInputs for Replayer {
             self.last_lost = v;
         }
         self.last_lost
+    }
+    fn health_skipped(&mut self) -> u64 {
+        self.take(|a| match a {
+            Answer::HealthSkipped(v) => Some(*v),
+            _ => None,
+        })
+        .unwrap_or(0)
     }
     fn evicted(&mut self) -> Evicted {
         self.take(|a| match a {

@@ -399,6 +399,7 @@ impl Stage for WatchStage {
     fn finish(&mut self, kernel: &mut dyn KernelInputs, undecodable: u64) -> Result<()> {
         let mut summary = self.summary;
         summary.lost = kernel.lost();
+        summary.health_skipped = kernel.health_skipped();
         super::report_loss(self.sink.as_mut(), summary.lost, &mut self.lost_seen)?;
         summary.undecodable = undecodable;
         summary.seconds = kernel.now_ns().saturating_sub(self.started_ns) as f64 / 1e9;

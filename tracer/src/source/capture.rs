@@ -83,6 +83,8 @@ pub enum Answer {
     NatLost(u64),
     NatEvictedSeen(u64),
     NatTotals(Option<[(u64, u64); 3]>),
+    /// Runs of the health hooks the kernel skipped so far.
+    HealthSkipped(u64),
     /// The listeners read (queues, backlogs, drops), and the namespaces that could be read.
     Listeners(Vec<u32>, Vec<crate::model::snapshot::SnapSocket>),
 }
