@@ -300,8 +300,8 @@ fn draw_sockets(frame: &mut Frame, area: Rect, rows: &[PortRow], scroll: usize) 
         Constraint::Length(5),
         Constraint::Length(16),
         Constraint::Length(16),
-        Constraint::Length(15),
-        Constraint::Length(15),
+        Constraint::Length(13),
+        Constraint::Length(17),
         Constraint::Min(7),
     ];
     render_table(frame, area, header, lines, &widths, scroll);
