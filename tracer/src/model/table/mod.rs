@@ -401,10 +401,9 @@ impl SocketTable {
         }
         // The moments this event starts or ends: before it may remove the entry, or once it
         // made one.
-        let existed = ev.sk != 0 && self.sockets.contains_key(&ev.sk);
-        let mut latency = match self.sockets.get_mut(&ev.sk) {
-            Some(entry) if existed => entry.time(ev),
-            _ => Latency::default(),
+        let (existed, mut latency) = match self.sockets.get_mut(&ev.sk) {
+            Some(entry) if ev.sk != 0 => (true, entry.time(ev)),
+            _ => (false, Latency::default()),
         };
         let mut attribution = match ev.kind {
             kind::STATE => self.observe_state(ev),
