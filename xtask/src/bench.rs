@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// Seconds of the paced phase.
     #[arg(long, default_value_t = 3.0)]
     pub paced_seconds: f64,
+    /// Another build's tracer binary: an A/B of `serve` alone (untraced, this build's
+    /// serve, that binary's serve), interleaved like the rest, to see whether a change moved
+    /// the agent's cost.
+    #[arg(long, value_name = "TRACER")]
+    pub compare: Option<PathBuf>,
 }
 
 /// One way of running the load.
@@ -52,6 +57,8 @@ pub struct BenchArgs {
 enum Config {
     Untraced,
     Serve,
+    /// `serve` from the `--compare` binary.
+    ServeCompare,
     /// `serve` without the retransmit/reset/drop tracepoints: their cost, side by side.
     ServeNoHealth,
     WatchJson,
@@ -69,7 +76,7 @@ impl Config {
     fn is_serve(self) -> bool {
         matches!(
             self,
-            Config::Serve | Config::ServeNoHealth | Config::ServeSyscalls
+            Config::Serve | Config::ServeCompare | Config::ServeNoHealth | Config::ServeSyscalls
         )
     }
 
@@ -77,6 +84,7 @@ impl Config {
         match self {
             Config::Untraced => "untraced",
             Config::Serve => "tracer serve (metrics only)",
+            Config::ServeCompare => "tracer serve, the --compare binary",
             Config::ServeNoHealth => "tracer serve --no-health",
             Config::WatchJson => "tracer watch --json > file",
             Config::WatchHuman => "tracer watch > file",
@@ -178,7 +186,12 @@ struct Agent {
     metrics_addr: Option<String>,
 }
 
-fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent>> {
+fn start_agent(
+    config: Config,
+    tracer: &Path,
+    compare: Option<&Path>,
+    dir: &Path,
+) -> Result<Option<Agent>> {
     let out = dir.join("agent.out");
     let err = dir.join("agent.err");
     let files = || -> Result<(fs::File, fs::File)> {
@@ -191,8 +204,12 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
     let metrics_addr = format!("127.0.0.1:{port}");
     let mut command = match config {
         Config::Untraced => return Ok(None),
-        Config::Serve | Config::ServeNoHealth | Config::ServeSyscalls => {
-            let mut c = Command::new(tracer);
+        Config::Serve | Config::ServeCompare | Config::ServeNoHealth | Config::ServeSyscalls => {
+            let binary = match (config, compare) {
+                (Config::ServeCompare, Some(other)) => other,
+                _ => tracer,
+            };
+            let mut c = Command::new(binary);
             c.args(["serve", "--listen", &metrics_addr]);
             if config == Config::ServeSyscalls {
                 c.arg("--syscalls");
@@ -242,7 +259,7 @@ fn start_agent(config: Config, tracer: &Path, dir: &Path) -> Result<Option<Agent
     };
     let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
     match config {
-        Config::Serve | Config::ServeNoHealth | Config::ServeSyscalls => {
+        Config::Serve | Config::ServeCompare | Config::ServeNoHealth | Config::ServeSyscalls => {
             let addr = agent.metrics_addr.clone().unwrap();
             wait_for("tracer serve", || http_get(&addr, "/healthz").is_some())?
         }
@@ -355,18 +372,25 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-    let mut configs = vec![
-        Config::Untraced,
-        Config::Serve,
-        Config::ServeNoHealth,
-        Config::WatchJson,
-        Config::WatchHuman,
-        Config::ServeSyscalls,
-        Config::WatchJsonSyscalls,
-        Config::FloorSockets,
-        Config::FloorSyscalls,
-    ];
-    if bpftrace {
+    let mut configs = if let Some(other) = &args.compare {
+        if !other.is_file() {
+            bail!("--compare {}: no such file", other.display());
+        }
+        vec![Config::Untraced, Config::Serve, Config::ServeCompare]
+    } else {
+        vec![
+            Config::Untraced,
+            Config::Serve,
+            Config::ServeNoHealth,
+            Config::WatchJson,
+            Config::WatchHuman,
+            Config::ServeSyscalls,
+            Config::WatchJsonSyscalls,
+            Config::FloorSockets,
+            Config::FloorSyscalls,
+        ]
+    };
+    if bpftrace && args.compare.is_none() {
         configs.push(Config::Bpftrace);
     } else {
         eprintln!("bench: bpftrace is not installed: its row is left out");
@@ -385,7 +409,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         };
         for i in order {
             let config = configs[i];
-            let agent = start_agent(config, &tracer, &dir)?;
+            let agent = start_agent(config, &tracer, args.compare.as_deref(), &dir)?;
             let started = Instant::now();
             let (ops, ops_unpaced) = load(&loadgen, args)?;
             let seconds = started.elapsed().as_secs_f64();
@@ -550,11 +574,20 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         args.rounds,
         args.seconds
     );
-    let markdown = format!("{machine} ({when})\n\n{table}{serve_note}");
+    let compared = match &args.compare {
+        Some(other) => format!("\nThe --compare binary: {}.\n", other.display()),
+        None => String::new(),
+    };
+    let markdown = format!("{machine} ({when})\n\n{table}{serve_note}{compared}");
     println!("\n{markdown}");
     let results = root.join("bench/results");
     fs::create_dir_all(&results)?;
-    let stem = format!("{when}-{}-{}t", args.mode, args.threads);
+    let stem = format!(
+        "{when}-{}-{}t{}",
+        args.mode,
+        args.threads,
+        if args.compare.is_some() { "-ab" } else { "" }
+    );
     fs::write(results.join(format!("{stem}.md")), &markdown)?;
     fs::write(
         results.join(format!("{stem}.json")),
@@ -566,6 +599,7 @@ pub fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
             "threads": args.threads,
             "seconds": args.seconds,
             "rounds": args.rounds,
+            "compare": args.compare,
             "results": rows,
         }))?,
     )?;
