@@ -268,9 +268,15 @@ pub struct SockEvent {
     /// The calling thread's own name (`dig` runs its sockets from a thread named
     /// `isc-net-0000`). Equal to `comm` in a single-threaded process.
     pub thread: [u8; 16],
+    /// The caller's cgroup (v2 id: the inode of its directory in the unified hierarchy),
+    /// which names its container. 0 for a record made outside its owner's call. Last, so a
+    /// record of the 144-byte layout before it reads as one with 0 here.
+    pub cgroup: u64,
 }
 
-pub const SOCK_EVENT_SIZE: usize = 144;
+pub const SOCK_EVENT_SIZE: usize = 152;
+/// The record size before `cgroup` was added (captures of that layout still replay).
+pub const SOCK_EVENT_SIZE_V1: usize = 144;
 const _: () = assert!(core::mem::size_of::<SockEvent>() == SOCK_EVENT_SIZE);
 
 /// Data totals of one socket, summed in the kernel from `sock:sock_send_length` and

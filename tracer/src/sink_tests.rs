@@ -110,6 +110,7 @@ fn nat_items(netns_name: &str, comm: &str) -> Vec<NatOutput> {
     let end = |port| FlowEnd {
         pid: 1,
         comm: comm.to_string(),
+        container: None,
         netns: 7,
         addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         port,
@@ -190,7 +191,7 @@ fn through_every_sink(comm_bytes: &[u8], netns_bytes: &[u8]) {
     assert_safe("story", &story_out);
 
     let metrics = crate::metrics::Metrics::new(16, "test");
-    metrics.update_table(&table);
+    metrics.update_table(&table, &|_| "host".into());
     assert_safe("metrics", metrics.render().as_bytes());
     let log_line = format!("netns {netns_name} comm {}\n", crate::text::comm(&comm));
     assert_safe("log line", crate::text::escape_log(&log_line).as_bytes());

@@ -94,6 +94,10 @@ const TEST_PACKAGES: &[&str] = &[
     "conntrack",
     // A real pre-forking server (master + workers), for the live view's attribution test.
     "nginx",
+    // A real container runtime and an image made from a static busybox (tests/containers.rs
+    // starts and stops dockerd itself; nothing is pulled).
+    "docker.io",
+    "busybox-static",
 ];
 
 fn main() -> ExitCode {
@@ -379,6 +383,14 @@ fn test(args: &[String]) -> Result<()> {
     if executables.is_empty() {
         bail!("no end-to-end test binaries were built");
     }
+    // The containers suite starts a Docker daemon (and its iptables chains): after every
+    // other suite, so none of them runs beside it.
+    let mut executables = executables;
+    executables.sort_by_key(|exe| {
+        std::path::Path::new(exe)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("containers-"))
+    });
     let tracer = root().join("target/release/tracer");
     for exe in executables {
         let mut c = root_cmd(&exe);

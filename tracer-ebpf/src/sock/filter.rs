@@ -53,12 +53,14 @@ pub fn process_comm(out: &mut [u8; 16]) {
     }
 }
 
-/// Both names of the caller into an event: the process's and the thread's.
+/// Both names of the caller into an event, the process's and the thread's, and its cgroup.
 #[inline(always)]
 pub fn fill_names(ev: &mut SockEvent) {
     process_comm(&mut ev.comm);
     // SAFETY: `ev.thread` is 16 writable bytes, the length given; the helper cannot fail.
     unsafe { gen::bpf_get_current_comm(ev.thread.as_mut_ptr() as *mut c_void, 16) };
+    // SAFETY: a helper without arguments; it reads the current task's cgroup.
+    ev.cgroup = unsafe { gen::bpf_get_current_cgroup_id() };
 }
 
 /// The protocol and family filters (--proto, -4/-6) alone.

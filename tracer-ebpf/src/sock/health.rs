@@ -284,6 +284,7 @@ fn report(seen: &Seen, key: u32) {
     put16(&mut ev.raddr, seen.raddr);
     put16(&mut ev.comm, [0; 2]);
     put16(&mut ev.thread, [0; 2]);
+    set!(ev.cgroup, 0);
     entry.submit(wakeup());
 }
 

@@ -194,5 +194,5 @@ const _: () = assert!(offset_of!(SockEvent, thread) % 8 == 0);
 // field of it, `_pad` included (three bytes), so no stale ring bytes reach user space.
 const _: () = assert!(size_of::<SockEvent>() == tracer_common::SOCK_EVENT_SIZE);
 const _: () = assert!(offset_of!(SockEvent, pid) == offset_of!(SockEvent, _pad) + 3);
-// `ZERO_PENDING` is what the map copies in: its size is the value size (168 bytes).
-const _: () = assert!(size_of::<Pending>() == 168);
+// `ZERO_PENDING` is what the map copies in: its size is the value size (176 bytes).
+const _: () = assert!(size_of::<Pending>() == 176);

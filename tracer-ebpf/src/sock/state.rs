@@ -84,6 +84,7 @@ struct Owner {
     uid: u32,
     comm: [u64; 2],
     thread: [u64; 2],
+    cgroup: u64,
 }
 
 #[inline(always)]
@@ -164,6 +165,7 @@ fn owner_in_context(pid_tgid: u64, sk: u64, old: u8, new: u8) -> Owner {
         uid: 0,
         comm: [0; 2],
         thread: [0; 2],
+        cgroup: 0,
     };
     // SAFETY: the reference is used at once, to copy a few fields; a concurrent update of the
     // record by its own thread can at worst give a mix of old and new values (map values
@@ -174,6 +176,7 @@ fn owner_in_context(pid_tgid: u64, sk: u64, old: u8, new: u8) -> Owner {
             owner.uid = pending.ev.uid;
             owner.comm = get16(&pending.ev.comm);
             owner.thread = get16(&pending.ev.thread);
+            owner.cgroup = pending.ev.cgroup;
             return owner;
         }
     }
@@ -191,6 +194,8 @@ fn owner_in_context(pid_tgid: u64, sk: u64, old: u8, new: u8) -> Owner {
             Ok(thread) => get16(&thread),
             Err(_) => [0; 2],
         };
+        // SAFETY: a helper without arguments; it reads the current task's cgroup.
+        owner.cgroup = unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() };
     }
     owner
 }
@@ -234,6 +239,7 @@ fn send(t: &Transition, owner: &Owner, pid_tgid: u64) -> Option<()> {
     put16(&mut ev.raddr, t.raddr);
     put16(&mut ev.comm, owner.comm);
     put16(&mut ev.thread, owner.thread);
+    set!(ev.cgroup, owner.cgroup);
     entry.submit(wakeup());
     Some(())
 }

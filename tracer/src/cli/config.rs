@@ -182,6 +182,8 @@ impl TraceArgs {
 pub struct PortsConfig {
     pub live: bool,
     pub json: bool,
+    /// `--mappings`.
+    pub mappings: bool,
     pub filter: RowFilter,
     /// Where to look; the command resolves it (and sets `filter.netns`).
     pub netns: NetnsChoice,
@@ -192,14 +194,17 @@ pub struct PortsConfig {
 
 impl PortsArgs {
     pub fn validate(self) -> Result<PortsConfig> {
+        let container = container_want(self.container, self.pod)?;
         let netns = match (self.netns, self.all_netns) {
             (Some(spec), _) => NetnsChoice::Named(spec),
-            (None, true) => NetnsChoice::All,
-            (None, false) => NetnsChoice::Own,
+            // A container has its own namespace, as a rule.
+            (None, all) if all || container.is_some() || self.mappings => NetnsChoice::All,
+            (None, _) => NetnsChoice::Own,
         };
         Ok(PortsConfig {
             live: self.live,
             json: self.json,
+            mappings: self.mappings,
             filter: RowFilter {
                 pids: self.pids,
                 ports: self.ports,
@@ -212,6 +217,7 @@ impl PortsArgs {
                 netns: None,
                 text: String::new(),
                 who: self.who,
+                container,
             },
             netns,
             sort: self.sort,
@@ -251,6 +257,8 @@ pub struct WatchConfig {
     /// The `--pid` processes as given (the command adds their descendants).
     pub pids: Vec<u32>,
     pub comm: Option<String>,
+    /// `--container` / `--pod`.
+    pub container: Option<crate::model::filter::ContainerWant>,
     pub ringbuf_bytes: u32,
     pub duration: Option<std::time::Duration>,
     /// `--netns`, as given (None: every namespace).
@@ -293,6 +301,11 @@ impl WatchArgs {
 impl ServeArgs {
     pub fn validate(self) -> Result<WatchConfig> {
         let mut config = self.filters.validate(&[])?;
+        if config.container.is_some() {
+            return Err(Error::Invalid(
+                "serve: --container and --pod select events to show; serve exports every container (its metrics carry the container in a label)".into(),
+            ));
+        }
         config.metrics = Some(self.listen);
         config.mode = WatchMode::Serve;
         config.max_listen_ports = self.max_listen_ports;
@@ -309,6 +322,43 @@ pub const SYSCALL_ONLY: &[&str] = &["close", "shutdown", "sendto", "recvfrom"];
 
 /// Events of the TCP health hooks (either path).
 pub const HEALTH_EVENTS: &[&str] = &["retransmit", "reset", "drop"];
+
+/// `--container` and `--pod`, checked: text a terminal can show, of a sane length.
+fn container_want(
+    container: Option<String>,
+    pod: Option<String>,
+) -> Result<Option<crate::model::filter::ContainerWant>> {
+    use crate::model::filter::ContainerWant;
+    let checked = |flag: &str, v: &str| -> Result<()> {
+        if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Error::Invalid(format!(
+                "{flag} {}: 1 to 253 printable characters without spaces",
+                crate::text::escape(v)
+            )));
+        }
+        Ok(())
+    };
+    Ok(match (container, pod) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Invalid("--container and --pod: give one".into()));
+        }
+        (Some(c), None) => {
+            checked("--container", &c)?;
+            Some(ContainerWant::Container(c))
+        }
+        (None, Some(p)) => {
+            checked("--pod", &p)?;
+            if !p.contains('/') && p.len() != 36 {
+                return Err(Error::Invalid(format!(
+                    "--pod {}: NAMESPACE/NAME, or the pod's UID",
+                    crate::text::escape(&p)
+                )));
+            }
+            Some(ContainerWant::Pod(p))
+        }
+        (None, None) => None,
+    })
+}
 
 impl FilterArgs {
     /// The kernel filter and the rest of a watch configuration (output options at defaults).
@@ -344,6 +394,7 @@ impl FilterArgs {
             filter.comm[..comm.len()].copy_from_slice(comm.as_bytes());
         }
         filter.by_pid = u8::from(!self.pids.is_empty());
+        let container = container_want(self.container, self.pod)?;
         let udp_events = ["sendto", "recvfrom", "sendmsg", "recvmsg"];
         let wants_udp_data =
             events.is_empty() || events.iter().any(|e| udp_events.contains(&e.as_str()));
@@ -381,6 +432,7 @@ impl FilterArgs {
             kernel_filter: filter,
             pids: self.pids,
             comm: self.comm,
+            container,
             ringbuf_bytes,
             duration,
             netns: self.netns,

@@ -228,6 +228,14 @@ pub struct FilterArgs {
     /// Only processes with this command name (exact, as in /proc/PID/comm).
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
+    /// Only processes in this container: its name, its id (4 digits or more of it), or
+    /// `host` for processes in no container.
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+    /// Only processes in this Kubernetes pod: NAMESPACE/NAME (as the runtime labels it), or
+    /// the pod's UID.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
     /// Only sockets with this local or remote port (repeatable, up to 8).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
@@ -335,6 +343,18 @@ pub struct PortsArgs {
     /// Only sockets with this endpoint (ADDR or ADDR:PORT) at either end.
     #[arg(long, value_name = "ADDR[:PORT]")]
     pub who: Option<Who>,
+    /// Only sockets of processes in this container (name, id of 4 digits or more, or
+    /// `host`); looks in every network namespace unless --netns says where.
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+    /// Only sockets of processes in this Kubernetes pod (NAMESPACE/NAME or UID).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
+    /// Port mappings instead of sockets: each port published on this host (Docker's, a
+    /// Kubernetes Service's, any DNAT rule's) → the rule or proxy that forwards it → the
+    /// container and process listening behind it.
+    #[arg(long, conflicts_with_all = ["live", "group_by"])]
+    pub mappings: bool,
 }
 
 /// `tracer replay FILE`: the output flags of `watch`.

@@ -81,9 +81,18 @@ pub fn run(plan: PortsPlan) -> Result<()> {
     }
     let snapshot = snapshot::take(&plan.scope)?;
     let table = table_from(&snapshot);
+    if config.mappings {
+        return mappings(&table, config);
+    }
     let rows = selected_rows(&table, config);
-    let ranges = ranges_of(&snapshot, config);
-    let usage = usage_of(&table, &config.filter);
+    let mut ranges = ranges_of(&snapshot, config);
+    let mut usage = usage_of(&table, &config.filter);
+    if config.filter.container.is_some() {
+        // A container's ports: the ranges and usage of its namespaces only.
+        let theirs: Vec<u32> = rows.iter().map(|r| r.netns).collect();
+        ranges.retain(|(ns, _)| theirs.contains(ns));
+        usage.retain(|u| theirs.contains(&u.netns));
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let written = if config.json {
         text::write_json(&mut out, &rows, &ranges, &usage, services::system)
@@ -113,6 +122,82 @@ pub fn run(plan: PortsPlan) -> Result<()> {
     Ok(())
 }
 
+/// `--mappings`: every published port, the rule or proxy forwarding it, who listens behind.
+fn mappings(table: &SocketTable, config: &PortsConfig) -> Result<()> {
+    let docker = crate::kernel::docker::DockerNames::start();
+    if let Some(d) = &docker {
+        d.wait_listed(Duration::from_secs(3));
+    }
+    let rules = crate::kernel::conntrack::dnat_rules();
+    if rules.is_none() {
+        eprintln!(
+            "tracer: no NAT rules could be read (nft, iptables-save): mappings from Docker only"
+        );
+    }
+    let mut rows = ports::rows(table);
+    name_containers(&mut rows);
+    let own = netns::own_inode().ok();
+    let published = docker.as_ref().map(|d| d.all()).unwrap_or_default();
+    let found = crate::model::mapping::join(
+        &published_ports(&published),
+        rules.as_deref().unwrap_or_default(),
+        &rows,
+        own,
+    );
+    let found: Vec<_> = found
+        .into_iter()
+        .filter(|m| config.filter.ports.is_empty() || config.filter.ports.contains(&m.host_port))
+        .collect();
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let written = if config.json {
+        text::write_mappings_json(&mut out, &found)
+    } else {
+        text::write_mappings(&mut out, &found)
+    };
+    match written.and_then(|_| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| Error::io("writing output", e)),
+    }
+}
+
+/// Docker's published ports as the join wants them: one per (container, binding).
+fn published_ports(
+    containers: &[(compact_str::CompactString, crate::kernel::docker::Names)],
+) -> Vec<crate::model::mapping::Published> {
+    let mut out = Vec::new();
+    for (id, names) in containers {
+        let netns = names.pid.and_then(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
+        });
+        for p in &names.published {
+            out.push(crate::model::mapping::Published {
+                id: id.to_string(),
+                name: names.name.to_string(),
+                proto: p.proto.to_string(),
+                host_ip: p.host_ip.to_string(),
+                host_port: p.host_port,
+                container_port: p.container_port,
+                addresses: names.addresses.clone(),
+                netns,
+            });
+        }
+    }
+    out
+}
+
+/// Each row's container, one question per cgroup.
+fn name_containers(rows: &mut [PortRow]) {
+    let mut resolver = crate::kernel::containers::ContainerResolver::new();
+    let mut cache = crate::model::container::Containers::default();
+    let now = monotonic_ns();
+    for row in rows.iter_mut() {
+        let (cgroup, pid) = (row.cgroup, row.pid);
+        row.container = cache.of(cgroup, now, || resolver.resolve(cgroup, pid));
+    }
+}
+
 fn table_from(snapshot: &Snapshot) -> SocketTable {
     let mut table = SocketTable::default();
     table.merge_snapshot(snapshot, monotonic_ns());
@@ -120,10 +205,9 @@ fn table_from(snapshot: &Snapshot) -> SocketTable {
 }
 
 fn selected_rows(table: &SocketTable, config: &PortsConfig) -> Vec<PortRow> {
-    let mut rows: Vec<PortRow> = ports::rows(table)
-        .into_iter()
-        .filter(|r| config.filter.allows(r))
-        .collect();
+    let mut rows = ports::rows(table);
+    name_containers(&mut rows);
+    rows.retain(|r| config.filter.allows(r));
     ports::sort(&mut rows, config.sort, config.reverse);
     rows
 }

@@ -277,7 +277,8 @@ fn setup(config: &WatchConfig) -> WatchSetup {
             !config.pids.is_empty(),
             config.comm.as_deref(),
         )
-        .with_who(config.who),
+        .with_who(config.who)
+        .with_container(config.container.clone()),
         group_by_remote: config.output.group_by == Some(GroupBy::Remote),
         process_filter: !config.pids.is_empty() || config.comm.is_some(),
         nat: false,

@@ -3,6 +3,8 @@
 pub mod attach;
 pub mod btf;
 pub mod conntrack;
+pub mod containers;
+pub mod docker;
 pub mod evictions;
 pub mod live_netns;
 pub mod loader;

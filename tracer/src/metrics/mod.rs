@@ -50,8 +50,34 @@ pub struct Metrics {
     table: TableSeries,
     nat: NatSeries,
     agent: AgentSeries,
+    containers: ContainerSeries,
     /// At most this many listening (port, proto, comm) series; the rest count under `other`.
     listen_port_cap: usize,
+}
+
+/// Containers that get series of their own in the per-container counters; the rest count
+/// under `container="other"`.
+pub const MAX_CONTAINER_SERIES: usize = 32;
+
+/// Counters by container, counted by the agent from what its table attributes.
+struct ContainerSeries {
+    connect_errors: IntCounterVec,
+    /// The container labels given series so far (at most [`MAX_CONTAINER_SERIES`]).
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl ContainerSeries {
+    fn register(r: &Registry) -> Self {
+        ContainerSeries {
+            connect_errors: counter_vec(
+                r,
+                "tracer_container_connect_errors_total",
+                "TCP connects that failed (refused, reset, timed out, no port), by the container of the process that made them (`host` for none; the first 32 containers get their own series, the rest count as \"other\") and errno.",
+                &["container", "errno"],
+            ),
+            seen: std::sync::Mutex::default(),
+        }
+    }
 }
 
 /// Counters kept up with the kernel's per-CPU statistics.
@@ -181,20 +207,20 @@ impl TableSeries {
             listen_port_info: gauge_vec(
                 r,
                 "tracer_listen_port_info",
-                "Listening sockets now, by port and owning command (ports beyond the cap count under port=\"other\").",
-                &["port", "proto", "comm"],
+                "Listening sockets now, by port, owning command and its container (`host` for none; ports beyond the cap count under port=\"other\").",
+                &["port", "proto", "comm", "container"],
             ),
             listen_queue: gauge_vec(
                 r,
                 "tracer_listen_queue_length",
-                "Connections waiting in a listener's accept queue (ss's Recv-Q for a listener), read every 2 s, by port and owning command (capped like tracer_listen_port_info).",
-                &["port", "proto", "comm"],
+                "Connections waiting in a listener's accept queue (ss's Recv-Q for a listener), read every 2 s, by port, owning command and container (capped like tracer_listen_port_info).",
+                &["port", "proto", "comm", "container"],
             ),
             listen_backlog: gauge_vec(
                 r,
                 "tracer_listen_backlog",
-                "A listener's backlog in effect (ss's Send-Q for a listener), by port and owning command.",
-                &["port", "proto", "comm"],
+                "A listener's backlog in effect (ss's Send-Q for a listener), by port, owning command and container.",
+                &["port", "proto", "comm", "container"],
             ),
             listen_overflows: counter_vec(
                 r,
@@ -291,6 +317,7 @@ impl Metrics {
             table: TableSeries::register(&registry),
             nat: NatSeries::register(&registry),
             agent: AgentSeries::register(&registry, kernel_release),
+            containers: ContainerSeries::register(&registry),
             listen_port_cap,
             registry,
         }
@@ -431,15 +458,17 @@ impl Metrics {
         self.agent.processed.with_label_values(&[source]).inc_by(n);
     }
 
-    /// Sets the gauges from the socket table.
-    pub fn update_table(&self, table: &SocketTable) {
+    /// Sets the gauges from the socket table. `container_of`: an owner's cgroup → its
+    /// container's label (`host`, a name, a short id; `-` not known).
+    pub fn update_table(&self, table: &SocketTable, container_of: &dyn Fn(u64) -> String) {
         self.table.sockets_tracked.set(table.len() as i64);
         self.table.listening.reset();
         self.table.listen_port_info.reset();
         self.table.listen_queue.reset();
         self.table.listen_backlog.reset();
-        let mut ports: BTreeMap<(u16, &'static str, String), i64> = BTreeMap::new();
-        let mut queues: BTreeMap<(u16, &'static str, String), (i64, i64)> = BTreeMap::new();
+        type Key = (u16, &'static str, String, String);
+        let mut ports: BTreeMap<Key, i64> = BTreeMap::new();
+        let mut queues: BTreeMap<Key, (i64, i64)> = BTreeMap::new();
         for s in table.sockets().filter(|s| s.is_listening()) {
             let proto = crate::model::event::proto_name(s.protocol);
             self.table
@@ -451,25 +480,33 @@ impl Metrics {
                 || "-".into(),
                 |o| crate::text::escape(&o.comm()).into_owned(),
             );
+            let container = s.owner().map_or_else(
+                || "-".into(),
+                |o| crate::text::escape(&container_of(o.cgroup)).into_owned(),
+            );
             if let Some((queue, backlog)) = s.queues {
-                let q = queues.entry((s.lport, proto, comm.clone())).or_default();
+                let q = queues
+                    .entry((s.lport, proto, comm.clone(), container.clone()))
+                    .or_default();
                 q.0 += i64::from(queue);
                 q.1 += i64::from(backlog);
             }
-            *ports.entry((s.lport, proto, comm)).or_default() += 1;
+            *ports.entry((s.lport, proto, comm, container)).or_default() += 1;
         }
-        for (i, ((port, proto, comm), (queue, backlog))) in queues.into_iter().enumerate() {
+        for (i, ((port, proto, comm, container), (queue, backlog))) in
+            queues.into_iter().enumerate()
+        {
             let port = if i < self.listen_port_cap {
                 port.to_string()
             } else {
                 "other".into()
             };
-            let comm = if i < self.listen_port_cap {
-                comm
+            let (comm, container) = if i < self.listen_port_cap {
+                (comm, container)
             } else {
-                "other".into()
+                ("other".into(), "other".into())
             };
-            let labels = [port.as_str(), proto, comm.as_str()];
+            let labels = [port.as_str(), proto, comm.as_str(), container.as_str()];
             self.table
                 .listen_queue
                 .with_label_values(&labels)
@@ -479,16 +516,16 @@ impl Metrics {
                 .with_label_values(&labels)
                 .add(backlog);
         }
-        for (i, ((port, proto, comm), n)) in ports.into_iter().enumerate() {
+        for (i, ((port, proto, comm, container), n)) in ports.into_iter().enumerate() {
             if i < self.listen_port_cap {
                 self.table
                     .listen_port_info
-                    .with_label_values(&[&port.to_string(), proto, &comm])
+                    .with_label_values(&[&port.to_string(), proto, &comm, &container])
                     .set(n);
             } else {
                 self.table
                     .listen_port_info
-                    .with_label_values(&["other", proto, "other"])
+                    .with_label_values(&["other", proto, "other", "other"])
                     .add(n);
             }
         }
@@ -521,6 +558,30 @@ impl Metrics {
             };
             counter.inc_by(o.dropped);
         }
+    }
+
+    /// A TCP connect that failed, by its owner's container (the first
+    /// [`MAX_CONTAINER_SERIES`] containers get their own series, the rest count as `other`).
+    pub fn count_container_connect_error(&self, container: &str, errno: &str) {
+        let mut seen = self
+            .containers
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A label value a runtime's user names: escaped like every other place it is shown.
+        let container = crate::text::escape(container).into_owned();
+        if !seen.contains(&container) && seen.len() < MAX_CONTAINER_SERIES {
+            seen.insert(container.clone());
+        }
+        let label = if seen.contains(&container) {
+            container.as_str()
+        } else {
+            "other"
+        };
+        self.containers
+            .connect_errors
+            .with_label_values(&[label, errno])
+            .inc();
     }
 
     /// The text exposition format.
@@ -568,13 +629,15 @@ mod tests {
     fn listening_ports_are_capped() {
         let m = Metrics::new(1, "6.18");
         let table = crate::model::ports::fixtures::sample_table();
-        m.update_table(&table);
+        m.update_table(&table, &|_| "host".into());
         let text = m.render();
         // Two TCP listeners (22 and 8080): one fits under the cap, the other is `other`.
-        assert!(text.contains("tracer_listen_port_info{comm=\"sshd\",port=\"22\",proto=\"tcp\"} 1"));
-        assert!(
-            text.contains("tracer_listen_port_info{comm=\"other\",port=\"other\",proto=\"tcp\"} 1")
-        );
+        assert!(text.contains(
+            "tracer_listen_port_info{comm=\"sshd\",container=\"host\",port=\"22\",proto=\"tcp\"} 1"
+        ));
+        assert!(text.contains(
+            "tracer_listen_port_info{comm=\"other\",container=\"other\",port=\"other\",proto=\"tcp\"} 1"
+        ));
         assert!(
             text.contains("tracer_listening_sockets{port_class=\"registered\",proto=\"tcp\"} 1")
         );

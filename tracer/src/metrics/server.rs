@@ -170,16 +170,17 @@ impl Scrape {
         &self,
         overflows: &[crate::model::listen::ListenOverflow],
         table: &SocketTable,
+        container_of: &dyn Fn(u64) -> String,
     ) {
         self.metrics.count_overflows(overflows);
-        self.update_table(table);
+        self.update_table(table, container_of);
     }
 
     /// Sets the socket-table gauges (from the draining thread), never while a scrape reads
-    /// them.
-    pub fn update_table(&self, table: &SocketTable) {
+    /// them. `container_of`: an owner's cgroup → its container's label.
+    pub fn update_table(&self, table: &SocketTable, container_of: &dyn Fn(u64) -> String) {
         let _gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
-        self.metrics.update_table(table);
+        self.metrics.update_table(table, container_of);
     }
 
     /// Sets the NAT gauges rebuilt from scratch each time (conntrack tables, port pools),

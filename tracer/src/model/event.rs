@@ -102,6 +102,23 @@ pub fn found_no_port(ev: &SockEvent) -> bool {
         && ev.sk_err == 0
 }
 
+/// The errno a TCP connect failed with, from its transition SYN_SENT → CLOSE (None for any
+/// other record): the socket's pending error, or EADDRNOTAVAIL when it found no port.
+pub fn failed_connect(ev: &SockEvent) -> Option<CompactString> {
+    if ev.kind != kind::STATE
+        || ev.old_state != tcp_state::SYN_SENT
+        || ev.new_state != tcp_state::CLOSE
+    {
+        return None;
+    }
+    if found_no_port(ev) {
+        return Some(CompactString::const_new("EADDRNOTAVAIL"));
+    }
+    (ev.sk_err > 0)
+        .then(|| errno_name(-i64::from(ev.sk_err)))
+        .flatten()
+}
+
 pub fn errno_name(ret: i64) -> Option<CompactString> {
     use nix::errno::Errno;
     // No negation: a return of i64::MIN (only ever from a corrupt record) must not overflow.
@@ -234,6 +251,10 @@ pub struct Event {
     /// The transition into CLOSE: nanoseconds since the socket's first SYN, its completed
     /// handshake or its first event (unknown for a socket older than tracer).
     pub lifetime_ns: Option<u64>,
+    /// The owner's container (None: not known; the host is a container of its own,
+    /// [`Container::is_host`]). Set by the stage, which asks the system.
+    #[serde(flatten, serialize_with = "super::container::serialize_fields")]
+    pub container: Option<std::sync::Arc<super::container::Container>>,
 }
 
 impl Event {
@@ -328,6 +349,7 @@ impl Event {
                 && ev.arg > 0)
                 .then(|| ev.arg as u64 * 1000),
             lifetime_ns: attribution.latency.lifetime_ns,
+            container: None,
         }
     }
 
@@ -432,6 +454,7 @@ mod tests {
                 uid: 0,
                 comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
                 thread: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+                cgroup: 0,
             }),
             kernel_chose_port: false,
             lport: 0,

@@ -32,11 +32,13 @@ pub struct Evicted {
     pub latency: u64,
     /// Sockets removed a moment ago, kept to charge a late reset or drop to their owner.
     pub closed_sockets: u64,
+    /// Cgroups whose container was looked up, forgotten past their cap.
+    pub containers: u64,
 }
 
 impl Evicted {
     /// (table, count) for every table, in a fixed order.
-    pub fn tables(&self) -> [(&'static str, u64); 12] {
+    pub fn tables(&self) -> [(&'static str, u64); 13] {
         [
             ("sockets", self.sockets),
             ("ephemeral", self.ephemeral),
@@ -50,6 +52,7 @@ impl Evicted {
             ("nat_seen", self.nat_seen),
             ("latency", self.latency),
             ("closed_sockets", self.closed_sockets),
+            ("containers", self.containers),
         ]
     }
 
@@ -83,6 +86,7 @@ impl Evicted {
             (&mut self.nat_seen, other.nat_seen),
             (&mut self.latency, other.latency),
             (&mut self.closed_sockets, other.closed_sockets),
+            (&mut self.containers, other.containers),
         ];
         for (mine, theirs) in fields {
             *mine = (*mine).max(theirs);

@@ -16,6 +16,17 @@ pub struct Filter {
     comm: Option<[u8; 16]>,
     /// `--who`: only sockets with this endpoint at either end.
     who: Option<super::nat::who::Who>,
+    /// `--container` / `--pod`.
+    container: Option<ContainerWant>,
+}
+
+/// Which container's processes to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerWant {
+    /// A name, an id (4 digits or more), or `host`.
+    Container(String),
+    /// NAMESPACE/NAME or a pod UID.
+    Pod(String),
 }
 
 impl Filter {
@@ -36,6 +47,32 @@ impl Filter {
             needs_owner: process_filter || comm.is_some(),
             comm,
             who: None,
+            container: None,
+        }
+    }
+
+    /// Only processes in this container or pod (events no owner is known for are dropped).
+    pub fn with_container(mut self, want: Option<ContainerWant>) -> Self {
+        if want.is_some() {
+            self.needs_owner = true;
+        }
+        self.container = want;
+        self
+    }
+
+    /// Whether events need their owner's container to be filtered.
+    pub fn wants_container(&self) -> bool {
+        self.container.is_some()
+    }
+
+    /// The container filter, once the owner's container is known (None: not known, which
+    /// a container filter does not select).
+    pub fn allows_container(&self, container: Option<&super::container::Container>) -> bool {
+        match (&self.container, container) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(ContainerWant::Container(want)), Some(c)) => c.matches(want),
+            (Some(ContainerWant::Pod(want)), Some(c)) => c.in_pod(want),
         }
     }
 
@@ -79,6 +116,7 @@ mod tests {
                 uid: 0,
                 comm: c,
                 thread: c,
+                cgroup: 0,
             }),
             ..Default::default()
         }

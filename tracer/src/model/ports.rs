@@ -49,6 +49,9 @@ pub struct PortRow {
     /// and its backlog), when sock_diag reported them.
     pub recv_q: Option<u32>,
     pub send_q: Option<u32>,
+    /// The first owner's cgroup (0: not known) and, once looked up, its container.
+    pub cgroup: u64,
+    pub container: Option<std::sync::Arc<super::container::Container>>,
 }
 
 impl PortRow {
@@ -94,6 +97,8 @@ impl PortRow {
             from_snapshot: s.from_snapshot,
             recv_q: s.queues.map(|q| q.0),
             send_q: s.queues.map(|q| q.1),
+            cgroup: s.owners.first().map_or(0, |o| o.cgroup),
+            container: None,
         }
     }
 
@@ -239,6 +244,8 @@ pub struct RowFilter {
     pub text: String,
     /// `--who`: this endpoint at either end.
     pub who: Option<super::nat::who::Who>,
+    /// `--container` / `--pod` (the row's container must be known by then).
+    pub container: Option<super::filter::ContainerWant>,
 }
 
 impl RowFilter {
@@ -254,9 +261,16 @@ impl RowFilter {
             && self
                 .who
                 .is_none_or(|w| w.names(row.laddr, row.lport) || w.names(row.raddr, row.rport))
+            && self.container.as_ref().is_none_or(|want| {
+                let c = row.container.as_deref();
+                match want {
+                    super::filter::ContainerWant::Container(w) => c.is_some_and(|c| c.matches(w)),
+                    super::filter::ContainerWant::Pod(w) => c.is_some_and(|c| c.in_pod(w)),
+                }
+            })
             && (self.text.is_empty() || {
                 let haystack = format!(
-                    "{} {}:{} {}:{} {} {} {}",
+                    "{} {}:{} {}:{} {} {} {} {}",
                     row.proto,
                     row.laddr,
                     row.lport,
@@ -264,7 +278,10 @@ impl RowFilter {
                     row.rport,
                     row.state,
                     row.owners_text(),
-                    row.class
+                    row.class,
+                    row.container
+                        .as_deref()
+                        .map_or_else(Default::default, |c| c.label()),
                 );
                 // Match what the screen shows: names as the terminal sinks escape them.
                 let haystack = crate::text::escape(&haystack).to_lowercase();
@@ -281,6 +298,8 @@ impl RowFilter {
 pub struct ProcessLine {
     pub pid: u32,
     pub comm: String,
+    /// Its container's label (`host`, a name, a short id; `-` not known).
+    pub container: String,
     /// `tcp/8080`, `udp/53`, …
     pub listening: Vec<String>,
     /// Connected sockets (TCP not listening, connected UDP).
@@ -289,6 +308,75 @@ pub struct ProcessLine {
     pub ephemeral: usize,
     /// Distinct remote endpoints.
     pub remotes: usize,
+}
+
+fn container_text(c: Option<&super::container::Container>) -> String {
+    c.map_or_else(|| "-".to_string(), |c| c.label().to_string())
+}
+
+/// One container's sockets, as the live view's Containers tab shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerLine {
+    /// Its label (`host`, a name, a short id; `-` for sockets whose container is not known).
+    pub container: String,
+    pub short_id: Option<String>,
+    pub runtime: Option<&'static str>,
+    /// Processes holding its sockets.
+    pub processes: usize,
+    /// `tcp/80`, `udp/53`, …
+    pub listening: Vec<String>,
+    pub connections: usize,
+    pub ephemeral: usize,
+}
+
+/// A line per container (by each row's first owner), busiest first.
+pub fn by_container(rows: &[PortRow]) -> Vec<ContainerLine> {
+    let mut lines: BTreeMap<String, (ContainerLine, Vec<u32>)> = BTreeMap::new();
+    for row in rows {
+        let label = container_text(row.container.as_deref());
+        let id = row.container.as_deref().and_then(|c| c.id.as_ref());
+        let (line, pids) = lines.entry(label.clone()).or_insert_with(|| {
+            (
+                ContainerLine {
+                    container: label,
+                    short_id: id.map(|i| i.short_id().to_string()),
+                    runtime: id.map(|i| i.runtime.name()),
+                    processes: 0,
+                    listening: Vec::new(),
+                    connections: 0,
+                    ephemeral: 0,
+                },
+                Vec::new(),
+            )
+        });
+        for o in &row.owners {
+            if !pids.contains(&o.pid) {
+                pids.push(o.pid);
+            }
+        }
+        if row.listening {
+            let port = format!("{}/{}", row.proto, row.lport);
+            if !line.listening.contains(&port) {
+                line.listening.push(port);
+            }
+        } else if row.rport != 0 {
+            line.connections += 1;
+            line.ephemeral += usize::from(row.ephemeral);
+        }
+    }
+    let mut out: Vec<ContainerLine> = lines
+        .into_values()
+        .map(|(mut line, pids)| {
+            line.processes = pids.len();
+            line
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (b.connections + b.listening.len())
+            .cmp(&(a.connections + a.listening.len()))
+            .then_with(|| a.container.cmp(&b.container))
+    });
+    out
 }
 
 /// A line per process (by every owner), busiest first.
@@ -301,6 +389,13 @@ pub fn by_process(rows: &[PortRow]) -> Vec<ProcessLine> {
                     ProcessLine {
                         pid: owner.pid,
                         comm: owner.comm.clone(),
+                        // The row's container is its first owner's: another holder's (a
+                        // socket passed between containers) is not known here.
+                        container: if row.pid == Some(owner.pid) {
+                            container_text(row.container.as_deref())
+                        } else {
+                            "-".into()
+                        },
                         listening: Vec::new(),
                         connections: 0,
                         ephemeral: 0,
@@ -611,6 +706,7 @@ pub(crate) mod fixtures {
             uid: 0,
             comm: c,
             thread: c,
+            cgroup: 0,
         }
     }
 

@@ -53,7 +53,7 @@ fn nat_items() -> Vec<NatOutput> {
         [198, 51, 100, 10],
         80,
     );
-    t.socket_event(&chosen(c, 1), 11, || "curl".into(), &mut out);
+    t.socket_event(&chosen(c, 1), 11, || ("curl".into(), None), &mut out);
     let s = sock(
         kind::ACCEPT,
         [198, 51, 100, 10],
@@ -61,7 +61,7 @@ fn nat_items() -> Vec<NatOutput> {
         [203, 0, 113, 1],
         61000,
     );
-    t.socket_event(&chosen(s, 2), 22, || "nginx".into(), &mut out);
+    t.socket_event(&chosen(s, 2), 22, || ("nginx".into(), None), &mut out);
     let counters = NatCounters {
         orig_packets: 6,
         orig_bytes: 400,

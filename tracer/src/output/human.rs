@@ -62,7 +62,7 @@ impl<W: Write, E: Write> HumanSink<W, E> {
     }
 }
 
-pub const HEADER: &str = "TIME            PID     COMM            EVENT      PROTO LADDR           LPORT RADDR           RPORT DETAIL";
+pub const HEADER: &str = "TIME            PID     COMM            CONTAINER    EVENT      PROTO LADDR           LPORT RADDR           RPORT DETAIL";
 
 /// Local time of day with microseconds.
 pub(crate) fn time_of_day(ts_ns: u64) -> String {
@@ -253,10 +253,12 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
         let pid = e.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
         // Any user names their process: escaped, and cut by display cells, not bytes.
         let comm = crate::text::pad(e.comm_or_dash(), 15);
+        // A container's name is its runtime's user's choice: escaped and cut the same way.
+        let container = crate::text::pad(&container_label(e.container.as_deref()), 12);
         self.line.clear();
         let _ = write!(
             self.line,
-            "{:<15} {:<7} {comm} {:<10} {:<5} {:<15} {:<5} {:<15} {:<5} {c0}{}{c1}",
+            "{:<15} {:<7} {comm} {container} {:<10} {:<5} {:<15} {:<5} {:<15} {:<5} {c0}{}{c1}",
             time_of_day(e.ts_ns),
             pid,
             e.event,
@@ -406,4 +408,12 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// What a CONTAINER column shows: `host`, the container's name (or short id, or pod), `-`
+/// when not known.
+pub fn container_label(
+    c: Option<&crate::model::container::Container>,
+) -> compact_str::CompactString {
+    c.map_or_else(|| compact_str::CompactString::const_new("-"), |c| c.label())
 }

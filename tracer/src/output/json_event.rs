@@ -91,6 +91,16 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, names: PortNames) {
     opt_uint(out, e.handshake_ns);
     out.extend_from_slice(b",\"lifetime_ns\":");
     opt_uint(out, e.lifetime_ns);
+    let fields = crate::model::container::ContainerFields(e.container.as_deref());
+    for (key, value) in crate::model::container::ContainerFields::KEYS
+        .iter()
+        .zip(fields.values())
+    {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        opt_string(out, value);
+    }
     out.push(b'}');
 }
 
@@ -338,6 +348,15 @@ mod tests {
             accept_wait_ns: None,
             handshake_ns: None,
             lifetime_ns: None,
+            container: Some(std::sync::Arc::new(crate::model::container::Container {
+                id: crate::model::container::from_path(
+                    "/docker/aef52339d617485564dd9b8adda0ab64bc899e4e338a29cb55cc9574eb93a913",
+                ),
+                name: Some("web\"1\u{1b}".into()),
+                image: Some("busybox".into()),
+                pod_name: None,
+                pod_namespace: None,
+            })),
         }
     }
 
@@ -376,9 +395,18 @@ mod tests {
             accept_wait_ns: Some(u64::MAX),
             handshake_ns: Some(120_000),
             lifetime_ns: Some(0),
+            container: None,
             ..base()
         };
         assert_eq!(written(&unowned), reference(&unowned));
+        let host = Event {
+            container: Some(std::sync::Arc::new(
+                crate::model::container::Container::host(),
+            )),
+            ..base()
+        };
+        assert_eq!(written(&host), reference(&host));
+        assert!(written(&host).contains(r#""container_name":"host""#));
     }
 
     #[test]

@@ -171,7 +171,16 @@ fn end_line(e: &BindingEnd, time: &impl Fn(u64) -> String) -> String {
 }
 
 fn who(end: &FlowEnd) -> String {
-    format!("{}[{}]", text::escape(&end.comm), end.pid)
+    // A process in a container says which: `httpd[4242] in web1`.
+    match end.container.as_deref() {
+        Some(c) if c != "host" => format!(
+            "{}[{}] in {}",
+            text::escape(&end.comm),
+            end.pid,
+            text::escape(c)
+        ),
+        _ => format!("{}[{}]", text::escape(&end.comm), end.pid),
+    }
 }
 
 fn flow_line(f: &Flow, time: &impl Fn(u64) -> String, names: PortNames) -> String {

@@ -12,7 +12,7 @@ use crate::model::{
 };
 
 pub const HEADER: &str =
-    "PROTO LADDR           LPORT RADDR           RPORT STATE       RECV-Q SEND-Q PID     COMM            SERVICE      CLASS";
+    "PROTO LADDR           LPORT RADDR           RPORT STATE       RECV-Q SEND-Q PID     COMM            CONTAINER    SERVICE      CLASS";
 
 /// The SERVICE column: the service of the connection's server port, the local port for
 /// listeners and accepted connections, the remote port for outgoing ones.
@@ -55,7 +55,7 @@ pub fn row_line(r: &PortRow, names: PortNames) -> String {
     };
     let queue = |q: Option<u32>| q.map_or("-".to_string(), |n| n.to_string());
     format!(
-        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:>6} {:>6} {:<7} {} {} {}",
+        "{:<5} {:<15} {:>5} {:<15} {:>5} {:<11} {:>6} {:>6} {:<7} {} {} {} {}",
         r.proto,
         addr(&r.laddr),
         r.lport,
@@ -66,6 +66,10 @@ pub fn row_line(r: &PortRow, names: PortNames) -> String {
         queue(r.send_q),
         pids,
         crate::text::pad(r.comm.as_deref().unwrap_or("-"), 15),
+        crate::text::pad(
+            &crate::output::human::container_label(r.container.as_deref()),
+            12
+        ),
         // From a file: escaped and cut like the command name.
         crate::text::pad(service(r, names), 12),
         r.class
@@ -228,7 +232,7 @@ struct SocketRecord<'a> {
 impl Serialize for SocketRecord<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.row;
-        let mut out = s.serialize_struct("SocketRecord", 24)?;
+        let mut out = s.serialize_struct("SocketRecord", 30)?;
         out.serialize_field("type", "socket")?;
         out.serialize_field("netns", &r.netns)?;
         out.serialize_field("proto", &r.proto)?;
@@ -241,6 +245,13 @@ impl Serialize for SocketRecord<'_> {
         out.serialize_field("pid", &r.pid)?;
         out.serialize_field("comm", &r.comm)?;
         out.serialize_field("owners", &r.owners)?;
+        let fields = crate::model::container::ContainerFields(r.container.as_deref());
+        for (key, value) in crate::model::container::ContainerFields::KEYS
+            .into_iter()
+            .zip(fields.values())
+        {
+            out.serialize_field(key, &value)?;
+        }
         out.serialize_field("class", &r.class)?;
         out.serialize_field("recv_q", &r.recv_q)?;
         out.serialize_field("send_q", &r.send_q)?;
@@ -297,6 +308,61 @@ pub fn write_groups_json(
             rport_service: names(group.rport, group.proto),
         };
         crate::text::json::to_writer(&mut *out, &record)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+pub const MAPPINGS_HEADER: &str =
+    "PROTO HOST                  FORWARDED BY                       TARGET                CONTAINER    PID     COMM";
+
+/// `ports --mappings`: a line per published port.
+pub fn write_mappings(
+    out: &mut impl Write,
+    mappings: &[crate::model::mapping::Mapping],
+) -> io::Result<()> {
+    writeln!(out, "{MAPPINGS_HEADER}")?;
+    for m in mappings {
+        let host = match m.host_addr.as_deref() {
+            None => format!("*:{}", m.host_port),
+            Some(a) if a.contains(':') && !a.contains('/') => format!("[{a}]:{}", m.host_port),
+            Some(a) => format!("{a}:{}", m.host_port),
+        };
+        let mut by = Vec::new();
+        if let Some(rule) = &m.rule {
+            by.push(format!("DNAT {rule}"));
+        }
+        if let (Some(pid), Some(comm)) = (m.proxy_pid, &m.proxy_comm) {
+            by.push(format!("{comm}[{pid}]"));
+        }
+        let by = if by.is_empty() {
+            "-".to_string()
+        } else {
+            by.join(" + ")
+        };
+        let target = crate::model::types::Endpoint::new(m.target_addr, m.target_port).to_string();
+        writeln!(
+            out,
+            "{:<5} {} {} {} {} {:<7} {}",
+            m.proto,
+            crate::text::pad(&host, 21),
+            crate::text::pad(&by, 34),
+            crate::text::pad(&target, 21),
+            crate::text::pad(m.container.as_deref().unwrap_or("-"), 12),
+            m.pid.map_or("-".to_string(), |p| p.to_string()),
+            crate::text::escape(m.comm.as_deref().unwrap_or("-")),
+        )?;
+    }
+    Ok(())
+}
+
+/// `ports --mappings --json`: a `mapping` record per published port.
+pub fn write_mappings_json(
+    out: &mut impl Write,
+    mappings: &[crate::model::mapping::Mapping],
+) -> io::Result<()> {
+    for m in mappings {
+        crate::text::json::to_writer(&mut *out, &crate::output::wire::Tagged::new("mapping", m))?;
         out.write_all(b"\n")?;
     }
     Ok(())

@@ -263,9 +263,14 @@ pub fn write_program(out: &mut impl Write, p: &ProgramSummary) -> io::Result<()>
     if let Some(health) = health_text(&p.health) {
         parts.push(health);
     }
+    // A program in a container says which (the host is the rule, said by nothing).
+    let container = match p.container.as_deref() {
+        Some(c) if c != "host" => format!(", container {}", text::escape(c)),
+        _ => String::new(),
+    };
     writeln!(
         out,
-        "{} (pid {}): {}",
+        "{} (pid {}{container}): {}",
         text::escape(&p.comm),
         p.pid,
         text::escape(&parts.join("; "))

@@ -1,5 +1,6 @@
-//! The live ports view (`tracer ports --live`): a full-screen ratatui screen with three tabs —
-//! a line per process, a row per socket, connections grouped by remote endpoint — and a footer
+//! The live ports view (`tracer ports --live`): a full-screen ratatui screen with four tabs —
+//! a line per process, a row per socket, connections grouped by remote endpoint, a line per
+//! container — and a footer
 //! with the ephemeral-range usage. Drawing is a pure function of [`Screen`] and [`ViewState`], so
 //! it is snapshot-tested on ratatui's test backend; the terminal loop lives in
 //! `commands::ports`.
@@ -23,16 +24,18 @@ pub enum Tab {
     Processes,
     Sockets,
     Remotes,
+    Containers,
 }
 
 impl Tab {
-    pub(crate) const ALL: [Tab; 3] = [Tab::Processes, Tab::Sockets, Tab::Remotes];
+    pub(crate) const ALL: [Tab; 4] = [Tab::Processes, Tab::Sockets, Tab::Remotes, Tab::Containers];
 
     fn title(self) -> &'static str {
         match self {
             Tab::Processes => "1 Processes",
             Tab::Sockets => "2 Sockets",
             Tab::Remotes => "3 Remotes",
+            Tab::Containers => "4 Containers",
         }
     }
 }
@@ -103,6 +106,7 @@ pub fn handle_key(state: &mut ViewState, key: KeyEvent) -> Action {
         KeyCode::Char('1') => state.tab = Tab::Processes,
         KeyCode::Char('2') => state.tab = Tab::Sockets,
         KeyCode::Char('3') => state.tab = Tab::Remotes,
+        KeyCode::Char('4') => state.tab = Tab::Containers,
         KeyCode::Char('s') | KeyCode::Right => state.sort = state.sort.next(),
         KeyCode::Left => {
             let all = SortKey::ALL;
@@ -176,6 +180,7 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
         Tab::Processes => draw_processes(frame, body, &processes, state.scroll),
         Tab::Sockets => draw_sockets(frame, body, &rows, state.scroll),
         Tab::Remotes => draw_remotes(frame, body, &rows, state.scroll),
+        Tab::Containers => draw_containers(frame, body, &rows, state.scroll),
     }
     draw_footer(frame, footer, screen);
 }
@@ -214,7 +219,7 @@ fn draw_tabs(frame: &mut Frame, area: Rect, state: &ViewState) {
         None => String::new(),
     };
     let [tab_area, info_area] =
-        Layout::horizontal([Constraint::Length(38), Constraint::Min(10)]).areas(area);
+        Layout::horizontal([Constraint::Length(52), Constraint::Min(10)]).areas(area);
     frame.render_widget(
         Tabs::new(titles)
             .select(selected)
@@ -232,6 +237,7 @@ fn draw_processes(frame: &mut Frame, area: Rect, processes: &[ProcessLine], scro
             Row::new(vec![
                 Cell::from(p.pid.to_string()),
                 Cell::from(crate::text::escape(&p.comm).into_owned()),
+                Cell::from(crate::text::escape(&p.container).into_owned()),
                 Cell::from(if p.listening.is_empty() {
                     "-".to_string()
                 } else {
@@ -243,14 +249,64 @@ fn draw_processes(frame: &mut Frame, area: Rect, processes: &[ProcessLine], scro
             ])
         })
         .collect();
-    let header = Row::new(["PID", "COMM", "LISTENING", "CONNS", "EPHEM", "REMOTES"]);
+    let header = Row::new([
+        "PID",
+        "COMM",
+        "CONTAINER",
+        "LISTENING",
+        "CONNS",
+        "EPHEM",
+        "REMOTES",
+    ]);
     let widths = [
         Constraint::Length(7),
         Constraint::Length(15),
-        Constraint::Min(20),
+        Constraint::Length(12),
+        Constraint::Min(12),
         Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(7),
+    ];
+    render_table(frame, area, header, lines, &widths, scroll);
+}
+
+/// Tab 4: a line per container (the host is one), its listeners and connections.
+fn draw_containers(frame: &mut Frame, area: Rect, rows: &[PortRow], scroll: usize) {
+    let lines: Vec<Row> = ports::by_container(rows)
+        .iter()
+        .map(|c| {
+            Row::new(vec![
+                Cell::from(crate::text::escape(&c.container).into_owned()),
+                Cell::from(c.short_id.clone().unwrap_or_else(|| "-".into())),
+                Cell::from(c.runtime.unwrap_or("-")),
+                Cell::from(c.processes.to_string()),
+                Cell::from(if c.listening.is_empty() {
+                    "-".to_string()
+                } else {
+                    c.listening.join(" ")
+                }),
+                Cell::from(c.connections.to_string()),
+                Cell::from(c.ephemeral.to_string()),
+            ])
+        })
+        .collect();
+    let header = Row::new([
+        "CONTAINER",
+        "ID",
+        "RUNTIME",
+        "PROCS",
+        "LISTENING",
+        "CONNS",
+        "EPHEM",
+    ]);
+    let widths = [
+        Constraint::Length(16),
+        Constraint::Length(12),
+        Constraint::Length(10),
+        Constraint::Length(5),
+        Constraint::Min(12),
+        Constraint::Length(6),
+        Constraint::Length(6),
     ];
     render_table(frame, area, header, lines, &widths, scroll);
 }

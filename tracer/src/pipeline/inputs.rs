@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tracer_common::{NatCounters, NatKey};
 
+use crate::{kernel::containers::ContainerResolver, model::container::Container};
 use crate::{
     kernel::{
         loader::{KernelCounters, KernelStats},
@@ -54,6 +55,11 @@ pub trait KernelInputs {
     }
     /// Whether any of these processes still exists.
     fn any_alive(&mut self, pids: &[u32]) -> bool;
+    /// The container of cgroup `cgroup` (a record's), made by `pid`; None when nothing is
+    /// known (recordings and fakes without the answer).
+    fn container(&mut self, _cgroup: u64, _pid: Option<u32>) -> Option<Container> {
+        None
+    }
     /// The NAT side, when the run watches NAT.
     fn nat(&mut self) -> Option<&mut dyn NatInputs>;
 }
@@ -97,6 +103,8 @@ pub struct LiveKernel {
     /// Where fresh socket lists look.
     pub scope: Scope,
     pub nat: Option<NatWatch>,
+    /// Made on the first question (it starts following Docker).
+    containers: Option<ContainerResolver>,
 }
 
 impl LiveKernel {
@@ -106,6 +114,7 @@ impl LiveKernel {
             ranges: PortRangeCache::default(),
             scope,
             nat,
+            containers: None,
         }
     }
 }
@@ -167,6 +176,12 @@ impl KernelInputs for LiveKernel {
     fn any_alive(&mut self, pids: &[u32]) -> bool {
         pids.iter()
             .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    }
+
+    fn container(&mut self, cgroup: u64, pid: Option<u32>) -> Option<Container> {
+        self.containers
+            .get_or_insert_with(ContainerResolver::new)
+            .resolve(cgroup, pid)
     }
 
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {

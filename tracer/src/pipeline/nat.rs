@@ -166,8 +166,13 @@ impl NatStage {
     }
 
     /// A socket event, for flow stitching.
-    pub fn socket(&mut self, ev: &SockEvent, pid: u32, comm: impl FnOnce() -> String) {
-        self.table.socket_event(ev, pid, comm, &mut self.out);
+    pub fn socket(
+        &mut self,
+        ev: &SockEvent,
+        pid: u32,
+        names: impl FnOnce() -> (String, Option<String>),
+    ) {
+        self.table.socket_event(ev, pid, names, &mut self.out);
     }
 
     /// A conntrack event: a binding's end (with its kernel counters), or on the conntrack
@@ -263,6 +268,8 @@ pub struct NatOnlyStage {
     lost_seen: u64,
     ticks: u32,
     started_ns: u64,
+    /// Cgroup → container, for the flows' ends.
+    containers: crate::model::container::Containers,
 }
 
 impl NatOnlyStage {
@@ -280,6 +287,7 @@ impl NatOnlyStage {
             lost_seen: 0,
             ticks: 0,
             started_ns: 0,
+            containers: Default::default(),
         }
     }
 
@@ -311,7 +319,18 @@ impl Stage for NatOnlyStage {
     ) -> Result<()> {
         self.events += batch.len() as u64;
         for ev in batch.drain(..) {
-            self.nat.socket(&ev, ev.pid, || crate::text::comm(&ev.comm));
+            // Its own programs report connects and accepts in the caller's context.
+            let containers = &mut self.containers;
+            let names = || {
+                let container = containers.of(ev.cgroup, ev.ts_ns, || {
+                    kernel.container(ev.cgroup, Some(ev.pid))
+                });
+                (
+                    crate::text::comm(&ev.comm),
+                    container.map(|c| c.label().to_string()),
+                )
+            };
+            self.nat.socket(&ev, ev.pid, names);
         }
         self.nat.records(records, kernel.nat());
         self.flush()

@@ -28,6 +28,8 @@ pub struct PortsLiveStage<B: Backend> {
     /// Listen queues, read every 2 s for the RECV-Q/SEND-Q columns.
     listen: crate::model::listen::ListenQueues,
     listen_cursor: u32,
+    /// Cgroup → container, for the CONTAINER column and tab.
+    containers: crate::model::container::Containers,
 }
 
 impl<B: Backend> PortsLiveStage<B> {
@@ -48,6 +50,7 @@ impl<B: Backend> PortsLiveStage<B> {
             ticks: 0,
             listen: Default::default(),
             listen_cursor: 0,
+            containers: Default::default(),
         }
     }
 
@@ -56,11 +59,19 @@ impl<B: Backend> PortsLiveStage<B> {
         &self.terminal
     }
 
-    fn draw(&mut self, lost: u64) -> Result<()> {
+    fn draw(&mut self, lost: u64, kernel: &mut dyn KernelInputs) -> Result<()> {
         let usage = usage_of(&self.table, &self.filter);
         let netns = self.filter.netns;
+        let mut rows = ports::rows_with_time_wait(&self.table);
+        let now = kernel.now_ns();
+        for row in &mut rows {
+            let (cgroup, pid) = (row.cgroup, row.pid);
+            row.container = self
+                .containers
+                .of(cgroup, now, || kernel.container(cgroup, pid));
+        }
         let screen = Screen {
-            rows: ports::rows_with_time_wait(&self.table),
+            rows,
             ranges: self
                 .table
                 .usage()
@@ -155,7 +166,7 @@ impl<B: Backend> Stage for PortsLiveStage<B> {
         }
         if self.dirty {
             let lost = kernel.lost();
-            self.draw(lost)?;
+            self.draw(lost, kernel)?;
         }
         Ok(Flow::Continue)
     }

@@ -76,6 +76,14 @@ impl KernelInputs for Recorder<'_> {
         let v = self.inner.listeners(places);
         self.note(v, |v| Answer::Listeners(v.0.clone(), v.1.clone()))
     }
+    fn container(
+        &mut self,
+        cgroup: u64,
+        pid: Option<u32>,
+    ) -> Option<crate::model::container::Container> {
+        let v = self.inner.container(cgroup, pid);
+        self.note(v, |v| Answer::Container(cgroup, v.clone()))
+    }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         match self.inner.nat() {
             Some(_) => Some(self),
@@ -306,6 +314,17 @@ impl KernelInputs for Replayer {
             _ => None,
         })
         .unwrap_or_default()
+    }
+    fn container(
+        &mut self,
+        cgroup: u64,
+        _pid: Option<u32>,
+    ) -> Option<crate::model::container::Container> {
+        self.take(|a| match a {
+            Answer::Container(c, v) if *c == cgroup => Some(v.clone()),
+            _ => None,
+        })
+        .flatten()
     }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         if self.nat {

@@ -54,6 +54,8 @@ pub struct TraceStage<W: Write> {
     pub status: Option<ExitStatus>,
     stop_at_ns: Option<u64>,
     pub events: u64,
+    /// Cgroup → container, for the stories' and programs' container.
+    containers: crate::model::container::Containers,
 }
 
 impl<W: Write> TraceStage<W> {
@@ -82,6 +84,7 @@ impl<W: Write> TraceStage<W> {
             status: None,
             stop_at_ns: None,
             events: 0,
+            containers: Default::default(),
         }
     }
 
@@ -143,7 +146,12 @@ impl<W: Write> Stage for TraceStage<W> {
         for raw in batch.drain(..) {
             let attribution = self.table.observe(&raw);
             let range = kernel.port_range(raw.netns, attribution.owner.map(|o| o.pid));
-            let event = Event::new(&raw, &attribution, range, &self.clock);
+            let mut event = Event::new(&raw, &attribution, range, &self.clock);
+            if let Some(owner) = attribution.owner {
+                event.container = self.containers.of(owner.cgroup, raw.ts_ns, || {
+                    kernel.container(owner.cgroup, Some(owner.pid))
+                });
+            }
             self.book.observe(&raw, &event);
         }
         let now = kernel.now_ns();

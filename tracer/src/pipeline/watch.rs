@@ -9,6 +9,7 @@ use super::{
     nat::{NatStage, WhoAsk, WhoReply},
     out_err, Flow, KernelInputs, Stage,
 };
+use crate::model::container::Containers;
 use crate::{
     cli::WatchMode,
     error::Result,
@@ -50,6 +51,8 @@ pub struct WatchStage {
     listen: ListenQueues,
     /// The namespace the last listen-queue reading ended with.
     listen_cursor: u32,
+    /// Cgroup → container, for the events shown.
+    containers: Containers,
 }
 
 /// What a [`WatchStage`] is built from.
@@ -101,6 +104,7 @@ impl WatchStage {
             groups_printed: 0,
             listen: ListenQueues::default(),
             listen_cursor: 0,
+            containers: Containers::default(),
         }
     }
 
@@ -115,9 +119,26 @@ impl WatchStage {
                 // The owner as the table attributes it; never the task that happened to be on
                 // the CPU for a record made outside its owner's call (0 and no name then).
                 let owner = attribution.owner;
-                nat.socket(&raw, owner.map_or(0, |o| o.pid), || {
-                    owner.map(|o| o.comm()).unwrap_or_default()
-                });
+                let containers = &mut self.containers;
+                let names = || match owner {
+                    Some(o) => {
+                        let container = containers.of(o.cgroup, raw.ts_ns, || {
+                            kernel.container(o.cgroup, Some(o.pid))
+                        });
+                        (o.comm(), container.map(|c| c.label().to_string()))
+                    }
+                    None => (String::new(), None),
+                };
+                nat.socket(&raw, owner.map_or(0, |o| o.pid), names);
+            }
+            if let (Some(scrape), Some(owner)) = (&self.scrape, attribution.owner) {
+                if let Some(errno) = crate::model::event::failed_connect(&raw) {
+                    let container = self.containers.of(owner.cgroup, raw.ts_ns, || {
+                        kernel.container(owner.cgroup, Some(owner.pid))
+                    });
+                    let label = crate::output::human::container_label(container.as_deref());
+                    scrape.metrics.count_container_connect_error(&label, &errno);
+                }
             }
             let allowed = self.filter.allows(&raw, &attribution);
             // What ran outside its owner's context the kernel could not tell was selected:
@@ -146,7 +167,15 @@ impl WatchStage {
                     self.table.usage_mut().set_tw_reuse(raw.netns, v);
                 }
             }
-            let event = Event::new(&raw, &attribution, range, &self.clock);
+            let mut event = Event::new(&raw, &attribution, range, &self.clock);
+            if let Some(owner) = attribution.owner {
+                event.container = self.containers.of(owner.cgroup, raw.ts_ns, || {
+                    kernel.container(owner.cgroup, Some(owner.pid))
+                });
+            }
+            if !self.filter.allows_container(event.container.as_deref()) {
+                continue;
+            }
             match self.groups.as_mut() {
                 Some(groups) => groups.observe(raw.sk, &event),
                 None => self.sink.event(&event).map_err(out_err)?,
@@ -167,8 +196,9 @@ impl WatchStage {
             &mut self.listen_cursor,
             kernel,
         );
-        if let Some(scrape) = &self.scrape {
-            scrape.listen_queues(&overflows, &self.table);
+        if let Some(scrape) = self.scrape.clone() {
+            let labels = self.listener_containers(kernel);
+            scrape.listen_queues(&overflows, &self.table, &|cgroup| label_of(&labels, cgroup));
         }
         if self.mode == WatchMode::Serve {
             return Ok(());
@@ -179,11 +209,33 @@ impl WatchStage {
         Ok(())
     }
 
+    /// The containers of the listeners' owners, for the metrics' `container` label.
+    fn listener_containers(
+        &mut self,
+        kernel: &mut dyn KernelInputs,
+    ) -> foldhash::HashMap<u64, String> {
+        let now = kernel.now_ns();
+        let mut labels = foldhash::HashMap::default();
+        for s in self.table.sockets().filter(|s| s.is_listening()) {
+            let Some(owner) = s.owner() else { continue };
+            if labels.contains_key(&owner.cgroup) {
+                continue;
+            }
+            let container = self.containers.of(owner.cgroup, now, || {
+                kernel.container(owner.cgroup, Some(owner.pid))
+            });
+            let label = crate::output::human::container_label(container.as_deref());
+            labels.insert(owner.cgroup, label.to_string());
+        }
+        labels
+    }
+
     /// What the bounded tables (here and in the kernel) pushed out so far.
     fn evicted(&self, kernel: &mut dyn KernelInputs) -> Evicted {
         let mut evicted = kernel.evicted();
         evicted.sockets = self.table.evicted();
         evicted.closed_sockets = self.table.departed_evicted();
+        evicted.containers = self.containers.evicted();
         evicted.ephemeral = self.table.usage_evicted();
         evicted.remote_log = self.groups.as_ref().map_or(0, |g| g.untracked);
         if let Some(nat) = &self.nat {
@@ -260,8 +312,9 @@ impl WatchStage {
             nat.flush_out(self.sink.as_mut()).map_err(out_err)?;
         }
         self.refresh_ranges(kernel);
-        if let Some(scrape) = &self.scrape {
-            scrape.update_table(&self.table);
+        if let Some(scrape) = self.scrape.clone() {
+            let labels = self.listener_containers(kernel);
+            scrape.update_table(&self.table, &|cgroup| label_of(&labels, cgroup));
         }
         for usage in self.table.usage_mut().take_warnings() {
             self.sink.ephemeral_warning(&usage).map_err(out_err)?;
@@ -421,4 +474,9 @@ impl Stage for WatchStage {
         self.sink.summary(&summary).map_err(out_err)?;
         self.sink.flush().map_err(out_err)
     }
+}
+
+/// A cgroup's label from [`WatchStage::listener_containers`] (`-`: not looked up).
+fn label_of(labels: &foldhash::HashMap<u64, String>, cgroup: u64) -> String {
+    labels.get(&cgroup).cloned().unwrap_or_else(|| "-".into())
 }

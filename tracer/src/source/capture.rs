@@ -18,7 +18,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tracer_common::{NatEvent, SockEvent, NAT_EVENT_SIZE, SOCK_EVENT_SIZE};
+use tracer_common::{NatEvent, SockEvent, NAT_EVENT_SIZE, SOCK_EVENT_SIZE, SOCK_EVENT_SIZE_V1};
 
 use crate::{
     error::{Error, Result},
@@ -87,6 +87,8 @@ pub enum Answer {
     HealthSkipped(u64),
     /// The listeners read (queues, backlogs, drops), and the namespaces that could be read.
     Listeners(Vec<u32>, Vec<crate::model::snapshot::SnapSocket>),
+    /// The container of a cgroup (the question's cgroup with it).
+    Container(u64, Option<crate::model::container::Container>),
 }
 
 /// One step of a run.
@@ -141,14 +143,16 @@ impl Frame {
         }
     }
 
-    fn decode(tag: u8, payload: &[u8]) -> std::result::Result<Frame, String> {
+    /// `sock_size`: the socket records' size in this capture (this layout's or the one
+    /// before it).
+    fn decode(tag: u8, payload: &[u8], sock_size: usize) -> std::result::Result<Frame, String> {
         let from_json = |what: &str| format!("a damaged {what} frame");
         Ok(match tag {
             TAG_HEADER => Frame::Header(
                 serde_json::from_slice(payload)
                     .map_err(|e| format!("{} ({e})", from_json("header")))?,
             ),
-            TAG_BATCH => decode_batch(payload)?,
+            TAG_BATCH => decode_batch(payload, sock_size)?,
             TAG_CONNTRACK => Frame::Conntrack(
                 serde_json::from_slice(payload).map_err(|_| from_json("conntrack"))?,
             ),
@@ -173,7 +177,7 @@ impl Frame {
     }
 }
 
-fn decode_batch(payload: &[u8]) -> std::result::Result<Frame, String> {
+fn decode_batch(payload: &[u8], sock_size: usize) -> std::result::Result<Frame, String> {
     let damaged = || "a damaged batch frame".to_string();
     let count = |at: usize| -> std::result::Result<usize, String> {
         let bytes: [u8; 4] = payload
@@ -185,7 +189,7 @@ fn decode_batch(payload: &[u8]) -> std::result::Result<Frame, String> {
     };
     let (socks, nats) = (count(0)?, count(4)?);
     let expected = socks
-        .checked_mul(SOCK_EVENT_SIZE)
+        .checked_mul(sock_size)
         .and_then(|s| {
             nats.checked_mul(NAT_EVENT_SIZE)
                 .and_then(|n| s.checked_add(n))
@@ -195,11 +199,16 @@ fn decode_batch(payload: &[u8]) -> std::result::Result<Frame, String> {
         return Err(damaged());
     }
     let body = &payload[8..];
-    let (sock_bytes, nat_bytes) = body.split_at(socks * SOCK_EVENT_SIZE);
+    let (sock_bytes, nat_bytes) = body.split_at(socks * sock_size);
     // Through the live decoder: a record the ring could not have held is refused here too.
+    // A record of the layout before `cgroup` was added: zeros for it (no cgroup known).
     let socks = sock_bytes
-        .chunks_exact(SOCK_EVENT_SIZE)
-        .map(crate::source::decode)
+        .chunks_exact(sock_size)
+        .map(|record| {
+            let mut full = [0u8; SOCK_EVENT_SIZE];
+            full[..record.len()].copy_from_slice(record);
+            crate::source::decode(&full)
+        })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| format!("a batch with a bad record ({e})"))?;
     Ok(Frame::Batch(
@@ -307,6 +316,8 @@ pub struct CaptureReader {
     /// Frames read so far (for error messages).
     frames: u64,
     name: String,
+    /// The socket records' size (the header's).
+    sock_size: usize,
 }
 
 impl CaptureReader {
@@ -318,6 +329,7 @@ impl CaptureReader {
             input: BufReader::with_capacity(256 * 1024, file),
             frames: 0,
             name,
+            sock_size: SOCK_EVENT_SIZE,
         };
         let mut magic = [0u8; MAGIC.len()];
         if reader.input.read_exact(&mut magic).is_err() || magic != MAGIC {
@@ -344,12 +356,15 @@ impl CaptureReader {
         {
             return Err(reader.damaged(&format!("namespace {} has an empty port range", ns.inode)));
         }
-        if header.sock_record_size != SOCK_EVENT_SIZE || header.nat_record_size != NAT_EVENT_SIZE {
+        let sock_size_known =
+            [SOCK_EVENT_SIZE, SOCK_EVENT_SIZE_V1].contains(&header.sock_record_size);
+        if !sock_size_known || header.nat_record_size != NAT_EVENT_SIZE {
             return Err(reader.damaged(&format!(
                 "its records are {}/{} bytes and this tracer's are {SOCK_EVENT_SIZE}/{NAT_EVENT_SIZE} (recorded by tracer {})",
                 header.sock_record_size, header.nat_record_size, header.tracer
             )));
         }
+        reader.sock_size = header.sock_record_size;
         Ok((reader, header))
     }
 
@@ -374,7 +389,7 @@ impl CaptureReader {
             return Ok(None);
         }
         self.frames += 1;
-        Frame::decode(head[0], &payload)
+        Frame::decode(head[0], &payload, self.sock_size)
             .map(Some)
             .map_err(|why| self.damaged(&why))
     }

@@ -213,6 +213,7 @@ fn write(hook: &Hook, f: &Fields) -> bool {
         set!(ev.uid, 0);
         put16(&mut ev.comm, [0; 2]);
         put16(&mut ev.thread, [0; 2]);
+        set!(ev.cgroup, 0);
     }
     set!(ev.netns, f.netns);
     set!(ev.fd, -1);

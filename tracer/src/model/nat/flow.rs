@@ -16,6 +16,9 @@ const END_TTL_NS: u64 = 120_000_000_000;
 pub struct FlowEnd {
     pub pid: u32,
     pub comm: String,
+    /// The process's container (`host`, a name, a short id), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub netns: u32,
     /// The socket's own address and port.
     pub addr: IpAddr,
@@ -48,12 +51,13 @@ pub(super) type EndKey = (u8, u16, IpAddr, u16);
 
 impl NatTable {
     /// Every socket event goes through here: connects and first datagrams are client ends,
-    /// accepts and received datagrams server ends.
+    /// accepts and received datagrams server ends. `names`: the owner's command name and
+    /// container, asked for only when the event makes an end.
     pub fn socket_event(
         &mut self,
         ev: &SockEvent,
         pid: u32,
-        comm: impl FnOnce() -> String,
+        names: impl FnOnce() -> (String, Option<String>),
         out: &mut Vec<NatOutput>,
     ) {
         self.handshakes.observe(ev);
@@ -66,9 +70,11 @@ impl NatTable {
             kind::ACCEPT | kind::RECVFROM | kind::RECVMSG => false,
             _ => return,
         };
+        let (comm, container) = names();
         let end = FlowEnd {
             pid,
-            comm: comm(),
+            comm,
+            container,
             netns: ev.netns,
             addr: ip(ev.family, &ev.laddr),
             port: ev.lport,

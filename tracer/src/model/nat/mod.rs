@@ -456,18 +456,18 @@ mod tests {
             match order {
                 0 => {
                     t.binding(b.clone(), &mut out);
-                    t.socket_event(&c, 11, || "curl".into(), &mut out);
-                    t.socket_event(&s, 22, || "server".into(), &mut out);
+                    t.socket_event(&c, 11, || ("curl".into(), None), &mut out);
+                    t.socket_event(&s, 22, || ("server".into(), None), &mut out);
                 }
                 1 => {
-                    t.socket_event(&s, 22, || "server".into(), &mut out);
-                    t.socket_event(&c, 11, || "curl".into(), &mut out);
+                    t.socket_event(&s, 22, || ("server".into(), None), &mut out);
+                    t.socket_event(&c, 11, || ("curl".into(), None), &mut out);
                     t.binding(b.clone(), &mut out);
                 }
                 _ => {
-                    t.socket_event(&c, 11, || "curl".into(), &mut out);
+                    t.socket_event(&c, 11, || ("curl".into(), None), &mut out);
                     t.binding(b.clone(), &mut out);
-                    t.socket_event(&s, 22, || "server".into(), &mut out);
+                    t.socket_event(&s, 22, || ("server".into(), None), &mut out);
                 }
             }
             // A record again for the live entry (its counters were dropped and made anew):
@@ -626,7 +626,7 @@ mod tests {
             t.binding(Binding::from_event(&ev), &mut out);
             let mut c = sock(kind::CONNECT, client, sport, server_ip, 80);
             c.ts_ns = ts;
-            t.socket_event(&c, 1, String::new, &mut out);
+            t.socket_event(&c, 1, || (String::new(), None), &mut out);
             let mut s = sock(
                 kind::ACCEPT,
                 server_ip,
@@ -635,7 +635,7 @@ mod tests {
                 public,
             );
             s.ts_ns = ts;
-            t.socket_event(&s, 2, String::new, &mut out);
+            t.socket_event(&s, 2, || (String::new(), None), &mut out);
             out.clear();
             if i % 10_000 == 0 {
                 t.sweep(ts);

@@ -330,7 +330,7 @@ mod tests {
             [198, 51, 100, 10],
             80,
         );
-        t.socket_event(&c, 11, || "curl".into(), &mut out);
+        t.socket_event(&c, 11, || ("curl".into(), None), &mut out);
         let mut s = sock(
             kind::ACCEPT,
             [198, 51, 100, 10],
@@ -339,7 +339,7 @@ mod tests {
             61000,
         );
         s.netns = 2;
-        t.socket_event(&s, 22, || "nginx".into(), &mut out);
+        t.socket_event(&s, 22, || ("nginx".into(), None), &mut out);
         t.destroyed(&destroy, 2_000_000_000, |_| None, &mut out);
     }
 

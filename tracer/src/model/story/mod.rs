@@ -50,6 +50,8 @@ pub struct SocketStory {
     pub id: usize,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The owner's container (`host`, a name, a short id), when known.
+    pub container: Option<String>,
     pub proto: Proto,
     pub role: Role,
     pub laddr: Option<IpAddr>,
@@ -127,6 +129,7 @@ impl SocketStory {
             id,
             pid,
             comm,
+            container: None,
             proto,
             role,
             laddr: None,
@@ -231,6 +234,8 @@ fn tell_in_call_order(steps: &mut Vec<Step>) {
 pub struct ProgramSummary {
     pub pid: u32,
     pub comm: String,
+    /// Its container (`host`, a name, a short id), when known.
+    pub container: Option<String>,
     pub listening: Vec<Listening>,
     pub connections_made: usize,
     pub connections_accepted: usize,
@@ -349,14 +354,16 @@ impl StoryBook {
             self.evicted.push(old);
         }
         let id = self.stories.len();
-        self.stories.push(SocketStory::new(
+        let mut story = SocketStory::new(
             id,
             e.pid,
             e.comm.as_deref().map(str::to_string),
             e.proto,
             role,
             e.ts_ns,
-        ));
+        );
+        story.container = e.container.as_deref().map(|c| c.label().to_string());
+        self.stories.push(story);
         self.open.insert(sk, id);
         id
     }
@@ -468,6 +475,9 @@ impl StoryBook {
                 comm: s.comm.clone().unwrap_or_default(),
                 ..Default::default()
             });
+            if p.container.is_none() {
+                p.container = s.container.clone();
+            }
             match s.role {
                 Role::Listener => p.listening.push(Listening {
                     proto: s.proto,

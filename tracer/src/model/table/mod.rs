@@ -42,6 +42,9 @@ pub struct Owner {
     pub comm: [u8; 16],
     /// The name of the thread that made the call (the same as `comm` for a snapshot owner).
     pub thread: [u8; 16],
+    /// Its cgroup (v2 id), which names its container; 0 when not known.
+    #[serde(default)]
+    pub cgroup: u64,
 }
 
 impl Owner {
@@ -52,6 +55,7 @@ impl Owner {
             uid: ev.uid,
             comm: ev.comm,
             thread: ev.thread,
+            cgroup: ev.cgroup,
         }
     }
 

@@ -302,6 +302,7 @@ fn snapshot_sockets_are_named_by_their_first_live_event() {
         uid: 0,
         comm: *b"server\0\0\0\0\0\0\0\0\0\0",
         thread: *b"server\0\0\0\0\0\0\0\0\0\0",
+        cgroup: 0,
     };
     let sock = |protocol, lport, state, inode| SnapSocket {
         netns: 1,

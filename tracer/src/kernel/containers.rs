@@ -1,0 +1,181 @@
+//! The live side of container identity: a cgroup id (the kernel's, in each record) → its path
+//! in the unified hierarchy → [`model::container::from_path`], and the runtime's names for it
+//! ([`super::docker`]).
+//!
+//! A cgroup id is the inode of the cgroup's directory. The path is found through the process
+//! that made the record first (`/proc/PID/cgroup`, checked against the id by `stat`), else by
+//! walking the hierarchy (at most once a second, at most [`MAX_WALK`] directories): a
+//! process gone by the time its record is read still gets its container, as long as the
+//! cgroup lives. Where no cgroup v2 is mounted, or the id is not found, the process's v1
+//! lines name the container.
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use foldhash::HashMap;
+
+use crate::model::container::{from_path, from_proc_cgroup, unified_path, Container};
+
+use super::docker::DockerNames;
+
+/// Directories one walk of the hierarchy visits at most (a node with more cgroups than this
+/// finds the rest through their processes).
+const MAX_WALK: usize = 65_536;
+/// Paths remembered from walks; the map is rebuilt by each walk.
+const WALK_EVERY: Duration = Duration::from_secs(1);
+
+pub struct ContainerResolver {
+    /// The unified hierarchy's mount point (None: no cgroup v2).
+    unified: Option<PathBuf>,
+    /// The root cgroup's id: the host.
+    root_id: Option<u64>,
+    /// id → path, from the last walk.
+    walked: HashMap<u64, String>,
+    last_walk: Option<Instant>,
+    docker: Option<DockerNames>,
+}
+
+impl ContainerResolver {
+    /// Finds the hierarchy and starts asking Docker for names, if its socket answers.
+    pub fn new() -> Self {
+        let unified = super::prereq::cgroup2_root().ok();
+        let root_id = unified
+            .as_ref()
+            .and_then(|p| fs::metadata(p).ok())
+            .map(|m| m.ino());
+        ContainerResolver {
+            unified,
+            root_id,
+            walked: HashMap::default(),
+            last_walk: None,
+            docker: DockerNames::start(),
+        }
+    }
+
+    /// The container of a record's cgroup, made by `pid` (None: the hierarchy has no such
+    /// cgroup any more and its process is gone).
+    pub fn resolve(&mut self, cgroup: u64, pid: Option<u32>) -> Option<Container> {
+        let proc_cgroup = pid.and_then(|p| fs::read_to_string(format!("/proc/{p}/cgroup")).ok());
+        let mut id = None;
+        let mut found = false;
+        if let (Some(unified), true) = (self.unified.clone(), cgroup != 0) {
+            if Some(cgroup) == self.root_id {
+                return Some(Container::host());
+            }
+            let from_process = proc_cgroup
+                .as_deref()
+                .and_then(unified_path)
+                .filter(|path| inode(&unified, path) == Some(cgroup))
+                .map(str::to_owned);
+            let path = from_process.or_else(|| self.walk_for(&unified, cgroup));
+            if let Some(path) = path {
+                found = true;
+                id = from_path(&path);
+            }
+        }
+        if !found {
+            // No v2, or a cgroup gone: the process's own lines, if it is still there.
+            let text = proc_cgroup?;
+            id = from_proc_cgroup(&text);
+        }
+        let mut container = Container {
+            id,
+            ..Container::default()
+        };
+        if container.nameable() {
+            if let (Some(docker), Some(id)) = (&self.docker, &container.id) {
+                if let Some(names) = docker.names(&id.id) {
+                    container.name = Some(names.name);
+                    container.image = names.image;
+                    container.pod_name = names.pod_name;
+                    container.pod_namespace = names.pod_namespace;
+                }
+            }
+        }
+        Some(container)
+    }
+
+    /// The path of cgroup `id`, walking the hierarchy if the last walk is a second old.
+    fn walk_for(&mut self, unified: &Path, id: u64) -> Option<String> {
+        if let Some(path) = self.walked.get(&id) {
+            return Some(path.clone());
+        }
+        if self.last_walk.is_some_and(|t| t.elapsed() < WALK_EVERY) {
+            return None;
+        }
+        self.last_walk = Some(Instant::now());
+        self.walked = walk(unified);
+        self.walked.get(&id).cloned()
+    }
+}
+
+impl Default for ContainerResolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn inode(unified: &Path, path: &str) -> Option<u64> {
+    let relative = path.trim_start_matches('/');
+    fs::metadata(unified.join(relative)).ok().map(|m| m.ino())
+}
+
+/// id → path ("/docker/…") of every cgroup below `unified`, breadth first, bounded.
+fn walk(unified: &Path) -> HashMap<u64, String> {
+    let mut out = HashMap::default();
+    let mut queue = std::collections::VecDeque::from([(unified.to_path_buf(), String::new())]);
+    let mut visited = 0;
+    while let Some((dir, path)) = queue.pop_front() {
+        visited += 1;
+        if visited > MAX_WALK {
+            tracing::debug!("cgroup walk stopped at {MAX_WALK} directories");
+            break;
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // Directories only, never followed through a link.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if !kind.is_dir() {
+                continue;
+            }
+            // A name any delegated user chose: kept only if it is text (a container's never
+            // is anything else).
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let child = format!("{path}/{name}");
+            out.insert(meta.ino(), child.clone());
+            queue.push_back((entry.path(), child));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_found_by_its_cgroup_id() {
+        let Some(unified) = crate::kernel::prereq::cgroup2_root().ok() else {
+            eprintln!("SKIPPED: no cgroup v2 mounted here");
+            return;
+        };
+        let text = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = unified_path(&text).unwrap().to_owned();
+        let id = inode(&unified, &path).unwrap();
+        let walked = walk(&unified);
+        let found = walked.get(&id).cloned().unwrap_or_else(|| "/".into());
+        assert_eq!(found.trim_end_matches('/'), path.trim_end_matches('/'));
+    }
+}
