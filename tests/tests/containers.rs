@@ -53,10 +53,13 @@ impl Daemon {
         if answering() {
             return Daemon { started: None };
         }
+        // Its log (and containerd's, which ignores --log-level) in a file, not the test's
+        // output: shown only when the daemon does not come up.
+        let log = std::env::temp_dir().join(format!("tracer-dockerd-{}.log", std::process::id()));
         let child = Command::new("dockerd")
             .args(["--bip", BRIDGE_IP, "--log-level", "warn"])
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
             .spawn()
             .expect("start dockerd");
         let daemon = Daemon {
@@ -64,7 +67,11 @@ impl Daemon {
         };
         let deadline = Instant::now() + T;
         while !answering() {
-            assert!(Instant::now() < deadline, "dockerd did not answer in {T:?}");
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer in {T:?}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         daemon
@@ -261,6 +268,258 @@ fn a_container_is_named_in_watch_ports_and_the_filter() {
         .unwrap_or_else(|| panic!("no listener on 80 in the container: {rows:?}"));
     assert_eq!(listener["container_name"], web.name.as_str(), "{listener}");
     assert_eq!(listener["container_id"], web.id.as_str(), "{listener}");
+    drop(web);
+    drop(daemon);
+}
+
+/// A namespace joined to the host by a veth pair: the client at 203.0.113.2, the host at
+/// 203.0.113.1 (a documentation range), gone with the namespace.
+struct Outside {
+    ns: TestNetns,
+    host_dev: String,
+}
+
+impl Outside {
+    fn up(tag: &str) -> Outside {
+        // The host's own side of the wire is in the root namespace: never an address the
+        // machine already uses (its uplink here is in 192.0.2.0/24, gateway .1).
+        let addrs = Command::new("ip")
+            .args(["-4", "addr"])
+            .output()
+            .expect("ip");
+        assert!(
+            !String::from_utf8_lossy(&addrs.stdout).contains("203.0.113."),
+            "203.0.113.0/24 is already in use on this host: the test would disturb it"
+        );
+        let ns = TestNetns::new(tag);
+        let host_dev = format!("{tag}{}h", std::process::id() % 100_000);
+        let run = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        run(&[
+            "link", "add", &host_dev, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        run(&["addr", "add", "203.0.113.1/24", "dev", &host_dev]);
+        run(&["link", "set", &host_dev, "up"]);
+        run(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            "203.0.113.2/24",
+            "dev",
+            "eth0",
+        ]);
+        run(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        run(&[
+            "-n",
+            &ns.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            "203.0.113.1",
+        ]);
+        Outside { ns, host_dev }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_dev])
+            .status();
+    }
+}
+
+/// A client outside the host connects to the published port: `nat` shows Docker's DNAT
+/// binding, the flow names the client's process and ephemeral port and the container's
+/// httpd as the server; `ports --mappings` shows the published port end to end.
+#[test]
+fn a_published_port_is_one_flow_from_client_to_container() {
+    if !ready("a_published_port_is_one_flow_from_client_to_container") {
+        return;
+    }
+    let daemon = Daemon::up();
+    daemon.image();
+    let host_port = free_port();
+    let web = Web::run("pub", host_port);
+    let outside = Outside::up("dkc");
+    let mut nat = Tracer::start("nat", &[]);
+    let url = format!("http://203.0.113.1:{host_port}/");
+    let deadline = Instant::now() + T;
+    loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &outside.ns.name,
+                "curl",
+                "-s",
+                "--max-time",
+                "3",
+                &url,
+            ])
+            .output()
+            .expect("curl in the namespace");
+        if String::from_utf8_lossy(&out.stdout).contains("hello from a container") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the published port never answered from outside"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    nat.wait_for("the stitched flow to the container", T, |r| {
+        r.iter().any(|f| {
+            f["type"] == "flow" && f["client"]["addr"] == "203.0.113.2" && f["server"]["port"] == 80
+        })
+    });
+    let flow = nat
+        .events
+        .iter()
+        .find(|f| f["type"] == "flow" && f["client"]["addr"] == "203.0.113.2")
+        .unwrap()
+        .clone();
+    assert_eq!(flow["client"]["comm"], "curl", "{flow}");
+    assert_eq!(flow["client"]["container"], "host", "{flow}");
+    assert_eq!(flow["client"]["kernel_chose_port"], true, "{flow}");
+    assert_eq!(flow["nat"]["kind"], "dnat", "{flow}");
+    assert_eq!(flow["nat"]["original"]["dport"], host_port, "{flow}");
+    assert_eq!(flow["nat"]["translated"]["dst"], web.ip(), "{flow}");
+    assert_eq!(flow["server"]["comm"], "httpd", "{flow}");
+    assert_eq!(flow["server"]["container"], web.name.as_str(), "{flow}");
+    assert_eq!(
+        flow["server"]["peer_port"], flow["client"]["port"],
+        "{flow}"
+    );
+    drop(nat);
+
+    // The mapping as the host sees it, end to end.
+    let mappings = tracer_json(&["ports", "--mappings", "--json"]);
+    let m = mappings
+        .iter()
+        .find(|m| m["host_port"] == host_port && m["host_addr"] == "0.0.0.0")
+        .unwrap_or_else(|| panic!("no mapping for {host_port}: {mappings:?}"));
+    assert_eq!(m["rule"], "DOCKER", "{m}");
+    assert_eq!(m["target_addr"], web.ip(), "{m}");
+    assert_eq!(m["target_port"], 80, "{m}");
+    assert_eq!(m["container"], web.name.as_str(), "{m}");
+    assert_eq!(m["container_id"], web.id.as_str(), "{m}");
+    assert_eq!(m["comm"], "httpd", "{m}");
+    assert_eq!(m["proxy_comm"], "docker-proxy", "{m}");
+    drop(outside);
+    drop(web);
+    drop(daemon);
+}
+
+/// Directories removed in order on drop (cgroups: empty once their processes are gone).
+struct RemoveDirs(Vec<String>);
+
+impl Drop for RemoveDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The unified cgroup hierarchy's mount point, from mountinfo.
+fn cgroup2_root() -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4).map(str::to_string))?
+        })
+        .expect("cgroup v2 mounted")
+}
+
+/// Hostile: a user given a cgroup subtree of their own (as systemd delegates one) names a
+/// cgroup in it like the real container's (`docker-<its id>.scope`, the id read from the
+/// container's /proc/PID/cgroup, which anyone may read) and connects from it. tracer must not
+/// take it for the container: no id, no runtime, never its name, never selected by
+/// `--container`; shown as `user:…`.
+#[test]
+fn a_users_cgroup_named_like_a_container_is_not_that_container() {
+    if !ready("a_users_cgroup_named_like_a_container_is_not_that_container")
+        || !tool("a_users_cgroup…", "setpriv", "util-linux")
+    {
+        return;
+    }
+    let daemon = Daemon::up();
+    daemon.image();
+    let web = Web::run("real", free_port());
+    let ip = web.ip();
+    // The delegation, as root: a directory of the user's own in the unified hierarchy.
+    let delegated = format!("{}/tracer-user-{}", cgroup2_root(), std::process::id());
+    std::fs::create_dir(&delegated).unwrap();
+    let fake = format!("{delegated}/docker-{}.scope", web.id);
+    let _gone = RemoveDirs(vec![fake.clone(), delegated.clone()]);
+    for f in [
+        "",
+        "/cgroup.procs",
+        "/cgroup.threads",
+        "/cgroup.subtree_control",
+    ] {
+        let st = Command::new("chown")
+            .args(["65534:65534", &format!("{delegated}{f}")])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let mut all = Tracer::watch(&["--proto", "tcp"]);
+    let mut only = Tracer::watch(&["--container", &web.id[..12]]);
+    // The user's process waits for its line, then moves itself into a cgroup named like the
+    // container's and connects.
+    let script = format!(
+        "read go; mkdir {fake} && echo $$ > {fake}/cgroup.procs && exec curl -s -o /dev/null --max-time 3 http://{ip}:80/"
+    );
+    let mut user = as_nobody("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn the user's shell");
+    std::fs::write(format!("{delegated}/cgroup.procs"), user.id().to_string()).unwrap();
+    use std::io::Write as _;
+    user.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let status = user.wait().unwrap();
+    assert!(status.success(), "the user's curl: {status}");
+    all.wait_for("the user's connect", T, |evs| {
+        evs.iter()
+            .any(|e| e["type"] == "event" && e["event"] == "connect" && e["uid"] == 65534)
+    });
+    let theirs: Vec<&Value> = all
+        .events
+        .iter()
+        .filter(|e| e["type"] == "event" && e["uid"] == 65534)
+        .collect();
+    for e in &theirs {
+        assert_eq!(e["container_id"], Value::Null, "{e}");
+        assert_eq!(e["container_runtime"], Value::Null, "{e}");
+        assert_ne!(e["container_name"], web.name.as_str(), "{e}");
+        assert_eq!(e["container_name"], format!("user:{}", &web.id[..7]), "{e}");
+    }
+    // The real container's accept is still its own.
+    all.wait_for("httpd's accept", T, |evs| {
+        evs.iter()
+            .any(|e| e["event"] == "accept" && e["container_name"] == web.name.as_str())
+    });
+    only.wait_for("the container's accept", T, |evs| {
+        evs.iter().any(|e| e["event"] == "accept")
+    });
+    let (_, shown) = only.stop_with(libc::SIGINT);
+    assert!(
+        !shown
+            .iter()
+            .any(|e| e["type"] == "event" && e["uid"] == 65534),
+        "--container selected the user's process"
+    );
+    drop(all);
     drop(web);
     drop(daemon);
 }

@@ -5,7 +5,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated as gen;
 use tracer_common::{flag, kind, SockEvent};
-use tracer_ebpf::window::read;
+use tracer_ebpf::{set, window::read};
 
 use crate::{
     maps::{FILTER, FILTER_PIDS},
@@ -60,7 +60,8 @@ pub fn fill_names(ev: &mut SockEvent) {
     // SAFETY: `ev.thread` is 16 writable bytes, the length given; the helper cannot fail.
     unsafe { gen::bpf_get_current_comm(ev.thread.as_mut_ptr() as *mut c_void, 16) };
     // SAFETY: a helper without arguments; it reads the current task's cgroup.
-    ev.cgroup = unsafe { gen::bpf_get_current_cgroup_id() };
+    let cgroup = unsafe { gen::bpf_get_current_cgroup_id() };
+    set!(ev.cgroup, cgroup);
 }
 
 /// The protocol and family filters (--proto, -4/-6) alone.

@@ -128,6 +128,7 @@ fn mappings(table: &SocketTable, config: &PortsConfig) -> Result<()> {
     if let Some(d) = &docker {
         d.wait_listed(Duration::from_secs(3));
     }
+    let mut resolver = crate::kernel::containers::ContainerResolver::with_docker(docker.clone());
     let rules = crate::kernel::conntrack::dnat_rules();
     if rules.is_none() {
         eprintln!(
@@ -135,7 +136,7 @@ fn mappings(table: &SocketTable, config: &PortsConfig) -> Result<()> {
         );
     }
     let mut rows = ports::rows(table);
-    name_containers(&mut rows);
+    name_containers(&mut rows, &mut resolver);
     let own = netns::own_inode().ok();
     let published = docker.as_ref().map(|d| d.all()).unwrap_or_default();
     let found = crate::model::mapping::join(
@@ -188,8 +189,10 @@ fn published_ports(
 }
 
 /// Each row's container, one question per cgroup.
-fn name_containers(rows: &mut [PortRow]) {
-    let mut resolver = crate::kernel::containers::ContainerResolver::new();
+fn name_containers(
+    rows: &mut [PortRow],
+    resolver: &mut crate::kernel::containers::ContainerResolver,
+) {
     let mut cache = crate::model::container::Containers::default();
     let now = monotonic_ns();
     for row in rows.iter_mut() {
@@ -206,7 +209,14 @@ fn table_from(snapshot: &Snapshot) -> SocketTable {
 
 fn selected_rows(table: &SocketTable, config: &PortsConfig) -> Vec<PortRow> {
     let mut rows = ports::rows(table);
-    name_containers(&mut rows);
+    let docker = crate::kernel::docker::DockerNames::start();
+    if let Some(d) = &docker {
+        d.wait_listed(Duration::from_secs(3));
+    }
+    name_containers(
+        &mut rows,
+        &mut crate::kernel::containers::ContainerResolver::with_docker(docker),
+    );
     rows.retain(|r| config.filter.allows(r));
     ports::sort(&mut rows, config.sort, config.reverse);
     rows

@@ -4,10 +4,15 @@
 //!
 //! A cgroup id is the inode of the cgroup's directory. The path is found through the process
 //! that made the record first (`/proc/PID/cgroup`, checked against the id by `stat`), else by
-//! walking the hierarchy (at most once a second, at most [`MAX_WALK`] directories): a
+//! walking the hierarchy (at most every [`WALK_EVERY`], at most [`MAX_WALK`] cgroups): a
 //! process gone by the time its record is read still gets its container, as long as the
-//! cgroup lives. Where no cgroup v2 is mounted, or the id is not found, the process's v1
-//! lines name the container.
+//! cgroup lives. An id found nowhere is not known (never a guess from a process that may have
+//! moved or a pid reused). Without cgroup v2 the kernel's id names no cgroup: containers are
+//! not named then (said once).
+//!
+//! A container found on a path any directory of which a user other than root owns (a
+//! subtree delegated to that user: `user@UID.service`, an LXC payload, a `Delegate=yes`
+//! unit) is marked delegated: that user named it, and may have copied a real container's id.
 use std::{
     fs,
     os::unix::fs::MetadataExt,
@@ -17,15 +22,16 @@ use std::{
 
 use foldhash::HashMap;
 
-use crate::model::container::{from_path, from_proc_cgroup, unified_path, Container};
+use crate::model::container::{from_path, unified_path, Container};
 
 use super::docker::DockerNames;
 
-/// Directories one walk of the hierarchy visits at most (a node with more cgroups than this
+/// Cgroups one walk of the hierarchy records at most (a node with more cgroups than this
 /// finds the rest through their processes).
-const MAX_WALK: usize = 65_536;
-/// Paths remembered from walks; the map is rebuilt by each walk.
-const WALK_EVERY: Duration = Duration::from_secs(1);
+const MAX_WALK: usize = 16_384;
+/// At most one walk this often (a user who makes and removes cgroups cannot make tracer walk
+/// more often); the map is rebuilt by each walk.
+const WALK_EVERY: Duration = Duration::from_secs(5);
 
 pub struct ContainerResolver {
     /// The unified hierarchy's mount point (None: no cgroup v2).
@@ -41,7 +47,15 @@ pub struct ContainerResolver {
 impl ContainerResolver {
     /// Finds the hierarchy and starts asking Docker for names, if its socket answers.
     pub fn new() -> Self {
+        Self::with_docker(DockerNames::start())
+    }
+
+    /// The same, with Docker's names from a thread already started (or none).
+    pub fn with_docker(docker: Option<DockerNames>) -> Self {
         let unified = super::prereq::cgroup2_root().ok();
+        if unified.is_none() {
+            tracing::info!("no cgroup v2 mounted: the kernel's cgroup ids name no cgroup, so containers are not named");
+        }
         let root_id = unified
             .as_ref()
             .and_then(|p| fs::metadata(p).ok())
@@ -51,40 +65,39 @@ impl ContainerResolver {
             root_id,
             walked: HashMap::default(),
             last_walk: None,
-            docker: DockerNames::start(),
+            docker,
         }
+    }
+
+    /// Containers Docker's names thread forgot to stay bounded.
+    pub fn docker_evicted(&self) -> u64 {
+        self.docker.as_ref().map_or(0, DockerNames::evicted)
     }
 
     /// The container of a record's cgroup, made by `pid` (None: the hierarchy has no such
     /// cgroup any more and its process is gone).
     pub fn resolve(&mut self, cgroup: u64, pid: Option<u32>) -> Option<Container> {
-        let proc_cgroup = pid.and_then(|p| fs::read_to_string(format!("/proc/{p}/cgroup")).ok());
-        let mut id = None;
-        let mut found = false;
-        if let (Some(unified), true) = (self.unified.clone(), cgroup != 0) {
-            if Some(cgroup) == self.root_id {
-                return Some(Container::host());
-            }
-            let from_process = proc_cgroup
-                .as_deref()
-                .and_then(unified_path)
-                .filter(|path| inode(&unified, path) == Some(cgroup))
-                .map(str::to_owned);
-            let path = from_process.or_else(|| self.walk_for(&unified, cgroup));
-            if let Some(path) = path {
-                found = true;
-                id = from_path(&path);
-            }
+        let unified = self.unified.clone()?;
+        if cgroup == 0 {
+            return None;
         }
-        if !found {
-            // No v2, or a cgroup gone: the process's own lines, if it is still there.
-            let text = proc_cgroup?;
-            id = from_proc_cgroup(&text);
+        if Some(cgroup) == self.root_id {
+            return Some(Container::host());
         }
-        let mut container = Container {
-            id,
-            ..Container::default()
-        };
+        // A path from another cgroup namespace (`/../…`) is not one to look up here.
+        let from_process = pid
+            .and_then(|p| fs::read_to_string(format!("/proc/{p}/cgroup")).ok())
+            .as_deref()
+            .and_then(unified_path)
+            .filter(|path| !path.starts_with("/.."))
+            .filter(|path| inode(&unified, path) == Some(cgroup))
+            .map(str::to_owned);
+        let path = from_process.or_else(|| self.walk_for(&unified, cgroup))?;
+        let mut id = from_path(&path);
+        if let Some(id) = id.as_mut() {
+            id.delegated = id.delegated || !owned_by_root(&unified, &path);
+        }
+        let mut container = Container::from_ref(id);
         if container.nameable() {
             if let (Some(docker), Some(id)) = (&self.docker, &container.id) {
                 if let Some(names) = docker.names(&id.id) {
@@ -118,6 +131,23 @@ impl Default for ContainerResolver {
     }
 }
 
+/// Whether root owns every directory from the hierarchy's root down to `path` (the runtimes
+/// that run as root make their cgroups so; a delegated subtree belongs to its user).
+fn owned_by_root(unified: &Path, path: &str) -> bool {
+    let mut dir = unified.to_path_buf();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if part == ".." {
+            return false;
+        }
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() && m.uid() == 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 fn inode(unified: &Path, path: &str) -> Option<u64> {
     let relative = path.trim_start_matches('/');
     fs::metadata(unified.join(relative)).ok().map(|m| m.ino())
@@ -130,8 +160,8 @@ fn walk(unified: &Path) -> HashMap<u64, String> {
     let mut visited = 0;
     while let Some((dir, path)) = queue.pop_front() {
         visited += 1;
-        if visited > MAX_WALK {
-            tracing::debug!("cgroup walk stopped at {MAX_WALK} directories");
+        if visited > MAX_WALK || out.len() >= MAX_WALK {
+            tracing::debug!("cgroup walk stopped at {MAX_WALK} cgroups");
             break;
         }
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -155,6 +185,9 @@ fn walk(unified: &Path) -> HashMap<u64, String> {
             };
             let child = format!("{path}/{name}");
             out.insert(meta.ino(), child.clone());
+            if out.len() >= MAX_WALK {
+                break;
+            }
             queue.push_back((entry.path(), child));
         }
     }

@@ -9,7 +9,7 @@ use std::{
     collections::VecDeque,
     path::PathBuf,
     sync::{Arc, Condvar, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use compact_str::CompactString;
@@ -24,7 +24,7 @@ const MAX_CONTAINERS: usize = 4096;
 /// Bytes of one answer read at most.
 const MAX_ANSWER: usize = 4 << 20;
 /// How long a stage waits, once per container, for the name of one it sees first.
-const FIRST_WAIT: Duration = Duration::from_millis(250);
+const FIRST_WAIT: Duration = Duration::from_millis(100);
 /// One call's time limit.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -54,21 +54,29 @@ pub struct Names {
     pub pid: Option<u32>,
 }
 
+/// How long Docker's "no such container" is believed.
+const UNKNOWN_FOR: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 struct State {
     names: HashMap<CompactString, Names>,
     /// Insertion order, to forget the oldest.
     order: VecDeque<CompactString>,
-    /// Ids Docker said it does not have.
-    unknown: HashSet<CompactString>,
-    /// Ids a stage asked about, not yet answered.
+    /// Ids Docker answered 404 for, and when.
+    unknown: HashMap<CompactString, Instant>,
+    /// Ids a stage asked about, not yet answered (at most [`MAX_WANTED`]).
     wanted: VecDeque<CompactString>,
-    /// Ids a stage has waited for once already.
+    /// Ids a stage has waited for once already (cleared when full).
     waited: HashSet<CompactString>,
     evicted: u64,
     /// The list at start is done (or failed).
     listed: bool,
+    /// Docker's last answer came, in time: only then does a stage wait, briefly, for a name.
+    healthy: bool,
 }
+
+/// Ids waiting to be asked about at once, at most.
+const MAX_WANTED: usize = 256;
 
 impl State {
     fn insert(&mut self, id: CompactString, names: Names) {
@@ -84,12 +92,20 @@ impl State {
             }
         }
     }
+
+    fn unknown(&self, id: &str) -> bool {
+        self.unknown
+            .get(id)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_FOR)
+    }
 }
 
-/// The names thread's shared state and its socket.
+/// The names thread's shared state, and how it is woken.
 #[derive(Clone)]
 pub struct DockerNames {
     shared: Arc<(Mutex<State>, Condvar)>,
+    /// Wakes the thread when a stage wants an id looked up.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// The Engine API's socket: `DOCKER_HOST=unix://…` or the default.
@@ -111,8 +127,14 @@ impl DockerNames {
             );
             return None;
         }
+        // Believed to answer until a call fails.
+        let state = State {
+            healthy: true,
+            ..State::default()
+        };
         let names = DockerNames {
-            shared: Arc::new((Mutex::new(State::default()), Condvar::new())),
+            shared: Arc::new((Mutex::new(state), Condvar::new())),
+            wake: Arc::new(tokio::sync::Notify::new()),
         };
         let thread = names.clone();
         let spawned = std::thread::Builder::new()
@@ -125,28 +147,33 @@ impl DockerNames {
         Some(names)
     }
 
-    /// Docker's names for container `id`: known now, or (the first time it is asked about)
-    /// within a short wait while the thread asks Docker.
+    /// Docker's names for container `id`, if known now. An id not known yet is asked about
+    /// (on the names thread); the first time, while Docker answers in time, the caller waits
+    /// for it at most [`FIRST_WAIT`], so a container's first socket call is named as a rule.
     pub fn names(&self, id: &str) -> Option<Names> {
         let (lock, ready) = &*self.shared;
         let mut state = lock.lock().ok()?;
         if let Some(n) = state.names.get(id) {
             return Some(n.clone());
         }
-        if state.unknown.contains(id) {
+        if state.unknown(id) {
             return None;
         }
         let id = CompactString::from(id);
-        if !state.wanted.contains(&id) && state.wanted.len() < 256 {
+        if !state.wanted.contains(&id) && state.wanted.len() < MAX_WANTED {
             state.wanted.push_back(id.clone());
-            ready.notify_all();
+            self.wake.notify_one();
         }
-        if !state.waited.insert(id.clone()) {
+        if !state.healthy || state.waited.contains(&id) {
             return None;
         }
+        if state.waited.len() >= MAX_CONTAINERS {
+            state.waited.clear();
+        }
+        state.waited.insert(id.clone());
         let (state, _) = ready
             .wait_timeout_while(state, FIRST_WAIT, |s| {
-                !s.names.contains_key(&id) && !s.unknown.contains(&id)
+                !s.names.contains_key(&id) && !s.unknown(&id)
             })
             .ok()?;
         state.names.get(&id).cloned()
@@ -197,17 +224,10 @@ impl DockerNames {
         });
     }
 
-    fn store(&self, id: CompactString, names: Option<Names>) {
+    fn update(&self, change: impl FnOnce(&mut State)) {
         let (lock, ready) = &*self.shared;
         if let Ok(mut state) = lock.lock() {
-            match names {
-                Some(n) => state.insert(id, n),
-                None => {
-                    if state.unknown.len() < MAX_CONTAINERS {
-                        state.unknown.insert(id);
-                    }
-                }
-            }
+            change(&mut state);
         }
         ready.notify_all();
     }
@@ -216,6 +236,7 @@ impl DockerNames {
     async fn list(&self, socket: &PathBuf) {
         match get(socket, "/containers/json").await {
             Ok(Value::Array(list)) => {
+                self.update(|s| s.healthy = true);
                 for c in list.iter().take(MAX_CONTAINERS) {
                     if let Some(id) = c.get("Id").and_then(Value::as_str) {
                         self.inspect(socket, id).await;
@@ -225,11 +246,7 @@ impl DockerNames {
             Ok(_) => tracing::debug!("Docker: the container list was not a list"),
             Err(e) => tracing::info!("Docker Engine at {}: {e}", socket.display()),
         }
-        let (lock, ready) = &*self.shared;
-        if let Ok(mut state) = lock.lock() {
-            state.listed = true;
-        }
-        ready.notify_all();
+        self.update(|s| s.listed = true);
     }
 
     async fn inspect(&self, socket: &PathBuf, id: &str) {
@@ -237,33 +254,46 @@ impl DockerNames {
             return;
         }
         match get(socket, &format!("/containers/{id}/json")).await {
-            Ok(v) => self.store(id.into(), parse_inspect(&v)),
+            Ok(v) => match parse_inspect(&v) {
+                Some(names) => self.update(|s| {
+                    s.healthy = true;
+                    s.insert(id.into(), names);
+                }),
+                None => self.update(|s| {
+                    s.unknown.insert(id.into(), Instant::now());
+                }),
+            },
+            Err(Failure::NotFound) => self.update(|s| {
+                s.healthy = true;
+                if s.unknown.len() >= MAX_CONTAINERS {
+                    s.unknown.retain(|_, at| at.elapsed() < UNKNOWN_FOR);
+                }
+                if s.unknown.len() < MAX_CONTAINERS {
+                    s.unknown.insert(id.into(), Instant::now());
+                }
+            }),
             Err(e) => {
+                // Docker did not answer (in time): asked again on the stage's next question,
+                // and nobody waits for it meanwhile.
                 tracing::debug!("Docker: inspecting {id}: {e}");
-                self.store(id.into(), None)
+                self.update(|s| s.healthy = false);
             }
         }
     }
 
-    /// Ids the stage asked about, one call each.
+    /// Ids the stage asked about, one call each; never a blocking wait (the event stream
+    /// shares this thread).
     async fn answer_requests(&self, socket: &PathBuf) {
         loop {
             let next = {
-                let (lock, ready) = &*self.shared;
-                let Ok(state) = lock.lock() else { return };
-                let Ok((mut state, _)) =
-                    ready.wait_timeout_while(state, Duration::from_millis(200), |s| {
-                        s.wanted.is_empty()
-                    })
-                else {
+                let Ok(mut state) = self.shared.0.lock() else {
                     return;
                 };
                 state.wanted.pop_front()
             };
             match next {
                 Some(id) => self.inspect(socket, &id).await,
-                // Let the events task run.
-                None => tokio::time::sleep(Duration::from_millis(1)).await,
+                None => self.wake.notified().await,
             }
         }
     }
@@ -280,11 +310,13 @@ impl DockerNames {
         }
     }
 
-    async fn events_once(&self, socket: &PathBuf, path: &str) -> Result<(), String> {
+    /// One connection to the event stream, line by line (each line bounded), for as long as
+    /// Docker keeps it open.
+    async fn events_once(&self, socket: &PathBuf, path: &str) -> Result<(), Failure> {
         let mut body = request(socket, path).await?;
         let mut line = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
+            let frame = frame.map_err(|e| Failure::Other(e.to_string()))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -308,6 +340,23 @@ impl DockerNames {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a call gave nothing.
+#[derive(Debug)]
+enum Failure {
+    /// 404: Docker has no such container.
+    NotFound,
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotFound => f.write_str("not found"),
+            Failure::Other(e) => f.write_str(e),
+        }
     }
 }
 
@@ -379,42 +428,43 @@ fn parse_inspect(v: &Value) -> Option<Names> {
     })
 }
 
-type Body = Limited<hyper::body::Incoming>;
-
-/// One GET on the Engine API's socket; the body, bounded.
-async fn request(socket: &PathBuf, path: &str) -> Result<Body, String> {
+/// One GET on the Engine API's socket: the response's body (the caller bounds it).
+async fn request(socket: &PathBuf, path: &str) -> Result<hyper::body::Incoming, Failure> {
+    let other = |e: &dyn std::fmt::Display| Failure::Other(e.to_string());
     let stream = tokio::time::timeout(CALL_TIMEOUT, tokio::net::UnixStream::connect(socket))
         .await
-        .map_err(|_| "connecting timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| Failure::Other("connecting timed out".into()))?
+        .map_err(|e| other(&e))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| other(&e))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, "docker")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| other(&e))?;
     let response = tokio::time::timeout(CALL_TIMEOUT, sender.send_request(req))
         .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("{path}: {}", response.status()));
+        .map_err(|_| Failure::Other("no answer in time".into()))?
+        .map_err(|e| other(&e))?;
+    match response.status() {
+        s if s.is_success() => Ok(response.into_body()),
+        hyper::StatusCode::NOT_FOUND => Err(Failure::NotFound),
+        s => Err(Failure::Other(format!("{path}: {s}"))),
     }
-    Ok(Limited::new(response.into_body(), MAX_ANSWER))
 }
 
-async fn get(socket: &PathBuf, path: &str) -> Result<Value, String> {
-    let body = request(socket, path).await?;
+/// One GET whose whole answer is JSON, at most [`MAX_ANSWER`] bytes, in [`CALL_TIMEOUT`].
+async fn get(socket: &PathBuf, path: &str) -> Result<Value, Failure> {
+    let body = Limited::new(request(socket, path).await?, MAX_ANSWER);
     let bytes = tokio::time::timeout(CALL_TIMEOUT, body.collect())
         .await
-        .map_err(|_| "the answer did not end in time".to_string())?
-        .map_err(|e| e.to_string())?
+        .map_err(|_| Failure::Other("the answer did not end in time".into()))?
+        .map_err(|e| Failure::Other(e.to_string()))?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    serde_json::from_slice(&bytes).map_err(|e| Failure::Other(e.to_string()))
 }
 
 #[cfg(test)]

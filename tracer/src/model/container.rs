@@ -76,14 +76,23 @@ fn is_container_id(s: &str) -> bool {
 }
 
 /// A pod UID: 8-4-4-4-12 lowercase hex digits with dashes (the systemd driver writes
-/// underscores in their place; the caller has put the dashes back).
-fn is_pod_uid(s: &str) -> bool {
+/// underscores in their place; the caller has put the dashes back), or a static pod's 32 hex
+/// digits (the hash of its manifest: etcd, the API server).
+pub fn is_pod_uid(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, &c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        })
+    let hex = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
+    (b.len() == 32 && b.iter().all(hex))
+        || (b.len() == 36
+            && b.iter().enumerate().all(|(i, c)| match i {
+                8 | 13 | 18 | 23 => *c == b'-',
+                _ => hex(c),
+            }))
+}
+
+/// A kubelet slice's name without the prefix kind's nested kubelets add
+/// (`kubelet-kubepods-burstable.slice`).
+fn kubelet_slice(segment: &str) -> &str {
+    segment.strip_prefix("kubelet-").unwrap_or(segment)
 }
 
 /// A container id from one path segment, with the runtime its shape names. `parent` is the
@@ -121,7 +130,7 @@ fn container_segment<'a>(segment: &'a str, parent: Option<&str>) -> Option<(Runt
 /// A pod UID from one segment: `pod<uid>` (cgroupfs) or `kubepods[-<qos>]-pod<uid>.slice`
 /// (systemd, underscores for dashes).
 fn pod_segment(segment: &str) -> Option<CompactString> {
-    let uid = if let Some(slice) = segment.strip_suffix(".slice") {
+    let uid = if let Some(slice) = kubelet_slice(segment).strip_suffix(".slice") {
         let at = slice.rfind("-pod")?;
         if !slice.starts_with("kubepods") {
             return None;
@@ -135,7 +144,7 @@ fn pod_segment(segment: &str) -> Option<CompactString> {
 }
 
 fn qos_segment(segment: &str) -> Option<Qos> {
-    match segment {
+    match kubelet_slice(segment) {
         "besteffort" | "kubepods-besteffort.slice" => Some(Qos::BestEffort),
         "burstable" | "kubepods-burstable.slice" => Some(Qos::Burstable),
         _ => None,
@@ -154,7 +163,7 @@ pub fn from_path(path: &str) -> Option<ContainerRef> {
     let above = &segments[..at];
     let kubepods = above
         .iter()
-        .rposition(|s| *s == "kubepods" || *s == "kubepods.slice");
+        .rposition(|s| matches!(kubelet_slice(s), "kubepods" | "kubepods.slice"));
     let (pod_uid, qos) = match kubepods {
         Some(k) => {
             let pod_uid = above[k + 1..].iter().rev().find_map(|s| pod_segment(s));
@@ -178,27 +187,6 @@ pub fn from_path(path: &str) -> Option<ContainerRef> {
         qos,
         delegated,
     })
-}
-
-/// The container of a process from its `/proc/PID/cgroup`: the cgroup v2 line (`0::`) first,
-/// then the v1 hierarchies (Docker's cgroupfs driver on a hybrid host names the container in
-/// both; on a v1-only host in the v1 lines alone).
-pub fn from_proc_cgroup(text: &str) -> Option<ContainerRef> {
-    let paths = text.lines().filter_map(|line| {
-        let mut fields = line.splitn(3, ':');
-        let hierarchy = fields.next()?;
-        let _controllers = fields.next()?;
-        Some((hierarchy == "0", fields.next()?))
-    });
-    let mut v1 = None;
-    for (unified, path) in paths {
-        match from_path(path) {
-            Some(c) if unified => return Some(c),
-            Some(c) if v1.is_none() => v1 = Some(c),
-            _ => {}
-        }
-    }
-    v1
 }
 
 /// The unified (v2) path of a process from its `/proc/PID/cgroup`.
@@ -233,10 +221,33 @@ impl Container {
         let Some(id) = &self.id else {
             return CompactString::const_new("host");
         };
+        if id.delegated {
+            return Self::delegated_label(id);
+        }
         match (&self.pod_namespace, &self.pod_name, &self.name) {
             (Some(ns), Some(pod), _) => compact_str::format_compact!("{ns}/{pod}"),
             (_, _, Some(name)) => name.clone(),
             _ => id.short_id().into(),
+        }
+    }
+
+    /// A user's own cgroup named like a container: `user:` and the first digits of the id
+    /// its path carries (never the name of the container that id may belong to).
+    pub fn delegated_label(id: &ContainerRef) -> CompactString {
+        compact_str::format_compact!("user:{}", id.id.get(..7).unwrap_or(&id.id))
+    }
+
+    /// A container as its path names it, before any runtime is asked: a delegated one
+    /// carries its `user:` label as its name, so every output shows that.
+    pub fn from_ref(id: Option<ContainerRef>) -> Self {
+        let name = id
+            .as_ref()
+            .filter(|id| id.delegated)
+            .map(Self::delegated_label);
+        Container {
+            id,
+            name,
+            ..Container::default()
         }
     }
 
@@ -245,6 +256,8 @@ impl Container {
     pub fn matches(&self, want: &str) -> bool {
         match &self.id {
             None => want == "host",
+            // Never selected as the container it copies the id of: only by its own label.
+            Some(id) if id.delegated => self.name.as_deref() == Some(want),
             Some(id) => {
                 self.name.as_deref() == Some(want) || (want.len() >= 4 && id.id.starts_with(want))
             }
@@ -253,7 +266,9 @@ impl Container {
 
     /// Whether `--pod NAMESPACE/NAME` selects it (or a pod UID).
     pub fn in_pod(&self, want: &str) -> bool {
-        let Some(id) = &self.id else { return false };
+        let Some(id) = self.id.as_ref().filter(|id| !id.delegated) else {
+            return false;
+        };
         if id.pod_uid.as_deref() == Some(want) {
             return true;
         }
@@ -281,6 +296,11 @@ impl ContainerFields<'_> {
     /// The six values, in order, as text (None: null).
     pub fn values(&self) -> [Option<&str>; 6] {
         let Some(c) = self.0 else { return [None; 6] };
+        // A user's cgroup named like a container: never an id or a runtime a consumer could
+        // take for the real one's (its label says whose it is).
+        if c.id.as_ref().is_some_and(|id| id.delegated) {
+            return [None, c.name.as_deref(), None, None, None, None];
+        }
         let id = c.id.as_ref();
         [
             id.map(|i| i.id.as_str()),
@@ -562,23 +582,27 @@ mod tests {
     }
 
     #[test]
-    fn proc_cgroup_prefers_the_unified_line() {
-        // This machine's hybrid layout with Docker's cgroupfs driver.
+    fn the_unified_line_is_the_one_looked_up() {
+        // This machine's hybrid layout with Docker's cgroupfs driver: the same path in every
+        // hierarchy, the unified one (`0::`) is the one the kernel's cgroup id names.
         let hybrid = format!(
             "9:name=systemd:/docker/{ID}\n4:memory:/docker/{ID}\n1:cpu:/docker/{ID}\n0::/docker/{ID}\n"
         );
-        assert_eq!(from_proc_cgroup(&hybrid), c(Runtime::Docker, None, None));
-        assert_eq!(unified_path(&hybrid), Some(&*format!("/docker/{ID}")));
-        // v1 only (no unified line).
+        let path = unified_path(&hybrid).unwrap();
+        assert_eq!(path, format!("/docker/{ID}"));
+        assert_eq!(from_path(path), c(Runtime::Docker, None, None));
+        // v1 only: no unified line (and no cgroup id that names anything).
         let v1 = format!("12:pids:/docker/{ID}\n11:memory:/docker/{ID}\n");
-        assert_eq!(from_proc_cgroup(&v1), c(Runtime::Docker, None, None));
         assert_eq!(unified_path(&v1), None);
         // v2 only, systemd driver.
         let v2 = format!("0::/system.slice/docker-{ID}.scope\n");
-        assert_eq!(from_proc_cgroup(&v2), c(Runtime::Docker, None, None));
+        assert_eq!(
+            from_path(unified_path(&v2).unwrap()),
+            c(Runtime::Docker, None, None)
+        );
         // The host, in a sandbox whose memory cgroup has a 32-digit name.
         let host = "4:memory:/process_api/20c025ba9b4461a8bee412a35eeba5e4\n0::/\n";
-        assert_eq!(from_proc_cgroup(host), None);
+        assert_eq!(from_path(unified_path(host).unwrap()), None);
         assert_eq!(
             c(Runtime::Docker, None, None).unwrap().short_id(),
             "aef52339d617"
@@ -639,5 +663,51 @@ mod tests {
         assert_eq!(pod.label(), "shop/web-5d8f");
         assert!(pod.in_pod("shop/web-5d8f") && pod.in_pod(UID) && !pod.in_pod("shop/web"));
         assert!(!Container::host().in_pod("shop/web-5d8f"));
+    }
+
+    #[test]
+    fn static_pods_and_kinds_nested_kubelet() {
+        // A static pod's UID is its manifest's hash: 32 hex digits.
+        let hash = "6bd1b5e8d1d0a3c9e3f4a5b6c7d8e9f0";
+        assert_eq!(
+            from_path(&format!("/kubepods/burstable/pod{hash}/{ID}")),
+            c(Runtime::Cri, Some(hash), Some(Qos::Burstable))
+        );
+        assert_eq!(
+            from_path(&format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice/cri-containerd-{ID}.scope"
+            )),
+            c(Runtime::Containerd, Some(hash), Some(Qos::Burstable))
+        );
+        // kind: the node's kubelet prefixes its slices.
+        let u = UID.replace('-', "_");
+        assert_eq!(
+            from_path(&format!(
+                "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"
+            )),
+            c(Runtime::Containerd, Some(UID), Some(Qos::BestEffort))
+        );
+        assert!(is_pod_uid(UID) && is_pod_uid(hash) && !is_pod_uid(&hash[1..]));
+    }
+
+    #[test]
+    fn a_delegated_container_is_never_taken_for_the_one_it_copies() {
+        let spoof = Container::from_ref(delegated(Runtime::Docker));
+        assert_eq!(spoof.label(), "user:aef5233");
+        assert!(!spoof.matches("aef52339d617") && !spoof.nameable());
+        assert!(spoof.matches("user:aef5233"));
+        // In JSON: its label, and no id or runtime a consumer could take for the real one's.
+        assert_eq!(
+            ContainerFields(Some(&spoof)).values(),
+            [None, Some("user:aef5233"), None, None, None, None]
+        );
+        let pod = Container {
+            id: from_path(&format!(
+                "/user.slice/user-1000.slice/user@1000.service/kubepods/pod{UID}/{ID}"
+            )),
+            ..Container::default()
+        };
+        assert!(pod.id.as_ref().unwrap().delegated);
+        assert!(!pod.in_pod(UID));
     }
 }

@@ -40,6 +40,8 @@ struct Line {
     proto: Option<String>,
     daddr: Option<String>,
     dport: Option<u16>,
+    /// A `--dport` was given (a range `a:b` parses to no single port).
+    dport_given: bool,
     /// `-j TARGET`.
     target: Option<String>,
     to: Option<String>,
@@ -64,6 +66,7 @@ fn parse_line(line: &str) -> Option<Line> {
             "-p" => l.proto = words.next().map(str::to_string).filter(|_| !negate),
             "-d" => l.daddr = words.next().map(str::to_string).filter(|_| !negate),
             "--dport" => {
+                l.dport_given = !negate;
                 l.dport = words
                     .next()
                     .and_then(|p| p.parse().ok())
@@ -98,11 +101,21 @@ fn destination(to: &str) -> Option<(IpAddr, Option<u16>)> {
 
 /// The DNAT rules of an `iptables-save -t nat` text, each with the matches of the rules that
 /// jump to its chain where its own say nothing (kube-proxy's service → endpoint chains). At
-/// most `max` rules.
+/// most `max` rules, from the first 65,536 rule lines (the tool's output is capped at 4 MiB).
 pub fn from_iptables_save(text: &str, max: usize) -> Vec<DnatRule> {
     let lines: Vec<Line> = text.lines().filter_map(parse_line).take(65_536).collect();
+    // Each chain's first jump into it.
+    let mut jumps: std::collections::HashMap<&str, &Line> = std::collections::HashMap::new();
+    for l in &lines {
+        if let Some(target) = l.target.as_deref() {
+            jumps.entry(target).or_insert(l);
+        }
+    }
     let mut out = Vec::new();
     for l in &lines {
+        if out.len() >= max {
+            break;
+        }
         if l.target.as_deref() != Some("DNAT") {
             continue;
         }
@@ -121,24 +134,23 @@ pub fn from_iptables_save(text: &str, max: usize) -> Vec<DnatRule> {
         };
         // Up the jumps (at most three levels, the first jump found at each) for what the
         // rule itself does not match on.
-        let mut chain = l.chain.clone();
+        let mut chain = l.chain.as_str();
+        let mut port_matched = l.dport_given;
         for _ in 0..3 {
-            if rule.dport.is_some() {
+            if port_matched {
                 break;
             }
-            let Some(parent) = lines.iter().find(|p| p.target.as_deref() == Some(&chain)) else {
+            let Some(parent) = jumps.get(chain) else {
                 break;
             };
             rule.via.push(parent.chain.clone());
             rule.proto = rule.proto.or_else(|| parent.proto.clone());
             rule.daddr = rule.daddr.or_else(|| parent.daddr.clone());
             rule.dport = parent.dport;
-            chain = parent.chain.clone();
+            port_matched = parent.dport_given;
+            chain = parent.chain.as_str();
         }
         out.push(rule);
-        if out.len() >= max {
-            break;
-        }
     }
     out
 }

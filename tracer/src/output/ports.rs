@@ -344,7 +344,8 @@ pub fn write_mappings(
         writeln!(
             out,
             "{:<5} {} {} {} {} {:<7} {}",
-            m.proto,
+            // From the rules' text: escaped like every name.
+            crate::text::escape(&m.proto),
             crate::text::pad(&host, 21),
             crate::text::pad(&by, 34),
             crate::text::pad(&target, 21),

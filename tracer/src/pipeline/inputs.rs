@@ -103,7 +103,8 @@ pub struct LiveKernel {
     /// Where fresh socket lists look.
     pub scope: Scope,
     pub nat: Option<NatWatch>,
-    /// Made on the first question (it starts following Docker).
+    /// Made with the run (it starts following Docker, so a container created after the start
+    /// is named by its first socket call).
     containers: Option<ContainerResolver>,
 }
 
@@ -114,7 +115,7 @@ impl LiveKernel {
             ranges: PortRangeCache::default(),
             scope,
             nat,
-            containers: None,
+            containers: Some(ContainerResolver::new()),
         }
     }
 }
@@ -139,6 +140,10 @@ impl KernelInputs for LiveKernel {
             .map(|c| c.evicted())
             .unwrap_or_default();
         evicted.nat_seen = self.nat.as_ref().map_or(0, NatWatch::evicted_seen);
+        evicted.containers = self
+            .containers
+            .as_ref()
+            .map_or(0, ContainerResolver::docker_evicted);
         evicted
     }
 

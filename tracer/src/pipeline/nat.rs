@@ -365,6 +365,7 @@ impl Stage for NatOnlyStage {
         self.flush()?;
         let mut evicted = self.nat.evicted();
         evicted.raise_to(&kernel.evicted());
+        evicted.containers += self.containers.evicted();
         let summary = Summary {
             events: self.events,
             lost: kernel.lost(),

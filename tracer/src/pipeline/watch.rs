@@ -235,7 +235,8 @@ impl WatchStage {
         let mut evicted = kernel.evicted();
         evicted.sockets = self.table.evicted();
         evicted.closed_sockets = self.table.departed_evicted();
-        evicted.containers = self.containers.evicted();
+        // Docker's names the kernel side forgot, and the cgroups this stage forgot.
+        evicted.containers += self.containers.evicted();
         evicted.ephemeral = self.table.usage_evicted();
         evicted.remote_log = self.groups.as_ref().map_or(0, |g| g.untracked);
         if let Some(nat) = &self.nat {

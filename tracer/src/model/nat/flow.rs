@@ -76,9 +76,11 @@ impl NatTable {
             comm,
             container,
             netns: ev.netns,
-            addr: ip(ev.family, &ev.laddr),
+            // A dual-stack socket (httpd on `::`) sees an IPv4 peer as ::ffff:a.b.c.d; the
+            // binding's tuples are plain IPv4.
+            addr: ip(ev.family, &ev.laddr).to_canonical(),
             port: ev.lport,
-            peer_addr: ip(ev.family, &ev.raddr),
+            peer_addr: ip(ev.family, &ev.raddr).to_canonical(),
             peer_port: ev.rport,
             kernel_chose_port: client
                 .then_some(ev.flags & tracer_common::flag::KERNEL_CHOSE_PORT != 0),
