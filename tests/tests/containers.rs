@@ -257,6 +257,46 @@ fn a_container_is_named_in_watch_ports_and_the_filter() {
     for e in &events {
         assert_eq!(e["container_name"], web.name.as_str(), "{e}");
     }
+    // From the host itself, 127.0.0.1:HOSTPORT goes through Docker's userland proxy: its
+    // two sockets are one proxied connection, in the event stream and by remote endpoint.
+    let groups = Tracer::watch(&["--proto", "tcp", "--group-by", "remote"]);
+    assert!(curl(&format!("http://127.0.0.1:{host_port}/")).contains("hello from a container"));
+    all.wait_for("the proxied connection", T, |evs| {
+        evs.iter()
+            .any(|e| e["type"] == "proxied" && e["container"] == web.name.as_str())
+    });
+    let p = all
+        .events
+        .iter()
+        .find(|e| e["type"] == "proxied")
+        .unwrap()
+        .clone();
+    assert_eq!(p["proxy_comm"], "docker-proxy", "{p}");
+    assert_eq!(p["front"], format!("127.0.0.1:{host_port}"), "{p}");
+    assert_eq!(p["target"], format!("{ip}:80"), "{p}");
+    let client = p["client"].as_str().unwrap().to_string();
+    // The client is curl's own socket: its connect to the published port.
+    assert!(
+        all.events.iter().any(|e| e["event"] == "connect"
+            && e["comm"] == "curl"
+            && e["rport"] == host_port
+            && format!("127.0.0.1:{}", e["lport"]) == client),
+        "{client} is curl's"
+    );
+    let (_, grouped) = groups.stop_with(libc::SIGINT);
+    let target = grouped
+        .iter()
+        .filter(|r| r["type"] == "remote")
+        .find(|r| r["raddr"] == ip.as_str() && r["rport"] == 80)
+        .unwrap_or_else(|| panic!("no group for the container: {grouped:?}"));
+    assert!(
+        target["locals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["comm"] == "docker-proxy" && l["proxied_for"] == client.as_str()),
+        "{target}"
+    );
     let (_, _) = all.stop_with(libc::SIGINT);
 
     // ports: the listener inside the container's namespace, with the container's name.
@@ -415,6 +455,16 @@ fn a_published_port_is_one_flow_from_client_to_container() {
     drop(daemon);
 }
 
+/// A child stopped (SIGTERM, then waited for) on drop, even when the test fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
 /// Directories removed in order on drop (cgroups: empty once their processes are gone).
 struct RemoveDirs(Vec<String>);
 
@@ -520,6 +570,75 @@ fn a_users_cgroup_named_like_a_container_is_not_that_container() {
         "--container selected the user's process"
     );
     drop(all);
+    drop(web);
+    drop(daemon);
+}
+
+/// `serve` labels what a process label would: the container's listening port, and a connect
+/// refused from inside the container counted under its name; the exposition is clean.
+#[test]
+fn serve_labels_listeners_and_failed_connects_by_container() {
+    if !ready("serve_labels_listeners_and_failed_connects_by_container")
+        || !tool("serve_labels…", "promtool", "prometheus")
+    {
+        return;
+    }
+    let daemon = Daemon::up();
+    daemon.image();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let serve = Command::new(tracer_bin())
+        .args(["serve", "--listen", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tracer serve");
+    let serve = Killed(serve);
+    let scrape = || {
+        http_get(&addr, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + T;
+    while http_get(&addr, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "serve did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let web = Web::run("metrics", free_port());
+    // A connect refused inside the container (nothing listens on its port 81), twice.
+    for _ in 0..2 {
+        let _ = Command::new("docker")
+            // busybox's nc (its static wget crashes before connecting here).
+            .args(["exec", &web.id, "nc", "127.0.0.1", "81"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let listen = format!(
+        "tracer_listen_port_info{{comm=\"httpd\",container=\"{}\",port=\"80\",proto=\"tcp\"}} 1",
+        web.name
+    );
+    let refused = format!(
+        "tracer_container_connect_errors_total{{container=\"{}\",errno=\"ECONNREFUSED\"}} 2",
+        web.name
+    );
+    let deadline = Instant::now() + T;
+    loop {
+        let text = scrape();
+        if text.contains(&listen) && text.contains(&refused) {
+            assert_eq!(promtool_problems(&text), "", "promtool check metrics");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {listen} and {refused} in:\n{}",
+            text.lines()
+                .filter(|l| l.contains("container"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(serve);
     drop(web);
     drop(daemon);
 }

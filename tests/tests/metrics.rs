@@ -503,7 +503,12 @@ fn deploy_files_are_valid() {
         .iter()
         .filter_map(|m| m["mountPath"].as_str())
         .collect();
-    for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
+    for path in [
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/sys/fs/cgroup",
+        "/host/run",
+    ] {
         assert!(mounts.contains(&path), "mount {path}");
     }
     assert_eq!(container["args"][0].as_str(), Some("serve"));
@@ -535,6 +540,7 @@ fn deploy_files_are_valid() {
         "tracer_listen_queue_length",
         "tracer_listen_backlog",
         "tracer_listen_overflows_total",
+        "tracer_container_connect_errors_total",
     ];
     let mut queries = 0;
     for panel in dash["panels"].as_array().unwrap() {

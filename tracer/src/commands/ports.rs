@@ -140,7 +140,7 @@ fn mappings(table: &SocketTable, config: &PortsConfig) -> Result<()> {
     let own = netns::own_inode().ok();
     let published = docker.as_ref().map(|d| d.all()).unwrap_or_default();
     let found = crate::model::mapping::join(
-        &published_ports(&published),
+        &crate::kernel::containers::published_ports(&published),
         rules.as_deref().unwrap_or_default(),
         &rows,
         own,
@@ -159,33 +159,6 @@ fn mappings(table: &SocketTable, config: &PortsConfig) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(|e| Error::io("writing output", e)),
     }
-}
-
-/// Docker's published ports as the join wants them: one per (container, binding).
-fn published_ports(
-    containers: &[(compact_str::CompactString, crate::kernel::docker::Names)],
-) -> Vec<crate::model::mapping::Published> {
-    let mut out = Vec::new();
-    for (id, names) in containers {
-        let netns = names.pid.and_then(|pid| {
-            std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
-        });
-        for p in &names.published {
-            out.push(crate::model::mapping::Published {
-                id: id.to_string(),
-                name: names.name.to_string(),
-                proto: p.proto.to_string(),
-                host_ip: p.host_ip.to_string(),
-                host_port: p.host_port,
-                container_port: p.container_port,
-                addresses: names.addresses.clone(),
-                netns,
-            });
-        }
-    }
-    out
 }
 
 /// Each row's container, one question per cgroup.

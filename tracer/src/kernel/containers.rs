@@ -69,6 +69,18 @@ impl ContainerResolver {
         }
     }
 
+    /// The ports Docker publishes now, one per (container, binding). The first call waits
+    /// (at most 2 s) for Docker's list of the running containers.
+    pub fn published(&self) -> Vec<crate::model::mapping::Published> {
+        self.docker
+            .as_ref()
+            .map(|d| {
+                d.wait_listed(Duration::from_secs(2));
+                published_ports(&d.all())
+            })
+            .unwrap_or_default()
+    }
+
     /// Containers Docker's names thread forgot to stay bounded.
     pub fn docker_evicted(&self) -> u64 {
         self.docker.as_ref().map_or(0, DockerNames::evicted)
@@ -146,6 +158,34 @@ fn owned_by_root(unified: &Path, path: &str) -> bool {
         }
     }
     true
+}
+
+/// Docker's published ports as mappings and proxies want them: one per (container, binding),
+/// with the container's addresses and network namespace.
+pub fn published_ports(
+    containers: &[(compact_str::CompactString, super::docker::Names)],
+) -> Vec<crate::model::mapping::Published> {
+    let mut out = Vec::new();
+    for (id, names) in containers {
+        let netns = names.pid.and_then(|pid| {
+            fs::metadata(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .map(|m| m.ino() as u32)
+        });
+        for p in &names.published {
+            out.push(crate::model::mapping::Published {
+                id: id.to_string(),
+                name: names.name.to_string(),
+                proto: p.proto.to_string(),
+                host_ip: p.host_ip.to_string(),
+                host_port: p.host_port,
+                container_port: p.container_port,
+                addresses: names.addresses.clone(),
+                netns,
+            });
+        }
+    }
+    out
 }
 
 fn inode(unified: &Path, path: &str) -> Option<u64> {

@@ -258,7 +258,7 @@ pub struct Mapping {
 }
 
 /// A port a container runtime publishes (Docker's API), as [`join`] takes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Published {
     /// The container's id and name.
     pub id: String,

@@ -11,6 +11,7 @@ pub mod listen;
 pub mod mapping;
 pub mod nat;
 pub mod ports;
+pub mod proxy;
 pub mod snapshot;
 pub mod story;
 pub mod table;

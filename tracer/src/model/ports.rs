@@ -442,6 +442,9 @@ pub struct LocalEnd {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub state: SockState,
+    /// A userland proxy's second connection: the client whose connection it carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxied_for: Option<super::types::Endpoint>,
 }
 
 /// Connections to one remote endpoint: each has its own local port (demultiplexing at the
@@ -477,6 +480,7 @@ pub fn by_remote(rows: &[PortRow]) -> Vec<RemoteGroup> {
                 pid: row.pid,
                 comm: row.comm.clone(),
                 state: row.state,
+                proxied_for: None,
             });
     }
     remote_groups(groups)
@@ -546,6 +550,7 @@ impl RemoteLog {
                 lport: e.lport,
                 ephemeral: e.lport_kernel_chosen,
                 pid: e.pid,
+                proxied_for: None,
                 comm: e.comm.as_deref().map(str::to_string),
                 state: match (e.state, e.proto) {
                     (Some(state), _) => SockState::Tcp(state),
@@ -575,6 +580,13 @@ impl RemoteLog {
         if end.state.is_closed() {
             // A new connect on this socket address is a new connection.
             self.open.remove(&sk);
+        }
+    }
+
+    /// A proxy's second connection (socket `sk`, open) carries `client`'s connection.
+    pub fn proxied(&mut self, sk: u64, client: super::types::Endpoint) {
+        if let Some(&index) = self.open.get(&sk) {
+            self.conns[index].1.proxied_for = Some(client);
         }
     }
 

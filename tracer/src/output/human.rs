@@ -405,6 +405,26 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
         )
     }
 
+    fn proxied(&mut self, p: &crate::model::proxy::Proxied) -> io::Result<()> {
+        let (on, off) = self.paint(GREEN);
+        let comm = crate::text::pad(p.proxy_comm.as_deref().unwrap_or("-"), 15);
+        // The proxy runs on the host; the container is the target's.
+        let host = crate::text::pad("host", 12);
+        let detail = format!(
+            "{} → {} carried on as {} → {} in container {}",
+            p.client, p.front, p.back, p.target, p.container
+        );
+        writeln!(
+            self.out,
+            "{:<15} {:<7} {comm} {host} {:<10} {:<5} {on}{}{off}",
+            time_of_day(p.ts_ns),
+            p.proxy_pid,
+            "proxied",
+            p.proto,
+            crate::text::escape(&detail),
+        )
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }

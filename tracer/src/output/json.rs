@@ -130,6 +130,10 @@ impl<W: Write> Sink for JsonSink<W> {
         self.out.flush()
     }
 
+    fn proxied(&mut self, p: &crate::model::proxy::Proxied) -> io::Result<()> {
+        self.line(&super::wire::Tagged::new("proxied", p))
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.spill()?;
         self.out.flush()

@@ -77,5 +77,9 @@ pub trait Sink {
         &mut self,
         overflow: &crate::model::listen::ListenOverflow,
     ) -> io::Result<()>;
+    /// A userland proxy's two sockets carry one client's connection.
+    fn proxied(&mut self, _proxied: &crate::model::proxy::Proxied) -> io::Result<()> {
+        Ok(())
+    }
     fn flush(&mut self) -> io::Result<()>;
 }

@@ -202,9 +202,12 @@ pub fn write_groups(
             if g.local_ports == 1 { "" } else { "s" },
         )?;
         for l in &g.locals {
+            let proxied = l
+                .proxied_for
+                .map_or(String::new(), |c| format!(", proxying {c}'s connection"));
             writeln!(
                 out,
-                "    {}:{:<5} {:<11} {:>7} {} {}",
+                "    {}:{:<5} {:<11} {:>7} {} {}{proxied}",
                 l.laddr,
                 l.lport,
                 l.state,

@@ -81,6 +81,7 @@ pub fn explain(what: StepKind, role: Role) -> &'static str {
         Retransmit => "No acknowledgement came in time, so the kernel sent the segment again; a SYN's waits double each time (1 s, 2 s, 4 s …), which is what a slow connect is made of.",
         Reset => "An RST ends a connection at once, without the 4-way close: a port with no listener, data left unread at close(), or an abort.",
         Drop => "The kernel dropped a packet of this socket; its reason names the place (a firewall rule, a full queue, no socket).",
+        Proxy => "A userland proxy (Docker's docker-proxy for a published port reached from the host itself) accepts the client and opens a second connection to the container: two sockets, each with its own ports, carrying one connection.",
     }
 }
 

@@ -130,6 +130,24 @@ pub fn step_text(step: &Step) -> String {
             format!("RST {direction}{state}{reason}")
         }
         D::Drop { reason } => format!("a packet dropped by the kernel: {reason}"),
+        D::Proxy {
+            front,
+            client,
+            published,
+            target,
+            container,
+            other,
+        } => {
+            // Stories are numbered from 1 where they are printed.
+            let other = other.map_or(String::new(), |n| format!(" (socket {})", n + 1));
+            if *front {
+                format!("proxied on to {target} in container {container}{other}")
+            } else {
+                format!(
+                    "carries {client}'s connection to {published} on to container {container}{other}"
+                )
+            }
+        }
     }
 }
 

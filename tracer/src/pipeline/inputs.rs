@@ -60,6 +60,11 @@ pub trait KernelInputs {
     fn container(&mut self, _cgroup: u64, _pid: Option<u32>) -> Option<Container> {
         None
     }
+    /// The ports the container runtime publishes now (Docker's), for joining a userland
+    /// proxy's two sockets into one connection.
+    fn published(&mut self) -> Vec<crate::model::mapping::Published> {
+        Vec::new()
+    }
     /// The NAT side, when the run watches NAT.
     fn nat(&mut self) -> Option<&mut dyn NatInputs>;
 }
@@ -187,6 +192,13 @@ impl KernelInputs for LiveKernel {
         self.containers
             .get_or_insert_with(ContainerResolver::new)
             .resolve(cgroup, pid)
+    }
+
+    fn published(&mut self) -> Vec<crate::model::mapping::Published> {
+        self.containers
+            .as_ref()
+            .map(ContainerResolver::published)
+            .unwrap_or_default()
     }
 
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {

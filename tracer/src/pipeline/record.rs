@@ -84,6 +84,10 @@ impl KernelInputs for Recorder<'_> {
         let v = self.inner.container(cgroup, pid);
         self.note(v, |v| Answer::Container(cgroup, v.clone()))
     }
+    fn published(&mut self) -> Vec<crate::model::mapping::Published> {
+        let v = self.inner.published();
+        self.note(v, |v| Answer::Published(v.clone()))
+    }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         match self.inner.nat() {
             Some(_) => Some(self),
@@ -325,6 +329,13 @@ impl KernelInputs for Replayer {
             _ => None,
         })
         .flatten()
+    }
+    fn published(&mut self) -> Vec<crate::model::mapping::Published> {
+        self.take(|a| match a {
+            Answer::Published(v) => Some(v.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
     }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         if self.nat {

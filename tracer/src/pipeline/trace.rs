@@ -56,6 +56,10 @@ pub struct TraceStage<W: Write> {
     pub events: u64,
     /// Cgroup → container, for the stories' and programs' container.
     containers: crate::model::container::Containers,
+    /// A userland proxy's two sockets, joined in their stories.
+    proxies: crate::model::proxy::ProxyLinks,
+    /// When the published ports were last asked for.
+    published_ns: Option<u64>,
 }
 
 impl<W: Write> TraceStage<W> {
@@ -85,6 +89,8 @@ impl<W: Write> TraceStage<W> {
             stop_at_ns: None,
             events: 0,
             containers: Default::default(),
+            proxies: Default::default(),
+            published_ns: None,
         }
     }
 
@@ -153,6 +159,9 @@ impl<W: Write> Stage for TraceStage<W> {
                 });
             }
             self.book.observe(&raw, &event);
+            if let Some(p) = self.proxies.observe(raw.sk, &event) {
+                self.book.proxied(&p);
+            }
         }
         let now = kernel.now_ns();
         self.print_finished(now)
@@ -175,6 +184,13 @@ impl<W: Write> Stage for TraceStage<W> {
 
     fn tick(&mut self, kernel: &mut dyn KernelInputs) -> Result<Flow> {
         let now = kernel.now_ns();
+        if self
+            .published_ns
+            .is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000)
+        {
+            self.published_ns = Some(now);
+            self.proxies.set_published(kernel.published());
+        }
         self.print_finished(now)?;
         if self.stop_at_ns.is_some_and(|t| now >= t) {
             return Ok(Flow::Stop);

@@ -53,6 +53,8 @@ pub struct WatchStage {
     listen_cursor: u32,
     /// Cgroup → container, for the events shown.
     containers: Containers,
+    /// A userland proxy's accepts waiting for their second connection.
+    proxies: crate::model::proxy::ProxyLinks,
 }
 
 /// What a [`WatchStage`] is built from.
@@ -105,6 +107,7 @@ impl WatchStage {
             listen: ListenQueues::default(),
             listen_cursor: 0,
             containers: Containers::default(),
+            proxies: Default::default(),
         }
     }
 
@@ -176,9 +179,16 @@ impl WatchStage {
             if !self.filter.allows_container(event.container.as_deref()) {
                 continue;
             }
+            let proxied = self.proxies.observe(raw.sk, &event);
             match self.groups.as_mut() {
                 Some(groups) => groups.observe(raw.sk, &event),
                 None => self.sink.event(&event).map_err(out_err)?,
+            }
+            if let Some(p) = proxied {
+                match self.groups.as_mut() {
+                    Some(groups) => groups.proxied(p.back_sock, p.client),
+                    None => self.sink.proxied(&p).map_err(out_err)?,
+                }
             }
         }
         for usage in self.table.usage_mut().take_warnings() {
@@ -386,6 +396,9 @@ impl Stage for WatchStage {
         self.last_reconcile_ns = self.started_ns;
         self.sink.ready(&self.hooks).map_err(out_err)?;
         self.merge_snapshot(kernel)?;
+        if self.mode != WatchMode::Serve {
+            self.proxies.set_published(kernel.published());
+        }
         if let (Some(nat), Some(inputs)) = (self.nat.as_mut(), kernel.nat()) {
             nat.learn_names(inputs);
         }
@@ -437,6 +450,9 @@ impl Stage for WatchStage {
         self.ticks += 1;
         if self.ticks.is_multiple_of(10) {
             self.every_second(kernel)?;
+            if self.mode != WatchMode::Serve {
+                self.proxies.set_published(kernel.published());
+            }
         }
         if self.ticks.is_multiple_of(100) {
             self.every_ten_seconds(kernel);

@@ -465,6 +465,24 @@ impl StoryBook {
         self.stories.len()
     }
 
+    /// A proxy's two sockets, joined: a step in each story.
+    pub fn proxied(&mut self, p: &super::proxy::Proxied) {
+        let front = self.open.get(&p.front_sock).copied();
+        let back = self.open.get(&p.back_sock).copied();
+        for (id, is_front, other) in [(front, true, back), (back, false, front)] {
+            let Some(id) = id else { continue };
+            let detail = StepDetail::Proxy {
+                front: is_front,
+                client: p.client,
+                published: p.front,
+                target: p.target,
+                container: p.container.clone(),
+                other,
+            };
+            self.stories[id].step(p.ts_ns, StepKind::Proxy, detail);
+        }
+    }
+
     /// One line per process.
     pub fn programs(&self) -> Vec<ProgramSummary> {
         let mut by_pid: BTreeMap<u32, ProgramSummary> = BTreeMap::new();

@@ -43,6 +43,8 @@ pub enum StepKind {
     Reset,
     /// A packet of this socket the kernel dropped.
     Drop,
+    /// A userland proxy's two sockets joined: this one carries the other's client on.
+    Proxy,
 }
 
 impl StepKind {
@@ -76,6 +78,7 @@ impl StepKind {
             Retransmit => "retransmit",
             Reset => "reset",
             Drop => "drop",
+            Proxy => "proxy",
         }
     }
 }
@@ -198,6 +201,16 @@ pub enum StepDetail {
     /// A packet dropped, with the kernel's reason.
     Drop {
         reason: String,
+    },
+    /// A proxy's accepted socket (`front`: true) or its second connection, joined: the client,
+    /// the published port, the target and its container, and the other socket's story.
+    Proxy {
+        front: bool,
+        client: Endpoint,
+        published: Endpoint,
+        target: Endpoint,
+        container: String,
+        other: Option<usize>,
     },
     /// Bytes each way over the socket's life; UDP's with its peers.
     Data {
