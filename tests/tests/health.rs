@@ -538,7 +538,7 @@ fn a_full_accept_queue_refuses_connections_charged_to_its_listener() {
         "the connect histogram"
     );
     assert!(
-        text.contains("tracer_listen_queue_length{comm=\"python3\",port=\"8082\",proto=\"tcp\"} 2")
+        text.contains("tracer_listen_queue_length{comm=\"python3\",container=\"host\",port=\"8082\",proto=\"tcp\"} 2")
     );
     assert!(promtool_problems(&text).is_empty());
 }
