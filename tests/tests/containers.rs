@@ -260,6 +260,8 @@ fn a_container_is_named_in_watch_ports_and_the_filter() {
     // From the host itself, 127.0.0.1:HOSTPORT goes through Docker's userland proxy: its
     // two sockets are one proxied connection, in the event stream and by remote endpoint.
     let groups = Tracer::watch(&["--proto", "tcp", "--group-by", "remote"]);
+    // It learns the published ports once a second.
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(curl(&format!("http://127.0.0.1:{host_port}/")).contains("hello from a container"));
     all.wait_for("the proxied connection", T, |evs| {
         evs.iter()

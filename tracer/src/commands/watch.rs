@@ -144,7 +144,11 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
     };
     let result = match writer {
         Some(writer) => {
-            let mut recording = Recording { stage, writer };
+            let mut recording = Recording {
+                stage,
+                writer,
+                last_published: None,
+            };
             pipeline::run(&mut inputs, cadence, &mut recording).await
         }
         None => pipeline::run(&mut inputs, cadence, &mut { stage }).await,

@@ -69,15 +69,12 @@ impl ContainerResolver {
         }
     }
 
-    /// The ports Docker publishes now, one per (container, binding). The first call waits
-    /// (at most 2 s) for Docker's list of the running containers.
+    /// The ports Docker publishes now, one per (container, binding), as far as its names
+    /// thread knows them (never waited for: the stage asks again each second).
     pub fn published(&self) -> Vec<crate::model::mapping::Published> {
         self.docker
             .as_ref()
-            .map(|d| {
-                d.wait_listed(Duration::from_secs(2));
-                published_ports(&d.all())
-            })
+            .map(|d| published_ports(&d.all()))
             .unwrap_or_default()
     }
 

@@ -93,6 +93,14 @@ impl State {
         }
     }
 
+    /// A container removed: its names go (not counted as evicted: it is gone).
+    fn forget(&mut self, id: &str) {
+        if self.names.remove(id).is_some() {
+            self.order.retain(|o| o != id);
+        }
+        self.waited.remove(id);
+    }
+
     fn unknown(&self, id: &str) -> bool {
         self.unknown
             .get(id)
@@ -298,10 +306,12 @@ impl DockerNames {
         }
     }
 
-    /// Containers created, started or renamed while tracer runs: named before their first
-    /// socket call, as a rule.
+    /// Containers created, started, renamed, stopped or removed while tracer runs: named
+    /// before their first socket call, as a rule; a stopped one's ports and addresses are
+    /// read again (Docker clears them), a removed one is forgotten.
     async fn follow_events(self, socket: PathBuf) {
-        let path = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22create%22%2C%22start%22%2C%22rename%22%5D%7D";
+        // {"type":["container"],"event":["create","start","rename","die","destroy"]}
+        let path = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22create%22%2C%22start%22%2C%22rename%22%2C%22die%22%2C%22destroy%22%5D%7D";
         loop {
             if let Err(e) = self.events_once(&socket, path).await {
                 tracing::debug!("Docker events: {e}");
@@ -334,8 +344,14 @@ impl DockerNames {
                     .and_then(|e| e.get("id").or_else(|| e.get("Actor")?.get("ID")))
                     .and_then(Value::as_str)
                     .map(str::to_owned);
-                if let Some(id) = id {
-                    self.inspect(socket, &id).await;
+                let action = event
+                    .as_ref()
+                    .and_then(|e| e.get("Action").or_else(|| e.get("status")))
+                    .and_then(Value::as_str);
+                match (id, action) {
+                    (Some(id), Some("destroy")) => self.update(|s| s.forget(&id)),
+                    (Some(id), _) => self.inspect(socket, &id).await,
+                    _ => {}
                 }
             }
         }

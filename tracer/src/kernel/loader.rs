@@ -84,6 +84,10 @@ impl SockProbes {
             tp_args: tracepoint_args(&btf),
             ..opts.filter
         });
+        // Everything wanted from the kernel's BTF is read: let this parse go before aya makes
+        // its own, so the two never sit in memory at once (the agent's peak RSS).
+        drop(drop_reasons);
+        drop(btf);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)

@@ -32,13 +32,15 @@ pub struct Evicted {
     pub latency: u64,
     /// Sockets removed a moment ago, kept to charge a late reset or drop to their owner.
     pub closed_sockets: u64,
-    /// Cgroups whose container was looked up, forgotten past their cap.
+    /// Cgroups whose container was looked up, and Docker's names, forgotten past their caps.
     pub containers: u64,
+    /// A userland proxy's accepts waiting for their second connection, forgotten.
+    pub proxies: u64,
 }
 
 impl Evicted {
     /// (table, count) for every table, in a fixed order.
-    pub fn tables(&self) -> [(&'static str, u64); 13] {
+    pub fn tables(&self) -> [(&'static str, u64); 14] {
         [
             ("sockets", self.sockets),
             ("ephemeral", self.ephemeral),
@@ -53,6 +55,7 @@ impl Evicted {
             ("latency", self.latency),
             ("closed_sockets", self.closed_sockets),
             ("containers", self.containers),
+            ("proxies", self.proxies),
         ]
     }
 
@@ -87,6 +90,7 @@ impl Evicted {
             (&mut self.latency, other.latency),
             (&mut self.closed_sockets, other.closed_sockets),
             (&mut self.containers, other.containers),
+            (&mut self.proxies, other.proxies),
         ];
         for (mine, theirs) in fields {
             *mine = (*mine).max(theirs);

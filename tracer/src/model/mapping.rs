@@ -274,6 +274,14 @@ pub struct Published {
     pub netns: Option<u32>,
 }
 
+/// The ports a runtime publishes, and the host's network namespace (where its proxy
+/// listens), as a stage asks for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PublishedPorts {
+    pub host_netns: Option<u32>,
+    pub ports: Vec<Published>,
+}
+
 /// Who listens on `port` (`proto`): in `netns` when known, else at `addr` exactly, else on a
 /// wildcard address in the one namespace (not the host's) that has such a listener.
 fn listener<'a>(
@@ -342,10 +350,13 @@ pub fn join(
         else {
             continue;
         };
+        // A rule of the binding's own family (an IPv4 DNAT rule carries no IPv6 client; a
+        // `[::]` binding to an IPv4-only container has its proxy alone).
         let rule = rules.iter().enumerate().find(|(_, r)| {
             r.dport == Some(p.host_port)
                 && r.proto.as_deref().is_none_or(|x| x == p.proto)
                 && r.to_addr == target
+                && r.to_addr.is_ipv6() == v6
                 && r.to_port.unwrap_or(p.host_port) == p.container_port
         });
         if let Some((i, _)) = rule {
@@ -356,7 +367,7 @@ pub fn join(
                 && r.lport == p.host_port
                 && r.proto.name() == p.proto
                 && Some(r.netns) == host
-                && (r.laddr.is_ipv6() == v6 || r.laddr.is_unspecified())
+                && r.laddr.is_ipv6() == v6
         });
         let m = Mapping {
             proto: p.proto.clone(),

@@ -38,6 +38,15 @@ impl Proto {
         }
     }
 
+    /// From its name (`tcp`, `udp`), as runtimes and rules write it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+
     /// From a socket call: the protocol number, or the socket type when the caller passed 0
     /// (SOCK_STREAM is TCP, SOCK_DGRAM is UDP).
     pub fn of_socket(protocol: u8, sock_type: u8) -> Self {

@@ -288,6 +288,13 @@ impl<W: Write, E: Write> Sink for HumanSink<W, E> {
             "tracer: {} events in {:.1}s, {} lost",
             s.events, s.seconds, s.lost
         )?;
+        if s.proxies_ambiguous > 0 {
+            writeln!(
+                self.status,
+                "tracer: {} proxied connections not joined to their client (several clients waited on the proxy at once)",
+                s.proxies_ambiguous
+            )?;
+        }
         if s.health_skipped > 0 {
             writeln!(
                 self.status,

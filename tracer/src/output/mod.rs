@@ -46,6 +46,10 @@ pub struct Summary {
     /// themselves): not socket events lost, but health events perhaps missed.
     #[serde(skip_serializing_if = "is_zero")]
     pub health_skipped: u64,
+    /// A userland proxy's second connections not joined to their client: several clients
+    /// waited on that proxy at once.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub proxies_ambiguous: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -182,7 +182,7 @@ pub fn draw(frame: &mut Frame, state: &ViewState, screen: &Screen) {
         Tab::Remotes => draw_remotes(frame, body, &rows, state.scroll),
         Tab::Containers => draw_containers(frame, body, &rows, state.scroll),
     }
-    draw_footer(frame, footer, screen);
+    draw_footer(frame, footer, screen, &filter_text(state));
 }
 
 fn bold() -> Style {
@@ -202,7 +202,7 @@ fn draw_header(frame: &mut Frame, area: Rect, sockets: usize, processes: usize) 
     );
 }
 
-/// The tab bar, then the sort order and the filter (being typed, or applied).
+/// The tab bar, then the sort order.
 fn draw_tabs(frame: &mut Frame, area: Rect, state: &ViewState) {
     let titles: Vec<Line> = Tab::ALL.iter().map(|t| Line::from(t.title())).collect();
     let selected = Tab::ALL.iter().position(|t| *t == state.tab).unwrap_or(0);
@@ -211,13 +211,6 @@ fn draw_tabs(frame: &mut Frame, area: Rect, state: &ViewState) {
         state.sort.name(),
         if state.reverse { " ↓" } else { " ↑" }
     );
-    let filter = match &state.editing {
-        Some(text) => format!("  filter: {}▏", crate::text::escape(text)),
-        None if !state.filter.text.is_empty() => {
-            format!("  filter: {}", crate::text::escape(&state.filter.text))
-        }
-        None => String::new(),
-    };
     let [tab_area, info_area] =
         Layout::horizontal([Constraint::Length(52), Constraint::Min(10)]).areas(area);
     frame.render_widget(
@@ -226,7 +219,19 @@ fn draw_tabs(frame: &mut Frame, area: Rect, state: &ViewState) {
             .highlight_style(bold().add_modifier(Modifier::REVERSED)),
         tab_area,
     );
-    frame.render_widget(Paragraph::new(format!("{sort}{filter}")), info_area);
+    frame.render_widget(Paragraph::new(sort), info_area);
+}
+
+/// The filter being typed, or applied (shown on the last line: the tab line has no room for
+/// it beside four tabs).
+fn filter_text(state: &ViewState) -> String {
+    match &state.editing {
+        Some(text) => format!("  filter: {}▏", crate::text::escape(text)),
+        None if !state.filter.text.is_empty() => {
+            format!("  filter: {}", crate::text::escape(&state.filter.text))
+        }
+        None => String::new(),
+    }
 }
 
 /// Tab 1: a line per process.
@@ -405,7 +410,7 @@ fn draw_remotes(frame: &mut Frame, area: Rect, rows: &[PortRow], scroll: usize) 
 
 /// The footer: the ephemeral range and the class legend, the busiest usage lines (reversed
 /// at the warning level), and the event counts.
-fn draw_footer(frame: &mut Frame, area: Rect, screen: &Screen) {
+fn draw_footer(frame: &mut Frame, area: Rect, screen: &Screen, filter: &str) {
     let mut foot: Vec<Line> = Vec::new();
     let mut ranges: Vec<String> = screen
         .ranges
@@ -445,7 +450,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, screen: &Screen) {
         foot.push(Line::styled(text, style));
     }
     foot.push(Line::from(format!(
-        "events {}  lost {}",
+        "events {}  lost {}{filter}",
         screen.events, screen.lost
     )));
     frame.render_widget(Paragraph::new(foot), area);

@@ -62,8 +62,8 @@ pub trait KernelInputs {
     }
     /// The ports the container runtime publishes now (Docker's), for joining a userland
     /// proxy's two sockets into one connection.
-    fn published(&mut self) -> Vec<crate::model::mapping::Published> {
-        Vec::new()
+    fn published(&mut self) -> crate::model::mapping::PublishedPorts {
+        Default::default()
     }
     /// The NAT side, when the run watches NAT.
     fn nat(&mut self) -> Option<&mut dyn NatInputs>;
@@ -194,11 +194,15 @@ impl KernelInputs for LiveKernel {
             .resolve(cgroup, pid)
     }
 
-    fn published(&mut self) -> Vec<crate::model::mapping::Published> {
-        self.containers
-            .as_ref()
-            .map(ContainerResolver::published)
-            .unwrap_or_default()
+    fn published(&mut self) -> crate::model::mapping::PublishedPorts {
+        crate::model::mapping::PublishedPorts {
+            host_netns: crate::kernel::netns::own_inode().ok(),
+            ports: self
+                .containers
+                .as_ref()
+                .map(ContainerResolver::published)
+                .unwrap_or_default(),
+        }
     }
 
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {

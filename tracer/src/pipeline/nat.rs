@@ -374,6 +374,7 @@ impl Stage for NatOnlyStage {
             sockets_tracked: 0,
             evicted,
             health_skipped: 0,
+            proxies_ambiguous: 0,
         };
         self.sink.summary(&summary).map_err(out_err)
     }

@@ -19,12 +19,15 @@ use crate::{
 pub struct Recording<G> {
     pub stage: G,
     pub writer: CaptureWriter,
+    /// The published ports last written (written again only when they change).
+    pub last_published: Option<crate::model::mapping::PublishedPorts>,
 }
 
 /// The kernel inputs as the recorded stage sees them: every answer is written down.
 struct Recorder<'a> {
     inner: &'a mut dyn KernelInputs,
     writer: &'a mut CaptureWriter,
+    last_published: &'a mut Option<crate::model::mapping::PublishedPorts>,
 }
 
 impl Recorder<'_> {
@@ -84,8 +87,12 @@ impl KernelInputs for Recorder<'_> {
         let v = self.inner.container(cgroup, pid);
         self.note(v, |v| Answer::Container(cgroup, v.clone()))
     }
-    fn published(&mut self) -> Vec<crate::model::mapping::Published> {
+    fn published(&mut self) -> crate::model::mapping::PublishedPorts {
         let v = self.inner.published();
+        if self.last_published.as_ref() == Some(&v) {
+            return v;
+        }
+        *self.last_published = Some(v.clone());
         self.note(v, |v| Answer::Published(v.clone()))
     }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
@@ -151,6 +158,7 @@ impl<G: Stage> Recording<G> {
         let mut recorder = Recorder {
             inner: kernel,
             writer: &mut self.writer,
+            last_published: &mut self.last_published,
         };
         let result = call(&mut self.stage, &mut recorder);
         self.writer.check()?;
@@ -210,6 +218,8 @@ impl<G: Stage> Stage for Recording<G> {
 #[derive(Default)]
 struct Replayer {
     queue: std::collections::VecDeque<Answer>,
+    /// The published ports as last recorded (recorded only when they changed).
+    last_published: crate::model::mapping::PublishedPorts,
     /// The capture watched NAT, and learnt bindings from conntrack (no eBPF).
     nat: bool,
     nat_fallback: bool,
@@ -330,12 +340,14 @@ impl KernelInputs for Replayer {
         })
         .flatten()
     }
-    fn published(&mut self) -> Vec<crate::model::mapping::Published> {
-        self.take(|a| match a {
+    fn published(&mut self) -> crate::model::mapping::PublishedPorts {
+        if let Some(v) = self.take(|a| match a {
             Answer::Published(v) => Some(v.clone()),
             _ => None,
-        })
-        .unwrap_or_default()
+        }) {
+            self.last_published = v;
+        }
+        self.last_published.clone()
     }
     fn nat(&mut self) -> Option<&mut dyn NatInputs> {
         if self.nat {

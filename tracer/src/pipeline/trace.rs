@@ -159,8 +159,11 @@ impl<W: Write> Stage for TraceStage<W> {
                 });
             }
             self.book.observe(&raw, &event);
-            if let Some(p) = self.proxies.observe(raw.sk, &event) {
-                self.book.proxied(&p);
+            if self.proxies.active() {
+                let call = crate::model::proxy::Call::of(&raw, &attribution, true);
+                if let Some(p) = call.and_then(|c| self.proxies.observe(c)) {
+                    self.book.proxied(&p);
+                }
             }
         }
         let now = kernel.now_ns();
@@ -189,7 +192,9 @@ impl<W: Write> Stage for TraceStage<W> {
             .is_none_or(|t| now.saturating_sub(t) >= 1_000_000_000)
         {
             self.published_ns = Some(now);
-            self.proxies.set_published(kernel.published());
+            let published = kernel.published();
+            self.proxies
+                .set_published(published.ports, published.host_netns);
         }
         self.print_finished(now)?;
         if self.stop_at_ns.is_some_and(|t| now >= t) {

@@ -158,33 +158,41 @@ impl WatchStage {
                     scrape.count_latency(&attribution.latency, &raw);
                 }
             }
-            if self.mode == WatchMode::Serve || !allowed {
-                continue;
-            }
-            let pid = attribution.owner.map(|o| o.pid);
-            let range = kernel.port_range(raw.netns, pid);
-            // `tcp_tw_reuse` is read with the range: looked up here only when the range is new
-            // (the per-second refresh follows a change of its own).
-            if range.is_some_and(|r| self.table.usage_mut().set_range(raw.netns, r)) {
-                if let Some(v) = kernel.tw_reuse(raw.netns) {
-                    self.table.usage_mut().set_tw_reuse(raw.netns, v);
+            // Before any filter: a proxy's two halves are linked even when only one is shown.
+            let proxied = if self.mode != WatchMode::Serve && self.proxies.active() {
+                crate::model::proxy::Call::of(&raw, &attribution, allowed)
+                    .and_then(|c| self.proxies.observe(c))
+            } else {
+                None
+            };
+            'show: {
+                if self.mode == WatchMode::Serve || !allowed {
+                    break 'show;
+                }
+                let pid = attribution.owner.map(|o| o.pid);
+                let range = kernel.port_range(raw.netns, pid);
+                // `tcp_tw_reuse` is read with the range: looked up here only when the range is new
+                // (the per-second refresh follows a change of its own).
+                if range.is_some_and(|r| self.table.usage_mut().set_range(raw.netns, r)) {
+                    if let Some(v) = kernel.tw_reuse(raw.netns) {
+                        self.table.usage_mut().set_tw_reuse(raw.netns, v);
+                    }
+                }
+                let mut event = Event::new(&raw, &attribution, range, &self.clock);
+                if let Some(owner) = attribution.owner {
+                    event.container = self.containers.of(owner.cgroup, raw.ts_ns, || {
+                        kernel.container(owner.cgroup, Some(owner.pid))
+                    });
+                }
+                if !self.filter.allows_container(event.container.as_deref()) {
+                    break 'show;
+                }
+                match self.groups.as_mut() {
+                    Some(groups) => groups.observe(raw.sk, &event),
+                    None => self.sink.event(&event).map_err(out_err)?,
                 }
             }
-            let mut event = Event::new(&raw, &attribution, range, &self.clock);
-            if let Some(owner) = attribution.owner {
-                event.container = self.containers.of(owner.cgroup, raw.ts_ns, || {
-                    kernel.container(owner.cgroup, Some(owner.pid))
-                });
-            }
-            if !self.filter.allows_container(event.container.as_deref()) {
-                continue;
-            }
-            let proxied = self.proxies.observe(raw.sk, &event);
-            match self.groups.as_mut() {
-                Some(groups) => groups.observe(raw.sk, &event),
-                None => self.sink.event(&event).map_err(out_err)?,
-            }
-            if let Some(p) = proxied {
+            if let Some(p) = proxied.filter(|p| p.shown) {
                 match self.groups.as_mut() {
                     Some(groups) => groups.proxied(p.back_sock, p.client),
                     None => self.sink.proxied(&p).map_err(out_err)?,
@@ -247,6 +255,7 @@ impl WatchStage {
         evicted.closed_sockets = self.table.departed_evicted();
         // Docker's names the kernel side forgot, and the cgroups this stage forgot.
         evicted.containers += self.containers.evicted();
+        evicted.proxies = self.proxies.evicted;
         evicted.ephemeral = self.table.usage_evicted();
         evicted.remote_log = self.groups.as_ref().map_or(0, |g| g.untracked);
         if let Some(nat) = &self.nat {
@@ -397,7 +406,9 @@ impl Stage for WatchStage {
         self.sink.ready(&self.hooks).map_err(out_err)?;
         self.merge_snapshot(kernel)?;
         if self.mode != WatchMode::Serve {
-            self.proxies.set_published(kernel.published());
+            let published = kernel.published();
+            self.proxies
+                .set_published(published.ports, published.host_netns);
         }
         if let (Some(nat), Some(inputs)) = (self.nat.as_mut(), kernel.nat()) {
             nat.learn_names(inputs);
@@ -451,7 +462,9 @@ impl Stage for WatchStage {
         if self.ticks.is_multiple_of(10) {
             self.every_second(kernel)?;
             if self.mode != WatchMode::Serve {
-                self.proxies.set_published(kernel.published());
+                let published = kernel.published();
+                self.proxies
+                    .set_published(published.ports, published.host_netns);
             }
         }
         if self.ticks.is_multiple_of(100) {
@@ -470,6 +483,7 @@ impl Stage for WatchStage {
         let mut summary = self.summary;
         summary.lost = kernel.lost();
         summary.health_skipped = kernel.health_skipped();
+        summary.proxies_ambiguous = self.proxies.ambiguous;
         super::report_loss(self.sink.as_mut(), summary.lost, &mut self.lost_seen)?;
         summary.undecodable = undecodable;
         summary.seconds = kernel.now_ns().saturating_sub(self.started_ns) as f64 / 1e9;

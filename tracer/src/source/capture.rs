@@ -89,8 +89,8 @@ pub enum Answer {
     Listeners(Vec<u32>, Vec<crate::model::snapshot::SnapSocket>),
     /// The container of a cgroup (the question's cgroup with it).
     Container(u64, Option<crate::model::container::Container>),
-    /// The ports the container runtime publishes.
-    Published(Vec<crate::model::mapping::Published>),
+    /// The ports the container runtime publishes (written when they change).
+    Published(crate::model::mapping::PublishedPorts),
 }
 
 /// One step of a run.
