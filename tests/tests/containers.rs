@@ -615,8 +615,23 @@ fn serve_labels_listeners_and_failed_connects_by_container() {
             .stderr(Stdio::null())
             .status();
     }
+    // A connection held from inside the container: its kernel-chosen port is the container's.
+    let _ = Command::new("docker")
+        .args([
+            "exec",
+            "-d",
+            &web.id,
+            "sh",
+            "-c",
+            "sleep 60 | nc 127.0.0.1 80",
+        ])
+        .status();
     let listen = format!(
         "tracer_listen_port_info{{comm=\"httpd\",container=\"{}\",port=\"80\",proto=\"tcp\"}} 1",
+        web.name
+    );
+    let ephemeral = format!(
+        "tracer_container_ephemeral_ports_in_use{{container=\"{}\",proto=\"tcp\"}} 1",
         web.name
     );
     let refused = format!(
@@ -626,13 +641,13 @@ fn serve_labels_listeners_and_failed_connects_by_container() {
     let deadline = Instant::now() + T;
     loop {
         let text = scrape();
-        if text.contains(&listen) && text.contains(&refused) {
+        if text.contains(&listen) && text.contains(&refused) && text.contains(&ephemeral) {
             assert_eq!(promtool_problems(&text), "", "promtool check metrics");
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no {listen} and {refused} in:\n{}",
+            "no {listen}, {refused} and {ephemeral} in:\n{}",
             text.lines()
                 .filter(|l| l.contains("container"))
                 .collect::<Vec<_>>()

@@ -541,6 +541,7 @@ fn deploy_files_are_valid() {
         "tracer_listen_backlog",
         "tracer_listen_overflows_total",
         "tracer_container_connect_errors_total",
+        "tracer_container_ephemeral_ports_in_use",
     ];
     let mut queries = 0;
     for panel in dash["panels"].as_array().unwrap() {

@@ -62,6 +62,9 @@ pub const MAX_CONTAINER_SERIES: usize = 32;
 /// Counters by container, counted by the agent from what its table attributes.
 struct ContainerSeries {
     connect_errors: IntCounterVec,
+    /// Ephemeral ports held now, by the holder's container (top [`MAX_CONTAINER_SERIES`],
+    /// the rest `other`).
+    ephemeral: IntGaugeVec,
     /// The container labels given series so far (at most [`MAX_CONTAINER_SERIES`]).
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -74,6 +77,12 @@ impl ContainerSeries {
                 "tracer_container_connect_errors_total",
                 "TCP connects that failed (refused, reset, timed out, no port), by the container of the process that made them (`host` for none; the first 32 containers get their own series, the rest count as \"other\") and errno.",
                 &["container", "errno"],
+            ),
+            ephemeral: gauge_vec(
+                r,
+                "tracer_container_ephemeral_ports_in_use",
+                "Ports the kernel chose from the ephemeral range that sockets hold now, by the container of the process holding them (`host` for none; the 32 containers holding most get their own series, the rest count as \"other\").",
+                &["container", "proto"],
             ),
             seen: std::sync::Mutex::default(),
         }
@@ -493,6 +502,7 @@ impl Metrics {
             }
             *ports.entry((s.lport, proto, comm, container)).or_default() += 1;
         }
+        self.update_container_ephemeral(table, container_of);
         for (i, ((port, proto, comm, container), (queue, backlog))) in
             queues.into_iter().enumerate()
         {
@@ -530,6 +540,36 @@ impl Metrics {
             }
         }
         self.update_ephemeral(table);
+    }
+
+    /// Ephemeral ports held, by container: the holders with most get series of their own.
+    fn update_container_ephemeral(
+        &self,
+        table: &SocketTable,
+        container_of: &dyn Fn(u64) -> String,
+    ) {
+        let mut held: std::collections::HashMap<(String, &'static str), i64> =
+            std::collections::HashMap::new();
+        for s in table.sockets().filter(|s| s.holds_ephemeral()) {
+            let container = s.owner().map_or_else(
+                || "-".into(),
+                |o| crate::text::escape(&container_of(o.cgroup)).into_owned(),
+            );
+            let proto = crate::model::event::proto_name(s.protocol);
+            *held.entry((container, proto)).or_default() += 1;
+        }
+        let mut held: Vec<((String, &'static str), i64)> = held.into_iter().collect();
+        held.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let gauge = &self.containers.ephemeral;
+        gauge.reset();
+        for (i, ((container, proto), n)) in held.into_iter().enumerate() {
+            let label = if i < MAX_CONTAINER_SERIES {
+                container.as_str()
+            } else {
+                "other"
+            };
+            gauge.with_label_values(&[label, proto]).add(n);
+        }
     }
 
     /// Counts the connections listeners refused while full.
@@ -638,6 +678,13 @@ mod tests {
         assert!(text.contains(
             "tracer_listen_port_info{comm=\"other\",container=\"other\",port=\"other\",proto=\"tcp\"} 1"
         ));
+        // The three tabs' kernel-chosen ports, held by a process on the host.
+        assert!(
+            text.contains(
+                "tracer_container_ephemeral_ports_in_use{container=\"host\",proto=\"tcp\"} 3"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("tracer_listening_sockets{port_class=\"registered\",proto=\"tcp\"} 1")
         );

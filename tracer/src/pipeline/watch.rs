@@ -227,14 +227,19 @@ impl WatchStage {
         Ok(())
     }
 
-    /// The containers of the listeners' owners, for the metrics' `container` label.
+    /// The containers of the listeners' owners and of the ephemeral ports' holders, for the
+    /// metrics' `container` label.
     fn listener_containers(
         &mut self,
         kernel: &mut dyn KernelInputs,
     ) -> foldhash::HashMap<u64, String> {
         let now = kernel.now_ns();
         let mut labels = foldhash::HashMap::default();
-        for s in self.table.sockets().filter(|s| s.is_listening()) {
+        for s in self
+            .table
+            .sockets()
+            .filter(|s| s.is_listening() || s.holds_ephemeral())
+        {
             let Some(owner) = s.owner() else { continue };
             if labels.contains_key(&owner.cgroup) {
                 continue;

@@ -211,6 +211,11 @@ impl TrackedSocket {
         self.listening_on.is_some()
     }
 
+    /// It holds a port the kernel chose from the ephemeral range now (counted in the usage).
+    pub fn holds_ephemeral(&self) -> bool {
+        self.counted.is_some() && self.kernel_chose_port
+    }
+
     fn hold(&mut self, owner: Owner) {
         self.owners.retain(|o| o.pid != owner.pid);
         self.owners.insert(0, owner);
