@@ -37,6 +37,9 @@ fn docker(args: &[&str]) -> String {
 /// with its bridge and iptables chains, on drop).
 struct Daemon {
     started: Option<Child>,
+    /// What dockerd changes on the host, as it was: the FORWARD policy and ip_forward.
+    forward_policy: String,
+    ip_forward: String,
 }
 
 fn answering() -> bool {
@@ -51,8 +54,23 @@ fn answering() -> bool {
 impl Daemon {
     fn up() -> Daemon {
         if answering() {
-            return Daemon { started: None };
+            return Daemon {
+                started: None,
+                forward_policy: String::new(),
+                ip_forward: String::new(),
+            };
         }
+        let shell = |cmd: &str| {
+            let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        // `-P FORWARD ACCEPT` → ACCEPT.
+        let forward_policy = shell("iptables -S FORWARD 2>/dev/null | head -1")
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let ip_forward = shell("sysctl -n net.ipv4.ip_forward");
         // Its log (and containerd's, which ignores --log-level) in a file, not the test's
         // output: shown only when the daemon does not come up.
         let log = std::env::temp_dir().join(format!("tracer-dockerd-{}.log", std::process::id()));
@@ -64,6 +82,8 @@ impl Daemon {
             .expect("start dockerd");
         let daemon = Daemon {
             started: Some(child),
+            forward_policy,
+            ip_forward,
         };
         let deadline = Instant::now() + T;
         while !answering() {
@@ -128,14 +148,29 @@ impl Drop for Daemon {
             .status();
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.wait();
-        // What dockerd leaves behind: its bridge and its iptables chains.
+        // What dockerd leaves behind: its bridge, its iptables chains (piped, no file in the
+        // shared /tmp), the FORWARD policy it set to DROP and ip_forward it turned on.
         let _ = Command::new("ip").args(["link", "del", "docker0"]).status();
         let _ = Command::new("sh")
             .args([
                 "-c",
-                "for t in nat filter; do iptables-save -t $t | grep -v -e 'DOCKER' > /tmp/tracer-ipt.$$ && iptables-restore -T $t < /tmp/tracer-ipt.$$; rm -f /tmp/tracer-ipt.$$; done",
+                "for t in nat filter; do iptables-save -t $t | grep -v -e 'DOCKER' -e 'docker0' | iptables-restore -T $t; done",
             ])
             .status();
+        if matches!(self.forward_policy.as_str(), "ACCEPT" | "DROP") {
+            let _ = Command::new("iptables")
+                .args(["-P", "FORWARD", &self.forward_policy])
+                .status();
+        }
+        if matches!(self.ip_forward.as_str(), "0" | "1") {
+            let _ = Command::new("sysctl")
+                .args([
+                    "-q",
+                    "-w",
+                    &format!("net.ipv4.ip_forward={}", self.ip_forward),
+                ])
+                .status();
+        }
     }
 }
 
