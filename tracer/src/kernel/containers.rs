@@ -120,7 +120,8 @@ impl ContainerResolver {
         Some(container)
     }
 
-    /// The path of cgroup `id`, walking the hierarchy if the last walk is a second old.
+    /// The path of cgroup `id`, walking the hierarchy again if the last walk is older than
+    /// [`WALK_EVERY`].
     fn walk_for(&mut self, unified: &Path, id: u64) -> Option<String> {
         if let Some(path) = self.walked.get(&id) {
             return Some(path.clone());
