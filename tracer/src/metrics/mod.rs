@@ -548,15 +548,23 @@ impl Metrics {
         table: &SocketTable,
         container_of: &dyn Fn(u64) -> String,
     ) {
+        // Counted by cgroup first (no text per socket: this runs on the draining thread every
+        // second, over every socket), then labelled once per cgroup.
+        let mut by_cgroup: foldhash::HashMap<(Option<u64>, u8), i64> = Default::default();
+        for s in table.sockets().filter(|s| s.holds_ephemeral()) {
+            *by_cgroup
+                .entry((s.owner().map(|o| o.cgroup), s.protocol))
+                .or_default() += 1;
+        }
         let mut held: std::collections::HashMap<(String, &'static str), i64> =
             std::collections::HashMap::new();
-        for s in table.sockets().filter(|s| s.holds_ephemeral()) {
-            let container = s.owner().map_or_else(
+        for ((cgroup, protocol), n) in by_cgroup {
+            let container = cgroup.map_or_else(
                 || "-".into(),
-                |o| crate::text::escape(&container_of(o.cgroup)).into_owned(),
+                |c| crate::text::escape(&container_of(c)).into_owned(),
             );
-            let proto = crate::model::event::proto_name(s.protocol);
-            *held.entry((container, proto)).or_default() += 1;
+            let proto = crate::model::event::proto_name(protocol);
+            *held.entry((container, proto)).or_default() += n;
         }
         let mut held: Vec<((String, &'static str), i64)> = held.into_iter().collect();
         held.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
