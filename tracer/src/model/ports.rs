@@ -329,6 +329,29 @@ pub struct ContainerLine {
     pub ephemeral: usize,
 }
 
+/// One row into a line's counts: a listener's `proto/port` (once), or a connection (and
+/// whether the kernel chose its port). True for a connection.
+fn tally(
+    row: &PortRow,
+    listening: &mut Vec<String>,
+    connections: &mut usize,
+    ephemeral: &mut usize,
+) -> bool {
+    if row.listening {
+        let port = format!("{}/{}", row.proto, row.lport);
+        if !listening.contains(&port) {
+            listening.push(port);
+        }
+        false
+    } else if row.rport != 0 {
+        *connections += 1;
+        *ephemeral += usize::from(row.ephemeral);
+        true
+    } else {
+        false
+    }
+}
+
 /// A line per container (by each row's first owner), busiest first.
 pub fn by_container(rows: &[PortRow]) -> Vec<ContainerLine> {
     let mut lines: BTreeMap<String, (ContainerLine, Vec<u32>)> = BTreeMap::new();
@@ -354,15 +377,12 @@ pub fn by_container(rows: &[PortRow]) -> Vec<ContainerLine> {
                 pids.push(o.pid);
             }
         }
-        if row.listening {
-            let port = format!("{}/{}", row.proto, row.lport);
-            if !line.listening.contains(&port) {
-                line.listening.push(port);
-            }
-        } else if row.rport != 0 {
-            line.connections += 1;
-            line.ephemeral += usize::from(row.ephemeral);
-        }
+        tally(
+            row,
+            &mut line.listening,
+            &mut line.connections,
+            &mut line.ephemeral,
+        );
     }
     let mut out: Vec<ContainerLine> = lines
         .into_values()
@@ -404,17 +424,14 @@ pub fn by_process(rows: &[PortRow]) -> Vec<ProcessLine> {
                     Vec::new(),
                 )
             });
-            if row.listening {
-                let port = format!("{}/{}", row.proto, row.lport);
-                if !line.listening.contains(&port) {
-                    line.listening.push(port);
-                }
-            } else if row.rport != 0 {
-                line.connections += 1;
-                line.ephemeral += usize::from(row.ephemeral);
-                if !remotes.contains(&(row.raddr, row.rport)) {
-                    remotes.push((row.raddr, row.rport));
-                }
+            let connected = tally(
+                row,
+                &mut line.listening,
+                &mut line.connections,
+                &mut line.ephemeral,
+            );
+            if connected && !remotes.contains(&(row.raddr, row.rport)) {
+                remotes.push((row.raddr, row.rport));
             }
         }
     }
