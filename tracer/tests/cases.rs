@@ -285,8 +285,8 @@ fn serve_fills_the_registry() {
         fn stats(&self) -> Vec<u64> {
             vec![0; tracer_common::stats::COUNT as usize]
         }
-        fn lost(&self) -> u64 {
-            0
+        fn lost(&self) -> tracer::model::evicted::LostReasons {
+            Default::default()
         }
     }
     let scrape = Arc::new(Scrape::new(Metrics::new(16, "test"), Box::new(Readings)));

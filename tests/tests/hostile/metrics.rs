@@ -40,7 +40,7 @@ fn scrape_once(addr: &str) -> Result<Duration, String> {
     s.read_to_string(&mut answer)
         .map_err(|e| format!("read: {e}"))?;
     let took = started.elapsed();
-    if !answer.starts_with("HTTP/1.0 200") || !answer.contains("\ntracer_events_lost_total ") {
+    if !answer.starts_with("HTTP/1.0 200") || !answer.contains("\ntracer_events_lost_total{") {
         return Err(format!("answer: {:.200}", answer));
     }
     if took > budget {
@@ -292,7 +292,21 @@ fn held_connections_keep_no_scraper_out() {
         "cap {cap} + timeout {timeout}"
     );
     assert!(serve.sample("tracer_metrics_connections_accepted_total") >= (idle + half) as u64);
-    assert_eq!(serve.sample("tracer_events_lost_total"), 0);
+    // The agent kept up: nothing lost for want of room in the ring. (A transition the kernel
+    // skipped because it nested in the same program on that CPU — softirq interrupting a
+    // process-context one, which a flood on 2 CPUs makes — is counted as reason="nested".)
+    let lost: Vec<String> = serve
+        .scrape()
+        .lines()
+        .filter(|l| l.starts_with("tracer_events_lost_total{"))
+        .map(str::to_string)
+        .collect();
+    eprintln!("metrics: lost {lost:?}");
+    assert_eq!(
+        serve.sample("tracer_events_lost_total{reason=\"ring_full\"}"),
+        0,
+        "{lost:?}"
+    );
 }
 
 /// Lowers tracer's descriptor limit (as root: this is the operator's doing, or another part of
@@ -418,7 +432,7 @@ fn four_scrapers_in_a_loop_lose_no_events() {
     std::thread::sleep(Duration::from_millis(500));
     let events = serve.total("tracer_socket_events_total", "{");
     let records = serve.sample("tracer_events_processed_total{source=\"ringbuf\"}");
-    let lost = serve.sample("tracer_events_lost_total");
+    let lost = serve.total("tracer_events_lost_total", "{");
     eprintln!(
         "metrics: {} connections/s under load; scrapes per scraper {scrapes:?}; events counted {events}, records processed {records}, lost {lost}",
         load["ops_per_sec"]

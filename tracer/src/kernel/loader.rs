@@ -260,10 +260,18 @@ impl KernelCounters {
     /// Events the kernel saw but could not deliver: ring buffer full, or no room to record a
     /// syscall's enter.
     pub fn lost(&self) -> u64 {
-        self.read(counter::LOST)
-            + self.read(counter::PENDING_FULL)
-            + self.read(counter::UNOWNED_LIMITED)
-            + self.skipped_runs()
+        self.lost_by_reason().total()
+    }
+
+    /// [`KernelCounters::lost`] by why: each reason has its own remedy (a bigger ring, fewer
+    /// threads blocked in calls, a quieter scan, nothing for a program nested in itself).
+    pub fn lost_by_reason(&self) -> crate::model::evicted::LostReasons {
+        crate::model::evicted::LostReasons {
+            ring_full: self.read(counter::LOST),
+            no_pending_room: self.read(counter::PENDING_FULL),
+            rate_limited: self.read(counter::UNOWNED_LIMITED),
+            nested: self.skipped_runs(),
+        }
     }
 
     /// What the kernel's LRU maps pushed out so far (`pending`, `data`, `filter_pids`). Walks

@@ -62,7 +62,7 @@ struct KernelSeries {
     connect_errors: IntCounterVec,
     bind_errors: IntCounterVec,
     transitions: IntCounterVec,
-    lost: IntCounter,
+    lost: IntCounterVec,
     health: health::HealthSeries,
     latency: latency::LatencySeries,
 }
@@ -160,10 +160,11 @@ impl KernelSeries {
                 "TCP state transitions, by old and new state.",
                 &["from", "to"],
             ),
-            lost: counter(
+            lost: counter_vec(
                 r,
                 "tracer_events_lost_total",
-                "Events the kernel could not deliver (ring buffer full, no room to record a syscall).",
+                "Events the kernel saw and could not deliver, by reason: ring_full (the ring buffer had no room: --ringbuf-kib), no_pending_room (a syscall's enter had no room to wait for its exit), rate_limited (resets and drops for packets no socket had, past the per-CPU rate), nested (a program run the kernel skipped because it was already running on that CPU), nat (binding records and conntrack messages).",
+                &["reason"],
             ),
             health: health::HealthSeries::new(r),
             latency: latency::LatencySeries::new(r),
@@ -307,10 +308,13 @@ impl Metrics {
 
     /// Brings the counters up to the kernel's totals (`stats` laid out as
     /// `tracer_common::stats`) and the lost-event count.
-    pub fn update_kernel(&self, totals: &[u64], lost: u64) {
+    pub fn update_kernel(&self, totals: &[u64], lost: &crate::model::evicted::LostReasons) {
+        for (reason, n) in lost.labelled() {
+            catch_up(&self.kernel.lost.with_label_values(&[reason]), n);
+        }
         catch_up(
-            &self.kernel.lost,
-            lost + self.nat.lost.load(std::sync::atomic::Ordering::Relaxed),
+            &self.kernel.lost.with_label_values(&["nat"]),
+            self.nat.lost.load(std::sync::atomic::Ordering::Relaxed),
         );
         self.kernel.latency.update(totals);
         let get = |i: u32| totals.get(i as usize).copied().unwrap_or(0);
@@ -563,9 +567,14 @@ mod tests {
         totals[stats::event_index(tracer_common::kind::CONNECT, 6, 2) as usize] = 5;
         totals[(stats::CONNECT_ERRNOS + 111) as usize] = 2;
         totals[(stats::TRANSITIONS + 2 * 16 + 1) as usize] = 3;
-        m.update_kernel(&totals, 0);
+        m.update_kernel(&totals, &Default::default());
         totals[stats::event_index(tracer_common::kind::CONNECT, 6, 2) as usize] = 7;
-        m.update_kernel(&totals, 4);
+        let lost = crate::model::evicted::LostReasons {
+            ring_full: 3,
+            nested: 1,
+            ..Default::default()
+        };
+        m.update_kernel(&totals, &lost);
         let text = m.render();
         assert!(text.contains(
             "tracer_socket_events_total{event=\"connect\",family=\"ipv4\",proto=\"tcp\"} 7"
@@ -574,7 +583,9 @@ mod tests {
         assert!(text.contains(
             "tracer_tcp_state_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"} 3"
         ));
-        assert!(text.contains("tracer_events_lost_total 4"));
+        assert!(text.contains("tracer_events_lost_total{reason=\"ring_full\"} 3"));
+        assert!(text.contains("tracer_events_lost_total{reason=\"nested\"} 1"));
+        assert!(text.contains("tracer_events_lost_total{reason=\"no_pending_room\"} 0"));
         assert!(text.contains("tracer_build_info{kernel=\"6.18\",version="));
     }
 

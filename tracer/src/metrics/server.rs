@@ -45,8 +45,8 @@ use crate::{
 pub trait KernelReadings: Send + Sync {
     /// Event and transition counts, in `tracer_common::stats` layout.
     fn stats(&self) -> Vec<u64>;
-    /// Events the kernel could not queue (ring full).
-    fn lost(&self) -> u64;
+    /// Events the kernel could not deliver, by why.
+    fn lost(&self) -> crate::model::evicted::LostReasons;
     /// Retransmit, reset and drop counts, keyed as `tracer_common::health::key`.
     fn health(&self) -> Vec<(u32, u64)> {
         Vec::new()
@@ -203,7 +203,7 @@ impl Scrape {
         for (total, agent) in totals.iter_mut().zip(&self.agent_stats) {
             *total += agent.load(Ordering::Relaxed);
         }
-        self.metrics.update_kernel(&totals, self.kernel.lost());
+        self.metrics.update_kernel(&totals, &self.kernel.lost());
         let mut health = self.kernel.health();
         {
             let agent = self

@@ -121,3 +121,34 @@ mod tests {
         assert_eq!(json["pending"], 12);
     }
 }
+
+/// Socket events the kernel saw and could not deliver, by why (`tracer_events_lost_total`'s
+/// `reason` label).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostReasons {
+    /// The ring buffer had no room (`--ringbuf-kib`, or an agent that fell behind).
+    pub ring_full: u64,
+    /// A syscall's enter found no room to wait for its exit (`--syscalls` path).
+    pub no_pending_room: u64,
+    /// Resets and drops for packets no socket had, beyond the per-CPU rate (a scan).
+    pub rate_limited: u64,
+    /// Runs the kernel skipped: the program was already running on that CPU (a transition in
+    /// softirq nesting in one in process context).
+    pub nested: u64,
+}
+
+impl LostReasons {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.no_pending_room + self.rate_limited + self.nested
+    }
+
+    /// `(reason label, count)`, every reason (a counter that stays 0 still shows).
+    pub fn labelled(&self) -> [(&'static str, u64); 4] {
+        [
+            ("ring_full", self.ring_full),
+            ("no_pending_room", self.no_pending_room),
+            ("rate_limited", self.rate_limited),
+            ("nested", self.nested),
+        ]
+    }
+}

@@ -267,8 +267,8 @@ impl KernelReadings for LiveReadings {
         self.stats.read()
     }
 
-    fn lost(&self) -> u64 {
-        self.counters.lost()
+    fn lost(&self) -> crate::model::evicted::LostReasons {
+        self.counters.lost_by_reason()
     }
 
     fn health(&self) -> Vec<(u32, u64)> {
