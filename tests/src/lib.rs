@@ -1,6 +1,8 @@
 //! Harness for the end-to-end tests: runs the real `tracer` binary and the `sockdriver` helper,
 //! collects tracer's JSON lines, and decides what a missing prerequisite means (a failure in CI,
 //! a loud skip elsewhere).
+pub mod cri;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};

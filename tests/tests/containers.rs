@@ -99,7 +99,10 @@ impl Daemon {
 
     /// The busybox image, made from busybox-static (no registry).
     fn image(&self) {
-        if docker(&["images", "-q", IMAGE]).is_empty() {
+        // Made again when an older run left one without its default command.
+        let made = !docker(&["images", "-q", IMAGE]).is_empty()
+            && docker(&["image", "inspect", "-f", "{{json .Config.Cmd}}", IMAGE]) != "null";
+        if !made {
             let dir = tempfile_dir();
             let busybox = String::from_utf8(
                 Command::new("sh")
@@ -121,7 +124,10 @@ impl Daemon {
             let st = Command::new("sh")
                 .args([
                     "-c",
-                    &format!("tar -C {root} -c . | docker import - {IMAGE}"),
+                    // A default command: a CRI pod's sandbox (its "pause") runs it.
+                    &format!(
+                        "tar -C {root} -c . | docker import --change 'CMD [\"/bin/sleep\", \"1000000\"]' - {IMAGE}"
+                    ),
                 ])
                 .stdout(Stdio::null())
                 .status()
@@ -228,6 +234,21 @@ fn curl(url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A filtered watch (`--container`, `--pod`) showed an accept, and every event it showed has
+/// `field` = `want`.
+fn only_these(mut filtered: Tracer, field: &str, want: &str) {
+    filtered.wait_for("the selected accept", T, |evs| {
+        evs.iter()
+            .any(|e| e["type"] == "event" && e["event"] == "accept")
+    });
+    let (_, shown) = filtered.stop_with(libc::SIGINT);
+    let events: Vec<&Value> = shown.iter().filter(|e| e["type"] == "event").collect();
+    assert!(!events.is_empty());
+    for e in &events {
+        assert_eq!(e[field], want, "{e}");
+    }
+}
+
 fn containers_of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
     events
         .iter()
@@ -245,7 +266,7 @@ fn a_container_is_named_in_watch_ports_and_the_filter() {
     let mut all = Tracer::watch(&["--proto", "tcp"]);
     let host_port = free_port();
     let web = Web::run("web", host_port);
-    let mut only = Tracer::watch(&["--container", &web.name]);
+    let only = Tracer::watch(&["--container", &web.name]);
     let ip = web.ip();
     assert!(!ip.is_empty(), "the container has an address");
     // The container answers on its own address (from the host: a plain connection).
@@ -282,16 +303,7 @@ fn a_container_is_named_in_watch_ports_and_the_filter() {
     }
 
     // --container NAME: the container's events, nothing of the host's.
-    only.wait_for("the container's accept", T, |evs| {
-        evs.iter()
-            .any(|e| e["type"] == "event" && e["event"] == "accept")
-    });
-    let (_, shown) = only.stop_with(libc::SIGINT);
-    let events: Vec<&Value> = shown.iter().filter(|e| e["type"] == "event").collect();
-    assert!(!events.is_empty());
-    for e in &events {
-        assert_eq!(e["container_name"], web.name.as_str(), "{e}");
-    }
+    only_these(only, "container_name", &web.name);
     // From the host itself, 127.0.0.1:HOSTPORT goes through Docker's userland proxy: its
     // two sockets are one proxied connection, in the event stream and by remote endpoint.
     let groups = Tracer::watch(&["--proto", "tcp", "--group-by", "remote"]);
@@ -693,4 +705,235 @@ fn serve_labels_listeners_and_failed_connects_by_container() {
     drop(serve);
     drop(web);
     drop(daemon);
+}
+
+/// A containerd with its CRI plugin on, in a directory of its own (root, state, socket), as a
+/// Kubernetes node runs it (cgroupfs driver): the test's pods are made through it, tracer
+/// lists them. Stopped, its mounts and its directory removed, on drop.
+struct Containerd {
+    child: Child,
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+}
+
+/// The image as containerd's CRI plugin names it once imported from Docker.
+const CRI_IMAGE: &str = "docker.io/library/tracer-e2e-busybox:1";
+
+impl Containerd {
+    fn up() -> Containerd {
+        // Under /run: root's own, never a shared directory another user could plant in.
+        let dir = std::path::PathBuf::from(format!("/run/tracer-cri-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{s}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{CRI_IMAGE}"
+  # root here lacks CAP_SYS_RESOURCE: no oom_score_adj below containerd's own (the
+  # sandbox asks for -998), as for a rootless containerd.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni-bin"
+    conf_dir = "{d}/cni-conf"
+"#,
+            d = dir.display(),
+            s = socket.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new("containerd")
+            .args(["--config", &dir.join("config.toml").display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start containerd");
+        let containerd = Containerd { child, dir, socket };
+        let deadline = Instant::now() + T;
+        while !containerd.ctr(&["version"]).0 {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer in {T:?}: {}",
+                containerd.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The image Docker made, into the namespace the CRI plugin uses (nothing pulled).
+        let st = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "docker save {IMAGE} | ctr --address {} -n k8s.io images import -",
+                    containerd.socket.display()
+                ),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "ctr images import");
+        containerd
+    }
+
+    /// The last lines of its log (for a failure's message).
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn ctr(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("ctr");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        // Whatever it left mounted below its directory (a sandbox's shm, a rootfs), deepest
+        // first, then the directory.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.dir.display().to_string();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A pod the test ran, stopped and removed on drop, with the pod-level cgroups the kubelet
+/// would have removed (the runtime removes only its containers').
+struct PodGuard<'a> {
+    socket: &'a std::path::Path,
+    pod: tracer_tests::cri::Pod,
+    uid: String,
+}
+
+impl Drop for PodGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = tracer_tests::cri::remove_pod(self.socket, &self.pod.sandbox_id) {
+            eprintln!("removing the pod: {e}");
+        }
+        // In every hierarchy: the pod's directory, then its parents if nothing else is in
+        // them (rmdir refuses a cgroup with children or processes: a real node's stay).
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for h in hierarchies.flatten() {
+            let base = h.path().join("kubepods");
+            for dir in [
+                base.join(format!("besteffort/pod{}", self.uid)),
+                base.join("besteffort"),
+                base.clone(),
+            ] {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// A Kubernetes pod run through containerd's CRI (the calls the kubelet makes), on the host's
+/// network with the kubelet's cgroupfs layout: tracer names its container and pod from the CRI
+/// runtime's lists (`ListPodSandbox`, `ListContainers`), selects it with `--pod`, and `ports`
+/// shows it on its listener.
+#[test]
+fn a_pod_is_named_by_the_cri_runtime() {
+    let name = "a_pod_is_named_by_the_cri_runtime";
+    if !ready(name) || !tool(name, "containerd", "containerd") || !tool(name, "ctr", "containerd") {
+        return;
+    }
+    let daemon = Daemon::up();
+    daemon.image();
+    let containerd = Containerd::up();
+    // tracer finds the runtime where crictl would.
+    std::env::set_var(
+        "CONTAINER_RUNTIME_ENDPOINT",
+        format!("unix://{}", containerd.socket.display()),
+    );
+    let mut all = Tracer::watch(&["--proto", "tcp"]);
+    let only = Tracer::watch(&["--pod", "shop/web-0"]);
+    let port = free_port();
+    let uid = format!("7e1c2a9b-0d3f-4e5a-8b6c-{:012x}", std::process::id());
+    let pod = tracer_tests::cri::run_pod(
+        &containerd.socket,
+        ("shop", "web-0", &uid),
+        "httpd",
+        CRI_IMAGE,
+        &["/bin/httpd", "-f", "-p", &port.to_string(), "-h", "/www"],
+    )
+    .unwrap_or_else(|e| panic!("running the pod: {e}\n{}", containerd.log_tail()));
+    let pod = PodGuard {
+        socket: &containerd.socket,
+        pod,
+        uid: uid.clone(),
+    };
+    let deadline = Instant::now() + T;
+    while !curl(&format!("http://127.0.0.1:{port}/")).contains("hello from a container") {
+        assert!(Instant::now() < deadline, "httpd in the pod never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let in_pod = |evs: &[Value]| -> Vec<Value> {
+        evs.iter()
+            .filter(|e| e["type"] == "event" && e["pod_name"] == "web-0")
+            .cloned()
+            .collect()
+    };
+    all.wait_for(
+        "httpd's listen and accept, named by the CRI runtime",
+        T,
+        |evs| {
+            let named = in_pod(evs);
+            named.iter().any(|e| e["event"] == "listen")
+                && named.iter().any(|e| e["event"] == "accept")
+        },
+    );
+    for e in in_pod(&all.events) {
+        assert_eq!(e["container_name"], "httpd", "{e}");
+        assert_eq!(e["pod_namespace"], "shop", "{e}");
+        assert_eq!(e["pod_uid"], uid.as_str(), "{e}");
+        assert_eq!(e["container_id"], pod.pod.container_id.as_str(), "{e}");
+        // The path (the cgroupfs driver's bare id) names no runtime; the one that lists the
+        // container does.
+        assert_eq!(e["container_runtime"], "containerd", "{e}");
+        assert_eq!(e["comm"], "httpd", "{e}");
+    }
+    // curl on the host stays the host's.
+    assert!(all
+        .events
+        .iter()
+        .filter(|e| e["type"] == "event" && e["comm"] == "curl")
+        .all(|e| e["container_name"] == "host" && e["pod_name"] == Value::Null));
+    let (_, _) = all.stop_with(libc::SIGINT);
+    // --pod NAMESPACE/NAME: the pod's events, nothing of the host's.
+    only_these(only, "pod_name", "web-0");
+    // ports: the listener on the host's network, with its pod.
+    let rows = tracer_json(&["ports", "--json"]);
+    let listener = rows
+        .iter()
+        .find(|r| r["type"] == "socket" && r["lport"] == port && r["listening"] == true)
+        .unwrap_or_else(|| panic!("no listener on {port}: {rows:?}"));
+    assert_eq!(listener["container_name"], "httpd", "{listener}");
+    assert_eq!(listener["pod_name"], "web-0", "{listener}");
+    assert_eq!(listener["pod_namespace"], "shop", "{listener}");
+    drop(pod);
+    std::env::remove_var("CONTAINER_RUNTIME_ENDPOINT");
+    eprintln!("cri: pod shop/web-0 ({uid}) named by containerd's CRI in watch, --pod and ports");
 }

@@ -98,6 +98,9 @@ const TEST_PACKAGES: &[&str] = &[
     // starts and stops dockerd itself; nothing is pulled).
     "docker.io",
     "busybox-static",
+    // containerd with its CRI plugin (and ctr): a pod run the way the kubelet runs one, for
+    // the CRI names (docker.io depends on it; named here because the test drives it).
+    "containerd",
 ];
 
 fn main() -> ExitCode {

@@ -124,11 +124,10 @@ pub fn run(plan: PortsPlan) -> Result<()> {
 
 /// `--mappings`: every published port, the rule or proxy forwarding it, who listens behind.
 fn mappings(table: &SocketTable, config: &PortsConfig) -> Result<()> {
-    let docker = crate::kernel::docker::DockerNames::start();
-    if let Some(d) = &docker {
-        d.wait_listed(Duration::from_secs(3));
-    }
-    let mut resolver = crate::kernel::containers::ContainerResolver::with_docker(docker.clone());
+    let runtimes = crate::kernel::containers::Runtimes::start();
+    runtimes.wait_listed(Duration::from_secs(3));
+    let docker = runtimes.docker.clone();
+    let mut resolver = crate::kernel::containers::ContainerResolver::with_runtimes(runtimes);
     let rules = crate::kernel::conntrack::dnat_rules();
     if rules.is_none() {
         eprintln!(
@@ -182,13 +181,11 @@ fn table_from(snapshot: &Snapshot) -> SocketTable {
 
 fn selected_rows(table: &SocketTable, config: &PortsConfig) -> Vec<PortRow> {
     let mut rows = ports::rows(table);
-    let docker = crate::kernel::docker::DockerNames::start();
-    if let Some(d) = &docker {
-        d.wait_listed(Duration::from_secs(3));
-    }
+    let runtimes = crate::kernel::containers::Runtimes::start();
+    runtimes.wait_listed(Duration::from_secs(3));
     name_containers(
         &mut rows,
-        &mut crate::kernel::containers::ContainerResolver::with_docker(docker),
+        &mut crate::kernel::containers::ContainerResolver::with_runtimes(runtimes),
     );
     rows.retain(|r| config.filter.allows(r));
     ports::sort(&mut rows, config.sort, config.reverse);

@@ -1,6 +1,7 @@
 //! The live side of container identity: a cgroup id (the kernel's, in each record) → its path
 //! in the unified hierarchy → [`model::container::from_path`], and the runtime's names for it
-//! ([`super::docker`]).
+//! ([`super::docker`] for Docker, [`super::cri`] for a Kubernetes node's containerd or
+//! CRI-O).
 //!
 //! A cgroup id is the inode of the cgroup's directory. The path is found through the process
 //! that made the record first (`/proc/PID/cgroup`, checked against the id by `stat`), else by
@@ -22,9 +23,36 @@ use std::{
 
 use foldhash::HashMap;
 
-use crate::model::container::{from_path, unified_path, Container};
+use crate::model::container::{from_path, unified_path, Container, Runtime};
 
-use super::docker::DockerNames;
+use super::{cri::CriNames, docker::DockerNames};
+
+/// The runtimes tracer asks for names: each on its own thread, each optional.
+#[derive(Clone, Default)]
+pub struct Runtimes {
+    pub docker: Option<DockerNames>,
+    pub cri: Option<CriNames>,
+}
+
+impl Runtimes {
+    /// Starts asking every runtime whose socket is there (each says once if it is not).
+    pub fn start() -> Self {
+        Runtimes {
+            docker: DockerNames::start(),
+            cri: CriNames::start(),
+        }
+    }
+
+    /// Waits (at most `timeout` each) for the runtimes' first lists: for a one-shot reading.
+    pub fn wait_listed(&self, timeout: std::time::Duration) {
+        if let Some(d) = &self.docker {
+            d.wait_listed(timeout);
+        }
+        if let Some(c) = &self.cri {
+            c.wait_listed(timeout);
+        }
+    }
+}
 
 /// Cgroups one walk of the hierarchy records at most (a node with more cgroups than this
 /// finds the rest through their processes).
@@ -42,16 +70,18 @@ pub struct ContainerResolver {
     walked: HashMap<u64, String>,
     last_walk: Option<Instant>,
     docker: Option<DockerNames>,
+    cri: Option<CriNames>,
 }
 
 impl ContainerResolver {
-    /// Finds the hierarchy and starts asking Docker for names, if its socket answers.
+    /// Finds the hierarchy and starts asking the runtimes for names, if their sockets answer.
     pub fn new() -> Self {
-        Self::with_docker(DockerNames::start())
+        Self::with_runtimes(Runtimes::start())
     }
 
-    /// The same, with Docker's names from a thread already started (or none).
-    pub fn with_docker(docker: Option<DockerNames>) -> Self {
+    /// The same, with the runtimes' names from threads already started (or none).
+    pub fn with_runtimes(runtimes: Runtimes) -> Self {
+        let Runtimes { docker, cri } = runtimes;
         let unified = super::prereq::cgroup2_root().ok();
         if unified.is_none() {
             tracing::info!("no cgroup v2 mounted: the kernel's cgroup ids name no cgroup, so containers are not named");
@@ -66,6 +96,7 @@ impl ContainerResolver {
             walked: HashMap::default(),
             last_walk: None,
             docker,
+            cri,
         }
     }
 
@@ -78,9 +109,10 @@ impl ContainerResolver {
             .unwrap_or_default()
     }
 
-    /// Containers Docker's names thread forgot to stay bounded.
-    pub fn docker_evicted(&self) -> u64 {
+    /// Containers the runtimes' names threads forgot (or never kept) to stay bounded.
+    pub fn runtimes_evicted(&self) -> u64 {
         self.docker.as_ref().map_or(0, DockerNames::evicted)
+            + self.cri.as_ref().map_or(0, CriNames::evicted)
     }
 
     /// The container of a record's cgroup, made by `pid` (None: the hierarchy has no such
@@ -108,16 +140,50 @@ impl ContainerResolver {
         }
         let mut container = Container::from_ref(id);
         if container.nameable() {
-            if let (Some(docker), Some(id)) = (&self.docker, &container.id) {
-                if let Some(names) = docker.names(&id.id) {
-                    container.name = Some(names.name);
-                    container.image = names.image;
-                    container.pod_name = names.pod_name;
-                    container.pod_namespace = names.pod_namespace;
-                }
-            }
+            self.name(&mut container);
         }
         Some(container)
+    }
+
+    /// What the container's runtime calls it (and its pod): Docker for Docker's, the CRI
+    /// runtime for a Kubernetes node's; a pod the runtime lists names a container it does not
+    /// list yet (or the pod's own sandbox) by the pod UID its path carries.
+    fn name(&self, container: &mut Container) {
+        let Some(id) = container.id.as_mut() else {
+            return;
+        };
+        let from_cri = matches!(
+            id.runtime,
+            Runtime::Containerd | Runtime::CriO | Runtime::Cri
+        );
+        let names = match (&self.docker, &self.cri) {
+            (Some(docker), _) if id.runtime == Runtime::Docker => docker.names(&id.id),
+            (_, Some(cri)) if from_cri => {
+                let names = cri.names(&id.id);
+                // The path named no runtime (the cgroupfs driver's bare id): the runtime
+                // that lists the container is the one.
+                if names.is_some() && id.runtime == Runtime::Cri {
+                    id.runtime = cri.runtime().map_or(Runtime::Cri, |r| Runtime::of(&r));
+                }
+                names
+            }
+            _ => None,
+        };
+        if let Some(names) = names {
+            container.name = Some(names.name).filter(|n| !n.is_empty());
+            container.image = names.image;
+            container.pod_name = names.pod_name;
+            container.pod_namespace = names.pod_namespace;
+        }
+        if container.pod_name.is_none() {
+            let pod = (self.cri.as_ref())
+                .zip(id.pod_uid.as_deref())
+                .and_then(|(cri, uid)| cri.pod(uid));
+            if let Some(pod) = pod {
+                container.pod_name = Some(pod.name);
+                container.pod_namespace = Some(pod.namespace);
+            }
+        }
     }
 
     /// The path of cgroup `id`, walking the hierarchy again if the last walk is older than

@@ -4,6 +4,7 @@ pub mod attach;
 pub mod btf;
 pub mod conntrack;
 pub mod containers;
+pub mod cri;
 pub mod docker;
 pub mod evictions;
 pub mod live_netns;

@@ -35,6 +35,16 @@ impl Runtime {
             Runtime::Cri => "cri",
         }
     }
+
+    /// A CRI runtime's own name for itself (`Version`'s runtime_name).
+    pub fn of(runtime_name: &str) -> Self {
+        match runtime_name {
+            "containerd" => Runtime::Containerd,
+            "cri-o" => Runtime::CriO,
+            "docker" => Runtime::Docker,
+            _ => Runtime::Cri,
+        }
+    }
 }
 
 /// A Kubernetes pod's QoS class, from the slice the kubelet put it under.
@@ -278,12 +288,15 @@ impl Container {
         }
     }
 
-    /// Whether a runtime could still name it: a container whose name is not known yet, in a
-    /// runtime tracer asks (Docker), not in a user's delegated subtree.
+    /// Whether a runtime could still name it: a container whose name (or pod's name) is not
+    /// known yet, in a runtime tracer asks (Docker, a CRI runtime), not in a user's delegated
+    /// subtree.
     pub fn nameable(&self) -> bool {
-        self.id
-            .as_ref()
-            .is_some_and(|id| id.runtime == Runtime::Docker && !id.delegated && self.name.is_none())
+        self.id.as_ref().is_some_and(|id| {
+            id.runtime != Runtime::Podman
+                && !id.delegated
+                && (self.name.is_none() || (id.pod_uid.is_some() && self.pod_name.is_none()))
+        })
     }
 }
 

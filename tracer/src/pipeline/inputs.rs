@@ -148,7 +148,7 @@ impl KernelInputs for LiveKernel {
         evicted.containers = self
             .containers
             .as_ref()
-            .map_or(0, ContainerResolver::docker_evicted);
+            .map_or(0, ContainerResolver::runtimes_evicted);
         evicted
     }
 
