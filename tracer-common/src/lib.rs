@@ -414,7 +414,10 @@ pub struct KernelFilter {
     pub syscall_path: u8,
     /// Bits of [`tp_args`]: the optional tracepoint arguments this kernel passes.
     pub tp_args: u8,
-    pub _reserved: [u8; 1],
+    /// 1 (`--container`/`--pod`): a call made by a task whose cgroup (v2 id) the agent has
+    /// judged not selected (`CGROUP_VERDICTS` holds 0 for it) is dropped; a cgroup the agent
+    /// has not judged yet passes, so the agent can.
+    pub by_cgroup: u8,
     /// Drop reasons `kfree_skb` passes over at once (this kernel's values of QUEUE_PURGE and
     /// SOCKET_CLOSE: data a socket's own close discards, once per connection, not packets
     /// lost); 0 = unused slot.

@@ -8,7 +8,7 @@ use tracer_common::{flag, kind, SockEvent};
 use tracer_ebpf::{set, window::read};
 
 use crate::{
-    maps::{FILTER, FILTER_PIDS},
+    maps::{CGROUP_VERDICTS, FILTER, FILTER_PIDS},
     sk::current_task,
 };
 
@@ -18,6 +18,14 @@ pub fn process_selected(tgid: u32) -> bool {
     // SAFETY: only whether the key is present is used, never the value behind the reference.
     if filt!(by_pid) != 0 && unsafe { FILTER_PIDS.get(tgid) }.is_none() {
         return false;
+    }
+    if filt!(by_cgroup) != 0 {
+        // SAFETY: a helper without arguments; it reads the current task's cgroup. Only whether
+        // the value is 0 is read from the reference.
+        let cgroup = unsafe { gen::bpf_get_current_cgroup_id() };
+        if unsafe { CGROUP_VERDICTS.get(cgroup) }.is_some_and(|v| *v == 0) {
+            return false;
+        }
     }
     if filt!(by_comm) != 0 {
         // --comm names a process, as `ps -C` does: its leader's name, not the thread's.

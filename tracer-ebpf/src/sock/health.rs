@@ -233,7 +233,7 @@ fn report(seen: &Seen, key: u32) {
     ) {
         return;
     }
-    let process_filter = filt!(by_pid) != 0 || filt!(by_comm) != 0;
+    let process_filter = filt!(by_pid) != 0 || filt!(by_comm) != 0 || filt!(by_cgroup) != 0;
     if seen.sk == 0 && process_filter {
         // No socket, no owner: no selected process's.
         return;

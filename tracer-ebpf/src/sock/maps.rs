@@ -73,7 +73,7 @@ pub static FILTER: KernelFilter = KernelFilter {
     metrics_only: 0,
     syscall_path: 0,
     tp_args: 0,
-    _reserved: [0; 1],
+    by_cgroup: 0,
     quiet_drops: [0; 2],
 };
 
@@ -108,6 +108,12 @@ pub static UNOWNED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 /// leaves the map when it is freed (a reused pid must not inherit the selection).
 #[map]
 pub static FILTER_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// `--container`/`--pod`: the agent's verdict per cgroup (v2 id): 1 selected, 0 not. Written
+/// by user space only; a cgroup not in it is not judged yet (its calls pass). LRU: a verdict
+/// pushed out is only asked for again.
+#[map]
+pub static CGROUP_VERDICTS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Per-socket data totals, kept only while the data tracepoints are attached (`tracer trace`).
 /// Removed at release, when they travel to user space as a DATA event. LRU; what it pushes

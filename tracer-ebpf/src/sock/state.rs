@@ -122,7 +122,7 @@ fn try_state(ctx: &RawTracePointContext) -> Option<()> {
     } else {
         0
     };
-    if filt!(by_pid) == 0 && filt!(by_comm) == 0 {
+    if filt!(by_pid) == 0 && filt!(by_comm) == 0 && filt!(by_cgroup) == 0 {
         // A transition in softirq cannot be told to belong to a --pid/--comm process here;
         // with such a filter the agent counts transitions after attributing them.
         count_state(family, old, new, sk_err);

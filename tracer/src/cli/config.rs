@@ -395,6 +395,9 @@ impl FilterArgs {
         }
         filter.by_pid = u8::from(!self.pids.is_empty());
         let container = container_want(self.container, self.pod)?;
+        // The agent judges each cgroup once its container is known; the kernel then drops the
+        // calls of those not selected.
+        filter.by_cgroup = u8::from(container.is_some());
         let udp_events = ["sendto", "recvfrom", "sendmsg", "recvmsg"];
         let wants_udp_data =
             events.is_empty() || events.iter().any(|e| udp_events.contains(&e.as_str()));

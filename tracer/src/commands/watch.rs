@@ -87,6 +87,11 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
     let (mut probes, nat) = attach(&plan, nat_places)?;
     let source = RingBufSource::new(probes.take_events()?)?;
     let counters = Arc::new(probes.take_counters()?);
+    let verdicts = if plan.kernel_filter.by_cgroup != 0 {
+        Some(probes.take_cgroup_verdicts()?)
+    } else {
+        None
+    };
     // Questions for the agent (`/nat/who`) reach the stage on this channel.
     let (who_tx, who_rx) = tokio::sync::mpsc::unbounded_channel();
     let (scrape, questions) = match listener {
@@ -123,11 +128,9 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
     });
     let mut inputs = Inputs {
         events: source,
-        kernel: Box::new(LiveKernel::new(
-            Some(counters),
-            plan.scope.clone(),
-            nat_watch,
-        )),
+        kernel: Box::new(
+            LiveKernel::new(Some(counters), plan.scope.clone(), nat_watch).with_verdicts(verdicts),
+        ),
         conntrack,
         extra: questions,
         clock,

@@ -141,6 +141,14 @@ impl SockProbes {
         self.take_map("EVENTS")
     }
 
+    /// `--container`/`--pod`: where the agent tells the kernel which cgroups are selected.
+    pub fn take_cgroup_verdicts(&mut self) -> Result<CgroupVerdicts> {
+        Ok(CgroupVerdicts {
+            map: self.take_map("CGROUP_VERDICTS")?,
+            written: crate::model::bounded::BoundedMap::new(VERDICTS),
+        })
+    }
+
     /// The per-socket data totals still in the kernel (sockets not yet released).
     pub fn take_data(&mut self) -> Result<BpfHashMap<MapData, u64, Global<DataTotals>>> {
         self.take_map("DATA")
@@ -321,6 +329,35 @@ impl KernelCounters {
             .iter()
             .map(|p| recursion_misses(std::os::fd::AsFd::as_fd(p)))
             .sum()
+    }
+}
+
+/// `CGROUP_VERDICTS`'s size (the kernel's LRU map).
+const VERDICTS: usize = 16384;
+
+/// `--container`/`--pod` in the kernel: once the agent knows a cgroup's container for good
+/// (named by its runtime, the host, a user's own cgroup), it writes whether that cgroup is
+/// selected, and the kernel drops the calls of those that are not before they reach the ring.
+/// A cgroup not judged yet passes. A verdict the kernel's LRU map pushes out is only written
+/// again when that cgroup's calls reach the agent again.
+pub struct CgroupVerdicts {
+    map: BpfHashMap<MapData, u64, u8>,
+    /// What was written, so each verdict is written once (bounded like the kernel's map).
+    written: crate::model::bounded::BoundedMap<u64, u8>,
+}
+
+impl CgroupVerdicts {
+    pub fn judge(&mut self, cgroup: u64, selected: bool) {
+        let verdict = u8::from(selected);
+        if cgroup == 0 || self.written.get(&cgroup) == Some(&verdict) {
+            return;
+        }
+        match self.map.insert(cgroup, verdict, 0) {
+            Ok(()) => {
+                self.written.insert(cgroup, verdict);
+            }
+            Err(e) => tracing::debug!("cgroup verdict for {cgroup}: {e}"),
+        }
     }
 }
 

@@ -76,6 +76,20 @@ impl Filter {
         }
     }
 
+    /// What the kernel may be told about the cgroup of a process in `container`: whether it is
+    /// selected, once that cannot change any more (a name its runtime gave, the host, a user's
+    /// own cgroup); None while the filter is off, the container unknown, or its runtime may
+    /// still name it (a name or pod that would select it).
+    pub fn container_verdict(
+        &self,
+        container: Option<&super::container::Container>,
+    ) -> Option<bool> {
+        self.container.as_ref()?;
+        let c = container?;
+        let selected = self.allows_container(Some(c));
+        (selected || !c.nameable()).then_some(selected)
+    }
+
     /// Only sockets with this endpoint at either end.
     pub fn with_who(mut self, who: Option<super::nat::who::Who>) -> Self {
         self.who = who;
@@ -158,6 +172,33 @@ mod tests {
         assert!(f.allows(&of_kind(kind::STATE), &anyone));
         assert!(!f.allows(&of_kind(kind::CONNECT), &anyone));
         assert!(Filter::default().allows(&of_kind(kind::CONNECT), &anyone));
+    }
+
+    #[test]
+    fn a_cgroup_is_judged_once_its_container_is_known_for_good() {
+        use crate::model::container::{from_path, Container};
+        const ID: &str = "aef52339d617485564dd9b8adda0ab64bc899e4e338a29cb55cc9574eb93a913";
+        let f = Filter::new(&[], false, None)
+            .with_container(Some(ContainerWant::Container("web".into())));
+        let mut web = Container::from_ref(from_path(&format!("/docker/{ID}")));
+        // Docker has not named it yet: it may still be "web".
+        assert_eq!(f.container_verdict(Some(&web)), None);
+        assert_eq!(f.container_verdict(None), None);
+        web.name = Some("web".into());
+        assert_eq!(f.container_verdict(Some(&web)), Some(true));
+        web.name = Some("db".into());
+        assert_eq!(f.container_verdict(Some(&web)), Some(false));
+        assert_eq!(f.container_verdict(Some(&Container::host())), Some(false));
+        // By id: selected before any name.
+        let by_id = Filter::new(&[], false, None)
+            .with_container(Some(ContainerWant::Container(ID[..12].into())));
+        let unnamed = Container::from_ref(from_path(&format!("/docker/{ID}")));
+        assert_eq!(by_id.container_verdict(Some(&unnamed)), Some(true));
+        // No container filter: nothing to tell the kernel.
+        assert_eq!(
+            Filter::new(&[], false, None).container_verdict(Some(&web)),
+            None
+        );
     }
 
     #[test]

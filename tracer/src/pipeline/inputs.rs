@@ -55,6 +55,9 @@ pub trait KernelInputs {
     }
     /// Whether any of these processes still exists.
     fn any_alive(&mut self, pids: &[u32]) -> bool;
+    /// `--container`/`--pod`: cgroup `cgroup`'s container is known for good and is (or is not)
+    /// selected: the kernel may drop its calls from now on (recordings and fakes: nothing).
+    fn judge_cgroup(&mut self, _cgroup: u64, _selected: bool) {}
     /// The container of cgroup `cgroup` (a record's), made by `pid`; None when nothing is
     /// known (recordings and fakes without the answer).
     fn container(&mut self, _cgroup: u64, _pid: Option<u32>) -> Option<Container> {
@@ -111,6 +114,8 @@ pub struct LiveKernel {
     /// Made with the run (it starts following Docker, so a container created after the start
     /// is named by its first socket call).
     containers: Option<ContainerResolver>,
+    /// `--container`/`--pod` applied in the kernel too.
+    verdicts: Option<crate::kernel::loader::CgroupVerdicts>,
 }
 
 impl LiveKernel {
@@ -121,7 +126,17 @@ impl LiveKernel {
             scope,
             nat,
             containers: Some(ContainerResolver::new()),
+            verdicts: None,
         }
+    }
+
+    /// The kernel drops the calls of the cgroups judged not selected.
+    pub fn with_verdicts(
+        mut self,
+        verdicts: Option<crate::kernel::loader::CgroupVerdicts>,
+    ) -> Self {
+        self.verdicts = verdicts;
+        self
     }
 }
 
@@ -186,6 +201,12 @@ impl KernelInputs for LiveKernel {
     fn any_alive(&mut self, pids: &[u32]) -> bool {
         pids.iter()
             .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    }
+
+    fn judge_cgroup(&mut self, cgroup: u64, selected: bool) {
+        if let Some(v) = self.verdicts.as_mut() {
+            v.judge(cgroup, selected);
+        }
     }
 
     fn container(&mut self, cgroup: u64, pid: Option<u32>) -> Option<Container> {

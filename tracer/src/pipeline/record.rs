@@ -75,6 +75,10 @@ impl KernelInputs for Recorder<'_> {
         let v = self.inner.any_alive(pids);
         self.note(v, |v| Answer::AnyAlive(*v))
     }
+    fn judge_cgroup(&mut self, cgroup: u64, selected: bool) {
+        // Only a kernel-side shortcut: the recording holds what the agent read either way.
+        self.inner.judge_cgroup(cgroup, selected);
+    }
     fn listeners(&mut self, places: &[(u32, Option<u32>)]) -> (Vec<u32>, Vec<SnapSocket>) {
         let v = self.inner.listeners(places);
         self.note(v, |v| Answer::Listeners(v.0.clone(), v.1.clone()))

@@ -184,6 +184,13 @@ impl WatchStage {
                         kernel.container(owner.cgroup, Some(owner.pid))
                     });
                 }
+                if let Some(owner) = attribution.owner.filter(|_| self.filter.wants_container()) {
+                    if let Some(selected) =
+                        self.filter.container_verdict(event.container.as_deref())
+                    {
+                        kernel.judge_cgroup(owner.cgroup, selected);
+                    }
+                }
                 if !self.filter.allows_container(event.container.as_deref()) {
                     break 'show;
                 }

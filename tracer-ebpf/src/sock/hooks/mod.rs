@@ -145,7 +145,9 @@ pub fn report(hook: &Hook, common: &SkCommon, count_only: bool) -> bool {
     if !selected(f.protocol, f.family, f.netns, f.lport, rport) {
         return false;
     }
-    if hook.caller == Caller::Owner || (filt!(by_pid) == 0 && filt!(by_comm) == 0) {
+    if hook.caller == Caller::Owner
+        || (filt!(by_pid) == 0 && filt!(by_comm) == 0 && filt!(by_cgroup) == 0)
+    {
         stat(stats::event_index(hook.kind, f.protocol, f.family));
     }
     if !count_only {

@@ -54,7 +54,7 @@ fn exit_accept(ctx: &TracePointContext) {
     let mut common = SkCommon::empty();
     match sock_of_fd(ret, &mut common) {
         Some(sk) => {
-            if filt!(by_pid) == 0 && filt!(by_comm) == 0 {
+            if filt!(by_pid) == 0 && filt!(by_comm) == 0 && filt!(by_cgroup) == 0 {
                 // Counted here only without a process filter, as transitions are.
                 latency::accepted(sk, common.get(off!(skc_family)).unwrap_or(0));
             }
