@@ -954,3 +954,48 @@ fn a_pod_is_named_by_the_cri_runtime() {
     std::env::remove_var("CONTAINER_RUNTIME_ENDPOINT");
     eprintln!("cri: pod shop/web-0 ({uid}) named by containerd's CRI in watch, --pod and ports");
 }
+
+/// Without cgroup v2 the programs read the caller's cgroup in a v1 controller's hierarchy
+/// (`task->cgroups->subsys[N]->cgroup->kn->id`). `TRACER_CGROUP_V1=pids` takes that way here
+/// (this host mounts both): Docker's container, whose pids cgroup is `/docker/<id>`, is still
+/// named on its listen and accept.
+#[test]
+fn a_container_is_named_through_a_v1_hierarchy() {
+    let name = "a_container_is_named_through_a_v1_hierarchy";
+    if !ready(name) {
+        return;
+    }
+    let has_pids_v1 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(" - cgroup ") && l.split(',').any(|o| o.trim() == "pids"));
+    if !has_pids_v1 {
+        assert!(!in_ci(), "{name}: needs a cgroup v1 pids hierarchy mounted");
+        eprintln!("\n!!!! SKIPPED {name}: no cgroup v1 pids hierarchy mounted here !!!!\n");
+        return;
+    }
+    let daemon = Daemon::up();
+    daemon.image();
+    std::env::set_var("TRACER_CGROUP_V1", "pids");
+    let mut all = Tracer::watch(&["--proto", "tcp"]);
+    std::env::remove_var("TRACER_CGROUP_V1");
+    let web = Web::run("v1", free_port());
+    let ip = web.ip();
+    let deadline = Instant::now() + T;
+    while !curl(&format!("http://{ip}:80/")).contains("hello from a container") {
+        assert!(Instant::now() < deadline, "httpd never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    all.wait_for("httpd's listen and accept, named through pids", T, |evs| {
+        let named = containers_of(evs, &web.name);
+        named.iter().any(|e| e["event"] == "listen") && named.iter().any(|e| e["event"] == "accept")
+    });
+    for e in containers_of(&all.events, &web.name) {
+        assert_eq!(e["container_id"], web.id.as_str(), "{e}");
+    }
+    assert!(all
+        .events
+        .iter()
+        .filter(|e| e["type"] == "event" && e["comm"] == "curl")
+        .all(|e| e["container_name"] == "host"));
+}

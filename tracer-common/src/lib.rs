@@ -377,6 +377,15 @@ pub struct KernelOffsets {
     /// `tcp_sock.srtt_us`: a passive handshake's SYN-ACK round trip, read as it completes
     /// (0: not a plain field; the handshake time is then not reported).
     pub tcp_srtt_us: u32,
+    /// Without cgroup v2 (or `TRACER_CGROUP_V1`): the caller's cgroup is read in one v1
+    /// controller's hierarchy, `task->cgroups->subsys[N]->cgroup->kn->id`. `cgroup_v1_subsys`
+    /// is N + 1 (0: the cgroup v2 id from the helper, and the rest unused).
+    pub cgroup_v1_subsys: u32,
+    pub task_cgroups: u32,
+    pub css_set_subsys: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// What the kernel side filters before an event reaches the ring buffer. Zero means "any".

@@ -20,9 +20,8 @@ pub fn process_selected(tgid: u32) -> bool {
         return false;
     }
     if filt!(by_cgroup) != 0 {
-        // SAFETY: a helper without arguments; it reads the current task's cgroup. Only whether
-        // the value is 0 is read from the reference.
-        let cgroup = unsafe { gen::bpf_get_current_cgroup_id() };
+        // SAFETY: only whether the value is 0 is read from the reference.
+        let cgroup = current_cgroup();
         if unsafe { CGROUP_VERDICTS.get(cgroup) }.is_some_and(|v| *v == 0) {
             return false;
         }
@@ -67,9 +66,25 @@ pub fn fill_names(ev: &mut SockEvent) {
     process_comm(&mut ev.comm);
     // SAFETY: `ev.thread` is 16 writable bytes, the length given; the helper cannot fail.
     unsafe { gen::bpf_get_current_comm(ev.thread.as_mut_ptr() as *mut c_void, 16) };
-    // SAFETY: a helper without arguments; it reads the current task's cgroup.
-    let cgroup = unsafe { gen::bpf_get_current_cgroup_id() };
-    set!(ev.cgroup, cgroup);
+    set!(ev.cgroup, current_cgroup());
+}
+
+/// The calling task's cgroup: its cgroup v2 id, or (without cgroup v2) the id of its cgroup in
+/// the v1 controller hierarchy user space chose (`task->cgroups->subsys[N]->cgroup->kn->id`,
+/// the inode of its directory there). 0 when a read fails.
+#[inline(always)]
+pub fn current_cgroup() -> u64 {
+    let subsys = tracer_ebpf::global!(crate::maps::OFFSETS.cgroup_v1_subsys) as u64;
+    if subsys == 0 {
+        // SAFETY: a helper without arguments; it reads the current task's cgroup.
+        return unsafe { gen::bpf_get_current_cgroup_id() };
+    }
+    let id = read::<u64>(current_task(), off!(task_cgroups))
+        .and_then(|css_set| read::<u64>(css_set, off!(css_set_subsys) + 8 * (subsys - 1)))
+        .and_then(|css| read::<u64>(css, off!(css_cgroup)))
+        .and_then(|cgroup| read::<u64>(cgroup, off!(cgroup_kn)))
+        .and_then(|kn| read::<u64>(kn, off!(kernfs_node_id)));
+    id.unwrap_or(0)
 }
 
 /// The protocol and family filters (--proto, -4/-6) alone.

@@ -54,6 +54,12 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     skb_dev: 0,
     netdev_nd_net: 0,
     tcp_srtt_us: 0,
+    cgroup_v1_subsys: 0,
+    task_cgroups: 0,
+    css_set_subsys: 0,
+    css_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
 };
 
 /// What the kernel side filters before an event reaches the ring (user space overrides this

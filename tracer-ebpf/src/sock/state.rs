@@ -194,8 +194,7 @@ fn owner_in_context(pid_tgid: u64, sk: u64, old: u8, new: u8) -> Owner {
             Ok(thread) => get16(&thread),
             Err(_) => [0; 2],
         };
-        // SAFETY: a helper without arguments; it reads the current task's cgroup.
-        owner.cgroup = unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() };
+        owner.cgroup = crate::filter::current_cgroup();
     }
     owner
 }

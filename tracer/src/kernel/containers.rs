@@ -17,13 +17,13 @@
 use std::{
     fs,
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use foldhash::HashMap;
 
-use crate::model::container::{from_path, unified_path, Container, Runtime};
+use crate::model::container::{from_path, Container, Runtime};
 
 use super::{cri::CriNames, docker::DockerNames};
 
@@ -62,8 +62,8 @@ const MAX_WALK: usize = 16_384;
 const WALK_EVERY: Duration = Duration::from_secs(5);
 
 pub struct ContainerResolver {
-    /// The unified hierarchy's mount point (None: no cgroup v2).
-    unified: Option<PathBuf>,
+    /// The hierarchy the records' cgroup ids name (cgroup v2, or a v1 controller's).
+    hierarchy: Option<super::cgroups::Hierarchy>,
     /// The root cgroup's id: the host.
     root_id: Option<u64>,
     /// id → path, from the last walk.
@@ -82,16 +82,16 @@ impl ContainerResolver {
     /// The same, with the runtimes' names from threads already started (or none).
     pub fn with_runtimes(runtimes: Runtimes) -> Self {
         let Runtimes { docker, cri } = runtimes;
-        let unified = super::prereq::cgroup2_root().ok();
-        if unified.is_none() {
-            tracing::info!("no cgroup v2 mounted: the kernel's cgroup ids name no cgroup, so containers are not named");
+        let hierarchy = super::cgroups::Hierarchy::get().cloned();
+        if hierarchy.is_none() {
+            tracing::info!("no cgroup hierarchy mounted: containers are not named");
         }
-        let root_id = unified
+        let root_id = hierarchy
             .as_ref()
-            .and_then(|p| fs::metadata(p).ok())
+            .and_then(|h| fs::metadata(h.root()).ok())
             .map(|m| m.ino());
         ContainerResolver {
-            unified,
+            hierarchy,
             root_id,
             walked: HashMap::default(),
             last_walk: None,
@@ -118,7 +118,8 @@ impl ContainerResolver {
     /// The container of a record's cgroup, made by `pid` (None: the hierarchy has no such
     /// cgroup any more and its process is gone).
     pub fn resolve(&mut self, cgroup: u64, pid: Option<u32>) -> Option<Container> {
-        let unified = self.unified.clone()?;
+        let hierarchy = self.hierarchy.clone()?;
+        let unified = hierarchy.root().clone();
         if cgroup == 0 {
             return None;
         }
@@ -129,9 +130,9 @@ impl ContainerResolver {
         let from_process = pid
             .and_then(|p| fs::read_to_string(format!("/proc/{p}/cgroup")).ok())
             .as_deref()
-            .and_then(unified_path)
+            .and_then(|text| hierarchy.path_in(text))
             .filter(|path| !path.starts_with("/.."))
-            .filter(|path| inode(&unified, path) == Some(cgroup))
+            .filter(|path| hierarchy.id_of(path) == Some(cgroup))
             .map(str::to_owned);
         let path = from_process.or_else(|| self.walk_for(&unified, cgroup))?;
         let mut id = from_path(&path);
@@ -252,11 +253,6 @@ pub fn published_ports(
     out
 }
 
-fn inode(unified: &Path, path: &str) -> Option<u64> {
-    let relative = path.trim_start_matches('/');
-    fs::metadata(unified.join(relative)).ok().map(|m| m.ino())
-}
-
 /// id → path ("/docker/…") of every cgroup below `unified`, breadth first, bounded.
 fn walk(unified: &Path) -> HashMap<u64, String> {
     let mut out = HashMap::default();
@@ -304,14 +300,14 @@ mod tests {
 
     #[test]
     fn this_process_is_found_by_its_cgroup_id() {
-        let Some(unified) = crate::kernel::prereq::cgroup2_root().ok() else {
-            eprintln!("SKIPPED: no cgroup v2 mounted here");
+        let Some(hierarchy) = crate::kernel::cgroups::Hierarchy::get() else {
+            eprintln!("SKIPPED: no cgroup hierarchy mounted here");
             return;
         };
         let text = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let path = unified_path(&text).unwrap().to_owned();
-        let id = inode(&unified, &path).unwrap();
-        let walked = walk(&unified);
+        let path = hierarchy.path_in(&text).unwrap().to_owned();
+        let id = hierarchy.id_of(&path).unwrap();
+        let walked = walk(hierarchy.root());
         let found = walked.get(&id).cloned().unwrap_or_else(|| "/".into());
         assert_eq!(found.trim_end_matches('/'), path.trim_end_matches('/'));
     }

@@ -510,5 +510,32 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         skb_dev: sized(btf, "sk_buff", "dev", 8),
         netdev_nd_net: sized(btf, "net_device", "nd_net", 8),
         tcp_srtt_us: sized(btf, "tcp_sock", "srtt_us", 4),
+        ..cgroup_v1_offsets(btf)?
+    })
+}
+
+/// Where a task's cgroup in a v1 controller's hierarchy is, when that hierarchy names the
+/// records' cgroups ([`super::cgroups`]); all 0 (the v2 helper) otherwise.
+fn cgroup_v1_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
+    let Some(controller) = super::cgroups::Hierarchy::get().and_then(|h| h.controller()) else {
+        return Ok(KernelOffsets::default());
+    };
+    let want = format!("{controller}_cgrp_id");
+    let Some((index, _)) = btf
+        .enum_values("cgroup_subsys_id", "")
+        .into_iter()
+        .find(|(_, name)| *name == want)
+    else {
+        tracing::warn!("this kernel has no {want} in cgroup_subsys_id: containers are not named");
+        return Ok(KernelOffsets::default());
+    };
+    Ok(KernelOffsets {
+        cgroup_v1_subsys: index + 1,
+        task_cgroups: btf.offset("task_struct", "cgroups")?,
+        css_set_subsys: btf.offset("css_set", "subsys")?,
+        css_cgroup: btf.offset("cgroup_subsys_state", "cgroup")?,
+        cgroup_kn: btf.offset("cgroup", "kn")?,
+        kernfs_node_id: btf.offset("kernfs_node", "id")?,
+        ..KernelOffsets::default()
     })
 }

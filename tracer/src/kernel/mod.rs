@@ -2,6 +2,7 @@
 //! formats, loading and attaching, network namespaces.
 pub mod attach;
 pub mod btf;
+pub mod cgroups;
 pub mod conntrack;
 pub mod containers;
 pub mod cri;

@@ -13,6 +13,8 @@ pub struct Mount {
     pub root: Vec<u8>,
     pub mount_point: PathBuf,
     pub fs_type: Vec<u8>,
+    /// The super block's options (after the source): a cgroup v1 mount's controllers.
+    pub super_options: Vec<u8>,
 }
 
 /// The mounts of the calling thread's mount namespace.
@@ -34,6 +36,7 @@ pub fn parse(text: &[u8]) -> Vec<Mount> {
                 root: unescape(fields[3]),
                 mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
                 fs_type: fs_type.to_vec(),
+                super_options: fields.get(separator + 3).map_or(Vec::new(), |o| o.to_vec()),
             })
         })
         .collect()

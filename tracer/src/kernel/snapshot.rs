@@ -295,17 +295,10 @@ fn owner_of(process: &procfs::process::Process) -> Owner {
     }
 }
 
-/// A process's cgroup v2 id (the inode of its directory in the unified hierarchy), as the
-/// kernel's `bpf_get_current_cgroup_id` gives it for a live event.
+/// A process's cgroup id (the inode of its directory in the hierarchy the records' ids name:
+/// cgroup v2, or a v1 controller's), as the programs give it for a live event.
 pub fn cgroup_of(pid: u32) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    static UNIFIED: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    let unified = UNIFIED
-        .get_or_init(|| super::prereq::cgroup2_root().ok())
-        .as_ref()?;
+    let hierarchy = super::cgroups::Hierarchy::get()?;
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = crate::model::container::unified_path(&text)?;
-    fs::metadata(unified.join(path.trim_start_matches('/')))
-        .ok()
-        .map(|m| m.ino())
+    hierarchy.id_of(hierarchy.path_in(&text)?)
 }

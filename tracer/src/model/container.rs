@@ -204,6 +204,18 @@ pub fn unified_path(text: &str) -> Option<&str> {
     text.lines().find_map(|line| line.strip_prefix("0::"))
 }
 
+/// A process's cgroup path in cgroup v1 controller `controller`'s hierarchy, from its
+/// `/proc/PID/cgroup` text: the `ID:LIST:/path` line whose controller list names it.
+pub fn controller_path<'a>(text: &'a str, controller: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next()?;
+        let list = parts.next()?;
+        let path = parts.next()?;
+        (!list.is_empty() && list.split(',').any(|c| c == controller)).then_some(path)
+    })
+}
+
 /// A container as tracer names it: who it is from its cgroup, what its runtime calls it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
@@ -428,6 +440,17 @@ impl Containers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_v1_controllers_path_is_its_own_line() {
+        let text = "12:pids:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n0::/system.slice/containerd.service\n";
+        assert_eq!(controller_path(text, "pids"), Some("/docker/abc"));
+        assert_eq!(controller_path(text, "cpuacct"), Some("/docker/abc"));
+        assert_eq!(controller_path(text, "memory"), None);
+        // The v2 line is no controller's.
+        assert_eq!(controller_path(text, ""), None);
+        assert_eq!(unified_path(text), Some("/system.slice/containerd.service"));
+    }
 
     const ID: &str = "aef52339d617485564dd9b8adda0ab64bc899e4e338a29cb55cc9574eb93a913";
     const UID: &str = "0f3c7b2e-5a1d-4c8e-9b6f-2d4e6a8c0b1f";
