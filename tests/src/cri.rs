@@ -178,6 +178,36 @@ pub fn run_pod(
                 },
             )
             .await?;
+        let id = sandbox.pod_sandbox_id.clone();
+        let started = start_container(
+            &mut c,
+            sandbox,
+            sandbox_config,
+            container,
+            image,
+            command,
+            host_network,
+        )
+        .await;
+        if started.is_err() {
+            // The sandbox must not outlive a failed start (its shim and process would).
+            let _: Result<Empty, _> = c.call("StopPodSandbox", ById { id: id.clone() }).await;
+            let _: Result<Empty, _> = c.call("RemovePodSandbox", ById { id }).await;
+        }
+        started
+    })
+}
+
+async fn start_container(
+    c: &mut Client,
+    sandbox: RunPodSandboxResponse,
+    sandbox_config: PodSandboxConfig,
+    container: &str,
+    image: &str,
+    command: &[&str],
+    host_network: NamespaceOption,
+) -> Result<Pod, String> {
+    {
         let created: CreateContainerResponse = c
             .call(
                 "CreateContainer",
@@ -214,7 +244,7 @@ pub fn run_pod(
             sandbox_id: sandbox.pod_sandbox_id,
             container_id: created.container_id,
         })
-    })
+    }
 }
 
 /// Stops and removes a pod sandbox (and its containers).
@@ -263,7 +293,8 @@ fn block_on<T, F: std::future::Future<Output = Result<T, String>>>(
         .build()
         .map_err(|e| e.to_string())?;
     let socket: PathBuf = socket.to_path_buf();
-    runtime.block_on(async move {
+    // A runtime that stops answering fails the test instead of hanging it.
+    let work = async move {
         let channel = tonic::transport::Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
                 let socket = socket.clone();
@@ -278,5 +309,10 @@ fn block_on<T, F: std::future::Future<Output = Result<T, String>>>(
             grpc: tonic::client::Grpc::new(channel),
         })
         .await
+    };
+    runtime.block_on(async move {
+        tokio::time::timeout(std::time::Duration::from_secs(60), work)
+            .await
+            .map_err(|_| "the CRI runtime did not answer in 60 s".to_string())?
     })
 }

@@ -818,6 +818,12 @@ state = "{d}/state"
 impl Drop for Containerd {
     fn drop(&mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // At most 10 s for a clean stop, then no more waiting.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
         // Whatever it left mounted below its directory (a sandbox's shm, a rootfs), deepest
         // first, then the directory.
@@ -833,6 +839,23 @@ impl Drop for Containerd {
             let _ = Command::new("umount").args(["-l", p]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An environment variable the tracers a test starts see, removed on drop (even when the test
+/// fails: the next test must not inherit it).
+struct EnvGuard(&'static str);
+
+impl EnvGuard {
+    fn set(name: &'static str, value: &str) -> EnvGuard {
+        std::env::set_var(name, value);
+        EnvGuard(name)
+    }
+}
+
+impl Drop for EnvGuard {
+    fn drop(&mut self) {
+        std::env::remove_var(self.0);
     }
 }
 
@@ -854,8 +877,13 @@ impl Drop for PodGuard<'_> {
         let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
             return;
         };
-        for h in hierarchies.flatten() {
-            let base = h.path().join("kubepods");
+        // v1 controllers and a hybrid unified mount below /sys/fs/cgroup, or cgroup v2 there.
+        let roots = hierarchies
+            .flatten()
+            .map(|h| h.path())
+            .chain([std::path::PathBuf::from("/sys/fs/cgroup")]);
+        for root in roots {
+            let base = root.join("kubepods");
             for dir in [
                 base.join(format!("besteffort/pod{}", self.uid)),
                 base.join("besteffort"),
@@ -881,9 +909,9 @@ fn a_pod_is_named_by_the_cri_runtime() {
     daemon.image();
     let containerd = Containerd::up();
     // tracer finds the runtime where crictl would.
-    std::env::set_var(
+    let _endpoint = EnvGuard::set(
         "CONTAINER_RUNTIME_ENDPOINT",
-        format!("unix://{}", containerd.socket.display()),
+        &format!("unix://{}", containerd.socket.display()),
     );
     let mut all = Tracer::watch(&["--proto", "tcp"]);
     let only = Tracer::watch(&["--pod", "shop/web-0"]);
@@ -951,7 +979,6 @@ fn a_pod_is_named_by_the_cri_runtime() {
     assert_eq!(listener["pod_name"], "web-0", "{listener}");
     assert_eq!(listener["pod_namespace"], "shop", "{listener}");
     drop(pod);
-    std::env::remove_var("CONTAINER_RUNTIME_ENDPOINT");
     eprintln!("cri: pod shop/web-0 ({uid}) named by containerd's CRI in watch, --pod and ports");
 }
 
@@ -976,9 +1003,11 @@ fn a_container_is_named_through_a_v1_hierarchy() {
     }
     let daemon = Daemon::up();
     daemon.image();
-    std::env::set_var("TRACER_CGROUP_V1", "pids");
+    // The syscall path too: the one a host without cgroup v2 runs on.
+    let v1 = EnvGuard::set("TRACER_CGROUP_V1", "pids");
     let mut all = Tracer::watch(&["--proto", "tcp"]);
-    std::env::remove_var("TRACER_CGROUP_V1");
+    let mut syscalls = Tracer::watch(&["--proto", "tcp", "--syscalls"]);
+    drop(v1);
     let web = Web::run("v1", free_port());
     let ip = web.ip();
     let deadline = Instant::now() + T;
@@ -993,6 +1022,15 @@ fn a_container_is_named_through_a_v1_hierarchy() {
     for e in containers_of(&all.events, &web.name) {
         assert_eq!(e["container_id"], web.id.as_str(), "{e}");
     }
+    syscalls.wait_for(
+        "httpd's accept on the syscall path, named through pids",
+        T,
+        |evs| {
+            containers_of(evs, &web.name)
+                .iter()
+                .any(|e| e["event"] == "accept" && e["fd"].is_number())
+        },
+    );
     assert!(all
         .events
         .iter()

@@ -54,7 +54,6 @@ impl Drop for Serve {
     }
 }
 
-/// One sample's value from the text format (`name{labels} value`), 0 when absent.
 /// Every event lost, whatever the reason (`tracer_events_lost_total{reason}` summed).
 fn lost(text: &str) -> u64 {
     text.lines()
@@ -63,6 +62,7 @@ fn lost(text: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// One sample's value from the text format (`name{labels} value`), 0 when absent.
 fn sample(text: &str, series: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))

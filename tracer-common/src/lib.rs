@@ -268,7 +268,8 @@ pub struct SockEvent {
     /// The calling thread's own name (`dig` runs its sockets from a thread named
     /// `isc-net-0000`). Equal to `comm` in a single-threaded process.
     pub thread: [u8; 16],
-    /// The caller's cgroup (v2 id: the inode of its directory in the unified hierarchy),
+    /// The caller's cgroup (the inode of its directory in the unified hierarchy; without cgroup
+    /// v2, in one v1 controller's: `KernelOffsets::cgroup_v1_subsys`),
     /// which names its container. 0 for a record made outside its owner's call. Last, so a
     /// record of the 144-byte layout before it reads as one with 0 here.
     pub cgroup: u64,
@@ -423,7 +424,7 @@ pub struct KernelFilter {
     pub syscall_path: u8,
     /// Bits of [`tp_args`]: the optional tracepoint arguments this kernel passes.
     pub tp_args: u8,
-    /// 1 (`--container`/`--pod`): a call made by a task whose cgroup (v2 id) the agent has
+    /// 1 (`--container`/`--pod`): a call made by a task whose cgroup (as `SockEvent::cgroup`) the agent has
     /// judged not selected (`CGROUP_VERDICTS` holds 0 for it) is dropped; a cgroup the agent
     /// has not judged yet passes, so the agent can.
     pub by_cgroup: u8,

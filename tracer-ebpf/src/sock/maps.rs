@@ -115,7 +115,7 @@ pub static UNOWNED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static FILTER_PIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
 
-/// `--container`/`--pod`: the agent's verdict per cgroup (v2 id): 1 selected, 0 not. Written
+/// `--container`/`--pod`: the agent's verdict per cgroup (`SockEvent::cgroup`): 1 selected, 0 not. Written
 /// by user space only; a cgroup not in it is not judged yet (its calls pass). LRU: a verdict
 /// pushed out is only asked for again.
 #[map]

@@ -287,7 +287,11 @@ fn setup(config: &WatchConfig) -> WatchSetup {
         .with_who(config.who)
         .with_container(config.container.clone()),
         group_by_remote: config.output.group_by == Some(GroupBy::Remote),
-        process_filter: !config.pids.is_empty() || config.comm.is_some(),
+        // The kernel cannot count for a process, container or pod filter (its transitions run in
+        // softirq): the agent counts what it attributed to the selection.
+        process_filter: !config.pids.is_empty()
+            || config.comm.is_some()
+            || config.container.is_some(),
         nat: false,
         who: config.who,
         nat_history: config.nat_history,

@@ -8,7 +8,16 @@
 //! `TRACER_CGROUP_V1=CONTROLLER` chooses the v1 way on a hybrid host too: for a runtime that
 //! puts its containers in the v1 controllers only (an old runc on a hybrid systemd host leaves
 //! them in their shim's v2 cgroup, where they would look like the host).
-use std::{os::unix::fs::MetadataExt, path::PathBuf, sync::OnceLock};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        OnceLock,
+    },
+};
+
+static V1_UNREADABLE: AtomicBool = AtomicBool::new(false);
 
 /// The v1 controllers tried, in order, when no cgroup v2 is mounted (runtimes make a cgroup
 /// for each container in every one of them).
@@ -23,10 +32,21 @@ pub enum Hierarchy {
 }
 
 impl Hierarchy {
-    /// The hierarchy records' cgroup ids name (found once per run).
+    /// The hierarchy records' cgroup ids name (found once per run; none once the programs
+    /// could not read a v1 one).
     pub fn get() -> Option<&'static Hierarchy> {
         static FOUND: OnceLock<Option<Hierarchy>> = OnceLock::new();
-        FOUND.get_or_init(find).as_ref()
+        let found = FOUND.get_or_init(find).as_ref()?;
+        if found.controller().is_some() && V1_UNREADABLE.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(found)
+    }
+
+    /// The programs cannot read the caller's v1 cgroup on this kernel (its BTF lacks what the
+    /// walk needs): containers are not named, rather than every one taken for the host.
+    pub fn v1_unreadable() {
+        V1_UNREADABLE.store(true, Ordering::Relaxed);
     }
 
     pub fn root(&self) -> &PathBuf {

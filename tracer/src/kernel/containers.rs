@@ -8,8 +8,7 @@
 //! walking the hierarchy (at most every [`WALK_EVERY`], at most [`MAX_WALK`] cgroups): a
 //! process gone by the time its record is read still gets its container, as long as the
 //! cgroup lives. An id found nowhere is not known (never a guess from a process that may have
-//! moved or a pid reused). Without cgroup v2 the kernel's id names no cgroup: containers are
-//! not named then (said once).
+//! moved or a pid reused). Without cgroup v2 the ids are a v1 controller's ([`super::cgroups`]).
 //!
 //! A container found on a path any directory of which a user other than root owns (a
 //! subtree delegated to that user: `user@UID.service`, an LXC payload, a `Delegate=yes`

@@ -32,6 +32,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Both lists read again this often (removed containers are forgotten).
 const RELIST_EVERY: Duration = Duration::from_secs(30);
 
+/// How often sockets that did not answer `Version` are asked again.
+const FIND_AGAIN: Duration = Duration::from_secs(10);
+
 /// Ids waiting to be looked up, at most.
 const MAX_ASKED: usize = 256;
 /// How long an id the runtime does not list is believed unknown.
@@ -64,13 +67,22 @@ mod api {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ListPodSandboxRequest {
         #[prost(message, optional, tag = "1")]
-        pub filter: Option<ById>,
+        pub filter: Option<Filter>,
     }
-    /// `PodSandboxFilter` and `ContainerFilter` alike: the id in tag 1 (the rest unset).
+    /// `PodSandboxFilter` and `ContainerFilter` alike: an id (tag 1) or a state (tag 2).
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ById {
+    pub struct Filter {
         #[prost(string, tag = "1")]
         pub id: String,
+        #[prost(message, optional, tag = "2")]
+        pub state: Option<StateValue>,
+    }
+    /// `PodSandboxStateValue` (SANDBOX_READY = 0) and `ContainerStateValue` (CONTAINER_RUNNING
+    /// = 1) alike.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StateValue {
+        #[prost(int32, tag = "1")]
+        pub state: i32,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ListPodSandboxResponse {
@@ -96,7 +108,7 @@ mod api {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ListContainersRequest {
         #[prost(message, optional, tag = "1")]
-        pub filter: Option<ById>,
+        pub filter: Option<Filter>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ListContainersResponse {
@@ -121,8 +133,12 @@ mod api {
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ImageSpec {
+        /// What the kubelet passed: often the image's id (`sha256:…`) on a real node.
         #[prost(string, tag = "1")]
         pub image: String,
+        /// The name the pod's spec gave (newer runtimes).
+        #[prost(string, tag = "18")]
+        pub user_specified_image: String,
     }
 }
 
@@ -221,9 +237,11 @@ impl CriNames {
         {
             return None;
         }
-        if state.asked.len() < MAX_ASKED {
-            state.asked.insert(id.into());
+        if state.asked.len() >= MAX_ASKED && !state.asked.contains(id) {
+            // Too many questions waiting: asked again at the stage's next look.
+            return None;
         }
+        state.asked.insert(id.into());
         self.wake.notify_one();
         if !state.healthy || state.waited.contains(id) {
             return None;
@@ -283,15 +301,21 @@ impl CriNames {
             }
         };
         runtime.block_on(async move {
-            let Some((socket, client)) = self.find(&sockets).await else {
-                return;
-            };
-            self.follow(&socket, client).await;
+            // A runtime starting (or restarting) with tracer is looked for again, quietly,
+            // every FIND_AGAIN.
+            let mut said = false;
+            loop {
+                if let Some((socket, client)) = self.find(&sockets, !said).await {
+                    self.follow(&socket, client).await;
+                }
+                said = true;
+                tokio::time::sleep(FIND_AGAIN).await;
+            }
         });
     }
 
-    /// The first socket that answers CRI's `Version`.
-    async fn find(&self, sockets: &[PathBuf]) -> Option<(PathBuf, Client)> {
+    /// The first socket that answers CRI's `Version` (`say`: log what each one answered).
+    async fn find(&self, sockets: &[PathBuf], say: bool) -> Option<(PathBuf, Client)> {
         for socket in sockets {
             let answer = async {
                 let mut client = Client::connect(socket).await?;
@@ -320,10 +344,17 @@ impl CriNames {
                     });
                     return Some((socket.clone(), client));
                 }
-                Err(e) => tracing::info!("no CRI at {}: {e}", socket.display()),
+                Err(e) if say => tracing::info!(
+                    "no CRI at {}: {}",
+                    socket.display(),
+                    crate::text::escape_log(&e)
+                ),
+                Err(_) => {}
             }
         }
-        tracing::info!("no CRI runtime answers: pods are named by their UID only");
+        if say {
+            tracing::info!("no CRI runtime answers: pods are named by their UID only (asked again every {FIND_AGAIN:?})");
+        }
         // Nobody waits for lists that will not come.
         self.update(|s| s.lists = 1);
         None
@@ -388,8 +419,18 @@ impl CriNames {
         Ok(())
     }
 
+    /// A call failed: said once when the runtime stops answering, quietly after.
     fn failed(&self, socket: &std::path::Path, e: &str) {
-        tracing::debug!("CRI at {}: {e}", socket.display());
+        let was_healthy = self.shared.0.lock().is_ok_and(|s| s.healthy);
+        let e = crate::text::escape_log(e);
+        if was_healthy {
+            tracing::info!(
+                "the CRI runtime at {} stopped answering: {e}",
+                socket.display()
+            );
+        } else {
+            tracing::debug!("CRI at {}: {e}", socket.display());
+        }
         self.update(|s| {
             s.healthy = false;
             s.lists += 1;
@@ -408,6 +449,8 @@ impl State {
             };
             if self.pods.len() < MAX_CONTAINERS {
                 self.pods.insert(meta.uid.as_str().into(), pod.clone());
+            } else {
+                self.evicted += 1;
             }
             Some(pod)
         });
@@ -415,8 +458,9 @@ impl State {
             Some(c) if self.containers.len() < MAX_CONTAINERS => {
                 self.containers.insert(id.into(), names_of(c, pod.as_ref()));
             }
-            Some(_) => self.evicted += 1,
-            None => {
+            found => {
+                // Past the cap (counted), or not the runtime's: not asked again for a while.
+                self.evicted += u64::from(found.is_some());
                 self.unknown.retain(|_, at| at.elapsed() < UNKNOWN_FOR);
                 if self.unknown.len() < MAX_CONTAINERS {
                     self.unknown.insert(id.into(), Instant::now());
@@ -430,6 +474,9 @@ impl State {
     /// One reading of both lists replaces what was known.
     fn take(&mut self, pods: Vec<api::PodSandbox>, containers: Vec<api::Container>) {
         let mut by_sandbox: HashMap<String, Pod> = HashMap::default();
+        let over = pods.len().saturating_sub(MAX_CONTAINERS)
+            + containers.len().saturating_sub(MAX_CONTAINERS);
+        self.evicted = self.evicted.max(over as u64);
         self.pods.clear();
         for sandbox in pods.into_iter().take(MAX_CONTAINERS) {
             let Some(meta) = sandbox.metadata else {
@@ -442,8 +489,6 @@ impl State {
             self.pods.insert(meta.uid.as_str().into(), pod.clone());
             by_sandbox.insert(sandbox.id, pod);
         }
-        let over = containers.len().saturating_sub(MAX_CONTAINERS) as u64;
-        self.evicted = self.evicted.max(over);
         self.containers.clear();
         for c in containers.into_iter().take(MAX_CONTAINERS) {
             let pod = by_sandbox.get(&c.pod_sandbox_id);
@@ -461,7 +506,14 @@ fn names_of(c: api::Container, pod: Option<&Pod>) -> Names {
         name: c.metadata.map(|m| m.name).unwrap_or_default().into(),
         image: c
             .image
-            .map(|i| CompactString::from(i.image))
+            .map(|i| {
+                let name = if i.user_specified_image.is_empty() {
+                    i.image
+                } else {
+                    i.user_specified_image
+                };
+                CompactString::from(name)
+            })
             .filter(|i| !i.is_empty()),
         pod_name: pod.map(|p| p.name.clone()),
         pod_namespace: pod.map(|p| p.namespace.clone()),
@@ -469,37 +521,48 @@ fn names_of(c: api::Container, pod: Option<&Pod>) -> Names {
     }
 }
 
-/// Both lists (`only: None`), or just pod sandbox `SANDBOX` / container `ID`
-/// (`Some((Some(SANDBOX), _))`, `Some((None, ID))`).
+/// The ready pods and running containers (`only: None`: what a node has now, without the
+/// exited ones a busy node keeps by the thousand), or just pod sandbox `SANDBOX` / container
+/// `ID` whatever its state (`Some((Some(SANDBOX), _))`, `Some((None, ID))`).
 async fn read_lists(
     client: &mut Client,
     only: Option<(Option<&str>, &str)>,
 ) -> Result<(Vec<api::PodSandbox>, Vec<api::Container>), String> {
-    let by_id = |id: &str| Some(api::ById { id: id.into() });
+    let by_id = |id: &str| {
+        Some(api::Filter {
+            id: id.into(),
+            state: None,
+        })
+    };
+    let in_state = |state| {
+        Some(api::Filter {
+            id: String::new(),
+            state: Some(api::StateValue { state }),
+        })
+    };
     let pods = match only {
         Some((None, _)) => Vec::new(),
         Some((Some(sandbox), _)) => {
-            let r: api::ListPodSandboxResponse = client
-                .call(
-                    "ListPodSandbox",
-                    api::ListPodSandboxRequest {
-                        filter: by_id(sandbox),
-                    },
-                )
-                .await?;
+            let request = api::ListPodSandboxRequest {
+                filter: by_id(sandbox),
+            };
+            let r: api::ListPodSandboxResponse = client.call("ListPodSandbox", request).await?;
             return Ok((r.items, Vec::new()));
         }
         None => {
-            let r: api::ListPodSandboxResponse = client
-                .call(
-                    "ListPodSandbox",
-                    api::ListPodSandboxRequest { filter: None },
-                )
-                .await?;
+            // SANDBOX_READY
+            let request = api::ListPodSandboxRequest {
+                filter: in_state(0),
+            };
+            let r: api::ListPodSandboxResponse = client.call("ListPodSandbox", request).await?;
             r.items
         }
     };
-    let filter = only.map(|(_, id)| api::ById { id: id.into() });
+    // CONTAINER_RUNNING for the list; any state for one id.
+    let filter = match only {
+        Some((_, id)) => by_id(id),
+        None => in_state(1),
+    };
     let containers: api::ListContainersResponse = client
         .call("ListContainers", api::ListContainersRequest { filter })
         .await?;
@@ -578,7 +641,8 @@ mod tests {
             pod_sandbox_id: sandbox.into(),
             metadata: Some(api::ContainerMetadata { name: name.into() }),
             image: Some(api::ImageSpec {
-                image: "docker.io/library/nginx:1.27".into(),
+                image: "sha256:0e3c8f2a".into(),
+                user_specified_image: "docker.io/library/nginx:1.27".into(),
             }),
         }
     }

@@ -146,6 +146,7 @@ impl SockProbes {
         Ok(CgroupVerdicts {
             map: self.take_map("CGROUP_VERDICTS")?,
             written: crate::model::bounded::BoundedMap::new(VERDICTS),
+            rewritten: 0,
         })
     }
 
@@ -338,26 +339,41 @@ const VERDICTS: usize = 16384;
 /// `--container`/`--pod` in the kernel: once the agent knows a cgroup's container for good
 /// (named by its runtime, the host, a user's own cgroup), it writes whether that cgroup is
 /// selected, and the kernel drops the calls of those that are not before they reach the ring.
-/// A cgroup not judged yet passes. A verdict the kernel's LRU map pushes out is only written
-/// again when that cgroup's calls reach the agent again.
+/// A cgroup not judged yet passes. A "not selected" the kernel's LRU map pushed out shows
+/// itself: a call of that cgroup reaches the agent again, which writes it again (counted).
 pub struct CgroupVerdicts {
     map: BpfHashMap<MapData, u64, u8>,
     /// What was written, so each verdict is written once (bounded like the kernel's map).
     written: crate::model::bounded::BoundedMap<u64, u8>,
+    /// Verdicts written again after the kernel's map had pushed them out.
+    rewritten: u64,
 }
 
 impl CgroupVerdicts {
-    pub fn judge(&mut self, cgroup: u64, selected: bool) {
+    /// `selected`: the verdict; `own_call`: the judged record was made in that cgroup's own
+    /// call (the kernel would have dropped it, had it still held "not selected").
+    pub fn judge(&mut self, cgroup: u64, selected: bool, own_call: bool) {
         let verdict = u8::from(selected);
-        if cgroup == 0 || self.written.get(&cgroup) == Some(&verdict) {
+        if cgroup == 0 {
+            return;
+        }
+        let known = self.written.get(&cgroup) == Some(&verdict);
+        if known && (selected || !own_call) {
             return;
         }
         match self.map.insert(cgroup, verdict, 0) {
             Ok(()) => {
+                self.rewritten += u64::from(known);
                 self.written.insert(cgroup, verdict);
             }
             Err(e) => tracing::debug!("cgroup verdict for {cgroup}: {e}"),
         }
+    }
+
+    /// Verdicts forgotten: pushed out of the kernel's map (and written again), or out of the
+    /// agent's record of them.
+    pub fn forgotten(&self) -> u64 {
+        self.rewritten + self.written.evicted()
     }
 }
 
@@ -521,21 +537,28 @@ fn cgroup_v1_offsets(btf: &KernelBtf) -> Result<KernelOffsets> {
         return Ok(KernelOffsets::default());
     };
     let want = format!("{controller}_cgrp_id");
-    let Some((index, _)) = btf
+    let index = btf
         .enum_values("cgroup_subsys_id", "")
         .into_iter()
         .find(|(_, name)| *name == want)
-    else {
-        tracing::warn!("this kernel has no {want} in cgroup_subsys_id: containers are not named");
-        return Ok(KernelOffsets::default());
-    };
-    Ok(KernelOffsets {
-        cgroup_v1_subsys: index + 1,
-        task_cgroups: btf.offset("task_struct", "cgroups")?,
-        css_set_subsys: btf.offset("css_set", "subsys")?,
-        css_cgroup: btf.offset("cgroup_subsys_state", "cgroup")?,
-        cgroup_kn: btf.offset("cgroup", "kn")?,
-        kernfs_node_id: btf.offset("kernfs_node", "id")?,
-        ..KernelOffsets::default()
-    })
+        .map(|(index, _)| index);
+    let offsets = (|| {
+        Some(KernelOffsets {
+            cgroup_v1_subsys: index? + 1,
+            task_cgroups: btf.offset("task_struct", "cgroups").ok()?,
+            css_set_subsys: btf.offset("css_set", "subsys").ok()?,
+            css_cgroup: btf.offset("cgroup_subsys_state", "cgroup").ok()?,
+            cgroup_kn: btf.offset("cgroup", "kn").ok()?,
+            kernfs_node_id: btf.offset("kernfs_node", "id").ok()?,
+            ..KernelOffsets::default()
+        })
+    })();
+    Ok(offsets.unwrap_or_else(|| {
+        // The programs keep the v2 helper; user space must not read its ids as v1 ones.
+        tracing::warn!(
+            "this kernel's BTF lacks what reading a task's {controller} cgroup needs: containers are not named"
+        );
+        super::cgroups::Hierarchy::v1_unreadable();
+        KernelOffsets::default()
+    }))
 }

@@ -57,7 +57,8 @@ pub trait KernelInputs {
     fn any_alive(&mut self, pids: &[u32]) -> bool;
     /// `--container`/`--pod`: cgroup `cgroup`'s container is known for good and is (or is not)
     /// selected: the kernel may drop its calls from now on (recordings and fakes: nothing).
-    fn judge_cgroup(&mut self, _cgroup: u64, _selected: bool) {}
+    /// `own_call`: the record judged was made in that cgroup's own call.
+    fn judge_cgroup(&mut self, _cgroup: u64, _selected: bool, _own_call: bool) {}
     /// The container of cgroup `cgroup` (a record's), made by `pid`; None when nothing is
     /// known (recordings and fakes without the answer).
     fn container(&mut self, _cgroup: u64, _pid: Option<u32>) -> Option<Container> {
@@ -163,7 +164,11 @@ impl KernelInputs for LiveKernel {
         evicted.containers = self
             .containers
             .as_ref()
-            .map_or(0, ContainerResolver::runtimes_evicted);
+            .map_or(0, ContainerResolver::runtimes_evicted)
+            + self
+                .verdicts
+                .as_ref()
+                .map_or(0, crate::kernel::loader::CgroupVerdicts::forgotten);
         evicted
     }
 
@@ -203,9 +208,9 @@ impl KernelInputs for LiveKernel {
             .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
     }
 
-    fn judge_cgroup(&mut self, cgroup: u64, selected: bool) {
+    fn judge_cgroup(&mut self, cgroup: u64, selected: bool, own_call: bool) {
         if let Some(v) = self.verdicts.as_mut() {
-            v.judge(cgroup, selected);
+            v.judge(cgroup, selected, own_call);
         }
     }
 

@@ -75,9 +75,9 @@ impl KernelInputs for Recorder<'_> {
         let v = self.inner.any_alive(pids);
         self.note(v, |v| Answer::AnyAlive(*v))
     }
-    fn judge_cgroup(&mut self, cgroup: u64, selected: bool) {
+    fn judge_cgroup(&mut self, cgroup: u64, selected: bool, own_call: bool) {
         // Only a kernel-side shortcut: the recording holds what the agent read either way.
-        self.inner.judge_cgroup(cgroup, selected);
+        self.inner.judge_cgroup(cgroup, selected, own_call);
     }
     fn listeners(&mut self, places: &[(u32, Option<u32>)]) -> (Vec<u32>, Vec<SnapSocket>) {
         let v = self.inner.listeners(places);

@@ -148,7 +148,19 @@ impl WatchStage {
             // counted here, once attributed.
             let unowned = raw.kind == kind::STATE
                 || (raw.flags & flag::FROM_HOOK != 0 && raw.flags & flag::OWNER_IN_CONTEXT == 0);
-            if allowed && self.process_filter {
+            // Counted for the selection: with a container filter, once the owner's container
+            // says it is selected.
+            let selected = allowed
+                && self.process_filter
+                && (!self.filter.wants_container() || self.scrape.is_none() || {
+                    let container = attribution.owner.and_then(|o| {
+                        self.containers.of(o.cgroup, raw.ts_ns, || {
+                            kernel.container(o.cgroup, Some(o.pid))
+                        })
+                    });
+                    self.filter.allows_container(container.as_deref())
+                });
+            if selected {
                 if let Some(scrape) = &self.scrape {
                     if crate::model::health::is_health(raw.kind) {
                         scrape.count_health(&raw);
@@ -188,7 +200,10 @@ impl WatchStage {
                     if let Some(selected) =
                         self.filter.container_verdict(event.container.as_deref())
                     {
-                        kernel.judge_cgroup(owner.cgroup, selected);
+                        let in_context = raw.flags & flag::FROM_HOOK == 0
+                            || raw.flags & flag::OWNER_IN_CONTEXT != 0;
+                        let own_call = in_context && raw.cgroup == owner.cgroup;
+                        kernel.judge_cgroup(owner.cgroup, selected, own_call);
                     }
                 }
                 if !self.filter.allows_container(event.container.as_deref()) {
