@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod i18n;
 pub mod kernel;
 pub mod metrics;
 pub mod model;

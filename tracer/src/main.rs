@@ -123,6 +123,14 @@ fn run(command: Command) -> anyhow::Result<u8> {
         }
         Command::Replay(args) => tracer::commands::replay::run(args.validate()?)?,
         Command::Doctor => tracer::commands::doctor::run()?,
+        Command::Lesson(args) => {
+            let code = tracer::commands::lesson::run(args.validate()?)?;
+            return Ok(code.clamp(0, 255) as u8);
+        }
+        Command::LessonActor { scenario, report } => {
+            let code = tracer::commands::lesson::actor::run(&scenario, &report);
+            return Ok(code.clamp(0, 255) as u8);
+        }
         Command::Floor { syscalls } => tracer::commands::floor::run(syscalls)?,
     }
     Ok(0)

@@ -181,7 +181,8 @@ fn through_every_sink(comm_bytes: &[u8], netns_bytes: &[u8]) {
 
     let mut story_out = Vec::new();
     for story in &book.stories {
-        crate::output::story::write_story(&mut story_out, story, true).unwrap();
+        crate::output::story::write_story(&mut story_out, story, Some(crate::i18n::Lang::En))
+            .unwrap();
         crate::output::story::write_story_json(&mut story_out, story).unwrap();
     }
     for program in book.programs() {

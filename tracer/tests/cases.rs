@@ -337,6 +337,7 @@ fn trace_tells_each_socket_s_story() {
     let format = StoryFormat {
         json: false,
         explain: true,
+        lang: tracer::i18n::Lang::En,
     };
     let mut stage = TraceStage::new(
         SocketTable::default(),

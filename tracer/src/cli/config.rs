@@ -145,6 +145,7 @@ pub enum TraceTarget {
 pub struct TraceConfig {
     pub json: bool,
     pub explain: bool,
+    pub lang: crate::i18n::Lang,
     pub target: TraceTarget,
 }
 
@@ -172,6 +173,10 @@ impl TraceArgs {
         Ok(TraceConfig {
             json: self.json,
             explain: self.explain,
+            lang: match self.lang.as_deref() {
+                Some(code) => crate::i18n::Lang::parse(code).unwrap_or(crate::i18n::Lang::En),
+                None => crate::i18n::Lang::from_env(),
+            },
             target,
         })
     }

@@ -59,6 +59,17 @@ pub enum Command {
     },
     /// Show which hooks this kernel offers and which of them tracer uses.
     Doctor,
+    /// The study notes' tables (port ranges, the TCP server and client flows, UDP, the
+    /// handshakes, ephemeral ports), filled in live: a small real scenario runs on 127.0.0.1,
+    /// traced, and each row shows what the kernel did. Without NAME: the list.
+    Lesson(LessonArgs),
+    /// Internal: a lesson's scenario (the program `lesson` traces).
+    #[command(hide = true, name = "__lesson-actor")]
+    LessonActor {
+        scenario: String,
+        #[arg(long)]
+        report: std::path::PathBuf,
+    },
     /// Internal (the benchmark's floor row): attach a program that does nothing to every hook
     /// `watch` attaches on its path, and hold them until SIGINT or SIGTERM.
     #[command(hide = true, name = "__floor")]
@@ -67,6 +78,34 @@ pub enum Command {
         #[arg(long)]
         syscalls: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct LessonArgs {
+    /// The lesson (none: list them).
+    pub name: Option<String>,
+    /// Language of the tables and explanations (default: from LANG / LC_MESSAGES; English
+    /// otherwise).
+    #[arg(long, value_parser = ["ko", "en"])]
+    pub lang: Option<String>,
+    /// One JSON record per table row, with its live values.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LessonArgs {
+    pub fn validate(self) -> crate::error::Result<crate::commands::lesson::LessonConfig> {
+        use crate::{commands::lesson::LessonConfig, i18n::Lang};
+        let lang = match self.lang.as_deref() {
+            Some(code) => Lang::parse(code).unwrap_or(Lang::En),
+            None => Lang::from_env(),
+        };
+        Ok(LessonConfig {
+            name: self.name,
+            lang,
+            json: self.json,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -277,6 +316,10 @@ pub struct TraceArgs {
     /// Add a sentence per step connecting it to the concept it shows.
     #[arg(long)]
     pub explain: bool,
+    /// Language of --explain's sentences (default: from LANG / LC_MESSAGES; English
+    /// otherwise). JSON's `explain` field stays English.
+    #[arg(long, value_parser = ["ko", "en"])]
+    pub lang: Option<String>,
     /// Follow these running processes and their children instead of starting a command.
     #[arg(long = "pid", value_name = "PID", conflicts_with_all = ["comm", "command"])]
     pub pids: Vec<u32>,

@@ -2,6 +2,7 @@
 pub mod closed_stdout;
 pub mod doctor;
 pub mod floor;
+pub mod lesson;
 pub mod nat;
 pub mod ports;
 pub mod replay;

@@ -176,6 +176,7 @@ pub enum Target {
 pub struct TracePlan {
     pub json: bool,
     pub explain: bool,
+    pub lang: crate::i18n::Lang,
     pub target: Target,
 }
 
@@ -197,6 +198,7 @@ pub fn prepare(config: TraceConfig) -> Result<TracePlan> {
     Ok(TracePlan {
         json: config.json,
         explain: config.explain,
+        lang: config.lang,
         target,
     })
 }
@@ -232,6 +234,7 @@ pub async fn run(config: TracePlan) -> Result<i32> {
     let format = StoryFormat {
         json: config.json,
         explain: config.explain,
+        lang: config.lang,
     };
     let followed = if child.is_some() { Vec::new() } else { pids };
     let interactive = io::stdin().is_terminal();
@@ -472,6 +475,7 @@ fn report(
     let format = StoryFormat {
         json: config.json,
         explain: config.explain,
+        lang: config.lang,
     };
     let io_err = |e: io::Error| Error::io("writing output", e);
     // What the kernel still counts for sockets that are open.

@@ -346,7 +346,7 @@ fn story_records_as_text_and_json() {
     ids.dedup();
     let mut out = Vec::new();
     for &id in &ids {
-        super::story::write_story(&mut out, &book.stories[id], false).unwrap();
+        super::story::write_story(&mut out, &book.stories[id], None).unwrap();
     }
     for &id in &ids {
         super::story::write_story_json(&mut out, &book.stories[id]).unwrap();

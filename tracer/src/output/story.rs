@@ -52,6 +52,31 @@ fn endpoint(addr: Option<std::net::IpAddr>, port: u16) -> String {
 
 /// The sentence `--explain` adds to a step: what it means in the documents' terms.
 pub fn explain(what: StepKind, role: Role) -> &'static str {
+    explain_in(what, role, crate::i18n::Lang::En)
+}
+
+/// [`explain`] in `lang` (the catalogue's `explain.<what>`).
+pub fn explain_in(what: StepKind, role: Role, lang: crate::i18n::Lang) -> &'static str {
+    if what == StepKind::Data && role == Role::Udp {
+        return lang.t("explain.data.udp");
+    }
+    lang.t(&format!("explain.{}", what.name()))
+}
+
+/// The English sentences, as the catalogue has them (kept here for the catalogue test).
+/// Every step kind, for the catalogue test.
+#[cfg(test)]
+const KINDS: [StepKind; 28] = {
+    use StepKind::*;
+    [
+        Socket, Bind, Listen, Accept, Accepted, Connect, SynSent, SynRecv, Handshake, CloseFirst,
+        ClosePeer, FinWait2, LastAck, TimeWait, Closed, State, Data, Autobind, Shutdown, Close,
+        Release, Error, Snapshot, Retransmit, Reset, Drop, Proxy, Data,
+    ]
+};
+
+#[cfg(test)]
+fn explain_en(what: StepKind, role: Role) -> &'static str {
     use StepKind::*;
     match what {
         Socket => "socket() asks the kernel for a communication endpoint: protocol and family are fixed now, the address and port come later.",
@@ -202,7 +227,12 @@ fn health_text(h: &crate::model::story::Health) -> Option<String> {
     Some(parts.join(", "))
 }
 
-pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::Result<()> {
+/// A story as text; `explain`: with each step's sentence, in that language.
+pub fn write_story(
+    out: &mut impl Write,
+    s: &SocketStory,
+    explain: Option<crate::i18n::Lang>,
+) -> io::Result<()> {
     writeln!(
         out,
         "── socket {} · {} (pid {}) · {} ──",
@@ -224,8 +254,8 @@ pub fn write_story(out: &mut impl Write, s: &SocketStory, explain: bool) -> io::
             since,
             text::escape(&step_text(step))
         )?;
-        if explain {
-            let sentence = self::explain(step.what, step.role);
+        if let Some(lang) = explain {
+            let sentence = self::explain_in(step.what, step.role, lang);
             writeln!(out, "  {:>13}    ↳ {}", "", text::escape(sentence))?;
         }
     }
@@ -298,10 +328,34 @@ mod tests {
     use crate::model::story::fixtures::{book_of, client_events};
 
     #[test]
+    fn the_catalogue_says_what_explain_always_said() {
+        use super::{explain_en, explain_in, Role, KINDS};
+        use crate::i18n::Lang;
+        for (i, what) in KINDS.into_iter().enumerate() {
+            // The last Data is UDP's.
+            let role = if i == KINDS.len() - 1 {
+                Role::Udp
+            } else {
+                Role::Client
+            };
+            assert_eq!(
+                explain_in(what, role, Lang::En),
+                explain_en(what, role),
+                "{what:?}"
+            );
+            assert_ne!(
+                explain_in(what, role, Lang::Ko),
+                explain_en(what, role),
+                "{what:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_client_story_explained() {
         let book = book_of(&client_events());
         let mut out = Vec::new();
-        super::write_story(&mut out, &book.stories[0], true).unwrap();
+        super::write_story(&mut out, &book.stories[0], Some(crate::i18n::Lang::En)).unwrap();
         insta::assert_snapshot!("client_story_explained", String::from_utf8(out).unwrap());
     }
 }

@@ -5,7 +5,7 @@ use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 use super::story_steps::{error_text, listening_text, step_text};
 use crate::model::nat::{NatKind, NatSource};
-use crate::model::story::{CallError, Listening, Role, Side, Step};
+use crate::model::story::{CallError, Listening, Role, Side, Step, StepDetail};
 use crate::model::types::{Endpoint, EventKind, Family, Proto, SockState, TcpState};
 
 macro_rules! by_name {
@@ -75,16 +75,107 @@ impl Serialize for Listening {
     }
 }
 
-/// A story's step: its tag, its text and the `--explain` sentence that goes with it.
+/// A story's step: its tag, its values (`detail`), its text and the `--explain` sentence that
+/// goes with it.
 impl Serialize for Step {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut out = s.serialize_struct("Step", 5)?;
+        let mut out = s.serialize_struct("Step", 6)?;
         out.serialize_field("ts_ns", &self.ts_ns)?;
         out.serialize_field("since_previous_ns", &self.since_previous_ns)?;
         out.serialize_field("what", self.what.name())?;
+        out.serialize_field("detail", &detail(&self.detail))?;
         out.serialize_field("text", &step_text(self))?;
         out.serialize_field("explain", super::story::explain(self.what, self.role))?;
         out.end()
+    }
+}
+
+/// A step's values as fields (`fd`, `local`, `remote`, `peer`, `port`, `kernel_chose`,
+/// `old_state`/`new_state`, `backlog`, `errno` …): what the text says, for a program to read.
+fn detail(d: &StepDetail) -> serde_json::Value {
+    use serde_json::json;
+    match d {
+        StepDetail::Socket { fd, proto, family } => {
+            json!({"fd": fd, "proto": proto, "family": family})
+        }
+        StepDetail::Bind { local, service } => {
+            json!({"local": local, "port": local.port, "kernel_chose": false, "service": service})
+        }
+        StepDetail::BindChosen {
+            addr,
+            port,
+            service,
+        } => {
+            json!({"local": Endpoint::new(*addr, *port), "port": port, "kernel_chose": true, "service": service})
+        }
+        StepDetail::Listen { backlog } => json!({ "backlog": backlog }),
+        StepDetail::Accept {
+            fd,
+            peer,
+            peer_ephemeral,
+            socket,
+        } => {
+            json!({"fd": fd, "peer": peer, "peer_ephemeral": peer_ephemeral, "socket": socket + 1})
+        }
+        StepDetail::Accepted {
+            fd,
+            peer,
+            waited_ns,
+            ..
+        } => json!({"fd": fd, "peer": peer, "waited_ns": waited_ns}),
+        StepDetail::Connect {
+            remote,
+            service,
+            local,
+            kernel_chose,
+        } => {
+            json!({"remote": remote, "service": service, "local": local, "port": local.port, "kernel_chose": kernel_chose})
+        }
+        StepDetail::Transition { old, new } => json!({"old_state": old, "new_state": new}),
+        StepDetail::Autobind { call, remote, port } => {
+            json!({"call": call, "remote": remote, "port": port, "kernel_chose": true})
+        }
+        StepDetail::Shutdown { how } => json!({ "how": how }),
+        StepDetail::Close { fd } => json!({ "fd": fd }),
+        StepDetail::Release => json!({}),
+        StepDetail::Failed { call, end, errno } => {
+            json!({"call": call, "end": end, "errno": errno})
+        }
+        StepDetail::Snapshot {
+            proto,
+            local,
+            state,
+            remote,
+        } => json!({"proto": proto, "local": local, "state": state, "remote": remote}),
+        StepDetail::Retransmit {
+            what,
+            count,
+            waited_ns,
+        } => json!({"segment": what, "count": count, "waited_ns": waited_ns}),
+        StepDetail::Reset {
+            direction,
+            state,
+            reason,
+        } => json!({"direction": direction, "state": state, "reason": reason}),
+        StepDetail::Drop { reason } => json!({ "reason": reason }),
+        StepDetail::Proxy {
+            front,
+            client,
+            published,
+            target,
+            container,
+            other,
+        } => {
+            json!({"front": front, "client": client, "published": published, "target": target, "container": container, "other": other.map(|o| o + 1)})
+        }
+        StepDetail::Data { udp, data, peers } => json!({
+            "udp": udp,
+            "sent_bytes": data.sent_bytes,
+            "received_bytes": data.received_bytes,
+            "sends": data.sends,
+            "receives": data.receives,
+            "peers": peers,
+        }),
     }
 }
 

@@ -35,6 +35,8 @@ pub enum TraceInput {
 pub struct StoryFormat {
     pub json: bool,
     pub explain: bool,
+    /// The language of `--explain`'s sentences.
+    pub lang: crate::i18n::Lang,
 }
 
 /// The stories of the followed processes' sockets.
@@ -130,7 +132,7 @@ pub fn print_story(
     if format.json {
         render::write_story_json(out, story)
     } else {
-        render::write_story(out, story, format.explain)
+        render::write_story(out, story, format.explain.then_some(format.lang))
     }
 }
 
