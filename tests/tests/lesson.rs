@@ -7,13 +7,16 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use tracer_tests::*;
 
-const LESSONS: [&str; 6] = [
+const LESSONS: [&str; 9] = [
     "ports",
+    "socket",
     "tcp-server",
     "tcp-client",
     "udp",
     "handshake",
     "ephemeral",
+    "http",
+    "nat",
 ];
 
 fn lesson(args: &[&str]) -> (bool, String, String) {
@@ -248,4 +251,59 @@ fn trace_explains_in_korean() {
         "the autobind step explained in Korean: {text}"
     );
     assert!(text.contains("socket()은 커널에 통신 종단점"), "{text}");
+}
+
+fn namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("tracer-lesson-"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `lesson nat`: the notes' port translation (192.0.2.5:5000 → 203.0.113.10:600xx) and a
+/// port forward (203.0.113.10:8080 → 192.0.2.10:80), as tracer nat and conntrack see them
+/// and as the servers' accept() saw them; its namespaces are gone afterwards.
+#[test]
+fn the_nat_lesson_translates_a_port_and_forwards_one() {
+    let name = "the_nat_lesson_translates_a_port_and_forwards_one";
+    if !prerequisites(name)
+        || !tool(name, "nft", "nftables")
+        || !tool(name, "conntrack", "conntrack")
+    {
+        return;
+    }
+    let (ok, out, err) = lesson(&["nat", "--lang", "en", "--json"]);
+    assert!(ok, "{err}\n{out}");
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |step: &str| {
+        records
+            .iter()
+            .find(|r| r["type"] == "lesson_row" && r["step"] == step)
+            .unwrap_or_else(|| panic!("no {step} row: {out}"))
+            .clone()
+    };
+    let pat = row("PAT/NAPT");
+    assert_eq!(pat["values"]["kind"], "snat", "{pat}");
+    assert_eq!(pat["values"]["port_translated"], true, "{pat}");
+    assert_eq!(pat["values"]["original"]["sport"], 5000, "{pat}");
+    let tport = pat["values"]["translated"]["sport"].as_u64().unwrap();
+    assert!((60000..=60099).contains(&tport), "{pat}");
+    assert_eq!(pat["values"]["translated"]["src"], "203.0.113.10");
+    let dnat = row("DNAT");
+    assert_eq!(dnat["values"]["kind"], "dnat", "{dnat}");
+    assert_eq!(dnat["values"]["translated"]["dst"], "192.0.2.10");
+    assert_eq!(dnat["values"]["translated"]["dport"], 80);
+    let stat = row("static NAT");
+    assert_eq!(stat["values"]["translated"]["src"], "203.0.113.11");
+    assert_eq!(stat["values"]["port_translated"], false, "{stat}");
+    for c in records.iter().filter(|r| r["type"] == "lesson_check") {
+        assert_eq!(c["ok"], true, "{c}");
+    }
+    assert!(namespaces().is_empty(), "left behind: {:?}", namespaces());
 }

@@ -498,3 +498,11 @@ impl ReplayArgs {
         })
     }
 }
+
+/// A validated `lesson` configuration.
+pub struct LessonConfig {
+    /// None: list the lessons.
+    pub name: Option<String>,
+    pub lang: crate::i18n::Lang,
+    pub json: bool,
+}

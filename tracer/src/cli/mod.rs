@@ -94,8 +94,8 @@ pub struct LessonArgs {
 }
 
 impl LessonArgs {
-    pub fn validate(self) -> crate::error::Result<crate::commands::lesson::LessonConfig> {
-        use crate::{commands::lesson::LessonConfig, i18n::Lang};
+    pub fn validate(self) -> crate::error::Result<LessonConfig> {
+        use crate::i18n::Lang;
         let lang = match self.lang.as_deref() {
             Some(code) => Lang::parse(code).unwrap_or(Lang::En),
             None => Lang::from_env(),

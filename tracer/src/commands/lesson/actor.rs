@@ -11,7 +11,12 @@ use serde_json::{json, Value};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// The scenarios, by name.
-pub const SCENARIOS: [&str; 3] = ["tcp", "udp", "tabs"];
+pub const SCENARIOS: [&str; 5] = ["tcp", "udp", "tabs", "two", "http"];
+
+/// What the `http` scenario's client sends per phase (requests), and the long-lived socket's
+/// messages each way.
+pub const REQUESTS: usize = 3;
+pub const MESSAGES: usize = 10;
 
 /// Parallel connections the `tabs` scenario holds at once (one per "browser tab").
 pub const TABS: usize = 4;
@@ -22,7 +27,15 @@ pub fn run(scenario: &str, report: &std::path::Path) -> i32 {
         "tcp" => tcp(),
         "udp" => udp(),
         "tabs" => tabs(),
-        _ => Err(format!("no scenario {scenario:?}")),
+        "two" => two(),
+        "http" => http(),
+        other => match other.split(',').collect::<Vec<_>>()[..] {
+            // The NAT lesson's ends, run inside its namespaces:
+            // `nat-server,ADDR,PORT,COUNT` and `nat-client,ADDR,PORT,DEST,DPORT`.
+            ["nat-server", addr, port, count] => nat_server(addr, port, count, report),
+            ["nat-client", addr, port, dest, dport] => nat_client(addr, port, dest, dport),
+            _ => Err(format!("no scenario {scenario:?}")),
+        },
     };
     match observed {
         Ok(v) => match std::fs::write(report, v.to_string()) {
@@ -152,4 +165,191 @@ fn tabs() -> Result<Value, String> {
     // All open at once, then closed: each tab's port was its own the whole time.
     drop(held);
     Ok(json!({"server_port": port, "tab_ports": ports}))
+}
+
+/// Two clients of one server: one listener and two accepted sockets share the server's port;
+/// each client sends a message of its own length, so which socket got which shows.
+fn two() -> Result<Value, String> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(err("bind"))?;
+    let port = listener.local_addr().map_err(err("getsockname"))?.port();
+    let mut sides = Vec::new();
+    for message in [&b"one"[..], &b"two!!"[..]] {
+        let mut client =
+            std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).map_err(err("connect"))?;
+        let (mut accepted, peer) = listener.accept().map_err(err("accept"))?;
+        client.write_all(message).map_err(err("write"))?;
+        let mut buf = vec![0u8; message.len()];
+        accepted.read_exact(&mut buf).map_err(err("read"))?;
+        sides.push(json!({
+            "client_fd": client.as_raw_fd(),
+            "client_port": client.local_addr().map_err(err("getsockname"))?.port(),
+            "accepted_fd": accepted.as_raw_fd(),
+            "peer": peer.to_string(),
+            "bytes": message.len(),
+        }));
+        // Both held open until the end: three sockets on the server's port at once.
+        std::mem::forget((client, accepted));
+    }
+    Ok(json!({"listen_fd": listener.as_raw_fd(), "port": port, "clients": sides}))
+}
+
+/// The notes' "HTTP vs socket": HTTP/1.0 (a connection per request, the server closes after
+/// each answer), HTTP/1.1 keep-alive (the requests on one connection), and a long-lived
+/// socket carrying small messages both ways. Each kind on a server port of its own.
+fn http() -> Result<Value, String> {
+    let servers: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(err("bind")))
+        .collect::<Result<_, _>>()?;
+    let ports: Vec<u16> = servers
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()).map_err(err("getsockname")))
+        .collect::<Result<_, _>>()?;
+    let mut threads = Vec::new();
+    for (kind, server) in servers.into_iter().enumerate() {
+        threads.push(std::thread::spawn(move || -> Result<(), String> {
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            match kind {
+                // One request per connection: answer, close.
+                0 => {
+                    for _ in 0..REQUESTS {
+                        let (mut c, _) = server.accept().map_err(err("accept"))?;
+                        read_request(&mut c)?;
+                        c.write_all(answer).map_err(err("write"))?;
+                    }
+                }
+                // Keep-alive: every request on one connection.
+                1 => {
+                    let (mut c, _) = server.accept().map_err(err("accept"))?;
+                    for _ in 0..REQUESTS {
+                        read_request(&mut c)?;
+                        c.write_all(answer).map_err(err("write"))?;
+                    }
+                    let mut rest = Vec::new();
+                    let _ = c.read_to_end(&mut rest);
+                }
+                // A long-lived socket: echo each message.
+                _ => {
+                    let (mut c, _) = server.accept().map_err(err("accept"))?;
+                    let mut buf = [0u8; 8];
+                    for _ in 0..MESSAGES {
+                        c.read_exact(&mut buf).map_err(err("read"))?;
+                        c.write_all(&buf).map_err(err("write"))?;
+                    }
+                    let mut rest = Vec::new();
+                    let _ = c.read_to_end(&mut rest);
+                }
+            }
+            Ok(())
+        }));
+    }
+    let request = b"GET / HTTP/1.1\r\nHost: lesson\r\n\r\n";
+    let mut reply = [0u8; 40];
+    let answer_len = 40usize;
+    // HTTP/1.0 style: a new connection (and a new port) for each request.
+    for _ in 0..REQUESTS {
+        let mut c = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, ports[0]))
+            .map_err(err("connect"))?;
+        c.write_all(request).map_err(err("write"))?;
+        c.read_exact(&mut reply[..answer_len])
+            .map_err(err("read"))?;
+    }
+    // Keep-alive: one connection.
+    let mut c =
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, ports[1])).map_err(err("connect"))?;
+    for _ in 0..REQUESTS {
+        c.write_all(request).map_err(err("write"))?;
+        c.read_exact(&mut reply[..answer_len])
+            .map_err(err("read"))?;
+    }
+    drop(c);
+    // A long-lived socket: small messages both ways.
+    let mut c =
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, ports[2])).map_err(err("connect"))?;
+    for i in 0..MESSAGES {
+        c.write_all(&[i as u8; 8]).map_err(err("write"))?;
+        c.read_exact(&mut reply[..8]).map_err(err("read"))?;
+    }
+    drop(c);
+    for t in threads {
+        t.join()
+            .map_err(|_| "a server thread panicked".to_string())??;
+    }
+    Ok(json!({
+        "ports": ports,
+        "requests": REQUESTS,
+        "messages": MESSAGES,
+        "request_bytes": request.len(),
+        "answer_bytes": answer_len,
+    }))
+}
+
+/// Reads one request: up to its blank line.
+fn read_request(c: &mut std::net::TcpStream) -> Result<(), String> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).map_err(err("read"))?;
+        got.push(byte[0]);
+    }
+    Ok(())
+}
+
+fn addr_of(addr: &str, port: &str) -> Result<SocketAddr, String> {
+    format!("{addr}:{port}")
+        .parse()
+        .map_err(|e| format!("{addr}:{port}: {e}"))
+}
+
+/// A server behind (or in front of) the NAT lesson's router: accepts `count` connections and
+/// writes down the peer each accept() returned — the address the router made the client's
+/// connection come from. `{report}.ready` appears once it listens.
+fn nat_server(
+    addr: &str,
+    port: &str,
+    count: &str,
+    report: &std::path::Path,
+) -> Result<Value, String> {
+    let count: usize = count.parse().map_err(|_| format!("count {count:?}"))?;
+    let listener = std::net::TcpListener::bind(addr_of(addr, port)?).map_err(err("bind"))?;
+    let ready = report.with_extension("ready");
+    std::fs::write(&ready, b"").map_err(err("ready file"))?;
+    let mut peers = Vec::new();
+    for _ in 0..count {
+        let (mut c, peer) = listener.accept().map_err(err("accept"))?;
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).map_err(err("read"))?;
+        c.write_all(b"hello").map_err(err("write"))?;
+        peers.push(peer.to_string());
+    }
+    Ok(json!({"listen": format!("{addr}:{port}"), "peers": peers}))
+}
+
+/// A client of the NAT lesson: from `addr:port` (port 0: the kernel chooses) to `dest:dport`;
+/// writes down its own end as getsockname says it.
+fn nat_client(addr: &str, port: &str, dest: &str, dport: &str) -> Result<Value, String> {
+    let socket =
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(err("socket"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(err("SO_REUSEADDR"))?;
+    socket
+        .bind(&SockAddr::from(addr_of(addr, port)?))
+        .map_err(err("bind"))?;
+    socket
+        .connect_timeout(
+            &SockAddr::from(addr_of(dest, dport)?),
+            std::time::Duration::from_secs(5),
+        )
+        .map_err(err("connect"))?;
+    let local = socket
+        .local_addr()
+        .map_err(err("getsockname"))?
+        .as_socket()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut c: std::net::TcpStream = socket.into();
+    c.write_all(b"hello").map_err(err("write"))?;
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf).map_err(err("read"))?;
+    Ok(json!({"local": local, "remote": format!("{dest}:{dport}")}))
 }

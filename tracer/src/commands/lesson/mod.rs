@@ -8,28 +8,27 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
+use crate::cli::LessonConfig;
 use crate::error::{Error, Result};
 
 pub mod actor;
+mod nat;
 mod tables;
 
 use crate::i18n::Lang;
 
 /// The lessons, in the order the notes teach them: name, scenario (None: no program runs).
-pub const LESSONS: [(&str, Option<&str>); 6] = [
+pub const LESSONS: [(&str, Option<&str>); 9] = [
     ("ports", None),
+    ("socket", Some("two")),
     ("tcp-server", Some("tcp")),
     ("tcp-client", Some("tcp")),
     ("udp", Some("udp")),
     ("handshake", Some("tcp")),
     ("ephemeral", Some("tabs")),
+    ("http", Some("http")),
+    ("nat", Some("nat")),
 ];
-
-pub struct LessonConfig {
-    pub name: Option<String>,
-    pub lang: Lang,
-    pub json: bool,
-}
 
 /// One row of a notes' table: the step, the call, what the notes say, what the kernel did.
 pub struct Row {
@@ -158,6 +157,10 @@ fn gather(scenario: Option<&str>) -> Result<Gathered> {
         .prefix("tracer-lesson-")
         .tempdir()
         .map_err(|e| Error::io("making the lesson's directory", e))?;
+    if scenario == "nat" {
+        let _quiet = InterruptWait::install();
+        return nat::gather(&exe, dir.path());
+    }
     let report = dir.path().join("report.json");
     // Ctrl-C reaches the trace (which stops the scenario and detaches) and this process alike:
     // this one waits for the trace to finish instead of dying first.
@@ -276,7 +279,12 @@ fn human(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::Res
     for line in wrap(&notes, 80) {
         writeln!(out, "{line}")?;
     }
-    for line in wrap(lang.t("running"), 80) {
+    let running = if name == "nat" {
+        "running.nat"
+    } else {
+        "running"
+    };
+    for line in wrap(lang.t(running), 80) {
         writeln!(out, "{line}")?;
     }
     writeln!(out)?;

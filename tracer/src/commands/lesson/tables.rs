@@ -17,6 +17,9 @@ pub fn build(name: &str, g: &Gathered, lang: Lang) -> Built {
         "udp" => udp(&mut b, &stories, g, lang),
         "handshake" => handshake(&mut b, &stories, g, lang),
         "ephemeral" => ephemeral(&mut b, &stories, g, lang),
+        "socket" => socket(&mut b, &stories, g, lang),
+        "http" => http(&mut b, &stories, g, lang),
+        "nat" => nat(&mut b, g, lang),
         _ => {}
     }
     b
@@ -592,6 +595,11 @@ fn udp_close(b: &mut Built, step_label: &str, story: Option<&Value>, lang: Lang)
     ));
 }
 
+/// One side's transition (side, old, new).
+type Move = (&'static str, &'static str, &'static str);
+/// A handshake row: label, packet, the notes' words, the moves it shows.
+type HandshakeRow = (&'static str, &'static str, &'static str, &'static [Move]);
+
 fn handshake(b: &mut Built, s: &Stories, g: &Gathered, lang: Lang) {
     let client = s.role("client");
     let server = s.role("accepted");
@@ -616,7 +624,7 @@ fn handshake(b: &mut Built, s: &Stories, g: &Gathered, lang: Lang) {
         story.is_some_and(|st| transitions(st).iter().any(|(o, n)| o == old && n == new))
     };
     // (label, packet, notes, [(side, old, new)])
-    let rows: [(&str, &str, &str, &[(&str, &str, &str)]); 7] = [
+    let rows: [HandshakeRow; 7] = [
         (
             "3-way ①",
             "SYN",
@@ -831,6 +839,369 @@ fn ports(b: &mut Built, g: &Gathered, lang: Lang) {
         &[("low", &low), ("high", &high), ("registered", &registered)],
     ));
     b.beyond.push(lang.t("beyond.ports").to_string());
+}
+
+/// `TCP 127.0.0.1:8080 ⇄ 127.0.0.1:40000` (`*` for a listener's remote end).
+fn five_tuple(story: &Value) -> String {
+    let remote = if story["rport"] == 0 {
+        "*:*".to_string()
+    } else {
+        format!("{}:{}", text(&story["raddr"]), story["rport"])
+    };
+    format!(
+        "{} {}:{} ⇄ {remote}",
+        proto_name(&story["proto"]),
+        text(&story["laddr"]),
+        story["lport"]
+    )
+}
+
+fn fd_of(story: &Value) -> Value {
+    step(story, "socket")
+        .or_else(|| step(story, "accepted"))
+        .map_or(Value::Null, |d| d["fd"].clone())
+}
+
+fn socket(b: &mut Built, s: &Stories, g: &Gathered, lang: Lang) {
+    let r = &g.report;
+    let listener = s.role("listener");
+    let live = listener.map(|l| {
+        lang.f(
+            "live.socket.listener",
+            &[("tuple", &five_tuple(l)), ("fd", &fd_of(l))],
+        )
+    });
+    b.rows.push(row(
+        "1",
+        "listen()",
+        lang.t("socket.listener").into(),
+        live,
+        listener.map_or(
+            Value::Null,
+            |l| json!({"fd": fd_of(l), "lport": l["lport"]}),
+        ),
+        lang,
+    ));
+    check(
+        b,
+        "the listener's fd",
+        listener.map_or(Value::Null, fd_of),
+        r["listen_fd"].clone(),
+    );
+    check(
+        b,
+        "the listener's port (getsockname)",
+        listener.map_or(Value::Null, |l| l["lport"].clone()),
+        r["port"].clone(),
+    );
+    let mut accepted = s.all("accepted");
+    accepted.sort_by_key(|a| a["id"].as_u64());
+    let mut clients = s.all("client");
+    clients.sort_by_key(|c| c["id"].as_u64());
+    let sides = r["clients"].as_array().cloned().unwrap_or_default();
+    let mut n = 1;
+    for (i, side) in sides.iter().enumerate() {
+        let want_port = side["client_port"].clone();
+        let a = accepted.iter().find(|a| a["rport"] == want_port).copied();
+        let c = clients.get(i).copied();
+        n += 1;
+        let live = a.map(|a| {
+            let data = step(a, "data");
+            lang.f(
+                "live.socket.accepted",
+                &[
+                    ("tuple", &five_tuple(a)),
+                    ("fd", &fd_of(a)),
+                    (
+                        "bytes",
+                        &data.map_or(Value::Null, |d| d["received_bytes"].clone()),
+                    ),
+                ],
+            )
+        });
+        b.rows.push(row(
+            &n.to_string(),
+            "accept()",
+            lang.f("socket.accepted", &[("n", &(i + 1))]),
+            live,
+            a.map_or(
+                Value::Null,
+                |a| json!({"fd": fd_of(a), "rport": a["rport"]}),
+            ),
+            lang,
+        ));
+        check(
+            b,
+            "an accepted socket's fd",
+            a.map_or(Value::Null, fd_of),
+            side["accepted_fd"].clone(),
+        );
+        check(
+            b,
+            "bytes the accepted socket got",
+            a.and_then(|a| step(a, "data"))
+                .map_or(Value::Null, |d| d["received_bytes"].clone()),
+            side["bytes"].clone(),
+        );
+        n += 1;
+        let live = c.map(|c| {
+            lang.f(
+                "live.socket.client",
+                &[("tuple", &five_tuple(c)), ("fd", &fd_of(c))],
+            )
+        });
+        b.rows.push(row(
+            &n.to_string(),
+            "connect()",
+            lang.f("socket.client", &[("n", &(i + 1))]),
+            live,
+            c.map_or(
+                Value::Null,
+                |c| json!({"fd": fd_of(c), "lport": c["lport"]}),
+            ),
+            lang,
+        ));
+        check(
+            b,
+            "a client's port (getsockname)",
+            c.map_or(Value::Null, |c| c["lport"].clone()),
+            want_port,
+        );
+    }
+    let port = listener.map_or(Value::Null, |l| l["lport"].clone());
+    let received: Vec<String> = accepted
+        .iter()
+        .map(|a| {
+            let bytes = step(a, "data").map_or(Value::Null, |d| d["received_bytes"].clone());
+            format!("{}:{} → {} B", text(&a["raddr"]), a["rport"], bytes)
+        })
+        .collect();
+    b.beyond.push(lang.f(
+        "beyond.demux",
+        &[
+            ("port", &port),
+            ("n", &(accepted.len() + 1)),
+            ("received", &received.join(", ")),
+        ],
+    ));
+}
+
+fn http(b: &mut Built, s: &Stories, g: &Gathered, lang: Lang) {
+    let r = &g.report;
+    let ports: Vec<Value> = r["ports"].as_array().cloned().unwrap_or_default();
+    let clients = s.all("client");
+    let phases = [
+        (
+            "HTTP/1.0",
+            "http.close",
+            r["requests"].clone(),
+            json!(r["requests"]),
+        ),
+        (
+            "keep-alive",
+            "http.keepalive",
+            r["requests"].clone(),
+            json!(1),
+        ),
+        ("socket", "http.socket", r["messages"].clone(), json!(1)),
+    ];
+    let mut connections = Vec::new();
+    for (i, (label, notes, calls, want)) in phases.into_iter().enumerate() {
+        let port = ports.get(i).cloned().unwrap_or(Value::Null);
+        let mine: Vec<&Value> = clients
+            .iter()
+            .copied()
+            .filter(|c| c["rport"] == port)
+            .collect();
+        let mut local_ports: Vec<u64> = mine.iter().filter_map(|c| c["lport"].as_u64()).collect();
+        local_ports.sort_unstable();
+        local_ports.dedup();
+        let sum = |field: &str| -> u64 {
+            mine.iter()
+                .filter_map(|c| step(c, "data"))
+                .filter_map(|d| d[field].as_u64())
+                .sum()
+        };
+        let kinds: Vec<&str> = mine.iter().filter_map(|c| c["lifetime"].as_str()).collect();
+        let kind = match kinds.first() {
+            Some(k) if kinds.iter().all(|x| x == k) => lang.t(&format!("lifetime.{k}")),
+            _ => "?",
+        };
+        let live = lang.f(
+            "live.http",
+            &[
+                ("calls", &calls),
+                ("conns", &mine.len()),
+                ("ports", &local_ports.len()),
+                ("out", &sum("sent_bytes")),
+                ("in", &sum("received_bytes")),
+                ("kind", &kind),
+            ],
+        );
+        let values = json!({"connections": mine.len(), "local_ports": local_ports, "sent_bytes": sum("sent_bytes"), "received_bytes": sum("received_bytes"), "lifetime": kinds.first()});
+        b.rows.push(row(
+            label,
+            "",
+            lang.t(notes).into(),
+            Some(live),
+            values,
+            lang,
+        ));
+        check(b, "connections made", json!(mine.len()), want);
+        connections.push(mine.len());
+    }
+    b.beyond.push(lang.f(
+        "beyond.http",
+        &[
+            ("n", &connections.first().copied().unwrap_or(0)),
+            ("m", &r["messages"]),
+        ],
+    ));
+}
+
+fn endpoint(tuple: &Value, which: &str) -> String {
+    format!(
+        "{}:{}",
+        text(&tuple[which]),
+        tuple[if which == "src" { "sport" } else { "dport" }]
+    )
+}
+
+/// `src=A dst=B sport=C dport=D` ×2 of a `conntrack -L` line: (original, reply).
+fn conntrack_tuples(line: &str) -> Option<([String; 4], [String; 4])> {
+    let fields: Vec<&str> = line
+        .split_whitespace()
+        .filter(|f| {
+            ["src=", "dst=", "sport=", "dport="]
+                .iter()
+                .any(|k| f.starts_with(k))
+        })
+        .filter_map(|f| f.split_once('=').map(|(_, v)| v))
+        .collect();
+    let own = |i: usize| fields.get(i).map(|s| s.to_string());
+    Some((
+        [own(0)?, own(1)?, own(2)?, own(3)?],
+        [own(4)?, own(5)?, own(6)?, own(7)?],
+    ))
+}
+
+fn nat(b: &mut Built, g: &Gathered, lang: Lang) {
+    let bindings: Vec<&Value> = g
+        .records
+        .iter()
+        .filter(|r| r["type"] == "nat_binding")
+        .collect();
+    let r = &g.report;
+    let peers: Vec<String> = r["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["peers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .collect();
+    let conntrack: Vec<([String; 4], [String; 4])> = r["conntrack"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| conntrack_tuples(l.as_str()?))
+        .collect();
+    let mut pat = None;
+    for client in r["clients"].as_array().into_iter().flatten() {
+        let local = text(&client["local"]);
+        let shows = client["shows"].as_str().unwrap_or("?");
+        let binding = bindings
+            .iter()
+            .find(|b| endpoint(&b["original"], "src") == local)
+            .copied();
+        let (label, notes) = match shows {
+            "pat" => ("PAT/NAPT", "nat.pat"),
+            "static" => ("static NAT", "nat.static"),
+            "dynamic" => ("dynamic NAT", "nat.dynamic"),
+            _ => ("DNAT", "nat.dnat"),
+        };
+        let live = binding.map(|bd| {
+            let (o, t) = (&bd["original"], &bd["translated"]);
+            let changed = match (
+                bd["address_translated"] == true,
+                bd["port_translated"] == true,
+            ) {
+                (_, true) => lang.t("nat.changed.both"),
+                (true, false) => lang.t("nat.changed.address"),
+                _ => lang.t("nat.changed.none"),
+            };
+            let key = if shows == "dnat" {
+                "live.nat.dnat"
+            } else {
+                "live.nat.snat"
+            };
+            // The server's peer: the translated source (a port forward keeps the client's).
+            let seen = endpoint(t, "src");
+            lang.f(
+                key,
+                &[
+                    ("from", &endpoint(o, "src")),
+                    ("to", &endpoint(o, "dst")),
+                    ("tfrom", &endpoint(t, "src")),
+                    ("tto", &endpoint(t, "dst")),
+                    ("kind", &text(&bd["kind"]).to_uppercase()),
+                    ("changed", &changed),
+                    ("seen", &seen),
+                ],
+            )
+        });
+        b.rows.push(row(label, "", lang.t(notes).into(), live, binding.map_or(Value::Null, |bd| json!({"kind": bd["kind"], "original": bd["original"], "translated": bd["translated"], "port_translated": bd["port_translated"], "address_translated": bd["address_translated"]})), lang));
+        let Some(bd) = binding else {
+            check(
+                b,
+                "a binding for each connection",
+                Value::Null,
+                json!(local),
+            );
+            continue;
+        };
+        // What the server's accept() saw is the translated source.
+        let tsrc = endpoint(&bd["translated"], "src");
+        check(
+            b,
+            "the server's peer (accept)",
+            json!(tsrc),
+            json!(peers.iter().find(|p| **p == tsrc)),
+        );
+        // conntrack's entry for the same original tuple replies to the translated one.
+        let o = &bd["original"];
+        let entry = conntrack.iter().find(|(orig, _)| {
+            orig[0] == text(&o["src"])
+                && orig[2].parse::<u64>().ok() == o["sport"].as_u64()
+                && orig[3].parse::<u64>().ok() == o["dport"].as_u64()
+        });
+        let reply_to = entry.map(|(_, reply)| format!("{}:{}", reply[1], reply[3]));
+        let expect = if shows == "dnat" {
+            // A port forward's reply comes from the inside server to the client.
+            endpoint(&bd["translated"], "dst")
+        } else {
+            tsrc.clone()
+        };
+        let reply_from_or_to = if shows == "dnat" {
+            entry.map(|(_, reply)| format!("{}:{}", reply[0], reply[2]))
+        } else {
+            reply_to
+        };
+        check(
+            b,
+            "conntrack's reply tuple",
+            json!(expect),
+            json!(reply_from_or_to),
+        );
+        if shows == "pat" {
+            pat = Some((endpoint(o, "src"), tsrc));
+        }
+    }
+    if let Some((from, to)) = pat {
+        b.beyond
+            .push(lang.f("beyond.nat.pat", &[("from", &from), ("to", &to)]));
+    }
+    b.beyond.push(lang.t("beyond.nat.static").to_string());
+    b.beyond.push(lang.t("beyond.nat.conntrack").to_string());
 }
 
 #[cfg(test)]
