@@ -307,3 +307,50 @@ fn the_nat_lesson_translates_a_port_and_forwards_one() {
     }
     assert!(namespaces().is_empty(), "left behind: {:?}", namespaces());
 }
+
+/// `--record FILE` as root, then `--replay FILE` as an unprivileged user in the other
+/// language: the same values, no root needed; a file that is not a recording is refused.
+#[test]
+fn a_recorded_lesson_replays_without_root() {
+    let name = "a_recorded_lesson_replays_without_root";
+    if !prerequisites(name) || !tool(name, "setpriv", "util-linux") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tcp-server.lesson");
+    let path = file.to_str().unwrap();
+    let (ok, live, err) = lesson(&["tcp-server", "--lang", "en", "--json", "--record", path]);
+    assert!(ok, "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = as_nobody(tracer_bin().to_str().unwrap())
+        .args(["lesson", "--replay", path, "--lang", "ko", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed = String::from_utf8_lossy(&out.stdout);
+    let values = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["type"] == "lesson_row")
+            .map(|r| r["values"].clone())
+            .collect()
+    };
+    assert_eq!(
+        values(&live),
+        values(&replayed),
+        "the replay shows the recorded values"
+    );
+    assert!(replayed.contains("\"lang\":\"ko\""));
+    assert!(replayed.contains("replayed_from"));
+    // Not a recording: a clear error, no panic.
+    std::fs::write(dir.path().join("junk"), b"{\"type\":\"nope\"}").unwrap();
+    let (ok, _, err) = lesson(&["--replay", dir.path().join("junk").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("not a lesson recording"), "{err}");
+}

@@ -396,15 +396,25 @@ fn two_thousand_bindings_each_once() {
 }
 
 /// Connects N times from one source port; the server closes first, so the client's port is
-/// free again at once while the router's conntrack entry sits in TIME_WAIT (the next SYN
-/// ends it and makes a new one, usually at the same address).
+/// free again once its LAST_ACK is answered, while the router's conntrack entry sits in
+/// TIME_WAIT (the next SYN ends it and makes a new one, usually at the same address). A
+/// connect that comes before that last ACK finds the 4-tuple still taken (EADDRNOTAVAIL, no
+/// packet sent): it is tried again a moment later.
 const TCP_CLIENT_ONE_PORT: &str = r#"
-import socket, sys
+import errno, socket, sys, time
 for i in range(int(sys.argv[3])):
-    c = socket.socket(socket.AF_INET)
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    c.bind(("0.0.0.0", 40999))
-    c.connect((sys.argv[1], int(sys.argv[2])))
+    for attempt in range(100):
+        c = socket.socket(socket.AF_INET)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c.bind(("0.0.0.0", 40999))
+        try:
+            c.connect((sys.argv[1], int(sys.argv[2])))
+            break
+        except OSError as e:
+            c.close()
+            if e.errno != errno.EADDRNOTAVAIL:
+                raise
+            time.sleep(0.01)
     print("port", c.getsockname()[1], flush=True)
     c.sendall(b"hi")
     while c.recv(100):

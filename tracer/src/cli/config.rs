@@ -505,4 +505,8 @@ pub struct LessonConfig {
     pub name: Option<String>,
     pub lang: crate::i18n::Lang,
     pub json: bool,
+    /// Write what the run gathered here.
+    pub record: Option<std::path::PathBuf>,
+    /// Show this recording instead of running.
+    pub replay: Option<std::path::PathBuf>,
 }

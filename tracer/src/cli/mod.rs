@@ -91,6 +91,14 @@ pub struct LessonArgs {
     /// One JSON record per table row, with its live values.
     #[arg(long)]
     pub json: bool,
+    /// Also write what the run gathered (the trace's records, the scenario's own values) to
+    /// FILE, for `--replay`.
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    pub record: Option<std::path::PathBuf>,
+    /// Show a recorded lesson (from `--record`) instead of running one: no root, any
+    /// machine, any language.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<std::path::PathBuf>,
 }
 
 impl LessonArgs {
@@ -104,6 +112,8 @@ impl LessonArgs {
             name: self.name,
             lang,
             json: self.json,
+            record: self.record,
+            replay: self.replay,
         })
     }
 }

@@ -157,4 +157,6 @@ pub const TEXTS: &[(&str, &str)] = &[
     ("beyond.nat.static", "Static NAT kept the port: only the address changed, and the same rule works inward (a connection to 203.0.113.11 reaches 192.0.2.11). Dynamic NAT kept the port too, with an address the router took from its pool."),
     ("beyond.nat.conntrack", "The router keeps each binding in conntrack as two tuples: the original (as the client sent it) and the reply (as the answer comes back). The answer to the translated address is turned back into the original one: that is the mapping the notes speak of."),
     ("running.nat", "A throwaway router in three network namespaces of its own (inside 192.0.2.0/24, outside 203.0.113.0/24), watched by `tracer nat`: every value below is the kernel's."),
+    ("replayed", "Replayed from {file}: the values are those of the run that recorded it."),
+    ("live.nat.conntrack", "; conntrack: the reply {rfrom} → {rto}"),
 ];

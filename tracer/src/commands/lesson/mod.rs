@@ -59,6 +59,8 @@ pub struct Built {
     pub rows: Vec<Row>,
     pub beyond: Vec<String>,
     pub checks: Vec<Check>,
+    /// Shown from this recording, not run now.
+    pub replayed: Option<String>,
 }
 
 /// What a run gathered: the trace's records and the scenario's report, or the socket list.
@@ -72,18 +74,34 @@ pub struct Gathered {
 /// Lists the lessons, or runs one; the exit code (1 when a value did not match).
 pub fn run(config: LessonConfig) -> Result<i32> {
     let lang = config.lang;
-    let Some(name) = config.name else {
-        list(lang, config.json).map_err(|e| Error::io("writing output", e))?;
-        return Ok(0);
+    let (name, gathered) = if let Some(path) = &config.replay {
+        let (recorded, gathered) = replay(path)?;
+        if config.name.as_deref().is_some_and(|n| n != recorded) {
+            return Err(Error::Invalid(format!(
+                "{} is a recording of lesson {recorded}",
+                path.display()
+            )));
+        }
+        (recorded, gathered)
+    } else {
+        let Some(name) = config.name else {
+            list(lang, config.json).map_err(|e| Error::io("writing output", e))?;
+            return Ok(0);
+        };
+        let Some((name, scenario)) = LESSONS.iter().find(|(n, _)| *n == name) else {
+            return Err(Error::Invalid(
+                lang.f("unknown", &[("name", &crate::text::escape(&name))]),
+            ));
+        };
+        crate::kernel::prereq::require_root("lesson")?;
+        let gathered = gather(*scenario)?;
+        if let Some(path) = &config.record {
+            record(path, name, &gathered)?;
+        }
+        (*name, gathered)
     };
-    let Some((name, scenario)) = LESSONS.iter().find(|(n, _)| *n == name) else {
-        return Err(Error::Invalid(
-            lang.f("unknown", &[("name", &crate::text::escape(&name))]),
-        ));
-    };
-    crate::kernel::prereq::require_root("lesson")?;
-    let gathered = gather(*scenario)?;
-    let built = tables::build(name, &gathered, lang);
+    let mut built = tables::build(name, &gathered, lang);
+    built.replayed = config.replay.as_ref().map(|p| p.display().to_string());
     let mut out = io::BufWriter::new(io::stdout().lock());
     let written = if config.json {
         json_out(&mut out, name, lang, &built)
@@ -190,6 +208,59 @@ fn gather(scenario: Option<&str>) -> Result<Gathered> {
     })
 }
 
+/// A recording's format version (`--record`).
+const RECORDING_VERSION: u64 = 1;
+/// A recording read at most (a lesson's is a few kilobytes).
+const MAX_RECORDING: u64 = 16 << 20;
+
+/// Writes what a run gathered, readable by anyone (`--replay` needs no root).
+fn record(path: &std::path::Path, name: &str, g: &Gathered) -> Result<()> {
+    let recording = json!({
+        "type": "lesson_recording",
+        "version": RECORDING_VERSION,
+        "lesson": name,
+        "range": [g.range.0, g.range.1],
+        "report": g.report,
+        "records": g.records,
+    });
+    std::fs::write(path, recording.to_string())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// A recording: the lesson it is of, and what that run gathered.
+fn replay(path: &std::path::Path) -> Result<(&'static str, Gathered)> {
+    use std::io::Read;
+    let bad = |why: &str| Error::Invalid(format!("{}: {why}", path.display()));
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORDING + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if bytes.len() as u64 > MAX_RECORDING {
+        return Err(bad("larger than a lesson recording can be"));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad("not a lesson recording"))?;
+    if v["type"] != "lesson_recording" || v["version"] != RECORDING_VERSION {
+        return Err(bad("not a lesson recording of this tracer's version"));
+    }
+    let name = LESSONS
+        .iter()
+        .map(|(n, _)| *n)
+        .find(|n| v["lesson"] == *n)
+        .ok_or_else(|| bad("a recording of no lesson this tracer has"))?;
+    let port = |i: usize| v["range"][i].as_u64().and_then(|p| u16::try_from(p).ok());
+    let range = (port(0).unwrap_or(32768), port(1).unwrap_or(60999));
+    Ok((
+        name,
+        Gathered {
+            records: v["records"].as_array().cloned().unwrap_or_default(),
+            report: v["report"].clone(),
+            range,
+        },
+    ))
+}
+
 fn records(stdout: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -287,6 +358,12 @@ fn human(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::Res
     for line in wrap(lang.t(running), 80) {
         writeln!(out, "{line}")?;
     }
+    if let Some(path) = &built.replayed {
+        let text = lang.f("replayed", &[("file", &crate::text::escape(path))]);
+        for line in wrap(&text, 80) {
+            writeln!(out, "{line}")?;
+        }
+    }
     writeln!(out)?;
     writeln!(out, "{}", lang.t("head"))?;
     const INDENT: usize = 23;
@@ -352,6 +429,7 @@ fn json_out(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::
         "lang": lang.code(),
         "title": lang.t(&format!("{name}.title")),
         "notes": lang.t(&format!("{name}.notes")),
+        "replayed_from": built.replayed,
     });
     writeln!(out, "{head}")?;
     for row in &built.rows {

@@ -1175,6 +1175,16 @@ fn nat(b: &mut Built, g: &Gathered, lang: Lang) {
                 && orig[3].parse::<u64>().ok() == o["dport"].as_u64()
         });
         let reply_to = entry.map(|(_, reply)| format!("{}:{}", reply[1], reply[3]));
+        // The translated tuple as conntrack keeps it: the reply's direction.
+        if let (Some((_, reply)), Some(last)) = (entry, b.rows.last_mut()) {
+            last.live.push_str(&lang.f(
+                "live.nat.conntrack",
+                &[
+                    ("rfrom", &format!("{}:{}", reply[0], reply[2])),
+                    ("rto", &format!("{}:{}", reply[1], reply[3])),
+                ],
+            ));
+        }
         let expect = if shows == "dnat" {
             // A port forward's reply comes from the inside server to the client.
             endpoint(&bd["translated"], "dst")
