@@ -114,7 +114,11 @@ pub async fn run(plan: WatchPlan) -> Result<()> {
     let writer = match &config.record {
         Some(path) => {
             let header = capture_header(config, &clock, &hooks, nat_watch.as_ref(), &snapshot);
-            Some(CaptureWriter::create(path, &header, sudo_user())?)
+            Some(CaptureWriter::create(
+                path,
+                &header,
+                crate::source::capture::sudo_user(),
+            )?)
         }
         None => None,
     };
@@ -238,16 +242,6 @@ fn start_up_snapshot(plan: &WatchPlan) -> Option<Snapshot> {
             s.retain(|socket, owners| watched(plan, socket, owners));
             s
         })
-}
-
-/// The user behind sudo (`SUDO_UID`, `SUDO_GID`), when not root: captures are created as
-/// them.
-fn sudo_user() -> Option<(u32, u32)> {
-    let id = |name| std::env::var(name).ok()?.parse::<u32>().ok();
-    match (id("SUDO_UID")?, id("SUDO_GID")?) {
-        (0, _) => None,
-        ids => Some(ids),
-    }
 }
 
 /// What a capture of this run says about it.

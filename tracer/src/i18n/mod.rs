@@ -52,7 +52,8 @@ impl Lang {
         }
     }
 
-    /// The text of `key` (the key itself if a catalogue lacks it, which a test forbids).
+    /// The text of `key`: this language's, else English's, else empty (a test forbids a
+    /// key missing from any catalogue; a key made from a recording's value may name none).
     pub fn t(self, key: &str) -> &'static str {
         self.texts()
             .iter()
@@ -61,12 +62,29 @@ impl Lang {
             .map_or("", |(_, v)| *v)
     }
 
-    /// `key`'s text with its `{name}` placeholders filled.
+    /// `key`'s text with its `{name}` placeholders filled, in one pass (a value that itself
+    /// contains `{name}` stays as it is).
     pub fn f(self, key: &str, args: &[(&str, &dyn std::fmt::Display)]) -> String {
-        let mut out = self.t(key).to_string();
-        for (name, value) in args {
-            out = out.replace(&format!("{{{name}}}"), &value.to_string());
+        let text = self.t(key);
+        let mut out = String::with_capacity(text.len() + 32);
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            match after.find('}').map(|close| (&after[..close], close)) {
+                Some((name, close)) if args.iter().any(|(n, _)| *n == name) => {
+                    if let Some((_, value)) = args.iter().find(|(n, _)| *n == name) {
+                        out.push_str(&value.to_string());
+                    }
+                    rest = &after[close + 1..];
+                }
+                _ => {
+                    out.push('{');
+                    rest = after;
+                }
+            }
         }
+        out.push_str(rest);
         out
     }
 }
@@ -129,6 +147,12 @@ mod tests {
         assert_eq!(Lang::parse("en_US.UTF-8"), Some(Lang::En));
         assert_eq!(Lang::parse("C.UTF-8"), Some(Lang::En));
         assert_eq!(Lang::parse("de_DE"), None);
+    }
+
+    #[test]
+    fn a_value_is_never_filled_in_again() {
+        let s = Lang::En.f("live.side", &[("side", &"{states}"), ("states", &"A → B")]);
+        assert_eq!(s, "{states}: A → B");
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn detail(d: &StepDetail) -> serde_json::Value {
             peer_ephemeral,
             socket,
         } => {
-            json!({"fd": fd, "peer": peer, "peer_ephemeral": peer_ephemeral, "socket": socket + 1})
+            json!({"fd": fd, "peer": peer, "peer_ephemeral": peer_ephemeral, "socket": socket})
         }
         StepDetail::Accepted {
             fd,
@@ -166,7 +166,7 @@ fn detail(d: &StepDetail) -> serde_json::Value {
             container,
             other,
         } => {
-            json!({"front": front, "client": client, "published": published, "target": target, "container": container, "other": other.map(|o| o + 1)})
+            json!({"front": front, "client": client, "published": published, "target": target, "container": container, "other": other})
         }
         StepDetail::Data { udp, data, peers } => json!({
             "udp": udp,

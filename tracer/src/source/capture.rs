@@ -236,30 +236,54 @@ impl CaptureWriter {
     /// file-system identity, so a directory on the way that a symlink points somewhere only
     /// root may write is refused, and the capture belongs to that user.
     pub fn create(path: &Path, header: &Header, as_user: Option<(u32, u32)>) -> Result<Self> {
-        let open = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-        };
-        let opened = match as_user {
-            Some((uid, gid)) => {
-                use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
-                // Per thread, and only for this open: the fs ids (and with them the
-                // capabilities that override file permissions) come back right after.
-                let old_gid = setfsgid(Gid::from_raw(gid));
-                let old_uid = setfsuid(Uid::from_raw(uid));
-                let opened = open();
-                setfsuid(old_uid);
-                setfsgid(old_gid);
-                opened
-            }
-            None => open(),
-        };
-        let file =
-            opened.map_err(|e| Error::io(format!("creating capture {}", path.display()), e))?;
+        let file = create_users_file(path, as_user)
+            .map_err(|e| Error::io(format!("creating capture {}", path.display()), e))?;
+        Self::start(file, header)
+    }
+}
+
+/// Creates `path` for writing, readable by its owner only: never an existing file or a
+/// symlink (the path is the user's and tracer runs as root), and with `as_user` (the user
+/// behind sudo: uid, gid) created with that user's file-system identity, so the file belongs
+/// to that user and a directory only root may write is refused.
+pub fn create_users_file(path: &Path, as_user: Option<(u32, u32)>) -> io::Result<File> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match as_user {
+        Some((uid, gid)) => {
+            use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+            // Per thread, and only for this open: the fs ids (and with them the capabilities
+            // that override file permissions) come back right after.
+            let old_gid = setfsgid(Gid::from_raw(gid));
+            let old_uid = setfsuid(Uid::from_raw(uid));
+            let opened = open();
+            setfsuid(old_uid);
+            setfsgid(old_gid);
+            opened
+        }
+        None => open(),
+    }
+}
+
+/// The user behind sudo (`SUDO_UID`, `SUDO_GID`), when not root: files tracer writes for
+/// them (captures, lesson recordings) are created as them.
+pub fn sudo_user() -> Option<(u32, u32)> {
+    let id = |name| std::env::var(name).ok()?.parse::<u32>().ok();
+    match (id("SUDO_UID")?, id("SUDO_GID")?) {
+        (0, _) => None,
+        ids => Some(ids),
+    }
+}
+
+impl CaptureWriter {
+    /// The magic and the header, at the start of `file`.
+    fn start(file: File, header: &Header) -> Result<Self> {
         let mut writer = CaptureWriter {
             out: BufWriter::with_capacity(256 * 1024, file),
             error: None,

@@ -21,8 +21,33 @@ pub const MESSAGES: usize = 10;
 /// Parallel connections the `tabs` scenario holds at once (one per "browser tab").
 pub const TABS: usize = 4;
 
+/// How long a scenario may take at most: a call that waits for a peer that never comes (a
+/// connection another user slipped in ahead of the scenario's own) ends the run instead of
+/// holding the lesson forever.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs `scenario`, writes its report to `report`; the exit code.
 pub fn run(scenario: &str, report: &std::path::Path) -> i32 {
+    std::thread::spawn(|| {
+        std::thread::sleep(DEADLINE);
+        eprintln!("lesson actor: the scenario did not finish in {DEADLINE:?}");
+        std::process::exit(124);
+    });
+    // The loopback scenarios run in a network namespace of their own: no other user can
+    // connect to (or send to) their sockets, and the range the kernel chooses from is read
+    // where it chooses.
+    let private = !scenario.starts_with("nat-");
+    let range = if private {
+        match own_loopback() {
+            Ok(range) => Some(range),
+            Err(e) => {
+                eprintln!("lesson actor: a private network namespace: {e}");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
     let observed = match scenario {
         "tcp" => tcp(),
         "udp" => udp(),
@@ -37,6 +62,12 @@ pub fn run(scenario: &str, report: &std::path::Path) -> i32 {
             _ => Err(format!("no scenario {scenario:?}")),
         },
     };
+    let observed = observed.map(|mut v| {
+        if let Some((low, high)) = range {
+            v["range"] = json!([low, high]);
+        }
+        v
+    });
     match observed {
         Ok(v) => match std::fs::write(report, v.to_string()) {
             Ok(()) => 0,
@@ -352,4 +383,26 @@ fn nat_client(addr: &str, port: &str, dest: &str, dport: &str) -> Result<Value, 
     let mut buf = [0u8; 5];
     c.read_exact(&mut buf).map_err(err("read"))?;
     Ok(json!({"local": local, "remote": format!("{dest}:{dport}")}))
+}
+
+/// Moves this process into a new network namespace with its loopback up; its
+/// `ip_local_port_range`.
+fn own_loopback() -> Result<(u16, u16), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| format!("ip link set lo up: {e}"))?;
+    if !up.success() {
+        return Err("ip link set lo up failed".into());
+    }
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map_err(|e| e.to_string())?;
+    let mut ports = text
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u16>().ok());
+    match (ports.next(), ports.next()) {
+        (Some(low), Some(high)) => Ok((low, high)),
+        _ => Err(format!("ip_local_port_range {text:?}")),
+    }
 }

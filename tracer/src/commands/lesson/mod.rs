@@ -94,9 +94,21 @@ pub fn run(config: LessonConfig) -> Result<i32> {
             ));
         };
         crate::kernel::prereq::require_root("lesson")?;
+        // The recording's file first: a path that cannot be written fails before the run.
+        let recording = match &config.record {
+            Some(path) => Some((
+                path,
+                crate::source::capture::create_users_file(
+                    path,
+                    crate::source::capture::sudo_user(),
+                )
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?,
+            )),
+            None => None,
+        };
         let gathered = gather(*scenario)?;
-        if let Some(path) = &config.record {
-            record(path, name, &gathered)?;
+        if let Some((path, file)) = recording {
+            record(path, file, name, &gathered)?;
         }
         (*name, gathered)
     };
@@ -165,6 +177,12 @@ fn gather(scenario: Option<&str>) -> Result<Gathered> {
             .stderr(Stdio::inherit())
             .output()
             .map_err(|e| Error::io("running tracer ports", e))?;
+        if !out.status.success() {
+            return Err(Error::Invalid(format!(
+                "tracer ports failed ({}): the lesson has no sockets to show",
+                out.status
+            )));
+        }
         return Ok(Gathered {
             records: records(&out.stdout),
             report: Value::Null,
@@ -192,7 +210,7 @@ fn gather(scenario: Option<&str>) -> Result<Gathered> {
         .output()
         .map_err(|e| Error::io("running tracer trace", e))?;
     let records = records(&out.stdout);
-    let report = std::fs::read(&report)
+    let report: Value = std::fs::read(&report)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or_else(|| {
@@ -201,6 +219,13 @@ fn gather(scenario: Option<&str>) -> Result<Gathered> {
                 out.status
             ))
         })?;
+    // The scenario's own namespace's range: the one its ports came from.
+    let port = |i: usize| {
+        report["range"][i]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+    };
+    let range = port(0).zip(port(1)).unwrap_or(range);
     Ok(Gathered {
         records,
         report,
@@ -212,9 +237,12 @@ fn gather(scenario: Option<&str>) -> Result<Gathered> {
 const RECORDING_VERSION: u64 = 1;
 /// A recording read at most (a lesson's is a few kilobytes).
 const MAX_RECORDING: u64 = 16 << 20;
+/// Records (and items of each list in the scenario's report) taken from a recording at most.
+const MAX_REPLAYED: usize = 1000;
 
-/// Writes what a run gathered, readable by anyone (`--replay` needs no root).
-fn record(path: &std::path::Path, name: &str, g: &Gathered) -> Result<()> {
+/// Writes what a run gathered into `file` (created for the user behind sudo, never through a
+/// symlink or over an existing file: as `watch --record` does).
+fn record(path: &std::path::Path, file: std::fs::File, name: &str, g: &Gathered) -> Result<()> {
     let recording = json!({
         "type": "lesson_recording",
         "version": RECORDING_VERSION,
@@ -223,7 +251,8 @@ fn record(path: &std::path::Path, name: &str, g: &Gathered) -> Result<()> {
         "report": g.report,
         "records": g.records,
     });
-    std::fs::write(path, recording.to_string())
+    let mut file = file;
+    file.write_all(recording.to_string().as_bytes())
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
@@ -251,11 +280,21 @@ fn replay(path: &std::path::Path) -> Result<(&'static str, Gathered)> {
         .ok_or_else(|| bad("a recording of no lesson this tracer has"))?;
     let port = |i: usize| v["range"][i].as_u64().and_then(|p| u16::try_from(p).ok());
     let range = (port(0).unwrap_or(32768), port(1).unwrap_or(60999));
+    // A recording is anyone's file: what the tables walk is bounded (a lesson's run has a few
+    // dozen records; the tables pair lists with each other).
+    let mut report = v["report"].clone();
+    for list in ["clients", "servers", "conntrack", "tab_ports", "ports"] {
+        if let Some(items) = report.get_mut(list).and_then(Value::as_array_mut) {
+            items.truncate(MAX_REPLAYED);
+        }
+    }
+    let mut records = v["records"].as_array().cloned().unwrap_or_default();
+    records.truncate(MAX_REPLAYED);
     Ok((
         name,
         Gathered {
-            records: v["records"].as_array().cloned().unwrap_or_default(),
-            report: v["report"].clone(),
+            records,
+            report,
             range,
         },
     ))
@@ -376,7 +415,7 @@ fn human(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::Res
             format!("{} ", row.step)
         };
         let lead = format!("{step}{}", row.call);
-        let notes = wrap(&row.notes, 80 - INDENT);
+        let notes = wrap(&crate::text::escape(&row.notes), 80 - INDENT);
         let mut heads = vec![lead.as_str()];
         if crate::text::width(&lead) >= INDENT {
             writeln!(out, "{lead}")?;
@@ -386,7 +425,11 @@ fn human(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::Res
             let head = heads.get(i).copied().unwrap_or("");
             writeln!(out, "{}{line}", crate::text::pad(head, INDENT))?;
         }
-        for (i, line) in wrap(&row.live, 80 - INDENT - 2).iter().enumerate() {
+        // Values a run (or a recording anyone wrote) carried: escaped like every name.
+        for (i, line) in wrap(&crate::text::escape(&row.live), 80 - INDENT - 2)
+            .iter()
+            .enumerate()
+        {
             let arrow = if i == 0 { "→ " } else { "  " };
             writeln!(out, "{:INDENT$}{arrow}{line}", "")?;
         }
@@ -395,7 +438,7 @@ fn human(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::Res
         writeln!(out)?;
         writeln!(out, "{}", bold(lang.t("beyond.title")))?;
         for text in &built.beyond {
-            for (i, line) in wrap(text, 80 - 2).iter().enumerate() {
+            for (i, line) in wrap(&crate::text::escape(text), 80 - 2).iter().enumerate() {
                 writeln!(out, "{}{line}", if i == 0 { "• " } else { "  " })?;
             }
         }
@@ -413,7 +456,7 @@ fn human(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::Res
         } else {
             lang.f("check.bad", &[("what", &bad.join("; "))])
         };
-        for line in wrap(&text, 80) {
+        for line in wrap(&crate::text::escape(&text), 80) {
             writeln!(out, "{line}")?;
         }
     }
@@ -431,7 +474,7 @@ fn json_out(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::
         "notes": lang.t(&format!("{name}.notes")),
         "replayed_from": built.replayed,
     });
-    writeln!(out, "{head}")?;
+    safe_line(out, &head)?;
     for row in &built.rows {
         let record = json!({
             "type": "lesson_row",
@@ -442,13 +485,12 @@ fn json_out(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::
             "live": row.live,
             "values": row.values,
         });
-        writeln!(out, "{record}")?;
+        safe_line(out, &record)?;
     }
     for text in &built.beyond {
-        writeln!(
+        safe_line(
             out,
-            "{}",
-            json!({"type": "lesson_note", "lesson": name, "text": text})
+            &json!({"type": "lesson_note", "lesson": name, "text": text}),
         )?;
     }
     for c in &built.checks {
@@ -460,7 +502,13 @@ fn json_out(out: &mut impl Write, name: &str, lang: Lang, built: &Built) -> io::
             "program": c.program,
             "ok": c.ok(),
         });
-        writeln!(out, "{record}")?;
+        safe_line(out, &record)?;
     }
     Ok(())
+}
+
+/// One JSON record and its line end, with every string escaped as all of tracer's JSON is.
+fn safe_line(out: &mut impl Write, record: &Value) -> io::Result<()> {
+    crate::text::json::to_writer(&mut *out, record)?;
+    writeln!(out)
 }

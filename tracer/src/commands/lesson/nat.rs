@@ -24,11 +24,12 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
-/// The three namespaces, removed on drop.
+/// The three namespaces; those this run made are removed on drop.
 struct Lab {
     inside: String,
     router: String,
     outside: String,
+    made: Vec<String>,
 }
 
 impl Lab {
@@ -38,36 +39,51 @@ impl Lab {
             inside: format!("tracer-lesson-{id}-in"),
             router: format!("tracer-lesson-{id}-router"),
             outside: format!("tracer-lesson-{id}-out"),
+            made: Vec::new(),
         }
     }
 
-    fn all(&self) -> [&str; 3] {
-        [&self.inside, &self.router, &self.outside]
-    }
-
-    /// Builds the namespaces, links, addresses, routes and the router's rules.
-    fn up(&self) -> Result<()> {
-        let id = std::process::id() % 100_000;
-        let (lan_a, lan_b) = (format!("tl{id}a"), format!("tl{id}b"));
-        let (wan_a, wan_b) = (format!("tl{id}c"), format!("tl{id}d"));
-        for ns in self.all() {
-            ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    /// Builds the namespaces, links, addresses, routes and the router's rules. Every link is
+    /// made inside the namespaces (nothing ever sits in the root namespace, even when a step
+    /// fails halfway).
+    fn up(&mut self) -> Result<()> {
+        for ns in [
+            self.inside.clone(),
+            self.router.clone(),
+            self.outside.clone(),
+        ] {
+            ip(&["netns", "add", &ns])?;
+            self.made.push(ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         ip(&[
-            "link", "add", &lan_a, "type", "veth", "peer", "name", &lan_b,
+            "-n",
+            &self.inside,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lan",
+            "netns",
+            &self.router,
         ])?;
-        ip(&["link", "set", &lan_a, "netns", &self.inside])?;
-        ip(&["link", "set", &lan_b, "netns", &self.router])?;
-        ip(&["-n", &self.inside, "link", "set", &lan_a, "name", "eth0"])?;
-        ip(&["-n", &self.router, "link", "set", &lan_b, "name", "lan"])?;
         ip(&[
-            "link", "add", &wan_a, "type", "veth", "peer", "name", &wan_b,
+            "-n",
+            &self.router,
+            "link",
+            "add",
+            "wan",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.outside,
         ])?;
-        ip(&["link", "set", &wan_a, "netns", &self.router])?;
-        ip(&["link", "set", &wan_b, "netns", &self.outside])?;
-        ip(&["-n", &self.router, "link", "set", &wan_a, "name", "wan"])?;
-        ip(&["-n", &self.outside, "link", "set", &wan_b, "name", "eth0"])?;
         for a in [
             "192.0.2.5",
             "192.0.2.10",
@@ -173,7 +189,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in self.all() {
+        for ns in &self.made {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
@@ -269,6 +285,10 @@ struct Stopped(Child);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
+        // Reaped already: its pid may be another process's now.
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
         unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
@@ -283,7 +303,7 @@ impl Drop for Stopped {
 /// router's conntrack table, and gathers it all: `tracer nat`'s records; the report has each
 /// client's own end, each server's peers, and conntrack's lines.
 pub fn gather(exe: &Path, dir: &Path) -> Result<super::Gathered> {
-    let lab = Lab::new();
+    let mut lab = Lab::new();
     lab.up()?;
     let report = |name: &str| -> PathBuf { dir.join(format!("{name}.json")) };
     // The servers: outside (for the inside clients) and inside (behind the port forward).
@@ -366,6 +386,11 @@ pub fn gather(exe: &Path, dir: &Path) -> Result<super::Gathered> {
         }
     }
     let conntrack = in_ns(&lab.router, &["conntrack", "-L", "-p", "tcp"])?;
+    if !conntrack.status.success() {
+        return Err(Error::Invalid(
+            "conntrack -L failed in the lesson's router: the lesson shows conntrack's table (Debian package conntrack)".into(),
+        ));
+    }
     let conntrack: Vec<String> = String::from_utf8_lossy(&conntrack.stdout)
         .lines()
         .map(str::to_string)
